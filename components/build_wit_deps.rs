@@ -1,0 +1,110 @@
+// Shared by the build scripts of every crate that parses the project's WIT
+// (`include!`d, not a crate, so it costs no extra build step).
+//
+// The project's WIT `use`s `fermyon:spin/redis@2.0.0`, which ships in the
+// spin-sdk crate. Rather than commit an edited copy, we copy spin-sdk's own
+// `wit/` directory (its world plus every dependency package) into the
+// git-ignored `wit/deps/spin-sdk/`, so the bindings macros can push that
+// directory first and then the project's own files on top.
+
+use std::path::{Path, PathBuf};
+
+const SPIN_SDK: &str = "spin-sdk";
+
+fn workspace_root() -> PathBuf {
+    let mut dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() || !dir.join("wit").is_dir() {
+        assert!(dir.pop(), "workspace root (with Cargo.lock and wit/) not found");
+    }
+    dir
+}
+
+/// The spin-sdk version the lock file pins.
+fn locked_spin_sdk_version(root: &Path) -> String {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("reading Cargo.lock");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{SPIN_SDK}\"") {
+            let version = lines.next().expect("version line after name");
+            return version
+                .trim()
+                .trim_start_matches("version = ")
+                .trim_matches('"')
+                .to_string();
+        }
+    }
+    panic!("{SPIN_SDK} is not in Cargo.lock");
+}
+
+/// Where cargo unpacked spin-sdk: ask `cargo metadata`, which also downloads it if needed.
+fn spin_sdk_source(root: &Path, version: &str) -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(registry) = cargo_home.map(|h| h.join("registry").join("src")) {
+        if let Ok(indexes) = std::fs::read_dir(&registry) {
+            for index in indexes.flatten() {
+                let candidate = index.path().join(format!("{SPIN_SDK}-{version}"));
+                if candidate.join("wit").is_dir() {
+                    return candidate;
+                }
+            }
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .output()
+        .expect("running cargo metadata");
+    let metadata = String::from_utf8_lossy(&output.stdout);
+    let needle = format!("{SPIN_SDK}-{version}");
+    metadata
+        .split('"')
+        .find(|s| s.ends_with("Cargo.toml") && s.contains(&needle))
+        .map(|manifest| PathBuf::from(manifest).parent().unwrap().to_path_buf())
+        .unwrap_or_else(|| panic!("{needle} not found by cargo metadata"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating wit deps dir");
+    for entry in std::fs::read_dir(from).expect("reading spin-sdk wit") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying wit file");
+        }
+    }
+}
+
+/// Makes `wit/deps/spin-sdk/` a copy of the locked spin-sdk's `wit/`.
+pub fn sync_wit_deps() {
+    let root = workspace_root();
+    let version = locked_spin_sdk_version(&root);
+    let target = root.join("wit").join("deps").join(SPIN_SDK);
+    let stamp = target.join(".version");
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!("cargo:rerun-if-changed={}", stamp.display());
+    for file in ["ratelimit.wit", "metrics.wit", "app.wit"] {
+        println!("cargo:rerun-if-changed={}", root.join("wit").join(file).display());
+    }
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(version.as_str()) {
+        return;
+    }
+    let source = spin_sdk_source(&root, &version).join("wit");
+    // Build scripts of several crates may run at once: copy aside, then rename into place.
+    let staging = root
+        .join("wit")
+        .join("deps")
+        .join(format!(".{SPIN_SDK}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    copy_dir(&source, &staging);
+    std::fs::write(staging.join(".version"), &version).expect("writing stamp");
+    let _ = std::fs::remove_dir_all(&target);
+    if std::fs::rename(&staging, &target).is_err() {
+        // Another build script won the race with the same content.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+}

@@ -1,0 +1,5 @@
+include!("../build_wit_deps.rs");
+
+fn main() {
+    sync_wit_deps();
+}

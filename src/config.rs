@@ -1,0 +1,217 @@
+//! Spin variable names and typed parsing of their values.
+//!
+//! Every setting is a Spin application variable (see `spin.toml`); the names
+//! are part of the deployment contract, so they live here once.
+
+use std::fmt;
+
+/// Variable names, exactly as declared in `spin.toml`.
+pub mod names {
+    pub const REDIS_ADDRESS: &str = "redis_address";
+    pub const POSTGRES_ADDRESS: &str = "postgres_address";
+    pub const OPENAI_BASE_URL: &str = "openai_base_url";
+    pub const OPENAI_API_KEY: &str = "openai_api_key";
+    pub const EMBEDDING_MODEL: &str = "embedding_model";
+    pub const CHAT_MODEL: &str = "chat_model";
+    pub const QDRANT_URL: &str = "qdrant_url";
+    pub const QDRANT_API_KEY: &str = "qdrant_api_key";
+    pub const QDRANT_COLLECTION: &str = "qdrant_collection";
+    pub const TOP_K: &str = "top_k";
+    pub const QUERY_CACHE_TTL_SECONDS: &str = "query_cache_ttl_seconds";
+    pub const EMBEDDING_CACHE_TTL_SECONDS: &str = "embedding_cache_ttl_seconds";
+    pub const RATE_LIMIT_ENABLED: &str = "rate_limit_enabled";
+    pub const RATE_LIMIT_REQUESTS: &str = "rate_limit_requests";
+    pub const RATE_LIMIT_WINDOW_SECONDS: &str = "rate_limit_window_seconds";
+    pub const RATE_LIMIT_FAILURE_POLICY: &str = "rate_limit_failure_policy";
+    pub const ADMIN_TOKEN: &str = "admin_token";
+    pub const MAX_SESSIONS_PER_USER: &str = "max_sessions_per_user";
+    pub const RETENTION_DAYS: &str = "retention_days";
+    pub const HEALTH_CHECK_TIMEOUT_MS: &str = "health_check_timeout_ms";
+}
+
+/// A secret value: usable, but never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A variable that is missing or does not parse. Never carries a secret's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("variable `{name}` is not set")]
+    Missing { name: String },
+    #[error("variable `{name}` = {value:?} is not {expected}")]
+    Invalid {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Parses a variable's raw value as an unsigned integer within `min..=max`.
+pub fn parse_u64(name: &str, raw: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| ConfigError::Invalid {
+            name: name.to_string(),
+            value: raw.to_string(),
+            expected: "a whole number in the allowed range",
+        })
+}
+
+/// Parses `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+pub fn parse_bool(name: &str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name: name.to_string(),
+            value: raw.to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Rejects an empty value for a variable that must be set.
+pub fn require_non_empty(name: &str, raw: &str) -> Result<String, ConfigError> {
+    let value = raw.trim();
+    if value.is_empty() {
+        Err(ConfigError::Missing {
+            name: name.to_string(),
+        })
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// Checks a `redis://` or `rediss://` address, as Spin's Redis API expects.
+pub fn parse_redis_address(name: &str, raw: &str) -> Result<String, ConfigError> {
+    let value = require_non_empty(name, raw)?;
+    if value.starts_with("redis://") || value.starts_with("rediss://") {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            name: name.to_string(),
+            value: redact_userinfo(&value),
+            expected: "a redis:// or rediss:// URL",
+        })
+    }
+}
+
+/// Checks a `postgres://` or `postgresql://` address, as Spin's Postgres API expects.
+pub fn parse_postgres_address(name: &str, raw: &str) -> Result<String, ConfigError> {
+    let value = require_non_empty(name, raw)?;
+    if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            name: name.to_string(),
+            value: redact_userinfo(&value),
+            expected: "a postgres:// URL",
+        })
+    }
+}
+
+/// Replaces the `user:password@` part of a URL, so addresses can be logged.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://[redacted]@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints_its_value() {
+        let secret = Secret::new("sk-very-secret");
+        assert!(!format!("{secret:?}").contains("very"));
+        assert!(!format!("{secret}").contains("very"));
+        assert_eq!(secret.expose(), "sk-very-secret");
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        assert_eq!(parse_u64("top_k", " 5 ", 1, 100), Ok(5));
+        assert!(parse_u64("top_k", "0", 1, 100).is_err());
+        assert!(parse_u64("top_k", "101", 1, 100).is_err());
+        assert!(parse_u64("top_k", "-1", 1, 100).is_err());
+        assert!(parse_u64("top_k", "five", 1, 100).is_err());
+    }
+
+    #[test]
+    fn booleans_accept_common_spellings() {
+        for raw in ["true", "TRUE", "1", "yes", "on"] {
+            assert_eq!(parse_bool("x", raw), Ok(true), "{raw}");
+        }
+        for raw in ["false", "False", "0", "no", "off"] {
+            assert_eq!(parse_bool("x", raw), Ok(false), "{raw}");
+        }
+        assert!(parse_bool("x", "maybe").is_err());
+    }
+
+    #[test]
+    fn addresses_must_have_the_right_scheme() {
+        assert!(parse_redis_address("r", "redis://127.0.0.1:6379").is_ok());
+        assert!(parse_redis_address("r", "rediss://cache.example.com:6380").is_ok());
+        assert!(parse_redis_address("r", "http://127.0.0.1:6379").is_err());
+        assert_eq!(
+            parse_redis_address("r", "  "),
+            Err(ConfigError::Missing { name: "r".into() })
+        );
+        assert!(parse_postgres_address("p", "postgres://u:p@localhost/db").is_ok());
+        assert!(parse_postgres_address("p", "mysql://localhost/db").is_err());
+    }
+
+    #[test]
+    fn invalid_address_errors_do_not_leak_passwords() {
+        let err = parse_postgres_address("p", "pg://user:hunter2@db/x").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(
+            redact_userinfo("postgres://user:pw@db:5432/app?sslmode=require"),
+            "postgres://[redacted]@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact_userinfo("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+    }
+}

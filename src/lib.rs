@@ -1,0 +1,9 @@
+//! Pure logic of the RAG chatbot backend.
+//!
+//! Nothing here touches spin-sdk, wasmtime or the network: the components in
+//! `components/` parse a request, call into this crate, do the host I/O and
+//! answer. Everything here is unit-tested natively.
+
+pub mod api;
+pub mod config;
+pub mod health;

@@ -1,0 +1,42 @@
+//! Host-side bindings for the Spin interfaces the components import, generated
+//! from the spin-sdk crate's own WIT (copied to `wit/deps/spin-sdk` by `build.rs`)
+//! and from the project's WIT.
+
+wasmtime::component::bindgen!({
+    path: ["../wit/deps/spin-sdk"],
+    inline: r#"
+        package chatbot:harness;
+
+        /// What a Spin 3.x/4.x host offers the chatbot's components, beyond WASI and wasi:http.
+        world spin-host {
+            import fermyon:spin/redis@2.0.0;
+            import fermyon:spin/variables@2.0.0;
+            import spin:postgres/postgres@4.0.0;
+        }
+    "#,
+    world: "chatbot:harness/spin-host",
+    imports: { default: async },
+    with: {
+        "fermyon:spin/redis.connection": crate::host::redis::RedisConnection,
+        "spin:postgres/postgres.connection": crate::host::postgres::PgConnection,
+    },
+});
+
+/// The project's own interfaces, for host-side stand-ins of the limiter and recorder.
+pub mod chatbot {
+    wasmtime::component::bindgen!({
+        path: ["../wit/deps/spin-sdk", "../wit/ratelimit.wit", "../wit/metrics.wit"],
+        inline: r#"
+            package chatbot:harness;
+            world chatbot-imports {
+                import chatbot:ratelimit/limiter@0.1.0;
+                import chatbot:metrics/recorder@0.1.0;
+            }
+        "#,
+        world: "chatbot:harness/chatbot-imports",
+        imports: { default: async },
+        with: {
+            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
+        },
+    });
+}

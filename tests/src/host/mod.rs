@@ -1,0 +1,143 @@
+//! The per-request host state and the linker: everything a Spin 3.x/4.x host
+//! gives a spin-sdk 5.x component, one module per interface.
+
+pub mod chatbot;
+pub mod http;
+pub mod postgres;
+pub mod redis;
+pub mod variables;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::Engine;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::allowed_hosts::AllowedHosts;
+
+/// Counts of what components asked of the host, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    pub redis_opens: AtomicU64,
+    pub redis_commands: AtomicU64,
+    pub postgres_opens: AtomicU64,
+    pub postgres_statements: AtomicU64,
+    pub outbound_http: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+/// A snapshot of [`HostCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub redis_opens: u64,
+    pub redis_commands: u64,
+    pub postgres_opens: u64,
+    pub postgres_statements: u64,
+    pub outbound_http: u64,
+    pub denied: u64,
+}
+
+impl HostCounters {
+    pub fn snapshot(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            redis_opens: get(&self.redis_opens),
+            redis_commands: get(&self.redis_commands),
+            postgres_opens: get(&self.postgres_opens),
+            postgres_statements: get(&self.postgres_statements),
+            outbound_http: get(&self.outbound_http),
+            denied: get(&self.denied),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, earlier: Counts) -> Counts {
+        Counts {
+            redis_opens: self.redis_opens - earlier.redis_opens,
+            redis_commands: self.redis_commands - earlier.redis_commands,
+            postgres_opens: self.postgres_opens - earlier.postgres_opens,
+            postgres_statements: self.postgres_statements - earlier.postgres_statements,
+            outbound_http: self.outbound_http - earlier.outbound_http,
+            denied: self.denied - earlier.denied,
+        }
+    }
+}
+
+/// What one component may do: fixed at load time, shared by all its instances.
+pub struct ComponentEnv {
+    pub id: String,
+    pub allowed_hosts: AllowedHosts,
+    /// The component's own variables, templates already resolved (what `variables::get` sees).
+    pub variables: BTreeMap<String, String>,
+    pub counters: Arc<HostCounters>,
+    /// Postgres pools, per address, shared by every instance of the app (Spin pools; see postgres.rs).
+    pub postgres_pools: Arc<postgres::Pools>,
+    /// Stand-ins for the project's interfaces when a component is hosted alone.
+    pub chatbot_imports: Option<Arc<chatbot::ChatbotImports>>,
+}
+
+/// The store data of one instance, i.e. of one request.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) env: Arc<ComponentEnv>,
+}
+
+impl HostState {
+    pub fn new(env: Arc<ComponentEnv>) -> Self {
+        // No sockets, files, arguments or environment: a Spin component reaches
+        // the network only through the outbound APIs, which enforce the allow-list.
+        let wasi = WasiCtx::builder()
+            .inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            env,
+        }
+    }
+
+    pub fn env(&self) -> &ComponentEnv {
+        &self.env
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Builds a linker with WASI 0.2, wasi:http, Spin's Redis, Postgres v4 and
+/// variables, and (when asked) host stand-ins for the project's interfaces.
+pub fn linker(engine: &Engine, with_chatbot_imports: bool) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::add_only_http_to_linker_async(&mut linker)?;
+    crate::bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    if with_chatbot_imports {
+        crate::bindings::chatbot::ChatbotImports::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )?;
+    }
+    Ok(linker)
+}

@@ -1,0 +1,179 @@
+//! A wasmtime host that runs the chatbot's Spin components as Spin does, over
+//! real Redis and Postgres servers and local OpenAI- and Qdrant-compatible
+//! servers.
+//!
+//! - [`runtime`] loads `spin.toml` and serves requests (fresh instance per request);
+//! - [`host`] provides Spin's interfaces, one module per interface;
+//! - [`services`] starts real `redis-server` and PostgreSQL for the test run;
+//! - [`stubs`] are the OpenAI and Qdrant stand-ins;
+//! - [`TestApp`] puts it all together for one test, with isolated state.
+
+pub mod allowed_hosts;
+pub mod bindings;
+pub mod client;
+pub mod compose;
+pub mod host;
+pub mod manifest;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod services;
+pub mod stubs;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use client::Client;
+pub use host::chatbot::ChatbotImports;
+pub use runtime::{App, AppOptions, BufferedResponse};
+
+/// The repository root (where `spin.toml` is).
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+pub const TEST_OPENAI_KEY: &str = "sk-test-harness";
+pub const TEST_QDRANT_KEY: &str = "qdrant-test-key";
+pub const TEST_ADMIN_TOKEN: &str = "admin-test-token";
+/// The embedding size the OpenAI stand-in answers with, unless a test says otherwise.
+pub const TEST_EMBEDDING_DIMENSIONS: usize = 64;
+
+/// How to spawn a [`TestApp`].
+#[derive(Default)]
+pub struct TestAppBuilder {
+    variables: BTreeMap<String, String>,
+    chatbot_imports: Option<Arc<ChatbotImports>>,
+    only: Option<Vec<String>>,
+}
+
+impl TestAppBuilder {
+    /// Overrides a variable (as `SPIN_VARIABLE_<NAME>` would).
+    pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.variables.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// Serves the limiter and recorder from the host instead of composing the components.
+    pub fn chatbot_imports(mut self, imports: Arc<ChatbotImports>) -> Self {
+        self.chatbot_imports = Some(imports);
+        self
+    }
+
+    /// Loads only these components.
+    pub fn only(mut self, components: &[&str]) -> Self {
+        self.only = Some(components.iter().map(|c| c.to_string()).collect());
+        self
+    }
+
+    pub async fn spawn(self) -> Result<TestApp> {
+        let services = services::services();
+        let redis_url = services.fresh_redis().await?;
+        let postgres_url = services.fresh_postgres().await?;
+        let openai =
+            stubs::openai::OpenAiStub::start(TEST_OPENAI_KEY, TEST_EMBEDDING_DIMENSIONS).await?;
+        let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
+
+        let origin = |url: &str| -> String {
+            let parsed = url::Url::parse(url).expect("valid URL");
+            format!(
+                "{}://{}:{}",
+                parsed.scheme(),
+                parsed.host_str().expect("host"),
+                parsed.port_or_known_default().expect("port")
+            )
+        };
+        let mut variables = BTreeMap::from([
+            ("redis_address".to_string(), redis_url.clone()),
+            ("postgres_address".to_string(), postgres_url.clone()),
+            ("openai_base_url".to_string(), openai.base_url()),
+            ("openai_api_key".to_string(), TEST_OPENAI_KEY.to_string()),
+            ("qdrant_url".to_string(), qdrant.url()),
+            ("qdrant_api_key".to_string(), TEST_QDRANT_KEY.to_string()),
+            ("admin_token".to_string(), TEST_ADMIN_TOKEN.to_string()),
+            ("redis_allowed_host".to_string(), origin(&redis_url)),
+            ("postgres_allowed_host".to_string(), origin(&postgres_url)),
+            ("openai_allowed_host".to_string(), openai.server.origin()),
+            ("qdrant_allowed_host".to_string(), qdrant.url()),
+        ]);
+        variables.extend(self.variables);
+
+        let app = App::load(AppOptions {
+            manifest: project_root().join("spin.toml"),
+            variables,
+            chatbot_imports: self.chatbot_imports.clone(),
+            only: self.only,
+        })?;
+        let app = Arc::new(app);
+        let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;
+        Ok(TestApp {
+            app,
+            server,
+            redis_url,
+            postgres_url,
+            openai,
+            qdrant,
+            chatbot_imports: self.chatbot_imports,
+        })
+    }
+}
+
+/// One test's application: its own Redis database, Postgres database and stubs.
+pub struct TestApp {
+    pub app: Arc<App>,
+    pub server: server::RunningServer,
+    pub redis_url: String,
+    pub postgres_url: String,
+    pub openai: stubs::openai::OpenAiStub,
+    pub qdrant: stubs::qdrant::QdrantStub,
+    pub chatbot_imports: Option<Arc<ChatbotImports>>,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    /// The whole app, composed as `spin.toml` says.
+    pub async fn spawn() -> Result<Self> {
+        Self::builder().spawn().await
+    }
+
+    /// A client on a new keep-alive connection to the app.
+    pub fn client(&self) -> Client {
+        Client::new(self.server.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<BufferedResponse> {
+        self.client().get(path).await
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<BufferedResponse> {
+        self.client().post_json(path, body).await
+    }
+
+    /// A Redis connection to this test's database, for assertions.
+    pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+
+    /// A Postgres client on this test's database, for assertions.
+    pub async fn postgres(&self) -> Result<tokio_postgres::Client> {
+        services::connect(&self.postgres_url).await
+    }
+
+    pub fn counts(&self) -> host::Counts {
+        self.app.counters.snapshot()
+    }
+}

@@ -1,0 +1,311 @@
+//! An OpenAI-compatible server: `POST /v1/embeddings` and
+//! `POST /v1/chat/completions`, in OpenAI's JSON shapes and error format.
+//!
+//! Embeddings are deterministic bags of hashed words (normalised), so texts
+//! that share words are near each other and retrieval behaves sensibly.
+//! Chat answers are deterministic functions of the messages.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+
+use super::{Controls, Fault, StubServer};
+
+pub const EMBEDDINGS: &str = "embeddings";
+pub const CHAT: &str = "chat";
+
+pub struct OpenAiStub {
+    pub server: StubServer,
+    pub state: Arc<OpenAiState>,
+}
+
+pub struct OpenAiState {
+    pub controls: Controls,
+    pub api_key: String,
+    pub dimensions: usize,
+    /// Every request body received, by endpoint, in order.
+    pub requests: std::sync::Mutex<Vec<(&'static str, Value)>>,
+}
+
+impl OpenAiStub {
+    pub async fn start(api_key: &str, dimensions: usize) -> anyhow::Result<Self> {
+        let state = Arc::new(OpenAiState {
+            controls: Controls::default(),
+            api_key: api_key.to_string(),
+            dimensions,
+            requests: Default::default(),
+        });
+        let router = Router::new()
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/chat/completions", post(chat))
+            .with_state(state.clone());
+        Ok(Self {
+            server: StubServer::serve(router).await?,
+            state,
+        })
+    }
+
+    /// What `openai_base_url` should be: `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.server.origin())
+    }
+
+    pub fn controls(&self) -> &Controls {
+        &self.state.controls
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}})),
+    )
+        .into_response()
+}
+
+fn fault_response(fault: Fault) -> Option<Response> {
+    match fault {
+        Fault::RateLimited { retry_after_secs } => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+            );
+            let headers = response.headers_mut();
+            headers.insert("retry-after", retry_after_secs.into());
+            headers.insert("x-ratelimit-limit-requests", 3500.into());
+            headers.insert("x-ratelimit-remaining-requests", 0.into());
+            headers.insert(
+                "x-ratelimit-reset-requests",
+                format!("{retry_after_secs}s").parse().unwrap(),
+            );
+            Some(response)
+        }
+        Fault::Status(code) => Some(error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "The server had an error while processing your request.",
+            "server_error",
+            "server_error",
+        )),
+        Fault::Hang(_) => None,
+    }
+}
+
+/// Checks the bearer key and injected faults; `Err` is the response to send instead.
+async fn admit(
+    state: &OpenAiState,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let expected = format!("Bearer {}", state.api_key);
+    let authorised = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected);
+    if let Some(response) = state
+        .controls
+        .enter(endpoint)
+        .await
+        .and_then(fault_response)
+    {
+        return Err(response);
+    }
+    if !authorised {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided.",
+            "invalid_request_error",
+            "invalid_api_key",
+        ));
+    }
+    Ok(())
+}
+
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// A deterministic unit vector: each word adds ±1 at a hashed position.
+pub fn embed(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut vector = vec![0f32; dimensions];
+    for word in words(text) {
+        let digest = Md5::digest(word.as_bytes());
+        let index = u64::from_le_bytes(digest[..8].try_into().unwrap()) as usize % dimensions;
+        let sign = if digest[8] & 1 == 0 { 1.0 } else { -1.0 };
+        vector[index] += sign;
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        vector[0] = 1.0;
+    } else {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+    vector
+}
+
+async fn embeddings(
+    State(state): State<Arc<OpenAiState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Err(response) = admit(&state, EMBEDDINGS, &headers).await {
+        return response;
+    }
+    let Ok(request) = serde_json::from_str::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            "invalid_json",
+        );
+    };
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push((EMBEDDINGS, request.clone()));
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'input' must be a string or an array of strings",
+                "invalid_request_error",
+                "invalid_input",
+            )
+        }
+    };
+    if inputs.is_empty() || inputs.len() > 2048 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'input' must have between 1 and 2048 items",
+            "invalid_request_error",
+            "invalid_input",
+        );
+    }
+    if inputs.iter().any(String::is_empty) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'input' cannot contain an empty string",
+            "invalid_request_error",
+            "invalid_input",
+        );
+    }
+    let Some(model) = request["model"].as_str() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "you must provide a model parameter",
+            "invalid_request_error",
+            "missing_model",
+        );
+    };
+    let tokens: usize = inputs.iter().map(|i| words(i).count()).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            json!({"object": "embedding", "index": index, "embedding": embed(input, state.dimensions)})
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+    }))
+    .into_response()
+}
+
+/// The deterministic answer to a chat request.
+pub fn answer_for(messages: &[Value]) -> String {
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let transcript: String = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let digest = Md5::digest(transcript.as_bytes());
+    let short: String = question.chars().take(120).collect();
+    format!(
+        "Stub answer to \"{short}\" from {} messages ({:02x}{:02x}{:02x}{:02x}).",
+        messages.len(),
+        digest[0],
+        digest[1],
+        digest[2],
+        digest[3]
+    )
+}
+
+async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(response) = admit(&state, CHAT, &headers).await {
+        return response;
+    }
+    let Ok(request) = serde_json::from_str::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            "invalid_json",
+        );
+    };
+    state.requests.lock().unwrap().push((CHAT, request.clone()));
+    let (Some(model), Some(messages)) = (request["model"].as_str(), request["messages"].as_array())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'model' and 'messages' are required",
+            "invalid_request_error",
+            "invalid_request",
+        );
+    };
+    if messages.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'messages' must not be empty",
+            "invalid_request_error",
+            "invalid_request",
+        );
+    }
+    let content = answer_for(messages);
+    let prompt_tokens: usize = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .map(|c| words(c).count())
+        .sum();
+    let completion_tokens = words(&content).count();
+    Json(json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        }
+    }))
+    .into_response()
+}

@@ -1,0 +1,120 @@
+//! `/health` and `/health/services` of the ops component, against real Redis and Postgres.
+
+use chatbot_harness::TestApp;
+
+async fn ops_app() -> TestApp {
+    TestApp::builder()
+        .only(&["ops"])
+        .spawn()
+        .await
+        .expect("spawning the app")
+}
+
+#[tokio::test]
+async fn health_answers_200_json_without_touching_dependencies() {
+    let app = ops_app().await;
+    let before = app.counts();
+    let response = app.get("/health").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.json();
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["service"], "rag-chatbot");
+    let used = app.counts() - before;
+    assert_eq!((used.redis_opens, used.postgres_opens), (0, 0));
+}
+
+#[tokio::test]
+async fn services_reports_redis_and_postgres_up_with_latency() {
+    let app = ops_app().await;
+    let before = app.counts();
+    let response = app.get("/health/services").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["status"], "healthy", "{body}");
+    let services = body["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["redis", "postgres"]);
+    for service in services {
+        assert_eq!(service["status"], "up", "{service}");
+        let latency = service["latency_ms"].as_f64().unwrap();
+        assert!(latency > 0.0 && latency < 10_000.0, "{service}");
+    }
+    // It really went through the host's Redis and Postgres.
+    let used = app.counts() - before;
+    assert_eq!(used.redis_opens, 1);
+    assert_eq!(used.postgres_opens, 1);
+}
+
+#[tokio::test]
+async fn services_reports_a_dead_redis_as_down_and_answers_503() {
+    // A port nothing listens on, but allowed, so the failure is the connection's.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("redis_address", format!("redis://127.0.0.1:{port}"))
+        .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
+        .spawn()
+        .await
+        .unwrap();
+    let response = app.get("/health/services").await.unwrap();
+    assert_eq!(response.status, 503, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["services"][0]["name"], "redis");
+    assert_eq!(body["services"][0]["status"], "down");
+    assert!(body["services"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("open"));
+    assert_eq!(body["services"][1]["status"], "up");
+}
+
+#[tokio::test]
+async fn services_reports_a_dead_postgres_without_leaking_credentials() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable(
+            "postgres_address",
+            format!("postgres://app:hunter2@127.0.0.1:{port}/chatbot"),
+        )
+        .variable(
+            "postgres_allowed_host",
+            format!("postgres://127.0.0.1:{port}"),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let response = app.get("/health/services").await.unwrap();
+    assert_eq!(response.status, 503);
+    let text = response.text();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_eq!(response.json()["services"][1]["status"], "down");
+}
+
+#[tokio::test]
+async fn wrong_method_and_unknown_path_are_json_errors() {
+    let app = ops_app().await;
+    let mut client = app.client();
+    let response = client.request("POST", "/health", &[], "").await.unwrap();
+    assert_eq!(response.status, 405);
+    assert_eq!(response.json()["status"], "method_not_allowed");
+    let response = client.get("/health/nope").await.unwrap();
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["status"], "not_found");
+    // No route at all: the host's 404, as Spin answers.
+    let response = client.get("/nothing-here").await.unwrap();
+    assert_eq!(response.status, 404);
+}
