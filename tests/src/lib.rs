@@ -50,9 +50,16 @@ pub struct TestAppBuilder {
     variables: BTreeMap<String, String>,
     chatbot_imports: Option<Arc<ChatbotImports>>,
     only: Option<Vec<String>>,
+    manifest: Option<PathBuf>,
 }
 
 impl TestAppBuilder {
+    /// Loads another manifest than the project's `spin.toml` (e.g. the harness's probe app).
+    pub fn manifest(mut self, path: impl Into<PathBuf>) -> Self {
+        self.manifest = Some(path.into());
+        self
+    }
+
     /// Overrides a variable (as `SPIN_VARIABLE_<NAME>` would).
     pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
         self.variables.insert(name.to_string(), value.into());
@@ -101,10 +108,16 @@ impl TestAppBuilder {
             ("openai_allowed_host".to_string(), openai.server.origin()),
             ("qdrant_allowed_host".to_string(), qdrant.url()),
         ]);
+        let manifest = self
+            .manifest
+            .unwrap_or_else(|| project_root().join("spin.toml"));
+        // The standard wiring applies to the variables this manifest declares.
+        let declared = manifest::Manifest::load(&manifest)?.variables;
+        variables.retain(|name, _| declared.contains_key(name));
         variables.extend(self.variables);
 
         let app = App::load(AppOptions {
-            manifest: project_root().join("spin.toml"),
+            manifest,
             variables,
             chatbot_imports: self.chatbot_imports.clone(),
             only: self.only,

@@ -1,0 +1,116 @@
+//! A probe guest for the harness's own tests: each route exercises one host
+//! interface and reports what happened as JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::{pg4, redis, variables};
+
+/// Lives in the instance's memory: if instances were reused, it would grow.
+static REQUESTS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+fn query_param(req: &Request, name: &str) -> Option<String> {
+    req.query().split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%2F", "/").replace("%3A", ":"))
+    })
+}
+
+fn json_response(status: u16, value: serde_json::Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(value.to_string())
+        .build()
+}
+
+#[http_component]
+async fn handle(req: Request) -> Response {
+    let seen = REQUESTS_SEEN.fetch_add(1, Ordering::SeqCst) + 1;
+    match (req.method(), req.path()) {
+        (Method::Get, "/probe/memory") => json_response(200, json!({ "requests_seen": seen })),
+        (Method::Get, "/probe/variable") => {
+            let name = query_param(&req, "name").unwrap_or_default();
+            match variables::get(&name) {
+                Ok(value) => json_response(200, json!({ "value": value })),
+                Err(e) => json_response(404, json!({ "error": format!("{e:?}") })),
+            }
+        }
+        (Method::Get, "/probe/redis") => {
+            let address = query_param(&req, "address")
+                .unwrap_or_else(|| variables::get("redis_address").unwrap_or_default());
+            let conn = match redis::Connection::open(&address) {
+                Ok(c) => c,
+                Err(e) => return json_response(502, json!({ "error": format!("{e:?}") })),
+            };
+            let key = "probe:key";
+            let outcome = conn
+                .set(key, &b"probe-value".to_vec())
+                .and_then(|()| conn.get(key))
+                .and_then(|v| {
+                    let n = conn.incr("probe:counter")?;
+                    let flat = conn.execute(
+                        "MGET",
+                        &[
+                            redis::RedisParameter::Binary(key.as_bytes().to_vec()),
+                            redis::RedisParameter::Binary(b"probe:missing".to_vec()),
+                        ],
+                    )?;
+                    Ok((v, n, flat.len()))
+                });
+            match outcome {
+                Ok((value, counter, mget_len)) => json_response(
+                    200,
+                    json!({
+                        "value": value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        "counter": counter,
+                        "mget_results": mget_len,
+                    }),
+                ),
+                Err(e) => json_response(502, json!({ "error": format!("{e:?}") })),
+            }
+        }
+        (Method::Get, "/probe/postgres") => {
+            let address = query_param(&req, "address")
+                .unwrap_or_else(|| variables::get("postgres_address").unwrap_or_default());
+            let conn = match pg4::Connection::open(&address) {
+                Ok(c) => c,
+                Err(e) => return json_response(502, json!({ "error": format!("{e:?}") })),
+            };
+            let rows = conn.query(
+                "SELECT $1::text AS greeting, $2::bigint + 1 AS next, now() AS at, NULL::text AS nothing",
+                &[
+                    pg4::ParameterValue::Str("hello".into()),
+                    pg4::ParameterValue::Int64(41),
+                ],
+            );
+            match rows {
+                Ok(rows) => {
+                    let row = &rows.rows[0];
+                    json_response(
+                        200,
+                        json!({
+                            "columns": rows.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                            "greeting": format!("{:?}", row[0]),
+                            "next": format!("{:?}", row[1]),
+                            "at_is_datetime": matches!(row[2], pg4::DbValue::Datetime(_)),
+                            "nothing_is_null": matches!(row[3], pg4::DbValue::DbNull),
+                        }),
+                    )
+                }
+                Err(e) => json_response(502, json!({ "error": format!("{e:?}") })),
+            }
+        }
+        (Method::Get, "/probe/http") => {
+            let url = query_param(&req, "url").unwrap_or_default();
+            let outbound = spin_sdk::http::Request::get(url);
+            match spin_sdk::http::send::<_, Response>(outbound).await {
+                Ok(response) => json_response(200, json!({ "status": response.status() })),
+                Err(e) => json_response(502, json!({ "error": format!("{e:?}") })),
+            }
+        }
+        _ => json_response(404, json!({ "error": "no such probe" })),
+    }
+}
