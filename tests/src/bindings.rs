@@ -35,6 +35,32 @@ pub mod chatbot {
         "#,
         world: "chatbot:harness/chatbot-imports",
         imports: { default: async },
+        additional_derives: [PartialEq],
+        with: {
+            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
+        },
+    });
+}
+
+/// The rate-limiter component's world, to call its export from the host.
+pub mod rate_limiter {
+    wasmtime::component::bindgen!({
+        path: ["../wit/deps/spin-sdk", "../wit/ratelimit.wit"],
+        world: "chatbot:ratelimit/rate-limiter",
+        exports: { default: async },
+        additional_derives: [PartialEq],
+        with: {
+            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
+        },
+    });
+}
+
+/// The metrics component's world, to call its recorder export from the host.
+pub mod metrics {
+    wasmtime::component::bindgen!({
+        path: ["../wit/deps/spin-sdk", "../wit/metrics.wit"],
+        world: "chatbot:metrics/metrics",
+        exports: { default: async },
         with: {
             "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
         },

@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod client;
 pub mod compose;
 pub mod host;
+pub mod limiter;
 pub mod manifest;
 pub mod routes;
 pub mod runtime;

@@ -310,3 +310,42 @@ pub async fn instantiation_time(app: &App, component_id: &str) -> Result<std::ti
     component.pre.instantiate_async(&mut store).await?;
     Ok(started.elapsed())
 }
+
+/// A component called through its exports rather than over HTTP (the limiter,
+/// the recorder), hosted alone with the same Spin interfaces. Every
+/// [`Library::instantiate`] is a fresh store and instance, like a request.
+pub struct Library {
+    pre: wasmtime::component::InstancePre<HostState>,
+    pub env: Arc<ComponentEnv>,
+}
+
+impl Library {
+    /// `variables` are what the component's `variables::get` sees; `allowed` its allow-list.
+    pub fn load(
+        path: &Path,
+        variables: BTreeMap<String, String>,
+        allowed: &[String],
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading {} (build the components first)", path.display()))?;
+        let env = Arc::new(ComponentEnv {
+            id: path.display().to_string(),
+            allowed_hosts: AllowedHosts::parse(allowed)?,
+            variables,
+            counters: Arc::new(HostCounters::default()),
+            postgres_pools: Arc::new(host::postgres::Pools::default()),
+            chatbot_imports: None,
+        });
+        let component = compile(&bytes)?;
+        let pre = host::linker(engine(), false)?.instantiate_pre(&component)?;
+        Ok(Self { pre, env })
+    }
+
+    pub fn new_store(&self) -> Store<HostState> {
+        Store::new(engine(), HostState::new(self.env.clone()))
+    }
+
+    pub fn instance_pre(&self) -> &wasmtime::component::InstancePre<HostState> {
+        &self.pre
+    }
+}

@@ -135,6 +135,36 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<()> {
     bail!("{what} did not listen on port {port} within 30 s")
 }
 
+/// A redis-server of a test's own, for tests that stop it. Dropping it kills it.
+pub struct PrivateRedis {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Result<Self> {
+        let (url, child, dir) = start_redis()?;
+        Ok(Self {
+            url,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the server now; connections to it fail from here on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn start_redis() -> Result<(String, Child, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;

@@ -1,0 +1,93 @@
+//! Drives the rate-limiter component through its `chatbot:ratelimit/limiter`
+//! export, lending it a Redis connection the way the query handler does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use wasmtime::component::Resource;
+
+use crate::bindings::fermyon::spin2_0_0::redis::HostConnection;
+use crate::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{Decision, Error};
+use crate::bindings::rate_limiter::RateLimiterPre;
+use crate::host::Counts;
+use crate::runtime::Library;
+
+pub struct LimiterUnderTest {
+    library: Arc<Library>,
+    pre: RateLimiterPre<crate::host::HostState>,
+    redis_address: String,
+}
+
+impl LimiterUnderTest {
+    /// Loads the built component with these limiter settings over `redis_address`.
+    pub fn load(redis_address: &str, settings: &[(&str, &str)]) -> Result<Self> {
+        let mut variables = BTreeMap::from([
+            ("redis_address".to_string(), redis_address.to_string()),
+            ("rate_limit_enabled".to_string(), "true".to_string()),
+            ("rate_limit_requests".to_string(), "100".to_string()),
+            ("rate_limit_window_seconds".to_string(), "60".to_string()),
+            ("rate_limit_failure_policy".to_string(), "open".to_string()),
+        ]);
+        for (name, value) in settings {
+            variables.insert(name.to_string(), value.to_string());
+        }
+        let url = url::Url::parse(redis_address)?;
+        let allowed = vec![format!(
+            "redis://{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(6379)
+        )];
+        let path = crate::project_root().join("target/wasm32-wasip2/release/rate_limiter.wasm");
+        let library = Arc::new(Library::load(&path, variables, &allowed)?);
+        let pre = RateLimiterPre::new(library.instance_pre().clone())?;
+        Ok(Self {
+            library,
+            pre,
+            redis_address: redis_address.to_string(),
+        })
+    }
+
+    /// One check, as one request would make it: a fresh instance, a fresh
+    /// connection opened through the host and lent to the limiter.
+    pub async fn check(&self, key: &str, cost: u32) -> Result<Result<Decision, Error>> {
+        self.check_after_open(key, cost, || {}).await
+    }
+
+    /// [`Self::check`], running `after_open` once the lent connection is open
+    /// (e.g. to stop the server under it).
+    pub async fn check_after_open(
+        &self,
+        key: &str,
+        cost: u32,
+        after_open: impl FnOnce(),
+    ) -> Result<Result<Decision, Error>> {
+        let mut store = self.library.new_store();
+        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await {
+            Ok(conn) => conn,
+            Err(e) => anyhow::bail!("the host could not open Redis: {e:?}"),
+        };
+        after_open();
+        let borrowed = Resource::new_borrow(conn.rep());
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let decision = instance
+            .chatbot_ratelimit_limiter()
+            .call_check(&mut store, borrowed, key, cost)
+            .await?;
+        Ok(decision)
+    }
+
+    /// A check where the limiter opens its own connection.
+    pub async fn check_standalone(&self, key: &str, cost: u32) -> Result<Result<Decision, Error>> {
+        let mut store = self.library.new_store();
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok(instance
+            .chatbot_ratelimit_limiter()
+            .call_check_standalone(&mut store, key, cost)
+            .await?)
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.library.env.counters.snapshot()
+    }
+}

@@ -1,0 +1,303 @@
+//! The rate-limiter component alone, called through its export with a lent
+//! connection, against the real Redis.
+
+use std::time::Duration;
+
+use chatbot_harness::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{
+    Error, Outcome,
+};
+use chatbot_harness::limiter::LimiterUnderTest;
+use chatbot_harness::services::{services, PrivateRedis};
+
+async fn limiter(settings: &[(&str, &str)]) -> (LimiterUnderTest, String) {
+    let redis = services().fresh_redis().await.unwrap();
+    (LimiterUnderTest::load(&redis, settings).unwrap(), redis)
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_burst_is_admitted_then_denied_then_refilled_exactly() {
+    // 4 tokens, refilled at 1 per second.
+    let (limiter, _) = limiter(&[
+        ("rate_limit_requests", "4"),
+        ("rate_limit_window_seconds", "4"),
+    ])
+    .await;
+    for expected_remaining in [3, 2, 1, 0] {
+        let d = limiter.check("session:burst", 1).await.unwrap().unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.outcome, Outcome::Enforced);
+        assert_eq!(d.limit, 4);
+        assert_eq!(d.remaining, expected_remaining);
+        assert_eq!(d.retry_after_seconds, 0);
+    }
+    let denied = limiter.check("session:burst", 1).await.unwrap().unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.remaining, 0);
+    assert_eq!(denied.retry_after_seconds, 1, "one token takes one second");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(denied.reset_at_epoch_seconds >= now + 3 && denied.reset_at_epoch_seconds <= now + 5);
+
+    // 2.5 s later, 2.5 tokens are back: exactly two more pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let admitted = [
+        limiter
+            .check("session:burst", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed,
+        limiter
+            .check("session:burst", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed,
+        limiter
+            .check("session:burst", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed,
+    ];
+    assert_eq!(admitted, [true, true, false]);
+}
+
+#[tokio::test]
+async fn concurrent_checks_admit_exactly_the_capacity() {
+    let (limiter, _) = limiter(&[
+        ("rate_limit_requests", "60"),
+        ("rate_limit_window_seconds", "86400"),
+    ])
+    .await;
+    let limiter = std::sync::Arc::new(limiter);
+    for round in 0..3 {
+        let key = format!("session:crowd-{round}");
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let limiter = limiter.clone();
+                let key = key.clone();
+                tokio::spawn(async move { limiter.check(&key, 1).await.unwrap().unwrap().allowed })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(admitted, 60, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn one_decision_is_one_redis_round_trip() {
+    let (limiter, _) = limiter(&[]).await;
+    // The first check may load the script (EVALSHA, then EVAL); steady state is what counts.
+    limiter.check("session:rt", 1).await.unwrap().unwrap();
+    let before = limiter.counts();
+    for _ in 0..10 {
+        limiter.check("session:rt", 1).await.unwrap().unwrap();
+    }
+    let counts = limiter.counts() - before;
+    assert_eq!(counts.redis_commands, 10);
+    // The connections were the host's (lent), one per simulated request.
+    assert_eq!(counts.redis_opens, 10);
+}
+
+#[tokio::test]
+async fn a_cost_above_what_is_left_is_denied_without_taking_tokens() {
+    let (limiter, _) = limiter(&[
+        ("rate_limit_requests", "10"),
+        ("rate_limit_window_seconds", "86400"),
+    ])
+    .await;
+    assert_eq!(limiter.check("s", 8).await.unwrap().unwrap().remaining, 2);
+    let denied = limiter.check("s", 3).await.unwrap().unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.remaining, 2, "a denied request takes nothing");
+    let admitted = limiter.check("s", 2).await.unwrap().unwrap();
+    assert!(admitted.allowed);
+    assert_eq!(admitted.remaining, 0);
+}
+
+#[tokio::test]
+async fn a_cost_above_capacity_or_zero_is_an_error_and_touches_nothing() {
+    let (limiter, redis) = limiter(&[("rate_limit_requests", "10")]).await;
+    assert_eq!(
+        limiter.check("s", 11).await.unwrap(),
+        Err(Error::InvalidCost)
+    );
+    assert_eq!(
+        limiter.check("s", 0).await.unwrap(),
+        Err(Error::InvalidCost)
+    );
+    assert!(matches!(
+        limiter.check("", 1).await.unwrap(),
+        Err(Error::InvalidKey(_))
+    ));
+    let mut conn = redis_conn(&redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(limiter.counts().redis_commands, 0);
+}
+
+#[tokio::test]
+async fn disabled_admits_everything_without_redis() {
+    let (limiter, _) = limiter(&[
+        ("rate_limit_enabled", "false"),
+        ("rate_limit_requests", "1"),
+    ])
+    .await;
+    for _ in 0..5 {
+        let d = limiter.check("s", 1).await.unwrap().unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.outcome, Outcome::Disabled);
+    }
+    assert_eq!(limiter.counts().redis_commands, 0);
+}
+
+#[tokio::test]
+async fn sessions_do_not_share_a_bucket() {
+    let (limiter, _) = limiter(&[
+        ("rate_limit_requests", "2"),
+        ("rate_limit_window_seconds", "86400"),
+    ])
+    .await;
+    for _ in 0..2 {
+        assert!(
+            limiter
+                .check("session:a", 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        !limiter
+            .check("session:a", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        limiter
+            .check("session:b", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn buckets_are_hashed_keys_that_expire_when_idle() {
+    let (limiter, redis) = limiter(&[
+        ("rate_limit_requests", "10"),
+        ("rate_limit_window_seconds", "60"),
+    ])
+    .await;
+    limiter
+        .check("session:x} FLUSHALL {", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = redis_conn(&redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0].starts_with("chatbot:ratelimit:{") && !keys[0].contains("FLUSHALL"),
+        "{keys:?}"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // One token short: full again in 6 s, plus a second of grace.
+    assert!(ttl > 5_000 && ttl <= 7_000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_falls_back_to_eval() {
+    let (limiter, redis) = limiter(&[
+        ("rate_limit_requests", "3"),
+        ("rate_limit_window_seconds", "86400"),
+    ])
+    .await;
+    assert!(limiter.check("s", 1).await.unwrap().unwrap().allowed);
+    let mut conn = redis_conn(&redis).await;
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let d = limiter.check("s", 1).await.unwrap().unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1, "the bucket survived the script flush");
+}
+
+#[tokio::test]
+async fn redis_down_fails_open_by_default_and_closed_when_configured() {
+    let dead = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("redis://127.0.0.1:{port}")
+    };
+    let open = LimiterUnderTest::load(&dead, &[]).unwrap();
+    let d = open.check_standalone("s", 1).await.unwrap().unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.outcome, Outcome::FailedOpen);
+
+    let closed = LimiterUnderTest::load(&dead, &[("rate_limit_failure_policy", "closed")]).unwrap();
+    let d = closed.check_standalone("s", 1).await.unwrap().unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.outcome, Outcome::FailedClosed);
+    assert!(d.retry_after_seconds >= 1);
+}
+
+#[tokio::test]
+async fn a_lent_connection_whose_server_died_follows_the_policy() {
+    let mut server = PrivateRedis::start().unwrap();
+    let limiter =
+        LimiterUnderTest::load(&server.url, &[("rate_limit_failure_policy", "closed")]).unwrap();
+    assert!(limiter.check("s", 1).await.unwrap().unwrap().allowed);
+    // The server dies after the caller opened the connection it lends.
+    let d = limiter
+        .check_after_open("s", 1, || server.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::FailedClosed);
+    assert!(!d.allowed);
+}
+
+#[tokio::test]
+async fn a_bad_failure_policy_is_a_configuration_error() {
+    let (limiter, _) = limiter(&[("rate_limit_failure_policy", "sometimes")]).await;
+    assert!(matches!(
+        limiter.check("s", 1).await.unwrap(),
+        Err(Error::Configuration(_))
+    ));
+}
