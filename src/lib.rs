@@ -7,4 +7,5 @@
 pub mod api;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod ratelimit;
