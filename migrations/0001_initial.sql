@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at       TIMESTAMPTZ NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ix_conversations_user_session_id ON conversations (user_session_id);
+-- One conversation per session: the query handler upserts it in the same statement as the messages.
+CREATE UNIQUE INDEX IF NOT EXISTS ix_conversations_user_session_id ON conversations (user_session_id);
 CREATE INDEX IF NOT EXISTS ix_conversations_created_at ON conversations (created_at);
 CREATE INDEX IF NOT EXISTS ix_conversations_expires_at ON conversations (expires_at);
 

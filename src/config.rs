@@ -27,6 +27,9 @@ pub mod names {
     pub const MAX_SESSIONS_PER_USER: &str = "max_sessions_per_user";
     pub const RETENTION_DAYS: &str = "retention_days";
     pub const HEALTH_CHECK_TIMEOUT_MS: &str = "health_check_timeout_ms";
+    pub const QUERY_CACHE_SCOPE: &str = "query_cache_scope";
+    pub const OPENAI_TIMEOUT_MS: &str = "openai_timeout_ms";
+    pub const QDRANT_TIMEOUT_MS: &str = "qdrant_timeout_ms";
 }
 
 /// A secret value: usable, but never printed by `Debug` or `Display`.

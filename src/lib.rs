@@ -5,7 +5,13 @@
 //! answer. Everything here is unit-tested natively.
 
 pub mod api;
+pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod health;
+pub mod history;
+pub mod ingest;
 pub mod metrics;
+pub mod query;
 pub mod ratelimit;
+pub mod upstream;

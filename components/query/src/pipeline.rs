@@ -1,0 +1,199 @@
+//! The RAG pipeline behind the query cache: embed (through the embedding
+//! cache), search Qdrant, ask the chat model, cache the answer.
+
+use std::time::{Duration, Instant};
+
+use chatbot_core::metrics::names as m;
+use chatbot_core::query::{self, keys, CachedAnswer, QueryRequest};
+use chatbot_core::upstream::UpstreamError;
+use chatbot_spin::caches::{embed_cached, Telemetry};
+use chatbot_spin::redis_script::{binary, eval, first_binary};
+use chatbot_spin::settings::PipelineSettings;
+use spin_sdk::redis::{Connection, RedisParameter};
+
+pub struct Answer {
+    pub value: CachedAnswer,
+    pub cached: bool,
+}
+
+/// How often a request waiting on another's identical question looks for its answer.
+const WAIT_STEP: Duration = Duration::from_millis(25);
+
+fn lookup(conn: &Connection, cache_key: &str, request: &QueryRequest, telemetry: &mut Telemetry) -> Option<CachedAnswer> {
+    match eval(
+        conn,
+        query::LOOKUP_SCRIPT,
+        &[cache_key, keys::TOP_QUESTIONS],
+        &[binary(query::question_entry(request))],
+    ) {
+        Ok(results) => first_binary(&results).and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        Err(e) => {
+            eprintln!("query cache: lookup failed: {e}");
+            telemetry.redis_error();
+            None
+        }
+    }
+}
+
+fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
+    telemetry.add(m::CACHE_HITS, &[("cache_type", "query")], 1.0);
+    telemetry.add(m::TOKENS_SAVED, &[("cache_type", "query")], value.tokens as f64);
+    Answer { value, cached: true }
+}
+
+/// Answers from the cache, or runs the pipeline once for all identical
+/// concurrent misses: the first takes a short lock, the others wait for its answer.
+pub fn answer(
+    conn: Option<&Connection>,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    telemetry: &mut Telemetry,
+) -> Result<Answer, UpstreamError> {
+    let Some(conn) = conn else {
+        // Redis is down: no cache, no lock; answer anyway.
+        return run(None, settings, request, telemetry).map(|value| Answer { value, cached: false });
+    };
+    let cache_key = query::query_cache_key(request, &settings.shape());
+    if let Some(value) = lookup(conn, &cache_key, request, telemetry) {
+        return Ok(hit(value, telemetry));
+    }
+    telemetry.add(m::CACHE_MISSES, &[("cache_type", "query")], 1.0);
+
+    let lock = query::lock_key(&cache_key);
+    let token = chatbot_spin::random_token();
+    // Long enough for the slowest pipeline; a crashed holder's lock expires on its own.
+    let lock_ttl = settings.openai_timeout * 2 + settings.qdrant_timeout + Duration::from_secs(5);
+    let waited_since = Instant::now();
+    loop {
+        let acquired = conn
+            .execute(
+                "SET",
+                &[
+                    binary(&lock),
+                    binary(&token),
+                    binary("NX"),
+                    binary("PX"),
+                    RedisParameter::Int64(lock_ttl.as_millis() as i64),
+                ],
+            )
+            .map(|r| !matches!(r.first(), None | Some(spin_sdk::redis::RedisResult::Nil)))
+            .unwrap_or(true);
+        if acquired || waited_since.elapsed() > lock_ttl {
+            break;
+        }
+        std::thread::sleep(WAIT_STEP);
+        if let Ok(results) = conn.execute("GET", &[binary(&cache_key)]) {
+            if let Some(value) = first_binary(&results).and_then(|b| serde_json::from_slice(&b).ok()) {
+                return Ok(hit(value, telemetry));
+            }
+        }
+    }
+
+    match run(Some(conn), settings, request, telemetry) {
+        Ok(value) => {
+            let page_index = request.page_context.as_deref().map(query::page_index_key).unwrap_or_default();
+            let stored = eval(
+                conn,
+                query::STORE_ANSWER_SCRIPT,
+                &[&cache_key, &query::session_index_key(&request.session_id), &page_index, &lock],
+                &[
+                    RedisParameter::Binary(serde_json::to_vec(&value).expect("answers serialise")),
+                    RedisParameter::Int64(settings.query_cache_ttl_seconds as i64),
+                    binary(&token),
+                ],
+            );
+            if let Err(e) = stored {
+                eprintln!("query cache: store failed: {e}");
+                telemetry.redis_error();
+            }
+            Ok(Answer { value, cached: false })
+        }
+        Err(e) => {
+            // Errors are never cached; let a waiting request try at once.
+            let _ = eval(conn, query::RELEASE_LOCK_SCRIPT, &[&lock], &[binary(&token)]);
+            Err(e)
+        }
+    }
+}
+
+fn run(
+    conn: Option<&Connection>,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    telemetry: &mut Telemetry,
+) -> Result<CachedAnswer, UpstreamError> {
+    let text = query::normalise(&request.question);
+    let vector = embed_cached(conn, settings, &[text], telemetry)?
+        .pop()
+        .expect("one vector per text");
+
+    telemetry.add(m::QDRANT_SEARCHES, &[], 1.0);
+    let (passages, latency) = chatbot_spin::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
+    telemetry.add(m::QDRANT_SEARCH_LATENCY, &[], latency.as_secs_f64());
+
+    telemetry.add(m::OPENAI_CALLS, &[("operation", "chat")], 1.0);
+    let messages = query::prompt_messages(request, &passages);
+    let (answer, usage, latency) =
+        chatbot_spin::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
+    telemetry.add(m::OPENAI_LATENCY, &[("operation", "chat")], latency.as_secs_f64());
+    telemetry.add(m::OPENAI_TOKENS, &[("operation", "chat"), ("kind", "prompt")], usage.prompt_tokens as f64);
+    telemetry.add(m::OPENAI_TOKENS, &[("operation", "chat"), ("kind", "completion")], usage.completion_tokens as f64);
+    Ok(CachedAnswer {
+        answer,
+        citations: query::citations(&passages),
+        tokens: usage.prompt_tokens + usage.completion_tokens,
+    })
+}
+
+/// Stores the exchange; a failure is counted and logged, and the answer still goes out.
+pub fn store_history(
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    answer: &Answer,
+    telemetry: &mut Telemetry,
+) -> Option<i64> {
+    let started = Instant::now();
+    match chatbot_spin::history::store_exchange(
+        &settings.postgres_address,
+        settings.retention_days,
+        request,
+        &answer.value.answer,
+        &answer.value.citations,
+        answer.cached,
+    ) {
+        Ok(id) => {
+            telemetry.add(m::DATABASE_LATENCY, &[("operation", "store_exchange")], started.elapsed().as_secs_f64());
+            Some(id)
+        }
+        Err(e) => {
+            eprintln!(
+                "history write lost for session {}: {}",
+                request.session_id,
+                chatbot_core::config::redact_userinfo(&e)
+            );
+            telemetry.add(m::HISTORY_WRITES_LOST, &[], 1.0);
+            telemetry.add(m::ERRORS, &[("error_type", "postgres")], 1.0);
+            None
+        }
+    }
+}
+
+/// Top rate-limited sessions and the audit log, in one round trip.
+pub fn note_rate_limited(conn: &Connection, session_id: &str) {
+    let entry = serde_json::json!({
+        "at": chatbot_spin::now_epoch_seconds(),
+        "action": "rate_limit_denied",
+        "session_id": session_id,
+        // Entries are members of a sorted set: make each one distinct.
+        "id": chatbot_spin::random_token(),
+    })
+    .to_string();
+    if let Err(e) = eval(
+        conn,
+        query::NOTE_RATE_LIMITED_SCRIPT,
+        &[keys::RATE_LIMITED_SESSIONS, keys::AUDIT_LOG],
+        &[binary(session_id), binary(entry)],
+    ) {
+        eprintln!("analytics: noting a rate-limited session failed: {e}");
+    }
+}

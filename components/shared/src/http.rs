@@ -1,0 +1,142 @@
+//! Outbound HTTP over `wasi:http` with connect and first-byte timeouts
+//! (spin-sdk's `send` has none), blocking the instance while it waits.
+
+use std::time::Duration;
+
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
+use wasi::io::streams::StreamError;
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+#[derive(Debug)]
+pub enum HttpError {
+    Timeout,
+    /// Refused by the host (not in `allowed_outbound_hosts`), bad URL, connection refused...
+    Failed(String),
+}
+
+fn method(name: &str) -> Method {
+    match name {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        other => Method::Other(other.to_string()),
+    }
+}
+
+fn is_timeout(code: &ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout
+    )
+}
+
+fn failed(code: ErrorCode) -> HttpError {
+    if is_timeout(&code) {
+        HttpError::Timeout
+    } else {
+        HttpError::Failed(format!("{code:?}"))
+    }
+}
+
+/// Sends `body` to `url` and reads the whole answer, within `timeout` until the first byte.
+pub fn request(
+    verb: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| HttpError::Failed(format!("not an absolute URL: {url}")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let fields = Fields::from_list(&fields).map_err(|e| HttpError::Failed(format!("headers: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_string()),
+    };
+    let bad = |what: &str| HttpError::Failed(format!("invalid {what} in {url}"));
+    request.set_method(&method(verb)).map_err(|()| bad("method"))?;
+    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
+    request.set_authority(Some(authority)).map_err(|()| bad("authority"))?;
+    request.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
+    let outgoing_body = request.body().map_err(|()| bad("body"))?;
+
+    let options = RequestOptions::new();
+    let nanos = timeout.as_nanos() as u64;
+    let _ = options.set_connect_timeout(Some(nanos));
+    let _ = options.set_first_byte_timeout(Some(nanos));
+    let _ = options.set_between_bytes_timeout(Some(nanos));
+    let pending = outgoing_handler::handle(request, Some(options)).map_err(failed)?;
+
+    if let Some(bytes) = body {
+        let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
+        for chunk in bytes.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| HttpError::Failed(format!("writing the body: {e:?}")))?;
+        }
+        drop(stream);
+    }
+    OutgoingBody::finish(outgoing_body, None).map_err(failed)?;
+
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(failed(code)),
+        Some(Err(())) | None => return Err(HttpError::Failed("no response".into())),
+    };
+    let status = response.status();
+    let headers = response.headers().entries();
+    let incoming = response.consume().map_err(|()| bad("response body"))?;
+    let stream = incoming.stream().map_err(|()| bad("response stream"))?;
+    let mut body = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                let text = e.to_debug_string();
+                return Err(if text.to_ascii_lowercase().contains("timeout") {
+                    HttpError::Timeout
+                } else {
+                    HttpError::Failed(format!("reading the body: {text}"))
+                });
+            }
+        }
+    }
+    drop(stream);
+    drop(incoming);
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}

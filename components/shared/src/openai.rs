@@ -1,0 +1,99 @@
+//! The OpenAI (or any OpenAI-compatible) client: embeddings and chat.
+
+use std::time::{Duration, Instant};
+
+use chatbot_core::upstream::{self, UpstreamError, Usage, OPENAI, QDRANT};
+
+use crate::http::{self, HttpError};
+use crate::settings::PipelineSettings;
+
+/// POSTs JSON and returns the body of a 2xx answer, or the classified failure.
+pub fn send_json(
+    service: &'static str,
+    verb: &str,
+    url: &str,
+    extra_headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), UpstreamError> {
+    let mut headers = vec![("content-type", "application/json"), ("accept", "application/json")];
+    headers.extend_from_slice(extra_headers);
+    let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
+    let response = http::request(verb, url, &headers, bytes.as_deref(), timeout).map_err(|e| match e {
+        HttpError::Timeout => UpstreamError::Timeout { service },
+        HttpError::Failed(message) => UpstreamError::Unreachable { service, message },
+    })?;
+    if (200..300).contains(&response.status) {
+        Ok((response.status, response.body))
+    } else {
+        Err(upstream::status_error(
+            service,
+            response.status,
+            response.header("retry-after"),
+            &response.body,
+        ))
+    }
+}
+
+fn bearer(settings: &PipelineSettings) -> String {
+    format!("Bearer {}", settings.openai_api_key.expose())
+}
+
+/// Embeds `texts` in one call. Returns the vectors in order, the usage and the call's latency.
+pub fn embed(settings: &PipelineSettings, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
+    let started = Instant::now();
+    let auth = bearer(settings);
+    let (_, body) = send_json(
+        OPENAI,
+        "POST",
+        &format!("{}/embeddings", settings.openai_base_url),
+        &[("authorization", &auth)],
+        Some(&upstream::embeddings_request(&settings.embedding_model, texts)),
+        settings.openai_timeout,
+    )?;
+    let (vectors, usage) = upstream::parse_embeddings(&body, texts.len())?;
+    Ok((vectors, usage, started.elapsed()))
+}
+
+/// Asks the chat model. Returns the answer, the usage and the call's latency.
+pub fn chat(settings: &PipelineSettings, messages: &[(String, String)]) -> Result<(String, Usage, Duration), UpstreamError> {
+    let started = Instant::now();
+    let auth = bearer(settings);
+    let (_, body) = send_json(
+        OPENAI,
+        "POST",
+        &format!("{}/chat/completions", settings.openai_base_url),
+        &[("authorization", &auth)],
+        Some(&upstream::chat_request(&settings.chat_model, messages)),
+        settings.openai_timeout,
+    )?;
+    let (answer, usage) = upstream::parse_chat(&body)?;
+    Ok((answer, usage, started.elapsed()))
+}
+
+/// The `api-key` header Qdrant Cloud expects, when a key is configured.
+pub fn qdrant_headers(settings: &PipelineSettings) -> Vec<(&'static str, String)> {
+    if settings.qdrant_api_key.is_empty() {
+        vec![]
+    } else {
+        vec![("api-key", settings.qdrant_api_key.expose().to_string())]
+    }
+}
+
+pub(crate) fn qdrant_send(
+    settings: &PipelineSettings,
+    verb: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<u8>), UpstreamError> {
+    let headers = qdrant_headers(settings);
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_json(
+        QDRANT,
+        verb,
+        &format!("{}{path}", settings.qdrant_url),
+        &refs,
+        body,
+        settings.qdrant_timeout,
+    )
+}

@@ -1,0 +1,148 @@
+//! Postgres statements for the conversation history, and paging.
+//!
+//! An exchange (question and answer, with citations) is stored in **one**
+//! statement: data-modifying CTEs upsert the session and conversation, insert
+//! both messages and all citations. One statement is one transaction and one
+//! round trip.
+
+use serde::{Deserialize, Serialize};
+
+use crate::query::Rejection;
+
+pub const PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE: i64 = 100_000;
+
+/// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
+/// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
+/// citations as a JSON array of `{source, chunk_id, score, snippet}`.
+/// Returns the conversation id and the number of citations stored.
+pub const STORE_EXCHANGE_SQL: &str = "\
+WITH s AS (
+    INSERT INTO user_sessions (session_id, user_id, expires_at)
+    VALUES ($1, $2, now() + make_interval(days => $3::int))
+    ON CONFLICT (session_id) DO UPDATE
+        SET last_seen_at = now(),
+            expires_at = EXCLUDED.expires_at,
+            user_id = COALESCE(EXCLUDED.user_id, user_sessions.user_id)
+    RETURNING id
+), c AS (
+    INSERT INTO conversations (user_session_id, expires_at)
+    SELECT id, now() + make_interval(days => $3::int) FROM s
+    ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    RETURNING id
+), q AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int) FROM c
+    RETURNING id
+), a AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT c.id, 'assistant', $7, $5, $6, now() + make_interval(days => $3::int)
+    FROM c, q
+    RETURNING id
+), cit AS (
+    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
+    FROM a, jsonb_to_recordset($8::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
+    RETURNING id
+)
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations";
+
+/// `$1` session id, `$2` offset. One query per page: messages with their
+/// citations aggregated, and the session's total, oldest first.
+pub const HISTORY_PAGE_SQL: &str = "\
+SELECT m.id, m.role, m.content, m.page_context, m.cached,
+       to_char(m.\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS at,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object('source', ci.source, 'chunk_id', ci.chunk_id,
+                                                     'score', ci.score, 'snippet', ci.snippet) ORDER BY ci.id)
+                 FROM citations ci WHERE ci.message_id = m.id), '[]'::jsonb) AS citations,
+       (SELECT count(*) FROM messages m2
+          JOIN conversations c2 ON c2.id = m2.conversation_id
+          JOIN user_sessions s2 ON s2.id = c2.user_session_id
+         WHERE s2.session_id = $1) AS total
+FROM messages m
+JOIN conversations c ON c.id = m.conversation_id
+JOIN user_sessions s ON s.id = c.user_session_id
+WHERE s.session_id = $1
+ORDER BY m.\"timestamp\", m.id
+LIMIT 50 OFFSET $2";
+
+/// The total when a page has no rows (past the end).
+pub const HISTORY_TOTAL_SQL: &str = "\
+SELECT count(*) FROM messages m
+JOIN conversations c ON c.id = m.conversation_id
+JOIN user_sessions s ON s.id = c.user_session_id
+WHERE s.session_id = $1";
+
+/// Parses `page` from a query string (`page=N`, 1-based, default 1).
+pub fn parse_page(query: &str) -> Result<i64, Rejection> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("page="))
+        .unwrap_or("1");
+    raw.parse::<i64>()
+        .ok()
+        .filter(|p| (1..=MAX_PAGE).contains(p))
+        .ok_or_else(|| Rejection::new(400, "invalid_request", format!("`page` must be a whole number from 1 to {MAX_PAGE}")))
+}
+
+pub fn offset(page: i64) -> i64 {
+    (page - 1) * PAGE_SIZE
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    pub id: i64,
+    pub role: String,
+    pub content: String,
+    pub page_context: Option<String>,
+    pub cached: bool,
+    pub timestamp: String,
+    pub citations: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub session_id: String,
+    pub page: i64,
+    pub page_size: i64,
+    pub total: i64,
+    pub total_pages: i64,
+    pub messages: Vec<HistoryMessage>,
+}
+
+impl HistoryPage {
+    pub fn new(session_id: &str, page: i64, total: i64, messages: Vec<HistoryMessage>) -> Self {
+        Self {
+            session_id: session_id.to_string(),
+            page,
+            page_size: PAGE_SIZE,
+            total,
+            total_pages: (total + PAGE_SIZE - 1) / PAGE_SIZE,
+            messages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_parse_and_offset() {
+        assert_eq!(parse_page(""), Ok(1));
+        assert_eq!(parse_page("page=3"), Ok(3));
+        assert_eq!(parse_page("x=1&page=2"), Ok(2));
+        assert!(parse_page("page=0").is_err());
+        assert!(parse_page("page=-1").is_err());
+        assert!(parse_page("page=abc").is_err());
+        assert_eq!(offset(1), 0);
+        assert_eq!(offset(3), 100);
+    }
+
+    #[test]
+    fn total_pages_round_up() {
+        assert_eq!(HistoryPage::new("s", 1, 0, vec![]).total_pages, 0);
+        assert_eq!(HistoryPage::new("s", 1, 50, vec![]).total_pages, 1);
+        assert_eq!(HistoryPage::new("s", 1, 51, vec![]).total_pages, 2);
+    }
+}

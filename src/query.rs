@@ -1,0 +1,483 @@
+//! The chat query: request validation, cache keys, the grounded prompt,
+//! citations and the response, as pure functions.
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::ErrorBody;
+use crate::ratelimit::hex;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_QUESTION_CHARS: usize = 4000;
+pub const MAX_PAGE_CONTEXT_CHARS: usize = 4000;
+pub const MAX_ID_LEN: usize = 128;
+/// Bumped whenever the prompt changes, so cached answers from an older prompt are not served.
+pub const PROMPT_VERSION: &str = "v1";
+
+/// A validated query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRequest {
+    /// As asked, trimmed.
+    pub question: String,
+    pub session_id: String,
+    pub page_context: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// Why a request was refused: an HTTP status and the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+impl Rejection {
+    pub fn new(status: u16, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, detail),
+        }
+    }
+}
+
+/// `application/json`, with any parameters (`; charset=utf-8`).
+pub fn is_json_content_type(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// Ids are short tokens of safe characters, so they are safe in logs, keys and URLs.
+pub fn validate_id(field: &str, value: &str) -> Result<(), Rejection> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("`{field}` must be 1 to {MAX_ID_LEN} characters of letters, digits, '-', '_', '.' or ':'"),
+        ))
+    }
+}
+
+fn string_field(object: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Rejection::new(400, "invalid_request", format!("`{field}` must be a string"))),
+    }
+}
+
+const FIELDS: [&str; 4] = ["question", "session_id", "page_context", "user_id"];
+
+/// Parses and validates a query body. Nothing is touched before this passes.
+pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryRequest, Rejection> {
+    if !is_json_content_type(content_type) {
+        return Err(Rejection::new(415, "unsupported_media_type", "send the query as Content-Type: application/json"));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Rejection::new(413, "payload_too_large", format!("the body may be at most {MAX_BODY_BYTES} bytes")));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| Rejection::new(400, "invalid_json", "the body is not valid UTF-8"))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(400, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(Rejection::new(400, "invalid_request", "the body must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("unknown field `{unknown}`; expected {}", FIELDS.join(", ")),
+        ));
+    }
+    let question = string_field(&object, "question")?
+        .ok_or_else(|| Rejection::new(400, "invalid_request", "`question` is required"))?;
+    let question = question.trim().to_string();
+    if question.is_empty() {
+        return Err(Rejection::new(400, "invalid_request", "`question` must not be empty"));
+    }
+    if question.chars().count() > MAX_QUESTION_CHARS {
+        return Err(Rejection::new(400, "invalid_request", format!("`question` may be at most {MAX_QUESTION_CHARS} characters")));
+    }
+    if question.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(Rejection::new(400, "invalid_request", "`question` contains control characters"));
+    }
+    let session_id = string_field(&object, "session_id")?
+        .ok_or_else(|| Rejection::new(400, "invalid_request", "`session_id` is required"))?;
+    validate_id("session_id", &session_id)?;
+    let page_context = string_field(&object, "page_context")?
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty());
+    if page_context.as_ref().is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS) {
+        return Err(Rejection::new(400, "invalid_request", format!("`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters")));
+    }
+    let user_id = string_field(&object, "user_id")?;
+    if let Some(user) = &user_id {
+        validate_id("user_id", user)?;
+    }
+    Ok(QueryRequest {
+        question,
+        session_id,
+        page_context,
+        user_id,
+    })
+}
+
+/// Trim, collapse whitespace, lowercase: "What is  AI?" and "what is ai?" are one question.
+pub fn normalise(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// MD5 over a length-prefixed encoding of the parts, so `"ab"+"c"` and
+/// `"a"+"bc"` never collide.
+pub fn md5_of_parts(parts: &[&str]) -> String {
+    let mut hasher = Md5::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+/// Whether cached answers are per session (the seed's behaviour) or shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    Session,
+    Global,
+}
+
+impl CacheScope {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "session" => Some(Self::Session),
+            "global" => Some(Self::Global),
+            _ => None,
+        }
+    }
+}
+
+/// Everything besides the question that shapes an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerShape<'a> {
+    pub chat_model: &'a str,
+    pub embedding_model: &'a str,
+    pub collection: &'a str,
+    pub top_k: u32,
+    pub scope: CacheScope,
+}
+
+pub mod keys {
+    pub const QUERY_PREFIX: &str = "chatbot:query:";
+    pub const LOCK_PREFIX: &str = "chatbot:query-lock:";
+    pub const EMBEDDING_PREFIX: &str = "chatbot:embedding:";
+    pub const SESSION_INDEX_PREFIX: &str = "chatbot:query-index:session:";
+    pub const PAGE_INDEX_PREFIX: &str = "chatbot:query-index:page:";
+    pub const TOP_QUESTIONS: &str = "chatbot:analytics:top-questions";
+    pub const RATE_LIMITED_SESSIONS: &str = "chatbot:analytics:rate-limited-sessions";
+    pub const AUDIT_LOG: &str = "chatbot:audit";
+}
+
+/// The query-cache key for a request.
+pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
+    let top_k = shape.top_k.to_string();
+    let session = match shape.scope {
+        CacheScope::Session => request.session_id.as_str(),
+        CacheScope::Global => "",
+    };
+    let question = normalise(&request.question);
+    let page = request.page_context.as_deref().map(normalise).unwrap_or_default();
+    let digest = md5_of_parts(&[
+        PROMPT_VERSION,
+        shape.chat_model,
+        shape.embedding_model,
+        shape.collection,
+        &top_k,
+        &question,
+        &page,
+        session,
+    ]);
+    format!("{}{digest}", keys::QUERY_PREFIX)
+}
+
+pub fn lock_key(cache_key: &str) -> String {
+    format!("{}{}", keys::LOCK_PREFIX, cache_key.trim_start_matches(keys::QUERY_PREFIX))
+}
+
+pub fn session_index_key(session_id: &str) -> String {
+    format!("{}{}", keys::SESSION_INDEX_PREFIX, md5_of_parts(&[session_id]))
+}
+
+pub fn page_index_key(page_context: &str) -> String {
+    format!("{}{}", keys::PAGE_INDEX_PREFIX, md5_of_parts(&[&normalise(page_context)]))
+}
+
+/// The embedding-cache key: MD5 of model and text.
+pub fn embedding_cache_key(model: &str, text: &str) -> String {
+    format!("{}{}", keys::EMBEDDING_PREFIX, md5_of_parts(&[model, text]))
+}
+
+/// Looks an answer up and counts the question (for analytics and warm-up),
+/// in one round trip. KEYS: cache key, top questions. ARGV: the question entry.
+pub const LOOKUP_SCRIPT: &str = r#"
+redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
+if redis.call('ZCARD', KEYS[2]) > 10000 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, 0)
+end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// The top-questions member for a request: what warm-up needs to ask it again.
+pub fn question_entry(request: &QueryRequest) -> String {
+    let question: String = normalise(&request.question).chars().take(500).collect();
+    serde_json::json!({"q": question, "p": request.page_context}).to_string()
+}
+
+/// Stores the answer, indexes it by session and page context (for scoped
+/// invalidation) and releases the stampede lock, in one round trip.
+/// KEYS: cache, session index, page index (or ""), lock. ARGV: value, ttl seconds, lock token.
+pub const STORE_ANSWER_SCRIPT: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if KEYS[3] ~= '' then
+  redis.call('SADD', KEYS[3], KEYS[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+if redis.call('GET', KEYS[4]) == ARGV[3] then
+  redis.call('DEL', KEYS[4])
+end
+return 1
+"#;
+
+/// Notes a rate-limited session (top limited sessions, capped at 1,000) and
+/// appends the denial to the audit log (capped at 10,000), in one round trip.
+/// KEYS: limited sessions, audit log. ARGV: session id, audit entry.
+pub const NOTE_RATE_LIMITED_SCRIPT: &str = r#"
+redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])
+if redis.call('ZCARD', KEYS[1]) > 1000 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
+end
+local t = redis.call('TIME')
+local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[2], score, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
+return 1
+"#;
+
+/// Releases the stampede lock if we still hold it. KEYS: lock. ARGV: token.
+pub const RELEASE_LOCK_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Sets several keys with one TTL. KEYS: the keys. ARGV[1]: ttl, then the values.
+pub const SET_MANY_SCRIPT: &str = r#"
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"#;
+
+/// A passage retrieved from the vector store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Passage {
+    pub source: String,
+    pub chunk_id: String,
+    pub score: f64,
+    pub text: String,
+}
+
+/// What the answer cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    pub source: String,
+    pub chunk_id: String,
+    pub score: f64,
+    pub snippet: String,
+}
+
+pub const SNIPPET_CHARS: usize = 200;
+
+pub fn snippet(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= SNIPPET_CHARS {
+        collapsed
+    } else {
+        let cut: String = collapsed.chars().take(SNIPPET_CHARS).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
+pub fn citations(passages: &[Passage]) -> Vec<Citation> {
+    passages
+        .iter()
+        .map(|p| Citation {
+            source: p.source.clone(),
+            chunk_id: p.chunk_id.clone(),
+            score: (p.score * 10_000.0).round() / 10_000.0,
+            snippet: snippet(&p.text),
+        })
+        .collect()
+}
+
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant that answers questions about a document \
+collection. Answer only from the numbered context passages and the page context; cite the passages \
+you use as [1], [2], ... If the passages do not contain the answer, say that you do not know.";
+
+/// The chat messages for a question: the system prompt and one user message
+/// carrying the page context, the numbered passages and the question.
+pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<(String, String)> {
+    let mut user = String::new();
+    if let Some(page) = &request.page_context {
+        user.push_str("Page context: ");
+        user.push_str(page);
+        user.push_str("\n\n");
+    }
+    user.push_str("Context passages:\n");
+    if passages.is_empty() {
+        user.push_str("(none found)\n");
+    }
+    for (i, p) in passages.iter().enumerate() {
+        user.push_str(&format!("[{}] ({}) {}\n", i + 1, p.source, p.text));
+    }
+    user.push_str("\nQuestion: ");
+    user.push_str(&request.question);
+    vec![
+        ("system".to_string(), SYSTEM_PROMPT.to_string()),
+        ("user".to_string(), user),
+    ]
+}
+
+/// What the query cache holds: the answer and its citations (never an error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    /// Tokens the answer cost, to count what a hit saves.
+    #[serde(default)]
+    pub tokens: u64,
+}
+
+/// The response body of `POST /api/v1/chat/query`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub session_id: String,
+    pub conversation_id: Option<i64>,
+    pub cached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<QueryRequest, Rejection> {
+        parse_query(Some("application/json"), body.as_bytes())
+    }
+
+    const SHAPE: AnswerShape = AnswerShape {
+        chat_model: "gpt",
+        embedding_model: "emb",
+        collection: "docs",
+        top_k: 5,
+        scope: CacheScope::Session,
+    };
+
+    #[test]
+    fn a_good_request_parses_and_trims() {
+        let q = parse(r#"{"question":"  What is AI? ","session_id":"sess1","page_context":"AI textbook"}"#).unwrap();
+        assert_eq!(q.question, "What is AI?");
+        assert_eq!(q.session_id, "sess1");
+        assert_eq!(q.page_context.as_deref(), Some("AI textbook"));
+        assert_eq!(q.user_id, None);
+        let q = parse(r#"{"question":"q","session_id":"s","page_context":null}"#).unwrap();
+        assert_eq!(q.page_context, None);
+    }
+
+    #[test]
+    fn bad_requests_are_rejected_with_the_right_status() {
+        let cases: &[(Option<&str>, &str, u16)] = &[
+            (Some("text/plain"), r#"{"question":"q","session_id":"s"}"#, 415),
+            (None, r#"{"question":"q","session_id":"s"}"#, 415),
+            (Some("application/json"), "{", 400),
+            (Some("application/json"), "[]", 400),
+            (Some("application/json"), r#"{"session_id":"s"}"#, 400),
+            (Some("application/json"), r#"{"question":"   ","session_id":"s"}"#, 400),
+            (Some("application/json"), r#"{"question":5,"session_id":"s"}"#, 400),
+            (Some("application/json"), r#"{"question":"q"}"#, 400),
+            (Some("application/json"), r#"{"question":"q","session_id":"a b"}"#, 400),
+            (Some("application/json"), r#"{"question":"q","session_id":"s","extra":1}"#, 400),
+        ];
+        for (ct, body, status) in cases {
+            let r = parse_query(*ct, body.as_bytes()).unwrap_err();
+            assert_eq!(r.status, *status, "{body}: {r:?}");
+        }
+        let big = format!(r#"{{"question":"{}","session_id":"s"}}"#, "x".repeat(MAX_BODY_BYTES));
+        assert_eq!(parse(&big).unwrap_err().status, 413);
+        assert_eq!(parse_query(Some("application/json"), &[0xff, 0xfe]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn content_type_parameters_are_accepted() {
+        assert!(is_json_content_type(Some("application/json; charset=utf-8")));
+        assert!(is_json_content_type(Some("Application/JSON")));
+        assert!(!is_json_content_type(Some("application/jsonp")));
+    }
+
+    #[test]
+    fn length_prefixing_prevents_collisions() {
+        assert_ne!(md5_of_parts(&["ab", "c"]), md5_of_parts(&["a", "bc"]));
+        assert_eq!(md5_of_parts(&["a", "b"]), md5_of_parts(&["a", "b"]));
+    }
+
+    #[test]
+    fn cache_keys_follow_what_shapes_the_answer() {
+        let q = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#).unwrap();
+        let key = query_cache_key(&q, &SHAPE);
+        assert!(key.starts_with(keys::QUERY_PREFIX));
+        // Same question, different spacing and case: same entry.
+        let same = parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#).unwrap();
+        assert_eq!(query_cache_key(&same, &SHAPE), key);
+        // Different page context, session, model, top_k: different entries.
+        let other_page = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#).unwrap();
+        assert_ne!(query_cache_key(&other_page, &SHAPE), key);
+        let other_session = parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#).unwrap();
+        assert_ne!(query_cache_key(&other_session, &SHAPE), key);
+        assert_ne!(query_cache_key(&q, &AnswerShape { chat_model: "other", ..SHAPE }), key);
+        assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
+        // With a global scope, sessions share the entry.
+        let global = AnswerShape { scope: CacheScope::Global, ..SHAPE };
+        assert_eq!(query_cache_key(&q, &global), query_cache_key(&other_session, &global));
+    }
+
+    #[test]
+    fn prompt_numbers_passages_and_carries_page_context() {
+        let q = parse(r#"{"question":"Why?","session_id":"s","page_context":"Chapter 2"}"#).unwrap();
+        let passages = vec![Passage { source: "book.pdf".into(), chunk_id: "c1".into(), score: 0.9, text: "Because.".into() }];
+        let messages = prompt_messages(&q, &passages);
+        assert_eq!(messages[0].0, "system");
+        assert!(messages[1].1.contains("Page context: Chapter 2"));
+        assert!(messages[1].1.contains("[1] (book.pdf) Because."));
+        assert!(messages[1].1.ends_with("Question: Why?"));
+    }
+
+    #[test]
+    fn snippets_are_bounded() {
+        assert_eq!(snippet("a  b\nc"), "a b c");
+        let long = snippet(&"word ".repeat(100));
+        assert!(long.chars().count() <= SNIPPET_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
+}
