@@ -15,7 +15,10 @@ pub fn bearer_matches(authorization: Option<&str>, expected: &str) -> bool {
     };
     let a = Md5::digest(presented.trim().as_bytes());
     let b = Md5::digest(expected.as_bytes());
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

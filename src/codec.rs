@@ -21,7 +21,11 @@ pub fn decode_embedding(bytes: &[u8]) -> Option<Vec<f32>> {
     if data.len() != len * 4 || len == 0 {
         return None;
     }
-    Some(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    Some(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -82,7 +82,13 @@ pub fn parse_page(query: &str) -> Result<i64, Rejection> {
     raw.parse::<i64>()
         .ok()
         .filter(|p| (1..=MAX_PAGE).contains(p))
-        .ok_or_else(|| Rejection::new(400, "invalid_request", format!("`page` must be a whole number from 1 to {MAX_PAGE}")))
+        .ok_or_else(|| {
+            Rejection::new(
+                400,
+                "invalid_request",
+                format!("`page` must be a whole number from 1 to {MAX_PAGE}"),
+            )
+        })
 }
 
 pub fn offset(page: i64) -> i64 {

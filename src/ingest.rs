@@ -28,31 +28,70 @@ struct IngestBody {
     documents: Vec<Document>,
 }
 
-pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Document>, Rejection> {
+pub fn parse_documents(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<Document>, Rejection> {
     if !crate::query::is_json_content_type(content_type) {
-        return Err(Rejection::new(415, "unsupported_media_type", "send documents as Content-Type: application/json"));
+        return Err(Rejection::new(
+            415,
+            "unsupported_media_type",
+            "send documents as Content-Type: application/json",
+        ));
     }
     if body.len() > MAX_DOCUMENTS * MAX_DOCUMENT_CHARS / 10 {
-        return Err(Rejection::new(413, "payload_too_large", "the body is too large; send fewer documents per request"));
+        return Err(Rejection::new(
+            413,
+            "payload_too_large",
+            "the body is too large; send fewer documents per request",
+        ));
     }
-    let parsed: IngestBody = serde_json::from_slice(body)
-        .map_err(|e| Rejection::new(400, "invalid_request", format!("expected {{\"documents\": [{{id, text, source, metadata}}]}}: {e}")))?;
+    let parsed: IngestBody = serde_json::from_slice(body).map_err(|e| {
+        Rejection::new(
+            400,
+            "invalid_request",
+            format!("expected {{\"documents\": [{{id, text, source, metadata}}]}}: {e}"),
+        )
+    })?;
     if parsed.documents.is_empty() || parsed.documents.len() > MAX_DOCUMENTS {
-        return Err(Rejection::new(400, "invalid_request", format!("send 1 to {MAX_DOCUMENTS} documents")));
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("send 1 to {MAX_DOCUMENTS} documents"),
+        ));
     }
     for doc in &parsed.documents {
         validate_id("id", &doc.id)?;
         if doc.text.trim().is_empty() {
-            return Err(Rejection::new(400, "invalid_request", format!("document `{}` has no text", doc.id)));
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("document `{}` has no text", doc.id),
+            ));
         }
         if doc.text.chars().count() > MAX_DOCUMENT_CHARS {
-            return Err(Rejection::new(413, "payload_too_large", format!("document `{}` is over {MAX_DOCUMENT_CHARS} characters", doc.id)));
+            return Err(Rejection::new(
+                413,
+                "payload_too_large",
+                format!(
+                    "document `{}` is over {MAX_DOCUMENT_CHARS} characters",
+                    doc.id
+                ),
+            ));
         }
         if doc.source.trim().is_empty() || doc.source.len() > 512 {
-            return Err(Rejection::new(400, "invalid_request", format!("document `{}` needs a source of 1 to 512 bytes", doc.id)));
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("document `{}` needs a source of 1 to 512 bytes", doc.id),
+            ));
         }
         if doc.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-            return Err(Rejection::new(400, "invalid_request", format!("metadata of `{}` must be an object", doc.id)));
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("metadata of `{}` must be an object", doc.id),
+            ));
         }
     }
     Ok(parsed.documents)
@@ -68,7 +107,10 @@ pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
         let mut end = (start + size).min(chars.len());
         if end < chars.len() {
             // Back up to a space in the last fifth of the chunk, if there is one.
-            if let Some(space) = (start + size * 4 / 5..end).rev().find(|&i| chars[i].is_whitespace()) {
+            if let Some(space) = (start + size * 4 / 5..end)
+                .rev()
+                .find(|&i| chars[i].is_whitespace())
+            {
                 end = space;
             }
         }
@@ -90,11 +132,20 @@ pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
 pub fn point_id(document_id: &str, chunk_index: usize) -> String {
     let h = md5_of_parts(&[document_id, &chunk_index.to_string()]);
     // Shape as a version-3 (name-based, MD5) UUID.
-    let mut bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap()).collect();
+    let mut bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
     bytes[6] = (bytes[6] & 0x0f) | 0x30;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex = crate::ratelimit::hex(&bytes);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 pub fn payload(doc: &Document, chunk_index: usize, text: &str) -> Value {
@@ -113,7 +164,10 @@ mod tests {
 
     #[test]
     fn chunks_overlap_and_cover_the_text() {
-        let text = (0..500).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let text = (0..500)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let chunks = chunk(&text, 200, 50);
         assert!(chunks.len() > 5);
         assert!(chunks.iter().all(|c| c.chars().count() <= 200));
@@ -142,8 +196,12 @@ mod tests {
 
     #[test]
     fn documents_are_validated() {
-        let ok = br#"{"documents":[{"id":"d1","text":"t","source":"s.pdf","metadata":{"page":1}}]}"#;
-        assert_eq!(parse_documents(Some("application/json"), ok).unwrap().len(), 1);
+        let ok =
+            br#"{"documents":[{"id":"d1","text":"t","source":"s.pdf","metadata":{"page":1}}]}"#;
+        assert_eq!(
+            parse_documents(Some("application/json"), ok).unwrap().len(),
+            1
+        );
         for bad in [
             &br#"{"documents":[]}"#[..],
             br#"{"documents":[{"id":"bad id","text":"t","source":"s"}]}"#,
@@ -152,8 +210,18 @@ mod tests {
             br#"{"documents":[{"id":"d","text":"t","source":"s","metadata":[1]}]}"#,
             br#"{"docs":[]}"#,
         ] {
-            assert_eq!(parse_documents(Some("application/json"), bad).unwrap_err().status, 400, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_documents(Some("application/json"), bad)
+                    .unwrap_err()
+                    .status,
+                400,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(parse_documents(Some("text/plain"), ok).unwrap_err().status, 415);
+        assert_eq!(
+            parse_documents(Some("text/plain"), ok).unwrap_err().status,
+            415
+        );
     }
 }

@@ -68,11 +68,18 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
-fn string_field(object: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
+fn string_field(
+    object: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, Rejection> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Rejection::new(400, "invalid_request", format!("`{field}` must be a string"))),
+        Some(_) => Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("`{field}` must be a string"),
+        )),
     }
 }
 
@@ -81,16 +88,34 @@ const FIELDS: [&str; 4] = ["question", "session_id", "page_context", "user_id"];
 /// Parses and validates a query body. Nothing is touched before this passes.
 pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryRequest, Rejection> {
     if !is_json_content_type(content_type) {
-        return Err(Rejection::new(415, "unsupported_media_type", "send the query as Content-Type: application/json"));
+        return Err(Rejection::new(
+            415,
+            "unsupported_media_type",
+            "send the query as Content-Type: application/json",
+        ));
     }
     if body.len() > MAX_BODY_BYTES {
-        return Err(Rejection::new(413, "payload_too_large", format!("the body may be at most {MAX_BODY_BYTES} bytes")));
+        return Err(Rejection::new(
+            413,
+            "payload_too_large",
+            format!("the body may be at most {MAX_BODY_BYTES} bytes"),
+        ));
     }
-    let text = std::str::from_utf8(body).map_err(|_| Rejection::new(400, "invalid_json", "the body is not valid UTF-8"))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(400, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Rejection::new(400, "invalid_json", "the body is not valid UTF-8"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Rejection::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
     let Value::Object(object) = value else {
-        return Err(Rejection::new(400, "invalid_request", "the body must be a JSON object"));
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
     };
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(Rejection::new(
@@ -103,13 +128,28 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
         .ok_or_else(|| Rejection::new(400, "invalid_request", "`question` is required"))?;
     let question = question.trim().to_string();
     if question.is_empty() {
-        return Err(Rejection::new(400, "invalid_request", "`question` must not be empty"));
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            "`question` must not be empty",
+        ));
     }
     if question.chars().count() > MAX_QUESTION_CHARS {
-        return Err(Rejection::new(400, "invalid_request", format!("`question` may be at most {MAX_QUESTION_CHARS} characters")));
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("`question` may be at most {MAX_QUESTION_CHARS} characters"),
+        ));
     }
-    if question.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(Rejection::new(400, "invalid_request", "`question` contains control characters"));
+    if question
+        .chars()
+        .any(|c| c.is_control() && !c.is_whitespace())
+    {
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            "`question` contains control characters",
+        ));
     }
     let session_id = string_field(&object, "session_id")?
         .ok_or_else(|| Rejection::new(400, "invalid_request", "`session_id` is required"))?;
@@ -117,8 +157,15 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
     let page_context = string_field(&object, "page_context")?
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty());
-    if page_context.as_ref().is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS) {
-        return Err(Rejection::new(400, "invalid_request", format!("`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters")));
+    if page_context
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS)
+    {
+        return Err(Rejection::new(
+            400,
+            "invalid_request",
+            format!("`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"),
+        ));
     }
     let user_id = string_field(&object, "user_id")?;
     if let Some(user) = &user_id {
@@ -134,7 +181,10 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
 
 /// Trim, collapse whitespace, lowercase: "What is  AI?" and "what is ai?" are one question.
 pub fn normalise(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// MD5 over a length-prefixed encoding of the parts, so `"ab"+"c"` and
@@ -194,7 +244,11 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
         CacheScope::Global => "",
     };
     let question = normalise(&request.question);
-    let page = request.page_context.as_deref().map(normalise).unwrap_or_default();
+    let page = request
+        .page_context
+        .as_deref()
+        .map(normalise)
+        .unwrap_or_default();
     let digest = md5_of_parts(&[
         PROMPT_VERSION,
         shape.chat_model,
@@ -209,15 +263,27 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
 }
 
 pub fn lock_key(cache_key: &str) -> String {
-    format!("{}{}", keys::LOCK_PREFIX, cache_key.trim_start_matches(keys::QUERY_PREFIX))
+    format!(
+        "{}{}",
+        keys::LOCK_PREFIX,
+        cache_key.trim_start_matches(keys::QUERY_PREFIX)
+    )
 }
 
 pub fn session_index_key(session_id: &str) -> String {
-    format!("{}{}", keys::SESSION_INDEX_PREFIX, md5_of_parts(&[session_id]))
+    format!(
+        "{}{}",
+        keys::SESSION_INDEX_PREFIX,
+        md5_of_parts(&[session_id])
+    )
 }
 
 pub fn page_index_key(page_context: &str) -> String {
-    format!("{}{}", keys::PAGE_INDEX_PREFIX, md5_of_parts(&[&normalise(page_context)]))
+    format!(
+        "{}{}",
+        keys::PAGE_INDEX_PREFIX,
+        md5_of_parts(&[&normalise(page_context)])
+    )
 }
 
 /// The embedding-cache key: MD5 of model and text.
@@ -331,7 +397,8 @@ pub fn citations(passages: &[Passage]) -> Vec<Citation> {
         .collect()
 }
 
-pub const SYSTEM_PROMPT: &str = "You are a helpful assistant that answers questions about a document \
+pub const SYSTEM_PROMPT: &str =
+    "You are a helpful assistant that answers questions about a document \
 collection. Answer only from the numbered context passages and the page context; cite the passages \
 you use as [1], [2], ... If the passages do not contain the answer, say that you do not know.";
 
@@ -397,7 +464,10 @@ mod tests {
 
     #[test]
     fn a_good_request_parses_and_trims() {
-        let q = parse(r#"{"question":"  What is AI? ","session_id":"sess1","page_context":"AI textbook"}"#).unwrap();
+        let q = parse(
+            r#"{"question":"  What is AI? ","session_id":"sess1","page_context":"AI textbook"}"#,
+        )
+        .unwrap();
         assert_eq!(q.question, "What is AI?");
         assert_eq!(q.session_id, "sess1");
         assert_eq!(q.page_context.as_deref(), Some("AI textbook"));
@@ -409,29 +479,59 @@ mod tests {
     #[test]
     fn bad_requests_are_rejected_with_the_right_status() {
         let cases: &[(Option<&str>, &str, u16)] = &[
-            (Some("text/plain"), r#"{"question":"q","session_id":"s"}"#, 415),
+            (
+                Some("text/plain"),
+                r#"{"question":"q","session_id":"s"}"#,
+                415,
+            ),
             (None, r#"{"question":"q","session_id":"s"}"#, 415),
             (Some("application/json"), "{", 400),
             (Some("application/json"), "[]", 400),
             (Some("application/json"), r#"{"session_id":"s"}"#, 400),
-            (Some("application/json"), r#"{"question":"   ","session_id":"s"}"#, 400),
-            (Some("application/json"), r#"{"question":5,"session_id":"s"}"#, 400),
+            (
+                Some("application/json"),
+                r#"{"question":"   ","session_id":"s"}"#,
+                400,
+            ),
+            (
+                Some("application/json"),
+                r#"{"question":5,"session_id":"s"}"#,
+                400,
+            ),
             (Some("application/json"), r#"{"question":"q"}"#, 400),
-            (Some("application/json"), r#"{"question":"q","session_id":"a b"}"#, 400),
-            (Some("application/json"), r#"{"question":"q","session_id":"s","extra":1}"#, 400),
+            (
+                Some("application/json"),
+                r#"{"question":"q","session_id":"a b"}"#,
+                400,
+            ),
+            (
+                Some("application/json"),
+                r#"{"question":"q","session_id":"s","extra":1}"#,
+                400,
+            ),
         ];
         for (ct, body, status) in cases {
             let r = parse_query(*ct, body.as_bytes()).unwrap_err();
             assert_eq!(r.status, *status, "{body}: {r:?}");
         }
-        let big = format!(r#"{{"question":"{}","session_id":"s"}}"#, "x".repeat(MAX_BODY_BYTES));
+        let big = format!(
+            r#"{{"question":"{}","session_id":"s"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
         assert_eq!(parse(&big).unwrap_err().status, 413);
-        assert_eq!(parse_query(Some("application/json"), &[0xff, 0xfe]).unwrap_err().status, 400);
+        assert_eq!(
+            parse_query(Some("application/json"), &[0xff, 0xfe])
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]
     fn content_type_parameters_are_accepted() {
-        assert!(is_json_content_type(Some("application/json; charset=utf-8")));
+        assert!(is_json_content_type(Some(
+            "application/json; charset=utf-8"
+        )));
         assert!(is_json_content_type(Some("Application/JSON")));
         assert!(!is_json_content_type(Some("application/jsonp")));
     }
@@ -444,28 +544,53 @@ mod tests {
 
     #[test]
     fn cache_keys_follow_what_shapes_the_answer() {
-        let q = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#).unwrap();
+        let q =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#).unwrap();
         let key = query_cache_key(&q, &SHAPE);
         assert!(key.starts_with(keys::QUERY_PREFIX));
         // Same question, different spacing and case: same entry.
-        let same = parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#).unwrap();
+        let same =
+            parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#).unwrap();
         assert_eq!(query_cache_key(&same, &SHAPE), key);
         // Different page context, session, model, top_k: different entries.
-        let other_page = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#).unwrap();
+        let other_page =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#).unwrap();
         assert_ne!(query_cache_key(&other_page, &SHAPE), key);
-        let other_session = parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#).unwrap();
+        let other_session =
+            parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#).unwrap();
         assert_ne!(query_cache_key(&other_session, &SHAPE), key);
-        assert_ne!(query_cache_key(&q, &AnswerShape { chat_model: "other", ..SHAPE }), key);
+        assert_ne!(
+            query_cache_key(
+                &q,
+                &AnswerShape {
+                    chat_model: "other",
+                    ..SHAPE
+                }
+            ),
+            key
+        );
         assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
         // With a global scope, sessions share the entry.
-        let global = AnswerShape { scope: CacheScope::Global, ..SHAPE };
-        assert_eq!(query_cache_key(&q, &global), query_cache_key(&other_session, &global));
+        let global = AnswerShape {
+            scope: CacheScope::Global,
+            ..SHAPE
+        };
+        assert_eq!(
+            query_cache_key(&q, &global),
+            query_cache_key(&other_session, &global)
+        );
     }
 
     #[test]
     fn prompt_numbers_passages_and_carries_page_context() {
-        let q = parse(r#"{"question":"Why?","session_id":"s","page_context":"Chapter 2"}"#).unwrap();
-        let passages = vec![Passage { source: "book.pdf".into(), chunk_id: "c1".into(), score: 0.9, text: "Because.".into() }];
+        let q =
+            parse(r#"{"question":"Why?","session_id":"s","page_context":"Chapter 2"}"#).unwrap();
+        let passages = vec![Passage {
+            source: "book.pdf".into(),
+            chunk_id: "c1".into(),
+            score: 0.9,
+            text: "Because.".into(),
+        }];
         let messages = prompt_messages(&q, &passages);
         assert_eq!(messages[0].0, "system");
         assert!(messages[1].1.contains("Page context: Chapter 2"));

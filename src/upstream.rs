@@ -58,7 +58,10 @@ impl UpstreamError {
 
     pub fn retry_after_seconds(&self) -> Option<u32> {
         match self {
-            Self::RateLimited { retry_after_seconds, .. } => Some(retry_after_seconds.unwrap_or(1)),
+            Self::RateLimited {
+                retry_after_seconds,
+                ..
+            } => Some(retry_after_seconds.unwrap_or(1)),
             Self::Status { status, .. } if *status >= 500 => Some(1),
             Self::Unreachable { .. } => Some(1),
             _ => None,
@@ -67,18 +70,29 @@ impl UpstreamError {
 }
 
 /// Classifies a non-2xx answer: 429 with its `Retry-After`, else the error message.
-pub fn status_error(service: &'static str, status: u16, retry_after: Option<&str>, body: &[u8]) -> UpstreamError {
+pub fn status_error(
+    service: &'static str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> UpstreamError {
     if status == 429 {
         return UpstreamError::RateLimited {
             service,
-            retry_after_seconds: retry_after.and_then(|v| v.trim().parse::<f64>().ok()).map(|s| s.ceil() as u32),
+            retry_after_seconds: retry_after
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|s| s.ceil() as u32),
         };
     }
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     // OpenAI: {"error": {"message"}}; Qdrant: {"status": {"error"}}.
     let message = parsed
         .as_ref()
-        .and_then(|v| v["error"]["message"].as_str().or_else(|| v["status"]["error"].as_str()))
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or_else(|| v["status"]["error"].as_str())
+        })
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     UpstreamError::Status {
@@ -117,15 +131,27 @@ pub struct Usage {
 }
 
 /// The embeddings, in input order (by `index`), and the tokens used.
-pub fn parse_embeddings(body: &[u8], expected: usize) -> Result<(Vec<Vec<f32>>, Usage), UpstreamError> {
-    let bad = |message: String| UpstreamError::BadResponse { service: OPENAI, message };
-    let response: EmbeddingsResponse = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+pub fn parse_embeddings(
+    body: &[u8],
+    expected: usize,
+) -> Result<(Vec<Vec<f32>>, Usage), UpstreamError> {
+    let bad = |message: String| UpstreamError::BadResponse {
+        service: OPENAI,
+        message,
+    };
+    let response: EmbeddingsResponse =
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     if response.data.len() != expected {
-        return Err(bad(format!("{} embeddings for {expected} inputs", response.data.len())));
+        return Err(bad(format!(
+            "{} embeddings for {expected} inputs",
+            response.data.len()
+        )));
     }
     let mut out = vec![Vec::new(); expected];
     for item in response.data {
-        let slot = out.get_mut(item.index).ok_or_else(|| bad(format!("index {} out of range", item.index)))?;
+        let slot = out
+            .get_mut(item.index)
+            .ok_or_else(|| bad(format!("index {} out of range", item.index)))?;
         *slot = item.embedding;
     }
     if out.iter().any(Vec::is_empty) {
@@ -144,7 +170,10 @@ pub fn chat_request(model: &str, messages: &[(String, String)]) -> Value {
 
 /// The answer text and the tokens used.
 pub fn parse_chat(body: &[u8]) -> Result<(String, Usage), UpstreamError> {
-    let bad = |message: String| UpstreamError::BadResponse { service: OPENAI, message };
+    let bad = |message: String| UpstreamError::BadResponse {
+        service: OPENAI,
+        message,
+    };
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     let content = value["choices"][0]["message"]["content"]
         .as_str()
@@ -159,13 +188,21 @@ pub fn search_request(vector: &[f32], limit: u32) -> Value {
 
 /// Passages from a `points/search` answer (`result` is a list of hits).
 pub fn parse_search(body: &[u8]) -> Result<Vec<Passage>, UpstreamError> {
-    let bad = |message: String| UpstreamError::BadResponse { service: QDRANT, message };
+    let bad = |message: String| UpstreamError::BadResponse {
+        service: QDRANT,
+        message,
+    };
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let hits = value["result"].as_array().ok_or_else(|| bad("no result list".into()))?;
+    let hits = value["result"]
+        .as_array()
+        .ok_or_else(|| bad("no result list".into()))?;
     Ok(hits
         .iter()
         .map(|hit| Passage {
-            source: hit["payload"]["source"].as_str().unwrap_or("unknown").to_string(),
+            source: hit["payload"]["source"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
             chunk_id: match &hit["id"] {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -217,13 +254,26 @@ mod tests {
 
     #[test]
     fn error_messages_are_extracted_from_both_formats() {
-        let e = status_error(OPENAI, 500, None, br#"{"error":{"message":"boom","type":"server_error"}}"#);
+        let e = status_error(
+            OPENAI,
+            500,
+            None,
+            br#"{"error":{"message":"boom","type":"server_error"}}"#,
+        );
         assert_eq!(e.to_string(), "openai answered 500: boom");
         assert_eq!(e.http_status(), 503);
-        let e = status_error(QDRANT, 400, None, br#"{"status":{"error":"Wrong input"},"time":0}"#);
+        let e = status_error(
+            QDRANT,
+            400,
+            None,
+            br#"{"status":{"error":"Wrong input"},"time":0}"#,
+        );
         assert_eq!(e.to_string(), "qdrant answered 400: Wrong input");
         assert_eq!(e.http_status(), 502);
-        assert_eq!(UpstreamError::Timeout { service: OPENAI }.http_status(), 504);
+        assert_eq!(
+            UpstreamError::Timeout { service: OPENAI }.http_status(),
+            504
+        );
     }
 
     #[test]

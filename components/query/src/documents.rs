@@ -26,13 +26,24 @@ pub fn ingest(req: &Request) -> Response {
     let conn = Connection::open(&settings.redis_address).ok();
     if !auth::bearer_matches(authorization, &token) {
         if let Some(conn) = &conn {
-            let _ = chatbot_spin::audit(conn, "unauthorized", serde_json::json!({"path": req.path()}));
+            let _ = chatbot_spin::audit(
+                conn,
+                "unauthorized",
+                serde_json::json!({"path": req.path()}),
+            );
         }
-        let mut response = reject(&Rejection::new(401, "unauthorized", "a valid admin bearer token is required"));
+        let mut response = reject(&Rejection::new(
+            401,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        ));
         response.set_header("www-authenticate", "Bearer");
         return response;
     }
-    let documents = match ingest::parse_documents(req.header("content-type").and_then(|v| v.as_str()), req.body()) {
+    let documents = match ingest::parse_documents(
+        req.header("content-type").and_then(|v| v.as_str()),
+        req.body(),
+    ) {
         Ok(d) => d,
         Err(rejection) => return reject(&rejection),
     };
@@ -40,7 +51,10 @@ pub fn ingest(req: &Request) -> Response {
     let mut texts = Vec::new();
     let mut owners = Vec::new();
     for (d, doc) in documents.iter().enumerate() {
-        for (i, chunk) in ingest::chunk(&doc.text, CHUNK_CHARS, CHUNK_OVERLAP_CHARS).into_iter().enumerate() {
+        for (i, chunk) in ingest::chunk(&doc.text, CHUNK_CHARS, CHUNK_OVERLAP_CHARS)
+            .into_iter()
+            .enumerate()
+        {
             owners.push((d, i));
             texts.push(chunk);
         }
@@ -72,7 +86,11 @@ pub fn ingest(req: &Request) -> Response {
         Ok(chunks) => {
             if let Some(conn) = &conn {
                 let ids: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
-                let _ = chatbot_spin::audit(conn, "documents_ingested", serde_json::json!({"documents": ids, "chunks": chunks}));
+                let _ = chatbot_spin::audit(
+                    conn,
+                    "documents_ingested",
+                    serde_json::json!({"documents": ids, "chunks": chunks}),
+                );
             }
             json(
                 200,
@@ -85,7 +103,11 @@ pub fn ingest(req: &Request) -> Response {
         }
         Err(e) => {
             eprintln!("ingestion failed: {e}");
-            let mut response = reject(&Rejection::new(e.http_status(), "upstream_unavailable", e.to_string()));
+            let mut response = reject(&Rejection::new(
+                e.http_status(),
+                "upstream_unavailable",
+                e.to_string(),
+            ));
             if let Some(s) = e.retry_after_seconds() {
                 response.set_header("retry-after", s.to_string());
             }

@@ -40,26 +40,54 @@ fn handle(req: Request) -> Response {
     let path = req.path().trim_end_matches('/').to_string();
     let mut response = match (req.method(), path.as_str()) {
         (Method::Post, "/api/v1/chat/query") => chat_query(&req, started),
-        (_, "/api/v1/chat/query") => reject(&Rejection::new(405, "method_not_allowed", "use POST /api/v1/chat/query")),
-        (Method::Get, p) if p.starts_with("/api/v1/chat/history/") => history(&req, &p["/api/v1/chat/history/".len()..]),
-        (_, p) if p.starts_with("/api/v1/chat/history/") => {
-            reject(&Rejection::new(405, "method_not_allowed", "use GET /api/v1/chat/history/{session_id}"))
+        (_, "/api/v1/chat/query") => reject(&Rejection::new(
+            405,
+            "method_not_allowed",
+            "use POST /api/v1/chat/query",
+        )),
+        (Method::Get, p) if p.starts_with("/api/v1/chat/history/") => {
+            history(&req, &p["/api/v1/chat/history/".len()..])
         }
+        (_, p) if p.starts_with("/api/v1/chat/history/") => reject(&Rejection::new(
+            405,
+            "method_not_allowed",
+            "use GET /api/v1/chat/history/{session_id}",
+        )),
         (Method::Post, "/api/v1/documents") => documents::ingest(&req),
-        (_, "/api/v1/documents") => reject(&Rejection::new(405, "method_not_allowed", "use POST /api/v1/documents")),
-        _ => reject(&Rejection::new(404, "not_found", format!("no route for {path}"))),
+        (_, "/api/v1/documents") => reject(&Rejection::new(
+            405,
+            "method_not_allowed",
+            "use POST /api/v1/documents",
+        )),
+        _ => reject(&Rejection::new(
+            404,
+            "not_found",
+            format!("no route for {path}"),
+        )),
     };
-    respond::set_header(&mut response, "x-response-time", &format!("{:.3}ms", started.elapsed().as_secs_f64() * 1000.0));
+    respond::set_header(
+        &mut response,
+        "x-response-time",
+        &format!("{:.3}ms", started.elapsed().as_secs_f64() * 1000.0),
+    );
     response
 }
 
 fn config_failure(e: impl std::fmt::Display) -> Response {
     eprintln!("configuration error: {e}");
-    reject(&Rejection::new(500, "configuration_error", format!("the service is misconfigured: {e}")))
+    reject(&Rejection::new(
+        500,
+        "configuration_error",
+        format!("the service is misconfigured: {e}"),
+    ))
 }
 
 /// The rate-limit headers for a decision, and whether it denied.
-fn limit(conn: Option<&Connection>, key: &str, telemetry: &mut Telemetry) -> Result<limiter::Decision, Response> {
+fn limit(
+    conn: Option<&Connection>,
+    key: &str,
+    telemetry: &mut Telemetry,
+) -> Result<limiter::Decision, Response> {
     let decision = match conn {
         Some(conn) => limiter::check(conn, key, 1),
         None => limiter::check_standalone(key, 1),
@@ -117,7 +145,11 @@ fn chat_query(req: &Request, started: Instant) -> Response {
         }
     };
 
-    let mut decision = match limit(conn.as_ref(), &format!("session:{}", request.session_id), &mut telemetry) {
+    let mut decision = match limit(
+        conn.as_ref(),
+        &format!("session:{}", request.session_id),
+        &mut telemetry,
+    ) {
         Ok(d) => d,
         Err(response) => return response,
     };
@@ -131,28 +163,54 @@ fn chat_query(req: &Request, started: Instant) -> Response {
     }
     if !decision.allowed {
         telemetry.add(m::RATE_LIMIT_HITS, &[], 1.0);
-        telemetry.add(m::QUERIES, &[("endpoint", "query"), ("status", "rate_limited")], 1.0);
+        telemetry.add(
+            m::QUERIES,
+            &[("endpoint", "query"), ("status", "rate_limited")],
+            1.0,
+        );
         if let Some(conn) = conn.as_ref() {
             pipeline::note_rate_limited(conn, &request.session_id);
         }
         record(conn.as_ref(), telemetry, Some(&request.session_id));
-        let mut response = reject(&Rejection::new(429, "rate_limited", "Rate limit exceeded. Too many requests."));
+        let mut response = reject(&Rejection::new(
+            429,
+            "rate_limited",
+            "Rate limit exceeded. Too many requests.",
+        ));
         respond::rate_limit_headers(&mut response, &decision);
-        respond::set_header(&mut response, "retry-after", &decision.retry_after_seconds.max(1).to_string());
+        respond::set_header(
+            &mut response,
+            "retry-after",
+            &decision.retry_after_seconds.max(1).to_string(),
+        );
         return response;
     }
 
     let outcome = pipeline::answer(conn.as_ref(), &settings, &request, &mut telemetry);
     let mut response = match outcome {
         Ok(answer) => {
-            let cache_status = if answer.cached { "hit" } else if conn.is_some() { "miss" } else { "bypass" };
+            let cache_status = if answer.cached {
+                "hit"
+            } else if conn.is_some() {
+                "miss"
+            } else {
+                "bypass"
+            };
             telemetry.add(
                 m::QUERIES,
-                &[("endpoint", "query"), ("status", if answer.cached { "cached" } else { "success" })],
+                &[
+                    ("endpoint", "query"),
+                    ("status", if answer.cached { "cached" } else { "success" }),
+                ],
                 1.0,
             );
-            let conversation_id = pipeline::store_history(&settings, &request, &answer, &mut telemetry);
-            telemetry.add(m::QUERY_LATENCY, &[("cache_status", cache_status)], started.elapsed().as_secs_f64());
+            let conversation_id =
+                pipeline::store_history(&settings, &request, &answer, &mut telemetry);
+            telemetry.add(
+                m::QUERY_LATENCY,
+                &[("cache_status", cache_status)],
+                started.elapsed().as_secs_f64(),
+            );
             let body = query::QueryResponse {
                 answer: answer.value.answer,
                 citations: answer.value.citations,
@@ -161,13 +219,25 @@ fn chat_query(req: &Request, started: Instant) -> Response {
                 cached: answer.cached,
             };
             let mut response = json(200, &body);
-            respond::set_header(&mut response, "x-cache", if answer.cached { "HIT" } else { "MISS" });
+            respond::set_header(
+                &mut response,
+                "x-cache",
+                if answer.cached { "HIT" } else { "MISS" },
+            );
             response
         }
         Err(e) => {
-            telemetry.add(m::QUERIES, &[("endpoint", "query"), ("status", "unavailable")], 1.0);
+            telemetry.add(
+                m::QUERIES,
+                &[("endpoint", "query"), ("status", "unavailable")],
+                1.0,
+            );
             eprintln!("query failed: {e}");
-            let mut response = reject(&Rejection::new(e.http_status(), "upstream_unavailable", e.to_string()));
+            let mut response = reject(&Rejection::new(
+                e.http_status(),
+                "upstream_unavailable",
+                e.to_string(),
+            ));
             if let Some(seconds) = e.retry_after_seconds() {
                 respond::set_header(&mut response, "retry-after", &seconds.to_string());
             }
@@ -195,7 +265,11 @@ fn history(req: &Request, session_id: &str) -> Response {
         Ok(page) => json(200, &page),
         Err(e) => {
             eprintln!("history: {e}");
-            reject(&Rejection::new(503, "unavailable", "the history store (Postgres) is unavailable"))
+            reject(&Rejection::new(
+                503,
+                "unavailable",
+                "the history store (Postgres) is unavailable",
+            ))
         }
     }
 }

@@ -19,7 +19,12 @@ pub struct Answer {
 /// How often a request waiting on another's identical question looks for its answer.
 const WAIT_STEP: Duration = Duration::from_millis(25);
 
-fn lookup(conn: &Connection, cache_key: &str, request: &QueryRequest, telemetry: &mut Telemetry) -> Option<CachedAnswer> {
+fn lookup(
+    conn: &Connection,
+    cache_key: &str,
+    request: &QueryRequest,
+    telemetry: &mut Telemetry,
+) -> Option<CachedAnswer> {
     match eval(
         conn,
         query::LOOKUP_SCRIPT,
@@ -37,8 +42,15 @@ fn lookup(conn: &Connection, cache_key: &str, request: &QueryRequest, telemetry:
 
 fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
     telemetry.add(m::CACHE_HITS, &[("cache_type", "query")], 1.0);
-    telemetry.add(m::TOKENS_SAVED, &[("cache_type", "query")], value.tokens as f64);
-    Answer { value, cached: true }
+    telemetry.add(
+        m::TOKENS_SAVED,
+        &[("cache_type", "query")],
+        value.tokens as f64,
+    );
+    Answer {
+        value,
+        cached: true,
+    }
 }
 
 /// Answers from the cache, or runs the pipeline once for all identical
@@ -51,7 +63,10 @@ pub fn answer(
 ) -> Result<Answer, UpstreamError> {
     let Some(conn) = conn else {
         // Redis is down: no cache, no lock; answer anyway.
-        return run(None, settings, request, telemetry).map(|value| Answer { value, cached: false });
+        return run(None, settings, request, telemetry).map(|value| Answer {
+            value,
+            cached: false,
+        });
     };
     let cache_key = query::query_cache_key(request, &settings.shape());
     if let Some(value) = lookup(conn, &cache_key, request, telemetry) {
@@ -83,7 +98,9 @@ pub fn answer(
         }
         std::thread::sleep(WAIT_STEP);
         if let Ok(results) = conn.execute("GET", &[binary(&cache_key)]) {
-            if let Some(value) = first_binary(&results).and_then(|b| serde_json::from_slice(&b).ok()) {
+            if let Some(value) =
+                first_binary(&results).and_then(|b| serde_json::from_slice(&b).ok())
+            {
                 return Ok(hit(value, telemetry));
             }
         }
@@ -91,11 +108,20 @@ pub fn answer(
 
     match run(Some(conn), settings, request, telemetry) {
         Ok(value) => {
-            let page_index = request.page_context.as_deref().map(query::page_index_key).unwrap_or_default();
+            let page_index = request
+                .page_context
+                .as_deref()
+                .map(query::page_index_key)
+                .unwrap_or_default();
             let stored = eval(
                 conn,
                 query::STORE_ANSWER_SCRIPT,
-                &[&cache_key, &query::session_index_key(&request.session_id), &page_index, &lock],
+                &[
+                    &cache_key,
+                    &query::session_index_key(&request.session_id),
+                    &page_index,
+                    &lock,
+                ],
                 &[
                     RedisParameter::Binary(serde_json::to_vec(&value).expect("answers serialise")),
                     RedisParameter::Int64(settings.query_cache_ttl_seconds as i64),
@@ -106,11 +132,19 @@ pub fn answer(
                 eprintln!("query cache: store failed: {e}");
                 telemetry.redis_error();
             }
-            Ok(Answer { value, cached: false })
+            Ok(Answer {
+                value,
+                cached: false,
+            })
         }
         Err(e) => {
             // Errors are never cached; let a waiting request try at once.
-            let _ = eval(conn, query::RELEASE_LOCK_SCRIPT, &[&lock], &[binary(&token)]);
+            let _ = eval(
+                conn,
+                query::RELEASE_LOCK_SCRIPT,
+                &[&lock],
+                &[binary(&token)],
+            );
             Err(e)
         }
     }
@@ -128,16 +162,29 @@ fn run(
         .expect("one vector per text");
 
     telemetry.add(m::QDRANT_SEARCHES, &[], 1.0);
-    let (passages, latency) = chatbot_spin::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
+    let (passages, latency) = chatbot_spin::qdrant::search(settings, &vector)
+        .inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.add(m::QDRANT_SEARCH_LATENCY, &[], latency.as_secs_f64());
 
     telemetry.add(m::OPENAI_CALLS, &[("operation", "chat")], 1.0);
     let messages = query::prompt_messages(request, &passages);
-    let (answer, usage, latency) =
-        chatbot_spin::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
-    telemetry.add(m::OPENAI_LATENCY, &[("operation", "chat")], latency.as_secs_f64());
-    telemetry.add(m::OPENAI_TOKENS, &[("operation", "chat"), ("kind", "prompt")], usage.prompt_tokens as f64);
-    telemetry.add(m::OPENAI_TOKENS, &[("operation", "chat"), ("kind", "completion")], usage.completion_tokens as f64);
+    let (answer, usage, latency) = chatbot_spin::openai::chat(settings, &messages)
+        .inspect_err(|e| telemetry.upstream_error(e))?;
+    telemetry.add(
+        m::OPENAI_LATENCY,
+        &[("operation", "chat")],
+        latency.as_secs_f64(),
+    );
+    telemetry.add(
+        m::OPENAI_TOKENS,
+        &[("operation", "chat"), ("kind", "prompt")],
+        usage.prompt_tokens as f64,
+    );
+    telemetry.add(
+        m::OPENAI_TOKENS,
+        &[("operation", "chat"), ("kind", "completion")],
+        usage.completion_tokens as f64,
+    );
     Ok(CachedAnswer {
         answer,
         citations: query::citations(&passages),
@@ -162,7 +209,11 @@ pub fn store_history(
         answer.cached,
     ) {
         Ok(id) => {
-            telemetry.add(m::DATABASE_LATENCY, &[("operation", "store_exchange")], started.elapsed().as_secs_f64());
+            telemetry.add(
+                m::DATABASE_LATENCY,
+                &[("operation", "store_exchange")],
+                started.elapsed().as_secs_f64(),
+            );
             Some(id)
         }
         Err(e) => {

@@ -24,5 +24,9 @@ pub fn set_header(response: &mut Response, name: &str, value: &str) {
 pub fn rate_limit_headers(response: &mut Response, d: &Decision) {
     set_header(response, "x-ratelimit-limit", &d.limit.to_string());
     set_header(response, "x-ratelimit-remaining", &d.remaining.to_string());
-    set_header(response, "x-ratelimit-reset", &d.reset_at_epoch_seconds.to_string());
+    set_header(
+        response,
+        "x-ratelimit-reset",
+        &d.reset_at_epoch_seconds.to_string(),
+    );
 }

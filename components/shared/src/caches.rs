@@ -26,7 +26,13 @@ impl Telemetry {
             _ => e.service(),
         };
         self.add(names::ERRORS, &[("error_type", kind)], 1.0);
-        if matches!(e, UpstreamError::RateLimited { service: "openai", .. }) {
+        if matches!(
+            e,
+            UpstreamError::RateLimited {
+                service: "openai",
+                ..
+            }
+        ) {
             self.add(names::OPENAI_RATE_LIMIT_ERRORS, &[], 1.0);
         }
     }
@@ -69,10 +75,18 @@ pub fn embed_cached(
     let missing: Vec<usize> = (0..texts.len()).filter(|i| found[*i].is_none()).collect();
     let hits = texts.len() - missing.len();
     if hits > 0 {
-        telemetry.add(names::CACHE_HITS, &[("cache_type", "embedding")], hits as f64);
+        telemetry.add(
+            names::CACHE_HITS,
+            &[("cache_type", "embedding")],
+            hits as f64,
+        );
     }
     if !missing.is_empty() {
-        telemetry.add(names::CACHE_MISSES, &[("cache_type", "embedding")], missing.len() as f64);
+        telemetry.add(
+            names::CACHE_MISSES,
+            &[("cache_type", "embedding")],
+            missing.len() as f64,
+        );
     }
     for batch in missing.chunks(chatbot_core::ingest::EMBEDDING_BATCH) {
         let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
@@ -84,12 +98,26 @@ pub fn embed_cached(
                 return Err(e);
             }
         };
-        telemetry.add(names::OPENAI_LATENCY, &[("operation", "embedding")], latency.as_secs_f64());
-        telemetry.add(names::OPENAI_TOKENS, &[("operation", "embedding"), ("kind", "prompt")], usage.prompt_tokens as f64);
+        telemetry.add(
+            names::OPENAI_LATENCY,
+            &[("operation", "embedding")],
+            latency.as_secs_f64(),
+        );
+        telemetry.add(
+            names::OPENAI_TOKENS,
+            &[("operation", "embedding"), ("kind", "prompt")],
+            usage.prompt_tokens as f64,
+        );
         if let Some(conn) = conn {
             let batch_keys: Vec<&str> = batch.iter().map(|i| keys[*i].as_str()).collect();
-            let mut args = vec![RedisParameter::Int64(settings.embedding_cache_ttl_seconds as i64)];
-            args.extend(vectors.iter().map(|v| RedisParameter::Binary(codec::encode_embedding(v))));
+            let mut args = vec![RedisParameter::Int64(
+                settings.embedding_cache_ttl_seconds as i64,
+            )];
+            args.extend(
+                vectors
+                    .iter()
+                    .map(|v| RedisParameter::Binary(codec::encode_embedding(v))),
+            );
             if let Err(e) = eval(conn, SET_MANY_SCRIPT, &batch_keys, &args) {
                 eprintln!("embedding cache: store failed: {e}");
                 telemetry.redis_error();
@@ -99,5 +127,8 @@ pub fn embed_cached(
             found[*i] = Some(vector);
         }
     }
-    Ok(found.into_iter().map(|v| v.expect("every slot filled")).collect())
+    Ok(found
+        .into_iter()
+        .map(|v| v.expect("every slot filled"))
+        .collect())
 }

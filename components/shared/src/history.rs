@@ -5,7 +5,9 @@ use chatbot_core::query::{Citation, QueryRequest};
 use spin_sdk::pg4::{Connection, DbValue, ParameterValue};
 
 fn opt_str(v: Option<&str>) -> ParameterValue {
-    v.map_or(ParameterValue::DbNull, |s| ParameterValue::Str(s.to_string()))
+    v.map_or(ParameterValue::DbNull, |s| {
+        ParameterValue::Str(s.to_string())
+    })
 }
 
 /// Stores one exchange in one statement. Returns the conversation id.
@@ -86,7 +88,10 @@ pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, S
         // Past the last page: ask for the total alone.
         None => {
             let rows = conn
-                .query(history::HISTORY_TOTAL_SQL, &[ParameterValue::Str(session_id.to_string())])
+                .query(
+                    history::HISTORY_TOTAL_SQL,
+                    &[ParameterValue::Str(session_id.to_string())],
+                )
                 .map_err(|e| format!("count history: {e}"))?;
             match rows.rows.first().and_then(|r| r.first()) {
                 Some(DbValue::Int64(n)) => *n,

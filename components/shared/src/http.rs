@@ -44,7 +44,9 @@ fn method(name: &str) -> Method {
 fn is_timeout(code: &ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout
+        ErrorCode::ConnectionTimeout
+            | ErrorCode::ConnectionReadTimeout
+            | ErrorCode::HttpResponseTimeout
     )
 }
 
@@ -75,7 +77,8 @@ pub fn request(
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
-    let fields = Fields::from_list(&fields).map_err(|e| HttpError::Failed(format!("headers: {e:?}")))?;
+    let fields =
+        Fields::from_list(&fields).map_err(|e| HttpError::Failed(format!("headers: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
     let scheme = match scheme {
         "http" => Scheme::Http,
@@ -83,10 +86,18 @@ pub fn request(
         other => Scheme::Other(other.to_string()),
     };
     let bad = |what: &str| HttpError::Failed(format!("invalid {what} in {url}"));
-    request.set_method(&method(verb)).map_err(|()| bad("method"))?;
-    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
-    request.set_authority(Some(authority)).map_err(|()| bad("authority"))?;
-    request.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
+    request
+        .set_method(&method(verb))
+        .map_err(|()| bad("method"))?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| bad("scheme"))?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| bad("authority"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| bad("path"))?;
     let outgoing_body = request.body().map_err(|()| bad("body"))?;
 
     let options = RequestOptions::new();

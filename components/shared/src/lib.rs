@@ -24,7 +24,11 @@ pub fn now_epoch_seconds() -> u64 {
 }
 
 /// Appends an entry to the audit log (a sorted set by time, capped at 10,000).
-pub fn audit(conn: &spin_sdk::redis::Connection, action: &str, detail: serde_json::Value) -> Result<(), String> {
+pub fn audit(
+    conn: &spin_sdk::redis::Connection,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), String> {
     let entry = serde_json::json!({
         "at": now_epoch_seconds(),
         "action": action,

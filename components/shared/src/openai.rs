@@ -16,13 +16,17 @@ pub fn send_json(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), UpstreamError> {
-    let mut headers = vec![("content-type", "application/json"), ("accept", "application/json")];
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
     headers.extend_from_slice(extra_headers);
     let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
-    let response = http::request(verb, url, &headers, bytes.as_deref(), timeout).map_err(|e| match e {
-        HttpError::Timeout => UpstreamError::Timeout { service },
-        HttpError::Failed(message) => UpstreamError::Unreachable { service, message },
-    })?;
+    let response =
+        http::request(verb, url, &headers, bytes.as_deref(), timeout).map_err(|e| match e {
+            HttpError::Timeout => UpstreamError::Timeout { service },
+            HttpError::Failed(message) => UpstreamError::Unreachable { service, message },
+        })?;
     if (200..300).contains(&response.status) {
         Ok((response.status, response.body))
     } else {
@@ -40,7 +44,10 @@ fn bearer(settings: &PipelineSettings) -> String {
 }
 
 /// Embeds `texts` in one call. Returns the vectors in order, the usage and the call's latency.
-pub fn embed(settings: &PipelineSettings, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
+pub fn embed(
+    settings: &PipelineSettings,
+    texts: &[String],
+) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
     let started = Instant::now();
     let auth = bearer(settings);
     let (_, body) = send_json(
@@ -48,7 +55,10 @@ pub fn embed(settings: &PipelineSettings, texts: &[String]) -> Result<(Vec<Vec<f
         "POST",
         &format!("{}/embeddings", settings.openai_base_url),
         &[("authorization", &auth)],
-        Some(&upstream::embeddings_request(&settings.embedding_model, texts)),
+        Some(&upstream::embeddings_request(
+            &settings.embedding_model,
+            texts,
+        )),
         settings.openai_timeout,
     )?;
     let (vectors, usage) = upstream::parse_embeddings(&body, texts.len())?;
@@ -56,7 +66,10 @@ pub fn embed(settings: &PipelineSettings, texts: &[String]) -> Result<(Vec<Vec<f
 }
 
 /// Asks the chat model. Returns the answer, the usage and the call's latency.
-pub fn chat(settings: &PipelineSettings, messages: &[(String, String)]) -> Result<(String, Usage, Duration), UpstreamError> {
+pub fn chat(
+    settings: &PipelineSettings,
+    messages: &[(String, String)],
+) -> Result<(String, Usage, Duration), UpstreamError> {
     let started = Instant::now();
     let auth = bearer(settings);
     let (_, body) = send_json(

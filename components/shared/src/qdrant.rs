@@ -13,7 +13,10 @@ fn collection_path(settings: &PipelineSettings, rest: &str) -> String {
 }
 
 /// The `top_k` nearest passages, and the search's latency.
-pub fn search(settings: &PipelineSettings, vector: &[f32]) -> Result<(Vec<Passage>, Duration), UpstreamError> {
+pub fn search(
+    settings: &PipelineSettings,
+    vector: &[f32],
+) -> Result<(Vec<Passage>, Duration), UpstreamError> {
     let started = Instant::now();
     let (_, body) = qdrant_send(
         settings,
@@ -55,7 +58,10 @@ pub fn ensure_collection(settings: &PipelineSettings, size: usize) -> Result<(),
 }
 
 /// Deletes a document's chunks and waits until it is applied.
-pub fn delete_document(settings: &PipelineSettings, document_id: &str) -> Result<(), UpstreamError> {
+pub fn delete_document(
+    settings: &PipelineSettings,
+    document_id: &str,
+) -> Result<(), UpstreamError> {
     qdrant_send(
         settings,
         "POST",

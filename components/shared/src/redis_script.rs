@@ -11,7 +11,12 @@ pub fn sha1_hex(script: &str) -> String {
     chatbot_core::metrics::script_sha(script)
 }
 
-pub fn eval(conn: &Connection, script: &str, keys: &[&str], args: &[RedisParameter]) -> Result<Vec<RedisResult>, String> {
+pub fn eval(
+    conn: &Connection,
+    script: &str,
+    keys: &[&str],
+    args: &[RedisParameter],
+) -> Result<Vec<RedisResult>, String> {
     let params = |first: &[u8]| {
         let mut p = Vec::with_capacity(2 + keys.len() + args.len());
         p.push(binary(first));

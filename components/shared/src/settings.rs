@@ -41,30 +41,57 @@ impl PipelineSettings {
     pub fn load() -> Result<Self, ConfigError> {
         let scope_raw = variable(names::QUERY_CACHE_SCOPE)?;
         Ok(Self {
-            redis_address: config::parse_redis_address(names::REDIS_ADDRESS, &variable(names::REDIS_ADDRESS)?)?,
-            postgres_address: config::parse_postgres_address(names::POSTGRES_ADDRESS, &variable(names::POSTGRES_ADDRESS)?)?,
-            openai_base_url: config::require_non_empty(names::OPENAI_BASE_URL, &variable(names::OPENAI_BASE_URL)?)?
-                .trim_end_matches('/')
-                .to_string(),
+            redis_address: config::parse_redis_address(
+                names::REDIS_ADDRESS,
+                &variable(names::REDIS_ADDRESS)?,
+            )?,
+            postgres_address: config::parse_postgres_address(
+                names::POSTGRES_ADDRESS,
+                &variable(names::POSTGRES_ADDRESS)?,
+            )?,
+            openai_base_url: config::require_non_empty(
+                names::OPENAI_BASE_URL,
+                &variable(names::OPENAI_BASE_URL)?,
+            )?
+            .trim_end_matches('/')
+            .to_string(),
             openai_api_key: Secret::new(variable(names::OPENAI_API_KEY)?),
-            embedding_model: config::require_non_empty(names::EMBEDDING_MODEL, &variable(names::EMBEDDING_MODEL)?)?,
-            chat_model: config::require_non_empty(names::CHAT_MODEL, &variable(names::CHAT_MODEL)?)?,
-            qdrant_url: config::require_non_empty(names::QDRANT_URL, &variable(names::QDRANT_URL)?)?
-                .trim_end_matches('/')
-                .to_string(),
+            embedding_model: config::require_non_empty(
+                names::EMBEDDING_MODEL,
+                &variable(names::EMBEDDING_MODEL)?,
+            )?,
+            chat_model: config::require_non_empty(
+                names::CHAT_MODEL,
+                &variable(names::CHAT_MODEL)?,
+            )?,
+            qdrant_url: config::require_non_empty(
+                names::QDRANT_URL,
+                &variable(names::QDRANT_URL)?,
+            )?
+            .trim_end_matches('/')
+            .to_string(),
             qdrant_api_key: Secret::new(variable(names::QDRANT_API_KEY)?),
             qdrant_collection: {
-                let c = config::require_non_empty(names::QDRANT_COLLECTION, &variable(names::QDRANT_COLLECTION)?)?;
-                chatbot_core::query::validate_id(names::QDRANT_COLLECTION, &c).map_err(|_| ConfigError::Invalid {
-                    name: names::QDRANT_COLLECTION.into(),
-                    value: c.clone(),
-                    expected: "a collection name of letters, digits, '-', '_', '.' or ':'",
+                let c = config::require_non_empty(
+                    names::QDRANT_COLLECTION,
+                    &variable(names::QDRANT_COLLECTION)?,
+                )?;
+                chatbot_core::query::validate_id(names::QDRANT_COLLECTION, &c).map_err(|_| {
+                    ConfigError::Invalid {
+                        name: names::QDRANT_COLLECTION.into(),
+                        value: c.clone(),
+                        expected: "a collection name of letters, digits, '-', '_', '.' or ':'",
+                    }
                 })?;
                 c
             },
             top_k: number(names::TOP_K, 1, 100)? as u32,
             query_cache_ttl_seconds: number(names::QUERY_CACHE_TTL_SECONDS, 1, 30 * 86_400)?,
-            embedding_cache_ttl_seconds: number(names::EMBEDDING_CACHE_TTL_SECONDS, 1, 365 * 86_400)?,
+            embedding_cache_ttl_seconds: number(
+                names::EMBEDDING_CACHE_TTL_SECONDS,
+                1,
+                365 * 86_400,
+            )?,
             cache_scope: CacheScope::parse(&scope_raw).ok_or(ConfigError::Invalid {
                 name: names::QUERY_CACHE_SCOPE.into(),
                 value: scope_raw,

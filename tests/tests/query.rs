@@ -1,0 +1,754 @@
+//! The query handler end to end: the app composed as spin.toml says, real
+//! Redis and Postgres, the OpenAI and Qdrant stand-ins.
+
+use std::time::Duration;
+
+use chatbot_harness::stubs::openai::{CHAT, EMBEDDINGS};
+use chatbot_harness::stubs::qdrant::SEARCH;
+use chatbot_harness::stubs::Fault;
+use chatbot_harness::{BufferedResponse, TestApp, TEST_ADMIN_TOKEN};
+use serde_json::{json, Value};
+
+async fn ingest(app: &TestApp, documents: Value) -> BufferedResponse {
+    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+    app.client()
+        .request(
+            "POST",
+            "/api/v1/documents",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            serde_json::to_vec(&json!({ "documents": documents })).unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn app_with_book() -> TestApp {
+    let app = TestApp::spawn().await.unwrap();
+    let response = ingest(
+        &app,
+        json!([
+            {"id": "ai-book", "source": "ai-textbook.pdf", "text": "Artificial intelligence is the study of intelligent agents that perceive and act.", "metadata": {"chapter": 1}},
+            {"id": "cooking", "source": "recipes.pdf", "text": "Bake the bread at two hundred degrees for forty minutes."}
+        ]),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    app
+}
+
+async fn ask(app: &TestApp, question: &str, session: &str, page: Option<&str>) -> BufferedResponse {
+    let mut body = json!({"question": question, "session_id": session});
+    if let Some(page) = page {
+        body["page_context"] = json!(page);
+    }
+    app.post_json("/api/v1/chat/query", &body).await.unwrap()
+}
+
+async fn redis_keys(app: &TestApp, pattern: &str) -> Vec<String> {
+    let mut conn = app.redis().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn upstream_calls(app: &TestApp) -> (u64, u64, u64) {
+    (
+        app.openai.controls().calls(EMBEDDINGS),
+        app.qdrant.controls().calls(SEARCH),
+        app.openai.controls().calls(CHAT),
+    )
+}
+
+#[tokio::test]
+async fn a_miss_then_a_hit_that_calls_nothing_upstream() {
+    let app = app_with_book().await;
+    let first = ask(&app, "What is AI?", "sess1", Some("AI textbook")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let body = first.json();
+    assert_eq!(body["cached"], false);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert!(first.header("x-response-time").unwrap().ends_with("ms"));
+    assert_eq!(
+        upstream_calls(&app),
+        (2, 1, 1),
+        "ingest embedded once, the question once"
+    );
+
+    let second = ask(&app, "What is AI?", "sess1", Some("AI textbook")).await;
+    assert_eq!(second.status, 200);
+    let cached = second.json();
+    assert_eq!(cached["cached"], true);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(cached["answer"], body["answer"]);
+    assert_eq!(cached["citations"], body["citations"]);
+    assert_eq!(
+        upstream_calls(&app),
+        (2, 1, 1),
+        "a hit calls nothing upstream"
+    );
+
+    let keys = redis_keys(&app, "chatbot:query:*").await;
+    assert_eq!(keys.len(), 1);
+    let mut conn = app.redis().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((3590..=3600).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn page_context_and_session_scope_are_separate_entries() {
+    let app = app_with_book().await;
+    assert_eq!(
+        ask(&app, "What is AI?", "s1", Some("chapter 1"))
+            .await
+            .json()["cached"],
+        false
+    );
+    assert_eq!(
+        ask(&app, "What is AI?", "s1", Some("chapter 2"))
+            .await
+            .json()["cached"],
+        false
+    );
+    assert_eq!(
+        ask(&app, "What is AI?", "s2", Some("chapter 1"))
+            .await
+            .json()["cached"],
+        false
+    );
+    assert_eq!(
+        ask(&app, "what   is ai?", "s1", Some("Chapter 1"))
+            .await
+            .json()["cached"],
+        true
+    );
+    assert_eq!(redis_keys(&app, "chatbot:query:*").await.len(), 3);
+}
+
+#[tokio::test]
+async fn length_prefixed_keys_do_not_collide() {
+    let app = app_with_book().await;
+    assert_eq!(
+        ask(&app, "ab", "s", Some("c")).await.json()["cached"],
+        false
+    );
+    // Concatenated, "a" + "bc" is the same string; encoded, it is another entry.
+    assert_eq!(
+        ask(&app, "a", "s", Some("bc")).await.json()["cached"],
+        false
+    );
+    assert_eq!(redis_keys(&app, "chatbot:query:*").await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_embedding_is_reused_across_sessions() {
+    let app = app_with_book().await;
+    let (embeddings_before, _, _) = upstream_calls(&app);
+    ask(&app, "How hot is the oven?", "s1", None).await;
+    ask(&app, "How hot is the oven?", "s2", None).await;
+    let (embeddings, searches, chats) = upstream_calls(&app);
+    assert_eq!(
+        embeddings - embeddings_before,
+        1,
+        "the second session reused the embedding"
+    );
+    assert_eq!(
+        (searches, chats),
+        (2, 2),
+        "but it is a query-cache miss (session scope)"
+    );
+    // Stored compactly: 8 bytes of header and 4 per dimension.
+    let keys = redis_keys(&app, "chatbot:embedding:*").await;
+    let mut conn = app.redis().await.unwrap();
+    for key in keys {
+        let len: usize = redis::cmd("STRLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 8 + 4 * chatbot_harness::TEST_EMBEDDING_DIMENSIONS);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 86_000 && ttl <= 86_400, "ttl {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn answers_cite_the_ingested_document() {
+    let app = app_with_book().await;
+    let body = ask(&app, "What do intelligent agents perceive?", "s", None)
+        .await
+        .json();
+    let citations = body["citations"].as_array().unwrap();
+    assert!(!citations.is_empty());
+    assert_eq!(citations[0]["source"], "ai-textbook.pdf", "{body}");
+    assert!(citations[0]["snippet"]
+        .as_str()
+        .unwrap()
+        .contains("intelligent agents"));
+    let chunk_id = citations[0]["chunk_id"].as_str().unwrap();
+    assert_eq!(chunk_id.len(), 36, "a UUID point id");
+    assert!(citations[0]["score"].as_f64().unwrap() > citations[1]["score"].as_f64().unwrap());
+    // The prompt sent to the model carried the retrieved passage.
+    let requests = app.openai.state.requests.lock().unwrap().clone();
+    let (_, chat) = requests.iter().rev().find(|(e, _)| *e == CHAT).unwrap();
+    assert!(chat["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .contains("[1] (ai-textbook.pdf)"));
+}
+
+#[tokio::test]
+async fn reingesting_a_document_replaces_its_chunks() {
+    let app = app_with_book().await;
+    let before = app.qdrant.point_count("documents");
+    let long_text = "word ".repeat(600);
+    assert_eq!(
+        ingest(
+            &app,
+            json!([{"id": "ai-book", "source": "v2.pdf", "text": long_text}])
+        )
+        .await
+        .status,
+        200
+    );
+    let after_long = app.qdrant.point_count("documents");
+    assert!(after_long > before, "the longer version has more chunks");
+    assert_eq!(
+        ingest(
+            &app,
+            json!([{"id": "ai-book", "source": "v3.pdf", "text": "short again"}])
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.qdrant.point_count("documents"),
+        before,
+        "old chunks were replaced, not added to"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_chat_completion() {
+    let app = app_with_book().await;
+    app.openai
+        .controls()
+        .set_latency(CHAT, Duration::from_millis(400));
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = app.client();
+            tokio::spawn(async move {
+                client
+                    .post_json(
+                        "/api/v1/chat/query",
+                        &json!({"question": "Same question?", "session_id": "crowd"}),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut cached = 0;
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        cached += usize::from(response.json()["cached"] == true);
+    }
+    assert_eq!(app.openai.controls().calls(CHAT), 1);
+    assert_eq!(cached, 5);
+}
+
+async fn assert_not_cached_then_recovers(app: &TestApp, session: &str) {
+    app.openai.controls().heal();
+    app.qdrant.controls().heal();
+    let retry = ask(app, "Is it cached?", session, None).await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["cached"], false, "errors are never cached");
+}
+
+#[tokio::test]
+async fn an_openai_rate_limit_is_a_503_with_retry_after_and_not_cached() {
+    let app = app_with_book().await;
+    app.openai.controls().fail_always(
+        CHAT,
+        Fault::RateLimited {
+            retry_after_secs: 7,
+        },
+    );
+    let response = ask(&app, "Is it cached?", "s", None).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("retry-after"), Some("7"));
+    assert_eq!(response.json()["status"], "upstream_unavailable");
+    assert!(response.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("openai"));
+    assert!(response.header("x-ratelimit-limit").is_some());
+    assert_not_cached_then_recovers(&app, "s").await;
+}
+
+#[tokio::test]
+async fn an_openai_server_error_is_a_503() {
+    let app = app_with_book().await;
+    app.openai
+        .controls()
+        .fail_always(EMBEDDINGS, Fault::Status(500));
+    let response = ask(&app, "Is it cached?", "s", None).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(response.header("retry-after").is_some());
+    assert_not_cached_then_recovers(&app, "s").await;
+}
+
+#[tokio::test]
+async fn a_hanging_openai_is_a_504_after_the_timeout() {
+    let app = TestApp::builder()
+        .variable("openai_timeout_ms", "300")
+        .spawn()
+        .await
+        .unwrap();
+    app.openai
+        .controls()
+        .fail_always(EMBEDDINGS, Fault::Hang(Duration::from_secs(3)));
+    let started = std::time::Instant::now();
+    let response = ask(&app, "Is it cached?", "s", None).await;
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up at the timeout"
+    );
+    assert!(redis_keys(&app, "chatbot:query:*").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_qdrant_failure_is_reported_and_not_cached() {
+    let app = app_with_book().await;
+    app.qdrant
+        .controls()
+        .fail_always(SEARCH, Fault::Status(500));
+    let response = ask(&app, "Is it cached?", "s", None).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(response.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("qdrant"));
+    assert_not_cached_then_recovers(&app, "s").await;
+}
+
+#[tokio::test]
+async fn without_redis_questions_are_still_answered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::builder()
+        .variable("redis_address", format!("redis://127.0.0.1:{port}"))
+        .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
+        .spawn()
+        .await
+        .unwrap();
+    ingest(
+        &app,
+        json!([{"id": "d", "source": "s.pdf", "text": "Some text about caches."}]),
+    )
+    .await;
+    for _ in 0..2 {
+        let response = ask(&app, "What about caches?", "s", None).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["cached"], false, "no cache without Redis");
+    }
+    // Fail-open: the limiter let it through and said so in the headers.
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+}
+
+#[tokio::test]
+async fn without_postgres_the_answer_is_returned_and_the_loss_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::builder()
+        .variable(
+            "postgres_address",
+            format!("postgres://postgres@127.0.0.1:{port}/chatbot"),
+        )
+        .variable(
+            "postgres_allowed_host",
+            format!("postgres://127.0.0.1:{port}"),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    ingest(
+        &app,
+        json!([{"id": "d", "source": "s.pdf", "text": "Some text."}]),
+    )
+    .await;
+    let response = ask(&app, "Anything?", "s", None).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["conversation_id"], Value::Null);
+    let mut conn = app.redis().await.unwrap();
+    let lost: Option<String> = redis::cmd("HGET")
+        .arg("chatbot:metrics:{m}:counters")
+        .arg("chatbot_history_writes_lost_total")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lost.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn every_exchange_is_stored_and_history_pages_by_fifty() {
+    let app = app_with_book().await;
+    for i in 0..51 {
+        // Repeats hit the cache; cached exchanges are stored too.
+        let response = ask(&app, &format!("Question {}", i % 3), "hist", Some("p")).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let pg = app.postgres().await.unwrap();
+    let row = pg
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE cached) FROM messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 102);
+    assert_eq!(
+        row.get::<_, i64>(1),
+        96,
+        "48 cached exchanges, two messages each"
+    );
+    let citations: i64 = pg
+        .query_one("SELECT count(*) FROM citations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(citations, 51 * 2, "two passages cited per answer");
+
+    let page1 = app.get("/api/v1/chat/history/hist").await.unwrap().json();
+    assert_eq!(page1["total"], 102);
+    assert_eq!(page1["total_pages"], 3);
+    assert_eq!(page1["messages"].as_array().unwrap().len(), 50);
+    assert_eq!(page1["messages"][0]["role"], "user");
+    assert_eq!(page1["messages"][0]["content"], "Question 0");
+    assert_eq!(page1["messages"][1]["role"], "assistant");
+    assert_eq!(
+        page1["messages"][1]["citations"].as_array().unwrap().len(),
+        2
+    );
+    let page2 = app
+        .get("/api/v1/chat/history/hist?page=2")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page2["messages"].as_array().unwrap().len(), 50);
+    assert!(page2["messages"][0]["id"].as_i64() > page1["messages"][49]["id"].as_i64());
+    let page3 = app
+        .get("/api/v1/chat/history/hist?page=3")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page3["messages"].as_array().unwrap().len(), 2);
+    let page4 = app
+        .get("/api/v1/chat/history/hist?page=4")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page4["messages"].as_array().unwrap().len(), 0);
+    assert_eq!(page4["total"], 102);
+    let other = app.get("/api/v1/chat/history/nobody").await.unwrap().json();
+    assert_eq!(other["total"], 0);
+    assert_eq!(
+        app.get("/api/v1/chat/history/hist?page=0")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        app.get("/api/v1/chat/history/bad%20id")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let app = TestApp::spawn().await.unwrap();
+    let long = "x".repeat(4001);
+    let json_ct = ("content-type", "application/json");
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![("content-type", "text/plain")],
+            br#"{"question":"q","session_id":"s"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![],
+            br#"{"question":"q","session_id":"s"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            vec![0xff, 0xfe, 0x00],
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            b"".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            b"[1,2]".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"session_id":"s"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"","session_id":"s"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"   \n ","session_id":"s"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":42,"session_id":"s"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            format!(r#"{{"question":"{long}","session_id":"s"}}"#).into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q","session_id":"has space"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q","session_id":"s*{}\r\n"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            format!(r#"{{"question":"q","session_id":"{}"}}"#, "s".repeat(129)).into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q","session_id":"s","page_context":7}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            format!(r#"{{"question":"q","session_id":"s","page_context":"{long}"}}"#).into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q","session_id":"s","sesion":"typo"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q\u0007","session_id":"s"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            format!(
+                r#"{{"question":"{}","session_id":"s"}}"#,
+                "y".repeat(70_000)
+            )
+            .into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "GET",
+            "/api/v1/chat/query",
+            vec![],
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            "/api/v1/chat/query",
+            vec![json_ct],
+            br#"{"question":"q","session_id":"s"}"#.to_vec(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/chat/nothing",
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/documents",
+            vec![json_ct],
+            br#"{"documents":[]}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    let mut client = app.client();
+    for (method, path, headers, body, status, code) in cases {
+        let response = client
+            .request(method, path, &headers, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path} {}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(80)]),
+            response.text()
+        );
+        let json = response.json();
+        assert_eq!(json["status"], code, "{json}");
+        assert!(!json["detail"].as_str().unwrap().is_empty());
+        assert_eq!(response.header("content-type"), Some("application/json"));
+    }
+    // Nothing was cached, charged or stored.
+    assert_eq!(upstream_calls(&app), (0, 0, 0));
+    assert!(redis_keys(&app, "chatbot:query:*").await.is_empty());
+    assert!(
+        redis_keys(&app, "chatbot:ratelimit:*").await.is_empty(),
+        "no tokens were taken"
+    );
+    let pg = app.postgres().await.unwrap();
+    let messages: i64 = pg
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(messages, 0);
+}
+
+#[tokio::test]
+async fn ingestion_needs_the_admin_token() {
+    let app = TestApp::spawn().await.unwrap();
+    let body = serde_json::to_vec(&json!({"documents": [{"id": "d", "source": "s", "text": "t"}]}))
+        .unwrap();
+    let mut client = app.client();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer "),
+        Some(TEST_ADMIN_TOKEN),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = auth {
+            headers.push(("authorization", a));
+        }
+        let response = client
+            .request("POST", "/api/v1/documents", &headers, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 401, "{auth:?}");
+    }
+    assert_eq!(app.openai.controls().total_calls(), 0);
+    assert_eq!(app.qdrant.point_count("documents"), 0);
+}
