@@ -15,6 +15,7 @@ pub mod compose;
 pub mod host;
 pub mod limiter;
 pub mod manifest;
+pub mod recorder;
 pub mod routes;
 pub mod runtime;
 pub mod server;

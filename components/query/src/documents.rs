@@ -61,6 +61,7 @@ pub fn ingest(req: &Request) -> Response {
     }
     let mut telemetry = Telemetry::default();
     let outcome = (|| {
+        // (A closure so `?` collects every upstream failure in one place.)
         let vectors = embed_cached(conn.as_ref(), &settings, &texts, &mut telemetry)?;
         let size = vectors.first().map_or(0, Vec::len);
         chatbot_spin::qdrant::ensure_collection(&settings, size)?;
@@ -82,6 +83,17 @@ pub fn ingest(req: &Request) -> Response {
         }
         Ok::<usize, chatbot_core::upstream::UpstreamError>(points.len())
     })();
+    let status = if outcome.is_ok() {
+        "success"
+    } else {
+        "unavailable"
+    };
+    telemetry.add(
+        chatbot_core::metrics::names::QUERIES,
+        &[("endpoint", "documents"), ("status", status)],
+        1.0,
+    );
+    crate::record(conn.as_ref(), telemetry, None);
     match outcome {
         Ok(chunks) => {
             if let Some(conn) = &conn {

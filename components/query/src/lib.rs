@@ -104,7 +104,7 @@ fn limit(
 }
 
 /// Hands the request's samples to the recorder; a failure never fails the request.
-fn record(conn: Option<&Connection>, telemetry: Telemetry, session: Option<&str>) {
+pub(crate) fn record(conn: Option<&Connection>, telemetry: Telemetry, session: Option<&str>) {
     let batch = recorder::Batch {
         samples: telemetry
             .samples

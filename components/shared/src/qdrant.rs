@@ -18,13 +18,23 @@ pub fn search(
     vector: &[f32],
 ) -> Result<(Vec<Passage>, Duration), UpstreamError> {
     let started = Instant::now();
-    let (_, body) = qdrant_send(
+    match qdrant_send(
         settings,
         "POST",
         &collection_path(settings, "/points/search"),
         Some(&upstream::search_request(vector, settings.top_k)),
-    )?;
-    Ok((upstream::parse_search(&body)?, started.elapsed()))
+    ) {
+        Ok((_, body)) => Ok((upstream::parse_search(&body)?, started.elapsed())),
+        // Nothing ingested yet: no passages, and the model says it does not know.
+        Err(UpstreamError::Status { status: 404, .. }) => {
+            eprintln!(
+                "qdrant: collection `{}` does not exist yet; answering without passages",
+                settings.qdrant_collection
+            );
+            Ok((Vec::new(), started.elapsed()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates the collection for vectors of `size` if it does not exist; fails
