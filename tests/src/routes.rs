@@ -134,7 +134,8 @@ mod tests {
 
     #[test]
     fn exact_beats_wildcard() {
-        let (c, m) = router().route("/api/v1/chat/query").unwrap();
+        let router = router();
+        let (c, m) = router.route("/api/v1/chat/query").unwrap();
         assert_eq!(c, "query");
         assert_eq!(m.path_info, "");
     }
@@ -153,9 +154,10 @@ mod tests {
 
     #[test]
     fn wildcard_matches_base_and_below() {
-        let (c, m) = router().route("/health").unwrap();
+        let router = router();
+        let (c, m) = router.route("/health").unwrap();
         assert_eq!((c, m.path_info.as_str()), ("ops", ""));
-        let (c, m) = router().route("/health/services").unwrap();
+        let (c, m) = router.route("/health/services").unwrap();
         assert_eq!(
             (c, m.path_info.as_str(), m.component_route.as_str()),
             ("ops", "/services", "/health")

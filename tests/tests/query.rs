@@ -489,12 +489,22 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
     );
 }
 
+/// Method, path, headers, body, expected status, expected `status` code.
+type BadInput<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let app = TestApp::spawn().await.unwrap();
     let long = "x".repeat(4001);
     let json_ct = ("content-type", "application/json");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadInput> = vec![
         (
             "POST",
             "/api/v1/chat/query",

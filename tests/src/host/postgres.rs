@@ -4,6 +4,9 @@
 //! and values convert between Postgres types and the WIT `db-value`s the same
 //! way (`timestamptz` reads as `datetime`, a `timestamp` parameter is Unix seconds).
 
+// The error types are the WIT's (and axum's response type): sized as they are, like Spin's own host.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -47,7 +47,7 @@ async fn handle(req: Request) -> Response {
             };
             let key = "probe:key";
             let outcome = conn
-                .set(key, &b"probe-value".to_vec())
+                .set(key, b"probe-value".as_ref())
                 .and_then(|()| conn.get(key))
                 .and_then(|v| {
                     let n = conn.incr("probe:counter")?;
