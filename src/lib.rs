@@ -12,6 +12,7 @@ pub mod health;
 pub mod history;
 pub mod ingest;
 pub mod metrics;
+pub mod ops;
 pub mod query;
 pub mod ratelimit;
 pub mod upstream;

@@ -301,10 +301,19 @@ end
 return redis.call('GET', KEYS[1])
 "#;
 
-/// The top-questions member for a request: what warm-up needs to ask it again.
+/// A top-questions member: what warm-up needs to ask a question again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryCacheEntry {
+    pub q: String,
+    pub p: Option<String>,
+}
+
 pub fn question_entry(request: &QueryRequest) -> String {
-    let question: String = normalise(&request.question).chars().take(500).collect();
-    serde_json::json!({"q": question, "p": request.page_context}).to_string()
+    let entry = QueryCacheEntry {
+        q: normalise(&request.question).chars().take(500).collect(),
+        p: request.page_context.clone(),
+    };
+    serde_json::to_string(&entry).expect("entries serialise")
 }
 
 /// Stores the answer, indexes it by session and page context (for scoped

@@ -7,9 +7,10 @@ use std::io::Write;
 use chatbot_core::api::ErrorBody;
 use chatbot_core::config::names as vars;
 use chatbot_core::metrics::{self, keys, Sample, Snapshot};
+use chatbot_spin::redis_script::{binary, eval};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use spin_sdk::redis::{Connection, RedisParameter};
 use spin_sdk::variables;
 
 wit_bindgen::generate!({
@@ -23,32 +24,6 @@ wit_bindgen::generate!({
 use exports::chatbot::metrics::recorder::{Batch, Error, Guest};
 
 struct Recorder;
-
-fn binary(s: &str) -> RedisParameter {
-    RedisParameter::Binary(s.as_bytes().to_vec())
-}
-
-/// `EVALSHA`, or `EVAL` when the server has lost the script.
-fn eval(
-    conn: &Connection,
-    script: &str,
-    keys: &[&str],
-    args: &[String],
-) -> Result<Vec<RedisResult>, String> {
-    let params = |first: &str| {
-        let mut p = vec![binary(first), RedisParameter::Int64(keys.len() as i64)];
-        p.extend(keys.iter().map(|k| binary(k)));
-        p.extend(args.iter().map(|a| binary(a)));
-        p
-    };
-    match conn.execute("EVALSHA", &params(&metrics::script_sha(script))) {
-        Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => {
-            conn.execute("EVAL", &params(script))
-        }
-        other => other,
-    }
-    .map_err(|e| e.to_string())
-}
 
 fn record(conn: &Connection, batch: Batch) -> Result<(), Error> {
     let samples: Vec<Sample> = batch
@@ -65,6 +40,7 @@ fn record(conn: &Connection, batch: Batch) -> Result<(), Error> {
     if samples.is_empty() && batch.seen_session.is_none() {
         return Ok(());
     }
+    let args: Vec<RedisParameter> = args.iter().map(binary).collect();
     eval(conn, metrics::RECORD_SCRIPT, &keys::ALL, &args)
         .map(drop)
         .map_err(Error::Storage)
@@ -89,46 +65,9 @@ impl Guest for Recorder {
 
 export!(Recorder);
 
-fn binaries(results: Vec<RedisResult>) -> Vec<Vec<u8>> {
-    results
-        .into_iter()
-        .map(|r| match r {
-            RedisResult::Binary(b) => b,
-            RedisResult::Status(s) => s.into_bytes(),
-            RedisResult::Int64(i) => i.to_string().into_bytes(),
-            RedisResult::Nil => Vec::new(),
-        })
-        .collect()
-}
-
-/// Reads everything in four round trips: three hashes and the active-session count.
+/// Reads everything the scrape shows, on a connection of its own.
 fn snapshot() -> Result<Snapshot, String> {
-    let conn = open_own()?;
-    let hash = |key: &str| -> Result<_, String> {
-        let flat = conn
-            .execute("HGETALL", &[binary(key)])
-            .map_err(|e| format!("HGETALL: {e}"))?;
-        Ok(Snapshot::hash_from_pairs(&binaries(flat)))
-    };
-    let counters = hash(keys::COUNTERS)?;
-    let histograms = hash(keys::HISTOGRAMS)?;
-    let gauges = hash(keys::GAUGES)?;
-    let active = eval(
-        &conn,
-        metrics::ACTIVE_SESSIONS_SCRIPT,
-        &[keys::SESSIONS],
-        &[metrics::ACTIVE_SESSION_WINDOW_SECONDS.to_string()],
-    )?;
-    let active_sessions = match active.first() {
-        Some(RedisResult::Int64(n)) => *n as u64,
-        other => return Err(format!("unexpected active-session reply {other:?}")),
-    };
-    Ok(Snapshot {
-        counters,
-        histograms,
-        gauges,
-        active_sessions,
-    })
+    chatbot_spin::metrics_store::snapshot(&open_own()?)
 }
 
 fn accepts_gzip(req: &Request) -> bool {

@@ -1,79 +1,93 @@
-//! The ops component: `/health` and `/health/services`.
-//!
-//! A thin adapter: it reads variables, probes the dependencies through Spin's
-//! Redis and Postgres APIs and answers with the reports built by the core.
+//! The ops component: health and readiness, metrics summary, cache analytics
+//! and invalidation, retention cleanup, cache warm-up and the audit log.
+//! Admin routes need the `admin_token` bearer token (compared in constant
+//! time); with no token configured they are closed.
 
-use std::time::Instant;
+mod admin;
+mod health;
 
 use chatbot_core::api::ErrorBody;
-use chatbot_core::config::{self, names};
-use chatbot_core::health::{Liveness, ServiceCheck, ServicesReport};
-use spin_sdk::http::{IntoResponse, Method, Request, Response};
+use chatbot_core::auth;
+use chatbot_core::config::names;
+use chatbot_core::query::Rejection;
+use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
-use spin_sdk::{pg4, redis, variables};
-
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use spin_sdk::redis::Connection;
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    let path = req.path().trim_end_matches('/');
-    match (req.method(), path) {
-        (Method::Get, "/health") => json(200, &Liveness::new(VERSION)),
-        (Method::Get, "/health/services") => {
-            let report = ServicesReport::new(vec![probe_redis(), probe_postgres()]);
-            json(report.http_status(), &report)
+    let path = req.path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    let admin_route = path.starts_with("/admin/") || path == "/health/cache/clear";
+    if admin_route && known(&path) {
+        if let Err(response) = authorise(&req) {
+            return response;
         }
-        (_, "/health" | "/health/services") => error(
+    }
+    match (method, path.as_str()) {
+        (Method::Get, "/health") => health::liveness(),
+        (Method::Get, "/health/services") => health::services(),
+        (Method::Get, "/health/readiness") => health::readiness(),
+        (Method::Get, "/health/metrics") => health::metrics_summary(),
+        (Method::Get, "/health/cache/analytics") => health::cache_analytics(),
+        (Method::Post, "/health/cache/clear") => admin::clear_cache(&req),
+        (Method::Post, "/admin/cleanup") => admin::cleanup(&req),
+        (Method::Post, "/admin/cache/warmup") => admin::warmup(&req),
+        (Method::Get, "/admin/audit") => admin::audit_page(&req),
+        (m, p) if known(p) => error(
             405,
             "method_not_allowed",
-            &format!("{} is not allowed on {path}; use GET", req.method()),
+            &format!("{m} is not allowed on {p}"),
         ),
-        _ => error(404, "not_found", &format!("no route for {path}")),
+        (_, p) => error(404, "not_found", &format!("no route for {p}")),
     }
 }
 
-fn probe_redis() -> ServiceCheck {
-    const NAME: &str = "redis";
-    let started = Instant::now();
-    let outcome = variable(names::REDIS_ADDRESS)
-        .and_then(|raw| {
-            config::parse_redis_address(names::REDIS_ADDRESS, &raw).map_err(|e| e.to_string())
-        })
-        .and_then(|address| {
-            let conn = redis::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-            conn.execute("PING", &[]).map_err(|e| format!("PING: {e}"))
-        });
-    finish(NAME, started, outcome.map(drop))
+const ROUTES: [&str; 9] = [
+    "/health",
+    "/health/services",
+    "/health/readiness",
+    "/health/metrics",
+    "/health/cache/analytics",
+    "/health/cache/clear",
+    "/admin/cleanup",
+    "/admin/cache/warmup",
+    "/admin/audit",
+];
+
+fn known(path: &str) -> bool {
+    ROUTES.contains(&path)
 }
 
-fn probe_postgres() -> ServiceCheck {
-    const NAME: &str = "postgres";
-    let started = Instant::now();
-    let outcome = variable(names::POSTGRES_ADDRESS)
-        .and_then(|raw| {
-            config::parse_postgres_address(names::POSTGRES_ADDRESS, &raw).map_err(|e| e.to_string())
-        })
-        .and_then(|address| {
-            let conn = pg4::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-            conn.query("SELECT 1", &[])
-                .map_err(|e| format!("SELECT 1: {e}"))
-        });
-    finish(NAME, started, outcome.map(drop))
-}
-
-fn finish(name: &str, started: Instant, outcome: Result<(), String>) -> ServiceCheck {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match outcome {
-        Ok(()) => ServiceCheck::up(name, latency_ms),
-        Err(e) => ServiceCheck::down(name, latency_ms, config::redact_userinfo(&e)),
+/// Refuses without the right bearer token, and audits the refusal.
+fn authorise(req: &Request) -> Result<(), Response> {
+    let token = spin_sdk::variables::get(names::ADMIN_TOKEN).unwrap_or_default();
+    let presented = req.header("authorization").and_then(|v| v.as_str());
+    if auth::bearer_matches(presented, &token) {
+        return Ok(());
     }
+    if let Some(conn) = redis() {
+        let _ = chatbot_spin::audit(
+            &conn,
+            "unauthorized",
+            serde_json::json!({"path": req.path(), "method": req.method().to_string(), "token_presented": presented.is_some()}),
+        );
+    }
+    let mut response = error(
+        401,
+        "unauthorized",
+        "a valid admin bearer token is required",
+    );
+    response.set_header("www-authenticate", "Bearer");
+    Err(response)
 }
 
-fn variable(name: &str) -> Result<String, String> {
-    variables::get(name).map_err(|e| format!("variable `{name}`: {e}"))
+pub(crate) fn redis() -> Option<Connection> {
+    let address = spin_sdk::variables::get(names::REDIS_ADDRESS).ok()?;
+    Connection::open(&address).ok()
 }
 
-fn json(status: u16, body: &impl serde::Serialize) -> Response {
+pub(crate) fn json(status: u16, body: &impl serde::Serialize) -> Response {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -81,16 +95,10 @@ fn json(status: u16, body: &impl serde::Serialize) -> Response {
         .build()
 }
 
-fn error(status: u16, code: &str, detail: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(ErrorBody::new(code, detail).to_json())
-        .build()
+pub(crate) fn error(status: u16, code: &str, detail: &str) -> Response {
+    json(status, &ErrorBody::new(code, detail))
 }
 
-// `IntoResponse` is what `#[http_component]` needs the return type to implement.
-const _: fn() = || {
-    fn assert_into_response<T: IntoResponse>() {}
-    assert_into_response::<Response>();
-};
+pub(crate) fn reject(rejection: &Rejection) -> Response {
+    json(rejection.status, &rejection.body)
+}

@@ -6,7 +6,6 @@
 //! statement for the history, recorder (1).
 
 mod documents;
-mod pipeline;
 mod respond;
 
 use std::time::Instant;
@@ -15,6 +14,7 @@ use chatbot_core::config::names;
 use chatbot_core::metrics::names as m;
 use chatbot_core::query::{self, Rejection};
 use chatbot_spin::caches::Telemetry;
+use chatbot_spin::pipeline;
 use chatbot_spin::settings::{variable, PipelineSettings};
 use respond::{json, reject};
 use spin_sdk::http::{Method, Request, Response};
@@ -186,7 +186,19 @@ fn chat_query(req: &Request, started: Instant) -> Response {
         return response;
     }
 
-    let outcome = pipeline::answer(conn.as_ref(), &settings, &request, &mut telemetry);
+    if let (Some(user), Some(conn)) = (&request.user_id, conn.as_ref()) {
+        if let Err(response) = admit_session(conn, user, &request.session_id, &decision) {
+            telemetry.add(
+                m::QUERIES,
+                &[("endpoint", "query"), ("status", "rate_limited")],
+                1.0,
+            );
+            record(Some(conn), telemetry, Some(&request.session_id));
+            return response;
+        }
+    }
+
+    let outcome = pipeline::answer(conn.as_ref(), &settings, &request, true, &mut telemetry);
     let mut response = match outcome {
         Ok(answer) => {
             let cache_status = if answer.cached {
@@ -247,6 +259,74 @@ fn chat_query(req: &Request, started: Instant) -> Response {
     respond::rate_limit_headers(&mut response, &decision);
     record(conn.as_ref(), telemetry, Some(&request.session_id));
     response
+}
+
+/// At most `max_sessions_per_user` active sessions per user (seed 003, 1.2).
+/// Without Redis the limit cannot be checked, and the request goes through.
+fn admit_session(
+    conn: &Connection,
+    user: &str,
+    session: &str,
+    decision: &limiter::Decision,
+) -> Result<(), Response> {
+    let number = |name: &str, min: u64, max: u64| {
+        variable(name).and_then(|raw| chatbot_core::config::parse_u64(name, &raw, min, max))
+    };
+    let (max, idle) = match (
+        number(names::MAX_SESSIONS_PER_USER, 1, 10_000),
+        number(names::SESSION_IDLE_SECONDS, 1, 30 * 86_400),
+    ) {
+        (Ok(max), Ok(idle)) => (max, idle),
+        (Err(e), _) | (_, Err(e)) => return Err(config_failure(e)),
+    };
+    let audit = serde_json::json!({
+        "at": chatbot_spin::now_epoch_seconds(),
+        "action": "session_refused",
+        "detail": {"user_id": user, "session_id": session, "max_sessions": max},
+        "id": chatbot_spin::random_token(),
+    })
+    .to_string();
+    let reply = chatbot_spin::redis_script::eval(
+        conn,
+        chatbot_core::ops::SESSION_ADMIT_SCRIPT,
+        &[
+            &chatbot_core::ops::user_sessions_key(user),
+            query::keys::AUDIT_LOG,
+        ],
+        &[
+            chatbot_spin::redis_script::binary(session),
+            spin_sdk::redis::RedisParameter::Int64(max as i64),
+            spin_sdk::redis::RedisParameter::Int64(idle as i64),
+            chatbot_spin::redis_script::binary(audit),
+        ],
+    );
+    let values: Vec<i64> = match reply {
+        Ok(results) => results
+            .iter()
+            .filter_map(|r| match r {
+                spin_sdk::redis::RedisResult::Int64(v) => Some(*v),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            eprintln!("session limit: Redis failed ({e}); not enforced for this request");
+            return Ok(());
+        }
+    };
+    match values.as_slice() {
+        [0, active, oldest] => {
+            let retry = (oldest + idle as i64 - chatbot_spin::now_epoch_seconds() as i64).max(1);
+            let mut response = reject(&Rejection::new(
+                429,
+                "session_limit",
+                format!("user already has {active} active sessions (the maximum is {max}); reuse one or wait for one to expire"),
+            ));
+            respond::rate_limit_headers(&mut response, decision);
+            respond::set_header(&mut response, "retry-after", &retry.to_string());
+            Err(response)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn history(req: &Request, session_id: &str) -> Response {

@@ -4,7 +4,9 @@
 pub mod caches;
 pub mod history;
 pub mod http;
+pub mod metrics_store;
 pub mod openai;
+pub mod pipeline;
 pub mod qdrant;
 pub mod redis_script;
 pub mod settings;

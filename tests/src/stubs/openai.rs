@@ -19,6 +19,7 @@ use super::{Controls, Fault, StubServer};
 
 pub const EMBEDDINGS: &str = "embeddings";
 pub const CHAT: &str = "chat";
+pub const MODELS: &str = "models";
 
 pub struct OpenAiStub {
     pub server: StubServer,
@@ -44,6 +45,7 @@ impl OpenAiStub {
         let router = Router::new()
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", axum::routing::get(models))
             .with_state(state.clone());
         Ok(Self {
             server: StubServer::serve(router).await?,
@@ -226,6 +228,17 @@ async fn embeddings(
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
     }))
+    .into_response()
+}
+
+async fn models(State(state): State<Arc<OpenAiState>>, headers: HeaderMap) -> Response {
+    if let Err(response) = admit(&state, MODELS, &headers).await {
+        return response;
+    }
+    Json(json!({"object": "list", "data": [
+        {"id": "text-embedding-3-small", "object": "model", "owned_by": "stub"},
+        {"id": "gpt-4o-mini", "object": "model", "owned_by": "stub"}
+    ]}))
     .into_response()
 }
 

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::caches::{embed_cached, Telemetry};
+use crate::redis_script::{binary, eval, first_binary};
+use crate::settings::PipelineSettings;
 use chatbot_core::metrics::names as m;
 use chatbot_core::query::{self, keys, CachedAnswer, QueryRequest};
 use chatbot_core::upstream::UpstreamError;
-use chatbot_spin::caches::{embed_cached, Telemetry};
-use chatbot_spin::redis_script::{binary, eval, first_binary};
-use chatbot_spin::settings::PipelineSettings;
 use spin_sdk::redis::{Connection, RedisParameter};
 
 pub struct Answer {
@@ -23,14 +23,21 @@ fn lookup(
     conn: &Connection,
     cache_key: &str,
     request: &QueryRequest,
+    count_question: bool,
     telemetry: &mut Telemetry,
 ) -> Option<CachedAnswer> {
-    match eval(
-        conn,
-        query::LOOKUP_SCRIPT,
-        &[cache_key, keys::TOP_QUESTIONS],
-        &[binary(query::question_entry(request))],
-    ) {
+    let reply = if count_question {
+        eval(
+            conn,
+            query::LOOKUP_SCRIPT,
+            &[cache_key, keys::TOP_QUESTIONS],
+            &[binary(query::question_entry(request))],
+        )
+    } else {
+        conn.execute("GET", &[binary(cache_key)])
+            .map_err(|e| e.to_string())
+    };
+    match reply {
         Ok(results) => first_binary(&results).and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         Err(e) => {
             eprintln!("query cache: lookup failed: {e}");
@@ -54,11 +61,13 @@ fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
 }
 
 /// Answers from the cache, or runs the pipeline once for all identical
-/// concurrent misses: the first takes a short lock, the others wait for its answer.
+/// concurrent misses: the first takes a short lock, the others wait for its
+/// answer. `count_question` counts the ask for analytics (not for warm-up).
 pub fn answer(
     conn: Option<&Connection>,
     settings: &PipelineSettings,
     request: &QueryRequest,
+    count_question: bool,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
     let Some(conn) = conn else {
@@ -69,13 +78,13 @@ pub fn answer(
         });
     };
     let cache_key = query::query_cache_key(request, &settings.shape());
-    if let Some(value) = lookup(conn, &cache_key, request, telemetry) {
+    if let Some(value) = lookup(conn, &cache_key, request, count_question, telemetry) {
         return Ok(hit(value, telemetry));
     }
     telemetry.add(m::CACHE_MISSES, &[("cache_type", "query")], 1.0);
 
     let lock = query::lock_key(&cache_key);
-    let token = chatbot_spin::random_token();
+    let token = crate::random_token();
     // Long enough for the slowest pipeline; a crashed holder's lock expires on its own.
     let lock_ttl = settings.openai_timeout * 2 + settings.qdrant_timeout + Duration::from_secs(5);
     let waited_since = Instant::now();
@@ -162,14 +171,14 @@ fn run(
         .expect("one vector per text");
 
     telemetry.add(m::QDRANT_SEARCHES, &[], 1.0);
-    let (passages, latency) = chatbot_spin::qdrant::search(settings, &vector)
-        .inspect_err(|e| telemetry.upstream_error(e))?;
+    let (passages, latency) =
+        crate::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.add(m::QDRANT_SEARCH_LATENCY, &[], latency.as_secs_f64());
 
     telemetry.add(m::OPENAI_CALLS, &[("operation", "chat")], 1.0);
     let messages = query::prompt_messages(request, &passages);
-    let (answer, usage, latency) = chatbot_spin::openai::chat(settings, &messages)
-        .inspect_err(|e| telemetry.upstream_error(e))?;
+    let (answer, usage, latency) =
+        crate::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.add(
         m::OPENAI_LATENCY,
         &[("operation", "chat")],
@@ -200,7 +209,7 @@ pub fn store_history(
     telemetry: &mut Telemetry,
 ) -> Option<i64> {
     let started = Instant::now();
-    match chatbot_spin::history::store_exchange(
+    match crate::history::store_exchange(
         &settings.postgres_address,
         settings.retention_days,
         request,
@@ -232,11 +241,11 @@ pub fn store_history(
 /// Top rate-limited sessions and the audit log, in one round trip.
 pub fn note_rate_limited(conn: &Connection, session_id: &str) {
     let entry = serde_json::json!({
-        "at": chatbot_spin::now_epoch_seconds(),
+        "at": crate::now_epoch_seconds(),
         "action": "rate_limit_denied",
         "session_id": session_id,
         // Entries are members of a sorted set: make each one distinct.
-        "id": chatbot_spin::random_token(),
+        "id": crate::random_token(),
     })
     .to_string();
     if let Err(e) = eval(
