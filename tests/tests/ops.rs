@@ -1,0 +1,516 @@
+//! The ops component: readiness, summaries, analytics, cache invalidation,
+//! retention cleanup, warm-up, the audit log, admin auth, session limits.
+
+use chatbot_harness::{BufferedResponse, TestApp, TestAppBuilder, TEST_ADMIN_TOKEN};
+use serde_json::{json, Value};
+
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn admin(app: &TestApp, method: &str, path: &str, body: Value) -> BufferedResponse {
+    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+    app.client()
+        .request(
+            method,
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn ask(app: &TestApp, question: &str, session: &str, page: Option<&str>) -> Value {
+    let mut body = json!({"question": question, "session_id": session});
+    if let Some(p) = page {
+        body["page_context"] = json!(p);
+    }
+    let r = app.post_json("/api/v1/chat/query", &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+async fn keys(app: &TestApp, pattern: &str) -> Vec<String> {
+    let mut conn = app.redis().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn readiness_is_200_when_everything_answers() {
+    let app = TestApp::builder().only(&["ops"]).spawn().await.unwrap();
+    let r = app.get("/health/readiness").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.json()["services"].as_array().unwrap().len(), 4);
+}
+
+/// Variables that point one dependency at a port nothing listens on.
+type DeadSettings = fn(u16) -> Vec<(&'static str, String)>;
+
+#[tokio::test]
+async fn readiness_names_each_dependency_that_is_down() {
+    let cases: [(&str, DeadSettings); 4] = [
+        ("redis", |p| {
+            vec![
+                ("redis_address", format!("redis://127.0.0.1:{p}")),
+                ("redis_allowed_host", format!("redis://127.0.0.1:{p}")),
+            ]
+        }),
+        ("postgres", |p| {
+            vec![
+                (
+                    "postgres_address",
+                    format!("postgres://postgres@127.0.0.1:{p}/x"),
+                ),
+                ("postgres_allowed_host", format!("postgres://127.0.0.1:{p}")),
+            ]
+        }),
+        ("qdrant", |p| {
+            vec![
+                ("qdrant_url", format!("http://127.0.0.1:{p}")),
+                ("qdrant_allowed_host", format!("http://127.0.0.1:{p}")),
+            ]
+        }),
+        ("openai", |p| {
+            vec![
+                ("openai_base_url", format!("http://127.0.0.1:{p}/v1")),
+                ("openai_allowed_host", format!("http://127.0.0.1:{p}")),
+            ]
+        }),
+    ];
+    for (down, settings) in cases {
+        let mut builder: TestAppBuilder = TestApp::builder().only(&["ops"]);
+        for (name, value) in settings(dead_port()) {
+            builder = builder.variable(name, value);
+        }
+        let app = builder.spawn().await.unwrap();
+        let r = app.get("/health/readiness").await.unwrap();
+        assert_eq!(r.status, 503, "{down}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["down"], json!([down]), "{body}");
+        assert!(body["detail"].as_str().unwrap().contains(down));
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_dependency_fails_readiness_within_the_timeout() {
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("health_check_timeout_ms", "300")
+        .spawn()
+        .await
+        .unwrap();
+    app.openai.controls().fail_always(
+        chatbot_harness::stubs::openai::MODELS,
+        chatbot_harness::stubs::Fault::Hang(std::time::Duration::from_secs(5)),
+    );
+    let started = std::time::Instant::now();
+    let r = app.get("/health/readiness").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["down"], json!(["openai"]));
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
+    let app = TestApp::spawn().await.unwrap();
+    ask(&app, "What is a cache?", "a1", None).await;
+    ask(&app, "What is a cache?", "a1", None).await;
+    ask(&app, "What is a cache?", "a1", None).await;
+    ask(&app, "Why Redis?", "a2", Some("ch 3")).await;
+    let summary = app.get("/health/metrics").await.unwrap().json();
+    assert_eq!(summary["queries_total"], 4.0, "{summary}");
+    assert_eq!(summary["queries_by_status"]["cached"], 2.0);
+    assert_eq!(summary["error_rate"], 0.0);
+    assert_eq!(summary["cache"]["query"]["hit_rate"], 0.5);
+    assert!(summary["latency_seconds"]["p95"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["active_sessions"], 2);
+
+    let analytics = app.get("/health/cache/analytics").await.unwrap().json();
+    assert_eq!(analytics["caches"]["query"]["entries"], 2, "{analytics}");
+    assert_eq!(analytics["caches"]["embedding"]["entries"], 2);
+    assert_eq!(analytics["caches"]["query"]["hits"], 2.0);
+    assert!(analytics["redis_memory"]["used_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(analytics["top_questions"][0]["q"], "what is a cache?");
+    assert_eq!(analytics["top_questions"][0]["count"], 3.0);
+    assert_eq!(analytics["top_questions"][1]["p"], "ch 3");
+    assert_eq!(analytics["top_rate_limited_sessions"], json!([]));
+}
+
+#[tokio::test]
+async fn clearing_is_scoped_to_what_was_asked() {
+    let app = TestApp::spawn().await.unwrap();
+    ask(&app, "Shared question?", "s1", Some("page one")).await;
+    ask(&app, "Shared question?", "s2", Some("page one")).await;
+    ask(&app, "Other question?", "s2", Some("page two")).await;
+    assert_eq!(keys(&app, "chatbot:query:*").await.len(), 3);
+
+    let r = admin(
+        &app,
+        "POST",
+        "/health/cache/clear",
+        json!({"session_id": "s1"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["cleared"], 1);
+    assert_eq!(
+        keys(&app, "chatbot:query:*").await.len(),
+        2,
+        "only s1's answer went"
+    );
+    assert_eq!(
+        ask(&app, "Shared question?", "s2", Some("page one")).await["cached"],
+        true
+    );
+    assert_eq!(
+        ask(&app, "Shared question?", "s1", Some("page one")).await["cached"],
+        false
+    );
+
+    let r = admin(
+        &app,
+        "POST",
+        "/health/cache/clear",
+        json!({"page_context": "page two"}),
+    )
+    .await;
+    assert_eq!(r.json()["cleared"], 1);
+    assert_eq!(keys(&app, "chatbot:query:*").await.len(), 2);
+
+    let embeddings = keys(&app, "chatbot:embedding:*").await.len();
+    assert_eq!(embeddings, 2);
+    let r = admin(
+        &app,
+        "POST",
+        "/health/cache/clear",
+        json!({"cache_type": "embedding"}),
+    )
+    .await;
+    assert_eq!(r.json()["cleared"], 2);
+    assert_eq!(
+        keys(&app, "chatbot:query:*").await.len(),
+        2,
+        "answers untouched"
+    );
+
+    let r = admin(&app, "POST", "/health/cache/clear", json!({})).await;
+    assert_eq!(r.json()["cleared"], 2);
+    assert!(keys(&app, "chatbot:query*").await.is_empty());
+    assert_eq!(
+        admin(
+            &app,
+            "POST",
+            "/health/cache/clear",
+            json!({"cache_type": "bogus"})
+        )
+        .await
+        .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn cleanup_deletes_exactly_the_expired_rows_and_is_idempotent() {
+    let app = TestApp::builder().only(&["ops"]).spawn().await.unwrap();
+    let pg = app.postgres().await.unwrap();
+    pg.batch_execute(
+        "INSERT INTO user_sessions (id, session_id, expires_at) VALUES
+             (1, 'gone', now() - interval '1 day'), (2, 'alive', now() + interval '1 day');
+         INSERT INTO conversations (id, user_session_id, expires_at) VALUES
+             (1, 1, now() - interval '1 day'), (2, 2, now() + interval '1 day');
+         INSERT INTO messages (conversation_id, role, content, expires_at) VALUES
+             (1, 'user', 'old q', now() - interval '1 day'),
+             (1, 'assistant', 'old a', now() - interval '1 day'),
+             (2, 'user', 'stale q', now() - interval '1 hour'),
+             (2, 'user', 'fresh q', now() + interval '1 day'),
+             (2, 'assistant', 'fresh a', now() + interval '1 day');",
+    )
+    .await
+    .unwrap();
+    let r = admin(&app, "POST", "/admin/cleanup", json!({"batch_size": 2})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(
+        body["deleted"],
+        json!({"messages": 3, "conversations": 1, "user_sessions": 1}),
+        "{body}"
+    );
+    let left: Vec<String> = pg
+        .query("SELECT content FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["fresh q", "fresh a"]);
+    let again = admin(&app, "POST", "/admin/cleanup", json!({}))
+        .await
+        .json();
+    assert_eq!(
+        again["deleted"],
+        json!({"messages": 0, "conversations": 0, "user_sessions": 0})
+    );
+}
+
+#[tokio::test]
+async fn warmup_precomputes_the_most_asked_questions() {
+    let app = TestApp::builder()
+        .variable("query_cache_scope", "global")
+        .spawn()
+        .await
+        .unwrap();
+    ask(&app, "Popular question?", "w1", None).await;
+    ask(&app, "Popular question?", "w2", None).await;
+    ask(&app, "Less popular?", "w3", Some("ch 9")).await;
+    admin(
+        &app,
+        "POST",
+        "/health/cache/clear",
+        json!({"cache_type": "query"}),
+    )
+    .await;
+    let chats = app
+        .openai
+        .controls()
+        .calls(chatbot_harness::stubs::openai::CHAT);
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({"limit": 5})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["warmed"], 2);
+    assert_eq!(
+        app.openai
+            .controls()
+            .calls(chatbot_harness::stubs::openai::CHAT),
+        chats + 2
+    );
+    // Same keys as the query handler: users now hit.
+    assert_eq!(
+        ask(&app, "Popular question?", "someone-new", None).await["cached"],
+        true
+    );
+    assert_eq!(
+        ask(&app, "less popular?", "w9", Some("ch 9")).await["cached"],
+        true
+    );
+    let again = admin(&app, "POST", "/admin/cache/warmup", json!({}))
+        .await
+        .json();
+    assert_eq!(again["already_cached"], 2);
+}
+
+#[tokio::test]
+async fn warmup_refuses_per_session_caches() {
+    let app = TestApp::spawn().await.unwrap();
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({})).await;
+    assert_eq!(r.status, 409);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("query_cache_scope"));
+}
+
+#[tokio::test]
+async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
+    let app = TestApp::builder().only(&["ops"]).spawn().await.unwrap();
+    let mut conn = app.redis().await.unwrap();
+    // 10,000 older events already logged...
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("ZADD")
+            .arg("chatbot:audit")
+            .arg(i)
+            .arg(format!("{{\"action\":\"seeded\",\"n\":{i}}}"))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    // ...and 50 real ones through the product (unauthorised attempts are audited too).
+    let mut client = app.client();
+    for i in 0..50 {
+        let auth = if i % 2 == 0 {
+            "Bearer wrong".to_string()
+        } else {
+            format!("Bearer {TEST_ADMIN_TOKEN}")
+        };
+        let body = if i % 2 == 0 {
+            "{}"
+        } else {
+            r#"{"cache_type":"embedding"}"#
+        };
+        client
+            .request(
+                "POST",
+                "/health/cache/clear",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+            .unwrap();
+    }
+    let total: i64 = redis::cmd("ZCARD")
+        .arg("chatbot:audit")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(total, 10_000);
+    let page = admin(&app, "GET", "/admin/audit", json!(null)).await;
+    let body = page.json();
+    assert_eq!(body["total"], 10_000);
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 50);
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "cache_cleared").count(),
+        25,
+        "{actions:?}"
+    );
+    assert_eq!(actions.iter().filter(|a| **a == "unauthorized").count(), 25);
+    // The oldest seeded entries were the ones dropped.
+    let oldest: Vec<String> = redis::cmd("ZRANGE")
+        .arg("chatbot:audit")
+        .arg(0)
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(oldest[0].contains("\"n\":50"), "{oldest:?}");
+    let page2 = admin(&app, "GET", "/admin/audit?page=2", json!(null))
+        .await
+        .json();
+    assert!(
+        page2["entries"][0]["action"] == "seeded"
+            || page2["entries"][0]["action"] == "cache_cleared"
+    );
+}
+
+#[tokio::test]
+async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
+    let app = TestApp::spawn().await.unwrap();
+    let routes = [
+        ("POST", "/health/cache/clear"),
+        ("POST", "/admin/cleanup"),
+        ("POST", "/admin/cache/warmup"),
+        ("GET", "/admin/audit"),
+        ("POST", "/api/v1/documents"),
+    ];
+    let mut client = app.client();
+    for (method, path) in routes {
+        for auth in [
+            None,
+            Some("Bearer wrong-token"),
+            Some("Bearer "),
+            Some(TEST_ADMIN_TOKEN),
+            Some("Basic YWRtaW46YWRtaW4="),
+        ] {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(a) = auth {
+                headers.push(("authorization", a));
+            }
+            let r = client.request(method, path, &headers, "{}").await.unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.text());
+            assert_eq!(r.json()["status"], "unauthorized");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+    let mut conn = app.redis().await.unwrap();
+    let audited: i64 = redis::cmd("ZCARD")
+        .arg("chatbot:audit")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(audited, 25, "every refusal is audited");
+}
+
+#[tokio::test]
+async fn with_no_admin_token_configured_admin_is_closed() {
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("admin_token", "")
+        .spawn()
+        .await
+        .unwrap();
+    for auth in ["Bearer ", "Bearer anything"] {
+        let r = app
+            .client()
+            .request("GET", "/admin/audit", &[("authorization", auth)], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401);
+    }
+}
+
+#[tokio::test]
+async fn a_user_may_hold_five_sessions_and_the_count_recovers_after_expiry() {
+    let app = TestApp::builder()
+        .variable("session_idle_seconds", "2")
+        .spawn()
+        .await
+        .unwrap();
+    let query = |session: &str| {
+        let body = json!({"question": "hi", "session_id": session, "user_id": "alice"});
+        let mut client = app.client();
+        async move { client.post_json("/api/v1/chat/query", &body).await.unwrap() }
+    };
+    for i in 1..=5 {
+        assert_eq!(query(&format!("s{i}")).await.status, 200);
+    }
+    let refused = query("s6").await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["status"], "session_limit");
+    assert!(refused.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("5 active sessions"));
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        query("s3").await.status,
+        200,
+        "an active session is still welcome"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(
+        query("s6").await.status,
+        200,
+        "idle sessions stopped counting"
+    );
+    let mut conn = app.redis().await.unwrap();
+    let audit: Vec<String> = redis::cmd("ZRANGE")
+        .arg("chatbot:audit")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.contains("session_refused") && e.contains("alice")),
+        "{audit:?}"
+    );
+    // Refused requests stored nothing.
+    let pg = app.postgres().await.unwrap();
+    let sessions: i64 = pg
+        .query_one("SELECT count(*) FROM user_sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 6);
+}
