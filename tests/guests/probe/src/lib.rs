@@ -26,11 +26,40 @@ fn json_response(status: u16, value: serde_json::Value) -> Response {
         .build()
 }
 
+/// What a cache hit cannot do without: open Redis once, three commands on it
+/// (limiter, lookup, recorder), one statement committed to Postgres.
+fn hit_floor() -> Response {
+    let outcome = (|| -> Result<(), String> {
+        let address = variables::get("redis_address").map_err(|e| e.to_string())?;
+        let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
+        for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
+            conn.execute("GET", &[redis::RedisParameter::Binary(key.as_bytes().to_vec())])
+                .map_err(|e| e.to_string())?;
+        }
+        let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
+        let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
+        pg.execute(
+            "INSERT INTO user_sessions (session_id, expires_at) VALUES ($1, now()) \
+             ON CONFLICT (session_id) DO UPDATE SET last_seen_at = now()",
+            &[pg4::ParameterValue::Str("floor".into())],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => json_response(200, json!({ "ok": true })),
+        Err(e) => json_response(502, json!({ "error": e })),
+    }
+}
+
 #[http_component]
 async fn handle(req: Request) -> Response {
     let seen = REQUESTS_SEEN.fetch_add(1, Ordering::SeqCst) + 1;
     match (req.method(), req.path()) {
         (Method::Get, "/probe/memory") => json_response(200, json!({ "requests_seen": seen })),
+        // The benchmarks' baselines: a hello world, and the floor of a cache hit.
+        (Method::Get, "/probe/hello") => Response::new(200, "hello"),
+        (Method::Get, "/probe/hit-floor") => hit_floor(),
         (Method::Get, "/probe/variable") => {
             let name = query_param(&req, "name").unwrap_or_default();
             match variables::get(&name) {

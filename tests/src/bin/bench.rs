@@ -1,0 +1,207 @@
+//! `bench`: latency and throughput of the app under the harness host, with
+//! real Redis and Postgres and the OpenAI stand-in answering chat in 800 ms
+//! (the seed's figure). Prints a Markdown table (the README carries the latest).
+//!
+//! Run: `cargo run --release -p chatbot-harness --bin bench` (after building
+//! the components; `tests/bench.sh` does both). Options: `--quick` for fewer requests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chatbot_harness::host::Counts;
+use chatbot_harness::stubs::openai::CHAT;
+use chatbot_harness::{project_root, runtime, Client, TestApp, TEST_ADMIN_TOKEN};
+use serde_json::json;
+
+struct Stats {
+    requests: usize,
+    rps: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    per_request: [f64; 4],
+}
+
+type MakeRequest = dyn Fn(usize) -> (&'static str, String, Vec<u8>) + Send + Sync;
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Sends `total` requests from `concurrency` keep-alive clients; checks each status.
+async fn load(app: &TestApp, concurrency: usize, total: usize, expect: u16, make: std::sync::Arc<MakeRequest>) -> Result<Stats> {
+    let before = app.counts();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let make = make.clone();
+        let mut client = Client::new(app.server.addr);
+        let share = total / concurrency + usize::from(worker < total % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                let (method, path, body) = make(worker * 1_000_000 + i);
+                let headers = [("content-type", "application/json")];
+                let t = Instant::now();
+                let response = client.request(method, &path, &headers, body).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                anyhow::ensure!(response.status == expect, "{method} {path}: {} {}", response.status, response.text());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let used: Counts = app.counts() - before;
+    latencies.sort_by(f64::total_cmp);
+    let n = latencies.len() as f64;
+    Ok(Stats {
+        requests: latencies.len(),
+        rps: n / elapsed,
+        p50: percentile(&latencies, 0.50),
+        p95: percentile(&latencies, 0.95),
+        p99: percentile(&latencies, 0.99),
+        per_request: [
+            used.redis_opens as f64 / n,
+            used.redis_commands as f64 / n,
+            used.postgres_opens as f64 / n,
+            used.postgres_statements as f64 / n,
+        ],
+    })
+}
+
+fn query(question: String, session: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"question": question, "session_id": session, "page_context": "benchmark"})).unwrap()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = |n: usize| if quick { (n / 10).max(20) } else { n };
+    let levels = [1usize, 10, 32];
+
+    // The app, composed as spin.toml says; limits high enough not to interfere.
+    let app = TestApp::builder()
+        .variable("rate_limit_requests", "1000000")
+        .spawn()
+        .await
+        .context("spawning the app (build the components first)")?;
+    app.openai.controls().set_latency(CHAT, Duration::from_millis(800));
+    // A second instance whose limiter denies everything after one request.
+    let limited = TestApp::builder()
+        .variable("rate_limit_requests", "1")
+        .variable("rate_limit_window_seconds", "86400")
+        .spawn()
+        .await?;
+    let probe = TestApp::builder()
+        .manifest(project_root().join("tests/guests/probe/spin.toml"))
+        .spawn()
+        .await?;
+
+    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+    let ingest = app
+        .client()
+        .request(
+            "POST",
+            "/api/v1/documents",
+            &[("content-type", "application/json"), ("authorization", &auth)],
+            serde_json::to_vec(&json!({"documents": [{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]}))?,
+        )
+        .await?;
+    anyhow::ensure!(ingest.status == 200, "ingest: {}", ingest.text());
+    // Warm the hit path and exhaust the limited session.
+    app.client().request("POST", "/api/v1/chat/query", &[("content-type", "application/json")], query("What is measured?".into(), "bench-hit")).await?;
+    limited.client().request("POST", "/api/v1/chat/query", &[("content-type", "application/json")], query("q".into(), "bench-limited")).await?;
+
+    struct Scenario {
+        name: &'static str,
+        target: &'static str,
+        expect: u16,
+        total: usize,
+        make: std::sync::Arc<MakeRequest>,
+    }
+    let miss_counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let scenarios = vec![
+        Scenario { name: "hello world (probe)", target: "probe", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![])) },
+        Scenario { name: "hit floor (probe)", target: "probe", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![])) },
+        Scenario { name: "cache hit", target: "app", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("What is measured?".into(), "bench-hit"))) },
+        Scenario {
+            name: "cache miss (chat 800 ms)",
+            target: "app",
+            expect: 200,
+            total: 0,
+            make: {
+                let counter = miss_counter.clone();
+                std::sync::Arc::new(move |_| {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ("POST", "/api/v1/chat/query".to_string(), query(format!("Unique question number {n}?"), "bench-miss"))
+                })
+            },
+        },
+        Scenario { name: "rate limited (429)", target: "limited", expect: 429, total: scale(3000), make: std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("q".into(), "bench-limited"))) },
+        Scenario { name: "/metrics", target: "app", expect: 200, total: scale(1000), make: std::sync::Arc::new(|_| ("GET", "/metrics".to_string(), vec![])) },
+        Scenario { name: "/health", target: "app", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/health".to_string(), vec![])) },
+    ];
+
+    println!("| scenario | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | p50 vs hello | Redis opens/req | Redis cmds/req | PG opens/req | PG stmts/req |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut hello_p50 = std::collections::HashMap::new();
+    let mut results = std::collections::HashMap::new();
+    for scenario in &scenarios {
+        for &c in &levels {
+            let target = match scenario.target {
+                "probe" => &probe,
+                "limited" => &limited,
+                _ => &app,
+            };
+            let total = if scenario.total == 0 { (c * 3).max(6) } else { scenario.total.max(c * 10) };
+            let stats = load(target, c, total, scenario.expect, scenario.make.clone()).await?;
+            if scenario.name.starts_with("hello") {
+                hello_p50.insert(c, stats.p50);
+            }
+            let ratio = stats.p50 / hello_p50[&c];
+            println!(
+                "| {} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}x | {:.2} | {:.2} | {:.2} | {:.2} |",
+                scenario.name, stats.requests, stats.rps, stats.p50, stats.p95, stats.p99, ratio,
+                stats.per_request[0], stats.per_request[1], stats.per_request[2], stats.per_request[3]
+            );
+            results.insert((scenario.name, c), (stats.p50, stats.rps));
+        }
+    }
+
+    let (floor_p50, _) = results[&("hit floor (probe)", 1)];
+    let (hit_p50, _) = results[&("cache hit", 1)];
+    let (_, floor_rps) = results[&("hit floor (probe)", 32)];
+    let (_, hit_rps) = results[&("cache hit", 32)];
+    println!();
+    println!("Goals: cache-hit p50 at c=1 is {:.2}x the floor's (goal <= 1.2x); cache-hit throughput at c=32 is {:.2}x the floor's (goal >= 0.8x).", hit_p50 / floor_p50, hit_rps / floor_rps);
+
+    println!();
+    println!("| component | size (bytes) | instantiation (µs, mean of 200) |");
+    println!("|---|---:|---:|");
+    for (component, file, host) in [
+        ("query (composed with rate-limiter and metrics)", "query.wasm", Some((&app, "query"))),
+        ("rate-limiter", "rate_limiter.wasm", None),
+        ("metrics", "metrics.wasm", Some((&app, "metrics"))),
+        ("ops", "ops.wasm", Some((&app, "ops"))),
+        ("probe (hello world)", "harness_probe.wasm", Some((&probe, "probe"))),
+    ] {
+        let size = std::fs::metadata(project_root().join("target/wasm32-wasip2/release").join(file))?.len();
+        let instantiation = match host {
+            Some((test_app, id)) => {
+                let mut total = Duration::ZERO;
+                for _ in 0..200 {
+                    total += runtime::instantiation_time(&test_app.app, id).await?;
+                }
+                format!("{:.0}", total.as_secs_f64() * 1e6 / 200.0)
+            }
+            None => "(a dependency: instantiated inside query)".to_string(),
+        };
+        println!("| {component} | {size} | {instantiation} |");
+    }
+    Ok(())
+}
