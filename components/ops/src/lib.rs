@@ -18,8 +18,7 @@ use spin_sdk::redis::Connection;
 fn handle(req: Request) -> Response {
     let path = req.path().trim_end_matches('/').to_string();
     let method = req.method().clone();
-    let admin_route = path.starts_with("/admin/") || path == "/health/cache/clear";
-    if admin_route && known(&path) {
+    if ADMIN_ROUTES.contains(&path.as_str()) {
         if let Err(response) = authorise(&req) {
             return response;
         }
@@ -54,6 +53,9 @@ const ROUTES: [&str; 9] = [
     "/admin/cache/warmup",
     "/admin/audit",
 ];
+
+/// The routes that need the admin token.
+const ADMIN_ROUTES: [&str; 4] = ["/health/cache/clear", "/admin/cleanup", "/admin/cache/warmup", "/admin/audit"];
 
 fn known(path: &str) -> bool {
     ROUTES.contains(&path)
