@@ -27,7 +27,8 @@ fn json_response(status: u16, value: serde_json::Value) -> Response {
 }
 
 /// What a cache hit cannot do without: open Redis once, three commands on it
-/// (limiter, lookup, recorder), one statement committed to Postgres.
+/// (a hit's are the limiter, lookup and recorder scripts), and commit the same
+/// one-statement exchange to Postgres that a hit commits.
 fn hit_floor() -> Response {
     let outcome = (|| -> Result<(), String> {
         let address = variables::get("redis_address").map_err(|e| e.to_string())?;
@@ -38,10 +39,19 @@ fn hit_floor() -> Response {
         }
         let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
         let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
-        pg.execute(
-            "INSERT INTO user_sessions (session_id, expires_at) VALUES ($1, now()) \
-             ON CONFLICT (session_id) DO UPDATE SET last_seen_at = now()",
-            &[pg4::ParameterValue::Str("floor".into())],
+        let citations = br#"[{"source":"bench.pdf","chunk_id":"c","score":0.5,"snippet":"s"}]"#;
+        pg.query(
+            chatbot_core::history::STORE_EXCHANGE_SQL,
+            &[
+                pg4::ParameterValue::Str("floor".into()),
+                pg4::ParameterValue::DbNull,
+                pg4::ParameterValue::Int32(30),
+                pg4::ParameterValue::Str("What is measured?".into()),
+                pg4::ParameterValue::Str("benchmark".into()),
+                pg4::ParameterValue::Boolean(true),
+                pg4::ParameterValue::Str("An answer.".into()),
+                pg4::ParameterValue::Jsonb(citations.to_vec()),
+            ],
         )
         .map_err(|e| e.to_string())?;
         Ok(())
