@@ -32,6 +32,22 @@ pub use client::Client;
 pub use host::chatbot::ChatbotImports;
 pub use runtime::{App, AppOptions, BufferedResponse};
 
+/// A loopback port nothing listens on (for "dependency down" tests).
+pub fn unused_port() -> u16 {
+    services::free_port().expect("binding a free port")
+}
+
+/// The `allowed_outbound_hosts` entry (`scheme://host:port`) for an address.
+pub fn origin_of(url: &str) -> String {
+    let parsed = url::Url::parse(url).expect("valid URL");
+    format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str().expect("host"),
+        parsed.port_or_known_default().expect("port")
+    )
+}
+
 /// The repository root (where `spin.toml` is).
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -88,15 +104,7 @@ impl TestAppBuilder {
             stubs::openai::OpenAiStub::start(TEST_OPENAI_KEY, TEST_EMBEDDING_DIMENSIONS).await?;
         let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
 
-        let origin = |url: &str| -> String {
-            let parsed = url::Url::parse(url).expect("valid URL");
-            format!(
-                "{}://{}:{}",
-                parsed.scheme(),
-                parsed.host_str().expect("host"),
-                parsed.port_or_known_default().expect("port")
-            )
-        };
+        let origin = origin_of;
         let mut variables = BTreeMap::from([
             ("redis_address".to_string(), redis_url.clone()),
             ("postgres_address".to_string(), postgres_url.clone()),

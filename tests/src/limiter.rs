@@ -32,12 +32,7 @@ impl LimiterUnderTest {
         for (name, value) in settings {
             variables.insert(name.to_string(), value.to_string());
         }
-        let url = url::Url::parse(redis_address)?;
-        let allowed = vec![format!(
-            "redis://{}:{}",
-            url.host_str().unwrap_or("127.0.0.1"),
-            url.port().unwrap_or(6379)
-        )];
+        let allowed = vec![crate::origin_of(redis_address)];
         let path = crate::project_root().join("target/wasm32-wasip2/release/rate_limiter.wasm");
         let library = Arc::new(Library::load(&path, variables, &allowed)?);
         let pre = RateLimiterPre::new(library.instance_pre().clone())?;

@@ -33,12 +33,7 @@ pub fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
 impl RecorderUnderTest {
     pub fn load(redis_address: &str) -> Result<Self> {
         let variables = BTreeMap::from([("redis_address".to_string(), redis_address.to_string())]);
-        let url = url::Url::parse(redis_address)?;
-        let allowed = vec![format!(
-            "redis://{}:{}",
-            url.host_str().unwrap_or("127.0.0.1"),
-            url.port().unwrap_or(6379)
-        )];
+        let allowed = vec![crate::origin_of(redis_address)];
         let path = crate::project_root().join("target/wasm32-wasip2/release/metrics.wasm");
         let library = Arc::new(Library::load(&path, variables, &allowed)?);
         let pre = MetricsPre::new(library.instance_pre().clone())?;

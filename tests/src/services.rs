@@ -81,7 +81,7 @@ fn spawn_owned(start: fn() -> Result<(String, Child, tempfile::TempDir)>) -> Res
     rx.recv()?
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -64,11 +64,7 @@ async fn services_reports_redis_and_postgres_up_with_latency() {
 #[tokio::test]
 async fn services_reports_a_dead_redis_as_down() {
     // A port nothing listens on, but allowed, so the failure is the connection's.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["ops"])
         .variable("redis_address", format!("redis://127.0.0.1:{port}"))
@@ -92,11 +88,7 @@ async fn services_reports_a_dead_redis_as_down() {
 
 #[tokio::test]
 async fn services_reports_a_dead_postgres_without_leaking_credentials() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["ops"])
         .variable(

@@ -183,11 +183,7 @@ async fn the_recorder_refuses_unbounded_labels_and_writes_nothing() {
 
 #[tokio::test]
 async fn recording_with_redis_down_is_an_error_not_a_crash() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let recorder = RecorderUnderTest::load(&format!("redis://127.0.0.1:{port}")).unwrap();
     let outcome = recorder
         .record_standalone(vec![sample("chatbot_qdrant_searches_total", &[], 1.0)])
@@ -355,11 +351,7 @@ async fn metrics_are_gzipped_when_asked() {
 
 #[tokio::test]
 async fn a_scrape_with_redis_down_is_a_503_not_a_partial_lie() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["metrics"])
         .variable("redis_address", format!("redis://127.0.0.1:{port}"))

@@ -13,7 +13,11 @@ fn documented_paths() -> BTreeSet<String> {
             in_paths = true;
         } else if !line.starts_with(' ') && !line.is_empty() {
             in_paths = false;
-        } else if in_paths && line.starts_with("  /") && line.ends_with(':') && !line.starts_with("   ") {
+        } else if in_paths
+            && line.starts_with("  /")
+            && line.ends_with(':')
+            && !line.starts_with("   ")
+        {
             paths.insert(line.trim().trim_end_matches(':').to_string());
         }
     }
@@ -24,7 +28,10 @@ fn documented_paths() -> BTreeSet<String> {
 fn routes_in_code() -> BTreeSet<String> {
     let mut routes = BTreeSet::new();
     for component in ["query", "ops", "metrics"] {
-        let dir = project_root().join("components").join(component).join("src");
+        let dir = project_root()
+            .join("components")
+            .join(component)
+            .join("src");
         for entry in std::fs::read_dir(dir).unwrap() {
             let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             for literal in source.split('"').skip(1).step_by(2) {
@@ -35,7 +42,11 @@ fn routes_in_code() -> BTreeSet<String> {
                     && !literal.contains('{');
                 if is_route {
                     // A prefix route takes its parameter from the path.
-                    let route = if literal.ends_with('/') { format!("{literal}{{session_id}}") } else { literal.to_string() };
+                    let route = if literal.ends_with('/') {
+                        format!("{literal}{{session_id}}")
+                    } else {
+                        literal.to_string()
+                    };
                     routes.insert(route);
                 }
             }
@@ -50,7 +61,10 @@ fn every_route_in_the_code_is_documented() {
     let in_code = routes_in_code();
     assert!(in_code.len() >= 13, "found only {in_code:?}");
     let missing: Vec<_> = in_code.difference(&documented).collect();
-    assert!(missing.is_empty(), "routes served but not in deploy/openapi.yaml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes served but not in deploy/openapi.yaml: {missing:?}"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +77,12 @@ async fn every_documented_route_is_served() {
             let response = client.request(method, &concrete, &[], "").await.unwrap();
             // The host's own 404 (no route) is plain text; a component always answers JSON or metrics.
             let from_a_component = response.header("content-type").is_some();
-            assert!(from_a_component, "{method} {concrete}: {} {}", response.status, response.text());
+            assert!(
+                from_a_component,
+                "{method} {concrete}: {} {}",
+                response.status,
+                response.text()
+            );
         }
     }
 }

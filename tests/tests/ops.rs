@@ -4,14 +4,6 @@
 use chatbot_harness::{BufferedResponse, TestApp, TestAppBuilder, TEST_ADMIN_TOKEN};
 use serde_json::{json, Value};
 
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn admin(app: &TestApp, method: &str, path: &str, body: Value) -> BufferedResponse {
     let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
     app.client()
@@ -92,7 +84,7 @@ async fn readiness_names_each_dependency_that_is_down() {
     ];
     for (down, settings) in cases {
         let mut builder: TestAppBuilder = TestApp::builder().only(&["ops"]);
-        for (name, value) in settings(dead_port()) {
+        for (name, value) in settings(chatbot_harness::unused_port()) {
             builder = builder.variable(name, value);
         }
         let app = builder.spawn().await.unwrap();

@@ -349,11 +349,7 @@ async fn a_qdrant_failure_is_reported_and_not_cached() {
 
 #[tokio::test]
 async fn without_redis_questions_are_still_answered() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .variable("redis_address", format!("redis://127.0.0.1:{port}"))
         .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
@@ -376,11 +372,7 @@ async fn without_redis_questions_are_still_answered() {
 
 #[tokio::test]
 async fn without_postgres_the_answer_is_returned_and_the_loss_counted() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .variable(
             "postgres_address",

@@ -258,11 +258,7 @@ async fn a_flushed_script_cache_falls_back_to_eval() {
 #[tokio::test]
 async fn redis_down_fails_open_by_default_and_closed_when_configured() {
     let dead = {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = chatbot_harness::unused_port();
         format!("redis://127.0.0.1:{port}")
     };
     let open = LimiterUnderTest::load(&dead, &[]).unwrap();

@@ -55,7 +55,12 @@ const ROUTES: [&str; 9] = [
 ];
 
 /// The routes that need the admin token.
-const ADMIN_ROUTES: [&str; 4] = ["/health/cache/clear", "/admin/cleanup", "/admin/cache/warmup", "/admin/audit"];
+const ADMIN_ROUTES: [&str; 4] = [
+    "/health/cache/clear",
+    "/admin/cleanup",
+    "/admin/cache/warmup",
+    "/admin/audit",
+];
 
 fn known(path: &str) -> bool {
     ROUTES.contains(&path)

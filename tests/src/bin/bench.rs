@@ -30,7 +30,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Sends `total` requests from `concurrency` keep-alive clients; checks each status.
-async fn load(app: &TestApp, concurrency: usize, total: usize, expect: u16, make: std::sync::Arc<MakeRequest>) -> Result<Stats> {
+async fn load(
+    app: &TestApp,
+    concurrency: usize,
+    total: usize,
+    expect: u16,
+    make: std::sync::Arc<MakeRequest>,
+) -> Result<Stats> {
     let before = app.counts();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -46,7 +52,12 @@ async fn load(app: &TestApp, concurrency: usize, total: usize, expect: u16, make
                 let t = Instant::now();
                 let response = client.request(method, &path, &headers, body).await?;
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                anyhow::ensure!(response.status == expect, "{method} {path}: {} {}", response.status, response.text());
+                anyhow::ensure!(
+                    response.status == expect,
+                    "{method} {path}: {} {}",
+                    response.status,
+                    response.text()
+                );
             }
             Ok::<_, anyhow::Error>(latencies)
         }));
@@ -75,7 +86,10 @@ async fn load(app: &TestApp, concurrency: usize, total: usize, expect: u16, make
 }
 
 fn query(question: String, session: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"question": question, "session_id": session, "page_context": "benchmark"})).unwrap()
+    serde_json::to_vec(
+        &json!({"question": question, "session_id": session, "page_context": "benchmark"}),
+    )
+    .unwrap()
 }
 
 #[tokio::main]
@@ -90,7 +104,9 @@ async fn main() -> Result<()> {
         .spawn()
         .await
         .context("spawning the app (build the components first)")?;
-    app.openai.controls().set_latency(CHAT, Duration::from_millis(800));
+    app.openai
+        .controls()
+        .set_latency(CHAT, Duration::from_millis(800));
     // A second instance whose limiter denies everything after one request.
     let limited = TestApp::builder()
         .variable("rate_limit_requests", "1")
@@ -114,8 +130,23 @@ async fn main() -> Result<()> {
         .await?;
     anyhow::ensure!(ingest.status == 200, "ingest: {}", ingest.text());
     // Warm the hit path and exhaust the limited session.
-    app.client().request("POST", "/api/v1/chat/query", &[("content-type", "application/json")], query("What is measured?".into(), "bench-hit")).await?;
-    limited.client().request("POST", "/api/v1/chat/query", &[("content-type", "application/json")], query("q".into(), "bench-limited")).await?;
+    app.client()
+        .request(
+            "POST",
+            "/api/v1/chat/query",
+            &[("content-type", "application/json")],
+            query("What is measured?".into(), "bench-hit"),
+        )
+        .await?;
+    limited
+        .client()
+        .request(
+            "POST",
+            "/api/v1/chat/query",
+            &[("content-type", "application/json")],
+            query("q".into(), "bench-limited"),
+        )
+        .await?;
 
     struct Scenario {
         name: &'static str,
@@ -126,9 +157,33 @@ async fn main() -> Result<()> {
     }
     let miss_counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let scenarios = vec![
-        Scenario { name: "hello world (probe)", target: "probe", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![])) },
-        Scenario { name: "hit floor (probe)", target: "probe", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![])) },
-        Scenario { name: "cache hit", target: "app", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("What is measured?".into(), "bench-hit"))) },
+        Scenario {
+            name: "hello world (probe)",
+            target: "probe",
+            expect: 200,
+            total: scale(3000),
+            make: std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![])),
+        },
+        Scenario {
+            name: "hit floor (probe)",
+            target: "probe",
+            expect: 200,
+            total: scale(3000),
+            make: std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![])),
+        },
+        Scenario {
+            name: "cache hit",
+            target: "app",
+            expect: 200,
+            total: scale(3000),
+            make: std::sync::Arc::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/chat/query".to_string(),
+                    query("What is measured?".into(), "bench-hit"),
+                )
+            }),
+        },
         Scenario {
             name: "cache miss (chat 800 ms)",
             target: "app",
@@ -138,13 +193,41 @@ async fn main() -> Result<()> {
                 let counter = miss_counter.clone();
                 std::sync::Arc::new(move |_| {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    ("POST", "/api/v1/chat/query".to_string(), query(format!("Unique question number {n}?"), "bench-miss"))
+                    (
+                        "POST",
+                        "/api/v1/chat/query".to_string(),
+                        query(format!("Unique question number {n}?"), "bench-miss"),
+                    )
                 })
             },
         },
-        Scenario { name: "rate limited (429)", target: "limited", expect: 429, total: scale(3000), make: std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("q".into(), "bench-limited"))) },
-        Scenario { name: "/metrics", target: "app", expect: 200, total: scale(1000), make: std::sync::Arc::new(|_| ("GET", "/metrics".to_string(), vec![])) },
-        Scenario { name: "/health", target: "app", expect: 200, total: scale(3000), make: std::sync::Arc::new(|_| ("GET", "/health".to_string(), vec![])) },
+        Scenario {
+            name: "rate limited (429)",
+            target: "limited",
+            expect: 429,
+            total: scale(3000),
+            make: std::sync::Arc::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/chat/query".to_string(),
+                    query("q".into(), "bench-limited"),
+                )
+            }),
+        },
+        Scenario {
+            name: "/metrics",
+            target: "app",
+            expect: 200,
+            total: scale(1000),
+            make: std::sync::Arc::new(|_| ("GET", "/metrics".to_string(), vec![])),
+        },
+        Scenario {
+            name: "/health",
+            target: "app",
+            expect: 200,
+            total: scale(3000),
+            make: std::sync::Arc::new(|_| ("GET", "/health".to_string(), vec![])),
+        },
     ];
 
     println!("| scenario | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | p50 vs hello | Redis opens/req | Redis cmds/req | PG opens/req | PG stmts/req |");
@@ -158,7 +241,11 @@ async fn main() -> Result<()> {
                 "limited" => &limited,
                 _ => &app,
             };
-            let total = if scenario.total == 0 { (c * 3).max(6) } else { scenario.total.max(c * 10) };
+            let total = if scenario.total == 0 {
+                (c * 3).max(6)
+            } else {
+                scenario.total.max(c * 10)
+            };
             let stats = load(target, c, total, scenario.expect, scenario.make.clone()).await?;
             if scenario.name.starts_with("hello") {
                 hello_p50.insert(c, stats.p50);
@@ -184,13 +271,26 @@ async fn main() -> Result<()> {
     println!("| component | size (bytes) | instantiation (µs, mean of 200) |");
     println!("|---|---:|---:|");
     for (component, file, host) in [
-        ("query (composed with rate-limiter and metrics)", "query.wasm", Some((&app, "query"))),
+        (
+            "query (composed with rate-limiter and metrics)",
+            "query.wasm",
+            Some((&app, "query")),
+        ),
         ("rate-limiter", "rate_limiter.wasm", None),
         ("metrics", "metrics.wasm", Some((&app, "metrics"))),
         ("ops", "ops.wasm", Some((&app, "ops"))),
-        ("probe (hello world)", "harness_probe.wasm", Some((&probe, "probe"))),
+        (
+            "probe (hello world)",
+            "harness_probe.wasm",
+            Some((&probe, "probe")),
+        ),
     ] {
-        let size = std::fs::metadata(project_root().join("target/wasm32-wasip2/release").join(file))?.len();
+        let size = std::fs::metadata(
+            project_root()
+                .join("target/wasm32-wasip2/release")
+                .join(file),
+        )?
+        .len();
         let instantiation = match host {
             Some((test_app, id)) => {
                 let mut total = Duration::ZERO;

@@ -61,18 +61,6 @@ fn options() -> Result<Options> {
     Ok(options)
 }
 
-fn origin(url: &str) -> Result<String> {
-    let parsed = url::Url::parse(url)?;
-    Ok(format!(
-        "{}://{}:{}",
-        parsed.scheme(),
-        parsed.host_str().context("URL without a host")?,
-        parsed
-            .port_or_known_default()
-            .context("URL without a port")?
-    ))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = options()?;
@@ -112,7 +100,7 @@ async fn main() -> Result<()> {
     ] {
         if !variables.contains_key(allowed) {
             if let Some(value) = resolved.get(address) {
-                variables.insert(allowed.to_string(), origin(value)?);
+                variables.insert(allowed.to_string(), chatbot_harness::origin_of(value));
             }
         }
     }

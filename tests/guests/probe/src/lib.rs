@@ -34,8 +34,11 @@ fn hit_floor() -> Response {
         let address = variables::get("redis_address").map_err(|e| e.to_string())?;
         let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
         for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
-            conn.execute("GET", &[redis::RedisParameter::Binary(key.as_bytes().to_vec())])
-                .map_err(|e| e.to_string())?;
+            conn.execute(
+                "GET",
+                &[redis::RedisParameter::Binary(key.as_bytes().to_vec())],
+            )
+            .map_err(|e| e.to_string())?;
         }
         let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
         let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
