@@ -56,8 +56,20 @@ async fn a_guest_reaches_the_real_postgres_through_the_host() {
 
 #[tokio::test]
 async fn each_open_is_a_new_redis_connection_as_in_spin() {
-    let app = probe_app(|b| b).await;
-    let mut redis = app.redis().await.unwrap();
+    // A server of this test's own: the count of accepted connections is then ours alone.
+    let server = chatbot_harness::services::PrivateRedis::start().unwrap();
+    let app = probe_app(|b| {
+        b.variable("redis_address", server.url.clone()).variable(
+            "redis_allowed_host",
+            chatbot_harness::origin_of(&server.url),
+        )
+    })
+    .await;
+    let mut redis = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let clients = |info: String| -> u64 {
         info.lines()
             .find_map(|l| l.strip_prefix("total_connections_received:"))

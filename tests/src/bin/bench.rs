@@ -267,6 +267,81 @@ async fn main() -> Result<()> {
     println!();
     println!("Goals: cache-hit p50 at c=1 is {:.2}x the floor's (goal <= 1.2x); cache-hit throughput at c=32 is {:.2}x the floor's (goal >= 0.8x).", hit_p50 / floor_p50, hit_rps / floor_rps);
 
+    // The limiter and the recorder alone, through their exports, as the query handler calls them.
+    println!();
+    println!("| export (alone, lent connection) | calls | p50 µs | p99 µs | Redis cmds/call |");
+    println!("|---|---:|---:|---:|---:|");
+    let redis = chatbot_harness::services::services().fresh_redis().await?;
+    let limiter = chatbot_harness::limiter::LimiterUnderTest::load(
+        &redis,
+        &[("rate_limit_requests", "1000000")],
+    )?;
+    let recorder = chatbot_harness::recorder::RecorderUnderTest::load(&redis)?;
+    let calls = scale(10_000);
+    limiter.check("bench", 1).await??;
+    let before = limiter.counts();
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        limiter.check("bench", 1).await??;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let used = limiter.counts() - before;
+    println!(
+        "| limiter `check` (incl. instantiation and the host's open) | {calls} | {:.0} | {:.0} | {:.2} |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        used.redis_commands as f64 / calls as f64
+    );
+    let batch = || {
+        use chatbot_harness::recorder::sample;
+        vec![
+            sample(
+                "chatbot_queries_total",
+                &[("endpoint", "query"), ("status", "cached")],
+                1.0,
+            ),
+            sample("chatbot_cache_hits_total", &[("cache_type", "query")], 1.0),
+            sample(
+                "chatbot_cache_tokens_saved_total",
+                &[("cache_type", "query")],
+                120.0,
+            ),
+            sample(
+                "chatbot_rate_limiter_decisions_total",
+                &[("outcome", "enforced")],
+                1.0,
+            ),
+            sample(
+                "chatbot_database_query_latency_seconds",
+                &[("operation", "store_exchange")],
+                0.0008,
+            ),
+            sample(
+                "chatbot_query_latency_seconds",
+                &[("cache_status", "hit")],
+                0.003,
+            ),
+        ]
+    };
+    recorder.record(batch(), Some("bench")).await??;
+    let before = recorder.counts();
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        recorder.record(batch(), Some("bench")).await??;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let used = recorder.counts() - before;
+    println!(
+        "| recorder `record-batch`, a hit's 6 samples (same) | {calls} | {:.0} | {:.0} | {:.2} |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        used.redis_commands as f64 / calls as f64
+    );
+
     println!();
     println!("| component | size (bytes) | instantiation (µs, mean of 200) |");
     println!("|---|---:|---:|");
