@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/local/setup.sh
 cargo build --quiet --target wasm32-wasip2 --release -p query -p rate-limiter -p metrics -p ops -p harness-probe
-cargo run --quiet --release -p chatbot-harness --bin bench -- "$@"
+cargo run --quiet --profile host -p chatbot-harness --bin bench -- "$@"

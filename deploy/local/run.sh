@@ -68,4 +68,4 @@ if [ -z "${SPIN_VARIABLE_OPENAI_API_KEY:-}" ]; then
     stubs=(--stubs)
 fi
 echo "run: spin is not installed (or no OpenAI key): serving with the harness's serve on $LISTEN" >&2
-exec cargo run --quiet --release -p chatbot-harness --bin serve -- --listen "$LISTEN" --migrate "${stubs[@]}"
+exec cargo run --quiet --profile host -p chatbot-harness --bin serve -- --listen "$LISTEN" --migrate "${stubs[@]}"

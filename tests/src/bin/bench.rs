@@ -2,7 +2,7 @@
 //! real Redis and Postgres and the OpenAI stand-in answering chat in 800 ms
 //! (the seed's figure). Prints a Markdown table (the README carries the latest).
 //!
-//! Run: `cargo run --release -p chatbot-harness --bin bench` (after building
+//! Run: `cargo run --profile host -p chatbot-harness --bin bench` (after building
 //! the components; `tests/bench.sh` does both). Options: `--quick` for fewer requests.
 
 use std::time::{Duration, Instant};
