@@ -1,0 +1,84 @@
+//! Each built component imports only what a Spin 3.x/4.x host provides (and
+//! the query handler, additionally, the two interfaces spin.toml composes in).
+
+use chatbot_harness::{project_root, runtime};
+use wasmtime::component::Component;
+
+/// Interfaces a Spin 3.x/4.x host provides to a spin-sdk 5.x guest.
+fn provided_by_spin(name: &str) -> bool {
+    let (package, version) = name.split_once('@').unwrap_or((name, ""));
+    let wasi_0_2 = version.starts_with("0.2.")
+        && [
+            "wasi:cli/",
+            "wasi:io/",
+            "wasi:clocks/",
+            "wasi:random/",
+            "wasi:filesystem/",
+            "wasi:sockets/",
+            "wasi:http/",
+        ]
+        .iter()
+        .any(|p| package.starts_with(p));
+    let spin = (package.starts_with("fermyon:spin/") && version == "2.0.0")
+        || (package == "spin:postgres/postgres" && version == "4.0.0");
+    wasi_0_2 || spin
+}
+
+fn imports(file: &str) -> Vec<String> {
+    let path = project_root()
+        .join("target/wasm32-wasip2/release")
+        .join(file);
+    let component =
+        Component::from_file(runtime::engine(), &path).expect("build the components first");
+    component
+        .component_type()
+        .imports(runtime::engine())
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[test]
+fn every_component_imports_only_what_spin_provides() {
+    for file in ["ops.wasm", "metrics.wasm", "rate_limiter.wasm"] {
+        let names = imports(file);
+        assert!(!names.is_empty());
+        let foreign: Vec<_> = names.iter().filter(|n| !provided_by_spin(n)).collect();
+        assert!(foreign.is_empty(), "{file} imports {foreign:?}");
+    }
+    let query = imports("query.wasm");
+    let foreign: Vec<_> = query.iter().filter(|n| !provided_by_spin(n)).collect();
+    assert_eq!(
+        foreign,
+        [
+            "chatbot:ratelimit/limiter@0.1.0",
+            "chatbot:metrics/recorder@0.1.0"
+        ],
+        "the query handler's other imports are the ones spin.toml satisfies"
+    );
+    // It uses Spin's Redis (and lends it), Postgres and variables.
+    for needed in [
+        "fermyon:spin/redis@2.0.0",
+        "spin:postgres/postgres@4.0.0",
+        "fermyon:spin/variables@2.0.0",
+    ] {
+        assert!(
+            query.iter().any(|n| n == needed),
+            "query does not import {needed}: {query:?}"
+        );
+    }
+}
+
+#[test]
+fn the_manifest_composes_every_dependency_the_query_handler_imports() {
+    let manifest =
+        chatbot_harness::manifest::Manifest::load(&project_root().join("spin.toml")).unwrap();
+    let declared: Vec<&String> = manifest.component["query"].dependencies.keys().collect();
+    assert_eq!(
+        declared,
+        [
+            "chatbot:metrics/recorder@0.1.0",
+            "chatbot:ratelimit/limiter@0.1.0"
+        ]
+    );
+    assert!(manifest.component["query"].dependencies_inherit_configuration);
+}
