@@ -31,6 +31,16 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
         config.async_support(true);
+        // Spin instantiates through the pooling allocator; so do we, so that
+        // per-request instantiation and memory growth cost what they cost there.
+        let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(1_000)
+            .total_core_instances(10_000)
+            .total_memories(10_000)
+            .total_tables(10_000)
+            .max_memory_size(256 << 20);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         Engine::new(&config).expect("creating the wasmtime engine")
     })
 }
