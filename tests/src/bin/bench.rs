@@ -275,14 +275,34 @@ async fn main() -> Result<()> {
         }
     }
 
-    if let (Some((floor_p50, _)), Some((hit_p50, _)), Some((_, floor_rps)), Some((_, hit_rps))) = (
-        results.get(&("hit floor (probe)", 1)),
-        results.get(&("cache hit", 1)),
-        results.get(&("hit floor (probe)", 32)),
-        results.get(&("cache hit", 32)),
-    ) {
+    // The goals compare a hit with its floor. On a shared 2-core machine both drift
+    // (Postgres above all), so measure them in alternating rounds and report the
+    // median of the per-round ratios, with their range.
+    if results.contains_key(&("cache hit", 1)) {
+        let rounds = if quick { 3 } else { 7 };
+        let hit_make: std::sync::Arc<MakeRequest> =
+            std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("What is measured?".into(), "bench-hit")));
+        let floor_make: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![]));
+        let mut latency_ratios = Vec::new();
+        let mut throughput_ratios = Vec::new();
+        for _ in 0..rounds {
+            let floor1 = load(&probe, 1, scale(500), 200, floor_make.clone()).await?;
+            let hit1 = load(&app, 1, scale(500), 200, hit_make.clone()).await?;
+            latency_ratios.push(hit1.p50 / floor1.p50);
+            let floor32 = load(&probe, 32, scale(1500), 200, floor_make.clone()).await?;
+            let hit32 = load(&app, 32, scale(1500), 200, hit_make.clone()).await?;
+            throughput_ratios.push(hit32.rps / floor32.rps);
+        }
+        let summary = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let (lat, lat_min, lat_max) = summary(latency_ratios);
+        let (tput, tput_min, tput_max) = summary(throughput_ratios);
         println!();
-        println!("Goals: cache-hit p50 at c=1 is {:.2}x the floor's (goal <= 1.2x); cache-hit throughput at c=32 is {:.2}x the floor's (goal >= 0.8x).", hit_p50 / floor_p50, hit_rps / floor_rps);
+        println!(
+            "Goals ({rounds} alternating rounds, median [range]): cache-hit p50 at c=1 is {lat:.2}x the floor's [{lat_min:.2}..{lat_max:.2}] (goal <= 1.2x); cache-hit throughput at c=32 is {tput:.2}x the floor's [{tput_min:.2}..{tput_max:.2}] (goal >= 0.8x)."
+        );
     }
     if only.is_some() {
         return Ok(());
