@@ -280,9 +280,15 @@ async fn main() -> Result<()> {
     // median of the per-round ratios, with their range.
     if results.contains_key(&("cache hit", 1)) {
         let rounds = if quick { 3 } else { 7 };
-        let hit_make: std::sync::Arc<MakeRequest> =
-            std::sync::Arc::new(|_| ("POST", "/api/v1/chat/query".to_string(), query("What is measured?".into(), "bench-hit")));
-        let floor_make: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![]));
+        let hit_make: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
+            (
+                "POST",
+                "/api/v1/chat/query".to_string(),
+                query("What is measured?".into(), "bench-hit"),
+            )
+        });
+        let floor_make: std::sync::Arc<MakeRequest> =
+            std::sync::Arc::new(|_| ("GET", "/probe/hit-floor".to_string(), vec![]));
         let mut latency_ratios = Vec::new();
         let mut throughput_ratios = Vec::new();
         for _ in 0..rounds {
