@@ -348,6 +348,21 @@ redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
 return 1
 "#;
 
+/// Takes the stampede lock unless the answer is already there, atomically, so a
+/// request never recomputes an answer another request stored after its lookup.
+/// KEYS: cache key, lock. ARGV: token, lock ttl in ms. Answers `{1, answer}`
+/// (cached meanwhile), `{2}` (lock taken) or `{0}` (someone else holds it).
+pub const ACQUIRE_OR_READ_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  return {1, v}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+return {0}
+"#;
+
 /// Releases the stampede lock if we still hold it. KEYS: lock. ARGV: token.
 pub const RELEASE_LOCK_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

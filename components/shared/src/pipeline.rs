@@ -9,7 +9,7 @@ use crate::settings::PipelineSettings;
 use chatbot_core::metrics::names as m;
 use chatbot_core::query::{self, keys, CachedAnswer, QueryRequest};
 use chatbot_core::upstream::UpstreamError;
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 pub struct Answer {
     pub value: CachedAnswer,
@@ -89,29 +89,28 @@ pub fn answer(
     let lock_ttl = settings.openai_timeout * 2 + settings.qdrant_timeout + Duration::from_secs(5);
     let waited_since = Instant::now();
     loop {
-        let acquired = conn
-            .execute(
-                "SET",
-                &[
-                    binary(&lock),
-                    binary(&token),
-                    binary("NX"),
-                    binary("PX"),
-                    RedisParameter::Int64(lock_ttl.as_millis() as i64),
-                ],
-            )
-            .map(|r| !matches!(r.first(), None | Some(spin_sdk::redis::RedisResult::Nil)))
-            .unwrap_or(true);
-        if acquired || waited_since.elapsed() > lock_ttl {
-            break;
-        }
-        std::thread::sleep(WAIT_STEP);
-        if let Ok(results) = conn.execute("GET", &[binary(&cache_key)]) {
-            if let Some(value) =
-                first_binary(&results).and_then(|b| serde_json::from_slice(&b).ok())
-            {
-                return Ok(hit(value, telemetry));
+        let reply = eval(
+            conn,
+            query::ACQUIRE_OR_READ_SCRIPT,
+            &[&cache_key, &lock],
+            &[
+                binary(&token),
+                RedisParameter::Int64(lock_ttl.as_millis() as i64),
+            ],
+        );
+        match reply.as_deref() {
+            // Another request stored the answer after our lookup.
+            Ok([RedisResult::Int64(1), RedisResult::Binary(bytes), ..]) => {
+                if let Ok(value) = serde_json::from_slice(bytes) {
+                    return Ok(hit(value, telemetry));
+                }
+                break;
             }
+            Ok([RedisResult::Int64(0), ..]) if waited_since.elapsed() <= lock_ttl => {
+                std::thread::sleep(WAIT_STEP);
+            }
+            // Lock taken, waited long enough, or Redis failed: compute it ourselves.
+            _ => break,
         }
     }
 
