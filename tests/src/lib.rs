@@ -184,6 +184,22 @@ impl TestApp {
         self.client().post_json(path, body).await
     }
 
+    /// `POST /api/v1/documents` with the admin token: `documents` is the JSON array.
+    pub async fn ingest(&self, documents: serde_json::Value) -> Result<BufferedResponse> {
+        let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+        self.client()
+            .request(
+                "POST",
+                "/api/v1/documents",
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &auth),
+                ],
+                serde_json::to_vec(&serde_json::json!({ "documents": documents }))?,
+            )
+            .await
+    }
+
     /// A Redis connection to this test's database, for assertions.
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
         Ok(redis::Client::open(self.redis_url.as_str())?

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use chatbot_harness::recorder::{sample, RecorderUnderTest};
 use chatbot_harness::services::services;
-use chatbot_harness::{project_root, TestApp, TEST_ADMIN_TOKEN};
+use chatbot_harness::{project_root, TestApp};
 use serde_json::json;
 
 fn value_of(text: &str, series: &str) -> Option<f64> {
@@ -194,15 +194,8 @@ async fn recording_with_redis_down_is_an_error_not_a_crash() {
 
 async fn scripted_app() -> TestApp {
     let app = TestApp::spawn().await.unwrap();
-    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
     let ingest = app
-        .client()
-        .request(
-            "POST",
-            "/api/v1/documents",
-            &[("content-type", "application/json"), ("authorization", &auth)],
-            serde_json::to_vec(&json!({"documents": [{"id": "d", "source": "s.pdf", "text": "Metrics are numbers."}]})).unwrap(),
-        )
+        .ingest(json!([{"id": "d", "source": "s.pdf", "text": "Metrics are numbers."}]))
         .await
         .unwrap();
     assert_eq!(ingest.status, 200);

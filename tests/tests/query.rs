@@ -10,19 +10,7 @@ use chatbot_harness::{BufferedResponse, TestApp, TEST_ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 async fn ingest(app: &TestApp, documents: Value) -> BufferedResponse {
-    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
-    app.client()
-        .request(
-            "POST",
-            "/api/v1/documents",
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-            ],
-            serde_json::to_vec(&json!({ "documents": documents })).unwrap(),
-        )
-        .await
-        .unwrap()
+    app.ingest(documents).await.unwrap()
 }
 
 async fn app_with_book() -> TestApp {

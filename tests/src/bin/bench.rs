@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chatbot_harness::host::Counts;
 use chatbot_harness::stubs::openai::CHAT;
-use chatbot_harness::{project_root, runtime, Client, TestApp, TEST_ADMIN_TOKEN};
+use chatbot_harness::{project_root, runtime, Client, TestApp};
 use serde_json::json;
 
 struct Stats {
@@ -125,15 +125,8 @@ async fn main() -> Result<()> {
         .spawn()
         .await?;
 
-    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
     let ingest = app
-        .client()
-        .request(
-            "POST",
-            "/api/v1/documents",
-            &[("content-type", "application/json"), ("authorization", &auth)],
-            serde_json::to_vec(&json!({"documents": [{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]}))?,
-        )
+        .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
         .await?;
     anyhow::ensure!(ingest.status == 200, "ingest: {}", ingest.text());
     // Warm the hit path and exhaust the limited session.
