@@ -48,6 +48,23 @@ pub fn origin_of(url: &str) -> String {
     )
 }
 
+/// Each dependency's address variable and the `allowed_outbound_hosts`
+/// variable that must name its `scheme://host:port` (see spin.toml).
+pub const ALLOW_LIST_VARIABLES: [(&str, &str); 4] = [
+    ("redis_address", "redis_allowed_host"),
+    ("postgres_address", "postgres_allowed_host"),
+    ("qdrant_url", "qdrant_allowed_host"),
+    ("openai_base_url", "openai_allowed_host"),
+];
+
+/// The allow-list variable that goes with an address variable.
+pub fn allow_list_variable(address_variable: &str) -> Option<&'static str> {
+    ALLOW_LIST_VARIABLES
+        .iter()
+        .find(|(address, _)| *address == address_variable)
+        .map(|(_, allowed)| *allowed)
+}
+
 /// The repository root (where `spin.toml` is).
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -84,6 +101,16 @@ impl TestAppBuilder {
         self
     }
 
+    /// Points a dependency elsewhere (`redis_address`, `postgres_address`,
+    /// `qdrant_url`, `openai_base_url`) and allows it in `allowed_outbound_hosts`.
+    pub fn address(self, variable: &str, url: impl Into<String>) -> Self {
+        let url = url.into();
+        let allowed = allow_list_variable(variable)
+            .unwrap_or_else(|| panic!("{variable} is not a dependency address variable"));
+        self.variable(allowed, origin_of(&url))
+            .variable(variable, url)
+    }
+
     /// Serves the limiter and recorder from the host instead of composing the components.
     pub fn chatbot_imports(mut self, imports: Arc<ChatbotImports>) -> Self {
         self.chatbot_imports = Some(imports);
@@ -104,7 +131,6 @@ impl TestAppBuilder {
             stubs::openai::OpenAiStub::start(TEST_OPENAI_KEY, TEST_EMBEDDING_DIMENSIONS).await?;
         let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
 
-        let origin = origin_of;
         let mut variables = BTreeMap::from([
             ("redis_address".to_string(), redis_url.clone()),
             ("postgres_address".to_string(), postgres_url.clone()),
@@ -113,11 +139,11 @@ impl TestAppBuilder {
             ("qdrant_url".to_string(), qdrant.url()),
             ("qdrant_api_key".to_string(), TEST_QDRANT_KEY.to_string()),
             ("admin_token".to_string(), TEST_ADMIN_TOKEN.to_string()),
-            ("redis_allowed_host".to_string(), origin(&redis_url)),
-            ("postgres_allowed_host".to_string(), origin(&postgres_url)),
-            ("openai_allowed_host".to_string(), openai.server.origin()),
-            ("qdrant_allowed_host".to_string(), qdrant.url()),
         ]);
+        for (address, allowed) in ALLOW_LIST_VARIABLES {
+            let origin = origin_of(&variables[address]);
+            variables.insert(allowed.to_string(), origin);
+        }
         let manifest = self
             .manifest
             .unwrap_or_else(|| project_root().join("spin.toml"));

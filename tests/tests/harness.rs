@@ -58,13 +58,7 @@ async fn a_guest_reaches_the_real_postgres_through_the_host() {
 async fn each_open_is_a_new_redis_connection_as_in_spin() {
     // A server of this test's own: the count of accepted connections is then ours alone.
     let server = chatbot_harness::services::PrivateRedis::start().unwrap();
-    let app = probe_app(|b| {
-        b.variable("redis_address", server.url.clone()).variable(
-            "redis_allowed_host",
-            chatbot_harness::origin_of(&server.url),
-        )
-    })
-    .await;
+    let app = probe_app(|b| b.address("redis_address", server.url.clone())).await;
     let mut redis = redis::Client::open(server.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()

@@ -67,8 +67,7 @@ async fn services_reports_a_dead_redis_as_down() {
     let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["ops"])
-        .variable("redis_address", format!("redis://127.0.0.1:{port}"))
-        .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
+        .address("redis_address", format!("redis://127.0.0.1:{port}"))
         .spawn()
         .await
         .unwrap();
@@ -91,13 +90,9 @@ async fn services_reports_a_dead_postgres_without_leaking_credentials() {
     let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["ops"])
-        .variable(
+        .address(
             "postgres_address",
             format!("postgres://app:hunter2@127.0.0.1:{port}/chatbot"),
-        )
-        .variable(
-            "postgres_allowed_host",
-            format!("postgres://127.0.0.1:{port}"),
         )
         .spawn()
         .await

@@ -347,8 +347,7 @@ async fn a_scrape_with_redis_down_is_a_503_not_a_partial_lie() {
     let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
         .only(&["metrics"])
-        .variable("redis_address", format!("redis://127.0.0.1:{port}"))
-        .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
+        .address("redis_address", format!("redis://127.0.0.1:{port}"))
         .spawn()
         .await
         .unwrap();

@@ -339,8 +339,7 @@ async fn a_qdrant_failure_is_reported_and_not_cached() {
 async fn without_redis_questions_are_still_answered() {
     let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
-        .variable("redis_address", format!("redis://127.0.0.1:{port}"))
-        .variable("redis_allowed_host", format!("redis://127.0.0.1:{port}"))
+        .address("redis_address", format!("redis://127.0.0.1:{port}"))
         .spawn()
         .await
         .unwrap();
@@ -362,13 +361,9 @@ async fn without_redis_questions_are_still_answered() {
 async fn without_postgres_the_answer_is_returned_and_the_loss_counted() {
     let port = chatbot_harness::unused_port();
     let app = TestApp::builder()
-        .variable(
+        .address(
             "postgres_address",
             format!("postgres://postgres@127.0.0.1:{port}/chatbot"),
-        )
-        .variable(
-            "postgres_allowed_host",
-            format!("postgres://127.0.0.1:{port}"),
         )
         .spawn()
         .await

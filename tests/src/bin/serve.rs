@@ -92,12 +92,7 @@ async fn main() -> Result<()> {
 
     let resolved = ResolvedVariables::resolve(&manifest, &variables)?;
     // Keep the allow-list in step with the addresses unless told otherwise.
-    for (address, allowed) in [
-        ("redis_address", "redis_allowed_host"),
-        ("postgres_address", "postgres_allowed_host"),
-        ("qdrant_url", "qdrant_allowed_host"),
-        ("openai_base_url", "openai_allowed_host"),
-    ] {
+    for (address, allowed) in chatbot_harness::ALLOW_LIST_VARIABLES {
         if !variables.contains_key(allowed) {
             if let Some(value) = resolved.get(address) {
                 variables.insert(allowed.to_string(), chatbot_harness::origin_of(value));
