@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::query::Rejection;
+use crate::sql::OneRowQuery;
 
 pub const PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE: i64 = 100_000;
@@ -16,7 +17,10 @@ pub const MAX_PAGE: i64 = 100_000;
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`.
 /// Returns the conversation id and the number of citations stored.
-pub const STORE_EXCHANGE_SQL: &str = "\
+///
+/// One row always (issue #10): the final `SELECT` has no `FROM`.
+pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
+    "\
 WITH s AS (
     INSERT INTO user_sessions (session_id, user_id, expires_at)
     VALUES ($1, $2, now() + make_interval(days => $3::int))
@@ -45,33 +49,52 @@ WITH s AS (
     FROM a, jsonb_to_recordset($8::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
     RETURNING id
 )
-SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations";
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations",
+);
 
-/// `$1` session id, `$2` offset. One query per page: messages with their
-/// citations aggregated, and the session's total, oldest first.
-pub const HISTORY_PAGE_SQL: &str = "\
-SELECT m.id, m.role, m.content, m.page_context, m.cached,
-       to_char(m.\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS at,
-       COALESCE((SELECT jsonb_agg(jsonb_build_object('source', ci.source, 'chunk_id', ci.chunk_id,
-                                                     'score', ci.score, 'snippet', ci.snippet) ORDER BY ci.id)
-                 FROM citations ci WHERE ci.message_id = m.id), '[]'::jsonb) AS citations,
-       (SELECT count(*) FROM messages m2
-          JOIN conversations c2 ON c2.id = m2.conversation_id
-          JOIN user_sessions s2 ON s2.id = c2.user_session_id
-         WHERE s2.session_id = $1) AS total
-FROM messages m
-JOIN conversations c ON c.id = m.conversation_id
-JOIN user_sessions s ON s.id = c.user_session_id
-WHERE s.session_id = $1
-ORDER BY m.\"timestamp\", m.id
-LIMIT 50 OFFSET $2";
+/// `$1` session id, `$2` offset, `$3` page size. One page of a session's
+/// messages, oldest first, with their citations, and the session's total, in
+/// one round trip: columns `total` (int8) and `messages` (a jsonb array of
+/// [`HistoryMessage`]s).
+///
+/// One row always (issue #10), for a session that never existed and for a
+/// page past the end too: the outer `SELECT` has no `FROM`, `count(*)` has no
+/// `GROUP BY`, and an empty page aggregates to `'[]'`.
+pub const HISTORY_PAGE_SQL: OneRowQuery = OneRowQuery::new(
+    "\
+WITH session_messages AS (
+    SELECT m.id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
+    FROM messages m
+    JOIN conversations c ON c.id = m.conversation_id
+    JOIN user_sessions s ON s.id = c.user_session_id
+    WHERE s.session_id = $1
+), page AS (
+    SELECT * FROM session_messages
+    ORDER BY \"timestamp\", id
+    LIMIT $3 OFFSET $2
+)
+SELECT
+    (SELECT count(*) FROM session_messages) AS total,
+    COALESCE((
+        SELECT jsonb_agg(jsonb_build_object(
+            'id', p.id,
+            'role', p.role,
+            'content', p.content,
+            'page_context', p.page_context,
+            'cached', p.cached,
+            'timestamp', to_char(p.\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+            'citations', COALESCE((
+                SELECT jsonb_agg(jsonb_build_object('source', ci.source, 'chunk_id', ci.chunk_id,
+                                                    'score', ci.score, 'snippet', ci.snippet) ORDER BY ci.id)
+                FROM citations ci WHERE ci.message_id = p.id), '[]'::jsonb)
+        ) ORDER BY p.\"timestamp\", p.id)
+        FROM page p), '[]'::jsonb) AS messages",
+);
 
-/// The total when a page has no rows (past the end).
-pub const HISTORY_TOTAL_SQL: &str = "\
-SELECT count(*) FROM messages m
-JOIN conversations c ON c.id = m.conversation_id
-JOIN user_sessions s ON s.id = c.user_session_id
-WHERE s.session_id = $1";
+/// Decodes the `messages` column of [`HISTORY_PAGE_SQL`].
+pub fn decode_page_messages(messages: &[u8]) -> Result<Vec<HistoryMessage>, serde_json::Error> {
+    serde_json::from_slice(messages)
+}
 
 /// Parses `page` from a query string (`page=N`, 1-based, default 1).
 pub fn parse_page(query: &str) -> Result<i64, Rejection> {
@@ -143,6 +166,25 @@ mod tests {
         assert!(parse_page("page=abc").is_err());
         assert_eq!(offset(1), 0);
         assert_eq!(offset(3), 100);
+    }
+
+    #[test]
+    fn a_page_decodes_from_its_jsonb_aggregate() {
+        assert_eq!(decode_page_messages(b"[]").unwrap(), vec![]);
+        let messages = decode_page_messages(
+            br#"[{"id": 7, "role": "user", "content": "Why?", "page_context": null,
+                  "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []},
+                 {"id": 8, "role": "assistant", "content": "Because.", "page_context": "ch 1",
+                  "cached": true, "timestamp": "2026-11-23T10:00:00.000001Z",
+                  "citations": [{"source": "a.pdf", "chunk_id": "c", "score": 0.5, "snippet": "s"}]}]"#,
+        )
+        .unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].page_context, None);
+        assert_eq!(messages[1].page_context.as_deref(), Some("ch 1"));
+        assert!(messages[1].cached);
+        assert_eq!(messages[1].citations[0]["source"], "a.pdf");
+        assert!(decode_page_messages(br#"[{"id": "x"}]"#).is_err());
     }
 
     #[test]

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod ops;
 pub mod query;
 pub mod ratelimit;
+pub mod sql;
 pub mod upstream;

@@ -15,7 +15,11 @@ wasmtime::component::bindgen!({
         }
     "#,
     world: "chatbot:harness/spin-host",
-    imports: { default: async },
+    imports: {
+        // Trappable so the harness can fail a guest louder than Spin would (see postgres.rs).
+        "spin:postgres/postgres.[method]connection.query": async | trappable,
+        default: async,
+    },
     with: {
         "fermyon:spin/redis.connection": crate::host::redis::RedisConnection,
         "spin:postgres/postgres.connection": crate::host::postgres::PgConnection,

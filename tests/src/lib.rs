@@ -86,6 +86,7 @@ pub struct TestAppBuilder {
     chatbot_imports: Option<Arc<ChatbotImports>>,
     only: Option<Vec<String>>,
     manifest: Option<PathBuf>,
+    zero_row_queries: host::postgres::ZeroRowQueries,
 }
 
 impl TestAppBuilder {
@@ -114,6 +115,14 @@ impl TestAppBuilder {
     /// Serves the limiter and recorder from the host instead of composing the components.
     pub fn chatbot_imports(mut self, imports: Arc<ChatbotImports>) -> Self {
         self.chatbot_imports = Some(imports);
+        self
+    }
+
+    /// Answers a Postgres `query` that yields no rows with an empty row set, as
+    /// Spin 3.x did, instead of failing the request (Spin 4.0.x hangs on it:
+    /// spinframework/spin#3671). Only for a test that shows that rule itself.
+    pub fn answer_zero_row_queries(mut self) -> Self {
+        self.zero_row_queries = host::postgres::ZeroRowQueries::Answer;
         self
     }
 
@@ -157,6 +166,7 @@ impl TestAppBuilder {
             variables,
             chatbot_imports: self.chatbot_imports.clone(),
             only: self.only,
+            zero_row_queries: self.zero_row_queries,
         })?;
         let app = Arc::new(app);
         let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;
@@ -210,20 +220,35 @@ impl TestApp {
         self.client().post_json(path, body).await
     }
 
-    /// `POST /api/v1/documents` with the admin token: `documents` is the JSON array.
-    pub async fn ingest(&self, documents: serde_json::Value) -> Result<BufferedResponse> {
+    /// A request with the admin token and a JSON body (`null` for none to speak of).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<BufferedResponse> {
         let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
         self.client()
             .request(
-                "POST",
-                "/api/v1/documents",
+                method,
+                path,
                 &[
                     ("content-type", "application/json"),
                     ("authorization", &auth),
                 ],
-                serde_json::to_vec(&serde_json::json!({ "documents": documents }))?,
+                serde_json::to_vec(body)?,
             )
             .await
+    }
+
+    /// `POST /api/v1/documents` with the admin token: `documents` is the JSON array.
+    pub async fn ingest(&self, documents: serde_json::Value) -> Result<BufferedResponse> {
+        self.admin(
+            "POST",
+            "/api/v1/documents",
+            &serde_json::json!({ "documents": documents }),
+        )
+        .await
     }
 
     /// A Redis connection to this test's database, for assertions.

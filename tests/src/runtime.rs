@@ -72,6 +72,8 @@ pub struct AppOptions {
     pub chatbot_imports: Option<Arc<ChatbotImports>>,
     /// Load only these components (all when `None`).
     pub only: Option<Vec<String>>,
+    /// What a Postgres `query` that yields no rows does (fails, by default, as it would hang Spin 4.0.x).
+    pub zero_row_queries: host::postgres::ZeroRowQueries,
 }
 
 impl AppOptions {
@@ -81,6 +83,7 @@ impl AppOptions {
             variables: BTreeMap::new(),
             chatbot_imports: None,
             only: None,
+            zero_row_queries: Default::default(),
         }
     }
 }
@@ -171,6 +174,7 @@ impl App {
                 variables: component_variables,
                 counters: counters.clone(),
                 postgres_pools: pools.clone(),
+                zero_row_queries: options.zero_row_queries,
                 chatbot_imports: stand_ins.clone(),
             });
             let component = compile(&bytes).with_context(|| format!("compiling {id:?}"))?;
@@ -344,6 +348,7 @@ impl Library {
             variables,
             counters: Arc::new(HostCounters::default()),
             postgres_pools: Arc::new(host::postgres::Pools::default()),
+            zero_row_queries: Default::default(),
             chatbot_imports: None,
         });
         let component = compile(&bytes)?;

@@ -54,6 +54,30 @@ async fn a_guest_reaches_the_real_postgres_through_the_host() {
     assert_eq!(app.counts().postgres_opens, 1);
 }
 
+/// Spin 4.0.x never returns from a `query` that yields no rows
+/// (spinframework/spin#3671): the harness fails such a request at once, so a
+/// product path that would hang under Spin fails its tests instead of passing.
+#[tokio::test]
+async fn a_query_that_yields_no_rows_fails_the_request_as_it_would_hang_spin() {
+    let app = probe_app(|b| b).await;
+    let response = app.get("/probe/postgres-empty").await.unwrap();
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert_eq!(app.counts().postgres_zero_row_queries, 1);
+    // The trap released the pooled connection: the next statement runs.
+    let response = app.get("/probe/postgres").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// The switch for this rule alone: answer an empty row set, as Spin 3.x did.
+#[tokio::test]
+async fn the_zero_row_rule_can_be_switched_off_to_show_it() {
+    let app = probe_app(|b| b.answer_zero_row_queries()).await;
+    let response = app.get("/probe/postgres-empty").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["rows"], 0);
+    assert_eq!(app.counts().postgres_zero_row_queries, 1);
+}
+
 #[tokio::test]
 async fn each_open_is_a_new_redis_connection_as_in_spin() {
     // A server of this test's own: the count of accepted connections is then ours alone.

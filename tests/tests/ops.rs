@@ -5,19 +5,7 @@ use chatbot_harness::{BufferedResponse, TestApp, TestAppBuilder, TEST_ADMIN_TOKE
 use serde_json::{json, Value};
 
 async fn admin(app: &TestApp, method: &str, path: &str, body: Value) -> BufferedResponse {
-    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
-    app.client()
-        .request(
-            method,
-            path,
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-            ],
-            serde_json::to_vec(&body).unwrap(),
-        )
-        .await
-        .unwrap()
+    app.admin(method, path, &body).await.unwrap()
 }
 
 async fn ask(app: &TestApp, question: &str, session: &str, page: Option<&str>) -> Value {

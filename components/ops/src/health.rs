@@ -63,7 +63,7 @@ fn probe_postgres() -> ServiceCheck {
         })
         .and_then(|address| {
             let conn = pg4::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-            conn.query("SELECT 1", &[])
+            chatbot_spin::pg::query_one_row(&conn, chatbot_core::sql::PING, &[])
                 .map(drop)
                 .map_err(|e| format!("SELECT 1: {e}"))
         });

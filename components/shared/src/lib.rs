@@ -6,6 +6,7 @@ pub mod history;
 pub mod http;
 pub mod metrics_store;
 pub mod openai;
+pub mod pg;
 pub mod pipeline;
 pub mod qdrant;
 pub mod redis_script;

@@ -115,10 +115,8 @@ async fn main() -> Result<()> {
     }
 
     let app = Arc::new(App::load(AppOptions {
-        manifest: options.manifest.clone(),
         variables,
-        chatbot_imports: None,
-        only: None,
+        ..AppOptions::new(options.manifest.clone())
     })?);
     let server = chatbot_harness::server::start(app.clone(), options.listen).await?;
     eprintln!(

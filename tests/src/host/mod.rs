@@ -25,6 +25,8 @@ pub struct HostCounters {
     pub redis_commands: AtomicU64,
     pub postgres_opens: AtomicU64,
     pub postgres_statements: AtomicU64,
+    /// `query` statements that yielded no rows (each would hang Spin 4.0.x: see postgres.rs).
+    pub postgres_zero_row_queries: AtomicU64,
     pub outbound_http: AtomicU64,
     pub denied: AtomicU64,
 }
@@ -36,6 +38,7 @@ pub struct Counts {
     pub redis_commands: u64,
     pub postgres_opens: u64,
     pub postgres_statements: u64,
+    pub postgres_zero_row_queries: u64,
     pub outbound_http: u64,
     pub denied: u64,
 }
@@ -48,6 +51,7 @@ impl HostCounters {
             redis_commands: get(&self.redis_commands),
             postgres_opens: get(&self.postgres_opens),
             postgres_statements: get(&self.postgres_statements),
+            postgres_zero_row_queries: get(&self.postgres_zero_row_queries),
             outbound_http: get(&self.outbound_http),
             denied: get(&self.denied),
         }
@@ -66,6 +70,8 @@ impl std::ops::Sub for Counts {
             redis_commands: self.redis_commands - earlier.redis_commands,
             postgres_opens: self.postgres_opens - earlier.postgres_opens,
             postgres_statements: self.postgres_statements - earlier.postgres_statements,
+            postgres_zero_row_queries: self.postgres_zero_row_queries
+                - earlier.postgres_zero_row_queries,
             outbound_http: self.outbound_http - earlier.outbound_http,
             denied: self.denied - earlier.denied,
         }
@@ -81,6 +87,8 @@ pub struct ComponentEnv {
     pub counters: Arc<HostCounters>,
     /// Postgres pools, per address, shared by every instance of the app (Spin pools; see postgres.rs).
     pub postgres_pools: Arc<postgres::Pools>,
+    /// What a `query` that yields no rows does (Spin 4.0.x hangs on it).
+    pub zero_row_queries: postgres::ZeroRowQueries,
     /// Stand-ins for the project's interfaces when a component is hosted alone.
     pub chatbot_imports: Option<Arc<chatbot::ChatbotImports>>,
 }

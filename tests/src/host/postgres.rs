@@ -21,6 +21,28 @@ use crate::bindings::spin::postgres4_0_0::postgres::{
     self as v4, Column, DbDataType, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
 
+/// What the host does with a `query` whose statement yields no rows.
+///
+/// Spin 4.0.0–4.0.2 (and Spin's main as of 2026-11) never return from such a
+/// `query`: the host waits for column metadata that only comes with a first
+/// row, and the guest hangs holding its pooled connection
+/// (spinframework/spin#3671). A harness that answered at once would let a
+/// product that hangs under real Spin pass its tests, so by default the
+/// harness fails the guest instead, louder than Spin and at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZeroRowQueries {
+    /// Trap the guest (the request fails with a 500 and a logged error naming
+    /// spinframework/spin#3671), and count it.
+    #[default]
+    Fail,
+    /// Answer with an empty row set, as Spin 3.x did: only for a test that
+    /// shows the rule itself.
+    Answer,
+}
+
+/// What the trap says, so a failing test's log names the cause.
+pub const ZERO_ROW_QUERY_TRAP: &str = "a Postgres `query` yielded no rows: under Spin 4.0.x this call never returns and holds its pooled connection (spinframework/spin#3671); shape the statement to yield one row or use `execute` (see chatbot_core::sql)";
+
 /// Pooled connections, one pool per address, like Spin's pooled client factory.
 #[derive(Default)]
 pub struct Pools(Mutex<HashMap<String, deadpool_postgres::Pool>>);
@@ -94,36 +116,22 @@ impl v4::HostConnection for HostState {
         connection: Resource<PgConnection>,
         statement: String,
         params: Vec<ParameterValue>,
-    ) -> Result<RowSet, Error> {
-        let params = to_sql_parameters(&params).map_err(Error::BadParameter)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
-        let rows = self
-            .pg(&connection)?
-            .client
-            .query(&statement, &refs)
-            .await
-            .map_err(query_failed)?;
-        // Spin answers an empty row set with no columns.
-        let Some(first) = rows.first() else {
-            return Ok(RowSet {
-                columns: vec![],
-                rows: vec![],
-            });
-        };
-        let columns = first
-            .columns()
-            .iter()
-            .map(|c| Column {
-                name: c.name().to_string(),
-                data_type: data_type(c.type_()),
-            })
-            .collect();
-        let rows = rows
-            .iter()
-            .map(convert_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::QueryFailed(QueryError::Text(format!("{e:?}"))))?;
-        Ok(RowSet { columns, rows })
+    ) -> wasmtime::Result<Result<RowSet, Error>> {
+        Ok(match self.query_rows(connection, statement, params).await {
+            Ok(rows) if rows.is_empty() => {
+                HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
+                match self.env.zero_row_queries {
+                    ZeroRowQueries::Fail => anyhow::bail!(ZERO_ROW_QUERY_TRAP),
+                    // Spin 3.x answered an empty row set with no columns.
+                    ZeroRowQueries::Answer => Ok(RowSet {
+                        columns: vec![],
+                        rows: vec![],
+                    }),
+                }
+            }
+            Ok(rows) => row_set(&rows),
+            Err(e) => Err(e),
+        })
     }
 
     async fn execute(
@@ -145,6 +153,47 @@ impl v4::HostConnection for HostState {
         self.table.delete(connection)?;
         Ok(())
     }
+}
+
+impl HostState {
+    async fn query_rows(
+        &mut self,
+        connection: Resource<PgConnection>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<Vec<Row>, Error> {
+        let params = to_sql_parameters(&params).map_err(Error::BadParameter)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+        self.pg(&connection)?
+            .client
+            .query(&statement, &refs)
+            .await
+            .map_err(query_failed)
+    }
+}
+
+/// Rows as Spin returns them (at least one: see [`ZeroRowQueries`]).
+fn row_set(rows: &[Row]) -> Result<RowSet, Error> {
+    let Some(first) = rows.first() else {
+        return Ok(RowSet {
+            columns: vec![],
+            rows: vec![],
+        });
+    };
+    let columns = first
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            data_type: data_type(c.type_()),
+        })
+        .collect();
+    let rows = rows
+        .iter()
+        .map(convert_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::QueryFailed(QueryError::Text(format!("{e:?}"))))?;
+    Ok(RowSet { columns, rows })
 }
 
 fn query_failed(e: tokio_postgres::Error) -> Error {

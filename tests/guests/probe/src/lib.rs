@@ -44,7 +44,7 @@ fn hit_floor() -> Response {
         let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
         let citations = br#"[{"source":"bench.pdf","chunk_id":"c","score":0.5,"snippet":"s"}]"#;
         pg.query(
-            chatbot_core::history::STORE_EXCHANGE_SQL,
+            chatbot_core::history::STORE_EXCHANGE_SQL.sql(),
             &[
                 pg4::ParameterValue::Str("floor".into()),
                 pg4::ParameterValue::DbNull,
@@ -142,6 +142,16 @@ async fn handle(req: Request) -> Response {
                         }),
                     )
                 }
+                Err(e) => json_response(502, json!({ "error": format!("{e:?}") })),
+            }
+        }
+        // A statement that yields no rows, sent with `query` (Spin 4.0.x hangs on it).
+        (Method::Get, "/probe/postgres-empty") => {
+            let address = variables::get("postgres_address").unwrap_or_default();
+            let outcome = pg4::Connection::open(&address)
+                .and_then(|conn| conn.query("SELECT 1 AS one WHERE false", &[]));
+            match outcome {
+                Ok(rows) => json_response(200, json!({ "rows": rows.rows.len() })),
                 Err(e) => json_response(502, json!({ "error": format!("{e:?}") })),
             }
         }
