@@ -1,4 +1,7 @@
-//! The JSON shapes every component answers with.
+//! What every component answers with, and how it reads what every request
+//! carries: the JSON error body of the seed's contract, the one error type
+//! handlers return ([`ApiError`], with its closed set of [`ErrorCode`]s), ids,
+//! content types and page numbers.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +27,216 @@ impl ErrorBody {
     }
 }
 
+/// Every `status` an error body can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidJson,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    Unauthorized,
+    RateLimited,
+    SessionLimit,
+    UpstreamUnavailable,
+    Unavailable,
+    ConfigurationError,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidJson => "invalid_json",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::SessionLimit => "session_limit",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::Unavailable => "unavailable",
+            Self::ConfigurationError => "configuration_error",
+        }
+    }
+}
+
+/// Why a request was refused: an HTTP status, the JSON body, and any headers
+/// the refusal carries (`Retry-After`, `WWW-Authenticate`, `Allow`). Handlers
+/// return `Result<_, ApiError>` and use `?`; the component renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub detail: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400 `invalid_request`: the most common refusal.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(400, ErrorCode::InvalidRequest, detail)
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(401, ErrorCode::Unauthorized, detail).with_header("www-authenticate", "Bearer")
+    }
+
+    /// 503 `unavailable`, naming the dependency that failed.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(503, ErrorCode::Unavailable, detail)
+    }
+
+    /// 500 `configuration_error`.
+    pub fn configuration(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            ErrorCode::ConfigurationError,
+            format!("the service is misconfigured: {detail}"),
+        )
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(404, ErrorCode::NotFound, format!("no route for {path}"))
+    }
+
+    /// 405 with `Allow` listing the methods the path takes.
+    pub fn method_not_allowed(method: &str, path: &str, allowed: &[&str]) -> Self {
+        Self::new(
+            405,
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{method} is not allowed on {path}; use {}",
+                allowed.join(" or ")
+            ),
+        )
+        .with_header("allow", allowed.join(", "))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code.as_str(), self.detail.clone())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Longest id (session, user, document) accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Ids are short tokens of safe characters, so they are safe in logs, keys and URLs.
+pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "`{field}` must be 1 to {MAX_ID_LEN} characters of letters, digits, '-', '_', '.' or ':'"
+        )))
+    }
+}
+
+/// `application/json`, with any parameters (`; charset=utf-8`).
+pub fn is_json_content_type(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// 415 unless the body is declared JSON.
+pub fn require_json(content_type: Option<&str>, what: &str) -> Result<(), ApiError> {
+    if is_json_content_type(content_type) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            415,
+            ErrorCode::UnsupportedMediaType,
+            format!("send {what} as Content-Type: application/json"),
+        ))
+    }
+}
+
+/// 413 when a body is larger than a route takes.
+pub fn require_size(body: &[u8], max: usize) -> Result<(), ApiError> {
+    if body.len() > max {
+        Err(ApiError::new(
+            413,
+            ErrorCode::PayloadTooLarge,
+            format!("the body may be at most {max} bytes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// An optional JSON body: empty (or blank) is the default.
+pub fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("bad JSON body: {e}")))
+}
+
+/// Highest page number any paged list accepts.
+pub const MAX_PAGE: i64 = 100_000;
+
+/// Parses `page` from a query string (`page=N`, 1-based, default 1), decoding
+/// it as a form does (`page=%31` is page 1).
+pub fn parse_page(query: &str) -> Result<i64, ApiError> {
+    let raw = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "page")
+        .map(|(_, value)| value.into_owned());
+    let Some(raw) = raw else {
+        return Ok(1);
+    };
+    raw.parse::<i64>()
+        .ok()
+        .filter(|p| (1..=MAX_PAGE).contains(p))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`page` must be a whole number from 1 to {MAX_PAGE}"
+            ))
+        })
+}
+
+/// The zero-based index of a page's first item.
+pub fn page_start(page: i64, per_page: i64) -> i64 {
+    (page - 1) * per_page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +248,62 @@ mod tests {
         assert_eq!(value["detail"], "Rate limit exceeded. Too many requests.");
         assert_eq!(value["status"], "rate_limited");
         assert_eq!(value.as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn error_codes_serialise_as_their_wire_names() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::ConfigurationError,
+            ErrorCode::SessionLimit,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
+        }
+        let e = ApiError::method_not_allowed("PUT", "/x", &["GET", "POST"]);
+        assert_eq!(e.status, 405);
+        assert_eq!(e.headers, vec![("allow", "GET, POST".to_string())]);
+        assert_eq!(e.body().status, "method_not_allowed");
+        assert_eq!(
+            ApiError::unauthorized("no").headers,
+            vec![("www-authenticate", "Bearer".to_string())]
+        );
+    }
+
+    #[test]
+    fn ids_are_safe_tokens() {
+        assert!(validate_id("session_id", "sess-1_a.b:c").is_ok());
+        for bad in ["", "a b", "a/b", "é", &"x".repeat(MAX_ID_LEN + 1)] {
+            assert_eq!(validate_id("session_id", bad).unwrap_err().status, 400);
+        }
+    }
+
+    #[test]
+    fn content_type_parameters_are_accepted() {
+        assert!(is_json_content_type(Some(
+            "application/json; charset=utf-8"
+        )));
+        assert!(is_json_content_type(Some("Application/JSON")));
+        assert!(!is_json_content_type(Some("application/jsonp")));
+        assert_eq!(require_json(None, "it").unwrap_err().status, 415);
+        assert_eq!(require_size(b"abc", 2).unwrap_err().status, 413);
+        assert!(require_size(b"ab", 2).is_ok());
+    }
+
+    #[test]
+    fn pages_parse_like_a_form_and_start_where_they_should() {
+        assert_eq!(parse_page(""), Ok(1));
+        assert_eq!(parse_page("page=3"), Ok(3));
+        assert_eq!(parse_page("x=1&page=2"), Ok(2));
+        assert_eq!(parse_page("page=%31"), Ok(1));
+        assert!(parse_page("page=0").is_err());
+        assert!(parse_page("page=-1").is_err());
+        assert!(parse_page("page=abc").is_err());
+        assert!(parse_page("page=").is_err());
+        assert_eq!(page_start(1, 50), 0);
+        assert_eq!(page_start(3, 50), 100);
     }
 }

@@ -7,11 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::query::Rejection;
 use crate::sql::OneRowQuery;
 
+/// Messages per page of `GET /api/v1/chat/history/{session_id}` (seed 002).
 pub const PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE: i64 = 100_000;
 
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
@@ -55,7 +54,7 @@ SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS cita
 /// `$1` session id, `$2` offset, `$3` page size. One page of a session's
 /// messages, oldest first, with their citations, and the session's total, in
 /// one round trip: columns `total` (int8) and `messages` (a jsonb array of
-/// [`HistoryMessage`]s).
+/// [`HistoryMessage`]s, decoded with serde).
 ///
 /// One row always (issue #10), for a session that never existed and for a
 /// page past the end too: the outer `SELECT` has no `FROM`, `count(*)` has no
@@ -91,31 +90,9 @@ SELECT
         FROM page p), '[]'::jsonb) AS messages",
 );
 
-/// Decodes the `messages` column of [`HISTORY_PAGE_SQL`].
-pub fn decode_page_messages(messages: &[u8]) -> Result<Vec<HistoryMessage>, serde_json::Error> {
-    serde_json::from_slice(messages)
-}
-
-/// Parses `page` from a query string (`page=N`, 1-based, default 1).
-pub fn parse_page(query: &str) -> Result<i64, Rejection> {
-    let raw = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("page="))
-        .unwrap_or("1");
-    raw.parse::<i64>()
-        .ok()
-        .filter(|p| (1..=MAX_PAGE).contains(p))
-        .ok_or_else(|| {
-            Rejection::new(
-                400,
-                "invalid_request",
-                format!("`page` must be a whole number from 1 to {MAX_PAGE}"),
-            )
-        })
-}
-
+/// The offset of a page's first message.
 pub fn offset(page: i64) -> i64 {
-    (page - 1) * PAGE_SIZE
+    crate::api::page_start(page, PAGE_SIZE)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,21 +134,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages_parse_and_offset() {
-        assert_eq!(parse_page(""), Ok(1));
-        assert_eq!(parse_page("page=3"), Ok(3));
-        assert_eq!(parse_page("x=1&page=2"), Ok(2));
-        assert!(parse_page("page=0").is_err());
-        assert!(parse_page("page=-1").is_err());
-        assert!(parse_page("page=abc").is_err());
+    fn pages_start_fifty_apart() {
         assert_eq!(offset(1), 0);
         assert_eq!(offset(3), 100);
     }
 
     #[test]
     fn a_page_decodes_from_its_jsonb_aggregate() {
-        assert_eq!(decode_page_messages(b"[]").unwrap(), vec![]);
-        let messages = decode_page_messages(
+        let decode = serde_json::from_slice::<Vec<HistoryMessage>>;
+        assert_eq!(decode(b"[]").unwrap(), vec![]);
+        let messages = decode(
             br#"[{"id": 7, "role": "user", "content": "Why?", "page_context": null,
                   "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []},
                  {"id": 8, "role": "assistant", "content": "Because.", "page_context": "ch 1",
@@ -184,7 +156,7 @@ mod tests {
         assert_eq!(messages[1].page_context.as_deref(), Some("ch 1"));
         assert!(messages[1].cached);
         assert_eq!(messages[1].citations[0]["source"], "a.pdf");
-        assert!(decode_page_messages(br#"[{"id": "x"}]"#).is_err());
+        assert!(decode(br#"[{"id": "x"}]"#).is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::query::{md5_of_parts, validate_id, Rejection};
+use crate::api::{self, validate_id, ApiError, ErrorCode};
+use crate::digest::md5_of_parts_bytes;
+use crate::upstream::Point;
 
 pub const MAX_DOCUMENTS: usize = 100;
 pub const MAX_DOCUMENT_CHARS: usize = 1_000_000;
@@ -11,6 +13,10 @@ pub const CHUNK_CHARS: usize = 1000;
 pub const CHUNK_OVERLAP_CHARS: usize = 200;
 /// OpenAI takes up to 2,048 inputs per embeddings call; smaller batches keep calls short.
 pub const EMBEDDING_BATCH: usize = 64;
+/// The largest ingestion body accepted.
+pub const MAX_BODY_BYTES: usize = MAX_DOCUMENTS * MAX_DOCUMENT_CHARS / 10;
+/// Upserts go to Qdrant in requests of this many points.
+pub const UPSERT_BATCH: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,51 +34,31 @@ struct IngestBody {
     documents: Vec<Document>,
 }
 
-pub fn parse_documents(
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<Vec<Document>, Rejection> {
-    if !crate::query::is_json_content_type(content_type) {
-        return Err(Rejection::new(
-            415,
-            "unsupported_media_type",
-            "send documents as Content-Type: application/json",
-        ));
-    }
-    if body.len() > MAX_DOCUMENTS * MAX_DOCUMENT_CHARS / 10 {
-        return Err(Rejection::new(
-            413,
-            "payload_too_large",
-            "the body is too large; send fewer documents per request",
-        ));
-    }
+pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Document>, ApiError> {
+    api::require_json(content_type, "documents")?;
+    api::require_size(body, MAX_BODY_BYTES)?;
     let parsed: IngestBody = serde_json::from_slice(body).map_err(|e| {
-        Rejection::new(
-            400,
-            "invalid_request",
-            format!("expected {{\"documents\": [{{id, text, source, metadata}}]}}: {e}"),
-        )
+        ApiError::invalid(format!(
+            "expected {{\"documents\": [{{id, text, source, metadata}}]}}: {e}"
+        ))
     })?;
     if parsed.documents.is_empty() || parsed.documents.len() > MAX_DOCUMENTS {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("send 1 to {MAX_DOCUMENTS} documents"),
-        ));
+        return Err(ApiError::invalid(format!(
+            "send 1 to {MAX_DOCUMENTS} documents"
+        )));
     }
     for doc in &parsed.documents {
         validate_id("id", &doc.id)?;
         if doc.text.trim().is_empty() {
-            return Err(Rejection::new(
-                400,
-                "invalid_request",
-                format!("document `{}` has no text", doc.id),
-            ));
+            return Err(ApiError::invalid(format!(
+                "document `{}` has no text",
+                doc.id
+            )));
         }
         if doc.text.chars().count() > MAX_DOCUMENT_CHARS {
-            return Err(Rejection::new(
+            return Err(ApiError::new(
                 413,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "document `{}` is over {MAX_DOCUMENT_CHARS} characters",
                     doc.id
@@ -80,18 +66,16 @@ pub fn parse_documents(
             ));
         }
         if doc.source.trim().is_empty() || doc.source.len() > 512 {
-            return Err(Rejection::new(
-                400,
-                "invalid_request",
-                format!("document `{}` needs a source of 1 to 512 bytes", doc.id),
-            ));
+            return Err(ApiError::invalid(format!(
+                "document `{}` needs a source of 1 to 512 bytes",
+                doc.id
+            )));
         }
         if doc.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-            return Err(Rejection::new(
-                400,
-                "invalid_request",
-                format!("metadata of `{}` must be an object", doc.id),
-            ));
+            return Err(ApiError::invalid(format!(
+                "metadata of `{}` must be an object",
+                doc.id
+            )));
         }
     }
     Ok(parsed.documents)
@@ -129,23 +113,54 @@ pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
 
 /// A UUID derived from the document id and chunk number: re-ingesting the
 /// same document yields the same ids (Qdrant accepts only integers or UUIDs).
+/// A version-3 (name-based, MD5) UUID over the length-prefixed parts.
 pub fn point_id(document_id: &str, chunk_index: usize) -> String {
-    let h = md5_of_parts(&[document_id, &chunk_index.to_string()]);
-    // Shape as a version-3 (name-based, MD5) UUID.
-    let mut bytes: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap())
-        .collect();
-    bytes[6] = (bytes[6] & 0x0f) | 0x30;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = crate::ratelimit::hex(&bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let digest = md5_of_parts_bytes(&[document_id, &chunk_index.to_string()]);
+    uuid::Builder::from_md5_bytes(digest)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// One chunk to embed and upsert: which document, which chunk, its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChunk {
+    pub document: usize,
+    pub chunk: usize,
+    pub text: String,
+}
+
+/// Every chunk of every document, in order: what ingestion embeds.
+pub fn plan(documents: &[Document]) -> Vec<PlannedChunk> {
+    documents
+        .iter()
+        .enumerate()
+        .flat_map(|(document, doc)| {
+            chunk(&doc.text, CHUNK_CHARS, CHUNK_OVERLAP_CHARS)
+                .into_iter()
+                .enumerate()
+                .map(move |(chunk, text)| PlannedChunk {
+                    document,
+                    chunk,
+                    text,
+                })
+        })
+        .collect()
+}
+
+/// The Qdrant points for a plan and its vectors (in the plan's order).
+pub fn points(documents: &[Document], plan: &[PlannedChunk], vectors: Vec<Vec<f32>>) -> Vec<Point> {
+    plan.iter()
+        .zip(vectors)
+        .map(|(planned, vector)| {
+            let doc = &documents[planned.document];
+            Point {
+                id: point_id(&doc.id, planned.chunk),
+                vector,
+                payload: payload(doc, planned.chunk, &planned.text),
+            }
+        })
+        .collect()
 }
 
 pub fn payload(doc: &Document, chunk_index: usize, text: &str) -> Value {
@@ -187,6 +202,8 @@ mod tests {
     #[test]
     fn point_ids_are_deterministic_uuids() {
         let id = point_id("doc-1", 0);
+        // The ids of every deployment so far: changing them would orphan stored chunks.
+        assert_eq!(id, "5d886380-f107-3721-aad6-5d6c27f5d0a4");
         assert_eq!(id, point_id("doc-1", 0));
         assert_ne!(id, point_id("doc-1", 1));
         assert_ne!(id, point_id("doc-2", 0));

@@ -4,16 +4,26 @@
 //! `components/` parse a request, call into this crate, do the host I/O and
 //! answer. Everything here is unit-tested natively.
 
+// The common layer: what every feature uses.
 pub mod api;
+pub mod audit;
 pub mod auth;
-pub mod codec;
 pub mod config;
+pub mod digest;
+pub mod keys;
+pub mod sql;
+
+// Features.
+pub mod codec;
 pub mod health;
 pub mod history;
 pub mod ingest;
+pub mod invalidation;
 pub mod metrics;
-pub mod ops;
 pub mod query;
 pub mod ratelimit;
-pub mod sql;
+pub mod retention;
+pub mod routes;
+pub mod sessions;
+pub mod settings;
 pub mod upstream;

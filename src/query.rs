@@ -1,17 +1,17 @@
 //! The chat query: request validation, cache keys, the grounded prompt,
 //! citations and the response, as pure functions.
 
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::ErrorBody;
-use crate::ratelimit::hex;
+use crate::api::{self, validate_id, ApiError, ErrorCode};
+use crate::digest::md5_of_parts;
+use crate::keys::{self, normalise};
+use crate::metrics::{CacheStatus, QueryStatus};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_QUESTION_CHARS: usize = 4000;
 pub const MAX_PAGE_CONTEXT_CHARS: usize = 4000;
-pub const MAX_ID_LEN: usize = 128;
 /// Bumped whenever the prompt changes, so cached answers from an older prompt are not served.
 pub const PROMPT_VERSION: &str = "v1";
 
@@ -25,134 +25,60 @@ pub struct QueryRequest {
     pub user_id: Option<String>,
 }
 
-/// Why a request was refused: an HTTP status and the JSON body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    pub body: ErrorBody,
-}
-
-impl Rejection {
-    pub fn new(status: u16, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: ErrorBody::new(code, detail),
-        }
-    }
-}
-
-/// `application/json`, with any parameters (`; charset=utf-8`).
-pub fn is_json_content_type(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        v.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    })
-}
-
-/// Ids are short tokens of safe characters, so they are safe in logs, keys and URLs.
-pub fn validate_id(field: &str, value: &str) -> Result<(), Rejection> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("`{field}` must be 1 to {MAX_ID_LEN} characters of letters, digits, '-', '_', '.' or ':'"),
-        ))
-    }
-}
-
 fn string_field(
     object: &serde_json::Map<String, Value>,
     field: &str,
-) -> Result<Option<String>, Rejection> {
+) -> Result<Option<String>, ApiError> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("`{field}` must be a string"),
-        )),
+        Some(_) => Err(ApiError::invalid(format!("`{field}` must be a string"))),
     }
 }
 
 const FIELDS: [&str; 4] = ["question", "session_id", "page_context", "user_id"];
 
 /// Parses and validates a query body. Nothing is touched before this passes.
-pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryRequest, Rejection> {
-    if !is_json_content_type(content_type) {
-        return Err(Rejection::new(
-            415,
-            "unsupported_media_type",
-            "send the query as Content-Type: application/json",
-        ));
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return Err(Rejection::new(
-            413,
-            "payload_too_large",
-            format!("the body may be at most {MAX_BODY_BYTES} bytes"),
-        ));
-    }
+pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryRequest, ApiError> {
+    api::require_json(content_type, "the query")?;
+    api::require_size(body, MAX_BODY_BYTES)?;
     let text = std::str::from_utf8(body)
-        .map_err(|_| Rejection::new(400, "invalid_json", "the body is not valid UTF-8"))?;
+        .map_err(|_| ApiError::new(400, ErrorCode::InvalidJson, "the body is not valid UTF-8"))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        Rejection::new(
+        ApiError::new(
             400,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
     })?;
     let Value::Object(object) = value else {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            "the body must be a JSON object",
-        ));
+        return Err(ApiError::invalid("the body must be a JSON object"));
     };
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("unknown field `{unknown}`; expected {}", FIELDS.join(", ")),
-        ));
+        return Err(ApiError::invalid(format!(
+            "unknown field `{unknown}`; expected {}",
+            FIELDS.join(", ")
+        )));
     }
     let question = string_field(&object, "question")?
-        .ok_or_else(|| Rejection::new(400, "invalid_request", "`question` is required"))?;
+        .ok_or_else(|| ApiError::invalid("`question` is required"))?;
     let question = question.trim().to_string();
     if question.is_empty() {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            "`question` must not be empty",
-        ));
+        return Err(ApiError::invalid("`question` must not be empty"));
     }
     if question.chars().count() > MAX_QUESTION_CHARS {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("`question` may be at most {MAX_QUESTION_CHARS} characters"),
-        ));
+        return Err(ApiError::invalid(format!(
+            "`question` may be at most {MAX_QUESTION_CHARS} characters"
+        )));
     }
     if question
         .chars()
         .any(|c| c.is_control() && !c.is_whitespace())
     {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            "`question` contains control characters",
-        ));
+        return Err(ApiError::invalid("`question` contains control characters"));
     }
     let session_id = string_field(&object, "session_id")?
-        .ok_or_else(|| Rejection::new(400, "invalid_request", "`session_id` is required"))?;
+        .ok_or_else(|| ApiError::invalid("`session_id` is required"))?;
     validate_id("session_id", &session_id)?;
     let page_context = string_field(&object, "page_context")?
         .map(|p| p.trim().to_string())
@@ -161,11 +87,9 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
         .as_ref()
         .is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS)
     {
-        return Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"),
-        ));
+        return Err(ApiError::invalid(format!(
+            "`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"
+        )));
     }
     let user_id = string_field(&object, "user_id")?;
     if let Some(user) = &user_id {
@@ -177,25 +101,6 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
         page_context,
         user_id,
     })
-}
-
-/// Trim, collapse whitespace, lowercase: "What is  AI?" and "what is ai?" are one question.
-pub fn normalise(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-/// MD5 over a length-prefixed encoding of the parts, so `"ab"+"c"` and
-/// `"a"+"bc"` never collide.
-pub fn md5_of_parts(parts: &[&str]) -> String {
-    let mut hasher = Md5::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hex(&hasher.finalize())
 }
 
 /// Whether cached answers are per session (the seed's behaviour) or shared.
@@ -225,17 +130,6 @@ pub struct AnswerShape<'a> {
     pub scope: CacheScope,
 }
 
-pub mod keys {
-    pub const QUERY_PREFIX: &str = "chatbot:query:";
-    pub const LOCK_PREFIX: &str = "chatbot:query-lock:";
-    pub const EMBEDDING_PREFIX: &str = "chatbot:embedding:";
-    pub const SESSION_INDEX_PREFIX: &str = "chatbot:query-index:session:";
-    pub const PAGE_INDEX_PREFIX: &str = "chatbot:query-index:page:";
-    pub const TOP_QUESTIONS: &str = "chatbot:analytics:top-questions";
-    pub const RATE_LIMITED_SESSIONS: &str = "chatbot:analytics:rate-limited-sessions";
-    pub const AUDIT_LOG: &str = "chatbot:audit";
-}
-
 /// The query-cache key for a request.
 pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
     let top_k = shape.top_k.to_string();
@@ -259,36 +153,7 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
         &page,
         session,
     ]);
-    format!("{}{digest}", keys::QUERY_PREFIX)
-}
-
-pub fn lock_key(cache_key: &str) -> String {
-    format!(
-        "{}{}",
-        keys::LOCK_PREFIX,
-        cache_key.trim_start_matches(keys::QUERY_PREFIX)
-    )
-}
-
-pub fn session_index_key(session_id: &str) -> String {
-    format!(
-        "{}{}",
-        keys::SESSION_INDEX_PREFIX,
-        md5_of_parts(&[session_id])
-    )
-}
-
-pub fn page_index_key(page_context: &str) -> String {
-    format!(
-        "{}{}",
-        keys::PAGE_INDEX_PREFIX,
-        md5_of_parts(&[&normalise(page_context)])
-    )
-}
-
-/// The embedding-cache key: MD5 of model and text.
-pub fn embedding_cache_key(model: &str, text: &str) -> String {
-    format!("{}{}", keys::EMBEDDING_PREFIX, md5_of_parts(&[model, text]))
+    keys::query_cache(&digest)
 }
 
 /// Looks an answer up and counts the question (for analytics and warm-up),
@@ -330,21 +195,6 @@ end
 if redis.call('GET', KEYS[4]) == ARGV[3] then
   redis.call('DEL', KEYS[4])
 end
-return 1
-"#;
-
-/// Notes a rate-limited session (top limited sessions, capped at 1,000) and
-/// appends the denial to the audit log (capped at 10,000), in one round trip.
-/// KEYS: limited sessions, audit log. ARGV: session id, audit entry.
-pub const NOTE_RATE_LIMITED_SCRIPT: &str = r#"
-redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])
-if redis.call('ZCARD', KEYS[1]) > 1000 then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
-end
-local t = redis.call('TIME')
-local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZADD', KEYS[2], score, ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
 return 1
 "#;
 
@@ -460,6 +310,24 @@ pub struct CachedAnswer {
     pub tokens: u64,
 }
 
+/// How the query cache served a request, for the latency histogram.
+pub fn cache_status(cached: bool, redis_available: bool) -> CacheStatus {
+    match (cached, redis_available) {
+        (true, _) => CacheStatus::Hit,
+        (false, true) => CacheStatus::Miss,
+        (false, false) => CacheStatus::Bypass,
+    }
+}
+
+/// How an answered query is counted in `chatbot_queries_total`.
+pub fn answered_status(cached: bool) -> QueryStatus {
+    if cached {
+        QueryStatus::Cached
+    } else {
+        QueryStatus::Success
+    }
+}
+
 /// The response body of `POST /api/v1/chat/query`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryResponse {
@@ -474,7 +342,7 @@ pub struct QueryResponse {
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Result<QueryRequest, Rejection> {
+    fn parse(body: &str) -> Result<QueryRequest, ApiError> {
         parse_query(Some("application/json"), body.as_bytes())
     }
 
@@ -549,21 +417,6 @@ mod tests {
                 .status,
             400
         );
-    }
-
-    #[test]
-    fn content_type_parameters_are_accepted() {
-        assert!(is_json_content_type(Some(
-            "application/json; charset=utf-8"
-        )));
-        assert!(is_json_content_type(Some("Application/JSON")));
-        assert!(!is_json_content_type(Some("application/jsonp")));
-    }
-
-    #[test]
-    fn length_prefixing_prevents_collisions() {
-        assert_ne!(md5_of_parts(&["ab", "c"]), md5_of_parts(&["a", "bc"]));
-        assert_eq!(md5_of_parts(&["a", "b"]), md5_of_parts(&["a", "b"]));
     }
 
     #[test]

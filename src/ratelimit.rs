@@ -7,8 +7,6 @@
 //! denied and takes nothing, so the bucket never goes negative. Redis's own
 //! clock (`TIME`) is used, so replicas with skewed clocks share one bucket.
 
-use md5::{Digest, Md5};
-
 /// The bucket script. `KEYS[1]`: the bucket. `ARGV`: capacity, window in
 /// milliseconds, cost. Answers `{admitted (0/1), milli-tokens left, now seconds,
 /// now microseconds within the second}`.
@@ -43,9 +41,7 @@ return {admitted, math.floor(tokens * 1000), tonumber(t[1]), tonumber(t[2])}
 
 /// SHA-1 of [`TOKEN_BUCKET_SCRIPT`], for `EVALSHA`.
 pub fn token_bucket_script_sha() -> String {
-    sha1_smol::Sha1::from(TOKEN_BUCKET_SCRIPT)
-        .digest()
-        .to_string()
+    crate::digest::script_sha(TOKEN_BUCKET_SCRIPT)
 }
 
 /// Longest key a caller may pass (it is hashed, but a bound keeps requests small).
@@ -74,12 +70,7 @@ pub fn bucket_key(caller_key: &str) -> Result<String, LimitError> {
     if caller_key.is_empty() || caller_key.len() > MAX_KEY_LEN {
         return Err(LimitError::InvalidKey);
     }
-    let digest = Md5::digest(caller_key.as_bytes());
-    Ok(format!("chatbot:ratelimit:{{{}}}", hex(&digest)))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::keys::rate_limit_bucket(caller_key))
 }
 
 /// Checks a request before it goes to Redis.
@@ -128,6 +119,32 @@ pub struct Decision {
     pub remaining: u32,
     pub reset_at_epoch_seconds: u64,
     pub retry_after_seconds: u32,
+}
+
+impl Decision {
+    /// Of two decisions for one request (session and user buckets), the one to
+    /// report: a denial, else the one with fewer tokens left.
+    pub fn tighter(self, other: Decision) -> Decision {
+        if !other.allowed || (self.allowed && other.remaining < self.remaining) {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.reset_at_epoch_seconds.to_string()),
+        ]
+    }
+
+    /// `Retry-After` for a denial: at least a second.
+    pub fn retry_after(&self) -> String {
+        self.retry_after_seconds.max(1).to_string()
+    }
 }
 
 /// Turns the script's reply into a decision.
@@ -297,5 +314,31 @@ mod tests {
             })
         );
         assert_eq!(ScriptReply::from_integers(&[1, 2]), None);
+    }
+
+    #[test]
+    fn the_tighter_decision_is_reported() {
+        let allowed = |remaining| Decision {
+            allowed: true,
+            limit: 100,
+            remaining,
+            reset_at_epoch_seconds: 10,
+            retry_after_seconds: 0,
+        };
+        let denied = Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_seconds: 3,
+            ..allowed(0)
+        };
+        assert_eq!(allowed(50).tighter(allowed(20)), allowed(20));
+        assert_eq!(allowed(20).tighter(allowed(50)), allowed(20));
+        assert_eq!(allowed(50).tighter(denied), denied);
+        assert_eq!(denied.tighter(allowed(50)), denied);
+        assert_eq!(denied.retry_after(), "3");
+        assert_eq!(
+            allowed(5).headers()[1],
+            ("x-ratelimit-remaining", "5".into())
+        );
     }
 }

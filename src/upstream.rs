@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::api::{ApiError, ErrorCode};
+use crate::metrics::ErrorType;
 use crate::query::Passage;
 
 /// A failed call to OpenAI or Qdrant, classified for the HTTP answer and metrics.
@@ -42,6 +44,33 @@ impl UpstreamError {
             | Self::Timeout { service }
             | Self::Unreachable { service, .. }
             | Self::BadResponse { service, .. } => service,
+        }
+    }
+
+    /// How the failure is counted in `chatbot_errors_total`.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            Self::Timeout { .. } => ErrorType::Timeout,
+            _ if self.service() == QDRANT => ErrorType::Qdrant,
+            _ => ErrorType::OpenAi,
+        }
+    }
+
+    pub fn is_openai_rate_limit(&self) -> bool {
+        matches!(self, Self::RateLimited { service, .. } if *service == OPENAI)
+    }
+
+    /// The error a handler answers with: the status below, `Retry-After` when
+    /// the upstream gave one.
+    pub fn api_error(&self) -> ApiError {
+        let error = ApiError::new(
+            self.http_status(),
+            ErrorCode::UpstreamUnavailable,
+            self.to_string(),
+        );
+        match self.retry_after_seconds() {
+            Some(seconds) => error.with_header("retry-after", seconds.to_string()),
+            None => error,
         }
     }
 

@@ -1,70 +1,58 @@
-//! `deploy/openapi.yaml` must describe every route the components serve.
+//! `deploy/openapi.yaml` must describe every route the components serve: the
+//! route table in `chatbot_core::routes` that the components' routers are
+//! built from, method by method.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chatbot_harness::{project_root, TestApp};
+use yaml_rust2::YamlLoader;
 
-fn documented_paths() -> BTreeSet<String> {
+/// Each documented path with its methods (lowercase, as OpenAPI writes them).
+fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let text = std::fs::read_to_string(project_root().join("deploy/openapi.yaml")).unwrap();
-    let mut in_paths = false;
-    let mut paths = BTreeSet::new();
-    for line in text.lines() {
-        if line == "paths:" {
-            in_paths = true;
-        } else if !line.starts_with(' ') && !line.is_empty() {
-            in_paths = false;
-        } else if in_paths
-            && line.starts_with("  /")
-            && line.ends_with(':')
-            && !line.starts_with("   ")
-        {
-            paths.insert(line.trim().trim_end_matches(':').to_string());
-        }
-    }
+    let docs = YamlLoader::load_from_str(&text).expect("openapi.yaml is YAML");
+    let paths = docs[0]["paths"].as_hash().expect("a `paths` map");
     paths
+        .iter()
+        .map(|(path, item)| {
+            let methods = item
+                .as_hash()
+                .expect("a path item")
+                .keys()
+                .filter_map(|k| k.as_str())
+                .filter(|k| ["get", "post", "put", "delete", "patch"].contains(k))
+                .map(str::to_string)
+                .collect();
+            (path.as_str().expect("a path").to_string(), methods)
+        })
+        .collect()
 }
 
-/// Route literals in the components' source: every string that starts like a route.
-fn routes_in_code() -> BTreeSet<String> {
-    let mut routes = BTreeSet::new();
-    for component in ["query", "ops", "metrics"] {
-        let dir = project_root()
-            .join("components")
-            .join(component)
-            .join("src");
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-            for literal in source.split('"').skip(1).step_by(2) {
-                let is_route = ["/api/v1/", "/health", "/admin/", "/metrics"]
-                    .iter()
-                    .any(|p| literal.starts_with(p))
-                    && !literal.contains(' ')
-                    && !literal.contains('{');
-                if is_route {
-                    // A prefix route takes its parameter from the path.
-                    let route = if literal.ends_with('/') {
-                        format!("{literal}{{session_id}}")
-                    } else {
-                        literal.to_string()
-                    };
-                    routes.insert(route);
-                }
-            }
-        }
-    }
-    routes
+fn documented_paths() -> BTreeSet<String> {
+    documented().into_keys().collect()
 }
 
 #[test]
-fn every_route_in_the_code_is_documented() {
-    let documented = documented_paths();
-    let in_code = routes_in_code();
-    assert!(in_code.len() >= 13, "found only {in_code:?}");
-    let missing: Vec<_> = in_code.difference(&documented).collect();
+fn every_route_in_the_table_is_documented_with_its_method() {
+    let documented = documented();
+    let routes: Vec<_> = chatbot_core::routes::all().collect();
+    assert!(routes.len() >= 13, "found only {routes:?}");
+    let missing: Vec<String> = routes
+        .iter()
+        .filter(|r| {
+            !documented
+                .get(&r.openapi_path())
+                .is_some_and(|methods| methods.contains(&r.method.to_ascii_lowercase()))
+        })
+        .map(|r| format!("{} {}", r.method, r.openapi_path()))
+        .collect();
     assert!(
         missing.is_empty(),
         "routes served but not in deploy/openapi.yaml: {missing:?}"
     );
+    let served: BTreeSet<String> = routes.iter().map(|r| r.openapi_path()).collect();
+    let extra: Vec<_> = documented.keys().filter(|p| !served.contains(*p)).collect();
+    assert!(extra.is_empty(), "documented but not served: {extra:?}");
 }
 
 #[tokio::test]

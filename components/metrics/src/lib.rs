@@ -4,14 +4,16 @@
 
 use std::io::Write;
 
-use chatbot_core::api::ErrorBody;
-use chatbot_core::config::names as vars;
-use chatbot_core::metrics::{self, keys, Sample, Snapshot};
+use chatbot_core::api::ApiError;
+use chatbot_core::keys::metrics as keys;
+use chatbot_core::metrics::{self, Sample};
+use chatbot_core::routes;
 use chatbot_spin::redis_script::{binary, eval};
-use spin_sdk::http::{Method, Request, Response};
+use chatbot_spin::routing::{self, Handler};
+use chatbot_spin::settings::open_redis;
+use spin_sdk::http::{Params, Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::redis::{Connection, RedisParameter};
-use spin_sdk::variables;
 
 wit_bindgen::generate!({
     path: ["../../wit/deps/spin-sdk", "../../wit/metrics.wit"],
@@ -43,13 +45,7 @@ fn record(conn: &Connection, batch: Batch) -> Result<(), Error> {
     let args: Vec<RedisParameter> = args.iter().map(binary).collect();
     eval(conn, metrics::RECORD_SCRIPT, &keys::ALL, &args)
         .map(drop)
-        .map_err(Error::Storage)
-}
-
-fn open_own() -> Result<Connection, String> {
-    let address = variables::get(vars::REDIS_ADDRESS)
-        .map_err(|e| format!("variable `{}`: {e}", vars::REDIS_ADDRESS))?;
-    Connection::open(&address).map_err(|e| format!("redis: {e}"))
+        .map_err(|e| Error::Storage(e.to_string()))
 }
 
 impl Guest for Recorder {
@@ -58,17 +54,12 @@ impl Guest for Recorder {
     }
 
     fn record_batch_standalone(batch: Batch) -> Result<(), Error> {
-        let conn = open_own().map_err(Error::Storage)?;
+        let conn = open_redis().map_err(|e| Error::Storage(e.to_string()))?;
         record(&conn, batch)
     }
 }
 
 export!(Recorder);
-
-/// Reads everything the scrape shows, on a connection of its own.
-fn snapshot() -> Result<Snapshot, String> {
-    chatbot_spin::metrics_store::snapshot(&open_own()?)
-}
 
 fn accepts_gzip(req: &Request) -> bool {
     req.header("accept-encoding")
@@ -83,30 +74,27 @@ fn accepts_gzip(req: &Request) -> bool {
         })
 }
 
-fn error(status: u16, code: &str, detail: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(ErrorBody::new(code, detail).to_json())
-        .build()
+fn handler(route: &routes::Route) -> Handler {
+    match *route {
+        routes::METRICS => scrape,
+        other => unreachable!("{other:?} is not a metrics route"),
+    }
 }
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    if req.path().trim_end_matches('/') != "/metrics" {
-        return error(404, "not_found", &format!("no route for {}", req.path()));
-    }
-    if *req.method() != Method::Get {
-        return error(405, "method_not_allowed", "use GET /metrics");
-    }
-    let snapshot = match snapshot() {
-        Ok(s) => s,
+    routing::router(routes::METRICS_ROUTES, handler).handle(req)
+}
+
+/// `GET /metrics`: everything Redis holds, read on a connection of its own.
+fn scrape(req: Request, _: Params) -> Result<Response, ApiError> {
+    let snapshot = open_redis()
+        .and_then(|conn| chatbot_spin::metrics_store::snapshot(&conn))
         // Better no answer than a partial one: a scrape that fails is visible as `up == 0`.
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("metrics: scrape failed: {e}");
-            return error(503, "unavailable", "metrics storage (Redis) is unavailable");
-        }
-    };
+            ApiError::unavailable("metrics storage (Redis) is unavailable")
+        })?;
     let text = metrics::render(&snapshot);
     let builder_base = |body: Vec<u8>, gzip: bool| {
         let mut b = Response::builder();
@@ -122,9 +110,9 @@ fn handle(req: Request) -> Response {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         if encoder.write_all(text.as_bytes()).is_ok() {
             if let Ok(body) = encoder.finish() {
-                return builder_base(body, true);
+                return Ok(builder_base(body, true));
             }
         }
     }
-    builder_base(text.into_bytes(), false)
+    Ok(builder_base(text.into_bytes(), false))
 }

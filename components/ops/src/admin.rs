@@ -1,51 +1,38 @@
 //! Admin actions: cache invalidation, retention cleanup, warm-up, audit log.
-//! Every action is audited.
+//! Every action is audited; the router has checked the admin token.
 
-use chatbot_core::history::parse_page;
-use chatbot_core::ops::{self, ClearScope};
-use chatbot_core::query::{self, keys, QueryCacheEntry, QueryRequest, Rejection};
+use chatbot_core::api::{self, ApiError, ErrorCode};
+use chatbot_core::audit::{self, AuditAction};
+use chatbot_core::invalidation::{self, ClearScope};
+use chatbot_core::keys;
+use chatbot_core::query::{CacheScope, QueryCacheEntry, QueryRequest};
+use chatbot_core::retention;
+use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
-use chatbot_spin::metrics_store::binaries;
-use chatbot_spin::redis_script::binary;
-use chatbot_spin::settings::PipelineSettings;
+use chatbot_spin::redis_script::{binaries, binary, integers};
+use chatbot_spin::respond::json;
+use chatbot_spin::{settings, StoreError};
 use serde::Deserialize;
 use serde_json::json;
-use spin_sdk::http::{Request, Response};
+use spin_sdk::http::{Params, Request, Response};
 use spin_sdk::pg4::{self, ParameterValue};
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use spin_sdk::redis::{Connection, RedisParameter};
 
 use crate::health::scan;
-use crate::{error, json, reject};
-
-const AUDIT_PAGE_SIZE: i64 = 50;
-
-fn redis_or_503() -> Result<Connection, Response> {
-    crate::redis().ok_or_else(|| error(503, "unavailable", "Redis is unavailable"))
-}
-
-fn audit(conn: &Connection, action: &str, detail: serde_json::Value) {
-    if let Err(e) = chatbot_spin::audit(conn, action, detail) {
-        eprintln!("audit: {e}");
-    }
-}
 
 /// Deletes keys without blocking Redis (`UNLINK`); returns how many went.
-fn unlink(conn: &Connection, keys: &[Vec<u8>]) -> Result<u64, String> {
+fn unlink(conn: &Connection, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
     if keys.is_empty() {
         return Ok(0);
     }
     let params: Vec<RedisParameter> = keys.iter().map(binary).collect();
-    match conn
-        .execute("UNLINK", &params)
-        .map_err(|e| format!("UNLINK: {e}"))?
-        .first()
-    {
-        Some(RedisResult::Int64(n)) => Ok(*n as u64),
-        other => Err(format!("unexpected UNLINK reply {other:?}")),
+    match integers(&conn.execute("UNLINK", &params)?).as_slice() {
+        [n] => Ok(*n as u64),
+        other => Err(StoreError::Unexpected(format!("UNLINK reply {other:?}"))),
     }
 }
 
-fn unlink_matching(conn: &Connection, pattern: &str) -> Result<u64, String> {
+fn unlink_matching(conn: &Connection, pattern: &str) -> Result<u64, StoreError> {
     let mut total = 0;
     let mut failure = None;
     scan(conn, pattern, |batch| match unlink(conn, &batch) {
@@ -56,64 +43,51 @@ fn unlink_matching(conn: &Connection, pattern: &str) -> Result<u64, String> {
 }
 
 /// The cached answers an index set points at, and the index itself.
-fn unlink_indexed(conn: &Connection, index: &str) -> Result<u64, String> {
-    let members = binaries(
-        conn.execute("SMEMBERS", &[binary(index)])
-            .map_err(|e| format!("SMEMBERS: {e}"))?,
-    );
+fn unlink_indexed(conn: &Connection, index: &str) -> Result<u64, StoreError> {
+    let members = binaries(conn.execute("SMEMBERS", &[binary(index)])?);
     let removed = unlink(conn, &members)?;
     unlink(conn, &[index.as_bytes().to_vec()])?;
     Ok(removed)
 }
 
-pub fn clear_cache(req: &Request) -> Response {
-    let scope = match ops::parse_clear(req.body()) {
-        Ok(s) => s,
-        Err(rejection) => return reject(&rejection),
-    };
-    let conn = match redis_or_503() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+fn clear(conn: &Connection, scope: &ClearScope) -> Result<u64, StoreError> {
     let query_pattern = format!("{}*", keys::QUERY_PREFIX);
     let embedding_pattern = format!("{}*", keys::EMBEDDING_PREFIX);
-    let indexes = |conn: &Connection| -> Result<u64, String> {
+    let indexes = || -> Result<u64, StoreError> {
         unlink_matching(conn, &format!("{}*", keys::SESSION_INDEX_PREFIX))?;
         unlink_matching(conn, &format!("{}*", keys::PAGE_INDEX_PREFIX))?;
         Ok(0)
     };
-    let outcome = match &scope {
-        ClearScope::All => unlink_matching(&conn, &query_pattern)
-            .and_then(|q| Ok(q + indexes(&conn)? + unlink_matching(&conn, &embedding_pattern)?)),
-        ClearScope::Query => {
-            unlink_matching(&conn, &query_pattern).and_then(|q| Ok(q + indexes(&conn)?))
+    Ok(match scope {
+        ClearScope::All => {
+            unlink_matching(conn, &query_pattern)?
+                + indexes()?
+                + unlink_matching(conn, &embedding_pattern)?
         }
-        ClearScope::Embedding => unlink_matching(&conn, &embedding_pattern),
-        ClearScope::Session(session) => unlink_indexed(&conn, &query::session_index_key(session)),
-        ClearScope::PageContext(page) => unlink_indexed(&conn, &query::page_index_key(page)),
-    };
+        ClearScope::Query => unlink_matching(conn, &query_pattern)? + indexes()?,
+        ClearScope::Embedding => unlink_matching(conn, &embedding_pattern)?,
+        ClearScope::Session(session) => unlink_indexed(conn, &keys::session_index(session))?,
+        ClearScope::PageContext(page) => unlink_indexed(conn, &keys::page_index(page))?,
+    })
+}
+
+pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
+    let scope = invalidation::parse_clear(req.body())?;
+    let conn = crate::redis()?;
+    let cleared = clear(&conn, &scope).map_err(|e| {
+        eprintln!("cache clear: {e}");
+        ApiError::unavailable("clearing the cache failed part-way; it is safe to retry")
+    })?;
     let scope_name = format!("{scope:?}");
-    match outcome {
-        Ok(cleared) => {
-            audit(
-                &conn,
-                "cache_cleared",
-                json!({"scope": scope_name, "cleared": cleared}),
-            );
-            json(
-                200,
-                &json!({"status": "cleared", "scope": scope_name, "cleared": cleared}),
-            )
-        }
-        Err(e) => {
-            eprintln!("cache clear: {e}");
-            error(
-                503,
-                "unavailable",
-                "clearing the cache failed part-way; it is safe to retry",
-            )
-        }
-    }
+    append(
+        &conn,
+        AuditAction::CacheCleared,
+        json!({"scope": scope_name, "cleared": cleared}),
+    );
+    Ok(json(
+        200,
+        &json!({"status": "cleared", "scope": scope_name, "cleared": cleared}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -123,77 +97,53 @@ struct CleanupRequest {
     batch_size: Option<i64>,
 }
 
-fn body_or_default<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Rejection> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| Rejection::new(400, "invalid_request", format!("bad JSON body: {e}")))
-}
-
 /// Deletes expired sessions, conversations and messages in bounded batches.
 /// Idempotent: a second run finds nothing to delete.
-pub fn cleanup(req: &Request) -> Response {
-    let request: CleanupRequest = match body_or_default(req.body()) {
-        Ok(r) => r,
-        Err(rejection) => return reject(&rejection),
-    };
-    let batch = request.batch_size.unwrap_or(ops::DEFAULT_CLEANUP_BATCH);
+pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
+    let request: CleanupRequest = api::json_body_or_default(req.body())?;
+    let batch = request
+        .batch_size
+        .unwrap_or(retention::DEFAULT_CLEANUP_BATCH);
     if !(1..=100_000).contains(&batch) {
-        return reject(&Rejection::new(
-            400,
-            "invalid_request",
-            "`batch_size` must be from 1 to 100000",
-        ));
+        return Err(ApiError::invalid("`batch_size` must be from 1 to 100000"));
     }
-    let address = match spin_sdk::variables::get(chatbot_core::config::names::POSTGRES_ADDRESS) {
-        Ok(a) => a,
-        Err(e) => {
-            return error(
-                500,
-                "configuration_error",
-                &format!("postgres_address: {e}"),
-            )
-        }
-    };
-    let result = (|| -> Result<serde_json::Value, String> {
-        let conn = pg4::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-        let mut deleted = serde_json::Map::new();
-        let mut batches = 0u32;
-        for (table, statement) in ops::CLEANUP_STATEMENTS {
-            let mut total = 0u64;
-            loop {
-                let n = conn
-                    .execute(statement, &[ParameterValue::Int64(batch)])
-                    .map_err(|e| format!("cleanup of {table}: {e}"))?;
-                total += n;
-                batches += 1;
-                if (n as i64) < batch || batches >= ops::MAX_CLEANUP_BATCHES {
-                    break;
-                }
-            }
-            deleted.insert(table.to_string(), json!(total));
-        }
-        Ok(
-            json!({"status": "done", "deleted": deleted, "batches": batches, "complete": batches < ops::MAX_CLEANUP_BATCHES}),
-        )
-    })();
-    match result {
-        Ok(body) => {
-            if let Some(conn) = crate::redis() {
-                audit(&conn, "retention_cleanup", body["deleted"].clone());
-            }
-            json(200, &body)
-        }
-        Err(e) => {
-            eprintln!("cleanup: {}", chatbot_core::config::redact_userinfo(&e));
-            error(
-                503,
-                "unavailable",
-                "the history store (Postgres) is unavailable",
-            )
-        }
+    let address = settings::postgres_address().map_err(ApiError::configuration)?;
+    let body = delete_expired(&address, batch).map_err(|e| {
+        eprintln!("cleanup: {e}");
+        ApiError::unavailable("the history store (Postgres) is unavailable")
+    })?;
+    if let Ok(conn) = crate::redis() {
+        append(
+            &conn,
+            AuditAction::RetentionCleanup,
+            body["deleted"].clone(),
+        );
     }
+    Ok(json(200, &body))
+}
+
+fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreError> {
+    let conn = pg4::Connection::open(address)?;
+    let mut deleted = serde_json::Map::new();
+    let mut batches = 0u32;
+    for (table, statement) in retention::CLEANUP_STATEMENTS {
+        let mut total = 0u64;
+        loop {
+            let n = conn.execute(statement, &[ParameterValue::Int64(batch)])?;
+            total += n;
+            batches += 1;
+            if (n as i64) < batch || batches >= retention::MAX_CLEANUP_BATCHES {
+                break;
+            }
+        }
+        deleted.insert(table.to_string(), json!(total));
+    }
+    Ok(json!({
+        "status": "done",
+        "deleted": deleted,
+        "batches": batches,
+        "complete": batches < retention::MAX_CLEANUP_BATCHES,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -205,54 +155,34 @@ struct WarmupRequest {
 
 /// Asks the most-asked questions through the query pipeline, with the query
 /// handler's keys, so they are cached before users ask again.
-pub fn warmup(req: &Request) -> Response {
-    let request: WarmupRequest = match body_or_default(req.body()) {
-        Ok(r) => r,
-        Err(rejection) => return reject(&rejection),
-    };
+pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
+    let request: WarmupRequest = api::json_body_or_default(req.body())?;
     let limit = request.limit.unwrap_or(10);
     if !(1..=100).contains(&limit) {
-        return reject(&Rejection::new(
-            400,
-            "invalid_request",
-            "`limit` must be from 1 to 100",
+        return Err(ApiError::invalid("`limit` must be from 1 to 100"));
+    }
+    let settings = settings::pipeline().map_err(ApiError::configuration)?;
+    if settings.cache_scope != CacheScope::Global {
+        return Err(ApiError::new(
+            409,
+            ErrorCode::Conflict,
+            "warm-up needs query_cache_scope = global: with per-session answers there is nothing to share",
         ));
     }
-    let settings = match PipelineSettings::load() {
-        Ok(s) => s,
-        Err(e) => return error(500, "configuration_error", &e.to_string()),
-    };
-    if settings.cache_scope != query::CacheScope::Global {
-        return error(
-            409,
-            "conflict",
-            "warm-up needs query_cache_scope = global: with per-session answers there is nothing to share",
-        );
-    }
-    let conn = match redis_or_503() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let reply = match conn.execute(
-        "ZREVRANGE",
-        &[
-            binary(keys::TOP_QUESTIONS),
-            binary("0"),
-            binary((limit - 1).to_string()),
-        ],
-    ) {
-        Ok(r) => binaries(r),
-        Err(e) => {
-            return error(
-                503,
-                "unavailable",
-                &format!("reading the top questions: {e}"),
-            )
-        }
-    };
+    let conn = crate::redis()?;
+    let reply = conn
+        .execute(
+            "ZREVRANGE",
+            &[
+                binary(keys::TOP_QUESTIONS),
+                binary("0"),
+                binary((limit - 1).to_string()),
+            ],
+        )
+        .map_err(|e| ApiError::unavailable(format!("reading the top questions: {e}")))?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
-    for member in reply {
+    for member in binaries(reply) {
         let Ok(entry) = serde_json::from_slice::<QueryCacheEntry>(&member) else {
             continue;
         };
@@ -274,55 +204,38 @@ pub fn warmup(req: &Request) -> Response {
             Err(e) => failed.push(json!({"question": request.question, "error": e.to_string()})),
         }
     }
-    audit(
+    append(
         &conn,
-        "cache_warmup",
+        AuditAction::CacheWarmup,
         json!({"warmed": warmed, "already_cached": already, "failed": failed.len()}),
     );
-    json(
+    Ok(json(
         200,
         &json!({"status": "done", "warmed": warmed, "already_cached": already, "failed": failed}),
-    )
+    ))
 }
 
-pub fn audit_page(req: &Request) -> Response {
-    let page = match parse_page(req.query()) {
-        Ok(p) => p,
-        Err(rejection) => return reject(&rejection),
+pub fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
+    let page = api::parse_page(req.query())?;
+    let conn = crate::redis()?;
+    let (start, end) = audit::page_bounds(page);
+    let read = || -> Result<(Vec<Vec<u8>>, i64), StoreError> {
+        let entries = conn.execute(
+            "ZREVRANGE",
+            &[
+                binary(keys::AUDIT_LOG),
+                binary(start.to_string()),
+                binary(end.to_string()),
+            ],
+        )?;
+        let total = integers(&conn.execute("ZCARD", &[binary(keys::AUDIT_LOG)])?);
+        Ok((binaries(entries), total.first().copied().unwrap_or(0)))
     };
-    let conn = match redis_or_503() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let (start, end) = ops::page_bounds(page, AUDIT_PAGE_SIZE);
-    let entries = conn.execute(
-        "ZREVRANGE",
-        &[
-            binary(keys::AUDIT_LOG),
-            binary(start.to_string()),
-            binary(end.to_string()),
-        ],
-    );
-    let total = conn.execute("ZCARD", &[binary(keys::AUDIT_LOG)]);
-    match (entries, total) {
-        (Ok(entries), Ok(total)) => {
-            let total = match total.first() {
-                Some(RedisResult::Int64(n)) => *n,
-                _ => 0,
-            };
-            let entries: Vec<serde_json::Value> = binaries(entries)
-                .iter()
-                .map(|e| {
-                    serde_json::from_slice(e).unwrap_or_else(|_| json!(String::from_utf8_lossy(e)))
-                })
-                .collect();
-            json(
-                200,
-                &json!({"page": page, "page_size": AUDIT_PAGE_SIZE, "total": total, "entries": entries}),
-            )
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            error(503, "unavailable", &format!("reading the audit log: {e}"))
-        }
-    }
+    let (entries, total) =
+        read().map_err(|e| ApiError::unavailable(format!("reading the audit log: {e}")))?;
+    let entries: Vec<serde_json::Value> = entries.iter().map(|e| audit::decode_member(e)).collect();
+    Ok(json(
+        200,
+        &json!({"page": page, "page_size": audit::AUDIT_PAGE_SIZE, "total": total, "entries": entries}),
+    ))
 }

@@ -1,13 +1,14 @@
 //! The rate-limiter component: `chatbot:ratelimit/limiter` over a token bucket
 //! in Redis. One decision is one Redis round trip (`EVALSHA`, or `EVAL` when
-//! the server has lost the script) on the caller's connection.
+//! the server has lost the script: `chatbot_spin::redis_script::eval`) on the
+//! caller's connection.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use chatbot_core::config::{self, names};
 use chatbot_core::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, ScriptReply};
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
-use spin_sdk::variables;
+use chatbot_spin::now_epoch_seconds;
+use chatbot_spin::redis_script::{eval, integers};
+use chatbot_spin::settings::open_redis;
+use chatbot_spin::StoreError;
+use spin_sdk::redis::{Connection, RedisParameter};
 
 wit_bindgen::generate!({
     path: ["../../wit/deps/spin-sdk", "../../wit/ratelimit.wit"],
@@ -20,61 +21,6 @@ wit_bindgen::generate!({
 use exports::chatbot::ratelimit::limiter::{Decision, Error, Guest, Outcome};
 
 struct Limiter;
-
-struct Settings {
-    enabled: bool,
-    bucket: BucketConfig,
-    on_failure: FailurePolicy,
-}
-
-fn variable(name: &str) -> Result<String, Error> {
-    variables::get(name).map_err(|e| Error::Configuration(format!("variable `{name}`: {e}")))
-}
-
-fn settings() -> Result<Settings, Error> {
-    let config_error = |e: config::ConfigError| Error::Configuration(e.to_string());
-    let enabled = config::parse_bool(
-        names::RATE_LIMIT_ENABLED,
-        &variable(names::RATE_LIMIT_ENABLED)?,
-    )
-    .map_err(config_error)?;
-    let capacity = config::parse_u64(
-        names::RATE_LIMIT_REQUESTS,
-        &variable(names::RATE_LIMIT_REQUESTS)?,
-        1,
-        1_000_000,
-    )
-    .map_err(config_error)? as u32;
-    let window_seconds = config::parse_u64(
-        names::RATE_LIMIT_WINDOW_SECONDS,
-        &variable(names::RATE_LIMIT_WINDOW_SECONDS)?,
-        1,
-        86_400,
-    )
-    .map_err(config_error)? as u32;
-    let raw_policy = variable(names::RATE_LIMIT_FAILURE_POLICY)?;
-    let on_failure = FailurePolicy::parse(&raw_policy).ok_or_else(|| {
-        Error::Configuration(format!(
-            "variable `{}` = {raw_policy:?} is not `open` or `closed`",
-            names::RATE_LIMIT_FAILURE_POLICY
-        ))
-    })?;
-    Ok(Settings {
-        enabled,
-        bucket: BucketConfig {
-            capacity,
-            window_seconds,
-        },
-        on_failure,
-    })
-}
-
-fn now_epoch_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn limit_error(e: LimitError) -> Error {
     match e {
@@ -94,47 +40,30 @@ fn to_wit(d: ratelimit::Decision, outcome: Outcome) -> Decision {
     }
 }
 
-/// Runs the bucket script: `EVALSHA`, falling back to `EVAL` if Redis lost it.
+/// Runs the bucket script (by SHA, reloaded if Redis lost it): one round trip.
 fn run_script(
     conn: &Connection,
     key: &str,
     bucket: BucketConfig,
     cost: u32,
-) -> Result<ScriptReply, String> {
-    let args = |first: Vec<u8>| {
-        vec![
-            RedisParameter::Binary(first),
-            RedisParameter::Int64(1),
-            RedisParameter::Binary(key.as_bytes().to_vec()),
+) -> Result<ScriptReply, StoreError> {
+    let reply = eval(
+        conn,
+        ratelimit::TOKEN_BUCKET_SCRIPT,
+        &[key],
+        &[
             RedisParameter::Int64(i64::from(bucket.capacity)),
             RedisParameter::Int64(i64::from(bucket.window_seconds) * 1000),
             RedisParameter::Int64(i64::from(cost)),
-        ]
-    };
-    let sha = ratelimit::token_bucket_script_sha();
-    let reply = match conn.execute("EVALSHA", &args(sha.into_bytes())) {
-        // The server lost the script (restart, SCRIPT FLUSH, failover). Hosts word
-        // this differently (`NOSCRIPT ...`, `NoScriptError: ...`), so match loosely.
-        Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => conn.execute(
-            "EVAL",
-            &args(ratelimit::TOKEN_BUCKET_SCRIPT.as_bytes().to_vec()),
-        ),
-        other => other,
-    }
-    .map_err(|e| e.to_string())?;
-    let integers: Vec<i64> = reply
-        .iter()
-        .filter_map(|r| match r {
-            RedisResult::Int64(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
-    ScriptReply::from_integers(&integers)
-        .ok_or_else(|| format!("unexpected script reply {reply:?}"))
+        ],
+    )?;
+    ScriptReply::from_integers(&integers(&reply))
+        .ok_or_else(|| StoreError::Unexpected(format!("bucket script reply {reply:?}")))
 }
 
 fn check(conn: Option<&Connection>, key: &str, cost: u32) -> Result<Decision, Error> {
-    let settings = settings()?;
+    let settings =
+        chatbot_spin::settings::limiter().map_err(|e| Error::Configuration(e.to_string()))?;
     let bucket_key = ratelimit::bucket_key(key).map_err(limit_error)?;
     ratelimit::validate(settings.bucket, cost).map_err(limit_error)?;
     if !settings.enabled {
@@ -145,12 +74,7 @@ fn check(conn: Option<&Connection>, key: &str, cost: u32) -> Result<Decision, Er
     }
     let reply = match conn {
         Some(conn) => run_script(conn, &bucket_key, settings.bucket, cost),
-        None => {
-            let address = variable(names::REDIS_ADDRESS)?;
-            Connection::open(&address)
-                .map_err(|e| format!("open: {e}"))
-                .and_then(|conn| run_script(&conn, &bucket_key, settings.bucket, cost))
-        }
+        None => open_redis().and_then(|conn| run_script(&conn, &bucket_key, settings.bucket, cost)),
     };
     match reply {
         Ok(reply) => Ok(to_wit(

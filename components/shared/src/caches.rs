@@ -1,8 +1,10 @@
 //! The embedding cache and the telemetry a request accumulates.
 
 use chatbot_core::codec;
-use chatbot_core::metrics::{names, Sample};
-use chatbot_core::query::{embedding_cache_key, SET_MANY_SCRIPT};
+use chatbot_core::keys;
+use chatbot_core::metrics::recording::Observation;
+use chatbot_core::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
+use chatbot_core::query::SET_MANY_SCRIPT;
 use chatbot_core::upstream::UpstreamError;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
@@ -16,30 +18,20 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn add(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.samples.push(Sample::new(name, labels, value));
+    pub fn add(&mut self, observation: Observation) {
+        self.samples.push(observation.sample());
     }
 
     pub fn upstream_error(&mut self, e: &UpstreamError) {
-        let kind = match e {
-            UpstreamError::Timeout { .. } => "timeout",
-            _ => e.service(),
-        };
-        self.add(names::ERRORS, &[("error_type", kind)], 1.0);
-        if matches!(
-            e,
-            UpstreamError::RateLimited {
-                service: "openai",
-                ..
-            }
-        ) {
-            self.add(names::OPENAI_RATE_LIMIT_ERRORS, &[], 1.0);
+        self.add(Observation::Error(e.error_type()));
+        if e.is_openai_rate_limit() {
+            self.add(Observation::OpenAiRateLimited);
         }
     }
 
     pub fn redis_error(&mut self) {
-        self.add(names::REDIS_CONNECTION_ERRORS, &[], 1.0);
-        self.add(names::ERRORS, &[("error_type", "redis")], 1.0);
+        self.add(Observation::RedisConnectionError);
+        self.add(Observation::Error(ErrorType::Redis));
     }
 }
 
@@ -53,7 +45,7 @@ pub fn embed_cached(
 ) -> Result<Vec<Vec<f32>>, UpstreamError> {
     let keys: Vec<String> = texts
         .iter()
-        .map(|t| embedding_cache_key(&settings.embedding_model, t))
+        .map(|t| keys::embedding(&settings.embedding_model, t))
         .collect();
     let mut found: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
     if let Some(conn) = conn {
@@ -75,22 +67,17 @@ pub fn embed_cached(
     let missing: Vec<usize> = (0..texts.len()).filter(|i| found[*i].is_none()).collect();
     let hits = texts.len() - missing.len();
     if hits > 0 {
-        telemetry.add(
-            names::CACHE_HITS,
-            &[("cache_type", "embedding")],
-            hits as f64,
-        );
+        telemetry.add(Observation::CacheHits(CacheType::Embedding, hits as f64));
     }
     if !missing.is_empty() {
-        telemetry.add(
-            names::CACHE_MISSES,
-            &[("cache_type", "embedding")],
+        telemetry.add(Observation::CacheMisses(
+            CacheType::Embedding,
             missing.len() as f64,
-        );
+        ));
     }
     for batch in missing.chunks(chatbot_core::ingest::EMBEDDING_BATCH) {
         let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
-        telemetry.add(names::OPENAI_CALLS, &[("operation", "embedding")], 1.0);
+        telemetry.add(Observation::OpenAiCall(Operation::Embedding));
         let (vectors, usage, latency) = match crate::openai::embed(settings, &inputs) {
             Ok(v) => v,
             Err(e) => {
@@ -98,16 +85,15 @@ pub fn embed_cached(
                 return Err(e);
             }
         };
-        telemetry.add(
-            names::OPENAI_LATENCY,
-            &[("operation", "embedding")],
+        telemetry.add(Observation::OpenAiLatency(
+            Operation::Embedding,
             latency.as_secs_f64(),
-        );
-        telemetry.add(
-            names::OPENAI_TOKENS,
-            &[("operation", "embedding"), ("kind", "prompt")],
+        ));
+        telemetry.add(Observation::OpenAiTokens(
+            Operation::Embedding,
+            TokenKind::Prompt,
             usage.prompt_tokens as f64,
-        );
+        ));
         if let Some(conn) = conn {
             let batch_keys: Vec<&str> = batch.iter().map(|i| keys[*i].as_str()).collect();
             let mut args = vec![RedisParameter::Int64(

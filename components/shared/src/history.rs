@@ -2,9 +2,10 @@
 
 use chatbot_core::history::{self, HistoryPage};
 use chatbot_core::query::{Citation, QueryRequest};
-use spin_sdk::pg4::{Connection, DbValue, ParameterValue};
+use spin_sdk::pg4::{Connection, ParameterValue};
 
-use crate::pg::query_one_row;
+use crate::pg::{column, json_column, query_one_row};
+use crate::StoreError;
 
 fn opt_str(v: Option<&str>) -> ParameterValue {
     v.map_or(ParameterValue::DbNull, |s| {
@@ -20,8 +21,8 @@ pub fn store_exchange(
     answer: &str,
     citations: &[Citation],
     cached: bool,
-) -> Result<i64, String> {
-    let conn = Connection::open(address).map_err(|e| format!("open: {e}"))?;
+) -> Result<i64, StoreError> {
+    let conn = Connection::open(address)?;
     let citations = serde_json::to_vec(citations).expect("citations serialise");
     let row = query_one_row(
         &conn,
@@ -36,18 +37,14 @@ pub fn store_exchange(
             ParameterValue::Str(answer.to_string()),
             ParameterValue::Jsonb(citations),
         ],
-    )
-    .map_err(|e| format!("store exchange: {e}"))?;
-    match row.first() {
-        Some(DbValue::Int64(id)) => Ok(*id),
-        other => Err(format!("unexpected result {other:?}")),
-    }
+    )?;
+    column(&row, 0)
 }
 
 /// One page of a session's messages, oldest first, and the session's total, in
 /// one statement that yields one row even for a session with no messages.
-pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, String> {
-    let conn = Connection::open(address).map_err(|e| format!("open: {e}"))?;
+pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, StoreError> {
+    let conn = Connection::open(address)?;
     let row = query_one_row(
         &conn,
         history::HISTORY_PAGE_SQL,
@@ -56,12 +53,8 @@ pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, S
             ParameterValue::Int64(history::offset(page)),
             ParameterValue::Int64(history::PAGE_SIZE),
         ],
-    )
-    .map_err(|e| format!("read history: {e}"))?;
-    let [DbValue::Int64(total), DbValue::Jsonb(messages)] = row.as_slice() else {
-        return Err(format!("unexpected history row {row:?}"));
-    };
-    let messages =
-        history::decode_page_messages(messages).map_err(|e| format!("decode history page: {e}"))?;
-    Ok(HistoryPage::new(session_id, page, *total, messages))
+    )?;
+    let total: i64 = column(&row, 0)?;
+    let messages = json_column(&row, 1)?;
+    Ok(HistoryPage::new(session_id, page, total, messages))
 }

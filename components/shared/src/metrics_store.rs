@@ -1,28 +1,16 @@
 //! Reading what the metrics component keeps in Redis (for `/metrics` and ops).
 
-use chatbot_core::metrics::{self, keys, Snapshot};
+use chatbot_core::keys::metrics as keys;
+use chatbot_core::metrics::{self, Snapshot};
 use spin_sdk::redis::{Connection, RedisResult};
 
-use crate::redis_script::{binary, eval};
-
-pub fn binaries(results: Vec<RedisResult>) -> Vec<Vec<u8>> {
-    results
-        .into_iter()
-        .map(|r| match r {
-            RedisResult::Binary(b) => b,
-            RedisResult::Status(s) => s.into_bytes(),
-            RedisResult::Int64(i) => i.to_string().into_bytes(),
-            RedisResult::Nil => Vec::new(),
-        })
-        .collect()
-}
+use crate::redis_script::{binaries, binary, eval};
+use crate::StoreError;
 
 /// Everything in four round trips: three hashes and the active-session count.
-pub fn snapshot(conn: &Connection) -> Result<Snapshot, String> {
-    let hash = |key: &str| -> Result<_, String> {
-        let flat = conn
-            .execute("HGETALL", &[binary(key)])
-            .map_err(|e| format!("HGETALL: {e}"))?;
+pub fn snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let hash = |key: &str| -> Result<_, StoreError> {
+        let flat = conn.execute("HGETALL", &[binary(key)])?;
         Ok(Snapshot::hash_from_pairs(&binaries(flat)))
     };
     let counters = hash(keys::COUNTERS)?;
@@ -36,7 +24,11 @@ pub fn snapshot(conn: &Connection) -> Result<Snapshot, String> {
     )?;
     let active_sessions = match active.first() {
         Some(RedisResult::Int64(n)) => *n as u64,
-        other => return Err(format!("unexpected active-session reply {other:?}")),
+        other => {
+            return Err(StoreError::Unexpected(format!(
+                "active-session reply {other:?}"
+            )))
+        }
     };
     Ok(Snapshot {
         counters,

@@ -39,8 +39,16 @@ pub fn send_json(
     }
 }
 
-fn bearer(settings: &PipelineSettings) -> String {
-    format!("Bearer {}", settings.openai_api_key.expose())
+/// The `Authorization` header OpenAI expects.
+pub fn openai_headers(settings: &PipelineSettings) -> Vec<(&'static str, String)> {
+    vec![(
+        "authorization",
+        format!("Bearer {}", settings.openai_api_key.expose()),
+    )]
+}
+
+pub fn header_refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// Embeds `texts` in one call. Returns the vectors in order, the usage and the call's latency.
@@ -49,12 +57,12 @@ pub fn embed(
     texts: &[String],
 ) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
     let started = Instant::now();
-    let auth = bearer(settings);
+    let headers = openai_headers(settings);
     let (_, body) = send_json(
         OPENAI,
         "POST",
         &format!("{}/embeddings", settings.openai_base_url),
-        &[("authorization", &auth)],
+        &header_refs(&headers),
         Some(&upstream::embeddings_request(
             &settings.embedding_model,
             texts,
@@ -71,12 +79,12 @@ pub fn chat(
     messages: &[(String, String)],
 ) -> Result<(String, Usage, Duration), UpstreamError> {
     let started = Instant::now();
-    let auth = bearer(settings);
+    let headers = openai_headers(settings);
     let (_, body) = send_json(
         OPENAI,
         "POST",
         &format!("{}/chat/completions", settings.openai_base_url),
-        &[("authorization", &auth)],
+        &header_refs(&headers),
         Some(&upstream::chat_request(&settings.chat_model, messages)),
         settings.openai_timeout,
     )?;
@@ -100,12 +108,11 @@ pub(crate) fn qdrant_send(
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, Vec<u8>), UpstreamError> {
     let headers = qdrant_headers(settings);
-    let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     send_json(
         QDRANT,
         verb,
         &format!("{}{path}", settings.qdrant_url),
-        &refs,
+        &header_refs(&headers),
         body,
         settings.qdrant_timeout,
     )

@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 use crate::caches::{embed_cached, Telemetry};
 use crate::redis_script::{binary, eval, first_binary};
 use crate::settings::PipelineSettings;
-use chatbot_core::metrics::names as m;
-use chatbot_core::query::{self, keys, CachedAnswer, QueryRequest};
+use chatbot_core::audit::AuditAction;
+use chatbot_core::keys;
+use chatbot_core::metrics::recording::Observation;
+use chatbot_core::metrics::{CacheType, ErrorType, Operation, TokenKind};
+use chatbot_core::query::{self, CachedAnswer, QueryRequest};
+use chatbot_core::sessions;
 use chatbot_core::upstream::UpstreamError;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
@@ -35,7 +39,7 @@ fn lookup(
         )
     } else {
         conn.execute("GET", &[binary(cache_key)])
-            .map_err(|e| e.to_string())
+            .map_err(crate::StoreError::from)
     };
     match reply {
         Ok(results) => first_binary(&results).and_then(|bytes| serde_json::from_slice(&bytes).ok()),
@@ -48,12 +52,11 @@ fn lookup(
 }
 
 fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
-    telemetry.add(m::CACHE_HITS, &[("cache_type", "query")], 1.0);
-    telemetry.add(
-        m::TOKENS_SAVED,
-        &[("cache_type", "query")],
+    telemetry.add(Observation::CacheHits(CacheType::Query, 1.0));
+    telemetry.add(Observation::TokensSaved(
+        CacheType::Query,
         value.tokens as f64,
-    );
+    ));
     Answer {
         value,
         cached: true,
@@ -81,9 +84,9 @@ pub fn answer(
     if let Some(value) = lookup(conn, &cache_key, request, count_question, telemetry) {
         return Ok(hit(value, telemetry));
     }
-    telemetry.add(m::CACHE_MISSES, &[("cache_type", "query")], 1.0);
+    telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
-    let lock = query::lock_key(&cache_key);
+    let lock = keys::lock(&cache_key);
     let token = crate::random_token();
     // Long enough for the slowest pipeline; a crashed holder's lock expires on its own.
     let lock_ttl = settings.openai_timeout * 2 + settings.qdrant_timeout + Duration::from_secs(5);
@@ -119,14 +122,14 @@ pub fn answer(
             let page_index = request
                 .page_context
                 .as_deref()
-                .map(query::page_index_key)
+                .map(keys::page_index)
                 .unwrap_or_default();
             let stored = eval(
                 conn,
                 query::STORE_ANSWER_SCRIPT,
                 &[
                     &cache_key,
-                    &query::session_index_key(&request.session_id),
+                    &keys::session_index(&request.session_id),
                     &page_index,
                     &lock,
                 ],
@@ -164,35 +167,34 @@ fn run(
     request: &QueryRequest,
     telemetry: &mut Telemetry,
 ) -> Result<CachedAnswer, UpstreamError> {
-    let text = query::normalise(&request.question);
+    let text = keys::normalise(&request.question);
     let vector = embed_cached(conn, settings, &[text], telemetry)?
         .pop()
         .expect("one vector per text");
 
-    telemetry.add(m::QDRANT_SEARCHES, &[], 1.0);
+    telemetry.add(Observation::QdrantSearch);
     let (passages, latency) =
         crate::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
-    telemetry.add(m::QDRANT_SEARCH_LATENCY, &[], latency.as_secs_f64());
+    telemetry.add(Observation::QdrantSearchLatency(latency.as_secs_f64()));
 
-    telemetry.add(m::OPENAI_CALLS, &[("operation", "chat")], 1.0);
+    telemetry.add(Observation::OpenAiCall(Operation::Chat));
     let messages = query::prompt_messages(request, &passages);
     let (answer, usage, latency) =
         crate::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
-    telemetry.add(
-        m::OPENAI_LATENCY,
-        &[("operation", "chat")],
+    telemetry.add(Observation::OpenAiLatency(
+        Operation::Chat,
         latency.as_secs_f64(),
-    );
-    telemetry.add(
-        m::OPENAI_TOKENS,
-        &[("operation", "chat"), ("kind", "prompt")],
+    ));
+    telemetry.add(Observation::OpenAiTokens(
+        Operation::Chat,
+        TokenKind::Prompt,
         usage.prompt_tokens as f64,
-    );
-    telemetry.add(
-        m::OPENAI_TOKENS,
-        &[("operation", "chat"), ("kind", "completion")],
+    ));
+    telemetry.add(Observation::OpenAiTokens(
+        Operation::Chat,
+        TokenKind::Completion,
         usage.completion_tokens as f64,
-    );
+    ));
     Ok(CachedAnswer {
         answer,
         citations: query::citations(&passages),
@@ -217,21 +219,19 @@ pub fn store_history(
         answer.cached,
     ) {
         Ok(id) => {
-            telemetry.add(
-                m::DATABASE_LATENCY,
-                &[("operation", "store_exchange")],
+            telemetry.add(Observation::DatabaseLatency(
+                Operation::StoreExchange,
                 started.elapsed().as_secs_f64(),
-            );
+            ));
             Some(id)
         }
         Err(e) => {
             eprintln!(
                 "history write lost for session {}: {}",
-                request.session_id,
-                chatbot_core::config::redact_userinfo(&e)
+                request.session_id, e
             );
-            telemetry.add(m::HISTORY_WRITES_LOST, &[], 1.0);
-            telemetry.add(m::ERRORS, &[("error_type", "postgres")], 1.0);
+            telemetry.add(Observation::HistoryWriteLost);
+            telemetry.add(Observation::Error(ErrorType::Postgres));
             None
         }
     }
@@ -239,17 +239,14 @@ pub fn store_history(
 
 /// Top rate-limited sessions and the audit log, in one round trip.
 pub fn note_rate_limited(conn: &Connection, session_id: &str) {
-    let entry = serde_json::json!({
-        "at": crate::now_epoch_seconds(),
-        "action": "rate_limit_denied",
-        "session_id": session_id,
-        // Entries are members of a sorted set: make each one distinct.
-        "id": crate::random_token(),
-    })
-    .to_string();
+    let entry = crate::audit::entry(
+        AuditAction::RateLimitDenied,
+        serde_json::json!({ "session_id": session_id }),
+    )
+    .to_json();
     if let Err(e) = eval(
         conn,
-        query::NOTE_RATE_LIMITED_SCRIPT,
+        sessions::NOTE_RATE_LIMITED_SCRIPT,
         &[keys::RATE_LIMITED_SESSIONS, keys::AUDIT_LOG],
         &[binary(session_id), binary(entry)],
     ) {

@@ -1,22 +1,22 @@
 //! Running Lua scripts with `EVALSHA`, falling back to `EVAL` when the server
 //! has lost them (restart, `SCRIPT FLUSH`, failover).
 
+use chatbot_core::digest::script_sha;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+
+use crate::StoreError;
 
 pub fn binary(s: impl AsRef<[u8]>) -> RedisParameter {
     RedisParameter::Binary(s.as_ref().to_vec())
 }
 
-pub fn sha1_hex(script: &str) -> String {
-    chatbot_core::metrics::script_sha(script)
-}
-
+/// Runs a script by its SHA-1, loading it with `EVAL` when Redis has lost it.
 pub fn eval(
     conn: &Connection,
     script: &str,
     keys: &[&str],
     args: &[RedisParameter],
-) -> Result<Vec<RedisResult>, String> {
+) -> Result<Vec<RedisResult>, StoreError> {
     let params = |first: &[u8]| {
         let mut p = Vec::with_capacity(2 + keys.len() + args.len());
         p.push(binary(first));
@@ -25,13 +25,13 @@ pub fn eval(
         p.extend(args.iter().cloned());
         p
     };
-    match conn.execute("EVALSHA", &params(sha1_hex(script).as_bytes())) {
+    match conn.execute("EVALSHA", &params(script_sha(script).as_bytes())) {
         Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => {
             conn.execute("EVAL", &params(script.as_bytes()))
         }
         other => other,
     }
-    .map_err(|e| e.to_string())
+    .map_err(StoreError::from)
 }
 
 /// The bytes of a `GET`-like reply (`None` for nil).
@@ -40,4 +40,28 @@ pub fn first_binary(results: &[RedisResult]) -> Option<Vec<u8>> {
         Some(RedisResult::Binary(b)) => Some(b.clone()),
         _ => None,
     }
+}
+
+/// Every reply as bytes (`HGETALL`, `SMEMBERS`, `ZRANGE`...; nil is empty).
+pub fn binaries(results: Vec<RedisResult>) -> Vec<Vec<u8>> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            RedisResult::Binary(b) => b,
+            RedisResult::Status(s) => s.into_bytes(),
+            RedisResult::Int64(i) => i.to_string().into_bytes(),
+            RedisResult::Nil => Vec::new(),
+        })
+        .collect()
+}
+
+/// The integers of a script's reply, in order (others skipped).
+pub fn integers(results: &[RedisResult]) -> Vec<i64> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            RedisResult::Int64(v) => Some(*v),
+            _ => None,
+        })
+        .collect()
 }

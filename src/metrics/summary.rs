@@ -1,49 +1,12 @@
-//! Operations logic: session concurrency, metrics summaries, cache-clear
-//! requests, retention cleanup statements, audit paging.
+//! The `/health/metrics` summary: totals, rates and latency quantiles computed
+//! from what the metrics component keeps in Redis.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::metrics::{names, Snapshot, LATENCY_BUCKETS};
-use crate::query::{validate_id, Rejection};
-
-// ---------------------------------------------------------------- sessions
-
-/// Admits a session for a user if it is already active or the user has fewer
-/// than `max` active ones; idle sessions stop counting after `idle` seconds.
-/// KEYS: the user's session set, the audit log. ARGV: session id, max,
-/// idle seconds, audit entry. Answers `{admitted, active, oldest_last_seen}`.
-pub const SESSION_ADMIT_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-local idle = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - idle)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
-  redis.call('EXPIRE', KEYS[1], idle)
-  return {1, redis.call('ZCARD', KEYS[1]), now}
-end
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[2], now * 1000000 + tonumber(t[2]), ARGV[4])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, n, tonumber(oldest[2])}
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('EXPIRE', KEYS[1], idle)
-return {1, n + 1, now}
-"#;
-
-pub fn user_sessions_key(user_id: &str) -> String {
-    format!(
-        "chatbot:user-sessions:{}",
-        crate::query::md5_of_parts(&[user_id])
-    )
-}
-
-// ---------------------------------------------------------------- metrics summary
+use super::registry::{names, LATENCY_BUCKETS};
+use super::rendering::Snapshot;
 
 /// Estimates a quantile from cumulative bucket counts, interpolating inside
 /// the bucket as Prometheus's `histogram_quantile` does.
@@ -183,103 +146,6 @@ pub fn summarise(snapshot: &Snapshot) -> MetricsSummary {
     }
 }
 
-// ---------------------------------------------------------------- cache clearing
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClearRequest {
-    /// `all`, `query` or `embedding` (default `all`).
-    #[serde(default)]
-    pub cache_type: Option<String>,
-    /// Only this session's cached answers.
-    #[serde(default)]
-    pub session_id: Option<String>,
-    /// Only answers for this page context.
-    #[serde(default)]
-    pub page_context: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClearScope {
-    All,
-    Query,
-    Embedding,
-    Session(String),
-    PageContext(String),
-}
-
-pub fn parse_clear(body: &[u8]) -> Result<ClearScope, Rejection> {
-    let request: ClearRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ClearRequest {
-            cache_type: None,
-            session_id: None,
-            page_context: None,
-        }
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            Rejection::new(
-                400,
-                "invalid_request",
-                format!("expected {{\"cache_type\", \"session_id\", \"page_context\"}}: {e}"),
-            )
-        })?
-    };
-    match (
-        request.cache_type.as_deref(),
-        request.session_id,
-        request.page_context,
-    ) {
-        (None | Some("query"), Some(session), None) => {
-            validate_id("session_id", &session)?;
-            Ok(ClearScope::Session(session))
-        }
-        (None | Some("query"), None, Some(page)) if !page.trim().is_empty() => {
-            Ok(ClearScope::PageContext(page))
-        }
-        (_, Some(_), Some(_)) => Err(Rejection::new(
-            400,
-            "invalid_request",
-            "give either `session_id` or `page_context`, not both",
-        )),
-        (_, None, Some(_)) => Err(Rejection::new(
-            400,
-            "invalid_request",
-            "`page_context` must not be empty",
-        )),
-        (Some(_), Some(_), None) => Err(Rejection::new(
-            400,
-            "invalid_request",
-            "`session_id` scopes the query cache only",
-        )),
-        (None | Some("all"), None, None) => Ok(ClearScope::All),
-        (Some("query"), None, None) => Ok(ClearScope::Query),
-        (Some("embedding"), None, None) => Ok(ClearScope::Embedding),
-        (Some(other), _, _) => Err(Rejection::new(
-            400,
-            "invalid_request",
-            format!("unknown cache_type `{other}`: use all, query or embedding"),
-        )),
-    }
-}
-
-// ---------------------------------------------------------------- retention
-
-/// Deletes up to `$1` expired rows of a table per call; run until it deletes fewer.
-pub const CLEANUP_STATEMENTS: [(&str, &str); 3] = [
-    ("messages", "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires_at <= now() LIMIT $1)"),
-    ("conversations", "DELETE FROM conversations WHERE id IN (SELECT id FROM conversations WHERE expires_at <= now() LIMIT $1)"),
-    ("user_sessions", "DELETE FROM user_sessions WHERE id IN (SELECT id FROM user_sessions WHERE expires_at <= now() LIMIT $1)"),
-];
-
-pub const DEFAULT_CLEANUP_BATCH: i64 = 1000;
-pub const MAX_CLEANUP_BATCHES: u32 = 1000;
-
-/// `page` (1-based) of a list with `per_page` items, newest first: the ZREVRANGE bounds.
-pub fn page_bounds(page: i64, per_page: i64) -> (i64, i64) {
-    let start = (page - 1) * per_page;
-    (start, start + per_page - 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,47 +201,5 @@ mod tests {
         // Rank 5 of 10 falls in (0.5, 1]: 0.5 + 0.5 * (5 - 3) / 7.
         assert_eq!(summary.latency_seconds["p50"], Some(0.642857));
         assert!(summary.latency_seconds["p99"].unwrap() <= 1.0);
-    }
-
-    #[test]
-    fn clear_requests_parse_into_scopes() {
-        assert_eq!(parse_clear(b""), Ok(ClearScope::All));
-        assert_eq!(
-            parse_clear(br#"{"cache_type":"embedding"}"#),
-            Ok(ClearScope::Embedding)
-        );
-        assert_eq!(
-            parse_clear(br#"{"cache_type":"query"}"#),
-            Ok(ClearScope::Query)
-        );
-        assert_eq!(
-            parse_clear(br#"{"session_id":"s1"}"#),
-            Ok(ClearScope::Session("s1".into()))
-        );
-        assert_eq!(
-            parse_clear(br#"{"page_context":"Ch 1"}"#),
-            Ok(ClearScope::PageContext("Ch 1".into()))
-        );
-        for bad in [
-            &br#"{"cache_type":"nope"}"#[..],
-            br#"{"session_id":"a b"}"#,
-            br#"{"session_id":"s","page_context":"p"}"#,
-            br#"{"x":1}"#,
-            b"[",
-            br#"{"cache_type":"embedding","session_id":"s"}"#,
-        ] {
-            assert_eq!(
-                parse_clear(bad).unwrap_err().status,
-                400,
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn pages_of_the_audit_log() {
-        assert_eq!(page_bounds(1, 50), (0, 49));
-        assert_eq!(page_bounds(3, 50), (100, 149));
     }
 }

@@ -1,0 +1,31 @@
+//! What the host I/O adapters fail with.
+
+/// A failure of Redis or Postgres, or a reply that was not what was asked for.
+/// Never carries a password: addresses are redacted before they get here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl From<spin_sdk::redis::Error> for StoreError {
+    fn from(e: spin_sdk::redis::Error) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
+impl From<spin_sdk::pg4::Error> for StoreError {
+    fn from(e: spin_sdk::pg4::Error) -> Self {
+        Self::Postgres(chatbot_core::config::redact_userinfo(&e.to_string()))
+    }
+}
+
+impl From<spin_sdk::pg4::PgError> for StoreError {
+    fn from(e: spin_sdk::pg4::PgError) -> Self {
+        Self::Postgres(chatbot_core::config::redact_userinfo(&e.to_string()))
+    }
+}

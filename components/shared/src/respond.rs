@@ -1,0 +1,26 @@
+//! Building responses: JSON bodies and the one rendering of [`ApiError`].
+
+use chatbot_core::api::ApiError;
+use spin_sdk::http::Response;
+
+pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).expect("responses serialise"))
+        .build()
+}
+
+/// The JSON error body, with the headers the error carries.
+pub fn error(error: &ApiError) -> Response {
+    let mut response = json(error.status, &error.body());
+    for (name, value) in &error.headers {
+        response.set_header(*name, value.as_str());
+    }
+    response
+}
+
+/// A handler's result as a response.
+pub fn reply(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| error(&e))
+}

@@ -1,0 +1,84 @@
+//! spin-sdk's `Router`, built from a component's route table in the core
+//! (`chatbot_core::routes`): admin routes checked in one place, and JSON
+//! errors for what the table does not serve (404, or 405 with `Allow`).
+
+use chatbot_core::api::ApiError;
+use chatbot_core::audit::AuditAction;
+use chatbot_core::auth;
+use chatbot_core::routes::{allowed_methods, Route};
+use spin_sdk::http::{Method, Params, Request, Response, Router};
+
+use crate::respond::{error, reply};
+
+/// A route's handler: a response, or the error to render.
+pub type Handler = fn(Request, Params) -> Result<Response, ApiError>;
+
+fn method(name: &str) -> Method {
+    match name {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        other => panic!("route table method {other} is not routed"),
+    }
+}
+
+/// A router serving `table`, each route by `handler_for(route)`.
+pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) -> Router {
+    let mut router = Router::new();
+    for route in table {
+        let handler = handler_for(route);
+        router.add(
+            route.path,
+            method(route.method),
+            move |req: Request, params: Params| -> Response {
+                if route.admin {
+                    if let Err(e) = authorise(&req) {
+                        return error(&e);
+                    }
+                }
+                reply(handler(req, params))
+            },
+        );
+    }
+    let mut paths: Vec<&'static str> = table.iter().map(|r| r.path).collect();
+    paths.dedup();
+    for path in paths {
+        router.any(path, move |req: Request, _: Params| -> Response {
+            error(&ApiError::method_not_allowed(
+                &req.method().to_string(),
+                req.path(),
+                &allowed_methods(table, path),
+            ))
+        });
+    }
+    router.any("/*", |req: Request, _: Params| -> Response {
+        error(&ApiError::not_found(req.path()))
+    });
+    router
+}
+
+/// Refuses without the admin bearer token (constant-time compare; no token
+/// configured means admin is closed), and audits the refusal.
+pub fn authorise(req: &Request) -> Result<(), ApiError> {
+    let token = chatbot_core::settings::admin_token(&crate::settings::lookup);
+    let presented = req.header("authorization").and_then(|v| v.as_str());
+    if auth::bearer_matches(presented, token.expose()) {
+        return Ok(());
+    }
+    if let Ok(conn) = crate::settings::open_redis() {
+        crate::audit::append(
+            &conn,
+            AuditAction::Unauthorized,
+            serde_json::json!({
+                "path": req.path(),
+                "method": req.method().to_string(),
+                "token_presented": presented.is_some(),
+            }),
+        );
+    }
+    Err(ApiError::unauthorized(
+        "a valid admin bearer token is required",
+    ))
+}

@@ -1,0 +1,18 @@
+//! The metrics: the registry of what may be recorded ([`registry`]), how a
+//! request's samples are validated and stored in Redis in one script call
+//! ([`recording`]), how a scrape's Redis data becomes Prometheus text
+//! ([`rendering`]), and the `/health/metrics` summary ([`summary`]).
+//!
+//! Spin keeps no memory between requests, so every counter and histogram
+//! bucket lives in Redis hashes. Labels take values only from closed
+//! vocabularies (enums in [`registry`]), so no caller input (session ids,
+//! questions) can become a label and blow up cardinality.
+
+pub mod recording;
+pub mod registry;
+pub mod rendering;
+pub mod summary;
+
+pub use recording::{record_arguments, Sample, SampleError, RECORD_SCRIPT};
+pub use registry::*;
+pub use rendering::{render, Snapshot, ACTIVE_SESSIONS_SCRIPT, CONTENT_TYPE};

@@ -1,0 +1,304 @@
+//! What may be recorded: every metric's name, help, kind and labels, and each
+//! label's closed vocabulary as an enum.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram(&'static [f64]),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+}
+
+/// Seconds: 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A session counts as active this long after its last request.
+pub const ACTIVE_SESSION_WINDOW_SECONDS: u64 = 900;
+
+pub mod names {
+    pub const QUERY_LATENCY: &str = "chatbot_query_latency_seconds";
+    pub const QUERIES: &str = "chatbot_queries_total";
+    pub const CACHE_HITS: &str = "chatbot_cache_hits_total";
+    pub const CACHE_MISSES: &str = "chatbot_cache_misses_total";
+    pub const OPENAI_CALLS: &str = "chatbot_openai_api_calls_total";
+    pub const QDRANT_SEARCHES: &str = "chatbot_qdrant_searches_total";
+    pub const QDRANT_SEARCH_LATENCY: &str = "chatbot_qdrant_search_latency_seconds";
+    pub const RATE_LIMIT_HITS: &str = "chatbot_rate_limit_hits_total";
+    pub const DATABASE_LATENCY: &str = "chatbot_database_query_latency_seconds";
+    pub const ERRORS: &str = "chatbot_errors_total";
+    pub const REDIS_CONNECTION_ERRORS: &str = "chatbot_redis_connection_errors_total";
+    pub const OPENAI_RATE_LIMIT_ERRORS: &str = "chatbot_openai_rate_limit_errors_total";
+    pub const ACTIVE_SESSIONS: &str = "chatbot_active_sessions";
+    pub const OPENAI_LATENCY: &str = "chatbot_openai_latency_seconds";
+    pub const OPENAI_TOKENS: &str = "chatbot_openai_tokens_total";
+    pub const TOKENS_SAVED: &str = "chatbot_cache_tokens_saved_total";
+    pub const RATE_LIMITER_DECISIONS: &str = "chatbot_rate_limiter_decisions_total";
+    pub const HISTORY_WRITES_LOST: &str = "chatbot_history_writes_lost_total";
+}
+
+/// Every metric the recorder accepts and `/metrics` shows: the seed's, then an operator's extras.
+pub const REGISTRY: &[MetricDef] = &[
+    MetricDef {
+        name: names::QUERY_LATENCY,
+        help: "Latency of chat queries, by cache status",
+        kind: Kind::Histogram(LATENCY_BUCKETS),
+        labels: &["cache_status"],
+    },
+    MetricDef {
+        name: names::QUERIES,
+        help: "Requests to the chat API, by endpoint and outcome",
+        kind: Kind::Counter,
+        labels: &["endpoint", "status"],
+    },
+    MetricDef {
+        name: names::CACHE_HITS,
+        help: "Cache hits, by cache type",
+        kind: Kind::Counter,
+        labels: &["cache_type"],
+    },
+    MetricDef {
+        name: names::CACHE_MISSES,
+        help: "Cache misses, by cache type",
+        kind: Kind::Counter,
+        labels: &["cache_type"],
+    },
+    MetricDef {
+        name: names::OPENAI_CALLS,
+        help: "Calls to the OpenAI API, by operation",
+        kind: Kind::Counter,
+        labels: &["operation"],
+    },
+    MetricDef {
+        name: names::QDRANT_SEARCHES,
+        help: "Vector searches sent to Qdrant",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::QDRANT_SEARCH_LATENCY,
+        help: "Latency of Qdrant searches",
+        kind: Kind::Histogram(LATENCY_BUCKETS),
+        labels: &[],
+    },
+    MetricDef {
+        name: names::RATE_LIMIT_HITS,
+        help: "Requests refused by the rate limiter (per-session detail: /health/cache/analytics)",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::DATABASE_LATENCY,
+        help: "Latency of Postgres operations, by operation",
+        kind: Kind::Histogram(LATENCY_BUCKETS),
+        labels: &["operation"],
+    },
+    MetricDef {
+        name: names::ERRORS,
+        help: "Errors, by type",
+        kind: Kind::Counter,
+        labels: &["error_type"],
+    },
+    MetricDef {
+        name: names::REDIS_CONNECTION_ERRORS,
+        help: "Failed Redis connections or commands",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::OPENAI_RATE_LIMIT_ERRORS,
+        help: "OpenAI answers of 429",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::ACTIVE_SESSIONS,
+        help: "Sessions seen in the last 15 minutes",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::OPENAI_LATENCY,
+        help: "Latency of OpenAI calls, by operation",
+        kind: Kind::Histogram(LATENCY_BUCKETS),
+        labels: &["operation"],
+    },
+    MetricDef {
+        name: names::OPENAI_TOKENS,
+        help: "Tokens billed by OpenAI, by operation and kind",
+        kind: Kind::Counter,
+        labels: &["operation", "kind"],
+    },
+    MetricDef {
+        name: names::TOKENS_SAVED,
+        help: "OpenAI tokens not spent thanks to the caches, by cache type",
+        kind: Kind::Counter,
+        labels: &["cache_type"],
+    },
+    MetricDef {
+        name: names::RATE_LIMITER_DECISIONS,
+        help: "Rate-limiter decisions, by how they were reached",
+        kind: Kind::Counter,
+        labels: &["outcome"],
+    },
+    MetricDef {
+        name: names::HISTORY_WRITES_LOST,
+        help: "Exchanges answered but not stored in Postgres",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+];
+
+/// Declares a label's closed vocabulary as an enum: a value outside it does
+/// not compile, and the recorder's run-time check reads the same list.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident = $label:literal { $($variant:ident => $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// The label this vocabulary is for.
+            pub const LABEL: &'static str = $label;
+            /// Every value, in declaration order.
+            pub const VALUES: &'static [&'static str] = &[$($value),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value),+
+                }
+            }
+        }
+    };
+}
+
+label_values!(
+    /// Which API a request was for.
+    Endpoint = "endpoint" {
+        Query => "query",
+        History => "history",
+        Documents => "documents",
+        Health => "health",
+        Metrics => "metrics",
+        Admin => "admin",
+    }
+);
+label_values!(
+    /// How a request ended (`chatbot_queries_total`).
+    QueryStatus = "status" {
+        Success => "success",
+        Cached => "cached",
+        Error => "error",
+        RateLimited => "rate_limited",
+        Invalid => "invalid",
+        Unavailable => "unavailable",
+    }
+);
+label_values!(
+    CacheType = "cache_type" {
+        Query => "query",
+        Embedding => "embedding",
+    }
+);
+label_values!(
+    /// How the query cache served a request.
+    CacheStatus = "cache_status" {
+        Hit => "hit",
+        Miss => "miss",
+        Bypass => "bypass",
+    }
+);
+label_values!(
+    /// An upstream or database operation.
+    Operation = "operation" {
+        Embedding => "embedding",
+        Chat => "chat",
+        Search => "search",
+        Upsert => "upsert",
+        StoreExchange => "store_exchange",
+        ReadHistory => "read_history",
+        Cleanup => "cleanup",
+    }
+);
+label_values!(
+    ErrorType = "error_type" {
+        Validation => "validation",
+        OpenAi => "openai",
+        Qdrant => "qdrant",
+        Redis => "redis",
+        Postgres => "postgres",
+        Timeout => "timeout",
+        Config => "config",
+        Internal => "internal",
+    }
+);
+label_values!(
+    /// How the rate limiter reached its decision.
+    LimiterOutcome = "outcome" {
+        Enforced => "enforced",
+        Disabled => "disabled",
+        FailedOpen => "failed_open",
+        FailedClosed => "failed_closed",
+    }
+);
+label_values!(
+    TokenKind = "kind" {
+        Prompt => "prompt",
+        Completion => "completion",
+    }
+);
+
+/// The values each label may take (empty for an unknown label).
+pub fn label_vocabulary(label: &str) -> &'static [&'static str] {
+    match label {
+        Endpoint::LABEL => Endpoint::VALUES,
+        QueryStatus::LABEL => QueryStatus::VALUES,
+        CacheType::LABEL => CacheType::VALUES,
+        CacheStatus::LABEL => CacheStatus::VALUES,
+        Operation::LABEL => Operation::VALUES,
+        ErrorType::LABEL => ErrorType::VALUES,
+        LimiterOutcome::LABEL => LimiterOutcome::VALUES,
+        TokenKind::LABEL => TokenKind::VALUES,
+        _ => &[],
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static MetricDef> {
+    REGISTRY.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_labels_have_vocabularies() {
+        let mut names: Vec<&str> = REGISTRY.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
+        for def in REGISTRY {
+            for label in def.labels {
+                assert!(!label_vocabulary(label).is_empty(), "{label}");
+            }
+        }
+    }
+
+    #[test]
+    fn typed_labels_and_their_vocabularies_agree() {
+        assert_eq!(label_vocabulary("endpoint"), Endpoint::VALUES);
+        assert_eq!(Endpoint::Documents.as_str(), "documents");
+        assert_eq!(CacheStatus::VALUES, ["hit", "miss", "bypass"]);
+        assert!(label_vocabulary("session_id").is_empty());
+    }
+}

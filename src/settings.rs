@@ -1,0 +1,288 @@
+//! Every setting the components read, parsed from one lookup.
+//!
+//! A component passes a closure that reads a Spin variable (`None` when it is
+//! not set); everything else (names, ranges, defaults, what is secret) is
+//! decided here and unit-tested natively with a map for a lookup.
+
+use std::time::Duration;
+
+use crate::api::validate_id;
+use crate::config::{self, names, ConfigError, Secret};
+use crate::query::{AnswerShape, CacheScope};
+use crate::ratelimit::{BucketConfig, FailurePolicy};
+
+/// Reads one variable; `None` when it is not set.
+pub trait Lookup {
+    fn get(&self, name: &str) -> Option<String>;
+
+    fn require(&self, name: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| ConfigError::Missing {
+            name: name.to_string(),
+        })
+    }
+
+    fn number(&self, name: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        config::parse_u64(name, &self.require(name)?, min, max)
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Lookup for F {
+    fn get(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+pub fn redis_address(lookup: &impl Lookup) -> Result<String, ConfigError> {
+    config::parse_redis_address(names::REDIS_ADDRESS, &lookup.require(names::REDIS_ADDRESS)?)
+}
+
+pub fn postgres_address(lookup: &impl Lookup) -> Result<String, ConfigError> {
+    config::parse_postgres_address(
+        names::POSTGRES_ADDRESS,
+        &lookup.require(names::POSTGRES_ADDRESS)?,
+    )
+}
+
+/// The admin token; empty (admin closed) when not set.
+pub fn admin_token(lookup: &impl Lookup) -> Secret {
+    Secret::new(lookup.get(names::ADMIN_TOKEN).unwrap_or_default())
+}
+
+/// How long a health probe waits for a dependency (2 s unless set).
+pub fn health_check_timeout(lookup: &impl Lookup) -> Duration {
+    let ms = lookup
+        .get(names::HEALTH_CHECK_TIMEOUT_MS)
+        .and_then(|raw| config::parse_u64(names::HEALTH_CHECK_TIMEOUT_MS, &raw, 50, 60_000).ok())
+        .unwrap_or(2000);
+    Duration::from_millis(ms)
+}
+
+/// Everything the RAG pipeline needs.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub redis_address: String,
+    pub postgres_address: String,
+    pub openai_base_url: String,
+    pub openai_api_key: Secret,
+    pub embedding_model: String,
+    pub chat_model: String,
+    pub qdrant_url: String,
+    pub qdrant_api_key: Secret,
+    pub qdrant_collection: String,
+    pub top_k: u32,
+    pub query_cache_ttl_seconds: u64,
+    pub embedding_cache_ttl_seconds: u64,
+    pub cache_scope: CacheScope,
+    pub retention_days: u32,
+    pub openai_timeout: Duration,
+    pub qdrant_timeout: Duration,
+}
+
+fn base_url(lookup: &impl Lookup, name: &str) -> Result<String, ConfigError> {
+    Ok(config::require_non_empty(name, &lookup.require(name)?)?
+        .trim_end_matches('/')
+        .to_string())
+}
+
+impl PipelineSettings {
+    pub fn from_lookup(lookup: &impl Lookup) -> Result<Self, ConfigError> {
+        let scope_raw = lookup.require(names::QUERY_CACHE_SCOPE)?;
+        let collection = config::require_non_empty(
+            names::QDRANT_COLLECTION,
+            &lookup.require(names::QDRANT_COLLECTION)?,
+        )?;
+        validate_id(names::QDRANT_COLLECTION, &collection).map_err(|_| ConfigError::Invalid {
+            name: names::QDRANT_COLLECTION.into(),
+            value: collection.clone(),
+            expected: "a collection name of letters, digits, '-', '_', '.' or ':'",
+        })?;
+        Ok(Self {
+            redis_address: redis_address(lookup)?,
+            postgres_address: postgres_address(lookup)?,
+            openai_base_url: base_url(lookup, names::OPENAI_BASE_URL)?,
+            openai_api_key: Secret::new(lookup.require(names::OPENAI_API_KEY)?),
+            embedding_model: config::require_non_empty(
+                names::EMBEDDING_MODEL,
+                &lookup.require(names::EMBEDDING_MODEL)?,
+            )?,
+            chat_model: config::require_non_empty(
+                names::CHAT_MODEL,
+                &lookup.require(names::CHAT_MODEL)?,
+            )?,
+            qdrant_url: base_url(lookup, names::QDRANT_URL)?,
+            qdrant_api_key: Secret::new(lookup.require(names::QDRANT_API_KEY)?),
+            qdrant_collection: collection,
+            top_k: lookup.number(names::TOP_K, 1, 100)? as u32,
+            query_cache_ttl_seconds: lookup.number(
+                names::QUERY_CACHE_TTL_SECONDS,
+                1,
+                30 * 86_400,
+            )?,
+            embedding_cache_ttl_seconds: lookup.number(
+                names::EMBEDDING_CACHE_TTL_SECONDS,
+                1,
+                365 * 86_400,
+            )?,
+            cache_scope: CacheScope::parse(&scope_raw).ok_or(ConfigError::Invalid {
+                name: names::QUERY_CACHE_SCOPE.into(),
+                value: scope_raw,
+                expected: "`session` or `global`",
+            })?,
+            retention_days: lookup.number(names::RETENTION_DAYS, 1, 36_500)? as u32,
+            openai_timeout: Duration::from_millis(lookup.number(
+                names::OPENAI_TIMEOUT_MS,
+                100,
+                600_000,
+            )?),
+            qdrant_timeout: Duration::from_millis(lookup.number(
+                names::QDRANT_TIMEOUT_MS,
+                100,
+                600_000,
+            )?),
+        })
+    }
+
+    pub fn shape(&self) -> AnswerShape<'_> {
+        AnswerShape {
+            chat_model: &self.chat_model,
+            embedding_model: &self.embedding_model,
+            collection: &self.qdrant_collection,
+            top_k: self.top_k,
+            scope: self.cache_scope,
+        }
+    }
+}
+
+/// How many sessions a user may hold, and when an idle one stops counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub max_per_user: u64,
+    pub idle_seconds: u64,
+}
+
+impl SessionLimits {
+    pub fn from_lookup(lookup: &impl Lookup) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_per_user: lookup.number(names::MAX_SESSIONS_PER_USER, 1, 10_000)?,
+            idle_seconds: lookup.number(names::SESSION_IDLE_SECONDS, 1, 30 * 86_400)?,
+        })
+    }
+}
+
+/// The rate limiter's bucket and policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterSettings {
+    pub enabled: bool,
+    pub bucket: BucketConfig,
+    pub on_failure: FailurePolicy,
+}
+
+impl LimiterSettings {
+    pub fn from_lookup(lookup: &impl Lookup) -> Result<Self, ConfigError> {
+        let raw_policy = lookup.require(names::RATE_LIMIT_FAILURE_POLICY)?;
+        Ok(Self {
+            enabled: config::parse_bool(
+                names::RATE_LIMIT_ENABLED,
+                &lookup.require(names::RATE_LIMIT_ENABLED)?,
+            )?,
+            bucket: BucketConfig {
+                capacity: lookup.number(names::RATE_LIMIT_REQUESTS, 1, 1_000_000)? as u32,
+                window_seconds: lookup.number(names::RATE_LIMIT_WINDOW_SECONDS, 1, 86_400)? as u32,
+            },
+            on_failure: FailurePolicy::parse(&raw_policy).ok_or(ConfigError::Invalid {
+                name: names::RATE_LIMIT_FAILURE_POLICY.into(),
+                value: raw_policy,
+                expected: "`open` or `closed`",
+            })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn defaults() -> BTreeMap<&'static str, &'static str> {
+        BTreeMap::from([
+            (names::REDIS_ADDRESS, "redis://127.0.0.1:6379"),
+            (names::POSTGRES_ADDRESS, "postgres://u:pw@127.0.0.1/db"),
+            (names::OPENAI_BASE_URL, "https://api.openai.com/v1/"),
+            (names::OPENAI_API_KEY, "sk-test"),
+            (names::EMBEDDING_MODEL, "text-embedding-3-small"),
+            (names::CHAT_MODEL, "gpt-4o-mini"),
+            (names::QDRANT_URL, "http://127.0.0.1:6333"),
+            (names::QDRANT_API_KEY, ""),
+            (names::QDRANT_COLLECTION, "documents"),
+            (names::TOP_K, "5"),
+            (names::QUERY_CACHE_TTL_SECONDS, "3600"),
+            (names::EMBEDDING_CACHE_TTL_SECONDS, "86400"),
+            (names::QUERY_CACHE_SCOPE, "session"),
+            (names::RETENTION_DAYS, "30"),
+            (names::OPENAI_TIMEOUT_MS, "30000"),
+            (names::QDRANT_TIMEOUT_MS, "5000"),
+            (names::MAX_SESSIONS_PER_USER, "5"),
+            (names::SESSION_IDLE_SECONDS, "1800"),
+            (names::RATE_LIMIT_ENABLED, "true"),
+            (names::RATE_LIMIT_REQUESTS, "100"),
+            (names::RATE_LIMIT_WINDOW_SECONDS, "60"),
+            (names::RATE_LIMIT_FAILURE_POLICY, "open"),
+        ])
+    }
+
+    fn lookup(map: BTreeMap<&'static str, &'static str>) -> impl Fn(&str) -> Option<String> {
+        move |name| map.get(name).map(|v| v.to_string())
+    }
+
+    #[test]
+    fn the_defaults_parse_into_every_setting() {
+        let vars = lookup(defaults());
+        let pipeline = PipelineSettings::from_lookup(&vars).unwrap();
+        assert_eq!(pipeline.openai_base_url, "https://api.openai.com/v1");
+        assert_eq!(pipeline.top_k, 5);
+        assert_eq!(pipeline.cache_scope, CacheScope::Session);
+        assert_eq!(pipeline.qdrant_timeout, Duration::from_secs(5));
+        assert!(!format!("{pipeline:?}").contains("sk-test"));
+        assert_eq!(
+            SessionLimits::from_lookup(&vars).unwrap(),
+            SessionLimits {
+                max_per_user: 5,
+                idle_seconds: 1800
+            }
+        );
+        let limiter = LimiterSettings::from_lookup(&vars).unwrap();
+        assert!(limiter.enabled);
+        assert_eq!(limiter.bucket.capacity, 100);
+        assert_eq!(health_check_timeout(&vars), Duration::from_secs(2));
+        assert!(admin_token(&vars).is_empty());
+    }
+
+    #[test]
+    fn each_bad_or_missing_setting_is_named() {
+        for (name, bad) in [
+            (names::TOP_K, "0"),
+            (names::QUERY_CACHE_SCOPE, "everyone"),
+            (names::QDRANT_COLLECTION, "a b"),
+            (names::REDIS_ADDRESS, "http://x"),
+            (names::RATE_LIMIT_FAILURE_POLICY, "maybe"),
+        ] {
+            let mut map = defaults();
+            map.insert(name, bad);
+            let vars = lookup(map);
+            let error = PipelineSettings::from_lookup(&vars)
+                .err()
+                .or_else(|| LimiterSettings::from_lookup(&vars).err())
+                .unwrap_or_else(|| panic!("{name} = {bad:?} was accepted"));
+            assert!(error.to_string().contains(name), "{error}");
+        }
+        let mut map = defaults();
+        map.remove(names::CHAT_MODEL);
+        assert_eq!(
+            PipelineSettings::from_lookup(&lookup(map)).unwrap_err(),
+            ConfigError::Missing {
+                name: names::CHAT_MODEL.into()
+            }
+        );
+    }
+}
