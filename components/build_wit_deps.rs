@@ -21,19 +21,13 @@ fn workspace_root() -> PathBuf {
 
 /// The spin-sdk version the lock file pins.
 fn locked_spin_sdk_version(root: &Path) -> String {
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("reading Cargo.lock");
-    let mut lines = lock.lines();
-    while let Some(line) = lines.next() {
-        if line.trim() == format!("name = \"{SPIN_SDK}\"") {
-            let version = lines.next().expect("version line after name");
-            return version
-                .trim()
-                .trim_start_matches("version = ")
-                .trim_matches('"')
-                .to_string();
-        }
-    }
-    panic!("{SPIN_SDK} is not in Cargo.lock");
+    let lockfile = cargo_lock::Lockfile::load(root.join("Cargo.lock")).expect("reading Cargo.lock");
+    lockfile
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == SPIN_SDK)
+        .map(|p| p.version.to_string())
+        .unwrap_or_else(|| panic!("{SPIN_SDK} is not in Cargo.lock"))
 }
 
 /// Where cargo unpacked spin-sdk: ask `cargo metadata`, which also downloads it if needed.

@@ -31,6 +31,12 @@ pub mod names {
     pub const OPENAI_TIMEOUT_MS: &str = "openai_timeout_ms";
     pub const QDRANT_TIMEOUT_MS: &str = "qdrant_timeout_ms";
     pub const SESSION_IDLE_SECONDS: &str = "session_idle_seconds";
+    // Read by no component: spin.toml templates `allowed_outbound_hosts` from
+    // these (`scheme://host:port` of each dependency; Spin forbids paths there).
+    pub const REDIS_ALLOWED_HOST: &str = "redis_allowed_host";
+    pub const POSTGRES_ALLOWED_HOST: &str = "postgres_allowed_host";
+    pub const QDRANT_ALLOWED_HOST: &str = "qdrant_allowed_host";
+    pub const OPENAI_ALLOWED_HOST: &str = "openai_allowed_host";
 }
 
 /// A secret value: usable, but never printed by `Debug` or `Display`.

@@ -22,6 +22,7 @@ pub mod server;
 pub mod services;
 pub mod stubs;
 
+use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,10 +52,10 @@ pub fn origin_of(url: &str) -> String {
 /// Each dependency's address variable and the `allowed_outbound_hosts`
 /// variable that must name its `scheme://host:port` (see spin.toml).
 pub const ALLOW_LIST_VARIABLES: [(&str, &str); 4] = [
-    ("redis_address", "redis_allowed_host"),
-    ("postgres_address", "postgres_allowed_host"),
-    ("qdrant_url", "qdrant_allowed_host"),
-    ("openai_base_url", "openai_allowed_host"),
+    (names::REDIS_ADDRESS, names::REDIS_ALLOWED_HOST),
+    (names::POSTGRES_ADDRESS, names::POSTGRES_ALLOWED_HOST),
+    (names::QDRANT_URL, names::QDRANT_ALLOWED_HOST),
+    (names::OPENAI_BASE_URL, names::OPENAI_ALLOWED_HOST),
 ];
 
 /// The allow-list variable that goes with an address variable.
@@ -141,13 +142,19 @@ impl TestAppBuilder {
         let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
 
         let mut variables = BTreeMap::from([
-            ("redis_address".to_string(), redis_url.clone()),
-            ("postgres_address".to_string(), postgres_url.clone()),
-            ("openai_base_url".to_string(), openai.base_url()),
-            ("openai_api_key".to_string(), TEST_OPENAI_KEY.to_string()),
-            ("qdrant_url".to_string(), qdrant.url()),
-            ("qdrant_api_key".to_string(), TEST_QDRANT_KEY.to_string()),
-            ("admin_token".to_string(), TEST_ADMIN_TOKEN.to_string()),
+            (names::REDIS_ADDRESS.to_string(), redis_url.clone()),
+            (names::POSTGRES_ADDRESS.to_string(), postgres_url.clone()),
+            (names::OPENAI_BASE_URL.to_string(), openai.base_url()),
+            (
+                names::OPENAI_API_KEY.to_string(),
+                TEST_OPENAI_KEY.to_string(),
+            ),
+            (names::QDRANT_URL.to_string(), qdrant.url()),
+            (
+                names::QDRANT_API_KEY.to_string(),
+                TEST_QDRANT_KEY.to_string(),
+            ),
+            (names::ADMIN_TOKEN.to_string(), TEST_ADMIN_TOKEN.to_string()),
         ]);
         for (address, allowed) in ALLOW_LIST_VARIABLES {
             let origin = origin_of(&variables[address]);

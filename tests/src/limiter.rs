@@ -1,6 +1,7 @@
 //! Drives the rate-limiter component through its `chatbot:ratelimit/limiter`
 //! export, lending it a Redis connection the way the query handler does.
 
+use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ impl LimiterUnderTest {
     /// Loads the built component with these limiter settings over `redis_address`.
     pub fn load(redis_address: &str, settings: &[(&str, &str)]) -> Result<Self> {
         let mut variables = BTreeMap::from([
-            ("redis_address".to_string(), redis_address.to_string()),
+            (names::REDIS_ADDRESS.to_string(), redis_address.to_string()),
             ("rate_limit_enabled".to_string(), "true".to_string()),
             ("rate_limit_requests".to_string(), "100".to_string()),
             ("rate_limit_window_seconds".to_string(), "60".to_string()),

@@ -1,6 +1,7 @@
 //! Drives the metrics component through its `chatbot:metrics/recorder`
 //! export, lending it a Redis connection the way the query handler does.
 
+use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,7 +33,8 @@ pub fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
 
 impl RecorderUnderTest {
     pub fn load(redis_address: &str) -> Result<Self> {
-        let variables = BTreeMap::from([("redis_address".to_string(), redis_address.to_string())]);
+        let variables =
+            BTreeMap::from([(names::REDIS_ADDRESS.to_string(), redis_address.to_string())]);
         let allowed = vec![crate::origin_of(redis_address)];
         let path = crate::project_root().join("target/wasm32-wasip2/release/metrics.wasm");
         let library = Arc::new(Library::load(&path, variables, &allowed)?);

@@ -5,8 +5,9 @@ use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
 use chatbot_core::query::SET_MANY_SCRIPT;
-use chatbot_core::upstream::UpstreamError;
+use chatbot_core::upstream::{UpstreamError, Usage};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use std::time::Duration;
 
 use crate::redis_script::{binary, eval};
 use crate::settings::PipelineSettings;
@@ -26,6 +27,24 @@ impl Telemetry {
         self.add(Observation::Error(e.error_type()));
         if e.is_openai_rate_limit() {
             self.add(Observation::OpenAiRateLimited);
+        }
+    }
+
+    /// An OpenAI call that answered: its latency and the tokens it billed
+    /// (embeddings bill prompt tokens only).
+    pub fn openai_answered(&mut self, operation: Operation, latency: Duration, usage: &Usage) {
+        self.add(Observation::OpenAiLatency(operation, latency.as_secs_f64()));
+        self.add(Observation::OpenAiTokens(
+            operation,
+            TokenKind::Prompt,
+            usage.prompt_tokens as f64,
+        ));
+        if operation != Operation::Embedding {
+            self.add(Observation::OpenAiTokens(
+                operation,
+                TokenKind::Completion,
+                usage.completion_tokens as f64,
+            ));
         }
     }
 
@@ -85,15 +104,7 @@ pub fn embed_cached(
                 return Err(e);
             }
         };
-        telemetry.add(Observation::OpenAiLatency(
-            Operation::Embedding,
-            latency.as_secs_f64(),
-        ));
-        telemetry.add(Observation::OpenAiTokens(
-            Operation::Embedding,
-            TokenKind::Prompt,
-            usage.prompt_tokens as f64,
-        ));
+        telemetry.openai_answered(Operation::Embedding, latency, &usage);
         if let Some(conn) = conn {
             let batch_keys: Vec<&str> = batch.iter().map(|i| keys[*i].as_str()).collect();
             let mut args = vec![RedisParameter::Int64(

@@ -9,7 +9,7 @@ use crate::settings::PipelineSettings;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{CacheType, ErrorType, Operation, TokenKind};
+use chatbot_core::metrics::{CacheType, ErrorType, Operation};
 use chatbot_core::query::{self, CachedAnswer, QueryRequest};
 use chatbot_core::sessions;
 use chatbot_core::upstream::UpstreamError;
@@ -181,20 +181,7 @@ fn run(
     let messages = query::prompt_messages(request, &passages);
     let (answer, usage, latency) =
         crate::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
-    telemetry.add(Observation::OpenAiLatency(
-        Operation::Chat,
-        latency.as_secs_f64(),
-    ));
-    telemetry.add(Observation::OpenAiTokens(
-        Operation::Chat,
-        TokenKind::Prompt,
-        usage.prompt_tokens as f64,
-    ));
-    telemetry.add(Observation::OpenAiTokens(
-        Operation::Chat,
-        TokenKind::Completion,
-        usage.completion_tokens as f64,
-    ));
+    telemetry.openai_answered(Operation::Chat, latency, &usage);
     Ok(CachedAnswer {
         answer,
         citations: query::citations(&passages),

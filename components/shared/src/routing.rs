@@ -13,13 +13,11 @@ use crate::respond::{error, reply};
 /// A route's handler: a response, or the error to render.
 pub type Handler = fn(Request, Params) -> Result<Response, ApiError>;
 
+/// The route tables use `GET` and `POST` only.
 fn method(name: &str) -> Method {
     match name {
         "GET" => Method::Get,
         "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "PATCH" => Method::Patch,
         other => panic!("route table method {other} is not routed"),
     }
 }

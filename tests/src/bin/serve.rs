@@ -9,6 +9,7 @@
 //!   --stubs             start local OpenAI- and Qdrant-compatible stand-ins and use them
 //!                       (for trying the app without an OpenAI key or a Qdrant server)
 
+use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,12 +74,12 @@ async fn main() -> Result<()> {
         let openai = stubs::openai::OpenAiStub::start("local-stub-key", 256).await?;
         let qdrant = stubs::qdrant::QdrantStub::start(None).await?;
         for (name, value) in [
-            ("openai_base_url", openai.base_url()),
-            ("openai_api_key", "local-stub-key".to_string()),
-            ("openai_allowed_host", openai.server.origin()),
-            ("qdrant_url", qdrant.url()),
-            ("qdrant_api_key", String::new()),
-            ("qdrant_allowed_host", qdrant.url()),
+            (names::OPENAI_BASE_URL, openai.base_url()),
+            (names::OPENAI_API_KEY, "local-stub-key".to_string()),
+            (names::OPENAI_ALLOWED_HOST, openai.server.origin()),
+            (names::QDRANT_URL, qdrant.url()),
+            (names::QDRANT_API_KEY, String::new()),
+            (names::QDRANT_ALLOWED_HOST, qdrant.url()),
         ] {
             variables.insert(name.to_string(), value);
         }
@@ -102,7 +103,7 @@ async fn main() -> Result<()> {
 
     if options.migrate {
         let address = ResolvedVariables::resolve(&manifest, &variables)?
-            .get("postgres_address")
+            .get(names::POSTGRES_ADDRESS)
             .context("postgres_address is not set")?
             .to_string();
         services::migrate(&address)
