@@ -68,4 +68,5 @@ if [ -z "${SPIN_VARIABLE_OPENAI_API_KEY:-}" ]; then
     stubs=(--stubs)
 fi
 echo "run: spin is not installed (or no OpenAI key): serving with the harness's serve on $LISTEN" >&2
-exec cargo run --quiet --profile host -p chatbot-harness --bin serve -- --listen "$LISTEN" --migrate "${stubs[@]}"
+# The dev profile: the same build of `serve` that `bash tests/test.sh` makes (see Cargo.toml).
+exec cargo run --quiet -p chatbot-harness --bin serve -- --listen "$LISTEN" --migrate "${stubs[@]}"
