@@ -39,11 +39,6 @@ redis.call('PEXPIRE', KEYS[1], full_in_ms)
 return {admitted, math.floor(tokens * 1000), tonumber(t[1]), tonumber(t[2])}
 "#;
 
-/// SHA-1 of [`TOKEN_BUCKET_SCRIPT`], for `EVALSHA`.
-pub fn token_bucket_script_sha() -> String {
-    crate::digest::script_sha(TOKEN_BUCKET_SCRIPT)
-}
-
 /// Longest key a caller may pass (it is hashed, but a bound keeps requests small).
 pub const MAX_KEY_LEN: usize = 512;
 
@@ -297,7 +292,7 @@ mod tests {
 
     #[test]
     fn script_sha_is_stable_hex() {
-        let sha = token_bucket_script_sha();
+        let sha = crate::digest::script_sha(TOKEN_BUCKET_SCRIPT);
         assert_eq!(sha.len(), 40);
         assert!(sha.chars().all(|c| c.is_ascii_hexdigit()));
     }

@@ -10,7 +10,7 @@ use chatbot_core::settings::health_check_timeout;
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
 use chatbot_spin::redis_script::{binaries, binary};
 use chatbot_spin::respond::json;
-use chatbot_spin::settings::{self, lookup, PipelineSettings};
+use chatbot_spin::settings::{self, lookup};
 use chatbot_spin::{http, StoreError};
 use serde_json::json;
 use spin_sdk::http::{Params, Request, Response};
@@ -56,16 +56,14 @@ fn probe_postgres() -> ServiceCheck {
     finish("postgres", started, outcome)
 }
 
-/// A `GET` that must answer 2xx within the health-check timeout.
-fn probe_http(
-    name: &str,
-    url: Result<String, String>,
-    headers: &[(&'static str, String)],
-    timeout: Duration,
-) -> ServiceCheck {
+/// A URL to `GET` with its headers, or why it cannot be probed.
+type ProbeTarget = Result<(String, Vec<(&'static str, String)>), String>;
+
+/// A `GET` of the target that must answer 2xx within the health-check timeout.
+fn probe_http(name: &str, target: ProbeTarget, timeout: Duration) -> ServiceCheck {
     let started = Instant::now();
-    let outcome = url.and_then(|url| {
-        match http::request("GET", &url, &header_refs(headers), None, timeout) {
+    let outcome = target.and_then(|(url, headers)| {
+        match http::request("GET", &url, &header_refs(&headers), None, timeout) {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
             Ok(r) => Err(format!("answered {}", r.status)),
             Err(http::HttpError::Timeout) => {
@@ -79,30 +77,19 @@ fn probe_http(
 
 fn all_checks() -> ServicesReport {
     let timeout = health_check_timeout(&lookup);
-    let pipeline = settings::pipeline().map_err(|e| e.to_string());
     // Qdrant's `/healthz` (plain text), and OpenAI's `GET /models`: reachable, and the key is accepted.
-    let endpoint =
-        |url: fn(&PipelineSettings) -> String| pipeline.as_ref().map(url).map_err(Clone::clone);
-    let none = Vec::new();
-    let (qdrant_auth, openai_auth) = match &pipeline {
-        Ok(p) => (qdrant_headers(p), openai_headers(p)),
-        Err(_) => (none.clone(), none),
+    let (qdrant, openai) = match settings::pipeline() {
+        Ok(p) => (
+            Ok((format!("{}/healthz", p.qdrant_url), qdrant_headers(&p))),
+            Ok((format!("{}/models", p.openai_base_url), openai_headers(&p))),
+        ),
+        Err(e) => (Err(e.to_string()), Err(e.to_string())),
     };
     ServicesReport::new(vec![
         probe_redis(),
         probe_postgres(),
-        probe_http(
-            "qdrant",
-            endpoint(|p| format!("{}/healthz", p.qdrant_url)),
-            &qdrant_auth,
-            timeout,
-        ),
-        probe_http(
-            "openai",
-            endpoint(|p| format!("{}/models", p.openai_base_url)),
-            &openai_auth,
-            timeout,
-        ),
+        probe_http("qdrant", qdrant, timeout),
+        probe_http("openai", openai, timeout),
     ])
 }
 

@@ -40,7 +40,9 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
             },
         );
     }
+    // One 405 fallback per path, however many methods the table gives it.
     let mut paths: Vec<&'static str> = table.iter().map(|r| r.path).collect();
+    paths.sort_unstable();
     paths.dedup();
     for path in paths {
         router.any(path, move |req: Request, _: Params| -> Response {

@@ -117,21 +117,17 @@ impl v4::HostConnection for HostState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> wasmtime::Result<Result<RowSet, Error>> {
-        Ok(match self.query_rows(connection, statement, params).await {
-            Ok(rows) if rows.is_empty() => {
-                HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
-                match self.env.zero_row_queries {
-                    ZeroRowQueries::Fail => anyhow::bail!(ZERO_ROW_QUERY_TRAP),
-                    // Spin 3.x answered an empty row set with no columns.
-                    ZeroRowQueries::Answer => Ok(RowSet {
-                        columns: vec![],
-                        rows: vec![],
-                    }),
-                }
+        let rows = match self.query_rows(connection, statement, params).await {
+            Ok(rows) => rows,
+            Err(e) => return Ok(Err(e)),
+        };
+        if rows.is_empty() {
+            HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
+            if self.env.zero_row_queries == ZeroRowQueries::Fail {
+                anyhow::bail!(ZERO_ROW_QUERY_TRAP);
             }
-            Ok(rows) => row_set(&rows),
-            Err(e) => Err(e),
-        })
+        }
+        Ok(row_set(&rows))
     }
 
     async fn execute(
@@ -172,8 +168,9 @@ impl HostState {
     }
 }
 
-/// Rows as Spin returns them (at least one: see [`ZeroRowQueries`]).
+/// Rows as Spin returns them.
 fn row_set(rows: &[Row]) -> Result<RowSet, Error> {
+    // Spin 3.x answered an empty row set with no columns (4.0.x hangs: see [`ZeroRowQueries`]).
     let Some(first) = rows.first() else {
         return Ok(RowSet {
             columns: vec![],
