@@ -12,6 +12,9 @@ pub struct ErrorBody {
     pub detail: String,
     /// A stable machine-readable code, e.g. `invalid_request`, `rate_limited`.
     pub status: String,
+    /// On a 5xx: the id under which the log holds the details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ErrorBody {
@@ -19,6 +22,7 @@ impl ErrorBody {
         Self {
             detail: detail.into(),
             status: status.into(),
+            request_id: None,
         }
     }
 
@@ -39,8 +43,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     Unauthorized,
+    Forbidden,
     RateLimited,
     SessionLimit,
+    BudgetExceeded,
     UpstreamUnavailable,
     Unavailable,
     ConfigurationError,
@@ -57,8 +63,10 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::SessionLimit => "session_limit",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::Unavailable => "unavailable",
             Self::ConfigurationError => "configuration_error",

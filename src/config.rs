@@ -31,12 +31,23 @@ pub mod names {
     pub const OPENAI_TIMEOUT_MS: &str = "openai_timeout_ms";
     pub const QDRANT_TIMEOUT_MS: &str = "qdrant_timeout_ms";
     pub const SESSION_IDLE_SECONDS: &str = "session_idle_seconds";
+    pub const AUTH_MODE: &str = "auth_mode";
+    pub const JWT_HS256_SECRET: &str = "jwt_hs256_secret";
+    pub const JWT_JWKS_URL: &str = "jwt_jwks_url";
+    pub const JWT_ISSUER: &str = "jwt_issuer";
+    pub const JWT_AUDIENCE: &str = "jwt_audience";
+    pub const JWT_JWKS_CACHE_SECONDS: &str = "jwt_jwks_cache_seconds";
+    pub const RATE_LIMIT_PER_ADDRESS_REQUESTS: &str = "rate_limit_per_address_requests";
+    pub const RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS: &str = "rate_limit_per_address_window_seconds";
+    pub const TRUSTED_PROXY_HOPS: &str = "trusted_proxy_hops";
+    pub const USER_TOKEN_BUDGET_PER_DAY: &str = "user_token_budget_per_day";
     // Read by no component: spin.toml templates `allowed_outbound_hosts` from
     // these (`scheme://host:port` of each dependency; Spin forbids paths there).
     pub const REDIS_ALLOWED_HOST: &str = "redis_allowed_host";
     pub const POSTGRES_ALLOWED_HOST: &str = "postgres_allowed_host";
     pub const QDRANT_ALLOWED_HOST: &str = "qdrant_allowed_host";
     pub const OPENAI_ALLOWED_HOST: &str = "openai_allowed_host";
+    pub const JWT_JWKS_ALLOWED_HOST: &str = "jwt_jwks_allowed_host";
 }
 
 /// A secret value: usable, but never printed by `Debug` or `Display`.

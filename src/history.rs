@@ -14,8 +14,13 @@ pub const PAGE_SIZE: i64 = 50;
 
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
-/// citations as a JSON array of `{source, chunk_id, score, snippet}`.
+/// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
+/// whether the session's owner is enforced (`jwt` mode).
 /// Returns the conversation id and the number of citations stored.
+///
+/// A session's owner never changes once set (a later request naming another
+/// user does not take it over). With `$9`, an exchange for a session owned by
+/// someone else stores nothing and answers a NULL conversation id.
 ///
 /// One row always (issue #10): the final `SELECT` has no `FROM`.
 pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
@@ -26,7 +31,10 @@ WITH s AS (
     ON CONFLICT (session_id) DO UPDATE
         SET last_seen_at = now(),
             expires_at = EXCLUDED.expires_at,
-            user_id = COALESCE(EXCLUDED.user_id, user_sessions.user_id)
+            user_id = COALESCE(user_sessions.user_id, EXCLUDED.user_id)
+        WHERE NOT $9::bool
+            OR user_sessions.user_id IS NULL
+            OR user_sessions.user_id = EXCLUDED.user_id
     RETURNING id
 ), c AS (
     INSERT INTO conversations (user_session_id, expires_at)
@@ -53,8 +61,9 @@ SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS cita
 
 /// `$1` session id, `$2` offset, `$3` page size. One page of a session's
 /// messages, oldest first, with their citations, and the session's total, in
-/// one round trip: columns `total` (int8) and `messages` (a jsonb array of
-/// [`HistoryMessage`]s, decoded with serde).
+/// one round trip: columns `total` (int8), `messages` (a jsonb array of
+/// [`HistoryMessage`]s, decoded with serde) and `owner` (the session's user,
+/// NULL for an unknown session or one without a user).
 ///
 /// One row always (issue #10), for a session that never existed and for a
 /// page past the end too: the outer `SELECT` has no `FROM`, `count(*)` has no
@@ -87,8 +96,14 @@ SELECT
                                                     'score', ci.score, 'snippet', ci.snippet) ORDER BY ci.id)
                 FROM citations ci WHERE ci.message_id = p.id), '[]'::jsonb)
         ) ORDER BY p.\"timestamp\", p.id)
-        FROM page p), '[]'::jsonb) AS messages",
+        FROM page p), '[]'::jsonb) AS messages,
+    (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner",
 );
+
+/// `$1` session id: its owner, NULL for an unknown session. One row always:
+/// a scalar subquery with no `FROM` around it.
+pub const SESSION_OWNER_SQL: OneRowQuery =
+    OneRowQuery::new("SELECT (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner");
 
 /// The offset of a page's first message.
 pub fn offset(page: i64) -> i64 {

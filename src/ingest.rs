@@ -71,6 +71,16 @@ pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Do
                 doc.id
             )));
         }
+        if doc.text.contains('\0')
+            || doc.source.contains('\0')
+            || doc.metadata.as_ref().is_some_and(contains_nul)
+        {
+            // Passages are quoted into history rows, and Postgres text cannot hold NUL.
+            return Err(ApiError::invalid(format!(
+                "document `{}` contains a NUL character",
+                doc.id
+            )));
+        }
         if doc.metadata.as_ref().is_some_and(|m| !m.is_object()) {
             return Err(ApiError::invalid(format!(
                 "metadata of `{}` must be an object",
@@ -79,6 +89,15 @@ pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Do
         }
     }
     Ok(parsed.documents)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 /// Splits text into chunks of about `size` characters that overlap by
@@ -209,6 +228,19 @@ mod tests {
         assert_ne!(id, point_id("doc-2", 0));
         assert_eq!(id.len(), 36);
         assert_eq!(id.chars().nth(14), Some('3'));
+    }
+
+    #[test]
+    fn documents_with_nul_are_refused() {
+        for body in [
+            r#"{"documents":[{"id":"d1","text":"a\u0000b","source":"s"}]}"#,
+            r#"{"documents":[{"id":"d1","text":"t","source":"s\u0000"}]}"#,
+            r#"{"documents":[{"id":"d1","text":"t","source":"s","metadata":{"k":["\u0000"]}}]}"#,
+        ] {
+            let e = parse_documents(Some("application/json"), body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.detail.contains("NUL"), "{}", e.detail);
+        }
     }
 
     #[test]

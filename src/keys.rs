@@ -20,8 +20,20 @@ pub const PAGE_INDEX_PREFIX: &str = "chatbot:query-index:page:";
 pub const TOP_QUESTIONS: &str = "chatbot:analytics:top-questions";
 /// The most rate-limited sessions (a sorted set, capped).
 pub const RATE_LIMITED_SESSIONS: &str = "chatbot:analytics:rate-limited-sessions";
-/// The audit log (a sorted set by time, capped: see `audit`).
+/// The admin audit log (a sorted set by time, capped: see `audit`).
 pub const AUDIT_LOG: &str = "chatbot:audit";
+/// The security log: refusals (see `audit`).
+pub const SECURITY_LOG: &str = "chatbot:audit:security";
+/// A security entry's sampling marker: `chatbot:audit-throttle:<md5 of action and address>`.
+pub const AUDIT_THROTTLE_PREFIX: &str = "chatbot:audit-throttle:";
+/// A session's owner in `jwt` mode: `chatbot:session-owner:<md5 of session>`.
+pub const SESSION_OWNER_PREFIX: &str = "chatbot:session-owner:";
+/// A user's OpenAI tokens for a UTC day: `chatbot:user-tokens:<md5 of user>:<day>`.
+pub const USER_TOKENS_PREFIX: &str = "chatbot:user-tokens:";
+/// The issuer's key set, as fetched: `chatbot:jwks:<md5 of URL>`.
+pub const JWKS_PREFIX: &str = "chatbot:jwks:";
+/// Set while a refetch of the key set for an unknown `kid` is not allowed again.
+pub const JWKS_REFETCH_PREFIX: &str = "chatbot:jwks-refetch:";
 /// A user's active sessions: `chatbot:user-sessions:<md5 of user>`.
 pub const USER_SESSIONS_PREFIX: &str = "chatbot:user-sessions:";
 /// A token bucket: `chatbot:ratelimit:{<md5 of caller key>}`.
@@ -76,6 +88,29 @@ pub fn embedding(model: &str, text: &str) -> String {
 
 pub fn user_sessions(user_id: &str) -> String {
     format!("{USER_SESSIONS_PREFIX}{}", md5_of_parts(&[user_id]))
+}
+
+pub fn audit_throttle(action: &str, address: &str) -> String {
+    format!(
+        "{AUDIT_THROTTLE_PREFIX}{}",
+        md5_of_parts(&[action, address])
+    )
+}
+
+pub fn session_owner(session_id: &str) -> String {
+    format!("{SESSION_OWNER_PREFIX}{}", md5_of_parts(&[session_id]))
+}
+
+pub fn user_tokens(user_id: &str, day: u64) -> String {
+    format!("{USER_TOKENS_PREFIX}{}:{day}", md5_of_parts(&[user_id]))
+}
+
+pub fn jwks(url: &str) -> String {
+    format!("{JWKS_PREFIX}{}", md5_of_parts(&[url]))
+}
+
+pub fn jwks_refetch(url: &str) -> String {
+    format!("{JWKS_REFETCH_PREFIX}{}", md5_of_parts(&[url]))
 }
 
 /// A token bucket's key; the hash tag keeps one bucket in one Cluster slot.

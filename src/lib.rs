@@ -17,6 +17,7 @@ pub mod sql;
 pub mod codec;
 pub mod health;
 pub mod history;
+pub mod identity;
 pub mod ingest;
 pub mod invalidation;
 pub mod metrics;

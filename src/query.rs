@@ -38,8 +38,26 @@ fn string_field(
 
 const FIELDS: [&str; 4] = ["question", "session_id", "page_context", "user_id"];
 
+/// Refuses control characters other than whitespace (NUL among them: Postgres
+/// text cannot hold it, and it has no business in a question).
+fn refuse_control_characters(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        Err(ApiError::invalid(format!(
+            "`{field}` contains control characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// Parses and validates a query body. Nothing is touched before this passes.
-pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryRequest, ApiError> {
+/// A body without `session_id` is refused, unless `new_session` supplies one
+/// (`jwt` mode: the server creates sessions).
+pub fn parse_query(
+    content_type: Option<&str>,
+    body: &[u8],
+    new_session: Option<String>,
+) -> Result<QueryRequest, ApiError> {
     api::require_json(content_type, "the query")?;
     api::require_size(body, MAX_BODY_BYTES)?;
     let text = std::str::from_utf8(body)
@@ -71,13 +89,9 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
             "`question` may be at most {MAX_QUESTION_CHARS} characters"
         )));
     }
-    if question
-        .chars()
-        .any(|c| c.is_control() && !c.is_whitespace())
-    {
-        return Err(ApiError::invalid("`question` contains control characters"));
-    }
+    refuse_control_characters("question", &question)?;
     let session_id = string_field(&object, "session_id")?
+        .or(new_session)
         .ok_or_else(|| ApiError::invalid("`session_id` is required"))?;
     validate_id("session_id", &session_id)?;
     let page_context = string_field(&object, "page_context")?
@@ -90,6 +104,9 @@ pub fn parse_query(content_type: Option<&str>, body: &[u8]) -> Result<QueryReque
         return Err(ApiError::invalid(format!(
             "`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"
         )));
+    }
+    if let Some(page) = &page_context {
+        refuse_control_characters("page_context", page)?;
     }
     let user_id = string_field(&object, "user_id")?;
     if let Some(user) = &user_id {
@@ -259,14 +276,21 @@ pub fn snippet(text: &str) -> String {
     }
 }
 
+/// Text as Postgres can store it: NUL removed (a passage stored before
+/// ingestion refused NUL, or written by another tool, must not make the
+/// history write fail).
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "")
+}
+
 pub fn citations(passages: &[Passage]) -> Vec<Citation> {
     passages
         .iter()
         .map(|p| Citation {
-            source: p.source.clone(),
-            chunk_id: p.chunk_id.clone(),
+            source: storable(&p.source),
+            chunk_id: storable(&p.chunk_id),
             score: (p.score * 10_000.0).round() / 10_000.0,
-            snippet: snippet(&p.text),
+            snippet: storable(&snippet(&p.text)),
         })
         .collect()
 }
@@ -343,7 +367,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<QueryRequest, ApiError> {
-        parse_query(Some("application/json"), body.as_bytes())
+        parse_query(Some("application/json"), body.as_bytes(), None)
     }
 
     const SHAPE: AnswerShape = AnswerShape {
@@ -366,6 +390,34 @@ mod tests {
         assert_eq!(q.user_id, None);
         let q = parse(r#"{"question":"q","session_id":"s","page_context":null}"#).unwrap();
         assert_eq!(q.page_context, None);
+        // jwt mode: a missing session is the server's to create.
+        let q = parse_query(
+            Some("application/json"),
+            br#"{"question":"q"}"#,
+            Some("generated".into()),
+        )
+        .unwrap();
+        assert_eq!(q.session_id, "generated");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        for bad in [r"\u0000", r"\u0007", r"\u001b[31m", r"\u007f"] {
+            for body in [
+                format!(r#"{{"question":"a{bad}b","session_id":"s"}}"#),
+                format!(r#"{{"question":"q","session_id":"s","page_context":"p{bad}"}}"#),
+                format!(r#"{{"question":"q","session_id":"s{bad}"}}"#),
+                format!(r#"{{"question":"q","session_id":"s","user_id":"u{bad}"}}"#),
+            ] {
+                let e = parse(&body).unwrap_err();
+                assert_eq!(e.status, 400, "{body}");
+            }
+        }
+        // Ordinary whitespace is text.
+        assert!(parse(
+            r#"{"question":"line one\nline two\ttab","session_id":"s","page_context":"a\nb"}"#
+        )
+        .is_ok());
     }
 
     #[test]
@@ -403,7 +455,7 @@ mod tests {
             ),
         ];
         for (ct, body, status) in cases {
-            let r = parse_query(*ct, body.as_bytes()).unwrap_err();
+            let r = parse_query(*ct, body.as_bytes(), None).unwrap_err();
             assert_eq!(r.status, *status, "{body}: {r:?}");
         }
         let big = format!(
@@ -412,7 +464,7 @@ mod tests {
         );
         assert_eq!(parse(&big).unwrap_err().status, 413);
         assert_eq!(
-            parse_query(Some("application/json"), &[0xff, 0xfe])
+            parse_query(Some("application/json"), &[0xff, 0xfe], None)
                 .unwrap_err()
                 .status,
             400
@@ -473,6 +525,21 @@ mod tests {
         assert!(messages[1].1.contains("Page context: Chapter 2"));
         assert!(messages[1].1.contains("[1] (book.pdf) Because."));
         assert!(messages[1].1.ends_with("Question: Why?"));
+    }
+
+    #[test]
+    fn citations_never_carry_nul() {
+        let passage = Passage {
+            source: "a\0.pdf".into(),
+            chunk_id: "c\u{0}1".into(),
+            score: 0.5,
+            text: "x\0y".into(),
+        };
+        let c = &citations(&[passage])[0];
+        assert_eq!(
+            (c.source.as_str(), c.chunk_id.as_str(), c.snippet.as_str()),
+            ("a.pdf", "c1", "xy")
+        );
     }
 
     #[test]

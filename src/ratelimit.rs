@@ -7,37 +7,67 @@
 //! denied and takes nothing, so the bucket never goes negative. Redis's own
 //! clock (`TIME`) is used, so replicas with skewed clocks share one bucket.
 
-/// The bucket script. `KEYS[1]`: the bucket. `ARGV`: capacity, window in
-/// milliseconds, cost. Answers `{admitted (0/1), milli-tokens left, now seconds,
-/// now microseconds within the second}`.
+/// The bucket script, for all of a request's buckets at once (per client
+/// address, session, user): each is refilled, and the cost is taken from every
+/// one only if every one can pay it; a denial takes nothing from any.
+/// `KEYS`: the buckets. `ARGV`: cost, then each bucket's capacity and window
+/// in milliseconds. Answers `{admitted (0/1), now seconds, now microseconds
+/// within the second, milli-tokens left in each bucket...}`.
 pub const TOKEN_BUCKET_SCRIPT: &str = r#"
-local capacity = tonumber(ARGV[1])
-local window_ms = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+local cost = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = capacity
-  at = now_us
+local left, rates, caps = {}, {}, {}
+local admitted = 1
+for i, key in ipairs(KEYS) do
+  local capacity = tonumber(ARGV[2 * i])
+  local rate = capacity / (tonumber(ARGV[2 * i + 1]) * 1000)
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then
+    tokens = capacity
+    at = now_us
+  end
+  local elapsed = now_us - at
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(capacity, tokens + elapsed * rate)
+  if cost > tokens then admitted = 0 end
+  left[i], rates[i], caps[i] = tokens, rate, capacity
 end
-local rate_per_us = capacity / (window_ms * 1000)
-local elapsed = now_us - at
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(capacity, tokens + elapsed * rate_per_us)
-local admitted = 0
-if cost <= tokens then
-  tokens = tokens - cost
-  admitted = 1
+local reply = {admitted, tonumber(t[1]), tonumber(t[2])}
+for i, key in ipairs(KEYS) do
+  local tokens = left[i]
+  if admitted == 1 then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', now_us))
+  -- An idle bucket is full again after this long; then it can simply vanish.
+  redis.call('PEXPIRE', key, math.ceil((caps[i] - tokens) / rates[i] / 1000) + 1000)
+  reply[#reply + 1] = math.floor(tokens * 1000)
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', now_us))
--- An idle bucket is full again after this long; then it can simply vanish.
-local full_in_ms = math.ceil((capacity - tokens) / rate_per_us / 1000) + 1000
-redis.call('PEXPIRE', KEYS[1], full_in_ms)
-return {admitted, math.floor(tokens * 1000), tonumber(t[1]), tonumber(t[2])}
+return reply
 "#;
+
+/// Which limit a bucket enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The client address (`spin-client-addr`, or `X-Forwarded-For` behind trusted proxies).
+    ClientAddress,
+    Session,
+    User,
+}
+
+impl Scope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientAddress => "address",
+            Self::Session => "session",
+            Self::User => "user",
+        }
+    }
+}
+
+/// Most buckets one check may name.
+pub const MAX_BUCKETS: usize = 8;
 
 /// Longest key a caller may pass (it is hashed, but a bound keeps requests small).
 pub const MAX_KEY_LEN: usize = 512;
@@ -52,6 +82,8 @@ pub struct BucketConfig {
 pub enum LimitError {
     #[error("rate-limit key must be 1 to {MAX_KEY_LEN} bytes")]
     InvalidKey,
+    #[error("a check names 1 to {MAX_BUCKETS} buckets")]
+    BucketCount,
     #[error("cost must be at least 1")]
     ZeroCost,
     #[error("cost {cost} exceeds the bucket capacity {capacity}: it could never be admitted")]
@@ -61,11 +93,14 @@ pub enum LimitError {
 /// The Redis key for a caller's bucket. The caller's text is hashed, so it can
 /// never inject key syntax; the `{...}` hash tag keeps one bucket in one
 /// Redis Cluster slot.
-pub fn bucket_key(caller_key: &str) -> Result<String, LimitError> {
+pub fn bucket_key(scope: Scope, caller_key: &str) -> Result<String, LimitError> {
     if caller_key.is_empty() || caller_key.len() > MAX_KEY_LEN {
         return Err(LimitError::InvalidKey);
     }
-    Ok(crate::keys::rate_limit_bucket(caller_key))
+    Ok(crate::keys::rate_limit_bucket(&format!(
+        "{}:{caller_key}",
+        scope.as_str()
+    )))
 }
 
 /// Checks a request before it goes to Redis.
@@ -83,24 +118,27 @@ pub fn validate(config: BucketConfig, cost: u32) -> Result<(), LimitError> {
 }
 
 /// What the script answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptReply {
     pub admitted: bool,
-    pub milli_tokens_left: i64,
     pub now_seconds: i64,
     pub now_micros: i64,
+    /// Milli-tokens left in each bucket, in the order they were named.
+    pub milli_tokens_left: Vec<i64>,
 }
 
 impl ScriptReply {
-    /// Parses the script's four integers.
-    pub fn from_integers(values: &[i64]) -> Option<Self> {
+    /// Parses the script's integers for `buckets` buckets.
+    pub fn from_integers(values: &[i64], buckets: usize) -> Option<Self> {
         match values {
-            [admitted, milli, secs, micros] => Some(Self {
-                admitted: *admitted == 1,
-                milli_tokens_left: *milli,
-                now_seconds: *secs,
-                now_micros: *micros,
-            }),
+            [admitted, secs, micros, left @ ..] if left.len() == buckets && buckets > 0 => {
+                Some(Self {
+                    admitted: *admitted == 1,
+                    now_seconds: *secs,
+                    now_micros: *micros,
+                    milli_tokens_left: left.to_vec(),
+                })
+            }
             _ => None,
         }
     }
@@ -117,16 +155,6 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Of two decisions for one request (session and user buckets), the one to
-    /// report: a denial, else the one with fewer tokens left.
-    pub fn tighter(self, other: Decision) -> Decision {
-        if !other.allowed || (self.allowed && other.remaining < self.remaining) {
-            other
-        } else {
-            self
-        }
-    }
-
     /// `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
     pub fn headers(&self) -> [(&'static str, String); 3] {
         [
@@ -142,26 +170,68 @@ impl Decision {
     }
 }
 
-/// Turns the script's reply into a decision.
-pub fn decide(config: BucketConfig, cost: u32, reply: ScriptReply) -> Decision {
+/// One bucket's decision: `admitted` is the whole check's answer.
+fn decide_bucket(
+    config: BucketConfig,
+    cost: u32,
+    admitted: bool,
+    milli_tokens_left: i64,
+    now: f64,
+) -> Decision {
     let capacity = f64::from(config.capacity);
-    let tokens = (reply.milli_tokens_left.max(0) as f64 / 1000.0).min(capacity);
+    let tokens = (milli_tokens_left.max(0) as f64 / 1000.0).min(capacity);
     let rate = capacity / f64::from(config.window_seconds.max(1));
-    let now = reply.now_seconds as f64 + reply.now_micros as f64 / 1e6;
     let full_at = now + (capacity - tokens) / rate;
-    let retry_after = if reply.admitted {
+    let retry_after = if admitted {
         0
     } else {
         // At least one second: `Retry-After: 0` would invite an immediate retry.
-        (((f64::from(cost) - tokens) / rate).ceil() as u32).max(1)
+        (((f64::from(cost) - tokens) / rate).ceil().max(0.0) as u32).max(1)
     };
     Decision {
-        allowed: reply.admitted,
+        allowed: admitted,
         limit: config.capacity,
         remaining: tokens.floor() as u32,
         reset_at_epoch_seconds: full_at.ceil() as u64,
         retry_after_seconds: retry_after,
     }
+}
+
+/// Turns the script's reply into the decision to report and the index of the
+/// bucket it describes: on a denial, the bucket that takes longest to afford
+/// the cost (a retry before then is denied again); otherwise the one with
+/// fewest tokens left.
+pub fn decide(configs: &[BucketConfig], cost: u32, reply: &ScriptReply) -> (usize, Decision) {
+    let now = reply.now_seconds as f64 + reply.now_micros as f64 / 1e6;
+    let mut chosen: Option<(usize, Decision)> = None;
+    for (i, (config, milli)) in configs.iter().zip(&reply.milli_tokens_left).enumerate() {
+        let d = decide_bucket(*config, cost, reply.admitted, *milli, now);
+        // On a denial only the buckets that could not pay are candidates.
+        let short = *milli < i64::from(cost) * 1000;
+        let better = match chosen {
+            _ if !reply.admitted && !short => false,
+            None => true,
+            Some((_, c)) if reply.admitted => d.remaining < c.remaining,
+            Some((_, c)) => d.retry_after_seconds > c.retry_after_seconds,
+        };
+        if better {
+            chosen = Some((i, d));
+        }
+    }
+    chosen.unwrap_or_else(|| {
+        // A denial where every bucket could pay cannot come from the script;
+        // report the first bucket rather than guess.
+        (
+            0,
+            decide_bucket(
+                configs[0],
+                cost,
+                reply.admitted,
+                reply.milli_tokens_left[0],
+                now,
+            ),
+        )
+    })
 }
 
 /// What to do when Redis cannot be reached.
@@ -217,34 +287,46 @@ mod tests {
         window_seconds: 60,
     };
 
-    fn reply(admitted: bool, tokens: f64) -> ScriptReply {
+    fn reply(admitted: bool, tokens: &[f64]) -> ScriptReply {
         ScriptReply {
             admitted,
-            milli_tokens_left: (tokens * 1000.0) as i64,
             now_seconds: 1_700_000_000,
             now_micros: 0,
+            milli_tokens_left: tokens.iter().map(|t| (t * 1000.0) as i64).collect(),
         }
+    }
+
+    fn decide_one(cost: u32, r: ScriptReply) -> Decision {
+        decide(&[CONFIG], cost, &r).1
     }
 
     #[test]
     fn keys_are_hashed_and_hash_tagged() {
-        let key = bucket_key("session:abc").unwrap();
+        let key = bucket_key(Scope::Session, "abc").unwrap();
         assert!(key.starts_with("chatbot:ratelimit:{") && key.ends_with('}'));
         assert_eq!(key.len(), "chatbot:ratelimit:{}".len() + 32);
         // Hostile input never reaches the key.
-        let hostile = bucket_key("x} \r\nFLUSHALL {").unwrap();
+        let hostile = bucket_key(Scope::Session, "x} \r\nFLUSHALL {").unwrap();
         assert!(!hostile.contains("FLUSHALL") && !hostile.contains('\n'));
-        assert_ne!(bucket_key("a").unwrap(), bucket_key("b").unwrap());
-        assert_eq!(bucket_key(""), Err(LimitError::InvalidKey));
+        assert_ne!(
+            bucket_key(Scope::Session, "a").unwrap(),
+            bucket_key(Scope::Session, "b").unwrap()
+        );
+        // One name in two scopes is two buckets.
+        assert_ne!(
+            bucket_key(Scope::Session, "a").unwrap(),
+            bucket_key(Scope::User, "a").unwrap()
+        );
+        assert_eq!(bucket_key(Scope::User, ""), Err(LimitError::InvalidKey));
         assert_eq!(
-            bucket_key(&"k".repeat(MAX_KEY_LEN + 1)),
+            bucket_key(Scope::User, &"k".repeat(MAX_KEY_LEN + 1)),
             Err(LimitError::InvalidKey)
         );
     }
 
     #[test]
     fn admitted_decision_reports_remaining_and_reset() {
-        let d = decide(CONFIG, 1, reply(true, 99.0));
+        let d = decide_one(1, reply(true, &[99.0]));
         assert!(d.allowed);
         assert_eq!(d.limit, 100);
         assert_eq!(d.remaining, 99);
@@ -256,12 +338,12 @@ mod tests {
     #[test]
     fn denied_decision_says_when_to_retry() {
         // 0.25 tokens left, cost 1, refill 100/60 per second: 0.45 s, rounded up to 1 s.
-        let d = decide(CONFIG, 1, reply(false, 0.25));
+        let d = decide_one(1, reply(false, &[0.25]));
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
         assert_eq!(d.retry_after_seconds, 1);
         // Cost 50 with 0 left needs 30 s.
-        let d = decide(CONFIG, 50, reply(false, 0.0));
+        let d = decide_one(50, reply(false, &[0.0]));
         assert_eq!(d.retry_after_seconds, 30);
         assert_eq!(d.reset_at_epoch_seconds, 1_700_000_060);
     }
@@ -300,40 +382,39 @@ mod tests {
     #[test]
     fn reply_parsing() {
         assert_eq!(
-            ScriptReply::from_integers(&[1, 99000, 5, 6]),
+            ScriptReply::from_integers(&[1, 5, 6, 99000, 7000], 2),
             Some(ScriptReply {
                 admitted: true,
-                milli_tokens_left: 99000,
                 now_seconds: 5,
-                now_micros: 6
+                now_micros: 6,
+                milli_tokens_left: vec![99000, 7000],
             })
         );
-        assert_eq!(ScriptReply::from_integers(&[1, 2]), None);
+        assert_eq!(ScriptReply::from_integers(&[1, 5, 6, 99000], 2), None);
+        assert_eq!(ScriptReply::from_integers(&[1, 2], 0), None);
     }
 
     #[test]
-    fn the_tighter_decision_is_reported() {
-        let allowed = |remaining| Decision {
-            allowed: true,
-            limit: 100,
-            remaining,
-            reset_at_epoch_seconds: 10,
-            retry_after_seconds: 0,
+    fn the_tighter_bucket_is_reported() {
+        let small = BucketConfig {
+            capacity: 10,
+            window_seconds: 60,
         };
-        let denied = Decision {
-            allowed: false,
-            remaining: 0,
-            retry_after_seconds: 3,
-            ..allowed(0)
-        };
-        assert_eq!(allowed(50).tighter(allowed(20)), allowed(20));
-        assert_eq!(allowed(20).tighter(allowed(50)), allowed(20));
-        assert_eq!(allowed(50).tighter(denied), denied);
-        assert_eq!(denied.tighter(allowed(50)), denied);
-        assert_eq!(denied.retry_after(), "3");
-        assert_eq!(
-            allowed(5).headers()[1],
-            ("x-ratelimit-remaining", "5".into())
-        );
+        // Admitted: the bucket with fewer tokens left.
+        let (i, d) = decide(&[CONFIG, small], 1, &reply(true, &[50.0, 4.0]));
+        assert_eq!((i, d.remaining, d.limit), (1, 4, 10));
+        // Denied: the bucket that takes longest to afford the cost, not the
+        // one that could have paid.
+        let (i, d) = decide(&[CONFIG, small], 1, &reply(false, &[0.5, 7.0]));
+        assert_eq!(i, 0);
+        // Even when the short bucket is the second and both round to 1 s.
+        let (i, _) = decide(&[small, CONFIG], 1, &reply(false, &[7.0, 0.9]));
+        assert_eq!(i, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_seconds, 1);
+        let (i, d) = decide(&[CONFIG, small], 2, &reply(false, &[1.5, 0.0]));
+        assert_eq!((i, d.retry_after_seconds), (1, 12));
+        assert_eq!(d.retry_after(), "12");
+        assert_eq!(d.headers()[1], ("x-ratelimit-remaining", "0".into()));
     }
 }

@@ -45,6 +45,7 @@ impl Route {
 
 // The query component.
 pub const CHAT_QUERY: Route = Route::public("POST", "/api/v1/chat/query");
+/// The handler decides who may read: the admin token, or (in `jwt` mode) the session's owner.
 pub const CHAT_HISTORY: Route = Route::public("GET", "/api/v1/chat/history/:session_id");
 pub const DOCUMENTS: Route = Route::admin("POST", "/api/v1/documents");
 pub const QUERY_ROUTES: &[Route] = &[CHAT_QUERY, CHAT_HISTORY, DOCUMENTS];
@@ -57,8 +58,9 @@ pub const METRICS_ROUTES: &[Route] = &[METRICS];
 pub const HEALTH: Route = Route::public("GET", "/health");
 pub const HEALTH_SERVICES: Route = Route::public("GET", "/health/services");
 pub const HEALTH_READINESS: Route = Route::public("GET", "/health/readiness");
-pub const HEALTH_METRICS: Route = Route::public("GET", "/health/metrics");
-pub const CACHE_ANALYTICS: Route = Route::public("GET", "/health/cache/analytics");
+// These two list questions and session ids: admin only.
+pub const HEALTH_METRICS: Route = Route::admin("GET", "/health/metrics");
+pub const CACHE_ANALYTICS: Route = Route::admin("GET", "/health/cache/analytics");
 pub const CACHE_CLEAR: Route = Route::admin("POST", "/health/cache/clear");
 pub const CLEANUP: Route = Route::admin("POST", "/admin/cleanup");
 pub const CACHE_WARMUP: Route = Route::admin("POST", "/admin/cache/warmup");
@@ -109,6 +111,8 @@ mod tests {
             admin,
             [
                 "/api/v1/documents",
+                "/health/metrics",
+                "/health/cache/analytics",
                 "/health/cache/clear",
                 "/admin/cleanup",
                 "/admin/cache/warmup",

@@ -1,100 +1,175 @@
-//! Sessions in Redis: how many a user may hold at once (seed 003, 1.2), and
-//! the note a rate-limited session leaves for analytics and the audit log.
+//! A user's gate in Redis, checked in one round trip before any spending:
+//! who owns the session (in `jwt` mode), the user's daily token budget, and
+//! how many sessions the user may hold at once (seed 003, 1.2). Also the
+//! charge of a miss's tokens to the budget, and the note a rate-limited
+//! session leaves for analytics and the security log.
 
-/// Admits a session for a user if it is already active or the user has fewer
-/// than `max` active ones; idle sessions stop counting after `idle` seconds.
-/// KEYS: the user's session set, the audit log. ARGV: session id, max,
-/// idle seconds, audit entry (written on refusal). Answers
-/// `{admitted, active, oldest_last_seen}`: see [`Admission::from_reply`].
-pub const ADMIT_SCRIPT: &str = r#"
+/// Seconds in the budget's window: a UTC day.
+pub const DAY_SECONDS: u64 = 86_400;
+
+/// `KEYS`: the user's session set, the user's token count for today, the
+/// session's owner. `ARGV`: session id, max sessions, idle seconds, daily
+/// budget (0: none), owner to enforce (empty: ownership is not enforced),
+/// owner key TTL in seconds.
+///
+/// Checks in this order, and changes nothing unless all pass: the session's
+/// owner is this user (or it has none yet), the budget is not spent, the
+/// session is active or the user has room for another. Then it refreshes the
+/// session's place and claims it for the user. Answers `{code, a, b}`: see
+/// [`Gate::from_reply`].
+pub const GATE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local idle = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - idle)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
-  redis.call('EXPIRE', KEYS[1], idle)
-  return {1, redis.call('ZCARD', KEYS[1]), now}
+local owner = ARGV[5]
+local current_owner = false
+if owner ~= '' then
+  current_owner = redis.call('GET', KEYS[3])
+  if current_owner and current_owner ~= owner then
+    return {3, 0, 0}
+  end
 end
+local budget = tonumber(ARGV[4])
+if budget > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= budget then
+    return {2, used, 0}
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - idle)
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[2], now * 1000000 + tonumber(t[2]), ARGV[4])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, n, tonumber(oldest[2])}
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if n >= tonumber(ARGV[2]) then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {1, n, tonumber(oldest[2])}
+  end
+  n = n + 1
 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('EXPIRE', KEYS[1], idle)
-return {1, n + 1, now}
+local claimed = 0
+if owner ~= '' then
+  if current_owner then
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+  else
+    redis.call('SET', KEYS[3], owner, 'EX', tonumber(ARGV[6]))
+    claimed = 1
+  end
+end
+return {0, n, claimed}
 "#;
 
-/// What [`ADMIT_SCRIPT`] decided.
+/// What [`GATE_SCRIPT`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    Admitted,
+pub enum Gate {
+    /// Go on. `claimed`: the session had no owner in Redis and is now this
+    /// user's (the caller checks Postgres once, in case Redis forgot one).
+    Admitted { claimed: bool },
+    /// The session belongs to another user.
+    NotOwner,
+    /// The user has spent `used` tokens of today's budget.
+    BudgetSpent { used: i64 },
     /// The user holds `active` sessions already; one frees up in `retry_after_seconds`.
-    Refused {
+    SessionLimit {
         active: i64,
         retry_after_seconds: i64,
     },
 }
 
-impl Admission {
-    /// Reads the script's reply; anything unexpected admits (the limit is
-    /// advisory when Redis misbehaves, like when it is down).
+impl Gate {
+    /// Reads the script's reply; anything unexpected admits (the limits are
+    /// advisory when Redis misbehaves, as when it is down).
     pub fn from_reply(reply: &[i64], idle_seconds: u64, now_epoch_seconds: u64) -> Self {
         match reply {
-            [0, active, oldest_last_seen] => Self::Refused {
+            [1, active, oldest_last_seen] => Self::SessionLimit {
                 active: *active,
                 retry_after_seconds: (oldest_last_seen + idle_seconds as i64
                     - now_epoch_seconds as i64)
                     .max(1),
             },
-            _ => Self::Admitted,
+            [2, used, _] => Self::BudgetSpent { used: *used },
+            [3, _, _] => Self::NotOwner,
+            [0, _, claimed] => Self::Admitted {
+                claimed: *claimed == 1,
+            },
+            _ => Self::Admitted { claimed: false },
         }
     }
 }
 
-/// Notes a rate-limited session (top limited sessions, capped at 1,000) and
-/// appends the denial to the audit log (capped like `audit::APPEND_SCRIPT`),
-/// in one round trip. KEYS: limited sessions, audit log. ARGV: session id, audit entry.
-pub const NOTE_RATE_LIMITED_SCRIPT: &str = r#"
-redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])
-if redis.call('ZCARD', KEYS[1]) > 1000 then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
-end
-local t = redis.call('TIME')
-local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZADD', KEYS[2], score, ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -10001)
-return 1
+/// The budget's day (days since the epoch, UTC) and the seconds until it rolls.
+pub fn budget_day(now_epoch_seconds: u64) -> (u64, u64) {
+    (
+        now_epoch_seconds / DAY_SECONDS,
+        DAY_SECONDS - now_epoch_seconds % DAY_SECONDS,
+    )
+}
+
+/// Adds a miss's tokens to the user's count for the day. `KEYS`: the count.
+/// `ARGV`: tokens, seconds the count is kept (past the day's end, so a
+/// late charge never starts a fresh count). Answers the new total.
+pub const CHARGE_SCRIPT: &str = r#"
+local total = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return total
 "#;
+
+/// Notes a rate-limited session (top limited sessions, capped at 1,000) and
+/// appends the denial to the security log (sampled per address, like
+/// `audit::APPEND_SCRIPT`), in one round trip. KEYS: limited sessions, the
+/// security log, the entry's throttle. ARGV: session id, audit entry, sample seconds.
+pub const NOTE_RATE_LIMITED_SCRIPT: &str = concat!(
+    "redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])\n",
+    "if redis.call('ZCARD', KEYS[1]) > 1000 then\n",
+    "  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)\n",
+    "end\n",
+    crate::audit_append_lua!("2", "3", "2", "3")
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn admission_reads_the_script_reply() {
+    fn the_gate_reads_the_script_reply() {
         assert_eq!(
-            Admission::from_reply(&[1, 3, 100], 60, 100),
-            Admission::Admitted
+            Gate::from_reply(&[0, 3, 1], 60, 100),
+            Gate::Admitted { claimed: true }
         );
         assert_eq!(
-            Admission::from_reply(&[0, 5, 100], 60, 130),
-            Admission::Refused {
+            Gate::from_reply(&[0, 3, 0], 60, 100),
+            Gate::Admitted { claimed: false }
+        );
+        assert_eq!(
+            Gate::from_reply(&[1, 5, 100], 60, 130),
+            Gate::SessionLimit {
                 active: 5,
                 retry_after_seconds: 30
             }
         );
         // Never tells a client to retry in the past.
         assert_eq!(
-            Admission::from_reply(&[0, 5, 100], 60, 500),
-            Admission::Refused {
+            Gate::from_reply(&[1, 5, 100], 60, 500),
+            Gate::SessionLimit {
                 active: 5,
                 retry_after_seconds: 1
             }
         );
-        assert_eq!(Admission::from_reply(&[], 60, 0), Admission::Admitted);
+        assert_eq!(
+            Gate::from_reply(&[2, 900, 0], 60, 0),
+            Gate::BudgetSpent { used: 900 }
+        );
+        assert_eq!(Gate::from_reply(&[3, 0, 0], 60, 0), Gate::NotOwner);
+        assert_eq!(
+            Gate::from_reply(&[], 60, 0),
+            Gate::Admitted { claimed: false }
+        );
+    }
+
+    #[test]
+    fn the_budget_day_rolls_at_utc_midnight() {
+        assert_eq!(budget_day(0), (0, 86_400));
+        assert_eq!(budget_day(86_399), (0, 1));
+        assert_eq!(budget_day(86_400 * 20_000 + 3_600), (20_000, 82_800));
     }
 }

@@ -153,11 +153,14 @@ impl PipelineSettings {
     }
 }
 
-/// How many sessions a user may hold, and when an idle one stops counting.
+/// What a user may hold and spend: sessions at once (and when an idle one
+/// stops counting), and OpenAI tokens per UTC day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
     pub max_per_user: u64,
     pub idle_seconds: u64,
+    /// 0: no budget.
+    pub token_budget_per_day: u64,
 }
 
 impl SessionLimits {
@@ -165,6 +168,13 @@ impl SessionLimits {
         Ok(Self {
             max_per_user: lookup.number(names::MAX_SESSIONS_PER_USER, 1, 10_000)?,
             idle_seconds: lookup.number(names::SESSION_IDLE_SECONDS, 1, 30 * 86_400)?,
+            token_budget_per_day: number_or(
+                lookup,
+                names::USER_TOKEN_BUDGET_PER_DAY,
+                0,
+                u64::from(u32::MAX) * 1_000,
+                0,
+            )?,
         })
     }
 }
@@ -173,8 +183,31 @@ impl SessionLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimiterSettings {
     pub enabled: bool,
+    /// Each session's bucket, and each user's.
     pub bucket: BucketConfig,
+    /// Each client address's bucket, in front of the others.
+    pub per_address: BucketConfig,
     pub on_failure: FailurePolicy,
+}
+
+/// Per-address defaults when a manifest predates the variables: generous
+/// enough for a household or an office behind one address.
+pub const DEFAULT_PER_ADDRESS: BucketConfig = BucketConfig {
+    capacity: 300,
+    window_seconds: 60,
+};
+
+fn number_or(
+    lookup: &impl Lookup,
+    name: &str,
+    min: u64,
+    max: u64,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match lookup.get(name) {
+        Some(raw) if !raw.trim().is_empty() => config::parse_u64(name, &raw, min, max),
+        _ => Ok(default),
+    }
 }
 
 impl LimiterSettings {
@@ -188,6 +221,22 @@ impl LimiterSettings {
             bucket: BucketConfig {
                 capacity: lookup.number(names::RATE_LIMIT_REQUESTS, 1, 1_000_000)? as u32,
                 window_seconds: lookup.number(names::RATE_LIMIT_WINDOW_SECONDS, 1, 86_400)? as u32,
+            },
+            per_address: BucketConfig {
+                capacity: number_or(
+                    lookup,
+                    names::RATE_LIMIT_PER_ADDRESS_REQUESTS,
+                    1,
+                    10_000_000,
+                    DEFAULT_PER_ADDRESS.capacity.into(),
+                )? as u32,
+                window_seconds: number_or(
+                    lookup,
+                    names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS,
+                    1,
+                    86_400,
+                    DEFAULT_PER_ADDRESS.window_seconds.into(),
+                )? as u32,
             },
             on_failure: FailurePolicy::parse(&raw_policy).ok_or(ConfigError::Invalid {
                 name: names::RATE_LIMIT_FAILURE_POLICY.into(),
@@ -248,12 +297,14 @@ mod tests {
             SessionLimits::from_lookup(&vars).unwrap(),
             SessionLimits {
                 max_per_user: 5,
-                idle_seconds: 1800
+                idle_seconds: 1800,
+                token_budget_per_day: 0,
             }
         );
         let limiter = LimiterSettings::from_lookup(&vars).unwrap();
         assert!(limiter.enabled);
         assert_eq!(limiter.bucket.capacity, 100);
+        assert_eq!(limiter.per_address, DEFAULT_PER_ADDRESS);
         assert_eq!(health_check_timeout(&vars), Duration::from_secs(2));
         assert!(admin_token(&vars).is_empty());
     }
@@ -266,6 +317,8 @@ mod tests {
             (names::QDRANT_COLLECTION, "a b"),
             (names::REDIS_ADDRESS, "http://x"),
             (names::RATE_LIMIT_FAILURE_POLICY, "maybe"),
+            (names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "0"),
+            (names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "a minute"),
         ] {
             let mut map = defaults();
             map.insert(name, bad);

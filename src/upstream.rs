@@ -60,13 +60,33 @@ impl UpstreamError {
         matches!(self, Self::RateLimited { service, .. } if *service == OPENAI)
     }
 
+    /// What the client is told: which dependency failed and how, never the
+    /// dependency's own words (they can carry a masked key or internal names;
+    /// the full error goes to the log under the request id).
+    pub fn public_detail(&self) -> String {
+        let service = match self.service() {
+            OPENAI => "OpenAI",
+            QDRANT => "Qdrant",
+            other => other,
+        };
+        match self {
+            Self::RateLimited { .. } => {
+                format!("{service} is rate limiting this service; retry later")
+            }
+            Self::Status { .. } => format!("{service} answered with an error"),
+            Self::Timeout { .. } => format!("{service} did not answer in time"),
+            Self::Unreachable { .. } => format!("{service} could not be reached"),
+            Self::BadResponse { .. } => format!("{service} answered something unexpected"),
+        }
+    }
+
     /// The error a handler answers with: the status below, `Retry-After` when
     /// the upstream gave one.
     pub fn api_error(&self) -> ApiError {
         let error = ApiError::new(
             self.http_status(),
             ErrorCode::UpstreamUnavailable,
-            self.to_string(),
+            self.public_detail(),
         );
         match self.retry_after_seconds() {
             Some(seconds) => error.with_header("retry-after", seconds.to_string()),
@@ -290,6 +310,9 @@ mod tests {
             br#"{"error":{"message":"boom","type":"server_error"}}"#,
         );
         assert_eq!(e.to_string(), "openai answered 500: boom");
+        // The client never sees the upstream's words.
+        assert_eq!(e.api_error().detail, "OpenAI answered with an error");
+        assert!(!e.api_error().detail.contains("boom"));
         assert_eq!(e.http_status(), 503);
         let e = status_error(
             QDRANT,

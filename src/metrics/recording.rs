@@ -222,6 +222,8 @@ pub enum Observation {
     RedisConnectionError,
     TokensSaved(CacheType, f64),
     HistoryWriteLost,
+    UserTokensCharged(f64),
+    BudgetDenial,
 }
 
 impl Observation {
@@ -291,6 +293,8 @@ impl Observation {
                 n,
             ),
             O::HistoryWriteLost => (names::HISTORY_WRITES_LOST, vec![], 1.0),
+            O::UserTokensCharged(n) => (names::USER_TOKENS_CHARGED, vec![], n),
+            O::BudgetDenial => (names::BUDGET_DENIALS, vec![], 1.0),
         };
         Sample::new(name, &labels, value)
     }
@@ -400,6 +404,8 @@ mod tests {
             O::RedisConnectionError,
             O::TokensSaved(CacheType::Query, 30.0),
             O::HistoryWriteLost,
+            O::UserTokensCharged(12.0),
+            O::BudgetDenial,
         ];
         let samples: Vec<Sample> = all.into_iter().map(Observation::sample).collect();
         let args = record_arguments(&samples, None).unwrap();

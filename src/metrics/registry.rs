@@ -43,6 +43,8 @@ pub mod names {
     pub const TOKENS_SAVED: &str = "chatbot_cache_tokens_saved_total";
     pub const RATE_LIMITER_DECISIONS: &str = "chatbot_rate_limiter_decisions_total";
     pub const HISTORY_WRITES_LOST: &str = "chatbot_history_writes_lost_total";
+    pub const USER_TOKENS_CHARGED: &str = "chatbot_user_tokens_charged_total";
+    pub const BUDGET_DENIALS: &str = "chatbot_user_budget_denials_total";
 }
 
 /// Every metric the recorder accepts and `/metrics` shows: the seed's, then an operator's extras.
@@ -155,6 +157,18 @@ pub const REGISTRY: &[MetricDef] = &[
         kind: Kind::Counter,
         labels: &[],
     },
+    MetricDef {
+        name: names::USER_TOKENS_CHARGED,
+        help: "OpenAI tokens charged to users' daily budgets (misses only)",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::BUDGET_DENIALS,
+        help: "Requests refused because the user's daily token budget was spent",
+        kind: Kind::Counter,
+        labels: &[],
+    },
 ];
 
 /// Declares a label's closed vocabulary as an enum: a value outside it does
@@ -202,6 +216,9 @@ label_values!(
         RateLimited => "rate_limited",
         Invalid => "invalid",
         Unavailable => "unavailable",
+        Unauthorized => "unauthorized",
+        NotFound => "not_found",
+        BudgetExceeded => "budget_exceeded",
     }
 );
 label_values!(

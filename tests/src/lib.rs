@@ -51,11 +51,12 @@ pub fn origin_of(url: &str) -> String {
 
 /// Each dependency's address variable and the `allowed_outbound_hosts`
 /// variable that must name its `scheme://host:port` (see spin.toml).
-pub const ALLOW_LIST_VARIABLES: [(&str, &str); 4] = [
+pub const ALLOW_LIST_VARIABLES: [(&str, &str); 5] = [
     (names::REDIS_ADDRESS, names::REDIS_ALLOWED_HOST),
     (names::POSTGRES_ADDRESS, names::POSTGRES_ALLOWED_HOST),
     (names::QDRANT_URL, names::QDRANT_ALLOWED_HOST),
     (names::OPENAI_BASE_URL, names::OPENAI_ALLOWED_HOST),
+    (names::JWT_JWKS_URL, names::JWT_JWKS_ALLOWED_HOST),
 ];
 
 /// The allow-list variable that goes with an address variable.
@@ -155,10 +156,18 @@ impl TestAppBuilder {
                 TEST_QDRANT_KEY.to_string(),
             ),
             (names::ADMIN_TOKEN.to_string(), TEST_ADMIN_TOKEN.to_string()),
+            // Every test client is 127.0.0.1: only the tests of the per-address
+            // bucket set a limit of their own.
+            (
+                names::RATE_LIMIT_PER_ADDRESS_REQUESTS.to_string(),
+                "10000000".to_string(),
+            ),
         ]);
         for (address, allowed) in ALLOW_LIST_VARIABLES {
-            let origin = origin_of(&variables[address]);
-            variables.insert(allowed.to_string(), origin);
+            if let Some(url) = variables.get(address) {
+                let origin = origin_of(url);
+                variables.insert(allowed.to_string(), origin);
+            }
         }
         let manifest = self
             .manifest
@@ -187,6 +196,11 @@ impl TestAppBuilder {
             chatbot_imports: self.chatbot_imports,
         })
     }
+}
+
+/// The `Authorization` header value that carries the test admin token.
+pub fn admin_authorization() -> String {
+    format!("Bearer {TEST_ADMIN_TOKEN}")
 }
 
 /// One test's application: its own Redis database, Postgres database and stubs.
@@ -234,7 +248,7 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<BufferedResponse> {
-        let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+        let auth = admin_authorization();
         self.client()
             .request(
                 method,
@@ -244,6 +258,19 @@ impl TestApp {
                     ("authorization", &auth),
                 ],
                 serde_json::to_vec(body)?,
+            )
+            .await
+    }
+
+    /// A `GET` with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Result<BufferedResponse> {
+        let auth = admin_authorization();
+        self.client()
+            .request(
+                "GET",
+                path,
+                &[("authorization", &auth)],
+                bytes::Bytes::new(),
             )
             .await
     }

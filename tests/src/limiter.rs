@@ -9,7 +9,9 @@ use anyhow::Result;
 use wasmtime::component::Resource;
 
 use crate::bindings::fermyon::spin2_0_0::redis::HostConnection;
-use crate::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{Decision, Error};
+use crate::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{
+    Bucket, Decision, Error, Scope,
+};
 use crate::bindings::rate_limiter::RateLimiterPre;
 use crate::host::Counts;
 use crate::runtime::Library;
@@ -44,17 +46,26 @@ impl LimiterUnderTest {
         })
     }
 
-    /// One check, as one request would make it: a fresh instance, a fresh
-    /// connection opened through the host and lent to the limiter.
+    /// One check of one session bucket, as one request would make it: a fresh
+    /// instance, a fresh connection opened through the host and lent to the limiter.
     pub async fn check(&self, key: &str, cost: u32) -> Result<Result<Decision, Error>> {
-        self.check_after_open(key, cost, || {}).await
+        self.check_after_open(&[session(key)], cost, || {}).await
+    }
+
+    /// One check of several buckets at once.
+    pub async fn check_buckets(
+        &self,
+        buckets: &[Bucket],
+        cost: u32,
+    ) -> Result<Result<Decision, Error>> {
+        self.check_after_open(buckets, cost, || {}).await
     }
 
     /// [`Self::check`], running `after_open` once the lent connection is open
     /// (e.g. to stop the server under it).
     pub async fn check_after_open(
         &self,
-        key: &str,
+        buckets: &[Bucket],
         cost: u32,
         after_open: impl FnOnce(),
     ) -> Result<Result<Decision, Error>> {
@@ -68,7 +79,7 @@ impl LimiterUnderTest {
         let instance = self.pre.instantiate_async(&mut store).await?;
         let decision = instance
             .chatbot_ratelimit_limiter()
-            .call_check(&mut store, borrowed, key, cost)
+            .call_check(&mut store, borrowed, buckets, cost)
             .await?;
         Ok(decision)
     }
@@ -79,11 +90,27 @@ impl LimiterUnderTest {
         let instance = self.pre.instantiate_async(&mut store).await?;
         instance
             .chatbot_ratelimit_limiter()
-            .call_check_standalone(&mut store, key, cost)
+            .call_check_standalone(&mut store, &[session(key)], cost)
             .await
     }
 
     pub fn counts(&self) -> Counts {
         self.library.env.counters.snapshot()
+    }
+}
+
+/// A session bucket.
+pub fn session(key: &str) -> Bucket {
+    Bucket {
+        scope: Scope::Session,
+        key: key.to_string(),
+    }
+}
+
+/// A bucket of any scope.
+pub fn bucket(scope: Scope, key: &str) -> Bucket {
+    Bucket {
+        scope,
+        key: key.to_string(),
     }
 }

@@ -87,7 +87,7 @@ async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
     ask(&app, "What is a cache?", "a1", None).await;
     ask(&app, "What is a cache?", "a1", None).await;
     ask(&app, "Why Redis?", "a2", Some("ch 3")).await;
-    let summary = app.get("/health/metrics").await.unwrap().json();
+    let summary = app.admin_get("/health/metrics").await.unwrap().json();
     assert_eq!(summary["queries_total"], 4.0, "{summary}");
     assert_eq!(summary["queries_by_status"]["cached"], 2.0);
     assert_eq!(summary["error_rate"], 0.0);
@@ -95,7 +95,11 @@ async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
     assert!(summary["latency_seconds"]["p95"].as_f64().unwrap() > 0.0);
     assert_eq!(summary["active_sessions"], 2);
 
-    let analytics = app.get("/health/cache/analytics").await.unwrap().json();
+    let analytics = app
+        .admin_get("/health/cache/analytics")
+        .await
+        .unwrap()
+        .json();
     assert_eq!(analytics["caches"]["query"]["entries"], 2, "{analytics}");
     assert_eq!(analytics["caches"]["embedding"]["entries"], 2);
     assert_eq!(analytics["caches"]["query"]["hits"], 2.0);
@@ -292,15 +296,16 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
             .ignore();
     }
     pipe.query_async::<()>(&mut conn).await.unwrap();
-    // ...and 50 real ones through the product (unauthorised attempts are audited too).
+    // ...and 50 real ones through the product, with 50 refused attempts
+    // in between: those go to the security log, not this one.
     let mut client = app.client();
-    for i in 0..50 {
+    for i in 0..100 {
         let auth = if i % 2 == 0 {
             "Bearer wrong".to_string()
         } else {
             format!("Bearer {TEST_ADMIN_TOKEN}")
         };
-        let body = if i % 2 == 0 {
+        let body = if i % 4 == 1 {
             "{}"
         } else {
             r#"{"cache_type":"embedding"}"#
@@ -327,18 +332,15 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     let page = admin(&app, "GET", "/admin/audit", json!(null)).await;
     let body = page.json();
     assert_eq!(body["total"], 10_000);
+    assert_eq!(body["log"], "admin");
     let entries = body["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 50);
-    let actions: Vec<&str> = entries
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        actions.iter().filter(|a| **a == "cache_cleared").count(),
-        25,
-        "{actions:?}"
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["action"] == "cache_cleared" && e["address"] == "127.0.0.1"),
+        "{entries:?}"
     );
-    assert_eq!(actions.iter().filter(|a| **a == "unauthorized").count(), 25);
     // The oldest seeded entries were the ones dropped.
     let oldest: Vec<String> = redis::cmd("ZRANGE")
         .arg("chatbot:audit")
@@ -351,9 +353,20 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     let page2 = admin(&app, "GET", "/admin/audit?page=2", json!(null))
         .await
         .json();
-    assert!(
-        page2["entries"][0]["action"] == "seeded"
-            || page2["entries"][0]["action"] == "cache_cleared"
+    assert_eq!(page2["entries"][0]["action"], "seeded");
+    // The refusals: one entry for the address, the rest sampled away.
+    let security = admin(&app, "GET", "/admin/audit?log=security", json!(null))
+        .await
+        .json();
+    assert_eq!(security["log"], "security");
+    assert_eq!(security["total"], 1, "{security}");
+    assert_eq!(security["entries"][0]["action"], "unauthorized");
+    assert_eq!(security["entries"][0]["address"], "127.0.0.1");
+    assert_eq!(
+        admin(&app, "GET", "/admin/audit?log=everything", json!(null))
+            .await
+            .status,
+        400
     );
 }
 
@@ -366,6 +379,8 @@ async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
         ("POST", "/admin/cache/warmup"),
         ("GET", "/admin/audit"),
         ("POST", "/api/v1/documents"),
+        ("GET", "/health/metrics"),
+        ("GET", "/health/cache/analytics"),
     ];
     let mut client = app.client();
     for (method, path) in routes {
@@ -387,12 +402,24 @@ async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
         }
     }
     let mut conn = app.redis().await.unwrap();
-    let audited: i64 = redis::cmd("ZCARD")
-        .arg("chatbot:audit")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(audited, 25, "every refusal is audited");
+    let zcard = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        zcard("chatbot:audit").await,
+        0,
+        "refusals are not admin actions"
+    );
+    // Sampled: one entry per address and kind of refusal every few seconds.
+    assert_eq!(zcard("chatbot:audit:security").await, 1);
+    let _ = &mut conn;
 }
 
 #[tokio::test]
@@ -449,7 +476,7 @@ async fn a_user_may_hold_five_sessions_and_the_count_recovers_after_expiry() {
     );
     let mut conn = app.redis().await.unwrap();
     let audit: Vec<String> = redis::cmd("ZRANGE")
-        .arg("chatbot:audit")
+        .arg("chatbot:audit:security")
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)

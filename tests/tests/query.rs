@@ -283,7 +283,12 @@ async fn an_openai_rate_limit_is_a_503_with_retry_after_and_not_cached() {
     assert!(response.json()["detail"]
         .as_str()
         .unwrap()
-        .contains("openai"));
+        .contains("OpenAI"));
+    assert_eq!(
+        response.json()["request_id"].as_str(),
+        response.header("x-request-id"),
+        "the body names the request, for the log"
+    );
     assert!(response.header("x-ratelimit-limit").is_some());
     assert_not_cached_then_recovers(&app, "s").await;
 }
@@ -331,7 +336,7 @@ async fn a_qdrant_failure_is_reported_and_not_cached() {
     assert!(response.json()["detail"]
         .as_str()
         .unwrap()
-        .contains("qdrant"));
+        .contains("Qdrant"));
     assert_not_cached_then_recovers(&app, "s").await;
 }
 
@@ -415,7 +420,11 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
         .get(0);
     assert_eq!(citations, 51 * 2, "two passages cited per answer");
 
-    let page1 = app.get("/api/v1/chat/history/hist").await.unwrap().json();
+    let page1 = app
+        .admin_get("/api/v1/chat/history/hist")
+        .await
+        .unwrap()
+        .json();
     assert_eq!(page1["total"], 102);
     assert_eq!(page1["total_pages"], 3);
     assert_eq!(page1["messages"].as_array().unwrap().len(), 50);
@@ -427,36 +436,40 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
         2
     );
     let page2 = app
-        .get("/api/v1/chat/history/hist?page=2")
+        .admin_get("/api/v1/chat/history/hist?page=2")
         .await
         .unwrap()
         .json();
     assert_eq!(page2["messages"].as_array().unwrap().len(), 50);
     assert!(page2["messages"][0]["id"].as_i64() > page1["messages"][49]["id"].as_i64());
     let page3 = app
-        .get("/api/v1/chat/history/hist?page=3")
+        .admin_get("/api/v1/chat/history/hist?page=3")
         .await
         .unwrap()
         .json();
     assert_eq!(page3["messages"].as_array().unwrap().len(), 2);
     let page4 = app
-        .get("/api/v1/chat/history/hist?page=4")
+        .admin_get("/api/v1/chat/history/hist?page=4")
         .await
         .unwrap()
         .json();
     assert_eq!(page4["messages"].as_array().unwrap().len(), 0);
     assert_eq!(page4["total"], 102);
-    let other = app.get("/api/v1/chat/history/nobody").await.unwrap().json();
+    let other = app
+        .admin_get("/api/v1/chat/history/nobody")
+        .await
+        .unwrap()
+        .json();
     assert_eq!(other["total"], 0);
     assert_eq!(
-        app.get("/api/v1/chat/history/hist?page=0")
+        app.admin_get("/api/v1/chat/history/hist?page=0")
             .await
             .unwrap()
             .status,
         400
     );
     assert_eq!(
-        app.get("/api/v1/chat/history/bad%20id")
+        app.admin_get("/api/v1/chat/history/bad%20id")
             .await
             .unwrap()
             .status,

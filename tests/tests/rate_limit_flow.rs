@@ -77,7 +77,7 @@ async fn the_101st_request_in_a_minute_is_429_and_other_sessions_are_unaffected(
         .unwrap();
     assert_eq!(top, vec![("test-sess".to_string(), 1.0)]);
     let audit: Vec<String> = redis::cmd("ZRANGE")
-        .arg("chatbot:audit")
+        .arg("chatbot:audit:security")
         .arg(0)
         .arg(-1)
         .query_async(&mut redis)

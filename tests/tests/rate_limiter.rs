@@ -281,7 +281,9 @@ async fn a_lent_connection_whose_server_died_follows_the_policy() {
     assert!(limiter.check("s", 1).await.unwrap().unwrap().allowed);
     // The server dies after the caller opened the connection it lends.
     let d = limiter
-        .check_after_open("s", 1, || server.stop())
+        .check_after_open(&[chatbot_harness::limiter::session("s")], 1, || {
+            server.stop()
+        })
         .await
         .unwrap()
         .unwrap();

@@ -83,7 +83,7 @@ fn handler(route: &routes::Route) -> Handler {
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    routing::router(routes::METRICS_ROUTES, handler).handle(req)
+    routing::serve(routes::METRICS_ROUTES, handler, req)
 }
 
 /// `GET /metrics`: everything Redis holds, read on a connection of its own.

@@ -11,6 +11,7 @@ use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::redis_script::{binaries, binary, integers};
 use chatbot_spin::respond::json;
+use chatbot_spin::routing::client_address;
 use chatbot_spin::{settings, StoreError};
 use serde::Deserialize;
 use serde_json::json;
@@ -82,6 +83,7 @@ pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
     append(
         &conn,
         AuditAction::CacheCleared,
+        &client_address(&req),
         json!({"scope": scope_name, "cleared": cleared}),
     );
     Ok(json(
@@ -116,6 +118,7 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         append(
             &conn,
             AuditAction::RetentionCleanup,
+            &client_address(&req),
             body["deleted"].clone(),
         );
     }
@@ -207,6 +210,7 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     append(
         &conn,
         AuditAction::CacheWarmup,
+        &client_address(&req),
         json!({"warmed": warmed, "already_cached": already, "failed": failed.len()}),
     );
     Ok(json(
@@ -217,18 +221,19 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
 
 pub fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
     let page = api::parse_page(req.query())?;
+    let log = audit::AuditLog::from_query(req.query())?;
     let conn = crate::redis()?;
     let (start, end) = audit::page_bounds(page);
     let read = || -> Result<(Vec<Vec<u8>>, i64), StoreError> {
         let entries = conn.execute(
             "ZREVRANGE",
             &[
-                binary(keys::AUDIT_LOG),
+                binary(log.key()),
                 binary(start.to_string()),
                 binary(end.to_string()),
             ],
         )?;
-        let total = integers(&conn.execute("ZCARD", &[binary(keys::AUDIT_LOG)])?);
+        let total = integers(&conn.execute("ZCARD", &[binary(log.key())])?);
         Ok((binaries(entries), total.first().copied().unwrap_or(0)))
     };
     let (entries, total) =
@@ -236,6 +241,12 @@ pub fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
     let entries: Vec<serde_json::Value> = entries.iter().map(|e| audit::decode_member(e)).collect();
     Ok(json(
         200,
-        &json!({"page": page, "page_size": audit::AUDIT_PAGE_SIZE, "total": total, "entries": entries}),
+        &json!({
+            "log": if log == audit::AuditLog::Security { "security" } else { "admin" },
+            "page": page,
+            "page_size": audit::AUDIT_PAGE_SIZE,
+            "total": total,
+            "entries": entries,
+        }),
     ))
 }

@@ -30,7 +30,7 @@ fn handler(route: &routes::Route) -> Handler {
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    routing::router(routes::OPS_ROUTES, handler).handle(req)
+    routing::serve(routes::OPS_ROUTES, handler, req)
 }
 
 /// Redis for analytics and admin actions, or 503 naming it.

@@ -11,6 +11,7 @@ use chatbot_core::upstream::UpstreamError;
 use chatbot_spin::caches::embed_cached;
 use chatbot_spin::qdrant;
 use chatbot_spin::respond::json;
+use chatbot_spin::routing;
 use chatbot_spin::settings::{self, PipelineSettings};
 use spin_sdk::http::{Params, Request, Response};
 
@@ -22,7 +23,8 @@ pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
         req.header("content-type").and_then(|v| v.as_str()),
         req.body(),
     )?;
-    let mut scope = Scope::open(&settings, None);
+    let address = routing::client_address(&req);
+    let mut scope = Scope::open(&settings, address);
     let outcome = store(&mut scope, &settings, &documents);
     scope.telemetry.add(Observation::Query(
         Endpoint::Documents,
@@ -39,6 +41,7 @@ pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
                 chatbot_spin::audit::append(
                     conn,
                     AuditAction::DocumentsIngested,
+                    &scope.address,
                     serde_json::json!({"documents": ids, "chunks": chunks}),
                 );
             }

@@ -2,22 +2,25 @@
 //! to the rate limiter and the metrics recorder it imports (Spin opens a new
 //! connection on every open, which would halve throughput).
 //!
-//! Hit path: limiter (1 Redis round trip), cache lookup (1), one Postgres
-//! statement for the history, recorder (1).
+//! Hit path: limiter (1 Redis round trip for every bucket), the user's gate
+//! when there is a user (1), cache lookup (1), one Postgres statement for the
+//! history, recorder (1).
 
 mod documents;
 
 use std::time::Instant;
 
 use chatbot_core::api::{self, ApiError, ErrorCode};
+use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{Endpoint, LimiterOutcome, QueryStatus};
 use chatbot_core::query::{self, QueryRequest};
 use chatbot_core::ratelimit;
 use chatbot_core::routes;
-use chatbot_core::sessions::{self, Admission};
+use chatbot_core::sessions::{self, Gate};
 use chatbot_core::{audit::AuditAction, keys};
 use chatbot_spin::caches::Telemetry;
+use chatbot_spin::identity::{self, AuthFailure};
 use chatbot_spin::redis_script::{binary, eval, integers};
 use chatbot_spin::respond::{self, json};
 use chatbot_spin::routing::{self, Handler};
@@ -52,7 +55,7 @@ fn handler(route: &routes::Route) -> Handler {
 #[http_component]
 fn handle(req: Request) -> Response {
     let started = Instant::now();
-    let mut response = routing::router(routes::QUERY_ROUTES, handler).handle(req);
+    let mut response = routing::serve(routes::QUERY_ROUTES, handler, req);
     response.set_header(
         "x-response-time",
         format!("{:.3}ms", started.elapsed().as_secs_f64() * 1000.0),
@@ -61,7 +64,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn config_failure(e: impl std::fmt::Display) -> ApiError {
-    eprintln!("configuration error: {e}");
+    eprintln!("[{}] configuration error: {e}", chatbot_spin::request_id());
     ApiError::configuration(e)
 }
 
@@ -70,13 +73,15 @@ fn config_failure(e: impl std::fmt::Display) -> ApiError {
 pub(crate) struct Scope {
     pub conn: Option<Connection>,
     pub telemetry: Telemetry,
+    /// The client address (for the address bucket and the security log).
+    pub address: String,
     session: Option<String>,
     decision: Option<ratelimit::Decision>,
 }
 
 impl Scope {
     /// Opens Redis once for the whole request; without it the request goes on.
-    pub fn open(settings: &PipelineSettings, session: Option<&str>) -> Self {
+    pub fn open(settings: &PipelineSettings, address: String) -> Self {
         let mut telemetry = Telemetry::default();
         let conn = match Connection::open(&settings.redis_address) {
             Ok(c) => Some(c),
@@ -89,9 +94,23 @@ impl Scope {
         Self {
             conn,
             telemetry,
-            session: session.map(str::to_string),
+            address,
+            session: None,
             decision: None,
         }
+    }
+
+    /// A security event for the security log (sampled per address).
+    fn audit(&self, action: AuditAction, detail: serde_json::Value) {
+        if let Some(conn) = &self.conn {
+            chatbot_spin::audit::append(conn, action, &self.address, detail);
+        }
+    }
+
+    /// Counts the request's outcome in `chatbot_queries_total`.
+    fn ended(&mut self, status: QueryStatus) {
+        self.telemetry
+            .add(Observation::Query(Endpoint::Query, status));
     }
 
     /// Hands the samples to the recorder (a failure never fails the request)
@@ -126,11 +145,27 @@ impl Scope {
     }
 }
 
-/// One limiter decision on the request's connection.
-fn check(scope: &mut Scope, key: &str) -> Result<ratelimit::Decision, ApiError> {
+fn bucket(scope: limiter::Scope, key: &str) -> limiter::Bucket {
+    limiter::Bucket {
+        scope,
+        key: key.to_string(),
+    }
+}
+
+/// Every bucket the request is counted against (its address, its session,
+/// its user), in one limiter call and one Redis round trip: all take a token
+/// or none does.
+fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
+    let mut buckets = vec![
+        bucket(limiter::Scope::ClientAddress, &scope.address),
+        bucket(limiter::Scope::Session, &request.session_id),
+    ];
+    if let Some(user) = &request.user_id {
+        buckets.push(bucket(limiter::Scope::User, user));
+    }
     let decision = match &scope.conn {
-        Some(conn) => limiter::check(conn, key, 1),
-        None => limiter::check_standalone(key, 1),
+        Some(conn) => limiter::check(conn, &buckets, 1),
+        None => limiter::check_standalone(&buckets, 1),
     }
     .map_err(|e| config_failure(format!("rate limiter: {e:?}")))?;
     scope
@@ -141,85 +176,136 @@ fn check(scope: &mut Scope, key: &str) -> Result<ratelimit::Decision, ApiError> 
             limiter::Outcome::FailedOpen => LimiterOutcome::FailedOpen,
             limiter::Outcome::FailedClosed => LimiterOutcome::FailedClosed,
         }));
-    Ok(ratelimit::Decision {
+    let reported = ratelimit::Decision {
         allowed: decision.allowed,
         limit: decision.limit,
         remaining: decision.remaining,
         reset_at_epoch_seconds: decision.reset_at_epoch_seconds,
         retry_after_seconds: decision.retry_after_seconds,
-    })
-}
-
-/// The session's bucket, then the user's: the tighter decision is reported.
-fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
-    let mut decision = check(scope, &format!("session:{}", request.session_id))?;
-    if let (true, Some(user)) = (decision.allowed, &request.user_id) {
-        decision = decision.tighter(check(scope, &format!("user:{user}"))?);
-    }
-    scope.decision = Some(decision);
+    };
+    scope.decision = Some(reported);
     if decision.allowed {
         return Ok(());
     }
+    let which = match decision.scope {
+        limiter::Scope::ClientAddress => ratelimit::Scope::ClientAddress,
+        limiter::Scope::Session => ratelimit::Scope::Session,
+        limiter::Scope::User => ratelimit::Scope::User,
+    };
     scope.telemetry.add(Observation::RateLimitHit);
-    scope.telemetry.add(Observation::Query(
-        Endpoint::Query,
-        QueryStatus::RateLimited,
-    ));
+    scope.ended(QueryStatus::RateLimited);
     if let Some(conn) = &scope.conn {
-        pipeline::note_rate_limited(conn, &request.session_id);
+        pipeline::note_rate_limited(
+            conn,
+            &request.session_id,
+            &scope.address,
+            serde_json::json!({
+                "session_id": request.session_id,
+                "user_id": request.user_id,
+                "bucket": which.as_str(),
+            }),
+        );
     }
     Err(ApiError::new(
         429,
         ErrorCode::RateLimited,
-        "Rate limit exceeded. Too many requests.",
+        format!(
+            "Rate limit exceeded. Too many requests (the {} limit).",
+            which.as_str()
+        ),
     )
-    .with_header("retry-after", decision.retry_after()))
+    .with_header("retry-after", reported.retry_after()))
+}
+
+/// The end user: the verified token's `sub` in `jwt` mode (401 without one),
+/// nobody in `none` mode (the body's `user_id` is then taken at its word).
+fn authenticate(
+    scope: &mut Scope,
+    identity_settings: &IdentitySettings,
+    req: &Request,
+) -> Result<Option<String>, ApiError> {
+    let Some(jwt) = &identity_settings.jwt else {
+        return Ok(None);
+    };
+    match identity::authenticate(req, jwt, scope.conn.as_ref()) {
+        Ok(user) => Ok(Some(user)),
+        Err(AuthFailure::Token(why)) => {
+            scope.ended(QueryStatus::Unauthorized);
+            scope.audit(
+                AuditAction::TokenRejected,
+                serde_json::json!({"path": req.path(), "reason": why.reason()}),
+            );
+            Err(ApiError::unauthorized(why.to_string()))
+        }
+        Err(AuthFailure::KeysUnavailable(_)) => {
+            scope.ended(QueryStatus::Unavailable);
+            Err(ApiError::unavailable(
+                "the identity provider's signing keys could not be fetched",
+            ))
+        }
+    }
 }
 
 fn chat_query(req: Request, _: Params) -> Result<Response, ApiError> {
-    let content_type = req.header("content-type").and_then(|v| v.as_str());
-    let request = query::parse_query(content_type, req.body())?;
+    let identity_settings = identity::settings().map_err(config_failure)?;
     let settings = settings::pipeline().map_err(config_failure)?;
-    let mut scope = Scope::open(&settings, Some(&request.session_id));
-    let result = answer(&mut scope, &settings, &request);
+    let address = identity::client_address(&req, &identity_settings);
+    let mut scope = Scope::open(&settings, address);
+    let result = ask(&mut scope, &settings, &identity_settings, &req);
     Ok(scope.finish(result))
 }
 
-fn answer(
+fn ask(
     scope: &mut Scope,
     settings: &PipelineSettings,
-    request: &QueryRequest,
+    identity_settings: &IdentitySettings,
+    req: &Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    limit(scope, request)?;
+    let user = authenticate(scope, identity_settings, req)?;
+    let jwt = identity_settings.mode == AuthMode::Jwt;
+    let content_type = req.header("content-type").and_then(|v| v.as_str());
+    // In jwt mode a question without a session starts one: 128 random bits.
+    let new_session = jwt.then(|| format!("s-{}", chatbot_spin::random_token()));
+    let mut request = query::parse_query(content_type, req.body(), new_session)?;
+    if let Some(user) = user {
+        if request
+            .user_id
+            .as_ref()
+            .is_some_and(|claimed| *claimed != user)
+        {
+            return Err(ApiError::new(
+                403,
+                ErrorCode::Forbidden,
+                "`user_id` must be the token's subject (or be left out)",
+            ));
+        }
+        request.user_id = Some(user);
+    }
+    scope.session = Some(request.session_id.clone());
+    limit(scope, &request)?;
+    let limits = settings::session_limits().map_err(config_failure)?;
     if let Some(user) = &request.user_id {
-        admit_session(scope, user, &request.session_id).inspect_err(|_| {
-            scope.telemetry.add(Observation::Query(
-                Endpoint::Query,
-                QueryStatus::RateLimited,
-            ))
-        })?;
+        gate(scope, settings, &limits, user, &request.session_id, jwt)?;
     }
     let answer = pipeline::answer(
         scope.conn.as_ref(),
         settings,
-        request,
+        &request,
         true,
         &mut scope.telemetry,
     )
     .map_err(|e| {
-        eprintln!("query failed: {e}");
-        scope.telemetry.add(Observation::Query(
-            Endpoint::Query,
-            QueryStatus::Unavailable,
-        ));
+        eprintln!("[{}] query failed: {e}", chatbot_spin::request_id());
+        scope.ended(QueryStatus::Unavailable);
         e.api_error()
     })?;
-    scope.telemetry.add(Observation::Query(
-        Endpoint::Query,
-        query::answered_status(answer.cached),
-    ));
-    let conversation_id = pipeline::store_history(settings, request, &answer, &mut scope.telemetry);
+    scope.ended(query::answered_status(answer.cached));
+    if let (false, Some(user)) = (answer.cached, &request.user_id) {
+        charge(scope, &limits, user, answer.value.tokens);
+    }
+    let conversation_id =
+        pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
     scope.telemetry.add(Observation::QueryLatency(
         query::cache_status(answer.cached, scope.conn.is_some()),
         started.elapsed().as_secs_f64(),
@@ -236,60 +322,209 @@ fn answer(
     Ok(response)
 }
 
-/// At most `max_sessions_per_user` active sessions per user (seed 003, 1.2).
-/// Without Redis the limit cannot be checked, and the request goes through.
-fn admit_session(scope: &Scope, user: &str, session: &str) -> Result<(), ApiError> {
+/// The 404 a user gets for a session that is not theirs: the same words as
+/// for one that does not exist, so it tells nothing.
+fn no_such_session(session: &str) -> ApiError {
+    ApiError::new(404, ErrorCode::NotFound, format!("no session `{session}`"))
+}
+
+/// The user's gate, in one round trip: the session is theirs (jwt mode),
+/// today's token budget is not spent, and they hold at most
+/// `max_sessions_per_user` active sessions (seed 003, 1.2). Without Redis
+/// none of it can be checked, and the request goes through (the exchange
+/// statement still refuses to write into another user's session).
+fn gate(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    limits: &settings::SessionLimits,
+    user: &str,
+    session: &str,
+    enforce_owner: bool,
+) -> Result<(), ApiError> {
     let Some(conn) = &scope.conn else {
         return Ok(());
     };
-    let limits = settings::session_limits().map_err(config_failure)?;
-    let refusal = chatbot_spin::audit::entry(
-        AuditAction::SessionRefused,
-        serde_json::json!({"user_id": user, "session_id": session, "max_sessions": limits.max_per_user}),
-    );
+    let now = now_epoch_seconds();
+    let (day, day_left) = sessions::budget_day(now);
+    let owner_ttl = i64::from(settings.retention_days) * 86_400;
     let reply = eval(
         conn,
-        sessions::ADMIT_SCRIPT,
-        &[&keys::user_sessions(user), keys::AUDIT_LOG],
+        sessions::GATE_SCRIPT,
+        &[
+            &keys::user_sessions(user),
+            &keys::user_tokens(user, day),
+            &keys::session_owner(session),
+        ],
         &[
             binary(session),
             RedisParameter::Int64(limits.max_per_user as i64),
             RedisParameter::Int64(limits.idle_seconds as i64),
-            binary(refusal.to_json()),
+            RedisParameter::Int64(limits.token_budget_per_day as i64),
+            binary(if enforce_owner { user } else { "" }),
+            RedisParameter::Int64(owner_ttl),
         ],
     );
     let reply = match reply {
         Ok(results) => integers(&results),
         Err(e) => {
-            eprintln!("session limit: Redis failed ({e}); not enforced for this request");
+            eprintln!("user gate: Redis failed ({e}); not enforced for this request");
             return Ok(());
         }
     };
-    match Admission::from_reply(&reply, limits.idle_seconds, now_epoch_seconds()) {
-        Admission::Admitted => Ok(()),
-        Admission::Refused {
+    let detail = serde_json::json!({"user_id": user, "session_id": session});
+    match Gate::from_reply(&reply, limits.idle_seconds, now) {
+        Gate::Admitted { claimed: false } => Ok(()),
+        Gate::Admitted { claimed: true } => {
+            if enforce_owner {
+                confirm_new_owner(scope, settings, user, session)?;
+            }
+            Ok(())
+        }
+        Gate::NotOwner => {
+            scope.ended(QueryStatus::NotFound);
+            scope.audit(AuditAction::SessionNotOwned, detail);
+            Err(no_such_session(session))
+        }
+        Gate::BudgetSpent { used } => {
+            scope.ended(QueryStatus::BudgetExceeded);
+            scope.telemetry.add(Observation::BudgetDenial);
+            scope.audit(AuditAction::BudgetExceeded, detail);
+            Err(ApiError::new(
+                429,
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "today's token budget is spent ({used} of {} tokens); it renews at 00:00 UTC",
+                    limits.token_budget_per_day
+                ),
+            )
+            .with_header("retry-after", day_left.to_string()))
+        }
+        Gate::SessionLimit {
             active,
             retry_after_seconds,
-        } => Err(ApiError::new(
-            429,
-            ErrorCode::SessionLimit,
-            format!(
-                "user already has {active} active sessions (the maximum is {}); reuse one or wait for one to expire",
-                limits.max_per_user
-            ),
-        )
-        .with_header("retry-after", retry_after_seconds.to_string())),
+        } => {
+            scope.ended(QueryStatus::RateLimited);
+            scope.audit(
+                AuditAction::SessionRefused,
+                serde_json::json!({"user_id": user, "session_id": session, "max_sessions": limits.max_per_user}),
+            );
+            Err(ApiError::new(
+                429,
+                ErrorCode::SessionLimit,
+                format!(
+                    "user already has {active} active sessions (the maximum is {}); reuse one or wait for one to expire",
+                    limits.max_per_user
+                ),
+            )
+            .with_header("retry-after", retry_after_seconds.to_string()))
+        }
+    }
+}
+
+/// Redis had no owner for the session and gave it to this user: Postgres,
+/// which keeps sessions for the whole retention period, has the last word.
+fn confirm_new_owner(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    user: &str,
+    session: &str,
+) -> Result<(), ApiError> {
+    match chatbot_spin::history::owner(&settings.postgres_address, session) {
+        Ok(Some(owner)) if owner != user => {
+            if let Some(conn) = &scope.conn {
+                if let Err(e) = conn.set(&keys::session_owner(session), owner.as_bytes()) {
+                    eprintln!("user gate: restoring the owner of {session} failed: {e}");
+                }
+            }
+            scope.ended(QueryStatus::NotFound);
+            scope.audit(
+                AuditAction::SessionNotOwned,
+                serde_json::json!({"user_id": user, "session_id": session}),
+            );
+            Err(no_such_session(session))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The exchange statement refuses another user's session anyway.
+            eprintln!("user gate: reading the owner of {session} failed: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Charges a miss's tokens to the user's budget for the day (when there is a budget).
+fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: &str, tokens: u64) {
+    if limits.token_budget_per_day == 0 || tokens == 0 {
+        return;
+    }
+    let Some(conn) = &scope.conn else {
+        return;
+    };
+    let (day, _) = sessions::budget_day(now_epoch_seconds());
+    let charged = eval(
+        conn,
+        sessions::CHARGE_SCRIPT,
+        &[&keys::user_tokens(user, day)],
+        &[
+            RedisParameter::Int64(tokens as i64),
+            RedisParameter::Int64(2 * sessions::DAY_SECONDS as i64),
+        ],
+    );
+    match charged {
+        Ok(_) => scope
+            .telemetry
+            .add(Observation::UserTokensCharged(tokens as f64)),
+        Err(e) => eprintln!("budget: charging {tokens} tokens failed: {e}"),
     }
 }
 
 fn history(req: Request, params: Params) -> Result<Response, ApiError> {
     let session_id = params.get("session_id").unwrap_or_default();
+    let identity_settings = identity::settings().map_err(config_failure)?;
+    // Who may read: the admin token, in any mode; in jwt mode, the session's owner.
+    let reader = if identity::is_admin(&req) {
+        None
+    } else {
+        let conn = settings::open_redis().ok();
+        let address = identity::client_address(&req, &identity_settings);
+        let refuse = |why: String, reason: &str| {
+            if let Some(conn) = &conn {
+                chatbot_spin::audit::append(
+                    conn,
+                    AuditAction::TokenRejected,
+                    &address,
+                    serde_json::json!({"path": req.path(), "reason": reason}),
+                );
+            }
+            ApiError::unauthorized(why)
+        };
+        let Some(jwt) = &identity_settings.jwt else {
+            return Err(refuse(
+                "the admin token is required to read a history (auth_mode is none)".into(),
+                "missing_admin_token",
+            ));
+        };
+        match identity::authenticate(&req, jwt, conn.as_ref()) {
+            Ok(user) => Some(user),
+            Err(AuthFailure::Token(why)) => return Err(refuse(why.to_string(), why.reason())),
+            Err(AuthFailure::KeysUnavailable(_)) => {
+                return Err(ApiError::unavailable(
+                    "the identity provider's signing keys could not be fetched",
+                ))
+            }
+        }
+    };
     api::validate_id("session_id", session_id)?;
     let page = api::parse_page(req.query())?;
     let address = settings::postgres_address().map_err(config_failure)?;
-    let page = chatbot_spin::history::page(&address, session_id, page).map_err(|e| {
-        eprintln!("history: {e}");
+    let (page, owner) = chatbot_spin::history::page(&address, session_id, page).map_err(|e| {
+        eprintln!("[{}] history: {e}", chatbot_spin::request_id());
         ApiError::unavailable("the history store (Postgres) is unavailable")
     })?;
+    if let Some(user) = reader {
+        if owner.as_deref() != Some(user.as_str()) {
+            return Err(no_such_session(session_id));
+        }
+    }
     Ok(json(200, &page))
 }

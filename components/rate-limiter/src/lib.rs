@@ -4,6 +4,7 @@
 //! caller's connection.
 
 use chatbot_core::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, ScriptReply};
+use chatbot_core::settings::LimiterSettings;
 use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::{eval, integers};
 use chatbot_spin::settings::open_redis;
@@ -18,18 +19,18 @@ wit_bindgen::generate!({
     },
 });
 
-use exports::chatbot::ratelimit::limiter::{Decision, Error, Guest, Outcome};
+use exports::chatbot::ratelimit::limiter::{Bucket, Decision, Error, Guest, Outcome, Scope};
 
 struct Limiter;
 
 fn limit_error(e: LimitError) -> Error {
     match e {
-        LimitError::InvalidKey => Error::InvalidKey(e.to_string()),
+        LimitError::InvalidKey | LimitError::BucketCount => Error::InvalidKey(e.to_string()),
         LimitError::ZeroCost | LimitError::CostAboveCapacity { .. } => Error::InvalidCost,
     }
 }
 
-fn to_wit(d: ratelimit::Decision, outcome: Outcome) -> Decision {
+fn to_wit(d: ratelimit::Decision, outcome: Outcome, scope: Scope) -> Decision {
     Decision {
         allowed: d.allowed,
         limit: d.limit,
@@ -37,50 +38,79 @@ fn to_wit(d: ratelimit::Decision, outcome: Outcome) -> Decision {
         reset_at_epoch_seconds: d.reset_at_epoch_seconds,
         retry_after_seconds: d.retry_after_seconds,
         outcome,
+        scope,
     }
 }
 
-/// Runs the bucket script (by SHA, reloaded if Redis lost it): one round trip.
+fn core_scope(scope: Scope) -> ratelimit::Scope {
+    match scope {
+        Scope::ClientAddress => ratelimit::Scope::ClientAddress,
+        Scope::Session => ratelimit::Scope::Session,
+        Scope::User => ratelimit::Scope::User,
+    }
+}
+
+fn config_for(settings: &LimiterSettings, scope: Scope) -> BucketConfig {
+    match scope {
+        Scope::ClientAddress => settings.per_address,
+        Scope::Session | Scope::User => settings.bucket,
+    }
+}
+
+/// Runs the bucket script over every bucket (by SHA, reloaded if Redis lost
+/// it): one round trip.
 fn run_script(
     conn: &Connection,
-    key: &str,
-    bucket: BucketConfig,
+    keys: &[String],
+    configs: &[BucketConfig],
     cost: u32,
 ) -> Result<ScriptReply, StoreError> {
-    let reply = eval(
-        conn,
-        ratelimit::TOKEN_BUCKET_SCRIPT,
-        &[key],
-        &[
-            RedisParameter::Int64(i64::from(bucket.capacity)),
-            RedisParameter::Int64(i64::from(bucket.window_seconds) * 1000),
-            RedisParameter::Int64(i64::from(cost)),
-        ],
-    )?;
-    ScriptReply::from_integers(&integers(&reply))
+    let mut args = vec![RedisParameter::Int64(i64::from(cost))];
+    for config in configs {
+        args.push(RedisParameter::Int64(i64::from(config.capacity)));
+        args.push(RedisParameter::Int64(
+            i64::from(config.window_seconds) * 1000,
+        ));
+    }
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let reply = eval(conn, ratelimit::TOKEN_BUCKET_SCRIPT, &key_refs, &args)?;
+    ScriptReply::from_integers(&integers(&reply), keys.len())
         .ok_or_else(|| StoreError::Unexpected(format!("bucket script reply {reply:?}")))
 }
 
-fn check(conn: Option<&Connection>, key: &str, cost: u32) -> Result<Decision, Error> {
+fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
     let settings =
         chatbot_spin::settings::limiter().map_err(|e| Error::Configuration(e.to_string()))?;
-    let bucket_key = ratelimit::bucket_key(key).map_err(limit_error)?;
-    ratelimit::validate(settings.bucket, cost).map_err(limit_error)?;
+    if buckets.is_empty() || buckets.len() > ratelimit::MAX_BUCKETS {
+        return Err(limit_error(LimitError::BucketCount));
+    }
+    let mut keys = Vec::with_capacity(buckets.len());
+    let mut configs = Vec::with_capacity(buckets.len());
+    for bucket in buckets {
+        keys.push(
+            ratelimit::bucket_key(core_scope(bucket.scope), &bucket.key).map_err(limit_error)?,
+        );
+        let config = config_for(&settings, bucket.scope);
+        ratelimit::validate(config, cost).map_err(limit_error)?;
+        configs.push(config);
+    }
+    let first = buckets[0].scope;
     if !settings.enabled {
         return Ok(to_wit(
-            ratelimit::disabled_decision(settings.bucket, now_epoch_seconds()),
+            ratelimit::disabled_decision(configs[0], now_epoch_seconds()),
             Outcome::Disabled,
+            first,
         ));
     }
     let reply = match conn {
-        Some(conn) => run_script(conn, &bucket_key, settings.bucket, cost),
-        None => open_redis().and_then(|conn| run_script(&conn, &bucket_key, settings.bucket, cost)),
+        Some(conn) => run_script(conn, &keys, &configs, cost),
+        None => open_redis().and_then(|conn| run_script(&conn, &keys, &configs, cost)),
     };
     match reply {
-        Ok(reply) => Ok(to_wit(
-            ratelimit::decide(settings.bucket, cost, reply),
-            Outcome::Enforced,
-        )),
+        Ok(reply) => {
+            let (index, decision) = ratelimit::decide(&configs, cost, &reply);
+            Ok(to_wit(decision, Outcome::Enforced, buckets[index].scope))
+        }
         Err(reason) => {
             eprintln!(
                 "rate limiter: Redis unavailable ({reason}); failing {:?}",
@@ -93,20 +123,21 @@ fn check(conn: Option<&Connection>, key: &str, cost: u32) -> Result<Decision, Er
             Ok(to_wit(
                 settings
                     .on_failure
-                    .decision(settings.bucket, now_epoch_seconds()),
+                    .decision(configs[0], now_epoch_seconds()),
                 outcome,
+                first,
             ))
         }
     }
 }
 
 impl Guest for Limiter {
-    fn check(conn: &Connection, key: String, cost: u32) -> Result<Decision, Error> {
-        check(Some(conn), &key, cost)
+    fn check(conn: &Connection, buckets: Vec<Bucket>, cost: u32) -> Result<Decision, Error> {
+        check(Some(conn), &buckets, cost)
     }
 
-    fn check_standalone(key: String, cost: u32) -> Result<Decision, Error> {
-        check(None, &key, cost)
+    fn check_standalone(buckets: Vec<Bucket>, cost: u32) -> Result<Decision, Error> {
+        check(None, &buckets, cost)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The conversation history in Postgres (through Spin's pooled connections).
 
 use chatbot_core::history::{self, HistoryPage};
-use chatbot_core::query::{Citation, QueryRequest};
+use chatbot_core::query::{self, Citation, QueryRequest};
 use spin_sdk::pg4::{Connection, ParameterValue};
 
 use crate::pg::{column, json_column, query_one_row};
@@ -21,6 +21,7 @@ pub fn store_exchange(
     answer: &str,
     citations: &[Citation],
     cached: bool,
+    enforce_owner: bool,
 ) -> Result<i64, StoreError> {
     let conn = Connection::open(address)?;
     let citations = serde_json::to_vec(citations).expect("citations serialise");
@@ -34,16 +35,28 @@ pub fn store_exchange(
             ParameterValue::Str(request.question.clone()),
             opt_str(request.page_context.as_deref()),
             ParameterValue::Boolean(cached),
-            ParameterValue::Str(answer.to_string()),
+            ParameterValue::Str(query::storable(answer)),
             ParameterValue::Jsonb(citations),
+            ParameterValue::Boolean(enforce_owner),
         ],
     )?;
-    column(&row, 0)
+    // NULL: the session belongs to another user (jwt mode); nothing was stored.
+    let conversation: Option<i64> = column(&row, 0)?;
+    conversation.ok_or_else(|| {
+        StoreError::Unexpected(format!(
+            "session {} belongs to another user; the exchange was not stored",
+            request.session_id
+        ))
+    })
 }
 
-/// One page of a session's messages, oldest first, and the session's total, in
-/// one statement that yields one row even for a session with no messages.
-pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, StoreError> {
+/// One page of a session's messages, oldest first, the session's total and its
+/// owner, in one statement that yields one row even for a session with no messages.
+pub fn page(
+    address: &str,
+    session_id: &str,
+    page: i64,
+) -> Result<(HistoryPage, Option<String>), StoreError> {
     let conn = Connection::open(address)?;
     let row = query_one_row(
         &conn,
@@ -56,5 +69,18 @@ pub fn page(address: &str, session_id: &str, page: i64) -> Result<HistoryPage, S
     )?;
     let total: i64 = column(&row, 0)?;
     let messages = json_column(&row, 1)?;
-    Ok(HistoryPage::new(session_id, page, total, messages))
+    let owner: Option<String> = column(&row, 2)?;
+    Ok((HistoryPage::new(session_id, page, total, messages), owner))
+}
+
+/// The session's owner (`None` for an unknown session or one without a user):
+/// checked once when Redis first sees a session, in case Redis forgot an owner.
+pub fn owner(address: &str, session_id: &str) -> Result<Option<String>, StoreError> {
+    let conn = Connection::open(address)?;
+    let row = query_one_row(
+        &conn,
+        history::SESSION_OWNER_SQL,
+        &[ParameterValue::Str(session_id.to_string())],
+    )?;
+    column(&row, 0)
 }

@@ -6,6 +6,7 @@ pub mod caches;
 pub mod error;
 pub mod history;
 pub mod http;
+pub mod identity;
 pub mod metrics_store;
 pub mod openai;
 pub mod pg;
@@ -17,6 +18,14 @@ pub mod routing;
 pub mod settings;
 
 pub use error::StoreError;
+
+/// This request's id: in the `X-Request-Id` header, in 5xx bodies and in the
+/// log lines about the request. Spin gives every request a fresh instance, so
+/// a static is exactly one request's.
+pub fn request_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(random_token)
+}
 
 /// A random token (for locks), from the host's secure random source.
 pub fn random_token() -> String {

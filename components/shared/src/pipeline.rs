@@ -194,6 +194,7 @@ pub fn store_history(
     settings: &PipelineSettings,
     request: &QueryRequest,
     answer: &Answer,
+    enforce_owner: bool,
     telemetry: &mut Telemetry,
 ) -> Option<i64> {
     let started = Instant::now();
@@ -204,6 +205,7 @@ pub fn store_history(
         &answer.value.answer,
         &answer.value.citations,
         answer.cached,
+        enforce_owner,
     ) {
         Ok(id) => {
             telemetry.add(Observation::DatabaseLatency(
@@ -214,8 +216,10 @@ pub fn store_history(
         }
         Err(e) => {
             eprintln!(
-                "history write lost for session {}: {}",
-                request.session_id, e
+                "[{}] history write lost for session {}: {}",
+                crate::request_id(),
+                request.session_id,
+                e
             );
             telemetry.add(Observation::HistoryWriteLost);
             telemetry.add(Observation::Error(ErrorType::Postgres));
@@ -224,18 +228,24 @@ pub fn store_history(
     }
 }
 
-/// Top rate-limited sessions and the audit log, in one round trip.
-pub fn note_rate_limited(conn: &Connection, session_id: &str) {
-    let entry = crate::audit::entry(
-        AuditAction::RateLimitDenied,
-        serde_json::json!({ "session_id": session_id }),
-    )
-    .to_json();
+/// Top rate-limited sessions and the security log (sampled per address), in one round trip.
+pub fn note_rate_limited(
+    conn: &Connection,
+    session_id: &str,
+    address: &str,
+    detail: serde_json::Value,
+) {
+    let entry = crate::audit::entry(AuditAction::RateLimitDenied, address, detail);
+    let [log, throttle] = entry.script_keys();
     if let Err(e) = eval(
         conn,
         sessions::NOTE_RATE_LIMITED_SCRIPT,
-        &[keys::RATE_LIMITED_SESSIONS, keys::AUDIT_LOG],
-        &[binary(session_id), binary(entry)],
+        &[keys::RATE_LIMITED_SESSIONS, &log, &throttle],
+        &[
+            binary(session_id),
+            binary(entry.to_json()),
+            RedisParameter::Int64(AuditAction::RateLimitDenied.sample_seconds()),
+        ],
     ) {
         eprintln!("analytics: noting a rate-limited session failed: {e}");
     }

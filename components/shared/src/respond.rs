@@ -11,9 +11,14 @@ pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
         .build()
 }
 
-/// The JSON error body, with the headers the error carries.
+/// The JSON error body, with the headers the error carries. A 5xx names the
+/// request id under which the log holds what went wrong.
 pub fn error(error: &ApiError) -> Response {
-    let mut response = json(error.status, &error.body());
+    let mut body = error.body();
+    if error.status >= 500 {
+        body.request_id = Some(crate::request_id().to_string());
+    }
+    let mut response = json(error.status, &body);
     for (name, value) in &error.headers {
         response.set_header(*name, value.as_str());
     }

@@ -4,7 +4,7 @@
 
 use chatbot_core::api::ApiError;
 use chatbot_core::audit::AuditAction;
-use chatbot_core::auth;
+use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::routes::{allowed_methods, Route};
 use spin_sdk::http::{Method, Params, Request, Response, Router};
 
@@ -59,18 +59,40 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
     router
 }
 
+/// Serves one request by the route table, with its `X-Request-Id`.
+pub fn serve(
+    table: &'static [Route],
+    handler_for: impl Fn(&Route) -> Handler,
+    req: Request,
+) -> Response {
+    let mut response = router(table, handler_for).handle(req);
+    response.set_header("x-request-id", crate::request_id());
+    response
+}
+
+/// The client address of a request, for the security log (identity settings
+/// that do not parse fall back to the TCP peer).
+pub fn client_address(req: &Request) -> String {
+    let settings = crate::identity::settings().unwrap_or(IdentitySettings {
+        mode: AuthMode::None,
+        jwt: None,
+        trusted_proxy_hops: 0,
+    });
+    crate::identity::client_address(req, &settings)
+}
+
 /// Refuses without the admin bearer token (constant-time compare; no token
-/// configured means admin is closed), and audits the refusal.
+/// configured means admin is closed), and writes the refusal to the security log.
 pub fn authorise(req: &Request) -> Result<(), ApiError> {
-    let token = chatbot_core::settings::admin_token(&crate::settings::lookup);
-    let presented = req.header("authorization").and_then(|v| v.as_str());
-    if auth::bearer_matches(presented, token.expose()) {
+    if crate::identity::is_admin(req) {
         return Ok(());
     }
+    let presented = req.header("authorization").and_then(|v| v.as_str());
     if let Ok(conn) = crate::settings::open_redis() {
         crate::audit::append(
             &conn,
             AuditAction::Unauthorized,
+            &client_address(req),
             serde_json::json!({
                 "path": req.path(),
                 "method": req.method().to_string(),

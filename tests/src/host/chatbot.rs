@@ -9,18 +9,21 @@ use wasmtime::component::Resource;
 use super::redis::RedisConnection;
 use super::HostState;
 use crate::bindings::chatbot::chatbot::metrics::recorder::{self, Batch};
-use crate::bindings::chatbot::chatbot::ratelimit::limiter::{self, Decision};
+use crate::bindings::chatbot::chatbot::ratelimit::limiter::{self, Bucket, Decision};
 
-pub use limiter::{Decision as LimiterDecision, Error as LimiterError, Outcome as LimiterOutcome};
+pub use limiter::{
+    Bucket as LimiterBucket, Decision as LimiterDecision, Error as LimiterError,
+    Outcome as LimiterOutcome, Scope as LimiterScope,
+};
 pub use recorder::{Batch as RecorderBatch, Error as RecorderError, Sample as RecorderSample};
 
-type LimiterFn = dyn Fn(&str, u32) -> Result<Decision, limiter::Error> + Send + Sync;
+type LimiterFn = dyn Fn(&[Bucket], u32) -> Result<Decision, limiter::Error> + Send + Sync;
 type RecorderFn = dyn Fn(&Batch) -> Result<(), recorder::Error> + Send + Sync;
 
 /// One call the component made to the limiter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LimiterCall {
-    pub key: String,
+    pub buckets: Vec<Bucket>,
     pub cost: u32,
     /// Whether the call lent a connection, and it answered `PING` (i.e. was live).
     pub lent_live_connection: bool,
@@ -43,7 +46,7 @@ pub struct ChatbotImports {
 
 impl ChatbotImports {
     pub fn new(
-        limiter: impl Fn(&str, u32) -> Result<Decision, limiter::Error> + Send + Sync + 'static,
+        limiter: impl Fn(&[Bucket], u32) -> Result<Decision, limiter::Error> + Send + Sync + 'static,
         recorder: impl Fn(&Batch) -> Result<(), recorder::Error> + Send + Sync + 'static,
     ) -> Self {
         Self {
@@ -77,6 +80,7 @@ pub fn allowed(limit: u32, remaining: u32) -> Decision {
         reset_at_epoch_seconds: 0,
         retry_after_seconds: 0,
         outcome: limiter::Outcome::Enforced,
+        scope: limiter::Scope::Session,
     }
 }
 
@@ -111,31 +115,31 @@ impl limiter::Host for HostState {
     async fn check(
         &mut self,
         conn: Resource<RedisConnection>,
-        key: String,
+        buckets: Vec<Bucket>,
         cost: u32,
     ) -> Result<Decision, limiter::Error> {
         let live = self.lent_connection_is_live(&conn).await;
         let imports = self.chatbot_imports();
         imports.limiter_calls.lock().unwrap().push(LimiterCall {
-            key: key.clone(),
+            buckets: buckets.clone(),
             cost,
             lent_live_connection: live,
         });
-        (imports.limiter)(&key, cost)
+        (imports.limiter)(&buckets, cost)
     }
 
     async fn check_standalone(
         &mut self,
-        key: String,
+        buckets: Vec<Bucket>,
         cost: u32,
     ) -> Result<Decision, limiter::Error> {
         let imports = self.chatbot_imports();
         imports.limiter_calls.lock().unwrap().push(LimiterCall {
-            key: key.clone(),
+            buckets: buckets.clone(),
             cost,
             lent_live_connection: false,
         });
-        (imports.limiter)(&key, cost)
+        (imports.limiter)(&buckets, cost)
     }
 }
 

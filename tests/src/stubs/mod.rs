@@ -1,7 +1,8 @@
-//! Local stand-ins for OpenAI and Qdrant that speak their real wire formats,
+//! Local stand-ins for OpenAI, Qdrant and an identity provider's JWKS that speak their real wire formats,
 //! with deterministic output, call counting, configurable latency and
 //! failure injection. Each listens on 127.0.0.1, port 0.
 
+pub mod issuer;
 pub mod openai;
 pub mod qdrant;
 

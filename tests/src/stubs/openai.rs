@@ -120,9 +120,26 @@ async fn admit(
         return Err(response);
     }
     if !authorised {
+        // OpenAI's own words, which quote the presented key, masked.
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let masked = if presented.len() > 8 {
+            format!(
+                "{}****{}",
+                &presented[..5],
+                &presented[presented.len() - 4..]
+            )
+        } else {
+            "****".to_string()
+        };
         return Err(error(
             StatusCode::UNAUTHORIZED,
-            "Incorrect API key provided.",
+            &format!(
+                "Incorrect API key provided: {masked}. You can find your API key at https://platform.openai.com/account/api-keys."
+            ),
             "invalid_request_error",
             "invalid_api_key",
         ));

@@ -1,0 +1,144 @@
+//! Who is asking, on the host side: the client address from Spin's headers,
+//! whether the caller holds the admin token, and the end user of a bearer JWT
+//! (verified by `chatbot_core::identity`), with the issuer's key set cached in
+//! Redis, because an instance keeps nothing between requests.
+
+use std::time::Duration;
+
+use chatbot_core::config::ConfigError;
+use chatbot_core::identity::{self, AuthError, IdentitySettings, JwtSettings};
+use chatbot_core::keys;
+use jsonwebtoken::jwk::JwkSet;
+use spin_sdk::http::Request;
+use spin_sdk::redis::{Connection, RedisParameter};
+
+use crate::redis_script::binary;
+
+/// A key set is fetched again for an unknown `kid` at most this often, so
+/// tokens with made-up key ids cannot make us hammer the issuer.
+const REFETCH_INTERVAL_SECONDS: i64 = 30;
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn settings() -> Result<IdentitySettings, ConfigError> {
+    IdentitySettings::from_lookup(&crate::settings::lookup)
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.header(name).and_then(|v| v.as_str())
+}
+
+/// The address the per-address bucket and the security log use.
+pub fn client_address(req: &Request, settings: &IdentitySettings) -> String {
+    identity::client_address(
+        header(req, "spin-client-addr"),
+        header(req, "x-forwarded-for"),
+        settings.trusted_proxy_hops,
+    )
+}
+
+/// Whether the request carries the admin bearer token (constant-time compare;
+/// no token configured means nobody is admin).
+pub fn is_admin(req: &Request) -> bool {
+    let token = chatbot_core::settings::admin_token(&crate::settings::lookup);
+    chatbot_core::auth::bearer_matches(header(req, "authorization"), token.expose())
+}
+
+/// Why a request has no user.
+#[derive(Debug)]
+pub enum AuthFailure {
+    /// The token is missing or bad: 401.
+    Token(AuthError),
+    /// The issuer's keys could not be fetched: 503 (the token may be fine).
+    KeysUnavailable(String),
+}
+
+/// The verified `sub` of the request's bearer JWT.
+pub fn authenticate(
+    req: &Request,
+    jwt: &JwtSettings,
+    conn: Option<&Connection>,
+) -> Result<String, AuthFailure> {
+    let token = identity::bearer_token(header(req, "authorization")).map_err(AuthFailure::Token)?;
+    let token_header = identity::read_header(token, jwt).map_err(AuthFailure::Token)?;
+    let Some(url) = jwt
+        .jwks_url
+        .as_deref()
+        .filter(|_| token_header.needs_jwks())
+    else {
+        return identity::verify(token, jwt, None).map_err(AuthFailure::Token);
+    };
+    let (jwks, from_cache) = match conn.and_then(|c| cached_jwks(c, url)) {
+        Some(jwks) => (jwks, true),
+        None => (fetch_jwks(url, jwt, conn)?, false),
+    };
+    match identity::verify(token, jwt, Some(&jwks)) {
+        // Keys rotate: a new kid may be in a fresher copy. Refetch once, rarely.
+        Err(AuthError::UnknownKey) if from_cache && may_refetch(conn, url) => {
+            let fresh = fetch_jwks(url, jwt, conn)?;
+            identity::verify(token, jwt, Some(&fresh)).map_err(AuthFailure::Token)
+        }
+        other => other.map_err(AuthFailure::Token),
+    }
+}
+
+fn cached_jwks(conn: &Connection, url: &str) -> Option<JwkSet> {
+    let bytes = conn.get(&keys::jwks(url)).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn may_refetch(conn: Option<&Connection>, url: &str) -> bool {
+    let Some(conn) = conn else {
+        return true;
+    };
+    let reply = conn.execute(
+        "SET",
+        &[
+            binary(keys::jwks_refetch(url)),
+            binary("1"),
+            binary("NX"),
+            binary("EX"),
+            RedisParameter::Int64(REFETCH_INTERVAL_SECONDS),
+        ],
+    );
+    // Redis answers nil when the marker is already set.
+    matches!(reply, Ok(values) if !values.is_empty() && !matches!(values[0], spin_sdk::redis::RedisResult::Nil))
+}
+
+fn fetch_jwks(
+    url: &str,
+    jwt: &JwtSettings,
+    conn: Option<&Connection>,
+) -> Result<JwkSet, AuthFailure> {
+    let unavailable = |why: String| {
+        eprintln!("[{}] jwks: {url}: {why}", crate::request_id());
+        AuthFailure::KeysUnavailable(why)
+    };
+    let response = crate::http::request(
+        "GET",
+        url,
+        &[("accept", "application/json")],
+        None,
+        JWKS_TIMEOUT,
+    )
+    .map_err(|e| unavailable(format!("{e:?}")))?;
+    if response.status != 200 {
+        return Err(unavailable(format!("answered {}", response.status)));
+    }
+    let jwks: JwkSet = serde_json::from_slice(&response.body)
+        .map_err(|e| unavailable(format!("not a JWK set: {e}")))?;
+    if let Some(conn) = conn {
+        let stored = conn.execute(
+            "SET",
+            &[
+                binary(keys::jwks(url)),
+                RedisParameter::Binary(response.body),
+                binary("EX"),
+                RedisParameter::Int64(jwt.jwks_cache_seconds as i64),
+            ],
+        );
+        if let Err(e) = stored {
+            eprintln!("jwks: caching the key set failed: {e}");
+        }
+    }
+    Ok(jwks)
+}

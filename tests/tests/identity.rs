@@ -1,0 +1,790 @@
+//! Identity, limits a client cannot dodge, and privacy (issue #10 of round 2):
+//! the app composed as spin.toml says, real Redis and Postgres, the OpenAI and
+//! Qdrant stand-ins and a local identity provider (`stubs::issuer`).
+
+use chatbot_core::config::names;
+use chatbot_harness::stubs::issuer::{
+    self, claims, sign, token, IssuerStub, SigningKey, AUDIENCE, HS256_SECRET, ISSUER,
+};
+use chatbot_harness::stubs::openai::{CHAT, EMBEDDINGS};
+use chatbot_harness::stubs::qdrant::SEARCH;
+use chatbot_harness::stubs::Fault;
+use chatbot_harness::{BufferedResponse, TestApp, TEST_QDRANT_KEY};
+use serde_json::{json, Value};
+
+const QUERY: &str = "/api/v1/chat/query";
+
+/// An app in `jwt` mode that accepts HS256 and, from `issuer`'s JWKS, RS256 and ES256.
+async fn jwt_app(issuer: &IssuerStub) -> TestApp {
+    TestApp::builder()
+        .variable(names::AUTH_MODE, "jwt")
+        .variable(names::JWT_HS256_SECRET, HS256_SECRET)
+        .address(names::JWT_JWKS_URL, issuer.jwks_url())
+        .variable(names::JWT_ISSUER, ISSUER)
+        .variable(names::JWT_AUDIENCE, AUDIENCE)
+        .spawn()
+        .await
+        .unwrap()
+}
+
+async fn ask_as(app: &TestApp, bearer: Option<&str>, body: Value) -> BufferedResponse {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    app.client()
+        .request("POST", QUERY, &headers, serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn history_as(app: &TestApp, bearer: &str, session: &str) -> BufferedResponse {
+    let auth = format!("Bearer {bearer}");
+    app.client()
+        .request(
+            "GET",
+            &format!("/api/v1/chat/history/{session}"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap()
+}
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    app.postgres()
+        .await
+        .unwrap()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn assert_unauthorized(response: &BufferedResponse, token: &str, why: &str) {
+    assert_eq!(response.status, 401, "{why}: {}", response.text());
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"), "{why}");
+    let body = response.json();
+    assert_eq!(body["status"], "unauthorized", "{why}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.is_empty(), "{why}");
+    if token.len() > 8 {
+        assert!(
+            !response.text().contains(token),
+            "{why}: the token was echoed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_valid_token_nothing_reaches_the_pipeline_or_the_history() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA, SigningKey::EcA])
+        .await
+        .unwrap();
+    let app = jwt_app(&issuer).await;
+    let question = json!({"question": "What is AI?", "session_id": "s1"});
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims("alice");
+        f(&mut c);
+        c
+    };
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims("alice").to_string())
+    );
+    // An HS256 token "signed" with the RSA public key's modulus: the classic confusion.
+    let rsa_public = SigningKey::RsaA.public_jwk();
+    let confused = {
+        let n = match &rsa_public.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(rsa) => rsa.n.clone(),
+            _ => unreachable!(),
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("rsa-a".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims("alice"),
+            &jsonwebtoken::EncodingKey::from_secret(n.as_bytes()),
+        )
+        .unwrap()
+    };
+    let forged = {
+        // Alice's claims with Bob's good signature.
+        let good = token(SigningKey::RsaA, "bob");
+        let alice = token(SigningKey::RsaA, "alice");
+        let mut parts: Vec<&str> = alice.split('.').collect();
+        parts[2] = good.split('.').nth(2).unwrap();
+        parts.join(".")
+    };
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("not a JWT", Some("not-a-jwt".into())),
+        (
+            "expired",
+            Some(sign(
+                SigningKey::Hs256,
+                &with(&|c| c["exp"] = json!(issuer::now() - 600)),
+            )),
+        ),
+        (
+            "not yet valid",
+            Some(sign(
+                SigningKey::RsaA,
+                &with(&|c| c["nbf"] = json!(issuer::now() + 600)),
+            )),
+        ),
+        ("wrong signature", Some(forged)),
+        (
+            "wrong issuer",
+            Some(sign(
+                SigningKey::EcA,
+                &with(&|c| c["iss"] = json!("https://evil.test")),
+            )),
+        ),
+        (
+            "wrong audience",
+            Some(sign(
+                SigningKey::Hs256,
+                &with(&|c| c["aud"] = json!("another-app")),
+            )),
+        ),
+        (
+            "no subject",
+            Some(sign(
+                SigningKey::Hs256,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                }),
+            )),
+        ),
+        ("alg none", Some(alg_none)),
+        ("HS256 keyed with the RSA public key", Some(confused)),
+        (
+            "HS256 with another secret",
+            Some(
+                jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &claims("alice"),
+                    &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
+                )
+                .unwrap(),
+            ),
+        ),
+    ];
+    for (why, bad) in &cases {
+        let response = ask_as(&app, bad.as_deref(), question.clone()).await;
+        assert_unauthorized(&response, bad.as_deref().unwrap_or(""), why);
+        let bearer = bad.clone().unwrap_or_default();
+        let history = history_as(&app, &bearer, "s1").await;
+        assert_unauthorized(&history, &bearer, why);
+    }
+    assert_eq!(
+        app.openai.controls().total_calls(),
+        0,
+        "nothing reached OpenAI"
+    );
+    assert_eq!(app.qdrant.controls().calls(SEARCH), 0);
+    assert_eq!(count(&app, "messages").await, 0);
+    assert_eq!(count(&app, "user_sessions").await, 0);
+
+    // The same request with a good token of each kind is answered.
+    for key in [SigningKey::Hs256, SigningKey::RsaA, SigningKey::EcA] {
+        let response = ask_as(&app, Some(&token(key, "alice")), question.clone()).await;
+        assert_eq!(response.status, 200, "{key:?}: {}", response.text());
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_issuer() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = jwt_app(&issuer).await;
+    let ask = |key: SigningKey| {
+        let t = token(key, "alice");
+        let app = &app;
+        async move { ask_as(app, Some(&t), json!({"question": "q", "session_id": "rot"})).await }
+    };
+    assert_eq!(ask(SigningKey::RsaA).await.status, 200);
+    assert_eq!(ask(SigningKey::RsaA).await.status, 200);
+    assert_eq!(issuer.fetches(), 1, "the key set is cached in Redis");
+
+    // The issuer rotates to a new key: its first token refetches the set.
+    issuer.publish(&[SigningKey::RsaB]);
+    assert_eq!(ask(SigningKey::RsaB).await.status, 200);
+    assert_eq!(issuer.fetches(), 2);
+    assert_eq!(ask(SigningKey::RsaB).await.status, 200);
+    assert_eq!(issuer.fetches(), 2);
+
+    // Tokens naming unknown key ids are refused without a fetch each.
+    for kid in ["made-up-1", "made-up-2", "made-up-3"] {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims("mallory"),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
+                .unwrap(),
+        )
+        .unwrap();
+        let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
+        assert_unauthorized(&r, &t, kid);
+    }
+    assert!(issuer.fetches() <= 3, "fetched {} times", issuer.fetches());
+}
+
+#[tokio::test]
+async fn sessions_belong_to_the_user_who_created_them() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = jwt_app(&issuer).await;
+    let alice = token(SigningKey::Hs256, "alice");
+    let bob = token(SigningKey::RsaA, "bob");
+
+    // A question without a session starts one for its user.
+    let first = ask_as(&app, Some(&alice), json!({"question": "What is AI?"})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let session = first.json()["session_id"].as_str().unwrap().to_string();
+    assert!(session.len() >= 32, "{session}");
+    let again = ask_as(&app, Some(&alice), json!({"question": "What is AI?"})).await;
+    assert_ne!(again.json()["session_id"], first.json()["session_id"]);
+
+    // Bob can neither ask in it nor read it, and learns nothing from trying.
+    let in_alices = ask_as(
+        &app,
+        Some(&bob),
+        json!({"question": "Hi", "session_id": session}),
+    )
+    .await;
+    assert_eq!(in_alices.status, 404, "{}", in_alices.text());
+    let unknown = ask_as(
+        &app,
+        Some(&bob),
+        json!({"question": "Hi", "session_id": "nobody-has-it"}),
+    )
+    .await;
+    assert_eq!(
+        unknown.status, 200,
+        "an unused session id is Bob's to start"
+    );
+    let read = history_as(&app, &bob, &session).await;
+    assert_eq!(read.status, 404);
+    let read_unknown = history_as(&app, &bob, "never-existed").await;
+    assert_eq!(read_unknown.status, 404);
+    assert_eq!(
+        read.json()["detail"]
+            .as_str()
+            .unwrap()
+            .replace(&session, "X"),
+        read_unknown.json()["detail"]
+            .as_str()
+            .unwrap()
+            .replace("never-existed", "X"),
+        "not owned and not there read alike"
+    );
+
+    // The owner and the admin read it; Bob's attempt stored nothing in it.
+    let mine = history_as(&app, &alice, &session).await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    assert_eq!(mine.json()["total"], 2);
+    let admin = app
+        .admin_get(&format!("/api/v1/chat/history/{session}"))
+        .await
+        .unwrap();
+    assert_eq!(admin.json()["total"], 2);
+
+    // The body may not speak for someone else.
+    let spoof = ask_as(
+        &app,
+        Some(&bob),
+        json!({"question": "Hi", "session_id": "bobs", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(spoof.status, 403, "{}", spoof.text());
+    let same = ask_as(
+        &app,
+        Some(&bob),
+        json!({"question": "Hi", "session_id": "bobs", "user_id": "bob"}),
+    )
+    .await;
+    assert_eq!(same.status, 200);
+
+    // Redis forgetting an owner does not hand the session over: Postgres has the last word.
+    let mut redis = app.redis().await.unwrap();
+    let owner_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("chatbot:session-owner:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!owner_keys.is_empty());
+    redis::cmd("DEL")
+        .arg(&owner_keys)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let takeover = ask_as(
+        &app,
+        Some(&bob),
+        json!({"question": "Mine now?", "session_id": session}),
+    )
+    .await;
+    assert_eq!(takeover.status, 404, "{}", takeover.text());
+    assert_eq!(
+        ask_as(
+            &app,
+            Some(&alice),
+            json!({"question": "Still mine?", "session_id": session})
+        )
+        .await
+        .status,
+        200
+    );
+
+    let pg = app.postgres().await.unwrap();
+    let owner: Option<String> = pg
+        .query_one(
+            "SELECT user_id FROM user_sessions WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner.as_deref(), Some("alice"));
+    let messages: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+             JOIN user_sessions s ON s.id = c.user_session_id WHERE s.session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(messages, 4, "only Alice's two exchanges");
+}
+
+#[tokio::test]
+async fn in_none_mode_a_session_is_never_taken_over_and_history_needs_the_admin_token() {
+    let app = TestApp::spawn().await.unwrap();
+    for user in ["alice", "mallory"] {
+        let r = app
+            .post_json(
+                QUERY,
+                &json!({"question": "q", "session_id": "shared", "user_id": user}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let owner: Option<String> = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT user_id FROM user_sessions WHERE session_id = 'shared'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner.as_deref(), Some("alice"));
+    let anonymous = app.get("/api/v1/chat/history/shared").await.unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        app.admin_get("/api/v1/chat/history/shared")
+            .await
+            .unwrap()
+            .json()["total"],
+        4
+    );
+    for path in ["/health/cache/analytics", "/health/metrics"] {
+        assert_eq!(app.get(path).await.unwrap().status, 401, "{path}");
+        assert_eq!(app.admin_get(path).await.unwrap().status, 200, "{path}");
+    }
+    for path in ["/health", "/health/readiness"] {
+        assert_eq!(
+            app.get(path).await.unwrap().status,
+            200,
+            "{path} stays public"
+        );
+    }
+}
+
+async fn ask_from(
+    app: &TestApp,
+    forwarded_for: &str,
+    session: &str,
+    user: &str,
+) -> BufferedResponse {
+    app.client()
+        .request(
+            "POST",
+            QUERY,
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", forwarded_for),
+            ],
+            serde_json::to_vec(&json!({"question": "q", "session_id": session, "user_id": user}))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_address_rotating_session_and_user_ids_gets_only_its_limit() {
+    let app = TestApp::builder()
+        .variable(names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "5")
+        .variable(names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "3600")
+        .spawn()
+        .await
+        .unwrap();
+    let mut admitted = 0;
+    let mut denial = None;
+    for i in 0..12 {
+        // X-Forwarded-For is the client's to write: with no trusted proxy it changes nothing.
+        let r = ask_from(
+            &app,
+            &format!("10.0.0.{i}"),
+            &format!("fresh-{i}"),
+            &format!("user-{i}"),
+        )
+        .await;
+        match r.status {
+            200 => admitted += 1,
+            429 => denial = denial.or(Some(r)),
+            other => panic!("{other}: {}", r.text()),
+        }
+    }
+    assert_eq!(admitted, 5);
+    let denial = denial.unwrap();
+    assert_eq!(denial.json()["status"], "rate_limited");
+    assert!(denial.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("address"));
+    assert_eq!(denial.header("x-ratelimit-limit"), Some("5"));
+    assert!(
+        denial
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        count(&app, "user_sessions").await,
+        5,
+        "refused requests stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket() {
+    let app = TestApp::builder()
+        .variable(names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "2")
+        .variable(names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "3600")
+        .variable(names::TRUSTED_PROXY_HOPS, "1")
+        .spawn()
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for (i, client) in [
+        "203.0.113.1",
+        "203.0.113.1",
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        // The client prepends a lie; the proxy appends the address it saw.
+        let xff = format!("198.51.100.{i}, {client}");
+        statuses.push(ask_from(&app, &xff, &format!("px-{i}"), "u").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 200, 200]);
+}
+
+#[tokio::test]
+async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls() {
+    let app = TestApp::builder()
+        .variable(names::USER_TOKEN_BUDGET_PER_DAY, "1")
+        .variable(names::QUERY_CACHE_SCOPE, "global")
+        .spawn()
+        .await
+        .unwrap();
+    let ask = |user: &str, question: &str| {
+        let body =
+            json!({"question": question, "session_id": format!("{user}-s"), "user_id": user});
+        let app = &app;
+        async move { app.post_json(QUERY, &body).await.unwrap() }
+    };
+    let spent = |user: &'static str| {
+        let app = &app;
+        async move {
+            let mut redis = app.redis().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!(
+                    "chatbot:user-tokens:{}:*",
+                    chatbot_core::digest::md5_of_parts(&[user])
+                ))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let mut total = 0i64;
+            for key in keys {
+                total += redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<i64>(&mut redis)
+                    .await
+                    .unwrap();
+            }
+            total
+        }
+    };
+    let miss = ask("alice", "What is AI?").await;
+    assert_eq!(miss.status, 200);
+    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    let alice_tokens = spent("alice").await;
+    assert!(alice_tokens > 0);
+
+    // Carol's hit costs her nothing.
+    let hit = ask("carol", "What is AI?").await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(spent("carol").await, 0);
+
+    // Alice is over budget: refused with her own status until midnight UTC.
+    let refused = ask("alice", "Another question?").await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["status"], "budget_exceeded");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    let midnight = 86_400 - issuer::now() % 86_400;
+    assert!(retry.abs_diff(midnight) <= 2, "{retry} vs {midnight}");
+    let chats = app.openai.controls().calls(CHAT);
+
+    // Carol's own miss is charged, then she is over too.
+    assert_eq!(ask("carol", "Why Redis?").await.status, 200);
+    let carol_tokens = spent("carol").await;
+    assert!(carol_tokens > 0);
+    assert_eq!(ask("carol", "And Postgres?").await.status, 429);
+    assert_eq!(
+        app.openai.controls().calls(CHAT),
+        chats + 1,
+        "refusals cost nothing upstream"
+    );
+
+    let metrics = app.get("/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains(&format!(
+            "chatbot_user_tokens_charged_total {}\n",
+            alice_tokens + carol_tokens
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chatbot_user_budget_denials_total 2\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn twenty_thousand_anonymous_refusals_do_not_push_out_an_admin_entry() {
+    let app = TestApp::builder()
+        .variable(names::AUTH_MODE, "jwt")
+        .variable(names::JWT_HS256_SECRET, HS256_SECRET)
+        .variable(names::TRUSTED_PROXY_HOPS, "1")
+        .spawn()
+        .await
+        .unwrap();
+    for scope in [json!({}), json!({"cache_type": "embedding"})] {
+        let r = app
+            .admin("POST", "/health/cache/clear", &scope)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let mut client = app.client();
+        tasks.spawn(async move {
+            let mut refused = 0;
+            for i in 0..1_250 {
+                // A hundred addresses, as a small botnet would have.
+                let xff = format!("192.0.2.{}", (worker * 1_250 + i) % 100);
+                let (path, auth) = if i % 5 == 0 {
+                    ("/admin/audit", "Bearer guessed-admin-token")
+                } else {
+                    (QUERY, "Bearer not-a-token")
+                };
+                let r = client
+                    .request(
+                        if i % 5 == 0 { "GET" } else { "POST" },
+                        path,
+                        &[
+                            ("content-type", "application/json"),
+                            ("authorization", auth),
+                            ("x-forwarded-for", &xff),
+                        ],
+                        r#"{"question":"q","session_id":"s"}"#,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 401);
+                refused += 1;
+            }
+            refused
+        });
+    }
+    let refused: u32 = tasks.join_all().await.iter().sum();
+    assert_eq!(refused, 20_000);
+    let admin_log = app.admin_get("/admin/audit").await.unwrap().json();
+    assert_eq!(admin_log["total"], 2, "{admin_log}");
+    assert!(admin_log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"] == "cache_cleared"));
+    let security = app
+        .admin_get("/admin/audit?log=security")
+        .await
+        .unwrap()
+        .json();
+    let total = security["total"].as_i64().unwrap();
+    // Sampled per address and kind: a handful per address per ten seconds.
+    assert!((200..=2_000).contains(&total), "{total}");
+    let entry = &security["entries"][0];
+    assert!(
+        entry["address"].as_str().unwrap().starts_with("192.0.2."),
+        "{entry}"
+    );
+    assert!(["token_rejected", "unauthorized"].contains(&entry["action"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn no_upstream_message_reaches_a_response_body() {
+    let app = TestApp::builder()
+        .variable(names::OPENAI_API_KEY, "sk-proj-wrongkey-1234567890")
+        .spawn()
+        .await
+        .unwrap();
+    let r = app
+        .post_json(QUERY, &json!({"question": "q", "session_id": "s"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    let text = r.text();
+    for leak in ["Incorrect", "sk-pr", "platform.openai.com", "7890"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    assert!(r.json()["detail"].as_str().unwrap().contains("OpenAI"));
+    assert_eq!(r.json()["request_id"].as_str(), r.header("x-request-id"));
+    assert_eq!(app.openai.controls().calls(EMBEDDINGS), 1);
+
+    let app = TestApp::spawn().await.unwrap();
+    app.qdrant
+        .controls()
+        .fail_always(SEARCH, Fault::Status(500));
+    let r = app
+        .post_json(QUERY, &json!({"question": "q", "session_id": "s"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(!r.text().contains("injected"), "{}", r.text());
+    assert!(r.json()["detail"].as_str().unwrap().contains("Qdrant"));
+}
+
+#[tokio::test]
+async fn nul_and_control_characters_are_refused_in_every_text_field() {
+    let app = TestApp::spawn().await.unwrap();
+    for bad in ["\u{0}", "\u{7}", "\u{1b}[2J", "\u{7f}"] {
+        for body in [
+            json!({"question": format!("a{bad}b"), "session_id": "s"}),
+            json!({"question": "q", "session_id": "s", "page_context": format!("p{bad}")}),
+            json!({"question": "q", "session_id": format!("s{bad}")}),
+            json!({"question": "q", "session_id": "s", "user_id": format!("u{bad}")}),
+        ] {
+            let r = app.post_json(QUERY, &body).await.unwrap();
+            assert_eq!(r.status, 400, "{body}: {}", r.text());
+            assert_eq!(r.json()["status"], "invalid_request");
+        }
+    }
+    for document in [
+        json!({"id": "d", "source": "s.pdf", "text": "a\u{0}b"}),
+        json!({"id": "d", "source": "s\u{0}.pdf", "text": "t"}),
+        json!({"id": "d", "source": "s.pdf", "text": "t", "metadata": {"k": "\u{0}"}}),
+    ] {
+        let r = app.ingest(json!([document])).await.unwrap();
+        assert_eq!(r.status, 400, "{document}: {}", r.text());
+        assert!(r.json()["detail"].as_str().unwrap().contains("NUL"));
+    }
+    assert_eq!(count(&app, "messages").await, 0);
+    assert_eq!(app.openai.controls().total_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_passage_holding_nul_does_not_stop_history_writes() {
+    let app = TestApp::spawn().await.unwrap();
+    let r = app
+        .ingest(json!([{"id": "clean", "source": "clean.pdf", "text": "Clean text about caches."}]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // A chunk written by an older version or another tool, NUL and all.
+    let qdrant = reqwest_put(
+        &format!(
+            "{}/collections/documents/points?wait=true",
+            app.qdrant.url()
+        ),
+        json!({"points": [{
+            "id": "5d886380-f107-3721-aad6-5d6c27f5d0a5",
+            "vector": vec![0.125f32; chatbot_harness::TEST_EMBEDDING_DIMENSIONS],
+            "payload": {"source": "legacy\u{0}.pdf", "text": "legacy\u{0}text about caches"}
+        }]}),
+    )
+    .await;
+    assert_eq!(qdrant, 200);
+    let r = app
+        .post_json(
+            QUERY,
+            &json!({"question": "What about caches?", "session_id": "nul"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = app
+        .admin_get("/api/v1/chat/history/nul")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page["total"], 2, "the exchange was stored: {page}");
+    let lost = app.get("/metrics").await.unwrap().text();
+    assert!(
+        lost.contains("chatbot_history_writes_lost_total 0\n")
+            || !lost.contains("chatbot_history_writes_lost_total")
+    );
+}
+
+/// A PUT with the Qdrant stand-in's key, through the harness's own HTTP client.
+async fn reqwest_put(url: &str, body: Value) -> u16 {
+    let parsed = url::Url::parse(url).unwrap();
+    let addr = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+    let mut client = chatbot_harness::client::Client::new(addr.parse().unwrap());
+    let path = format!("{}?{}", parsed.path(), parsed.query().unwrap_or(""));
+    client
+        .request(
+            "PUT",
+            &path,
+            &[
+                ("content-type", "application/json"),
+                ("api-key", TEST_QDRANT_KEY),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await
+        .unwrap()
+        .status
+}
