@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use chatbot_harness::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{
-    Error, Outcome,
+    Error, Outcome, Scope,
 };
-use chatbot_harness::limiter::LimiterUnderTest;
+use chatbot_harness::limiter::{bucket, LimiterUnderTest};
 use chatbot_harness::services::{services, PrivateRedis};
 
 async fn limiter(settings: &[(&str, &str)]) -> (LimiterUnderTest, String) {
@@ -111,6 +111,99 @@ async fn one_decision_is_one_redis_round_trip() {
     assert_eq!(counts.redis_commands, 10);
     // The connections were the host's (lent), one per simulated request.
     assert_eq!(counts.redis_opens, 10);
+}
+
+#[tokio::test]
+async fn several_buckets_are_one_round_trip_and_a_denial_takes_from_none() {
+    // Sessions and users: 3 a day; addresses: 2 a day.
+    let (limiter, _) = limiter(&[
+        ("rate_limit_requests", "3"),
+        ("rate_limit_window_seconds", "86400"),
+        ("rate_limit_per_address_requests", "2"),
+        ("rate_limit_per_address_window_seconds", "86400"),
+    ])
+    .await;
+    let request = |address: &str, session: &str, user: &str| {
+        [
+            bucket(Scope::ClientAddress, address),
+            bucket(Scope::Session, session),
+            bucket(Scope::User, user),
+        ]
+    };
+    limiter
+        .check_buckets(&request("a1", "s1", "u1"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let before = limiter.counts();
+    let second = limiter
+        .check_buckets(&request("a1", "s1", "u1"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (limiter.counts() - before).redis_commands,
+        1,
+        "three buckets, one command"
+    );
+    assert!(second.allowed);
+    // The tightest bucket is reported: the address has 0 left, the others 1.
+    assert_eq!(
+        (second.scope, second.limit, second.remaining),
+        (Scope::ClientAddress, 2, 0)
+    );
+
+    // The address is spent: denied, and neither the session nor the user pays.
+    let denied = limiter
+        .check_buckets(&request("a1", "s1", "u1"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.scope, Scope::ClientAddress);
+    assert!(denied.retry_after_seconds >= 1);
+    // From another address, session s1 and user u1 still have their last token each.
+    let elsewhere = limiter
+        .check_buckets(&request("a2", "s1", "u1"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(elsewhere.allowed, "the denial took nothing from s1 or u1");
+    assert_eq!((elsewhere.scope, elsewhere.remaining), (Scope::Session, 0));
+
+    // Now the session is spent: a denial by it leaves a3's address bucket full.
+    let by_session = limiter
+        .check_buckets(&request("a3", "s1", "u2"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!by_session.allowed);
+    assert_eq!(by_session.scope, Scope::Session);
+    let a3 = limiter
+        .check_buckets(&[bucket(Scope::ClientAddress, "a3")], 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a3.remaining, 1, "a3 paid only now");
+    let u2 = limiter
+        .check_buckets(&[bucket(Scope::User, "u2")], 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u2.remaining, 2, "u2 paid only now");
+
+    // No bucket, or too many, is a caller error.
+    assert!(matches!(
+        limiter.check_buckets(&[], 1).await.unwrap(),
+        Err(Error::InvalidKey(_))
+    ));
+    let nine: Vec<_> = (0..9)
+        .map(|i| bucket(Scope::Session, &format!("s{i}")))
+        .collect();
+    assert!(matches!(
+        limiter.check_buckets(&nine, 1).await.unwrap(),
+        Err(Error::InvalidKey(_))
+    ));
 }
 
 #[tokio::test]

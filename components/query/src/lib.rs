@@ -206,15 +206,16 @@ fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
             }),
         );
     }
-    Err(ApiError::new(
-        429,
-        ErrorCode::RateLimited,
-        format!(
-            "Rate limit exceeded. Too many requests (the {} limit).",
-            which.as_str()
-        ),
-    )
-    .with_header("retry-after", reported.retry_after()))
+    // The seed's words for the session's bucket; the others say which they are.
+    let detail = match which {
+        ratelimit::Scope::Session => "Rate limit exceeded. Too many requests.",
+        ratelimit::Scope::ClientAddress => {
+            "Rate limit exceeded. Too many requests from this address."
+        }
+        ratelimit::Scope::User => "Rate limit exceeded. Too many requests for this user.",
+    };
+    Err(ApiError::new(429, ErrorCode::RateLimited, detail)
+        .with_header("retry-after", reported.retry_after()))
 }
 
 /// The end user: the verified token's `sub` in `jwt` mode (401 without one),

@@ -8,7 +8,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use chatbot_core::config::names;
 use chatbot_harness::host::Counts;
+use chatbot_harness::stubs::issuer::{self, IssuerStub, SigningKey};
 use chatbot_harness::stubs::openai::CHAT;
 use chatbot_harness::{project_root, runtime, Client, TestApp};
 use serde_json::json;
@@ -37,18 +39,35 @@ async fn load(
     expect: u16,
     make: std::sync::Arc<MakeRequest>,
 ) -> Result<Stats> {
+    load_as(app, None, concurrency, total, expect, make).await
+}
+
+/// [`load`], with `Authorization: Bearer <bearer>` on every request.
+async fn load_as(
+    app: &TestApp,
+    bearer: Option<&str>,
+    concurrency: usize,
+    total: usize,
+    expect: u16,
+    make: std::sync::Arc<MakeRequest>,
+) -> Result<Stats> {
+    let authorization = bearer.map(|t| format!("Bearer {t}"));
     let before = app.counts();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let make = make.clone();
+        let authorization = authorization.clone();
         let mut client = Client::new(app.server.addr);
         let share = total / concurrency + usize::from(worker < total % concurrency);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(share);
             for i in 0..share {
                 let (method, path, body) = make(worker * 1_000_000 + i);
-                let headers = [("content-type", "application/json")];
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(auth) = &authorization {
+                    headers.push(("authorization", auth.as_str()));
+                }
                 let t = Instant::now();
                 let response = client.request(method, &path, &headers, body).await?;
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -124,6 +143,42 @@ async fn main() -> Result<()> {
         .manifest(project_root().join("tests/guests/probe/spin.toml"))
         .spawn()
         .await?;
+    // jwt mode, HS256 and RS256 (from the JWKS, cached in Redis after the first fetch).
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await?;
+    let jwt_app = TestApp::builder()
+        .variable("rate_limit_requests", "1000000")
+        .variable(names::AUTH_MODE, "jwt")
+        .variable(names::JWT_HS256_SECRET, issuer::HS256_SECRET)
+        .address(names::JWT_JWKS_URL, issuer.jwks_url())
+        .variable(names::JWT_ISSUER, issuer::ISSUER)
+        .variable(names::JWT_AUDIENCE, issuer::AUDIENCE)
+        .spawn()
+        .await?;
+    let hs256 = issuer::sign(SigningKey::Hs256, &{
+        let mut c = issuer::claims("bench-user");
+        c["exp"] = json!(issuer::now() + 86_400);
+        c
+    });
+    let rs256 = issuer::sign(SigningKey::RsaA, &{
+        let mut c = issuer::claims("bench-user");
+        c["exp"] = json!(issuer::now() + 86_400);
+        c
+    });
+    for token in [&hs256, &rs256] {
+        let warm = jwt_app
+            .client()
+            .request(
+                "POST",
+                "/api/v1/chat/query",
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &format!("Bearer {token}")),
+                ],
+                query("What is measured?".into(), "bench-jwt-hit"),
+            )
+            .await?;
+        anyhow::ensure!(warm.status == 200, "jwt warm-up: {}", warm.text());
+    }
 
     let ingest = app
         .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
@@ -155,6 +210,13 @@ async fn main() -> Result<()> {
         total: usize,
         make: std::sync::Arc<MakeRequest>,
     }
+    let jwt_hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
+        (
+            "POST",
+            "/api/v1/chat/query".to_string(),
+            query("What is measured?".into(), "bench-jwt-hit"),
+        )
+    });
     let miss_counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let scenarios = vec![
         Scenario {
@@ -183,6 +245,20 @@ async fn main() -> Result<()> {
                     query("What is measured?".into(), "bench-hit"),
                 )
             }),
+        },
+        Scenario {
+            name: "cache hit, jwt HS256",
+            target: "jwt-hs256",
+            expect: 200,
+            total: scale(3000),
+            make: jwt_hit.clone(),
+        },
+        Scenario {
+            name: "cache hit, jwt RS256 (cached JWKS)",
+            target: "jwt-rs256",
+            expect: 200,
+            total: scale(3000),
+            make: jwt_hit.clone(),
         },
         Scenario {
             name: "cache miss (chat 800 ms)",
@@ -244,17 +320,27 @@ async fn main() -> Result<()> {
             continue;
         }
         for &c in &levels {
-            let target = match scenario.target {
-                "probe" => &probe,
-                "limited" => &limited,
-                _ => &app,
+            let (target, bearer) = match scenario.target {
+                "probe" => (&probe, None),
+                "limited" => (&limited, None),
+                "jwt-hs256" => (&jwt_app, Some(hs256.as_str())),
+                "jwt-rs256" => (&jwt_app, Some(rs256.as_str())),
+                _ => (&app, None),
             };
             let total = if scenario.total == 0 {
                 (c * 3).max(6)
             } else {
                 scenario.total.max(c * 10)
             };
-            let stats = load(target, c, total, scenario.expect, scenario.make.clone()).await?;
+            let stats = load_as(
+                target,
+                bearer,
+                c,
+                total,
+                scenario.expect,
+                scenario.make.clone(),
+            )
+            .await?;
             if scenario.name.starts_with("hello") {
                 hello_p50.insert(c, stats.p50);
             }
@@ -329,11 +415,43 @@ async fn main() -> Result<()> {
     latencies.sort_by(f64::total_cmp);
     let used = limiter.counts() - before;
     println!(
-        "| limiter `check` (incl. instantiation and the host's open) | {calls} | {:.0} | {:.0} | {:.2} |",
+        "| limiter `check`, one bucket (incl. instantiation and the host's open) | {calls} | {:.0} | {:.0} | {:.2} |",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         used.redis_commands as f64 / calls as f64
     );
+    {
+        use chatbot_harness::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::Scope;
+        use chatbot_harness::limiter::bucket;
+        let three = [
+            bucket(Scope::ClientAddress, "127.0.0.1"),
+            bucket(Scope::Session, "bench"),
+            bucket(Scope::User, "bench-user"),
+        ];
+        let limiter = chatbot_harness::limiter::LimiterUnderTest::load(
+            &redis,
+            &[
+                ("rate_limit_requests", "1000000"),
+                ("rate_limit_per_address_requests", "1000000"),
+            ],
+        )?;
+        limiter.check_buckets(&three, 1).await??;
+        let before = limiter.counts();
+        let mut latencies = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            limiter.check_buckets(&three, 1).await??;
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let used = limiter.counts() - before;
+        println!(
+            "| limiter `check`, address + session + user buckets | {calls} | {:.0} | {:.0} | {:.2} |",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            used.redis_commands as f64 / calls as f64
+        );
+    }
     let batch = || {
         use chatbot_harness::recorder::sample;
         vec![
@@ -417,6 +535,39 @@ async fn main() -> Result<()> {
             None => "(a dependency: instantiated inside query)".to_string(),
         };
         println!("| {component} | {size} | {instantiation} |");
+    }
+    // Token verification alone, natively (the guest runs the same code as wasm;
+    // the jwt rows above are the end-to-end cost).
+    {
+        use chatbot_core::config::Secret;
+        use chatbot_core::identity::{verify, JwtSettings};
+        let settings = JwtSettings {
+            hs256_secret: Secret::new(issuer::HS256_SECRET),
+            jwks_url: Some(issuer.jwks_url()),
+            issuer: Some(issuer::ISSUER.into()),
+            audience: Some(issuer::AUDIENCE.into()),
+            jwks_cache_seconds: 300,
+        };
+        let jwks = jsonwebtoken::jwk::JwkSet {
+            keys: vec![SigningKey::RsaA.public_jwk()],
+        };
+        println!();
+        println!("| token verification (native, host profile) | calls | mean µs |");
+        println!("|---|---:|---:|");
+        for (name, token, set) in [
+            ("HS256", &hs256, None),
+            ("RS256, JWKS in hand", &rs256, Some(&jwks)),
+        ] {
+            let n = scale(2_000);
+            let t = Instant::now();
+            for _ in 0..n {
+                verify(token, &settings, set).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            println!(
+                "| {name} | {n} | {:.1} |",
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
+        }
     }
     Ok(())
 }
