@@ -95,7 +95,8 @@ async fn main() -> Result<()> {
     // Keep the allow-list in step with the addresses unless told otherwise.
     for (address, allowed) in chatbot_harness::ALLOW_LIST_VARIABLES {
         if !variables.contains_key(allowed) {
-            if let Some(value) = resolved.get(address) {
+            // An empty address (jwt_jwks_url when no JWKS is used) keeps the manifest's default.
+            if let Some(value) = resolved.get(address).filter(|v| !v.trim().is_empty()) {
                 variables.insert(allowed.to_string(), chatbot_harness::origin_of(value));
             }
         }
