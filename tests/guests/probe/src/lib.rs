@@ -54,6 +54,8 @@ fn hit_floor() -> Response {
                 pg4::ParameterValue::Boolean(true),
                 pg4::ParameterValue::Str("An answer.".into()),
                 pg4::ParameterValue::Jsonb(citations.to_vec()),
+                // The session's owner is not enforced (auth_mode none).
+                pg4::ParameterValue::Boolean(false),
             ],
         )
         .map_err(|e| e.to_string())?;
