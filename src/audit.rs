@@ -36,13 +36,19 @@ impl AuditLog {
         }
     }
 
-    /// `?log=` of `GET /admin/audit`: `admin` (the default) or `security`.
-    pub fn parse(raw: Option<&str>) -> Option<Self> {
-        match raw.unwrap_or("admin") {
-            "admin" => Some(Self::Admin),
-            "security" => Some(Self::Security),
-            _ => None,
+    /// Its name in `?log=` of `GET /admin/audit` and in the page it answers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Security => "security",
         }
+    }
+
+    /// `?log=`: `admin` (the default) or `security`.
+    pub fn parse(raw: Option<&str>) -> Option<Self> {
+        [Self::Admin, Self::Security]
+            .into_iter()
+            .find(|log| log.as_str() == raw.unwrap_or("admin"))
     }
 
     /// The log a query string asks for, or 400.

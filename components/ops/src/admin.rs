@@ -242,7 +242,7 @@ pub fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
     Ok(json(
         200,
         &json!({
-            "log": if log == audit::AuditLog::Security { "security" } else { "admin" },
+            "log": log.as_str(),
             "page": page,
             "page_size": audit::AUDIT_PAGE_SIZE,
             "total": total,

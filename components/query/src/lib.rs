@@ -230,19 +230,17 @@ fn authenticate(
     };
     match identity::authenticate(req, jwt, scope.conn.as_ref()) {
         Ok(user) => Ok(Some(user)),
-        Err(AuthFailure::Token(why)) => {
-            scope.ended(QueryStatus::Unauthorized);
-            scope.audit(
-                AuditAction::TokenRejected,
-                serde_json::json!({"path": req.path(), "reason": why.reason()}),
-            );
-            Err(ApiError::unauthorized(why.to_string()))
-        }
-        Err(AuthFailure::KeysUnavailable(_)) => {
-            scope.ended(QueryStatus::Unavailable);
-            Err(ApiError::unavailable(
-                "the identity provider's signing keys could not be fetched",
-            ))
+        Err(failure) => {
+            if let AuthFailure::Token(why) = &failure {
+                scope.ended(QueryStatus::Unauthorized);
+                scope.audit(
+                    AuditAction::TokenRejected,
+                    serde_json::json!({"path": req.path(), "reason": why.reason()}),
+                );
+            } else {
+                scope.ended(QueryStatus::Unavailable);
+            }
+            Err(failure.api_error())
         }
     }
 }
@@ -285,10 +283,15 @@ fn ask(
     }
     scope.session = Some(request.session_id.clone());
     limit(scope, &request)?;
-    let limits = settings::session_limits().map_err(config_failure)?;
-    if let Some(user) = &request.user_id {
-        gate(scope, settings, &limits, user, &request.session_id, jwt)?;
-    }
+    // A user's limits are read only when there is a user (a hit without one reads none).
+    let limits = match &request.user_id {
+        Some(user) => {
+            let limits = settings::session_limits().map_err(config_failure)?;
+            gate(scope, settings, &limits, user, &request.session_id, jwt)?;
+            Some(limits)
+        }
+        None => None,
+    };
     let answer = pipeline::answer(
         scope.conn.as_ref(),
         settings,
@@ -302,8 +305,8 @@ fn ask(
         e.api_error()
     })?;
     scope.ended(query::answered_status(answer.cached));
-    if let (false, Some(user)) = (answer.cached, &request.user_id) {
-        charge(scope, &limits, user, answer.value.tokens);
+    if let (false, Some(user), Some(limits)) = (answer.cached, &request.user_id, &limits) {
+        charge(scope, limits, user, answer.value.tokens);
     }
     let conversation_id =
         pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
@@ -508,11 +511,7 @@ fn history(req: Request, params: Params) -> Result<Response, ApiError> {
         match identity::authenticate(&req, jwt, conn.as_ref()) {
             Ok(user) => Some(user),
             Err(AuthFailure::Token(why)) => return Err(refuse(why.to_string(), why.reason())),
-            Err(AuthFailure::KeysUnavailable(_)) => {
-                return Err(ApiError::unavailable(
-                    "the identity provider's signing keys could not be fetched",
-                ))
-            }
+            Err(failure) => return Err(failure.api_error()),
         }
     };
     api::validate_id("session_id", session_id)?;

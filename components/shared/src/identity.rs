@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use chatbot_core::api::ApiError;
 use chatbot_core::config::ConfigError;
 use chatbot_core::identity::{self, AuthError, IdentitySettings, JwtSettings};
 use chatbot_core::keys;
@@ -50,6 +51,18 @@ pub enum AuthFailure {
     Token(AuthError),
     /// The issuer's keys could not be fetched: 503 (the token may be fine).
     KeysUnavailable(String),
+}
+
+impl AuthFailure {
+    /// The answer: 401 with the reason, or 503 when the keys are out of reach.
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            Self::Token(why) => ApiError::unauthorized(why.to_string()),
+            Self::KeysUnavailable(_) => {
+                ApiError::unavailable("the identity provider's signing keys could not be fetched")
+            }
+        }
+    }
 }
 
 /// The verified `sub` of the request's bearer JWT.
