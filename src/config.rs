@@ -30,6 +30,7 @@ pub mod names {
     pub const QUERY_CACHE_SCOPE: &str = "query_cache_scope";
     pub const OPENAI_TIMEOUT_MS: &str = "openai_timeout_ms";
     pub const QDRANT_TIMEOUT_MS: &str = "qdrant_timeout_ms";
+    pub const REQUEST_TIMEOUT_MS: &str = "request_timeout_ms";
     pub const SESSION_IDLE_SECONDS: &str = "session_idle_seconds";
     pub const AUTH_MODE: &str = "auth_mode";
     pub const JWT_HS256_SECRET: &str = "jwt_hs256_secret";

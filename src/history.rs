@@ -12,6 +12,37 @@ use crate::sql::OneRowQuery;
 /// Messages per page of `GET /api/v1/chat/history/{session_id}` (seed 002).
 pub const PAGE_SIZE: i64 = 50;
 
+/// Upserts the session (its owner never changes; with the `enforce`
+/// parameter set another user's session is not touched) and its one
+/// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id and
+/// `$3` retention days.
+macro_rules! session_and_conversation_ctes {
+    ($enforce:literal) => {
+        concat!(
+            "\
+WITH s AS (
+    INSERT INTO user_sessions (session_id, user_id, expires_at)
+    VALUES ($1, $2, now() + make_interval(days => $3::int))
+    ON CONFLICT (session_id) DO UPDATE
+        SET last_seen_at = now(),
+            expires_at = EXCLUDED.expires_at,
+            user_id = COALESCE(user_sessions.user_id, EXCLUDED.user_id)
+        WHERE NOT ",
+            $enforce,
+            "::bool
+            OR user_sessions.user_id IS NULL
+            OR user_sessions.user_id = EXCLUDED.user_id
+    RETURNING id
+), c AS (
+    INSERT INTO conversations (user_session_id, expires_at)
+    SELECT id, now() + make_interval(days => $3::int) FROM s
+    ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    RETURNING id
+)"
+        )
+    };
+}
+
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
@@ -23,25 +54,10 @@ pub const PAGE_SIZE: i64 = 50;
 /// someone else stores nothing and answers a NULL conversation id.
 ///
 /// One row always (issue #10): the final `SELECT` has no `FROM`.
-pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
+pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
+    session_and_conversation_ctes!("$9"),
     "\
-WITH s AS (
-    INSERT INTO user_sessions (session_id, user_id, expires_at)
-    VALUES ($1, $2, now() + make_interval(days => $3::int))
-    ON CONFLICT (session_id) DO UPDATE
-        SET last_seen_at = now(),
-            expires_at = EXCLUDED.expires_at,
-            user_id = COALESCE(user_sessions.user_id, EXCLUDED.user_id)
-        WHERE NOT $9::bool
-            OR user_sessions.user_id IS NULL
-            OR user_sessions.user_id = EXCLUDED.user_id
-    RETURNING id
-), c AS (
-    INSERT INTO conversations (user_session_id, expires_at)
-    SELECT id, now() + make_interval(days => $3::int) FROM s
-    ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
-    RETURNING id
-), q AS (
+, q AS (
     INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
     SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int) FROM c
     RETURNING id
@@ -56,8 +72,19 @@ WITH s AS (
     FROM a, jsonb_to_recordset($8::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
     RETURNING id
 )
-SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations",
-);
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations"
+));
+
+/// The session's conversation, created with its session when they do not
+/// exist yet, before the answer is known: the response names the
+/// conversation, and the exchange is written after the response.
+/// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
+/// whether the owner is enforced. Returns the conversation id, NULL when the
+/// session belongs to another user (`$4`). One row always.
+pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
+    session_and_conversation_ctes!("$4"),
+    "\nSELECT (SELECT id FROM c) AS conversation_id"
+));
 
 /// `$1` session id, `$2` offset, `$3` page size. One page of a session's
 /// messages, oldest first, with their citations, and the session's total, in

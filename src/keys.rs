@@ -28,6 +28,9 @@ pub const SECURITY_LOG: &str = "chatbot:audit:security";
 pub const AUDIT_THROTTLE_PREFIX: &str = "chatbot:audit-throttle:";
 /// A session's owner in `jwt` mode: `chatbot:session-owner:<md5 of session>`.
 pub const SESSION_OWNER_PREFIX: &str = "chatbot:session-owner:";
+/// A session's conversation id (Postgres), so that an answer can name it
+/// before its exchange is written: `chatbot:conversation:<md5 of session>`.
+pub const CONVERSATION_PREFIX: &str = "chatbot:conversation:";
 /// A user's OpenAI tokens for a UTC day: `chatbot:user-tokens:<md5 of user>:<day>`.
 pub const USER_TOKENS_PREFIX: &str = "chatbot:user-tokens:";
 /// The issuer's key set, as fetched: `chatbot:jwks:<md5 of URL>`.
@@ -99,6 +102,10 @@ pub fn audit_throttle(action: &str, address: &str) -> String {
 
 pub fn session_owner(session_id: &str) -> String {
     format!("{SESSION_OWNER_PREFIX}{}", md5_of_parts(&[session_id]))
+}
+
+pub fn conversation(session_id: &str) -> String {
+    format!("{CONVERSATION_PREFIX}{}", md5_of_parts(&[session_id]))
 }
 
 pub fn user_tokens(user_id: &str, day: u64) -> String {

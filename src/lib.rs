@@ -27,4 +27,5 @@ pub mod retention;
 pub mod routes;
 pub mod sessions;
 pub mod settings;
+pub mod stream;
 pub mod upstream;

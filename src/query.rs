@@ -23,6 +23,8 @@ pub struct QueryRequest {
     pub session_id: String,
     pub page_context: Option<String>,
     pub user_id: Option<String>,
+    /// `"stream": true`: answer with server-sent events (see `stream`).
+    pub stream: bool,
 }
 
 fn string_field(
@@ -36,7 +38,13 @@ fn string_field(
     }
 }
 
-const FIELDS: [&str; 4] = ["question", "session_id", "page_context", "user_id"];
+const FIELDS: [&str; 5] = [
+    "question",
+    "session_id",
+    "page_context",
+    "user_id",
+    "stream",
+];
 
 /// Refuses control characters other than whitespace (NUL among them: Postgres
 /// text cannot hold it, and it has no business in a question).
@@ -112,11 +120,17 @@ pub fn parse_query(
     if let Some(user) = &user_id {
         validate_id("user_id", user)?;
     }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
     Ok(QueryRequest {
         question,
         session_id,
         page_context,
         user_id,
+        stream,
     })
 }
 
@@ -173,14 +187,16 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
     keys::query_cache(&digest)
 }
 
-/// Looks an answer up and counts the question (for analytics and warm-up),
-/// in one round trip. KEYS: cache key, top questions. ARGV: the question entry.
+/// Looks an answer up, counts the question (for analytics and warm-up) and
+/// reads the session's conversation id, in one round trip. KEYS: cache key,
+/// top questions, the session's conversation key. ARGV: the question entry.
+/// Answers `{answer or false, conversation id or false}`.
 pub const LOOKUP_SCRIPT: &str = r#"
 redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
 if redis.call('ZCARD', KEYS[2]) > 10000 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, 0)
 end
-return redis.call('GET', KEYS[1])
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[3])}
 "#;
 
 /// A top-questions member: what warm-up needs to ask a question again.

@@ -11,7 +11,14 @@ pub struct Route {
     pub path: &'static str,
     /// Needs `Authorization: Bearer <admin_token>`.
     pub admin: bool,
+    /// The largest body the route reads: a longer `Content-Length` is refused
+    /// before reading, and a body without one is not read past it.
+    pub max_body_bytes: usize,
 }
+
+/// What a route reads at most unless it says otherwise (the admin routes'
+/// small JSON bodies, and `GET`s, which have none).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl Route {
     const fn public(method: &'static str, path: &'static str) -> Self {
@@ -19,6 +26,7 @@ impl Route {
             method,
             path,
             admin: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 
@@ -27,6 +35,28 @@ impl Route {
             method,
             path,
             admin: true,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    const fn reading_at_most(self, max_body_bytes: usize) -> Self {
+        Self {
+            max_body_bytes,
+            ..self
+        }
+    }
+
+    /// Whether a request path is this route's (`:name` matches one segment).
+    pub fn matches(&self, path: &str) -> bool {
+        let mut pattern = self.path.split('/');
+        let mut actual = path.split('/');
+        loop {
+            match (pattern.next(), actual.next()) {
+                (None, None) => return true,
+                (Some(p), Some(a)) if p.starts_with(':') && !a.is_empty() => {}
+                (Some(p), Some(a)) if p == a => {}
+                _ => return false,
+            }
         }
     }
 
@@ -44,10 +74,12 @@ impl Route {
 }
 
 // The query component.
-pub const CHAT_QUERY: Route = Route::public("POST", "/api/v1/chat/query");
+pub const CHAT_QUERY: Route =
+    Route::public("POST", "/api/v1/chat/query").reading_at_most(crate::query::MAX_BODY_BYTES);
 /// The handler decides who may read: the admin token, or (in `jwt` mode) the session's owner.
 pub const CHAT_HISTORY: Route = Route::public("GET", "/api/v1/chat/history/:session_id");
-pub const DOCUMENTS: Route = Route::admin("POST", "/api/v1/documents");
+pub const DOCUMENTS: Route =
+    Route::admin("POST", "/api/v1/documents").reading_at_most(crate::ingest::MAX_BODY_BYTES);
 pub const QUERY_ROUTES: &[Route] = &[CHAT_QUERY, CHAT_HISTORY, DOCUMENTS];
 
 // The metrics component.
@@ -91,9 +123,35 @@ pub fn allowed_methods(table: &[Route], path: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The most a request to `path` may send: its route's limit (the largest, if
+/// several methods share the path), or the default for a path no route serves.
+pub fn body_limit(table: &[Route], path: &str) -> usize {
+    table
+        .iter()
+        .filter(|r| r.matches(path))
+        .map(|r| r.max_body_bytes)
+        .max()
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_limits_follow_the_route() {
+        assert_eq!(body_limit(QUERY_ROUTES, "/api/v1/chat/query"), 64 * 1024);
+        assert_eq!(body_limit(QUERY_ROUTES, "/api/v1/documents"), 10_000_000);
+        assert_eq!(
+            body_limit(QUERY_ROUTES, "/api/v1/chat/history/s-1"),
+            DEFAULT_MAX_BODY_BYTES
+        );
+        assert_eq!(body_limit(QUERY_ROUTES, "/nowhere"), DEFAULT_MAX_BODY_BYTES);
+        assert!(CHAT_HISTORY.matches("/api/v1/chat/history/abc"));
+        assert!(!CHAT_HISTORY.matches("/api/v1/chat/history/"));
+        assert!(!CHAT_HISTORY.matches("/api/v1/chat/history/a/b"));
+        assert!(!CHAT_QUERY.matches("/api/v1/chat/query/x"));
+    }
 
     #[test]
     fn routes_are_unique_and_openapi_paths_use_braces() {

@@ -36,11 +36,64 @@ pub fn redis_address(lookup: &impl Lookup) -> Result<String, ConfigError> {
     config::parse_redis_address(names::REDIS_ADDRESS, &lookup.require(names::REDIS_ADDRESS)?)
 }
 
+/// Bounds a Postgres connect (`connect_timeout`, in seconds) when the
+/// address does not say otherwise: a host that never accepts the connection.
+pub const POSTGRES_CONNECT_TIMEOUT_SECONDS: u64 = 5;
+/// Bounds every statement (`statement_timeout`, through `options`) when the
+/// address does not say otherwise: the default request deadline.
+pub const POSTGRES_STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
 pub fn postgres_address(lookup: &impl Lookup) -> Result<String, ConfigError> {
-    config::parse_postgres_address(
+    let address = config::parse_postgres_address(
         names::POSTGRES_ADDRESS,
         &lookup.require(names::POSTGRES_ADDRESS)?,
-    )
+    )?;
+    Ok(with_postgres_timeouts(&address))
+}
+
+/// The address with `connect_timeout` and a `statement_timeout` added where
+/// it sets neither (tokio-postgres, under Spin's Postgres host, reads both
+/// from the URL; `options` reaches the server as a startup parameter).
+/// Neither helps against a server that accepts and then never answers: Spin's
+/// client has no timeout for that (see README, "Deadlines").
+pub fn with_postgres_timeouts(address: &str) -> String {
+    let (base, fragment) = match address.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (address, None),
+    };
+    let query = base.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let has = |key: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key))
+    };
+    let mut added = Vec::new();
+    if !has("connect_timeout") {
+        added.push(format!(
+            "connect_timeout={POSTGRES_CONNECT_TIMEOUT_SECONDS}"
+        ));
+    }
+    if !has("options") {
+        added.push(format!(
+            "options=-c%20statement_timeout%3D{POSTGRES_STATEMENT_TIMEOUT_MS}"
+        ));
+    }
+    if added.is_empty() {
+        return address.to_string();
+    }
+    let separator = if !base.contains('?') {
+        "?"
+    } else if base.ends_with('?') || base.ends_with('&') {
+        ""
+    } else {
+        "&"
+    };
+    let mut result = format!("{base}{separator}{}", added.join("&"));
+    if let Some(fragment) = fragment {
+        result.push('#');
+        result.push_str(fragment);
+    }
+    result
 }
 
 /// The admin token; empty (admin closed) when not set.
@@ -76,7 +129,12 @@ pub struct PipelineSettings {
     pub retention_days: u32,
     pub openai_timeout: Duration,
     pub qdrant_timeout: Duration,
+    /// The whole request's deadline: every call gets what is left of it at most.
+    pub request_timeout: Duration,
 }
+
+/// The request deadline when `request_timeout_ms` is not set.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 fn base_url(lookup: &impl Lookup, name: &str) -> Result<String, ConfigError> {
     Ok(config::require_non_empty(name, &lookup.require(name)?)?
@@ -138,6 +196,13 @@ impl PipelineSettings {
                 names::QDRANT_TIMEOUT_MS,
                 100,
                 600_000,
+            )?),
+            request_timeout: Duration::from_millis(number_or(
+                lookup,
+                names::REQUEST_TIMEOUT_MS,
+                100,
+                600_000,
+                DEFAULT_REQUEST_TIMEOUT_MS,
             )?),
         })
     }
@@ -292,6 +357,10 @@ mod tests {
         assert_eq!(pipeline.top_k, 5);
         assert_eq!(pipeline.cache_scope, CacheScope::Session);
         assert_eq!(pipeline.qdrant_timeout, Duration::from_secs(5));
+        assert_eq!(pipeline.request_timeout, Duration::from_secs(30));
+        assert!(pipeline
+            .postgres_address
+            .ends_with("?connect_timeout=5&options=-c%20statement_timeout%3D30000"));
         assert!(!format!("{pipeline:?}").contains("sk-test"));
         assert_eq!(
             SessionLimits::from_lookup(&vars).unwrap(),
@@ -307,6 +376,24 @@ mod tests {
         assert_eq!(limiter.per_address, DEFAULT_PER_ADDRESS);
         assert_eq!(health_check_timeout(&vars), Duration::from_secs(2));
         assert!(admin_token(&vars).is_empty());
+    }
+
+    #[test]
+    fn postgres_timeouts_are_added_only_where_the_address_sets_none() {
+        assert_eq!(
+            with_postgres_timeouts("postgres://u:p@db/app?sslmode=disable"),
+            "postgres://u:p@db/app?sslmode=disable&connect_timeout=5&options=-c%20statement_timeout%3D30000"
+        );
+        assert_eq!(
+            with_postgres_timeouts("postgres://db/app?connect_timeout=1"),
+            "postgres://db/app?connect_timeout=1&options=-c%20statement_timeout%3D30000"
+        );
+        let both = "postgres://db/app?options=-c%20search_path%3Dx&connect_timeout=2";
+        assert_eq!(with_postgres_timeouts(both), both);
+        assert_eq!(
+            with_postgres_timeouts("postgres://db/app?#f"),
+            "postgres://db/app?connect_timeout=5&options=-c%20statement_timeout%3D30000#f"
+        );
     }
 
     #[test]

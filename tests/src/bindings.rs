@@ -18,6 +18,9 @@ wasmtime::component::bindgen!({
     imports: {
         // Trappable so the harness can fail a guest louder than Spin would (see postgres.rs).
         "spin:postgres/postgres.[method]connection.query": async | trappable,
+        // Trappable so an open that Spin would wait on forever fails instead (see host/mod.rs).
+        "spin:postgres/postgres.[static]connection.open": async | trappable,
+        "fermyon:spin/redis.[static]connection.open": async | trappable,
         default: async,
     },
     with: {

@@ -14,6 +14,9 @@ use crate::runtime::BufferedResponse;
 pub struct Client {
     addr: SocketAddr,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Waits, after each response, for the app's handlers to finish what they
+    /// do after responding, so a test reads the state the request left.
+    settle: Option<std::sync::Arc<crate::App>>,
 }
 
 impl BufferedResponse {
@@ -37,7 +40,20 @@ impl BufferedResponse {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, sender: None }
+        Self {
+            addr,
+            sender: None,
+            settle: None,
+        }
+    }
+
+    /// A client that returns a response only once `app` has finished the
+    /// request's work after the response (the history write, the metrics).
+    pub fn settling(addr: SocketAddr, app: std::sync::Arc<crate::App>) -> Self {
+        Self {
+            settle: Some(app),
+            ..Self::new(addr)
+        }
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
@@ -77,7 +93,38 @@ impl Client {
         let response = sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
+        if let Some(app) = &self.settle {
+            app.settled().await;
+        }
         Ok(BufferedResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends a request and returns as soon as the head is in: the body is
+    /// read piece by piece, as the server writes it.
+    pub async fn stream(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<StreamedResponse> {
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body.into()))?;
+        let sender = self.sender().await?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        Ok(StreamedResponse {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body,
@@ -100,5 +147,28 @@ impl Client {
             serde_json::to_vec(body)?,
         )
         .await
+    }
+}
+
+/// A response whose body arrives in pieces.
+pub struct StreamedResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    body: hyper::body::Incoming,
+}
+
+impl StreamedResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next piece of the body as the server sent it; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        while let Some(frame) = self.body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
     }
 }

@@ -89,9 +89,17 @@ pub struct TestAppBuilder {
     only: Option<Vec<String>>,
     manifest: Option<PathBuf>,
     zero_row_queries: host::postgres::ZeroRowQueries,
+    host_call_watchdog: Option<std::time::Duration>,
 }
 
 impl TestAppBuilder {
+    /// Traps a Redis or Postgres open after `limit` instead of the default
+    /// minute (Spin itself would wait forever on a server that never answers).
+    pub fn host_call_watchdog(mut self, limit: std::time::Duration) -> Self {
+        self.host_call_watchdog = Some(limit);
+        self
+    }
+
     /// Loads another manifest than the project's `spin.toml` (e.g. the harness's probe app).
     pub fn manifest(mut self, path: impl Into<PathBuf>) -> Self {
         self.manifest = Some(path.into());
@@ -183,6 +191,9 @@ impl TestAppBuilder {
             chatbot_imports: self.chatbot_imports.clone(),
             only: self.only,
             zero_row_queries: self.zero_row_queries,
+            host_call_watchdog: self
+                .host_call_watchdog
+                .unwrap_or(host::DEFAULT_HOST_CALL_WATCHDOG),
         })?;
         let app = Arc::new(app);
         let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;
@@ -224,8 +235,15 @@ impl TestApp {
         Self::builder().spawn().await
     }
 
-    /// A client on a new keep-alive connection to the app.
+    /// A client on a new keep-alive connection to the app; each response
+    /// returns once the request's work after it is done too (see [`App::settled`]).
     pub fn client(&self) -> Client {
+        Client::settling(self.server.addr, self.app.clone())
+    }
+
+    /// A client that returns each response as soon as it is complete, with
+    /// the handler possibly still at work (what a real client sees).
+    pub fn raw_client(&self) -> Client {
         Client::new(self.server.addr)
     }
 

@@ -70,7 +70,7 @@ impl LimiterUnderTest {
         after_open: impl FnOnce(),
     ) -> Result<Result<Decision, Error>> {
         let mut store = self.library.new_store();
-        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await {
+        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await? {
             Ok(conn) => conn,
             Err(e) => anyhow::bail!("the host could not open Redis: {e:?}"),
         };

@@ -53,7 +53,7 @@ impl RecorderUnderTest {
         session: Option<&str>,
     ) -> Result<Result<(), Error>> {
         let mut store = self.library.new_store();
-        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await {
+        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await? {
             Ok(conn) => conn,
             Err(e) => anyhow::bail!("the host could not open Redis: {e:?}"),
         };

@@ -74,6 +74,8 @@ pub struct AppOptions {
     pub only: Option<Vec<String>>,
     /// What a Postgres `query` that yields no rows does (fails, by default, as it would hang Spin 4.0.x).
     pub zero_row_queries: host::postgres::ZeroRowQueries,
+    /// How long a Redis or Postgres open waits before the harness traps it (Spin waits forever).
+    pub host_call_watchdog: std::time::Duration,
 }
 
 impl AppOptions {
@@ -84,6 +86,7 @@ impl AppOptions {
             chatbot_imports: None,
             only: None,
             zero_row_queries: Default::default(),
+            host_call_watchdog: host::DEFAULT_HOST_CALL_WATCHDOG,
         }
     }
 }
@@ -93,8 +96,42 @@ struct LoadedComponent {
     env: Arc<ComponentEnv>,
 }
 
+/// Handlers still running, some after their response was sent (Spin lets a
+/// handler work on once its response body is finished).
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one running handler until dropped.
+struct Running(Arc<InFlight>);
+
+impl Running {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// A loaded application, ready to serve requests.
 pub struct App {
+    in_flight: Arc<InFlight>,
     components: HashMap<String, LoadedComponent>,
     router: Router,
     pub counters: Arc<HostCounters>,
@@ -176,6 +213,7 @@ impl App {
                 postgres_pools: pools.clone(),
                 zero_row_queries: options.zero_row_queries,
                 chatbot_imports: stand_ins.clone(),
+                host_call_watchdog: options.host_call_watchdog,
             });
             let component = compile(&bytes).with_context(|| format!("compiling {id:?}"))?;
             let linker = host::linker(engine(), stand_ins.is_some())?;
@@ -188,6 +226,7 @@ impl App {
             components.insert(id.clone(), LoadedComponent { pre, env });
         }
         Ok(Self {
+            in_flight: Arc::default(),
             components,
             router,
             counters,
@@ -245,7 +284,9 @@ impl App {
             .new_incoming_request(Scheme::Http, request)?;
         let outparam = store.data_mut().new_response_outparam(sender)?;
         let pre = component.pre.clone();
+        let running = Running::new(&self.in_flight);
         let task = tokio::task::spawn(async move {
+            let _running = running;
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
@@ -267,6 +308,23 @@ impl App {
                 eprintln!("{error:?}");
                 Ok(plain(500, "Internal Server Error"))
             }
+        }
+    }
+
+    /// Waits until no handler is running: what a request does after its
+    /// response (the history write, the metrics) is then done.
+    pub async fn settled(&self) {
+        loop {
+            let idle = self.in_flight.idle.notified();
+            if self
+                .in_flight
+                .count
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -350,6 +408,7 @@ impl Library {
             postgres_pools: Arc::new(host::postgres::Pools::default()),
             zero_row_queries: Default::default(),
             chatbot_imports: None,
+            host_call_watchdog: host::DEFAULT_HOST_CALL_WATCHDOG,
         });
         let component = compile(&bytes)?;
         let pre = host::linker(engine(), false)?.instantiate_pre(&component)?;

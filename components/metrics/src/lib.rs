@@ -11,7 +11,7 @@ use chatbot_core::routes;
 use chatbot_spin::redis_script::{binary, eval};
 use chatbot_spin::routing::{self, Handler};
 use chatbot_spin::settings::open_redis;
-use spin_sdk::http::{Params, Request, Response};
+use spin_sdk::http::{IncomingRequest, Params, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::redis::{Connection, RedisParameter};
 
@@ -82,8 +82,8 @@ fn handler(route: &routes::Route) -> Handler {
 }
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    routing::serve(routes::METRICS_ROUTES, handler, req)
+fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    routing::handle(routes::METRICS_ROUTES, handler, incoming, out)
 }
 
 /// `GET /metrics`: everything Redis holds, read on a connection of its own.

@@ -9,6 +9,7 @@ use chatbot_core::query::{CacheScope, QueryCacheEntry, QueryRequest};
 use chatbot_core::retention;
 use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
+use chatbot_spin::pipeline;
 use chatbot_spin::redis_script::{binaries, binary, integers};
 use chatbot_spin::respond::json;
 use chatbot_spin::routing::client_address;
@@ -194,12 +195,15 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             session_id: "warmup".into(),
             page_context: entry.p,
             user_id: None,
+            stream: false,
         };
-        match chatbot_spin::pipeline::answer(
+        let found = pipeline::lookup(Some(&conn), &settings, &request, false, &mut telemetry);
+        match pipeline::answer(
             Some(&conn),
             &settings,
             &request,
-            false,
+            found.answer,
+            &mut pipeline::Quiet,
             &mut telemetry,
         ) {
             Ok(answer) if answer.cached => already += 1,

@@ -9,7 +9,7 @@ mod health;
 use chatbot_core::api::ApiError;
 use chatbot_core::routes;
 use chatbot_spin::routing::{self, Handler};
-use spin_sdk::http::{Request, Response};
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::redis::Connection;
 
@@ -29,8 +29,8 @@ fn handler(route: &routes::Route) -> Handler {
 }
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    routing::serve(routes::OPS_ROUTES, handler, req)
+fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    routing::handle(routes::OPS_ROUTES, handler, incoming, out)
 }
 
 /// Redis for analytics and admin actions, or 503 naming it.

@@ -3,18 +3,21 @@
 //! connection on every open, which would halve throughput).
 //!
 //! Hit path: limiter (1 Redis round trip for every bucket), the user's gate
-//! when there is a user (1), cache lookup (1), one Postgres statement for the
-//! history, recorder (1).
+//! when there is a user (1), cache lookup and the session's conversation id
+//! (1); then the response goes out, and only after it the exchange's one
+//! Postgres statement and the recorder (1).
+//!
+//! `Accept: text/event-stream` (or `"stream": true`) answers with server-sent
+//! events: `meta`, the answer's `delta`s as the model writes them, `done`.
 
+mod answer;
 mod documents;
 
-use std::time::Instant;
-
 use chatbot_core::api::{self, ApiError, ErrorCode};
-use chatbot_core::identity::{AuthMode, IdentitySettings};
+use chatbot_core::identity::IdentitySettings;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{Endpoint, LimiterOutcome, QueryStatus};
-use chatbot_core::query::{self, QueryRequest};
+use chatbot_core::query::QueryRequest;
 use chatbot_core::ratelimit;
 use chatbot_core::routes;
 use chatbot_core::sessions::{self, Gate};
@@ -26,7 +29,7 @@ use chatbot_spin::respond::{self, json};
 use chatbot_spin::routing::{self, Handler};
 use chatbot_spin::settings::{self, PipelineSettings};
 use chatbot_spin::{now_epoch_seconds, pipeline};
-use spin_sdk::http::{Params, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, Params, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::redis::{Connection, RedisParameter};
 
@@ -45,7 +48,8 @@ use chatbot::ratelimit::limiter;
 
 fn handler(route: &routes::Route) -> Handler {
     match *route {
-        routes::CHAT_QUERY => chat_query,
+        // Served before routing (it writes its own response); the router keeps it for 405s.
+        routes::CHAT_QUERY => |req, _| Err(ApiError::not_found(req.path())),
         routes::CHAT_HISTORY => history,
         routes::DOCUMENTS => documents::ingest,
         other => unreachable!("{other:?} is not a query route"),
@@ -53,17 +57,19 @@ fn handler(route: &routes::Route) -> Handler {
 }
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    let started = Instant::now();
-    let mut response = routing::serve(routes::QUERY_ROUTES, handler, req);
-    response.set_header(
-        "x-response-time",
-        format!("{:.3}ms", started.elapsed().as_secs_f64() * 1000.0),
-    );
-    response
+fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    chatbot_spin::request_started();
+    let req = match routing::read(routes::QUERY_ROUTES, incoming) {
+        Ok(req) => req,
+        Err(refused) => return routing::send(out, refused),
+    };
+    if *req.method() == Method::Post && routes::CHAT_QUERY.matches(req.path()) {
+        return answer::chat_query(req, out);
+    }
+    routing::send(out, routing::serve(routes::QUERY_ROUTES, handler, req));
 }
 
-fn config_failure(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn config_failure(e: impl std::fmt::Display) -> ApiError {
     eprintln!("[{}] configuration error: {e}", chatbot_spin::request_id());
     ApiError::configuration(e)
 }
@@ -75,7 +81,7 @@ pub(crate) struct Scope {
     pub telemetry: Telemetry,
     /// The client address (for the address bucket and the security log).
     pub address: String,
-    session: Option<String>,
+    pub(crate) session: Option<String>,
     decision: Option<ratelimit::Decision>,
 }
 
@@ -101,27 +107,45 @@ impl Scope {
     }
 
     /// A security event for the security log (sampled per address).
-    fn audit(&self, action: AuditAction, detail: serde_json::Value) {
+    pub(crate) fn audit(&self, action: AuditAction, detail: serde_json::Value) {
         if let Some(conn) = &self.conn {
             chatbot_spin::audit::append(conn, action, &self.address, detail);
         }
     }
 
     /// Counts the request's outcome in `chatbot_queries_total`.
-    fn ended(&mut self, status: QueryStatus) {
+    pub(crate) fn ended(&mut self, status: QueryStatus) {
         self.telemetry
             .add(Observation::Query(Endpoint::Query, status));
     }
 
-    /// Hands the samples to the recorder (a failure never fails the request)
-    /// and sets the common headers.
+    /// The response for `result`, with the rate-limit headers, after the
+    /// samples went to the recorder (a failure never fails the request).
     pub fn finish(self, result: Result<Response, ApiError>) -> Response {
+        let response = self.respond(result);
+        self.record();
+        response
+    }
+
+    /// The rate-limit headers of the request's decision.
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        self.decision
+            .as_ref()
+            .map(|decision| decision.headers().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The response for `result`, with the rate-limit headers.
+    pub(crate) fn respond(&self, result: Result<Response, ApiError>) -> Response {
         let mut response = respond::reply(result);
-        if let Some(decision) = &self.decision {
-            for (name, value) in decision.headers() {
-                response.set_header(name, value);
-            }
+        for (name, value) in self.headers() {
+            response.set_header(name, value);
         }
+        response
+    }
+
+    /// Hands the samples to the recorder (a failure never fails the request).
+    pub(crate) fn record(self) {
         let batch = recorder::Batch {
             samples: self
                 .telemetry
@@ -141,7 +165,6 @@ impl Scope {
                 eprintln!("metrics: recording failed: {e:?}");
             }
         }
-        response
     }
 }
 
@@ -155,7 +178,7 @@ fn bucket(scope: limiter::Scope, key: &str) -> limiter::Bucket {
 /// Every bucket the request is counted against (its address, its session,
 /// its user), in one limiter call and one Redis round trip: all take a token
 /// or none does.
-fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
+pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
     let mut buckets = vec![
         bucket(limiter::Scope::ClientAddress, &scope.address),
         bucket(limiter::Scope::Session, &request.session_id),
@@ -220,7 +243,7 @@ fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
 
 /// The end user: the verified token's `sub` in `jwt` mode (401 without one),
 /// nobody in `none` mode (the body's `user_id` is then taken at its word).
-fn authenticate(
+pub(crate) fn authenticate(
     scope: &mut Scope,
     identity_settings: &IdentitySettings,
     req: &Request,
@@ -245,90 +268,9 @@ fn authenticate(
     }
 }
 
-fn chat_query(req: Request, _: Params) -> Result<Response, ApiError> {
-    let identity_settings = identity::settings().map_err(config_failure)?;
-    let settings = settings::pipeline().map_err(config_failure)?;
-    let address = identity::client_address(&req, &identity_settings);
-    let mut scope = Scope::open(&settings, address);
-    let result = ask(&mut scope, &settings, &identity_settings, &req);
-    Ok(scope.finish(result))
-}
-
-fn ask(
-    scope: &mut Scope,
-    settings: &PipelineSettings,
-    identity_settings: &IdentitySettings,
-    req: &Request,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let user = authenticate(scope, identity_settings, req)?;
-    let jwt = identity_settings.mode == AuthMode::Jwt;
-    let content_type = req.header("content-type").and_then(|v| v.as_str());
-    // In jwt mode a question without a session starts one: 128 random bits.
-    let new_session = jwt.then(|| format!("s-{}", chatbot_spin::random_token()));
-    let mut request = query::parse_query(content_type, req.body(), new_session)?;
-    if let Some(user) = user {
-        if request
-            .user_id
-            .as_ref()
-            .is_some_and(|claimed| *claimed != user)
-        {
-            return Err(ApiError::new(
-                403,
-                ErrorCode::Forbidden,
-                "`user_id` must be the token's subject (or be left out)",
-            ));
-        }
-        request.user_id = Some(user);
-    }
-    scope.session = Some(request.session_id.clone());
-    limit(scope, &request)?;
-    // A user's limits are read only when there is a user (a hit without one reads none).
-    let limits = match &request.user_id {
-        Some(user) => {
-            let limits = settings::session_limits().map_err(config_failure)?;
-            gate(scope, settings, &limits, user, &request.session_id, jwt)?;
-            Some(limits)
-        }
-        None => None,
-    };
-    let answer = pipeline::answer(
-        scope.conn.as_ref(),
-        settings,
-        &request,
-        true,
-        &mut scope.telemetry,
-    )
-    .map_err(|e| {
-        eprintln!("[{}] query failed: {e}", chatbot_spin::request_id());
-        scope.ended(QueryStatus::Unavailable);
-        e.api_error()
-    })?;
-    scope.ended(query::answered_status(answer.cached));
-    if let (false, Some(user), Some(limits)) = (answer.cached, &request.user_id, &limits) {
-        charge(scope, limits, user, answer.value.tokens);
-    }
-    let conversation_id =
-        pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
-    scope.telemetry.add(Observation::QueryLatency(
-        query::cache_status(answer.cached, scope.conn.is_some()),
-        started.elapsed().as_secs_f64(),
-    ));
-    let body = query::QueryResponse {
-        answer: answer.value.answer,
-        citations: answer.value.citations,
-        session_id: request.session_id.clone(),
-        conversation_id,
-        cached: answer.cached,
-    };
-    let mut response = json(200, &body);
-    response.set_header("x-cache", if answer.cached { "HIT" } else { "MISS" });
-    Ok(response)
-}
-
 /// The 404 a user gets for a session that is not theirs: the same words as
 /// for one that does not exist, so it tells nothing.
-fn no_such_session(session: &str) -> ApiError {
+pub(crate) fn no_such_session(session: &str) -> ApiError {
     ApiError::new(404, ErrorCode::NotFound, format!("no session `{session}`"))
 }
 
@@ -337,7 +279,7 @@ fn no_such_session(session: &str) -> ApiError {
 /// `max_sessions_per_user` active sessions (seed 003, 1.2). Without Redis
 /// none of it can be checked, and the request goes through (the exchange
 /// statement still refuses to write into another user's session).
-fn gate(
+pub(crate) fn gate(
     scope: &mut Scope,
     settings: &PipelineSettings,
     limits: &settings::SessionLimits,
@@ -457,7 +399,7 @@ fn confirm_new_owner(
 }
 
 /// Charges a miss's tokens to the user's budget for the day (when there is a budget).
-fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: &str, tokens: u64) {
+pub(crate) fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: &str, tokens: u64) {
     if limits.token_budget_per_day == 0 || tokens == 0 {
         return;
     }

@@ -50,6 +50,28 @@ pub fn store_exchange(
     })
 }
 
+/// The session's conversation, created with the session if need be, before
+/// the answer exists. `None`: the session belongs to another user (`enforce_owner`).
+pub fn ensure_conversation(
+    address: &str,
+    retention_days: u32,
+    request: &QueryRequest,
+    enforce_owner: bool,
+) -> Result<Option<i64>, StoreError> {
+    let conn = Connection::open(address)?;
+    let row = query_one_row(
+        &conn,
+        history::ENSURE_CONVERSATION_SQL,
+        &[
+            ParameterValue::Str(request.session_id.clone()),
+            opt_str(request.user_id.as_deref()),
+            ParameterValue::Int32(retention_days as i32),
+            ParameterValue::Boolean(enforce_owner),
+        ],
+    )?;
+    column(&row, 0)
+}
+
 /// One page of a session's messages, oldest first, the session's total and its
 /// owner, in one statement that yields one row even for a session with no messages.
 pub fn page(

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    RequestOptions, Scheme,
 };
-use wasi::io::streams::StreamError;
+use wasi::io::streams::{InputStream, StreamError};
 
 pub struct HttpResponse {
     pub status: u16,
@@ -58,7 +59,50 @@ fn failed(code: ErrorCode) -> HttpError {
     }
 }
 
-/// Sends `body` to `url` and reads the whole answer, within `timeout` until the first byte.
+/// An answer's status and headers, with its body still to read.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    // Dropped in this order: a stream before its body, a body before its response.
+    stream: InputStream,
+    _body: IncomingBody,
+    _response: IncomingResponse,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end. Waits at most the
+    /// request's between-bytes timeout.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
+        match self.stream.blocking_read(64 * 1024) {
+            Ok(chunk) => Ok(Some(chunk)),
+            Err(StreamError::Closed) => Ok(None),
+            Err(StreamError::LastOperationFailed(e)) => {
+                let text = e.to_debug_string();
+                Err(if text.to_ascii_lowercase().contains("timeout") {
+                    HttpError::Timeout
+                } else {
+                    HttpError::Failed(format!("reading the body: {text}"))
+                })
+            }
+        }
+    }
+
+    /// The rest of the body.
+    pub fn read_to_end(mut self) -> Result<HttpResponse, HttpError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk()? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body,
+        })
+    }
+}
+
+/// Sends `body` to `url` and reads the whole answer, within `timeout` until
+/// the first byte and between bytes.
 pub fn request(
     verb: &str,
     url: &str,
@@ -66,6 +110,21 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
+    send(verb, url, headers, body, timeout)?.read_to_end()
+}
+
+/// Sends `body` to `url` and answers once the status and headers are in,
+/// within `timeout` (a zero timeout, the request's deadline spent, sends nothing).
+pub fn send(
+    verb: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Streaming, HttpError> {
+    if timeout.is_zero() {
+        return Err(HttpError::Timeout);
+    }
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| HttpError::Failed(format!("not an absolute URL: {url}")))?;
@@ -73,10 +132,17 @@ pub fn request(
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let fields: Vec<(String, Vec<u8>)> = headers
+    let mut fields: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
+    // Some OpenAI-compatible servers and proxies refuse a chunked request (411).
+    if let Some(bytes) = body {
+        fields.push((
+            "content-length".to_string(),
+            bytes.len().to_string().into_bytes(),
+        ));
+    }
     let fields =
         Fields::from_list(&fields).map_err(|e| HttpError::Failed(format!("headers: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
@@ -126,28 +192,13 @@ pub fn request(
     };
     let status = response.status();
     let headers = response.headers().entries();
-    let incoming = response.consume().map_err(|()| bad("response body"))?;
-    let stream = incoming.stream().map_err(|()| bad("response stream"))?;
-    let mut body = Vec::new();
-    loop {
-        match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => body.extend_from_slice(&chunk),
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                let text = e.to_debug_string();
-                return Err(if text.to_ascii_lowercase().contains("timeout") {
-                    HttpError::Timeout
-                } else {
-                    HttpError::Failed(format!("reading the body: {text}"))
-                });
-            }
-        }
-    }
-    drop(stream);
-    drop(incoming);
-    Ok(HttpResponse {
+    let body = response.consume().map_err(|()| bad("response body"))?;
+    let stream = body.stream().map_err(|()| bad("response stream"))?;
+    Ok(Streaming {
         status,
         headers,
-        body,
+        stream,
+        _body: body,
+        _response: response,
     })
 }

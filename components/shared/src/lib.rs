@@ -7,6 +7,7 @@ pub mod error;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod incoming;
 pub mod metrics_store;
 pub mod openai;
 pub mod pg;
@@ -25,6 +26,21 @@ pub use error::StoreError;
 pub fn request_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(random_token)
+}
+
+/// When this request started (the first call fixes it: the handler's entry).
+pub fn request_started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
+/// What a call may wait: its own timeout, or what is left of the request's
+/// deadline if that is less (zero once the deadline has passed).
+pub fn bounded(
+    per_call: std::time::Duration,
+    request_timeout: std::time::Duration,
+) -> std::time::Duration {
+    per_call.min(request_timeout.saturating_sub(request_started().elapsed()))
 }
 
 /// A random token (for locks), from the host's secure random source.

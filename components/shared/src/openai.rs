@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use chatbot_core::stream::{chat_stream_request, ChatStream};
 use chatbot_core::upstream::{self, UpstreamError, Usage, OPENAI, QDRANT};
 
 use crate::http::{self, HttpError};
@@ -22,21 +23,29 @@ pub fn send_json(
     ];
     headers.extend_from_slice(extra_headers);
     let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
-    let response =
-        http::request(verb, url, &headers, bytes.as_deref(), timeout).map_err(|e| match e {
-            HttpError::Timeout => UpstreamError::Timeout { service },
-            HttpError::Failed(message) => UpstreamError::Unreachable { service, message },
-        })?;
+    let response = http::request(verb, url, &headers, bytes.as_deref(), timeout)
+        .map_err(|e| classify(service, e))?;
     if (200..300).contains(&response.status) {
         Ok((response.status, response.body))
     } else {
-        Err(upstream::status_error(
-            service,
-            response.status,
-            response.header("retry-after"),
-            &response.body,
-        ))
+        Err(refused(service, response))
     }
+}
+
+fn classify(service: &'static str, error: HttpError) -> UpstreamError {
+    match error {
+        HttpError::Timeout => UpstreamError::Timeout { service },
+        HttpError::Failed(message) => UpstreamError::Unreachable { service, message },
+    }
+}
+
+fn refused(service: &'static str, response: http::HttpResponse) -> UpstreamError {
+    upstream::status_error(
+        service,
+        response.status,
+        response.header("retry-after"),
+        &response.body,
+    )
 }
 
 /// The `Authorization` header OpenAI expects.
@@ -67,7 +76,7 @@ pub fn embed(
             &settings.embedding_model,
             texts,
         )),
-        settings.openai_timeout,
+        crate::bounded(settings.openai_timeout, settings.request_timeout),
     )?;
     let (vectors, usage) = upstream::parse_embeddings(&body, texts.len())?;
     Ok((vectors, usage, started.elapsed()))
@@ -86,9 +95,53 @@ pub fn chat(
         &format!("{}/chat/completions", settings.openai_base_url),
         &header_refs(&headers),
         Some(&upstream::chat_request(&settings.chat_model, messages)),
-        settings.openai_timeout,
+        crate::bounded(settings.openai_timeout, settings.request_timeout),
     )?;
     let (answer, usage) = upstream::parse_chat(&body)?;
+    Ok((answer, usage, started.elapsed()))
+}
+
+/// Asks the chat model for a streamed answer, handing each text delta to
+/// `on_delta` as it arrives. Returns the whole answer, the usage and the
+/// call's latency; a stream that breaks off is an error, whatever it sent.
+pub fn chat_streamed(
+    settings: &PipelineSettings,
+    messages: &[(String, String)],
+    on_delta: &mut dyn FnMut(&str),
+) -> Result<(String, Usage, Duration), UpstreamError> {
+    let started = Instant::now();
+    let headers = openai_headers(settings);
+    let mut headers = header_refs(&headers);
+    headers.extend([
+        ("content-type", "application/json"),
+        ("accept", "text/event-stream"),
+    ]);
+    let body = serde_json::to_vec(&chat_stream_request(&settings.chat_model, messages))
+        .expect("JSON values serialise");
+    let deadline = |now: Duration| settings.request_timeout.saturating_sub(now).is_zero();
+    let mut response = http::send(
+        "POST",
+        &format!("{}/chat/completions", settings.openai_base_url),
+        &headers,
+        Some(&body),
+        crate::bounded(settings.openai_timeout, settings.request_timeout),
+    )
+    .map_err(|e| classify(OPENAI, e))?;
+    if !(200..300).contains(&response.status) {
+        let response = response.read_to_end().map_err(|e| classify(OPENAI, e))?;
+        return Err(refused(OPENAI, response));
+    }
+    let mut stream = ChatStream::default();
+    while let Some(bytes) = response.next_chunk().map_err(|e| classify(OPENAI, e))? {
+        for delta in stream.feed(&bytes)? {
+            on_delta(&delta);
+        }
+        // Between-bytes timeouts bound a stall; the deadline bounds a slow drip.
+        if deadline(crate::request_started().elapsed()) {
+            return Err(UpstreamError::Timeout { service: OPENAI });
+        }
+    }
+    let (answer, usage) = stream.finish()?;
     Ok((answer, usage, started.elapsed()))
 }
 
@@ -114,6 +167,6 @@ pub(crate) fn qdrant_send(
         &format!("{}{path}", settings.qdrant_url),
         &header_refs(&headers),
         body,
-        settings.qdrant_timeout,
+        crate::bounded(settings.qdrant_timeout, settings.request_timeout),
     )
 }

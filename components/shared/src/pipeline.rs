@@ -4,49 +4,79 @@
 use std::time::{Duration, Instant};
 
 use crate::caches::{embed_cached, Telemetry};
-use crate::redis_script::{binary, eval, first_binary};
+use crate::redis_script::{binary, eval};
 use crate::settings::PipelineSettings;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{CacheType, ErrorType, Operation};
-use chatbot_core::query::{self, CachedAnswer, QueryRequest};
+use chatbot_core::query::{self, CachedAnswer, Citation, QueryRequest};
 use chatbot_core::sessions;
-use chatbot_core::upstream::UpstreamError;
+use chatbot_core::upstream::{UpstreamError, Usage, OPENAI};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 pub struct Answer {
     pub value: CachedAnswer,
     pub cached: bool,
+    /// The chat completion's tokens (a miss's only).
+    pub usage: Option<Usage>,
 }
 
 /// How often a request waiting on another's identical question looks for its answer.
 const WAIT_STEP: Duration = Duration::from_millis(25);
 
-fn lookup(
-    conn: &Connection,
-    cache_key: &str,
+/// What the query cache knows of a question: its answer, and the session's
+/// conversation id (so a response can name it before the exchange is written).
+#[derive(Default)]
+pub struct Found {
+    pub answer: Option<CachedAnswer>,
+    pub conversation: Option<i64>,
+}
+
+/// Looks the question up (one round trip). `count_question` counts the ask
+/// for analytics and reads the session's conversation (not for warm-up).
+pub fn lookup(
+    conn: Option<&Connection>,
+    settings: &PipelineSettings,
     request: &QueryRequest,
     count_question: bool,
     telemetry: &mut Telemetry,
-) -> Option<CachedAnswer> {
+) -> Found {
+    let Some(conn) = conn else {
+        return Found::default();
+    };
+    let cache_key = query::query_cache_key(request, &settings.shape());
     let reply = if count_question {
         eval(
             conn,
             query::LOOKUP_SCRIPT,
-            &[cache_key, keys::TOP_QUESTIONS],
+            &[
+                &cache_key,
+                keys::TOP_QUESTIONS,
+                &keys::conversation(&request.session_id),
+            ],
             &[binary(query::question_entry(request))],
         )
     } else {
-        conn.execute("GET", &[binary(cache_key)])
+        conn.execute("GET", &[binary(&cache_key)])
             .map_err(crate::StoreError::from)
     };
     match reply {
-        Ok(results) => first_binary(&results).and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        Ok(results) => {
+            let text = |i: usize| match results.get(i) {
+                Some(RedisResult::Binary(bytes)) => Some(bytes.as_slice()),
+                _ => None,
+            };
+            Found {
+                answer: text(0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
+                conversation: text(1)
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse().ok()),
+            }
+        }
         Err(e) => {
             eprintln!("query cache: lookup failed: {e}");
             telemetry.redis_error();
-            None
+            Found::default()
         }
     }
 }
@@ -60,32 +90,54 @@ fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
     Answer {
         value,
         cached: true,
+        usage: None,
     }
 }
 
-/// Answers from the cache, or runs the pipeline once for all identical
-/// concurrent misses: the first takes a short lock, the others wait for its
-/// answer. `count_question` counts the ask for analytics (not for warm-up).
+/// Watches a miss being answered: a streamed answer's text goes to the
+/// client as the model writes it.
+pub trait Progress {
+    /// Whether to stream the chat completion at all.
+    fn streams(&self) -> bool;
+    /// The next piece of the answer's text, with what the answer cites.
+    fn delta(&mut self, citations: &[Citation], text: &str);
+}
+
+/// No one is watching: the chat completion comes whole.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn streams(&self) -> bool {
+        false
+    }
+    fn delta(&mut self, _: &[Citation], _: &str) {}
+}
+
+fn deadline_passed(settings: &PipelineSettings) -> bool {
+    crate::request_started().elapsed() >= settings.request_timeout
+}
+
+/// Answers from the cache (`found`, from [`lookup`]), or runs the pipeline
+/// once for all identical concurrent misses: the first takes a short lock,
+/// the others wait for its answer, within the request's deadline.
 pub fn answer(
     conn: Option<&Connection>,
     settings: &PipelineSettings,
     request: &QueryRequest,
-    count_question: bool,
+    found: Option<CachedAnswer>,
+    progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
     let Some(conn) = conn else {
         // Redis is down: no cache, no lock; answer anyway.
-        return run(None, settings, request, telemetry).map(|value| Answer {
-            value,
-            cached: false,
-        });
+        return run(None, settings, request, progress, telemetry);
     };
-    let cache_key = query::query_cache_key(request, &settings.shape());
-    if let Some(value) = lookup(conn, &cache_key, request, count_question, telemetry) {
+    if let Some(value) = found {
         return Ok(hit(value, telemetry));
     }
     telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
+    let cache_key = query::query_cache_key(request, &settings.shape());
     let lock = keys::lock(&cache_key);
     let token = crate::random_token();
     // Long enough for the slowest pipeline; a crashed holder's lock expires on its own.
@@ -109,6 +161,9 @@ pub fn answer(
                 }
                 break;
             }
+            Ok([RedisResult::Int64(0), ..]) if deadline_passed(settings) => {
+                return Err(UpstreamError::Timeout { service: OPENAI });
+            }
             Ok([RedisResult::Int64(0), ..]) if waited_since.elapsed() <= lock_ttl => {
                 std::thread::sleep(WAIT_STEP);
             }
@@ -117,8 +172,8 @@ pub fn answer(
         }
     }
 
-    match run(Some(conn), settings, request, telemetry) {
-        Ok(value) => {
+    match run(Some(conn), settings, request, progress, telemetry) {
+        Ok(answer) => {
             let page_index = request
                 .page_context
                 .as_deref()
@@ -134,7 +189,9 @@ pub fn answer(
                     &lock,
                 ],
                 &[
-                    RedisParameter::Binary(serde_json::to_vec(&value).expect("answers serialise")),
+                    RedisParameter::Binary(
+                        serde_json::to_vec(&answer.value).expect("answers serialise"),
+                    ),
                     RedisParameter::Int64(settings.query_cache_ttl_seconds as i64),
                     binary(&token),
                 ],
@@ -143,13 +200,10 @@ pub fn answer(
                 eprintln!("query cache: store failed: {e}");
                 telemetry.redis_error();
             }
-            Ok(Answer {
-                value,
-                cached: false,
-            })
+            Ok(answer)
         }
         Err(e) => {
-            // Errors are never cached; let a waiting request try at once.
+            // Errors (and answers that broke off) are never cached; let a waiting request try at once.
             let _ = eval(
                 conn,
                 query::RELEASE_LOCK_SCRIPT,
@@ -165,8 +219,9 @@ fn run(
     conn: Option<&Connection>,
     settings: &PipelineSettings,
     request: &QueryRequest,
+    progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
-) -> Result<CachedAnswer, UpstreamError> {
+) -> Result<Answer, UpstreamError> {
     let text = keys::normalise(&request.question);
     let vector = embed_cached(conn, settings, &[text], telemetry)?
         .pop()
@@ -179,13 +234,24 @@ fn run(
 
     telemetry.add(Observation::OpenAiCall(Operation::Chat));
     let messages = query::prompt_messages(request, &passages);
-    let (answer, usage, latency) =
-        crate::openai::chat(settings, &messages).inspect_err(|e| telemetry.upstream_error(e))?;
+    let citations = query::citations(&passages);
+    let answered = if progress.streams() {
+        crate::openai::chat_streamed(settings, &messages, &mut |text| {
+            progress.delta(&citations, text)
+        })
+    } else {
+        crate::openai::chat(settings, &messages)
+    };
+    let (answer, usage, latency) = answered.inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.openai_answered(Operation::Chat, latency, &usage);
-    Ok(CachedAnswer {
-        answer,
-        citations: query::citations(&passages),
-        tokens: usage.prompt_tokens + usage.completion_tokens,
+    Ok(Answer {
+        value: CachedAnswer {
+            answer,
+            citations,
+            tokens: usage.prompt_tokens + usage.completion_tokens,
+        },
+        cached: false,
+        usage: Some(usage),
     })
 }
 

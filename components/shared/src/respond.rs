@@ -1,7 +1,9 @@
-//! Building responses: JSON bodies and the one rendering of [`ApiError`].
+//! Building responses (JSON bodies and the one rendering of [`ApiError`])
+//! and writing them to the client, whole or as they are made.
 
 use chatbot_core::api::ApiError;
-use spin_sdk::http::Response;
+use spin_sdk::http::{Fields, OutgoingBody, OutgoingResponse, Response, ResponseOutparam};
+use wasi::io::streams::OutputStream;
 
 pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
     Response::builder()
@@ -28,4 +30,86 @@ pub fn error(error: &ApiError) -> Response {
 /// A handler's result as a response.
 pub fn reply(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| error(&e))
+}
+
+/// Writes a whole response to the client and ends its body: the client has
+/// all of it when this returns, and the handler may go on working.
+pub fn send(out: ResponseOutparam, response: Response) {
+    let status = *response.status();
+    let headers: Vec<(String, Vec<u8>)> = response
+        .headers()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    let body = response.into_body();
+    match Body::start(out, status, headers) {
+        Ok(mut writer) => {
+            writer.write(&body);
+            writer.finish();
+        }
+        Err(e) => eprintln!("[{}] responding failed: {e}", crate::request_id()),
+    }
+}
+
+/// A response body being written: the status and headers are out.
+pub struct Body {
+    // Dropped before the body it writes to.
+    stream: Option<OutputStream>,
+    body: Option<OutgoingBody>,
+    /// The client went away: later writes are skipped.
+    gone: bool,
+}
+
+impl Body {
+    /// Sends the status and headers.
+    pub fn start(
+        out: ResponseOutparam,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    ) -> Result<Self, String> {
+        let fields = Fields::from_list(&headers).map_err(|e| format!("headers: {e:?}"))?;
+        let response = OutgoingResponse::new(fields);
+        response
+            .set_status_code(status)
+            .map_err(|()| format!("status {status}"))?;
+        let body = response.body().map_err(|()| "no body".to_string())?;
+        out.set(response);
+        let stream = body.write().map_err(|()| "no body stream".to_string())?;
+        Ok(Self {
+            stream: Some(stream),
+            body: Some(body),
+            gone: false,
+        })
+    }
+
+    /// Writes and flushes `bytes` (so a streamed event leaves at once).
+    /// Whether the client is still there.
+    pub fn write(&mut self, bytes: &[u8]) -> bool {
+        if self.gone {
+            return false;
+        }
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        for chunk in bytes.chunks(4096) {
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                eprintln!("[{}] the client went away: {e:?}", crate::request_id());
+                self.gone = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Ends the body: the client has the whole response.
+    pub fn finish(mut self) {
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            if let Err(e) = OutgoingBody::finish(body, None) {
+                eprintln!(
+                    "[{}] ending the response failed: {e:?}",
+                    crate::request_id()
+                );
+            }
+        }
+    }
 }

@@ -6,7 +6,9 @@ use chatbot_core::api::ApiError;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::routes::{allowed_methods, Route};
-use spin_sdk::http::{Method, Params, Request, Response, Router};
+use spin_sdk::http::{
+    IncomingRequest, Method, Params, Request, Response, ResponseOutparam, Router,
+};
 
 use crate::respond::{error, reply};
 
@@ -59,15 +61,57 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
     router
 }
 
-/// Serves one request by the route table, with its `X-Request-Id`.
+/// Serves one request by the route table.
 pub fn serve(
     table: &'static [Route],
     handler_for: impl Fn(&Route) -> Handler,
     req: Request,
 ) -> Response {
-    let mut response = router(table, handler_for).handle(req);
-    response.set_header("x-request-id", crate::request_id());
-    response
+    router(table, handler_for).handle(req)
+}
+
+/// The headers every response carries: its request id, and the time the
+/// handler took until the response (or, streamed, its head) was ready.
+pub fn common_headers() -> [(&'static str, String); 2] {
+    [
+        ("x-request-id", crate::request_id().to_string()),
+        (
+            "x-response-time",
+            format!(
+                "{:.3}ms",
+                crate::request_started().elapsed().as_secs_f64() * 1000.0
+            ),
+        ),
+    ]
+}
+
+/// Writes `response` to the client with the common headers.
+pub fn send(out: ResponseOutparam, mut response: Response) {
+    for (name, value) in common_headers() {
+        response.set_header(name, value);
+    }
+    crate::respond::send(out, response);
+}
+
+/// Reads the request within its route's body limit; the error response otherwise.
+pub fn read(table: &'static [Route], incoming: IncomingRequest) -> Result<Request, Response> {
+    crate::incoming::read(table, incoming).map_err(|e| error(&e))
+}
+
+/// A component's whole request: the body read within its route's limit,
+/// served by the table, and written to the client.
+pub fn handle(
+    table: &'static [Route],
+    handler_for: impl Fn(&Route) -> Handler,
+    incoming: IncomingRequest,
+    out: ResponseOutparam,
+) {
+    crate::request_started();
+    let response = match read(table, incoming) {
+        Ok(req) => serve(table, handler_for, req),
+        Err(refused) => refused,
+    };
+    send(out, response);
 }
 
 /// The client address of a request, for the security log (identity settings

@@ -91,6 +91,30 @@ pub struct ComponentEnv {
     pub zero_row_queries: postgres::ZeroRowQueries,
     /// Stand-ins for the project's interfaces when a component is hosted alone.
     pub chatbot_imports: Option<Arc<chatbot::ChatbotImports>>,
+    /// How long a Redis or Postgres open may wait before the harness traps it:
+    /// Spin has no timeout there and would wait forever (see [`SILENT_SERVER_TRAP`]).
+    pub host_call_watchdog: std::time::Duration,
+}
+
+/// What a trapped open says. Spin's Redis client (redis-rs 0.32, no response
+/// or connection timeout by default) and its Postgres pool (deadpool without
+/// timeouts; tokio-postgres's `connect_timeout` bounds only the TCP connect)
+/// wait forever on a server that accepts the connection and never answers.
+/// The harness fails louder instead, after [`ComponentEnv::host_call_watchdog`].
+pub const SILENT_SERVER_TRAP: &str = "the server accepted the connection and never answered: under Spin this open would wait forever (Spin's Redis and Postgres clients have no timeout for it)";
+
+/// The default watchdog: far beyond any test's wait, short of a hung suite.
+pub const DEFAULT_HOST_CALL_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a host open under the watchdog: the trap (an `Err` of the outer
+/// result) when it outlives it.
+pub async fn watched<T>(
+    env: &ComponentEnv,
+    open: impl std::future::Future<Output = T>,
+) -> wasmtime::Result<T> {
+    tokio::time::timeout(env.host_call_watchdog, open)
+        .await
+        .map_err(|_| anyhow::anyhow!(SILENT_SERVER_TRAP))
 }
 
 /// The store data of one instance, i.e. of one request.

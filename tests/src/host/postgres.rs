@@ -16,7 +16,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Row;
 use wasmtime::component::Resource;
 
-use super::{HostCounters, HostState};
+use super::{watched, HostCounters, HostState};
 use crate::bindings::spin::postgres4_0_0::postgres::{
     self as v4, Column, DbDataType, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
@@ -88,27 +88,30 @@ impl HostState {
 impl v4::Host for HostState {}
 
 impl v4::HostConnection for HostState {
-    async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, Error> {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> wasmtime::Result<Result<Resource<PgConnection>, Error>> {
         if !self.env.allowed_hosts.allows_url(&address) {
             HostCounters::bump(&self.env.counters.denied);
-            return Err(Error::ConnectionFailed(format!(
+            return Ok(Err(Error::ConnectionFailed(format!(
                 "address {} is not permitted",
                 chatbot_core::config::redact_userinfo(&address)
-            )));
+            ))));
         }
         HostCounters::bump(&self.env.counters.postgres_opens);
-        let pool = self
-            .env
-            .postgres_pools
-            .pool(&address)
-            .map_err(|e| Error::ConnectionFailed(format!("{e:?}")))?;
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| Error::ConnectionFailed(format!("{e:?}")))?;
-        self.table
+        let pool = match self.env.postgres_pools.pool(&address) {
+            Ok(pool) => pool,
+            Err(e) => return Ok(Err(Error::ConnectionFailed(format!("{e:?}")))),
+        };
+        let client = match watched(&self.env, pool.get()).await? {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(Error::ConnectionFailed(format!("{e:?}")))),
+        };
+        Ok(self
+            .table
             .push(PgConnection { client })
-            .map_err(|e| Error::ConnectionFailed(e.to_string()))
+            .map_err(|e| Error::ConnectionFailed(e.to_string())))
     }
 
     async fn query(

@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, FromRedisValue, Value};
 use wasmtime::component::Resource;
 
-use super::{HostCounters, HostState};
+use super::{watched, HostCounters, HostState};
 use crate::bindings::fermyon::spin2_0_0::redis::{self as v2, Error, RedisParameter, RedisResult};
 
 /// The host side of a guest's `connection` resource.
@@ -114,20 +114,26 @@ impl FromRedisValue for Flattened {
 impl v2::Host for HostState {}
 
 impl v2::HostConnection for HostState {
-    async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, Error> {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> wasmtime::Result<Result<Resource<RedisConnection>, Error>> {
         if !self.env.allowed_hosts.allows_url(&address) {
             HostCounters::bump(&self.env.counters.denied);
-            return Err(Error::InvalidAddress);
+            return Ok(Err(Error::InvalidAddress));
         }
         HostCounters::bump(&self.env.counters.redis_opens);
-        let client = redis::Client::open(address.as_str()).map_err(|_| Error::InvalidAddress)?;
-        let conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(other)?;
-        self.table
+        let Ok(client) = redis::Client::open(address.as_str()) else {
+            return Ok(Err(Error::InvalidAddress));
+        };
+        let conn = match watched(&self.env, client.get_multiplexed_async_connection()).await? {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(other(e))),
+        };
+        Ok(self
+            .table
             .push(RedisConnection { conn })
-            .map_err(|_| Error::TooManyConnections)
+            .map_err(|_| Error::TooManyConnections))
     }
 
     async fn publish(

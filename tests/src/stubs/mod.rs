@@ -116,3 +116,31 @@ impl Drop for StubServer {
         self.task.abort();
     }
 }
+
+/// A server that accepts TCP connections and never sends a byte: a
+/// blackholed Redis or Postgres (a hung process, a proxy with no backend).
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // Kept open and unread: the client's bytes sit in the socket buffer.
+                held.push(stream);
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

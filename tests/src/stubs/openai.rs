@@ -3,9 +3,13 @@
 //!
 //! Embeddings are deterministic bags of hashed words (normalised), so texts
 //! that share words are near each other and retrieval behaves sensibly.
-//! Chat answers are deterministic functions of the messages.
+//! Chat answers are deterministic functions of the messages. With
+//! `"stream": true` the answer comes as OpenAI streams it: SSE
+//! `chat.completion.chunk`s, word by word, a usage chunk when
+//! `stream_options.include_usage` asks for one, and `data: [DONE]`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -32,6 +36,18 @@ pub struct OpenAiState {
     pub dimensions: usize,
     /// Every request body received, by endpoint, in order.
     pub requests: std::sync::Mutex<Vec<(&'static str, Value)>>,
+    /// How a streamed answer is paced.
+    pub stream_timing: std::sync::Mutex<StreamTiming>,
+    /// The next streamed answers break off after this many deltas, with an
+    /// error chunk and no `[DONE]`.
+    pub stream_cuts: std::sync::Mutex<std::collections::VecDeque<usize>>,
+}
+
+/// The pace of a streamed answer: until its first token, and between tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamTiming {
+    pub first_token: Duration,
+    pub between_tokens: Duration,
 }
 
 impl OpenAiStub {
@@ -41,6 +57,8 @@ impl OpenAiStub {
             api_key: api_key.to_string(),
             dimensions,
             requests: Default::default(),
+            stream_timing: Default::default(),
+            stream_cuts: Default::default(),
         });
         let router = Router::new()
             .route("/v1/embeddings", post(embeddings))
@@ -61,6 +79,113 @@ impl OpenAiStub {
     pub fn controls(&self) -> &Controls {
         &self.state.controls
     }
+
+    /// Paces streamed answers.
+    pub fn set_stream_timing(&self, first_token: Duration, between_tokens: Duration) {
+        *self.state.stream_timing.lock().unwrap() = StreamTiming {
+            first_token,
+            between_tokens,
+        };
+    }
+
+    /// The next streamed answer breaks off after `deltas` deltas.
+    pub fn cut_next_stream_after(&self, deltas: usize) {
+        self.state.stream_cuts.lock().unwrap().push_back(deltas);
+    }
+
+    /// The chat requests received, in order.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(endpoint, _)| *endpoint == CHAT)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+}
+
+/// The answer in the pieces a stream sends: each word with the space before it.
+pub fn stream_pieces(answer: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    for (i, word) in answer.split(' ').enumerate() {
+        pieces.push(if i == 0 {
+            word.to_string()
+        } else {
+            format!(" {word}")
+        });
+    }
+    pieces
+}
+
+fn chunk(model: &str, delta: Value, finish_reason: Option<&str>) -> String {
+    let chunk = json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// A streamed answer, paced by `timing`, cut after `cut` deltas if asked.
+fn streamed(
+    model: String,
+    content: String,
+    usage: Option<Value>,
+    timing: StreamTiming,
+    cut: Option<usize>,
+) -> Response {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<String>(16);
+    tokio::spawn(async move {
+        let send = |text: String| sender.send(text);
+        if send(chunk(
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await
+        .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(timing.first_token).await;
+        for (i, piece) in stream_pieces(&content).into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(timing.between_tokens).await;
+            }
+            if cut == Some(i) {
+                let error = json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}});
+                let _ = send(format!("data: {error}\n\n")).await;
+                return;
+            }
+            if send(chunk(&model, json!({"content": piece}), None))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = send(chunk(&model, json!({}), Some("stop"))).await;
+        if let Some(usage) = usage {
+            let last = json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk",
+                "created": 1_700_000_000u64, "model": model, "choices": [], "usage": usage});
+            let _ = send(format!("data: {last}\n\n")).await;
+        }
+        let _ = send("data: [DONE]\n\n".to_string()).await;
+    });
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|text| (Ok::<_, std::convert::Infallible>(text), receiver))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(body))
+        .expect("a valid response")
 }
 
 fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
@@ -321,6 +446,17 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         .map(|c| words(c).count())
         .sum();
     let completion_tokens = words(&content).count();
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    });
+    if request["stream"] == true {
+        let timing = *state.stream_timing.lock().unwrap();
+        let cut = state.stream_cuts.lock().unwrap().pop_front();
+        let usage = (request["stream_options"]["include_usage"] == true).then_some(usage);
+        return streamed(model.to_string(), content, usage, timing, cut);
+    }
     Json(json!({
         "id": "chatcmpl-stub",
         "object": "chat.completion",
@@ -331,11 +467,7 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
             "message": {"role": "assistant", "content": content},
             "finish_reason": "stop"
         }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
-        }
+        "usage": usage
     }))
     .into_response()
 }

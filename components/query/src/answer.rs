@@ -1,0 +1,355 @@
+//! `POST /api/v1/chat/query`: checks, then the answer (JSON, or server-sent
+//! events as the model writes it), and only once the client has the whole
+//! response, the exchange's Postgres write and the metrics.
+
+use std::time::Instant;
+
+use chatbot_core::api::{ApiError, ErrorCode};
+use chatbot_core::audit::AuditAction;
+use chatbot_core::identity::{AuthMode, IdentitySettings};
+use chatbot_core::keys;
+use chatbot_core::metrics::recording::Observation;
+use chatbot_core::metrics::QueryStatus;
+use chatbot_core::query::{self, Citation, QueryRequest};
+use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
+use chatbot_spin::identity;
+use chatbot_spin::pipeline::{self, Answer, Progress};
+use chatbot_spin::respond::{self, json, Body};
+use chatbot_spin::routing;
+use chatbot_spin::settings::{self, PipelineSettings, SessionLimits};
+use spin_sdk::http::{Request, ResponseOutparam};
+use spin_sdk::redis::RedisParameter;
+
+use crate::{authenticate, charge, config_failure, gate, limit, no_such_session, Scope};
+
+/// What is left to do once the client has its answer.
+struct Exchange {
+    request: QueryRequest,
+    answer: Answer,
+    conversation: Option<i64>,
+    limits: Option<SessionLimits>,
+}
+
+pub fn chat_query(req: Request, out: ResponseOutparam) {
+    let configured = identity::settings()
+        .map_err(config_failure)
+        .and_then(|identity| Ok((identity, settings::pipeline().map_err(config_failure)?)));
+    let (identity_settings, settings) = match configured {
+        Ok(both) => both,
+        Err(e) => return routing::send(out, respond::error(&e)),
+    };
+    let address = identity::client_address(&req, &identity_settings);
+    let mut scope = Scope::open(&settings, address);
+    let mut reply = Reply::new(out);
+    let started = Instant::now();
+    let outcome = ask(&mut scope, &settings, &identity_settings, &req, &mut reply);
+    let jwt = identity_settings.mode == AuthMode::Jwt;
+    match outcome {
+        Ok(exchange) => {
+            reply.answer(&scope, &exchange);
+            scope.telemetry.add(Observation::QueryLatency(
+                query::cache_status(exchange.answer.cached, scope.conn.is_some()),
+                started.elapsed().as_secs_f64(),
+            ));
+            // The client has everything: now what it does not wait for.
+            after_response(&mut scope, &settings, exchange, jwt);
+        }
+        Err(e) => reply.fail(&scope, e),
+    }
+    scope.record();
+}
+
+fn ask(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    identity_settings: &IdentitySettings,
+    req: &Request,
+    reply: &mut Reply,
+) -> Result<Exchange, ApiError> {
+    let user = authenticate(scope, identity_settings, req)?;
+    let jwt = identity_settings.mode == AuthMode::Jwt;
+    let content_type = req.header("content-type").and_then(|v| v.as_str());
+    // In jwt mode a question without a session starts one: 128 random bits.
+    let new_session = jwt.then(|| format!("s-{}", chatbot_spin::random_token()));
+    let mut request = query::parse_query(content_type, req.body(), new_session)?;
+    reply.streamed = stream::wants_stream(
+        req.header("accept").and_then(|v| v.as_str()),
+        request.stream,
+    );
+    if let Some(user) = user {
+        if request
+            .user_id
+            .as_ref()
+            .is_some_and(|claimed| *claimed != user)
+        {
+            return Err(ApiError::new(
+                403,
+                ErrorCode::Forbidden,
+                "`user_id` must be the token's subject (or be left out)",
+            ));
+        }
+        request.user_id = Some(user);
+    }
+    scope.session = Some(request.session_id.clone());
+    limit(scope, &request)?;
+    reply.limit_headers = scope.headers();
+    // A user's limits are read only when there is a user (a hit without one reads none).
+    let limits = match &request.user_id {
+        Some(user) => {
+            let limits = settings::session_limits().map_err(config_failure)?;
+            gate(scope, settings, &limits, user, &request.session_id, jwt)?;
+            Some(limits)
+        }
+        None => None,
+    };
+    let found = pipeline::lookup(
+        scope.conn.as_ref(),
+        settings,
+        &request,
+        true,
+        &mut scope.telemetry,
+    );
+    let conversation = match found.conversation {
+        Some(id) => Some(id),
+        None => conversation_of(scope, settings, &request, jwt)?,
+    };
+    reply.conversation = conversation;
+    reply.session = request.session_id.clone();
+    let answer = pipeline::answer(
+        scope.conn.as_ref(),
+        settings,
+        &request,
+        found.answer,
+        reply,
+        &mut scope.telemetry,
+    )
+    .map_err(|e| {
+        eprintln!("[{}] query failed: {e}", chatbot_spin::request_id());
+        scope.ended(QueryStatus::Unavailable);
+        e.api_error()
+    })?;
+    scope.ended(query::answered_status(answer.cached));
+    Ok(Exchange {
+        request,
+        answer,
+        conversation,
+        limits,
+    })
+}
+
+/// The session's conversation id when Redis does not know it (a session's
+/// first question): created now in Postgres, so the answer can name it,
+/// and remembered in Redis. A Postgres that fails costs the id, not the answer.
+fn conversation_of(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    enforce_owner: bool,
+) -> Result<Option<i64>, ApiError> {
+    match chatbot_spin::history::ensure_conversation(
+        &settings.postgres_address,
+        settings.retention_days,
+        request,
+        enforce_owner,
+    ) {
+        Ok(Some(id)) => {
+            remember_conversation(scope, settings, &request.session_id, id);
+            Ok(Some(id))
+        }
+        Ok(None) => {
+            scope.ended(QueryStatus::NotFound);
+            scope.audit(
+                AuditAction::SessionNotOwned,
+                serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),
+            );
+            Err(no_such_session(&request.session_id))
+        }
+        Err(e) => {
+            eprintln!(
+                "[{}] history: creating the conversation of {} failed: {e}",
+                chatbot_spin::request_id(),
+                request.session_id
+            );
+            scope.telemetry.add(Observation::Error(
+                chatbot_core::metrics::ErrorType::Postgres,
+            ));
+            Ok(None)
+        }
+    }
+}
+
+fn remember_conversation(scope: &Scope, settings: &PipelineSettings, session: &str, id: i64) {
+    let Some(conn) = &scope.conn else {
+        return;
+    };
+    let ttl = i64::from(settings.retention_days) * 86_400;
+    if let Err(e) = conn.execute(
+        "SET",
+        &[
+            RedisParameter::Binary(keys::conversation(session).into_bytes()),
+            RedisParameter::Binary(id.to_string().into_bytes()),
+            RedisParameter::Binary(b"EX".to_vec()),
+            RedisParameter::Int64(ttl),
+        ],
+    ) {
+        eprintln!("history: remembering the conversation of {session} failed: {e}");
+    }
+}
+
+/// After the response: the budget charge, the exchange in Postgres (a failed
+/// write is counted and logged, as before the move), and its conversation id
+/// in Redis if Postgres gave another (the session was cleaned up meanwhile).
+fn after_response(scope: &mut Scope, settings: &PipelineSettings, exchange: Exchange, jwt: bool) {
+    let Exchange {
+        request,
+        answer,
+        conversation,
+        limits,
+    } = exchange;
+    if let (false, Some(user), Some(limits)) = (answer.cached, &request.user_id, &limits) {
+        charge(scope, limits, user, answer.value.tokens);
+    }
+    let stored = pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
+    if let Some(id) = stored.filter(|id| Some(*id) != conversation) {
+        remember_conversation(scope, settings, &request.session_id, id);
+    }
+}
+
+/// The response being made: JSON at the end, or events as they come.
+pub(crate) struct Reply {
+    out: Option<ResponseOutparam>,
+    body: Option<Body>,
+    streamed: bool,
+    session: String,
+    conversation: Option<i64>,
+    /// The rate-limit headers, copied in when a stream starts mid-pipeline.
+    limit_headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn new(out: ResponseOutparam) -> Self {
+        Self {
+            out: Some(out),
+            body: None,
+            streamed: false,
+            session: String::new(),
+            conversation: None,
+            limit_headers: Vec::new(),
+        }
+    }
+
+    /// Sends the head of the event stream and the `meta` event.
+    fn start_stream(&mut self, cached: bool, citations: &[Citation]) {
+        let Some(out) = self.out.take() else {
+            return;
+        };
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            ("content-type".into(), stream::EVENT_STREAM.into()),
+            ("cache-control".into(), b"no-cache".to_vec()),
+            // Proxies that buffer (nginx) pass events on at once with this.
+            ("x-accel-buffering".into(), b"no".to_vec()),
+            ("x-cache".into(), if cached { "HIT" } else { "MISS" }.into()),
+        ];
+        headers.extend(
+            self.limit_headers
+                .iter()
+                .chain(routing::common_headers().iter())
+                .map(|(name, value)| (name.to_string(), value.clone().into_bytes())),
+        );
+        match Body::start(out, 200, headers) {
+            Ok(mut body) => {
+                body.write(&stream::event(
+                    stream::META,
+                    &Meta {
+                        session_id: &self.session,
+                        conversation_id: self.conversation,
+                        citations,
+                        cached,
+                    },
+                ));
+                self.body = Some(body);
+            }
+            Err(e) => eprintln!(
+                "[{}] starting the stream failed: {e}",
+                chatbot_spin::request_id()
+            ),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(body) = &mut self.body {
+            body.write(bytes);
+        }
+    }
+
+    /// The whole answer: a JSON body, or the stream's last events.
+    fn answer(&mut self, scope: &Scope, exchange: &Exchange) {
+        let answer = &exchange.answer;
+        if !self.streamed {
+            let body = query::QueryResponse {
+                answer: answer.value.answer.clone(),
+                citations: answer.value.citations.clone(),
+                session_id: exchange.request.session_id.clone(),
+                conversation_id: exchange.conversation,
+                cached: answer.cached,
+            };
+            let mut response = scope.respond(Ok(json(200, &body)));
+            response.set_header("x-cache", if answer.cached { "HIT" } else { "MISS" });
+            if let Some(out) = self.out.take() {
+                routing::send(out, response);
+            }
+            return;
+        }
+        if self.body.is_none() {
+            // A hit, or a waiter on another's miss: the stored answer at once, in one delta.
+            self.start_stream(answer.cached, &answer.value.citations);
+            self.write(&stream::event(
+                stream::DELTA,
+                &Delta {
+                    text: &answer.value.answer,
+                },
+            ));
+        }
+        self.write(&stream::event(
+            stream::DONE,
+            &Done {
+                answer: &answer.value.answer,
+                citations: &answer.value.citations,
+                session_id: &exchange.request.session_id,
+                conversation_id: exchange.conversation,
+                cached: answer.cached,
+                usage: answer.usage.as_ref().map(UsageReport::from),
+            },
+        ));
+        if let Some(body) = self.body.take() {
+            body.finish();
+        }
+    }
+
+    /// A failure: the JSON error if nothing was sent yet, else an `error`
+    /// event that ends the stream (the partial answer is not kept).
+    fn fail(&mut self, scope: &Scope, error: ApiError) {
+        if let Some(out) = self.out.take() {
+            return routing::send(out, scope.respond(Err(error)));
+        }
+        let mut body = error.body();
+        body.request_id = Some(chatbot_spin::request_id().to_string());
+        self.write(&stream::event(stream::ERROR, &body));
+        if let Some(body) = self.body.take() {
+            body.finish();
+        }
+    }
+}
+
+impl Progress for Reply {
+    fn streams(&self) -> bool {
+        self.streamed
+    }
+
+    fn delta(&mut self, citations: &[Citation], text: &str) {
+        if self.body.is_none() {
+            self.start_stream(false, citations);
+        }
+        self.write(&stream::event(stream::DELTA, &Delta { text }));
+    }
+}

@@ -1,0 +1,69 @@
+//! Reading a request's body within its route's limit, before anything else
+//! happens: a `Content-Length` over the limit is refused unread, and a body
+//! without one (chunked) is read only up to the limit.
+
+use chatbot_core::api::{ApiError, ErrorCode};
+use chatbot_core::routes::{self, Route};
+use spin_sdk::http::{IncomingRequest, Request};
+use wasi::io::streams::StreamError;
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        413,
+        ErrorCode::PayloadTooLarge,
+        format!("the body may be at most {limit} bytes"),
+    )
+}
+
+/// The request with its whole body, or the 413 (or 400) to answer instead.
+pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiError> {
+    let path = incoming.path_with_query().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    let limit = routes::body_limit(table, path);
+    let declared = incoming
+        .headers()
+        .get("content-length")
+        .first()
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let method = incoming.method();
+    let uri = incoming.uri();
+    let headers = incoming.headers();
+    let body = incoming
+        .consume()
+        .map_err(|()| ApiError::invalid("the request body could not be read"))?;
+    let mut bytes = Vec::new();
+    {
+        let stream = body
+            .stream()
+            .map_err(|()| ApiError::invalid("the request body could not be read"))?;
+        loop {
+            // Never more than one byte past the limit: that byte says "too large".
+            let room = (limit + 1 - bytes.len()).min(64 * 1024) as u64;
+            match stream.blocking_read(room) {
+                Ok(chunk) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > limit {
+                        return Err(too_large(limit));
+                    }
+                }
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(ApiError::invalid(format!(
+                        "the request body could not be read: {}",
+                        e.to_debug_string()
+                    )))
+                }
+            }
+        }
+    }
+    drop(body);
+    Ok(Request::builder()
+        .method(method)
+        .uri(uri)
+        .headers(headers)
+        .body(bytes)
+        .build())
+}
