@@ -165,7 +165,10 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("`limit` must be from 1 to 100"));
     }
-    let settings = settings::pipeline().map_err(ApiError::configuration)?;
+    let mut settings = settings::pipeline().map_err(ApiError::configuration)?;
+    // A batch, not a question: each call keeps its own timeout, and the
+    // question deadline (`request_timeout_ms`, not given to ops) does not apply.
+    settings.request_timeout = std::time::Duration::MAX;
     if settings.cache_scope != CacheScope::Global {
         return Err(ApiError::new(
             409,

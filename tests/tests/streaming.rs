@@ -1,0 +1,475 @@
+//! Streamed answers (server-sent events), the exchange written after the
+//! response, body limits enforced before reading, and deadlines: the app
+//! composed as spin.toml says, real Redis and Postgres, the stand-ins.
+
+use std::time::{Duration, Instant};
+
+use chatbot_core::config::names;
+use chatbot_harness::client::StreamedResponse;
+use chatbot_harness::stubs::openai::{stream_pieces, CHAT};
+use chatbot_harness::stubs::{Fault, SilentServer};
+use chatbot_harness::{admin_authorization, TestApp};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const QUERY: &str = "/api/v1/chat/query";
+
+async fn app_with_book(builder: chatbot_harness::TestAppBuilder) -> TestApp {
+    let app = builder.spawn().await.unwrap();
+    let response = app
+        .ingest(json!([
+            {"id": "ai-book", "source": "ai-textbook.pdf", "text": "Artificial intelligence is the study of intelligent agents that perceive and act."}
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    app
+}
+
+/// One server-sent event: its name and its data, parsed.
+#[derive(Debug, Clone)]
+struct Event {
+    name: String,
+    data: Value,
+}
+
+/// Splits SSE text into events; every event must have a name and JSON data.
+fn parse_events(text: &str) -> Vec<Event> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut name = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).unwrap_or_else(|e| {
+                        panic!("event data is not JSON ({e}): {v}");
+                    }));
+                } else {
+                    panic!("unexpected line in an event: {line:?}");
+                }
+            }
+            Event {
+                name: name.expect("every event is named"),
+                data: data.expect("every event has data"),
+            }
+        })
+        .collect()
+}
+
+async fn read_all(response: &mut StreamedResponse) -> String {
+    let mut text = Vec::new();
+    while let Some(chunk) = response.next_chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).unwrap()
+}
+
+async fn ask_streamed(app: &TestApp, body: Value) -> StreamedResponse {
+    app.raw_client()
+        .stream(
+            "POST",
+            QUERY,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "text/event-stream"),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// The events of a whole streamed answer, once the handler has settled.
+async fn streamed_events(app: &TestApp, body: Value) -> (StreamedResponse, Vec<Event>) {
+    let mut response = ask_streamed(app, body).await;
+    let text = read_all(&mut response).await;
+    app.app.settled().await;
+    (response, parse_events(&text))
+}
+
+fn deltas(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter(|e| e.name == "delta")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect()
+}
+
+fn names_of(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
+}
+
+async fn history(app: &TestApp, session: &str) -> Value {
+    let response = app
+        .admin_get(&format!("/api/v1/chat/history/{session}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+#[tokio::test]
+async fn the_first_event_arrives_while_the_model_is_still_writing() {
+    let app = app_with_book(TestApp::builder()).await;
+    let (first_token, between) = (Duration::from_millis(300), Duration::from_millis(100));
+    app.openai.set_stream_timing(first_token, between);
+    let started = Instant::now();
+    let mut response = ask_streamed(
+        &app,
+        json!({"question": "What is artificial intelligence?", "session_id": "stream-1"}),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    assert_eq!(response.header("x-cache"), Some("MISS"));
+    assert!(response.header("x-ratelimit-limit").is_some());
+    assert!(response.header("x-request-id").is_some());
+    // Read until the first delta is in; the rest of the answer is still being written.
+    let mut text = String::new();
+    while !text.contains("event: delta") {
+        let chunk = response.next_chunk().await.unwrap().expect("a delta");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let first_delta = started.elapsed();
+    text.push_str(&read_all(&mut response).await);
+    let whole = started.elapsed();
+    let events = parse_events(&text);
+    let answer = events.last().unwrap().data["answer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pieces = stream_pieces(&answer).len() as u32;
+    assert!(pieces >= 8, "a long enough answer to measure: {answer}");
+    // The stand-in spends (pieces - 1) x 100 ms after the first token: the
+    // first delta must come well before that is over (half of it, generously).
+    let writing = between * (pieces - 1);
+    assert!(
+        first_delta + writing / 2 < whole,
+        "first delta at {first_delta:?}, whole answer at {whole:?}, the model wrote for {writing:?}"
+    );
+
+    assert_eq!(names_of(&events)[0], "meta");
+    assert_eq!(*names_of(&events).last().unwrap(), "done");
+    assert_eq!(
+        names_of(&events).iter().filter(|n| **n == "delta").count() as u32,
+        pieces
+    );
+    let meta = &events[0].data;
+    assert_eq!(meta["session_id"], "stream-1");
+    assert!(meta["conversation_id"].as_i64().is_some(), "{meta}");
+    assert_eq!(meta["citations"][0]["source"], "ai-textbook.pdf");
+    assert_eq!(meta["cached"], false);
+    let done = &events.last().unwrap().data;
+    assert_eq!(deltas(&events), answer);
+    assert_eq!(done["cached"], false);
+    assert_eq!(done["conversation_id"], meta["conversation_id"]);
+    assert_eq!(done["citations"], meta["citations"]);
+    let usage = &done["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        )
+    );
+    // OpenAI was asked to stream, with the usage.
+    let asked = app.openai.chat_requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0]["stream"], true);
+    assert_eq!(asked[0]["stream_options"]["include_usage"], true);
+
+    // The exchange is stored after the response: read it back.
+    app.app.settled().await;
+    let page = history(&app, "stream-1").await;
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["messages"][1]["content"], answer.as_str());
+}
+
+#[tokio::test]
+async fn streamed_and_json_answers_share_the_cache_both_ways() {
+    let app = app_with_book(TestApp::builder()).await;
+    let body = json!({"question": "What do intelligent agents do?", "session_id": "both-ways"});
+    let (_, streamed) = streamed_events(&app, body.clone()).await;
+    let streamed_answer = deltas(&streamed);
+    let json_hit = app.post_json(QUERY, &body).await.unwrap();
+    assert_eq!(json_hit.status, 200);
+    assert_eq!(json_hit.header("content-type"), Some("application/json"));
+    assert_eq!(json_hit.json()["cached"], true);
+    assert_eq!(json_hit.json()["answer"], streamed_answer.as_str());
+
+    // A JSON miss, then the same question streamed (by the body's flag alone): a hit.
+    let other = json!({"question": "Who perceives and acts?", "session_id": "both-ways"});
+    let json_miss = app.post_json(QUERY, &other).await.unwrap();
+    assert_eq!(json_miss.json()["cached"], false);
+    let mut flagged = other.clone();
+    flagged["stream"] = json!(true);
+    let response = app
+        .raw_client()
+        .stream(
+            "POST",
+            QUERY,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&flagged).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut response = response;
+    assert_eq!(response.header("x-cache"), Some("HIT"));
+    let events = parse_events(&read_all(&mut response).await);
+    app.app.settled().await;
+    assert_eq!(names_of(&events), ["meta", "delta", "done"]);
+    assert_eq!(
+        deltas(&events),
+        json_miss.json()["answer"].as_str().unwrap()
+    );
+    assert_eq!(events[2].data["cached"], true);
+    assert_eq!(events[2].data["usage"], Value::Null);
+    assert_eq!(
+        events[0].data["conversation_id"],
+        json_miss.json()["conversation_id"]
+    );
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // Every exchange, the hits too, is in the history.
+    assert_eq!(history(&app, "both-ways").await["total"], 8);
+}
+
+#[tokio::test]
+async fn a_failure_before_the_first_delta_is_the_json_error() {
+    let app = app_with_book(TestApp::builder()).await;
+    app.openai.controls().fail_next(CHAT, 1, Fault::Status(500));
+    let mut response = ask_streamed(
+        &app,
+        json!({"question": "What is AI?", "session_id": "fails-early"}),
+    )
+    .await;
+    let text = read_all(&mut response).await;
+    assert_eq!(response.status, 503, "{text}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert!(body["request_id"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_failure_after_the_first_delta_ends_the_stream_and_keeps_nothing() {
+    let app = app_with_book(TestApp::builder()).await;
+    app.openai.cut_next_stream_after(3);
+    let body = json!({"question": "What is artificial intelligence?", "session_id": "cut"});
+    let (response, events) = streamed_events(&app, body.clone()).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        names_of(&events),
+        ["meta", "delta", "delta", "delta", "error"]
+    );
+    let error = &events[4].data;
+    assert_eq!(error["status"], "upstream_unavailable", "{error}");
+    assert!(error["request_id"].is_string());
+    assert_eq!(
+        response.header("x-request-id"),
+        error["request_id"].as_str()
+    );
+
+    // Not cached: the next ask calls the model again, and gets the whole answer.
+    let again = app.post_json(QUERY, &body).await.unwrap();
+    assert_eq!(again.json()["cached"], false);
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // Not stored: the history holds the complete exchange only.
+    let page = history(&app, "cut").await;
+    assert_eq!(page["total"], 2, "{page}");
+    assert_eq!(page["messages"][1]["content"], again.json()["answer"]);
+}
+
+#[tokio::test]
+async fn identical_streamed_misses_cost_one_completion() {
+    let app = app_with_book(TestApp::builder()).await;
+    app.openai
+        .set_stream_timing(Duration::from_millis(300), Duration::from_millis(20));
+    let body = json!({"question": "What is artificial intelligence?", "session_id": "burst"});
+    let asks = (0..3).map(|_| streamed_events(&app, body.clone()));
+    let results = futures_util::future::join_all(asks).await;
+    assert_eq!(app.openai.controls().calls(CHAT), 1);
+    let answers: Vec<String> = results.iter().map(|(_, events)| deltas(events)).collect();
+    assert!(!answers[0].is_empty());
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    for (_, events) in &results {
+        assert_eq!(events.last().unwrap().name, "done");
+    }
+}
+
+/// Sends a request head (and `body`) on a raw connection and returns the
+/// status line of the answer, which must come without the rest of the body.
+async fn status_without_sending_everything(app: &TestApp, head: String, body: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(app.server.addr)
+        .await
+        .unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("the server answers without waiting for the rest of the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]).to_string();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_unread() {
+    let app = TestApp::spawn().await.unwrap();
+    let ten_mib = 10 * 1024 * 1024;
+    let auth = admin_authorization();
+    for (path, auth) in [(QUERY, None), ("/api/v1/documents", Some(auth.as_str()))] {
+        let auth = auth
+            .map(|a| format!("authorization: {a}\r\n"))
+            .unwrap_or_default();
+        // A declared length over the limit: refused before a byte of the body is sent.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: app\r\ncontent-type: application/json\r\n{auth}content-length: {ten_mib}\r\n\r\n"
+        );
+        let status = status_without_sending_everything(&app, head, b"").await;
+        assert!(status.contains(" 413 "), "{path}: {status}");
+        // Chunked, no length: refused once the limit is passed, with most of 10 MiB never sent.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: app\r\ncontent-type: application/json\r\n{auth}transfer-encoding: chunked\r\n\r\n"
+        );
+        let limit = if path == QUERY { 64 * 1024 } else { 10_000_000 };
+        let mut body = Vec::new();
+        let piece = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent <= limit {
+            body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            body.extend_from_slice(&piece);
+            body.extend_from_slice(b"\r\n");
+            sent += piece.len();
+        }
+        assert!(sent < ten_mib || path != QUERY);
+        let status = status_without_sending_everything(&app, head, &body).await;
+        assert!(status.contains(" 413 "), "{path} chunked: {status}");
+    }
+    // The JSON error names the limit.
+    let response = app
+        .client()
+        .request(
+            "POST",
+            QUERY,
+            &[("content-type", "application/json")],
+            vec![b' '; 64 * 1024 + 1],
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 413);
+    assert_eq!(response.json()["status"], "payload_too_large");
+    assert!(response.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("65536"));
+}
+
+#[tokio::test]
+async fn the_request_deadline_bounds_a_slow_model() {
+    let app = app_with_book(
+        TestApp::builder()
+            .variable(names::REQUEST_TIMEOUT_MS, "1500")
+            .variable(names::OPENAI_TIMEOUT_MS, "20000"),
+    )
+    .await;
+    app.openai
+        .controls()
+        .fail_next(CHAT, 1, Fault::Hang(Duration::from_secs(10)));
+    let started = Instant::now();
+    let response = app
+        .post_json(
+            QUERY,
+            &json!({"question": "What is AI?", "session_id": "slow"}),
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+}
+
+#[tokio::test]
+async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
+    let silent = SilentServer::start().await.unwrap();
+    let app = app_with_book(
+        TestApp::builder()
+            .address(
+                names::POSTGRES_ADDRESS,
+                format!("postgres://chatbot@{}/chatbot", silent.addr),
+            )
+            .host_call_watchdog(Duration::from_secs(20)),
+    )
+    .await;
+    // Redis knows the session's conversation (it asked before).
+    let mut redis = app.redis().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(chatbot_core::keys::conversation("known"))
+        .arg(41)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = app
+        .raw_client()
+        .post_json(
+            QUERY,
+            &json!({"question": "What is AI?", "session_id": "known"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["conversation_id"], 41);
+    // Whole, while the exchange's write still waits on Postgres (the harness
+    // traps it after 20 s; Spin would wait forever).
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A session's first question must create its conversation first: under
+    // Spin it waits on the silent Postgres for ever; the harness fails it louder.
+    let app = app_with_book(
+        TestApp::builder()
+            .address(
+                names::POSTGRES_ADDRESS,
+                format!("postgres://chatbot@{}/chatbot", silent.addr),
+            )
+            .host_call_watchdog(Duration::from_secs(2)),
+    )
+    .await;
+    let response = app
+        .raw_client()
+        .post_json(
+            QUERY,
+            &json!({"question": "What is AI?", "session_id": "new"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 500, "{}", response.text());
+}
+
+#[tokio::test]
+async fn a_silent_redis_fails_the_question_under_the_harness_as_spin_never_would_answer() {
+    let silent = SilentServer::start().await.unwrap();
+    let app = TestApp::builder()
+        .address(names::REDIS_ADDRESS, format!("redis://{}", silent.addr))
+        .host_call_watchdog(Duration::from_secs(2))
+        .spawn()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = app
+        .raw_client()
+        .post_json(
+            QUERY,
+            &json!({"question": "What is AI?", "session_id": "s"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 500, "{}", response.text());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
