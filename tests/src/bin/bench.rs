@@ -86,6 +86,8 @@ async fn load_as(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // What the requests do after their responses counts too.
+    app.app.settled().await;
     let used: Counts = app.counts() - before;
     latencies.sort_by(f64::total_cmp);
     let n = latencies.len() as f64;
@@ -102,6 +104,68 @@ async fn load_as(
             used.postgres_statements as f64 / n,
         ],
     })
+}
+
+/// Misses one after another, JSON and streamed, with the stand-in writing
+/// like a model: 300 ms to the first token, 20 ms between tokens. Prints
+/// time to first byte (the response head), to the first delta, and to the end.
+async fn streamed_misses(app: &TestApp, n: usize) -> Result<()> {
+    app.openai.controls().set_latency(CHAT, Duration::ZERO);
+    app.openai
+        .set_stream_timing(Duration::from_millis(300), Duration::from_millis(20));
+    let mut rows = Vec::new();
+    for streamed in [false, true] {
+        let (mut head, mut first, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let mut client = Client::new(app.server.addr);
+            let mut headers = vec![("content-type", "application/json")];
+            if streamed {
+                headers.push(("accept", "text/event-stream"));
+            }
+            let body = query(format!("Streamed question {streamed} {i}?"), "bench-stream");
+            let started = Instant::now();
+            let mut response = client
+                .stream("POST", "/api/v1/chat/query", &headers, body)
+                .await?;
+            head.push(started.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(response.status == 200, "streamed miss: {}", response.status);
+            let mut text = Vec::new();
+            let mut first_delta = None;
+            while let Some(chunk) = response.next_chunk().await? {
+                text.extend_from_slice(&chunk);
+                let answered = !streamed || text.windows(12).any(|w| w == b"event: delta");
+                if first_delta.is_none() && answered {
+                    first_delta = Some(started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            whole.push(started.elapsed().as_secs_f64() * 1000.0);
+            first.push(first_delta.context("no answer text")?);
+            app.app.settled().await;
+        }
+        for v in [&mut head, &mut first, &mut whole] {
+            v.sort_by(f64::total_cmp);
+        }
+        rows.push((
+            if streamed {
+                "streamed miss (`Accept: text/event-stream`)"
+            } else {
+                "JSON miss"
+            },
+            percentile(&head, 0.5),
+            percentile(&first, 0.5),
+            percentile(&whole, 0.5),
+        ));
+    }
+    app.openai
+        .controls()
+        .set_latency(CHAT, Duration::from_millis(800));
+    println!();
+    println!("| miss, stand-in model: first token 300 ms, 20 ms between tokens, c=1 | requests | first byte p50 ms | first answer text p50 ms | whole answer p50 ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, head, first, whole) in rows {
+        println!("| {name} | {n} | {head:.0} | {first:.0} | {whole:.0} |");
+    }
+    Ok(())
 }
 
 fn query(question: String, session: &str) -> Vec<u8> {
@@ -388,6 +452,12 @@ async fn main() -> Result<()> {
         println!(
             "Goals ({rounds} alternating rounds, median [range]): cache-hit p50 at c=1 is {lat:.2}x the floor's [{lat_min:.2}..{lat_max:.2}] (goal <= 1.2x); cache-hit throughput at c=32 is {tput:.2}x the floor's [{tput_min:.2}..{tput_max:.2}] (goal >= 0.8x)."
         );
+    }
+    if only
+        .as_ref()
+        .is_none_or(|o| "streamed miss".contains(o.as_str()))
+    {
+        streamed_misses(&app, if quick { 5 } else { 20 }).await?;
     }
     if only.is_some() {
         return Ok(());

@@ -43,7 +43,8 @@ pub struct OpenAiState {
     pub stream_cuts: std::sync::Mutex<std::collections::VecDeque<usize>>,
 }
 
-/// The pace of a streamed answer: until its first token, and between tokens.
+/// The pace of an answer: until its first token, and between tokens (an
+/// unstreamed answer comes whole once the last token is written).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StreamTiming {
     pub first_token: Duration,
@@ -457,6 +458,10 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         let usage = (request["stream_options"]["include_usage"] == true).then_some(usage);
         return streamed(model.to_string(), content, usage, timing, cut);
     }
+    // Unstreamed, the same model answers once it has written everything.
+    let timing = *state.stream_timing.lock().unwrap();
+    let pieces = stream_pieces(&content).len().saturating_sub(1) as u32;
+    tokio::time::sleep(timing.first_token + timing.between_tokens * pieces).await;
     Json(json!({
         "id": "chatcmpl-stub",
         "object": "chat.completion",
