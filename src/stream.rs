@@ -153,7 +153,7 @@ impl ChatStream {
             }
             let chunk: Value = serde_json::from_str(&data)
                 .map_err(|e| bad(format!("a stream chunk is not JSON: {e}")))?;
-            if let Some(error) = chunk.get("error") {
+            if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
                 return Err(bad(format!(
                     "the stream broke off: {}",
                     error["message"].as_str().unwrap_or("an error chunk")
@@ -174,7 +174,9 @@ impl ChatStream {
 
     /// The whole answer and its usage, once the body has ended: an error if
     /// it ended before `[DONE]` (a cut connection is not an answer).
-    pub fn finish(self) -> Result<(String, Usage), UpstreamError> {
+    pub fn finish(mut self) -> Result<(String, Usage), UpstreamError> {
+        // A body may end without the blank line after its last event.
+        self.feed(b"\n\n")?;
         if !self.finished {
             return Err(bad("the stream ended before [DONE]"));
         }
@@ -261,6 +263,17 @@ mod tests {
 
         let mut garbage = ChatStream::default();
         assert!(garbage.feed(b"data: {not json\n\n").is_err());
+
+        let mut no_error = ChatStream::default();
+        let chunk_with_null_error =
+            "data: {\"error\":null,\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n";
+        assert_eq!(
+            no_error.feed(chunk_with_null_error.as_bytes()).unwrap(),
+            ["ok"]
+        );
+        // `[DONE]` without the blank line after it still ends the answer.
+        no_error.feed(b"data: [DONE]\n").unwrap();
+        assert_eq!(no_error.finish().unwrap().0, "ok");
     }
 
     #[test]

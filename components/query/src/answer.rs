@@ -52,7 +52,8 @@ pub fn chat_query(req: Request, out: ResponseOutparam) {
                 started.elapsed().as_secs_f64(),
             ));
             // The client has everything: now what it does not wait for.
-            after_response(&mut scope, &settings, exchange, jwt);
+            let seen = !reply.client_gone();
+            after_response(&mut scope, &settings, exchange, jwt, seen);
         }
         Err(e) => reply.fail(&scope, e),
     }
@@ -178,7 +179,7 @@ fn conversation_of(
     }
 }
 
-fn remember_conversation(scope: &Scope, settings: &PipelineSettings, session: &str, id: i64) {
+fn remember_conversation(scope: &mut Scope, settings: &PipelineSettings, session: &str, id: i64) {
     let Some(conn) = &scope.conn else {
         return;
     };
@@ -193,13 +194,21 @@ fn remember_conversation(scope: &Scope, settings: &PipelineSettings, session: &s
         ],
     ) {
         eprintln!("history: remembering the conversation of {session} failed: {e}");
+        scope.telemetry.redis_error();
     }
 }
 
 /// After the response: the budget charge, the exchange in Postgres (a failed
-/// write is counted and logged, as before the move), and its conversation id
-/// in Redis if Postgres gave another (the session was cleaned up meanwhile).
-fn after_response(scope: &mut Scope, settings: &PipelineSettings, exchange: Exchange, jwt: bool) {
+/// write is counted and logged, as before the move; not written when the
+/// client left a stream before its end, as it never saw the answer), and its
+/// conversation id in Redis if Postgres gave another (the session was cleaned up meanwhile).
+fn after_response(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    exchange: Exchange,
+    jwt: bool,
+    seen: bool,
+) {
     let Exchange {
         request,
         answer,
@@ -208,6 +217,13 @@ fn after_response(scope: &mut Scope, settings: &PipelineSettings, exchange: Exch
     } = exchange;
     if let (false, Some(user), Some(limits)) = (answer.cached, &request.user_id, &limits) {
         charge(scope, limits, user, answer.value.tokens);
+    }
+    if !seen {
+        eprintln!(
+            "[{}] the client left before the answer's end; the exchange is not stored",
+            chatbot_spin::request_id()
+        );
+        return;
     }
     let stored = pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
     if let Some(id) = stored.filter(|id| Some(*id) != conversation) {
@@ -224,6 +240,8 @@ pub(crate) struct Reply {
     conversation: Option<i64>,
     /// The rate-limit headers, copied in when a stream starts mid-pipeline.
     limit_headers: Vec<(&'static str, String)>,
+    /// The client of a finished stream had left before its end.
+    left: bool,
 }
 
 impl Reply {
@@ -235,6 +253,7 @@ impl Reply {
             session: String::new(),
             conversation: None,
             limit_headers: Vec::new(),
+            left: false,
         }
     }
 
@@ -274,6 +293,11 @@ impl Reply {
                 chatbot_spin::request_id()
             ),
         }
+    }
+
+    /// Whether a stream's client went away before its end.
+    fn client_gone(&self) -> bool {
+        self.body.as_ref().is_some_and(Body::client_gone) || self.left
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -322,6 +346,7 @@ impl Reply {
             },
         ));
         if let Some(body) = self.body.take() {
+            self.left = body.client_gone();
             body.finish();
         }
     }

@@ -18,7 +18,10 @@ use spin_sdk::http::{Params, Request, Response};
 use crate::{config_failure, Scope};
 
 pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
-    let settings = settings::pipeline().map_err(config_failure)?;
+    let mut settings = settings::pipeline().map_err(config_failure)?;
+    // A batch, not a question: each call keeps its own timeout, and the
+    // question deadline (`request_timeout_ms`) does not cut an ingestion half-way.
+    settings.request_timeout = std::time::Duration::MAX;
     let documents = ingest::parse_documents(
         req.header("content-type").and_then(|v| v.as_str()),
         req.body(),

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use wasi::clocks::monotonic_clock;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
     ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
     RequestOptions, Scheme,
 };
+use wasi::io::poll;
 use wasi::io::streams::{InputStream, StreamError};
 
 pub struct HttpResponse {
@@ -85,6 +87,19 @@ impl Streaming {
                 })
             }
         }
+    }
+
+    /// [`Streaming::next_chunk`], waiting at most `left` for it (the request's
+    /// deadline: the between-bytes timeout was fixed when the request went out).
+    pub fn next_chunk_within(&mut self, left: Duration) -> Result<Option<Vec<u8>>, HttpError> {
+        let readable = self.stream.subscribe();
+        let timer = monotonic_clock::subscribe_duration(left.as_nanos() as u64);
+        let woken = poll::poll(&[&readable, &timer]);
+        drop((readable, timer));
+        if !woken.contains(&0) {
+            return Err(HttpError::Timeout);
+        }
+        self.next_chunk()
     }
 
     /// The rest of the body.

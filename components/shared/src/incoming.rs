@@ -15,10 +15,28 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// The request with its whole body, or the 413 (or 400) to answer instead.
+/// The request's method, URL and headers, without its body.
+fn head(incoming: &IncomingRequest) -> Request {
+    Request::builder()
+        .method(incoming.method())
+        .uri(incoming.uri())
+        .headers(incoming.headers())
+        .build()
+}
+
+/// The request with its whole body, or the 413 (or 400, or the admin
+/// refusal) to answer instead. An admin route's token is checked before a
+/// byte of the body is read.
 pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiError> {
     let path = incoming.path_with_query().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
+    let method = incoming.method().to_string();
+    if table
+        .iter()
+        .any(|r| r.admin && r.method == method && r.matches(path))
+    {
+        crate::routing::authorise(&head(&incoming))?;
+    }
     let limit = routes::body_limit(table, path);
     let declared = incoming
         .headers()
@@ -28,9 +46,7 @@ pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiEr
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large(limit));
     }
-    let method = incoming.method();
-    let uri = incoming.uri();
-    let headers = incoming.headers();
+    let request = head(&incoming);
     let body = incoming
         .consume()
         .map_err(|()| ApiError::invalid("the request body could not be read"))?;
@@ -51,19 +67,18 @@ pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiEr
                 }
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(ApiError::invalid(format!(
-                        "the request body could not be read: {}",
+                    eprintln!(
+                        "[{}] reading the request body failed: {}",
+                        crate::request_id(),
                         e.to_debug_string()
-                    )))
+                    );
+                    return Err(ApiError::invalid("the request body could not be read"));
                 }
             }
         }
     }
     drop(body);
-    Ok(Request::builder()
-        .method(method)
-        .uri(uri)
-        .headers(headers)
-        .body(bytes)
-        .build())
+    let mut request = request;
+    *request.body_mut() = bytes;
+    Ok(request)
 }

@@ -118,7 +118,6 @@ pub fn chat_streamed(
     ]);
     let body = serde_json::to_vec(&chat_stream_request(&settings.chat_model, messages))
         .expect("JSON values serialise");
-    let deadline = |now: Duration| settings.request_timeout.saturating_sub(now).is_zero();
     let mut response = http::send(
         "POST",
         &format!("{}/chat/completions", settings.openai_base_url),
@@ -132,13 +131,14 @@ pub fn chat_streamed(
         return Err(refused(OPENAI, response));
     }
     let mut stream = ChatStream::default();
-    while let Some(bytes) = response.next_chunk().map_err(|e| classify(OPENAI, e))? {
+    // Each read waits at most the between-bytes timeout and what is left of the deadline.
+    let left = || crate::bounded(settings.openai_timeout, settings.request_timeout);
+    while let Some(bytes) = response
+        .next_chunk_within(left())
+        .map_err(|e| classify(OPENAI, e))?
+    {
         for delta in stream.feed(&bytes)? {
             on_delta(&delta);
-        }
-        // Between-bytes timeouts bound a stall; the deadline bounds a slow drip.
-        if deadline(crate::request_started().elapsed()) {
-            return Err(UpstreamError::Timeout { service: OPENAI });
         }
     }
     let (answer, usage) = stream.finish()?;

@@ -140,8 +140,15 @@ pub fn answer(
     let cache_key = query::query_cache_key(request, &settings.shape());
     let lock = keys::lock(&cache_key);
     let token = crate::random_token();
-    // Long enough for the slowest pipeline; a crashed holder's lock expires on its own.
-    let lock_ttl = settings.openai_timeout * 2 + settings.qdrant_timeout + Duration::from_secs(5);
+    // Long enough for the slowest pipeline (every call is capped by the request's
+    // deadline, and a streamed answer lasts up to it); a crashed holder's lock expires on its own.
+    let per_call = settings.openai_timeout * 2 + settings.qdrant_timeout;
+    let slowest = if progress.streams() {
+        settings.request_timeout
+    } else {
+        per_call.min(settings.request_timeout)
+    };
+    let lock_ttl = slowest + Duration::from_secs(5);
     let waited_since = Instant::now();
     loop {
         let reply = eval(
@@ -162,6 +169,7 @@ pub fn answer(
                 break;
             }
             Ok([RedisResult::Int64(0), ..]) if deadline_passed(settings) => {
+                eprintln!("query cache: the request's deadline passed waiting for an identical question's answer");
                 return Err(UpstreamError::Timeout { service: OPENAI });
             }
             Ok([RedisResult::Int64(0), ..]) if waited_since.elapsed() <= lock_ttl => {

@@ -100,6 +100,11 @@ impl Body {
         true
     }
 
+    /// Whether a write found the client gone.
+    pub fn client_gone(&self) -> bool {
+        self.gone
+    }
+
     /// Ends the body: the client has the whole response.
     pub fn finish(mut self) {
         drop(self.stream.take());
