@@ -80,25 +80,14 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<BufferedResponse> {
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(Full::new(body.into()))?;
-        let sender = self.sender().await?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let response = self.stream(method, path, headers, body).await?;
+        let body = response.body.collect().await?.to_bytes();
         if let Some(app) = &self.settle {
             app.settled().await;
         }
         Ok(BufferedResponse {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
+            status: response.status,
+            headers: response.headers,
             body,
         })
     }

@@ -417,18 +417,34 @@ async fn a_stream_that_stalls_past_the_deadline_is_cut() {
     assert_eq!(history(&app, "stall").await["total"], 0);
 }
 
-#[tokio::test]
-async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
-    let silent = SilentServer::start().await.unwrap();
-    let app = app_with_book(
+/// The app with the book, its Postgres a server that never answers.
+async fn app_on_silent_postgres(silent: &SilentServer, watchdog: Duration) -> TestApp {
+    app_with_book(
         TestApp::builder()
             .address(
                 names::POSTGRES_ADDRESS,
                 format!("postgres://chatbot@{}/chatbot", silent.addr),
             )
-            .host_call_watchdog(Duration::from_secs(20)),
+            .host_call_watchdog(watchdog),
     )
-    .await;
+    .await
+}
+
+/// Asks on a client that does not wait for the handler's work after the response.
+async fn ask_raw(app: &TestApp, session: &str) -> chatbot_harness::BufferedResponse {
+    app.raw_client()
+        .post_json(
+            QUERY,
+            &json!({"question": "What is AI?", "session_id": session}),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
+    let silent = SilentServer::start().await.unwrap();
+    let app = app_on_silent_postgres(&silent, Duration::from_secs(20)).await;
     // Redis knows the session's conversation (it asked before).
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
@@ -438,14 +454,7 @@ async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
         .await
         .unwrap();
     let started = Instant::now();
-    let response = app
-        .raw_client()
-        .post_json(
-            QUERY,
-            &json!({"question": "What is AI?", "session_id": "known"}),
-        )
-        .await
-        .unwrap();
+    let response = ask_raw(&app, "known").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["conversation_id"], 41);
     // Whole, while the exchange's write still waits on Postgres (the harness
@@ -454,23 +463,8 @@ async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
 
     // A session's first question must create its conversation first: under
     // Spin it waits on the silent Postgres for ever; the harness fails it louder.
-    let app = app_with_book(
-        TestApp::builder()
-            .address(
-                names::POSTGRES_ADDRESS,
-                format!("postgres://chatbot@{}/chatbot", silent.addr),
-            )
-            .host_call_watchdog(Duration::from_secs(2)),
-    )
-    .await;
-    let response = app
-        .raw_client()
-        .post_json(
-            QUERY,
-            &json!({"question": "What is AI?", "session_id": "new"}),
-        )
-        .await
-        .unwrap();
+    let app = app_on_silent_postgres(&silent, Duration::from_secs(2)).await;
+    let response = ask_raw(&app, "new").await;
     assert_eq!(response.status, 500, "{}", response.text());
 }
 
@@ -484,14 +478,7 @@ async fn a_silent_redis_fails_the_question_under_the_harness_as_spin_never_would
         .await
         .unwrap();
     let started = Instant::now();
-    let response = app
-        .raw_client()
-        .post_json(
-            QUERY,
-            &json!({"question": "What is AI?", "session_id": "s"}),
-        )
-        .await
-        .unwrap();
+    let response = ask_raw(&app, "s").await;
     assert_eq!(response.status, 500, "{}", response.text());
     let took = started.elapsed();
     assert!(

@@ -14,6 +14,7 @@ use chatbot_core::query::{self, Citation, QueryRequest};
 use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_spin::identity;
 use chatbot_spin::pipeline::{self, Answer, Progress};
+use chatbot_spin::redis_script::binary;
 use chatbot_spin::respond::{self, json, Body};
 use chatbot_spin::routing;
 use chatbot_spin::settings::{self, PipelineSettings, SessionLimits};
@@ -187,9 +188,9 @@ fn remember_conversation(scope: &mut Scope, settings: &PipelineSettings, session
     if let Err(e) = conn.execute(
         "SET",
         &[
-            RedisParameter::Binary(keys::conversation(session).into_bytes()),
-            RedisParameter::Binary(id.to_string().into_bytes()),
-            RedisParameter::Binary(b"EX".to_vec()),
+            binary(keys::conversation(session)),
+            binary(id.to_string()),
+            binary("EX"),
             RedisParameter::Int64(ttl),
         ],
     ) {

@@ -34,13 +34,18 @@ pub fn request_started() -> std::time::Instant {
     *STARTED.get_or_init(std::time::Instant::now)
 }
 
+/// What is left of the request's deadline (zero once it has passed).
+pub fn time_left(request_timeout: std::time::Duration) -> std::time::Duration {
+    request_timeout.saturating_sub(request_started().elapsed())
+}
+
 /// What a call may wait: its own timeout, or what is left of the request's
-/// deadline if that is less (zero once the deadline has passed).
+/// deadline if that is less.
 pub fn bounded(
     per_call: std::time::Duration,
     request_timeout: std::time::Duration,
 ) -> std::time::Duration {
-    per_call.min(request_timeout.saturating_sub(request_started().elapsed()))
+    per_call.min(time_left(request_timeout))
 }
 
 /// A random token (for locks), from the host's secure random source.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::caches::{embed_cached, Telemetry};
-use crate::redis_script::{binary, eval};
+use crate::redis_script::{binary, binary_at, eval};
 use crate::settings::PipelineSettings;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::keys;
@@ -62,17 +62,11 @@ pub fn lookup(
             .map_err(crate::StoreError::from)
     };
     match reply {
-        Ok(results) => {
-            let text = |i: usize| match results.get(i) {
-                Some(RedisResult::Binary(bytes)) => Some(bytes.as_slice()),
-                _ => None,
-            };
-            Found {
-                answer: text(0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
-                conversation: text(1)
-                    .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse().ok()),
-            }
-        }
+        Ok(results) => Found {
+            answer: binary_at(&results, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
+            conversation: binary_at(&results, 1)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse().ok()),
+        },
         Err(e) => {
             eprintln!("query cache: lookup failed: {e}");
             telemetry.redis_error();
@@ -111,10 +105,6 @@ impl Progress for Quiet {
         false
     }
     fn delta(&mut self, _: &[Citation], _: &str) {}
-}
-
-fn deadline_passed(settings: &PipelineSettings) -> bool {
-    crate::request_started().elapsed() >= settings.request_timeout
 }
 
 /// Answers from the cache (`found`, from [`lookup`]), or runs the pipeline
@@ -168,7 +158,9 @@ pub fn answer(
                 }
                 break;
             }
-            Ok([RedisResult::Int64(0), ..]) if deadline_passed(settings) => {
+            Ok([RedisResult::Int64(0), ..])
+                if crate::time_left(settings.request_timeout).is_zero() =>
+            {
                 eprintln!("query cache: the request's deadline passed waiting for an identical question's answer");
                 return Err(UpstreamError::Timeout { service: OPENAI });
             }

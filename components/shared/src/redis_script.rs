@@ -34,10 +34,10 @@ pub fn eval(
     .map_err(StoreError::from)
 }
 
-/// The bytes of a `GET`-like reply (`None` for nil).
-pub fn first_binary(results: &[RedisResult]) -> Option<Vec<u8>> {
-    match results.first() {
-        Some(RedisResult::Binary(b)) => Some(b.clone()),
+/// The bytes of a reply's `index`-th value (`None` for nil or a non-string).
+pub fn binary_at(results: &[RedisResult], index: usize) -> Option<&[u8]> {
+    match results.get(index) {
+        Some(RedisResult::Binary(b)) => Some(b),
         _ => None,
     }
 }
