@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod invalidation;
 pub mod metrics;
 pub mod query;
+pub mod ranking;
 pub mod ratelimit;
 pub mod retention;
 pub mod routes;

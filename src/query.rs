@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::api::{self, validate_id, ApiError, ErrorCode};
 use crate::digest::md5_of_parts;
 use crate::keys::{self, normalise};
-use crate::metrics::{CacheStatus, QueryStatus};
+use crate::metrics::CacheStatus;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_QUESTION_CHARS: usize = 4000;
@@ -187,17 +187,40 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
     keys::query_cache(&digest)
 }
 
-/// Looks an answer up, counts the question (for analytics and warm-up) and
-/// reads the session's conversation id, in one round trip. KEYS: cache key,
-/// top questions, the session's conversation key. ARGV: the question entry.
-/// Answers `{answer or false, conversation id or false}`.
-pub const LOOKUP_SCRIPT: &str = r#"
-redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
-if redis.call('ZCARD', KEYS[2]) > 10000 then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, 0)
+/// A cached answer is a hash: `v`, the answer, and `g`, the generation of
+/// the collection it was computed from; an answer of an older generation
+/// (a document was ingested since) is not served.
+///
+/// Looks an answer up, counts the question (for analytics and warm-up, when
+/// `ARGV[1]` is not empty) and reads the session's conversation id, in one
+/// round trip. KEYS: [`lookup_keys`]. ARGV: the question entry or "", the
+/// ranking's half-life, its cap. Answers `{answer or false, conversation id or false}`.
+pub const LOOKUP_SCRIPT: &str = concat!(
+    "if ARGV[1] ~= '' then\n",
+    crate::ranking_bump_lua!("2", "3", "1", "2", "3"),
+    "end\n",
+    r#"
+local generation = redis.call('GET', KEYS[5]) or '0'
+local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+local answer = false
+if entry[2] and entry[1] == generation then
+  answer = entry[2]
 end
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[3])}
-"#;
+return {answer, redis.call('GET', KEYS[4])}
+"#
+);
+
+/// The keys of [`LOOKUP_SCRIPT`]: the answer, the top questions and their
+/// base, the session's conversation, the collection's generation.
+pub fn lookup_keys(cache_key: &str, session_id: &str, collection: &str) -> [String; 5] {
+    [
+        cache_key.to_string(),
+        keys::TOP_QUESTIONS.to_string(),
+        crate::ranking::base_key(keys::TOP_QUESTIONS),
+        keys::conversation(session_id),
+        keys::generation(collection),
+    ]
+}
 
 /// A top-questions member: what warm-up needs to ask a question again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,14 +237,16 @@ pub fn question_entry(request: &QueryRequest) -> String {
     serde_json::to_string(&entry).expect("entries serialise")
 }
 
-/// Stores the answer, indexes it by session and page context (for scoped
-/// invalidation) and releases the stampede lock, in one round trip.
-/// KEYS: cache, session index, page index (or ""), lock. ARGV: value, ttl seconds, lock token.
+/// Stores the answer with its generation, indexes it by session and page
+/// context (for scoped invalidation) and releases the stampede lock, in one
+/// round trip. KEYS: [`store_keys`]. ARGV: value, ttl seconds, lock token,
+/// generation, "1" when the page index is used.
 pub const STORE_ANSWER_SCRIPT: &str = r#"
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[1], 'g', ARGV[4], 'v', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-if KEYS[3] ~= '' then
+if ARGV[5] == '1' then
   redis.call('SADD', KEYS[3], KEYS[1])
   redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
@@ -231,28 +256,111 @@ end
 return 1
 "#;
 
+/// The keys of [`STORE_ANSWER_SCRIPT`]: the answer, the session's index, the
+/// page context's index (a placeholder of the same family without one), the lock.
+pub fn store_keys(cache_key: &str, session_id: &str, page_context: Option<&str>) -> [String; 4] {
+    [
+        cache_key.to_string(),
+        keys::session_index(session_id),
+        keys::page_index(page_context.unwrap_or_default()),
+        keys::lock(cache_key),
+    ]
+}
+
 /// Takes the stampede lock unless the answer is already there, atomically, so a
-/// request never recomputes an answer another request stored after its lookup.
-/// KEYS: cache key, lock. ARGV: token, lock ttl in ms. Answers `{1, answer}`
-/// (cached meanwhile), `{2}` (lock taken) or `{0}` (someone else holds it).
+/// request never recomputes an answer another request stored after its lookup;
+/// a request waiting on a holder (`ARGV[3]`, its lock token) gets the
+/// holder's failure if it failed. KEYS: [`answer_keys`]. ARGV: token, lock
+/// ttl in ms, the holder waited on or "". Answers `{1, answer}` (cached
+/// meanwhile), `{2, generation}` (lock taken: the answer will be of this
+/// generation), `{3, failure}` (the holder failed: [`SharedFailure`]) or
+/// `{0, holder's token}` (someone else holds it).
 pub const ACQUIRE_OR_READ_SCRIPT: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v then
-  return {1, v}
+local generation = redis.call('GET', KEYS[3]) or '0'
+local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+if entry[2] and entry[1] == generation then
+  return {1, entry[2]}
+end
+if ARGV[3] ~= '' then
+  local failed = redis.call('HMGET', KEYS[4], 't', 'e')
+  if failed[1] == ARGV[3] then
+    return {3, failed[2]}
+  end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2}
+  return {2, generation}
 end
-return {0}
+return {0, redis.call('GET', KEYS[2]) or ''}
 "#;
 
-/// Releases the stampede lock if we still hold it. KEYS: lock. ARGV: token.
+/// The keys of [`ACQUIRE_OR_READ_SCRIPT`]: the answer, its lock, the
+/// collection's generation, the answer's shared failure.
+pub fn answer_keys(cache_key: &str, collection: &str) -> [String; 4] {
+    [
+        cache_key.to_string(),
+        keys::lock(cache_key),
+        keys::generation(collection),
+        keys::failure(cache_key),
+    ]
+}
+
+/// Releases the stampede lock if we still hold it and leaves the failure for
+/// the requests that waited on us. KEYS: [`release_keys`]. ARGV: token, the
+/// failure ([`SharedFailure`] JSON), how long waiters may find it (ms).
 pub const RELEASE_LOCK_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 't', ARGV[1], 'e', ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
 end
 return 0
 "#;
+
+/// The keys of [`RELEASE_LOCK_SCRIPT`]: the lock, the shared failure.
+pub fn release_keys(cache_key: &str) -> [String; 2] {
+    [keys::lock(cache_key), keys::failure(cache_key)]
+}
+
+/// How long a holder's failure waits for the requests that waited on it (they
+/// look every few tens of milliseconds; later requests try again themselves).
+pub const SHARED_FAILURE_MS: i64 = 5_000;
+
+/// A holder's failure as the requests that waited on it answer it: the same
+/// status, words and `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFailure {
+    pub service: String,
+    pub status: u16,
+    pub detail: String,
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl SharedFailure {
+    pub fn of(error: &crate::upstream::UpstreamError) -> Self {
+        Self {
+            service: error.service().to_string(),
+            status: error.http_status(),
+            detail: error.public_detail(),
+            retry_after_seconds: error.retry_after_seconds(),
+        }
+    }
+
+    /// The error the waiting request answers with.
+    pub fn into_error(self) -> crate::upstream::UpstreamError {
+        use crate::upstream::{OPENAI, QDRANT};
+        crate::upstream::UpstreamError::Shared {
+            service: if self.service == QDRANT {
+                QDRANT
+            } else {
+                OPENAI
+            },
+            status: self.status,
+            detail: self.detail,
+            retry_after_seconds: self.retry_after_seconds,
+        }
+    }
+}
 
 /// Sets several keys with one TTL. KEYS: the keys. ARGV[1]: ttl, then the values.
 pub const SET_MANY_SCRIPT: &str = r#"
@@ -356,15 +464,6 @@ pub fn cache_status(cached: bool, redis_available: bool) -> CacheStatus {
         (true, _) => CacheStatus::Hit,
         (false, true) => CacheStatus::Miss,
         (false, false) => CacheStatus::Bypass,
-    }
-}
-
-/// How an answered query is counted in `chatbot_queries_total`.
-pub fn answered_status(cached: bool) -> QueryStatus {
-    if cached {
-        QueryStatus::Cached
-    } else {
-        QueryStatus::Success
     }
 }
 
@@ -485,6 +584,22 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn a_shared_failure_answers_like_the_original() {
+        let original = crate::upstream::UpstreamError::RateLimited {
+            service: crate::upstream::OPENAI,
+            retry_after_seconds: Some(7),
+        };
+        let shared: SharedFailure =
+            serde_json::from_slice(&serde_json::to_vec(&SharedFailure::of(&original)).unwrap())
+                .unwrap();
+        let error = shared.into_error();
+        assert_eq!(error.api_error().status, original.api_error().status);
+        assert_eq!(error.api_error().detail, original.api_error().detail);
+        assert_eq!(error.retry_after_seconds(), Some(7));
+        assert_eq!(error.service(), crate::upstream::OPENAI);
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub enum LimitError {
 }
 
 /// The Redis key for a caller's bucket. The caller's text is hashed, so it can
-/// never inject key syntax; the `{...}` hash tag keeps one bucket in one
-/// Redis Cluster slot.
+/// never inject key syntax; every bucket carries the limiter's hash tag, so
+/// a request's buckets, checked in one script, share a Redis Cluster slot.
 pub fn bucket_key(scope: Scope, caller_key: &str) -> Result<String, LimitError> {
     if caller_key.is_empty() || caller_key.len() > MAX_KEY_LEN {
         return Err(LimitError::InvalidKey);
@@ -303,8 +303,8 @@ mod tests {
     #[test]
     fn keys_are_hashed_and_hash_tagged() {
         let key = bucket_key(Scope::Session, "abc").unwrap();
-        assert!(key.starts_with("chatbot:ratelimit:{") && key.ends_with('}'));
-        assert_eq!(key.len(), "chatbot:ratelimit:{}".len() + 32);
+        assert!(key.starts_with("chatbot:ratelimit:{rl}:"));
+        assert_eq!(key.len(), "chatbot:ratelimit:{rl}:".len() + 32);
         // Hostile input never reaches the key.
         let hostile = bucket_key(Scope::Session, "x} \r\nFLUSHALL {").unwrap();
         assert!(!hostile.contains("FLUSHALL") && !hostile.contains('\n'));

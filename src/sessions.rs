@@ -114,17 +114,36 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return total
 "#;
 
-/// Notes a rate-limited session (top limited sessions, capped at 1,000) and
+/// The keys of [`GATE_SCRIPT`].
+pub fn gate_keys(user: &str, day: u64, session: &str) -> [String; 3] {
+    [
+        crate::keys::user_sessions(user),
+        crate::keys::user_tokens(user, day),
+        crate::keys::session_owner(session),
+    ]
+}
+
+/// Notes a rate-limited session (a decaying ranking, see `ranking`) and
 /// appends the denial to the security log (sampled per address, like
-/// `audit::APPEND_SCRIPT`), in one round trip. KEYS: limited sessions, the
-/// security log, the entry's throttle. ARGV: session id, audit entry, sample seconds.
+/// `audit::APPEND_SCRIPT`), in one round trip. KEYS:
+/// [`note_rate_limited_keys`]. ARGV: session id, the ranking's half-life and
+/// cap, audit entry, sample seconds.
 pub const NOTE_RATE_LIMITED_SCRIPT: &str = concat!(
-    "redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])\n",
-    "if redis.call('ZCARD', KEYS[1]) > 1000 then\n",
-    "  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)\n",
-    "end\n",
-    crate::audit_append_lua!("2", "3", "2", "3")
+    crate::ranking_bump_lua!("1", "2", "1", "2", "3"),
+    crate::audit_append_lua!("3", "4", "4", "5")
 );
+
+/// The keys of [`NOTE_RATE_LIMITED_SCRIPT`]: the ranking, its base, and the
+/// security entry's log and throttle.
+pub fn note_rate_limited_keys(entry: &crate::audit::AuditEntry) -> [String; 4] {
+    let [log, throttle] = entry.script_keys();
+    [
+        crate::keys::RATE_LIMITED_SESSIONS.to_string(),
+        crate::ranking::base_key(crate::keys::RATE_LIMITED_SESSIONS),
+        log,
+        throttle,
+    ]
+}
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,15 @@ pub enum UpstreamError {
         service: &'static str,
         message: String,
     },
+    /// Another request's failure on the same question, which this one waited
+    /// for (the stampede lock): answered the same way, counted once, by it.
+    #[error("{service} failed for the identical question this request waited on: {detail}")]
+    Shared {
+        service: &'static str,
+        status: u16,
+        detail: String,
+        retry_after_seconds: Option<u32>,
+    },
 }
 
 impl UpstreamError {
@@ -43,7 +52,8 @@ impl UpstreamError {
             | Self::Status { service, .. }
             | Self::Timeout { service }
             | Self::Unreachable { service, .. }
-            | Self::BadResponse { service, .. } => service,
+            | Self::BadResponse { service, .. }
+            | Self::Shared { service, .. } => service,
         }
     }
 
@@ -77,6 +87,7 @@ impl UpstreamError {
             Self::Timeout { .. } => format!("{service} did not answer in time"),
             Self::Unreachable { .. } => format!("{service} could not be reached"),
             Self::BadResponse { .. } => format!("{service} answered something unexpected"),
+            Self::Shared { detail, .. } => detail.clone(),
         }
     }
 
@@ -102,6 +113,7 @@ impl UpstreamError {
             Self::Status { status, .. } if *status >= 500 => 503,
             Self::Timeout { .. } => 504,
             Self::Status { .. } | Self::BadResponse { .. } => 502,
+            Self::Shared { status, .. } => *status,
         }
     }
 
@@ -113,6 +125,10 @@ impl UpstreamError {
             } => Some(retry_after_seconds.unwrap_or(1)),
             Self::Status { status, .. } if *status >= 500 => Some(1),
             Self::Unreachable { .. } => Some(1),
+            Self::Shared {
+                retry_after_seconds,
+                ..
+            } => *retry_after_seconds,
             _ => None,
         }
     }
@@ -277,9 +293,15 @@ pub fn create_collection_request(size: usize) -> Value {
     json!({"vectors": {"size": size, "distance": "Cosine"}})
 }
 
-/// Deletes a document's chunks, so re-ingestion replaces them.
-pub fn delete_document_request(document_id: &str) -> Value {
-    json!({"filter": {"must": [{"key": "document_id", "match": {"value": document_id}}]}})
+/// Deletes a document's chunks numbered `first_stale` and above: after a
+/// re-ingestion has overwritten chunks `0..first_stale` (same point ids), the
+/// ones the new text no longer has. Upsert first, then this: a failed upsert
+/// leaves the old text searchable, never nothing.
+pub fn delete_stale_chunks_request(document_id: &str, first_stale: usize) -> Value {
+    json!({"filter": {"must": [
+        {"key": "document_id", "match": {"value": document_id}},
+        {"key": "chunk_index", "range": {"gte": first_stale}},
+    ]}})
 }
 
 /// The vector size of an existing collection (`GET /collections/{name}`).

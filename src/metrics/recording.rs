@@ -7,8 +7,8 @@ use super::registry::ACTIVE_SESSION_WINDOW_SECONDS;
 #[cfg(test)]
 use super::registry::LATENCY_BUCKETS;
 use super::registry::{
-    find, label_vocabulary, names, CacheStatus, CacheType, Endpoint, ErrorType, Kind,
-    LimiterOutcome, MetricDef, Operation, QueryStatus, TokenKind,
+    find, label_vocabulary, names, series_key, CacheStatus, CacheType, Cached, Endpoint, ErrorType,
+    Kind, LimiterOutcome, MetricDef, Operation, QueryStatus, TokenKind,
 };
 
 /// One observation, as the recorder interface carries it.
@@ -61,10 +61,6 @@ enum Op {
         series: String,
         value: f64,
     },
-    Gauge {
-        series: String,
-        value: f64,
-    },
     Histogram {
         series: String,
         value: f64,
@@ -72,25 +68,27 @@ enum Op {
     },
 }
 
-/// The series key: `name{label="value",...}` with labels in registry order.
-fn series_key(def: &MetricDef, labels: &[(String, String)]) -> String {
-    if def.labels.is_empty() {
-        return def.name.to_string();
-    }
-    let parts: Vec<String> = def
+/// The series key of a validated sample (labels in registry order).
+fn sample_series(def: &MetricDef, labels: &[(String, String)]) -> String {
+    let values: Vec<&str> = def
         .labels
         .iter()
         .map(|l| {
-            let value = &labels.iter().find(|(k, _)| k == l).expect("validated").1;
-            format!("{l}=\"{value}\"")
+            labels
+                .iter()
+                .find(|(k, _)| k == l)
+                .expect("validated")
+                .1
+                .as_str()
         })
         .collect();
-    format!("{}{{{}}}", def.name, parts.join(","))
+    series_key(def, &values)
 }
 
 fn validate(sample: &Sample) -> Result<Op, SampleError> {
     let def = find(&sample.name).ok_or_else(|| SampleError::UnknownMetric(sample.name.clone()))?;
-    if def.name == names::ACTIVE_SESSIONS {
+    // The one gauge, active sessions, is counted at scrape time from the sessions seen.
+    if def.kind == Kind::Gauge {
         return Err(SampleError::NotRecordable(def.name.to_string()));
     }
     let mut got: Vec<String> = sample.labels.iter().map(|(k, _)| k.clone()).collect();
@@ -120,17 +118,14 @@ fn validate(sample: &Sample) -> Result<Op, SampleError> {
     if !sample.value.is_finite() {
         return Err(bad_value());
     }
-    let series = series_key(def, &sample.labels);
+    let series = sample_series(def, &sample.labels);
     Ok(match def.kind {
         Kind::Counter if sample.value >= 0.0 => Op::Counter {
             series,
             value: sample.value,
         },
         Kind::Counter => return Err(bad_value()),
-        Kind::Gauge => Op::Gauge {
-            series,
-            value: sample.value,
-        },
+        Kind::Gauge => unreachable!("refused above"),
         Kind::Histogram(bounds) if sample.value >= 0.0 => Op::Histogram {
             series,
             value: sample.value,
@@ -145,13 +140,13 @@ fn validate(sample: &Sample) -> Result<Op, SampleError> {
 
 /// Records a batch atomically. `KEYS`: [`crate::keys::metrics::ALL`]. `ARGV[1]`: the active-session
 /// window, `ARGV[2]`: a hashed session id or empty, then triples/quads of
-/// `c series value`, `g series value`, `h series value bucket`.
+/// `c series value`, `h series value bucket`.
 pub const RECORD_SCRIPT: &str = r#"
 local window = tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   local now = tonumber(redis.call('TIME')[1])
-  redis.call('ZADD', KEYS[4], now, ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  redis.call('ZADD', KEYS[3], now, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
 end
 local i = 3
 local n = 0
@@ -159,9 +154,6 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then
     redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 'g' then
-    redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2])
     i = i + 3
   elseif op == 'h' then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 1] .. '|' .. ARGV[i + 3], 1)
@@ -188,7 +180,6 @@ pub fn record_arguments(
     for sample in samples {
         match validate(sample)? {
             Op::Counter { series, value } => args.extend(["c".into(), series, value.to_string()]),
-            Op::Gauge { series, value } => args.extend(["g".into(), series, value.to_string()]),
             Op::Histogram {
                 series,
                 value,
@@ -205,8 +196,8 @@ pub fn record_arguments(
 pub enum Observation {
     /// A chat query's latency, by how the cache served it.
     QueryLatency(CacheStatus, f64),
-    /// A request to the chat API ended so.
-    Query(Endpoint, QueryStatus),
+    /// A request to the chat API ended so (answered from the query cache or not).
+    Query(Endpoint, QueryStatus, Cached),
     CacheHits(CacheType, f64),
     CacheMisses(CacheType, f64),
     OpenAiCall(Operation),
@@ -235,11 +226,12 @@ impl Observation {
                 vec![(CacheStatus::LABEL, status.as_str())],
                 seconds,
             ),
-            O::Query(endpoint, status) => (
+            O::Query(endpoint, status, cached) => (
                 names::QUERIES,
                 vec![
                     (Endpoint::LABEL, endpoint.as_str()),
                     (QueryStatus::LABEL, status.as_str()),
+                    (Cached::LABEL, cached.as_str()),
                 ],
                 1.0,
             ),
@@ -310,7 +302,11 @@ mod tests {
             &[
                 Sample::new(
                     names::QUERIES,
-                    &[("status", "success"), ("endpoint", "query")],
+                    &[
+                        ("status", "success"),
+                        ("endpoint", "query"),
+                        ("cached", "true"),
+                    ],
                     1.0,
                 ),
                 Sample::new(names::QUERY_LATENCY, &[("cache_status", "hit")], 0.003),
@@ -324,7 +320,7 @@ mod tests {
             &args[2..5],
             [
                 "c",
-                "chatbot_queries_total{endpoint=\"query\",status=\"success\"}",
+                "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"true\"}",
                 "1"
             ]
         );
@@ -388,7 +384,7 @@ mod tests {
         use Observation as O;
         let all = [
             O::QueryLatency(CacheStatus::Bypass, 0.1),
-            O::Query(Endpoint::Documents, QueryStatus::Unavailable),
+            O::Query(Endpoint::Documents, QueryStatus::Unavailable, Cached::No),
             O::CacheHits(CacheType::Embedding, 2.0),
             O::CacheMisses(CacheType::Query, 1.0),
             O::OpenAiCall(Operation::Chat),

@@ -1,6 +1,8 @@
 //! What may be recorded: every metric's name, help, kind and labels, and each
 //! label's closed vocabulary as an enum.
 
+use crate::api::ErrorCode;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     Counter,
@@ -51,15 +53,16 @@ pub mod names {
 pub const REGISTRY: &[MetricDef] = &[
     MetricDef {
         name: names::QUERY_LATENCY,
-        help: "Latency of chat queries, by cache status",
+        help: "Latency of chat queries, every outcome (refusals and failures too), by cache status",
         kind: Kind::Histogram(LATENCY_BUCKETS),
         labels: &["cache_status"],
     },
     MetricDef {
         name: names::QUERIES,
-        help: "Requests to the chat API, by endpoint and outcome",
+        help:
+            "Requests to the chat API, by endpoint, outcome, and whether the query cache answered",
         kind: Kind::Counter,
-        labels: &["endpoint", "status"],
+        labels: &["endpoint", "status", "cached"],
     },
     MetricDef {
         name: names::CACHE_HITS,
@@ -208,10 +211,10 @@ label_values!(
     }
 );
 label_values!(
-    /// How a request ended (`chatbot_queries_total`).
+    /// How a request ended (`chatbot_queries_total`): `success` is every
+    /// answered question, from the cache or not (the `cached` label tells).
     QueryStatus = "status" {
         Success => "success",
-        Cached => "cached",
         Error => "error",
         RateLimited => "rate_limited",
         Invalid => "invalid",
@@ -219,6 +222,13 @@ label_values!(
         Unauthorized => "unauthorized",
         NotFound => "not_found",
         BudgetExceeded => "budget_exceeded",
+    }
+);
+label_values!(
+    /// Whether the query cache answered (`chatbot_queries_total`).
+    Cached = "cached" {
+        Yes => "true",
+        No => "false",
     }
 );
 label_values!(
@@ -275,11 +285,102 @@ label_values!(
     }
 );
 
+impl QueryStatus {
+    /// How a refused request is counted: by its error's code.
+    pub const fn of_refusal(code: ErrorCode) -> Self {
+        use ErrorCode as C;
+        match code {
+            C::InvalidRequest
+            | C::InvalidJson
+            | C::UnsupportedMediaType
+            | C::PayloadTooLarge
+            | C::MethodNotAllowed
+            | C::Conflict => Self::Invalid,
+            C::NotFound => Self::NotFound,
+            C::Unauthorized | C::Forbidden => Self::Unauthorized,
+            C::RateLimited | C::SessionLimit => Self::RateLimited,
+            C::BudgetExceeded => Self::BudgetExceeded,
+            C::UpstreamUnavailable | C::Unavailable => Self::Unavailable,
+            C::ConfigurationError => Self::Error,
+        }
+    }
+}
+
+impl ErrorType {
+    /// The error a refusal is counted as in `chatbot_errors_total`, when the
+    /// request itself or the configuration is at fault (a dependency's
+    /// failure is counted where it happens, by its type).
+    pub const fn of_refusal(code: ErrorCode) -> Option<Self> {
+        match QueryStatus::of_refusal(code) {
+            QueryStatus::Invalid => Some(Self::Validation),
+            QueryStatus::Error => Some(Self::Config),
+            _ => None,
+        }
+    }
+}
+
+impl Cached {
+    pub const fn from_bool(cached: bool) -> Self {
+        if cached {
+            Self::Yes
+        } else {
+            Self::No
+        }
+    }
+}
+
+/// The series key the recorder stores a metric's value under:
+/// `name{label="value",...}`, labels in registry order.
+pub fn series_key(def: &MetricDef, values: &[&str]) -> String {
+    if def.labels.is_empty() {
+        return def.name.to_string();
+    }
+    let parts: Vec<String> = def
+        .labels
+        .iter()
+        .zip(values)
+        .map(|(label, value)| format!("{label}=\"{value}\""))
+        .collect();
+    format!("{}{{{}}}", def.name, parts.join(","))
+}
+
+/// Every series a metric can have: the product of its labels' vocabularies,
+/// as (series key, label pairs). All are exported from the first scrape, at
+/// zero until recorded, so `rate()` and alerts see them before the first event.
+pub fn every_series(def: &MetricDef) -> Vec<(String, Vec<(String, String)>)> {
+    let mut combinations: Vec<Vec<&str>> = vec![vec![]];
+    for label in def.labels {
+        combinations = combinations
+            .into_iter()
+            .flat_map(|prefix| {
+                label_vocabulary(label).iter().map(move |value| {
+                    let mut next = prefix.clone();
+                    next.push(*value);
+                    next
+                })
+            })
+            .collect();
+    }
+    combinations
+        .into_iter()
+        .map(|values| {
+            let pairs = def
+                .labels
+                .iter()
+                .zip(&values)
+                .map(|(l, v)| (l.to_string(), v.to_string()))
+                .collect();
+            (series_key(def, &values), pairs)
+        })
+        .collect()
+}
+
 /// The values each label may take (empty for an unknown label).
 pub fn label_vocabulary(label: &str) -> &'static [&'static str] {
     match label {
         Endpoint::LABEL => Endpoint::VALUES,
         QueryStatus::LABEL => QueryStatus::VALUES,
+        Cached::LABEL => Cached::VALUES,
         CacheType::LABEL => CacheType::VALUES,
         CacheStatus::LABEL => CacheStatus::VALUES,
         Operation::LABEL => Operation::VALUES,
@@ -317,5 +418,43 @@ mod tests {
         assert_eq!(Endpoint::Documents.as_str(), "documents");
         assert_eq!(CacheStatus::VALUES, ["hit", "miss", "bypass"]);
         assert!(label_vocabulary("session_id").is_empty());
+    }
+
+    #[test]
+    fn refusals_are_counted_by_their_code() {
+        assert_eq!(
+            QueryStatus::of_refusal(ErrorCode::InvalidJson),
+            QueryStatus::Invalid
+        );
+        assert_eq!(
+            ErrorType::of_refusal(ErrorCode::PayloadTooLarge),
+            Some(ErrorType::Validation)
+        );
+        assert_eq!(
+            ErrorType::of_refusal(ErrorCode::ConfigurationError),
+            Some(ErrorType::Config)
+        );
+        assert_eq!(ErrorType::of_refusal(ErrorCode::RateLimited), None);
+        assert_eq!(
+            QueryStatus::of_refusal(ErrorCode::BudgetExceeded),
+            QueryStatus::BudgetExceeded
+        );
+    }
+
+    #[test]
+    fn every_series_is_the_product_of_the_vocabularies() {
+        let queries = find(names::QUERIES).unwrap();
+        let all = every_series(queries);
+        assert_eq!(
+            all.len(),
+            Endpoint::VALUES.len() * QueryStatus::VALUES.len() * Cached::VALUES.len()
+        );
+        assert!(all.iter().any(|(key, _)| key
+            == "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"true\"}"));
+        let unlabelled = find(names::QDRANT_SEARCHES).unwrap();
+        assert_eq!(
+            every_series(unlabelled),
+            vec![(names::QDRANT_SEARCHES.to_string(), vec![])]
+        );
     }
 }

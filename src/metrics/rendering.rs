@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use super::registry::{names, Kind, MetricDef, REGISTRY};
+use super::registry::{every_series, names, Kind, MetricDef, REGISTRY};
 
 /// Counts the sessions active within `ARGV[1]` seconds, by the server's clock.
 pub const ACTIVE_SESSIONS_SCRIPT: &str = r#"
@@ -18,7 +18,6 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 pub struct Snapshot {
     pub counters: BTreeMap<String, f64>,
     pub histograms: BTreeMap<String, f64>,
-    pub gauges: BTreeMap<String, f64>,
     pub active_sessions: u64,
 }
 
@@ -35,22 +34,6 @@ impl Snapshot {
     }
 }
 
-/// Splits `name{a="x",b="y"}` into the name and its label pairs.
-fn parse_series(series: &str) -> Option<(&str, Vec<(String, String)>)> {
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series, vec![]));
-    };
-    let body = rest.strip_suffix('}')?;
-    let labels = body
-        .split(',')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.to_string(), v.trim_matches('"').to_string()))
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((name, labels))
-}
-
 fn label_pairs(labels: &[(String, String)]) -> Vec<proto::LabelPair> {
     labels
         .iter()
@@ -63,8 +46,10 @@ fn label_pairs(labels: &[(String, String)]) -> Vec<proto::LabelPair> {
         .collect()
 }
 
-/// Builds every registered metric family from a snapshot. Label-less counters
-/// and histograms show zero when nothing was recorded, so alerts see a value.
+/// Builds every registered metric family from a snapshot: every series of
+/// every metric (the product of its labels' closed vocabularies), at zero
+/// until something is recorded, so a fresh deployment's first scrape already
+/// has what the alerts and `rate()` need.
 pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
     REGISTRY
         .iter()
@@ -82,20 +67,13 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
                     })
                 }
                 Kind::Gauge => {
+                    debug_assert_eq!(def.name, names::ACTIVE_SESSIONS, "the one gauge");
                     family.set_field_type(MetricType::GAUGE);
-                    if def.name == names::ACTIVE_SESSIONS {
-                        let mut g = proto::Gauge::default();
-                        g.set_value(snapshot.active_sessions as f64);
-                        let mut m = proto::Metric::default();
-                        m.set_gauge(g);
-                        vec![m]
-                    } else {
-                        scalar_metrics(def, &snapshot.gauges, |m, v| {
-                            let mut g = proto::Gauge::default();
-                            g.set_value(v);
-                            m.set_gauge(g);
-                        })
-                    }
+                    let mut g = proto::Gauge::default();
+                    g.set_value(snapshot.active_sessions as f64);
+                    let mut m = proto::Metric::default();
+                    m.set_gauge(g);
+                    vec![m]
                 }
                 Kind::Histogram(bounds) => {
                     family.set_field_type(MetricType::HISTOGRAM);
@@ -105,8 +83,6 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
             family.set_metric(metrics);
             family
         })
-        // A labelled metric has no series until its first sample; the format forbids empty families.
-        .filter(|family| !family.get_metric().is_empty())
         .collect()
 }
 
@@ -115,53 +91,38 @@ fn scalar_metrics(
     values: &BTreeMap<String, f64>,
     set: impl Fn(&mut proto::Metric, f64),
 ) -> Vec<proto::Metric> {
-    let mut metrics: Vec<proto::Metric> = values
-        .iter()
-        .filter_map(|(series, value)| {
-            let (name, labels) = parse_series(series)?;
-            (name == def.name).then(|| {
-                let mut m = proto::Metric::default();
-                m.set_label(label_pairs(&labels));
-                set(&mut m, *value);
-                m
-            })
+    every_series(def)
+        .into_iter()
+        .map(|(series, labels)| {
+            let mut m = proto::Metric::default();
+            m.set_label(label_pairs(&labels));
+            set(&mut m, values.get(&series).copied().unwrap_or(0.0));
+            m
         })
-        .collect();
-    if metrics.is_empty() && def.labels.is_empty() {
-        let mut m = proto::Metric::default();
-        set(&mut m, 0.0);
-        metrics.push(m);
-    }
-    metrics
+        .collect()
 }
 
+/// A histogram series is stored as `series|<bucket index>`, `series|sum`, `series|count`.
 fn histogram_metrics(
     def: &MetricDef,
     bounds: &[f64],
     fields: &BTreeMap<String, f64>,
 ) -> Vec<proto::Metric> {
-    // Group `series|bucket`, `series|sum`, `series|count` by series.
-    let mut by_series: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
-    for (field, value) in fields {
-        if let Some((series, part)) = field.rsplit_once('|') {
-            if parse_series(series).is_some_and(|(name, _)| name == def.name) {
-                by_series.entry(series).or_default().insert(part, *value);
-            }
-        }
-    }
-    if by_series.is_empty() && def.labels.is_empty() {
-        by_series.insert(def.name, BTreeMap::new());
-    }
-    by_series
+    every_series(def)
         .into_iter()
-        .map(|(series, parts)| {
-            let (_, labels) = parse_series(series).expect("filtered above");
+        .map(|(series, labels)| {
+            let part = |name: &str| {
+                fields
+                    .get(&format!("{series}|{name}"))
+                    .copied()
+                    .unwrap_or(0.0)
+            };
             let mut cumulative = 0u64;
             let buckets = bounds
                 .iter()
                 .enumerate()
                 .map(|(i, bound)| {
-                    cumulative += parts.get(i.to_string().as_str()).copied().unwrap_or(0.0) as u64;
+                    cumulative += part(&i.to_string()) as u64;
                     let mut b = proto::Bucket::default();
                     b.set_upper_bound(*bound);
                     b.set_cumulative_count(cumulative);
@@ -170,8 +131,8 @@ fn histogram_metrics(
                 .collect();
             let mut h = proto::Histogram::default();
             h.set_bucket(buckets);
-            h.set_sample_sum(parts.get("sum").copied().unwrap_or(0.0));
-            h.set_sample_count(parts.get("count").copied().unwrap_or(0.0) as u64);
+            h.set_sample_sum(part("sum"));
+            h.set_sample_count(part("count") as u64);
             let mut m = proto::Metric::default();
             m.set_label(label_pairs(&labels));
             m.set_histogram(h);
@@ -252,12 +213,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("chatbot_active_sessions 3"), "{text}");
-        // Label-less metrics show zero before anything is recorded.
+        // Every series of a closed vocabulary shows zero before anything is recorded.
         assert!(text.contains("chatbot_qdrant_searches_total 0"), "{text}");
         assert!(
             text.contains("chatbot_qdrant_search_latency_seconds_count 0"),
             "{text}"
         );
+        assert!(
+            text.contains("chatbot_errors_total{error_type=\"postgres\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "chatbot_queries_total{endpoint=\"query\",status=\"rate_limited\",cached=\"false\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatbot_query_latency_seconds_count{cache_status=\"miss\"} 0"),
+            "{text}"
+        );
+        // Something recorded under a label value the vocabulary no longer has is not shown.
+        snapshot.counters.insert(
+            "chatbot_queries_total{endpoint=\"query\",status=\"cached\"}".into(),
+            2.0,
+        );
+        assert!(!render(&snapshot).contains("status=\"cached\""));
     }
 
     #[test]

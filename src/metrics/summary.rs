@@ -46,6 +46,8 @@ pub struct CacheRates {
 pub struct MetricsSummary {
     pub queries_total: f64,
     pub queries_by_status: BTreeMap<String, f64>,
+    /// Of the answered questions (`success`), those the query cache answered.
+    pub queries_cached: f64,
     pub error_rate: Option<f64>,
     pub latency_seconds: BTreeMap<String, Option<f64>>,
     pub cache: BTreeMap<String, CacheRates>,
@@ -90,12 +92,16 @@ pub fn cache_rates(snapshot: &Snapshot) -> BTreeMap<String, CacheRates> {
 /// The `/health/metrics` summary, from what the metrics component keeps in Redis.
 pub fn summarise(snapshot: &Snapshot) -> MetricsSummary {
     let mut by_status = BTreeMap::new();
+    let mut cached = 0.0;
     for (series, value) in &snapshot.counters {
         if series.starts_with(&format!("{}{{", names::QUERIES))
             && label_value(series, "endpoint") == Some("query")
         {
             if let Some(status) = label_value(series, "status") {
                 *by_status.entry(status.to_string()).or_insert(0.0) += value;
+            }
+            if label_value(series, "cached") == Some("true") {
+                cached += value;
             }
         }
     }
@@ -134,6 +140,7 @@ pub fn summarise(snapshot: &Snapshot) -> MetricsSummary {
     MetricsSummary {
         queries_total: total,
         queries_by_status: by_status,
+        queries_cached: cached,
         error_rate: (total > 0.0).then(|| round(failed / total)),
         latency_seconds: latency,
         cache: cache_rates(snapshot),
@@ -164,19 +171,21 @@ mod tests {
     fn summary_counts_rates_and_latency() {
         let mut s = Snapshot::default();
         s.counters.insert(
-            "chatbot_queries_total{endpoint=\"query\",status=\"success\"}".into(),
+            "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"false\"}".into(),
             6.0,
         );
         s.counters.insert(
-            "chatbot_queries_total{endpoint=\"query\",status=\"cached\"}".into(),
+            "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"true\"}".into(),
             3.0,
         );
         s.counters.insert(
-            "chatbot_queries_total{endpoint=\"query\",status=\"unavailable\"}".into(),
+            "chatbot_queries_total{endpoint=\"query\",status=\"unavailable\",cached=\"false\"}"
+                .into(),
             1.0,
         );
         s.counters.insert(
-            "chatbot_queries_total{endpoint=\"documents\",status=\"success\"}".into(),
+            "chatbot_queries_total{endpoint=\"documents\",status=\"success\",cached=\"false\"}"
+                .into(),
             5.0,
         );
         s.counters
@@ -195,6 +204,8 @@ mod tests {
         );
         let summary = summarise(&s);
         assert_eq!(summary.queries_total, 10.0);
+        assert_eq!(summary.queries_by_status["success"], 9.0);
+        assert_eq!(summary.queries_cached, 3.0);
         assert_eq!(summary.error_rate, Some(0.1));
         assert_eq!(summary.cache["query"].hit_rate, Some(0.3));
         assert_eq!(summary.cache["embedding"].hit_rate, None);

@@ -66,7 +66,11 @@ async fn fifty_concurrent_recorders_add_up_exactly() {
                         vec![
                             sample(
                                 "chatbot_queries_total",
-                                &[("endpoint", "query"), ("status", "success")],
+                                &[
+                                    ("endpoint", "query"),
+                                    ("status", "success"),
+                                    ("cached", "true"),
+                                ],
                                 1.0,
                             ),
                             sample(
@@ -222,7 +226,7 @@ async fn scripted_app() -> TestApp {
             .status,
         200
     );
-    // Refused input is not counted as a query.
+    // Refused input is counted: an invalid request, a validation error, and its latency.
     assert_eq!(
         app.post_json("/api/v1/chat/query", &json!({"question": ""}))
             .await
@@ -245,17 +249,23 @@ async fn metrics_show_exactly_what_happened() {
     let text = response.text();
     let expect = [
         (
-            "chatbot_queries_total{endpoint=\"query\",status=\"success\"}",
+            "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"false\"}",
             2.0,
         ),
         (
-            "chatbot_queries_total{endpoint=\"query\",status=\"cached\"}",
+            "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"true\"}",
             1.0,
         ),
         (
-            "chatbot_queries_total{endpoint=\"documents\",status=\"success\"}",
+            "chatbot_queries_total{endpoint=\"query\",status=\"invalid\",cached=\"false\"}",
             1.0,
         ),
+        (
+            "chatbot_queries_total{endpoint=\"documents\",status=\"success\",cached=\"false\"}",
+            1.0,
+        ),
+        ("chatbot_errors_total{error_type=\"validation\"}", 1.0),
+        ("chatbot_errors_total{error_type=\"config\"}", 0.0),
         ("chatbot_cache_hits_total{cache_type=\"query\"}", 1.0),
         ("chatbot_cache_misses_total{cache_type=\"query\"}", 2.0),
         ("chatbot_cache_misses_total{cache_type=\"embedding\"}", 3.0),
@@ -278,6 +288,10 @@ async fn metrics_show_exactly_what_happened() {
         (
             "chatbot_query_latency_seconds_count{cache_status=\"miss\"}",
             2.0,
+        ),
+        (
+            "chatbot_query_latency_seconds_count{cache_status=\"bypass\"}",
+            1.0,
         ),
         (
             "chatbot_database_query_latency_seconds_count{operation=\"store_exchange\"}",

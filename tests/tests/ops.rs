@@ -89,7 +89,7 @@ async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
     ask(&app, "Why Redis?", "a2", Some("ch 3")).await;
     let summary = app.admin_get("/health/metrics").await.unwrap().json();
     assert_eq!(summary["queries_total"], 4.0, "{summary}");
-    assert_eq!(summary["queries_by_status"]["cached"], 2.0);
+    assert_eq!(summary["queries_cached"], 2.0);
     assert_eq!(summary["error_rate"], 0.0);
     assert_eq!(summary["cache"]["query"]["hit_rate"], 0.5);
     assert!(summary["latency_seconds"]["p95"].as_f64().unwrap() > 0.0);

@@ -5,15 +5,14 @@
 use std::io::Write;
 
 use chatbot_core::api::ApiError;
-use chatbot_core::keys::metrics as keys;
 use chatbot_core::metrics::{self, Sample};
 use chatbot_core::routes;
-use chatbot_spin::redis_script::{binary, eval};
+use chatbot_spin::metrics_store::{self, RecordError};
 use chatbot_spin::routing::{self, Handler};
 use chatbot_spin::settings::open_redis;
 use spin_sdk::http::{IncomingRequest, Params, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::redis::Connection;
 
 wit_bindgen::generate!({
     path: ["../../wit/deps/spin-sdk", "../../wit/metrics.wit"],
@@ -37,15 +36,10 @@ fn record(conn: &Connection, batch: Batch) -> Result<(), Error> {
             value: s.value,
         })
         .collect();
-    let args = metrics::record_arguments(&samples, batch.seen_session.as_deref())
-        .map_err(|e| Error::InvalidSample(e.to_string()))?;
-    if samples.is_empty() && batch.seen_session.is_none() {
-        return Ok(());
-    }
-    let args: Vec<RedisParameter> = args.iter().map(binary).collect();
-    eval(conn, metrics::RECORD_SCRIPT, &keys::ALL, &args)
-        .map(drop)
-        .map_err(|e| Error::Storage(e.to_string()))
+    metrics_store::record(conn, &samples, batch.seen_session.as_deref()).map_err(|e| match e {
+        RecordError::Invalid(e) => Error::InvalidSample(e.to_string()),
+        RecordError::Storage(e) => Error::Storage(e.to_string()),
+    })
 }
 
 impl Guest for Recorder {

@@ -5,6 +5,8 @@ use chatbot_core::api::{self, ApiError, ErrorCode};
 use chatbot_core::audit::{self, AuditAction};
 use chatbot_core::invalidation::{self, ClearScope};
 use chatbot_core::keys;
+use chatbot_core::metrics::recording::Observation;
+use chatbot_core::metrics::{ErrorType, Operation};
 use chatbot_core::query::{CacheScope, QueryCacheEntry, QueryRequest};
 use chatbot_core::retention;
 use chatbot_spin::audit::append;
@@ -111,13 +113,27 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         return Err(ApiError::invalid("`batch_size` must be from 1 to 100000"));
     }
     let address = settings::postgres_address().map_err(ApiError::configuration)?;
-    let body = delete_expired(&address, batch).map_err(|e| {
+    let started = std::time::Instant::now();
+    let deleted = delete_expired(&address, batch);
+    let mut telemetry = Telemetry::default();
+    match &deleted {
+        Ok(_) => telemetry.add(Observation::DatabaseLatency(
+            Operation::Cleanup,
+            started.elapsed().as_secs_f64(),
+        )),
+        Err(_) => telemetry.add(Observation::Error(ErrorType::Postgres)),
+    }
+    let redis = crate::redis().ok();
+    if let Some(conn) = &redis {
+        crate::record(conn, &telemetry);
+    }
+    let body = deleted.map_err(|e| {
         eprintln!("cleanup: {e}");
         ApiError::unavailable("the history store (Postgres) is unavailable")
     })?;
-    if let Ok(conn) = crate::redis() {
+    if let Some(conn) = &redis {
         append(
-            &conn,
+            conn,
             AuditAction::RetentionCleanup,
             &client_address(&req),
             body["deleted"].clone(),
@@ -214,6 +230,8 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             Err(e) => failed.push(json!({"question": request.question, "error": e.to_string()})),
         }
     }
+    // Warm-up's OpenAI calls, tokens and cache counts are real traffic: recorded like a request's.
+    crate::record(&conn, &telemetry);
     append(
         &conn,
         AuditAction::CacheWarmup,

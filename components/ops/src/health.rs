@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use chatbot_core::api::ApiError;
 use chatbot_core::config::redact_userinfo;
 use chatbot_core::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport};
-use chatbot_core::keys;
 use chatbot_core::settings::health_check_timeout;
+use chatbot_core::{keys, ranking};
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
-use chatbot_spin::redis_script::{binaries, binary};
+use chatbot_spin::redis_script::{binaries, binary, eval};
 use chatbot_spin::respond::json;
 use chatbot_spin::settings::{self, lookup};
 use chatbot_spin::{http, StoreError};
@@ -168,14 +168,20 @@ pub(crate) fn scan(
     }
 }
 
-fn top(conn: &redis::Connection, key: &str, n: i64) -> Result<Vec<serde_json::Value>, StoreError> {
-    let reply = conn.execute(
-        "ZREVRANGE",
+/// A ranking's top `n`, each with its decayed count as of now (see `ranking`).
+fn top(
+    conn: &redis::Connection,
+    key: &str,
+    half_life_seconds: u64,
+    n: i64,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let reply = eval(
+        conn,
+        ranking::TOP_SCRIPT,
+        &[key.to_string(), ranking::base_key(key)],
         &[
-            binary(key),
-            binary("0"),
-            binary((n - 1).to_string()),
-            binary("WITHSCORES"),
+            redis::RedisParameter::Int64(n),
+            redis::RedisParameter::Int64(half_life_seconds as i64),
         ],
     )?;
     Ok(binaries(reply)
@@ -225,8 +231,13 @@ fn analytics(conn: &redis::Connection) -> Result<serde_json::Value, StoreError> 
     Ok(json!({
         "caches": rates,
         "redis_memory": {"used_bytes": used, "used_human": field("used_memory_human")},
-        "top_questions": top(conn, keys::TOP_QUESTIONS, 10)?,
-        "top_rate_limited_sessions": top(conn, keys::RATE_LIMITED_SESSIONS, 10)?,
+        "top_questions": top(conn, keys::TOP_QUESTIONS, ranking::QUESTIONS_HALF_LIFE_SECONDS, 10)?,
+        "top_rate_limited_sessions": top(
+            conn,
+            keys::RATE_LIMITED_SESSIONS,
+            ranking::RATE_LIMITED_HALF_LIFE_SECONDS,
+            10
+        )?,
     }))
 }
 

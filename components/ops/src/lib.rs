@@ -33,6 +33,14 @@ fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
     routing::handle(routes::OPS_ROUTES, handler, incoming, out)
 }
 
+/// Records what an admin action observed (ops records directly, with the
+/// recorder's own code; a failure is logged, never fails the action).
+pub(crate) fn record(conn: &Connection, telemetry: &chatbot_spin::caches::Telemetry) {
+    if let Err(e) = chatbot_spin::metrics_store::record(conn, &telemetry.samples, None) {
+        eprintln!("metrics: recording failed: {e:?}");
+    }
+}
+
 /// Redis for analytics and admin actions, or 503 naming it.
 pub(crate) fn redis() -> Result<Connection, ApiError> {
     chatbot_spin::settings::open_redis().map_err(|_| ApiError::unavailable("Redis is unavailable"))

@@ -2,14 +2,12 @@
 //! events as the model writes it), and only once the client has the whole
 //! response, the exchange's Postgres write and the metrics.
 
-use std::time::Instant;
-
 use chatbot_core::api::{ApiError, ErrorCode};
 use chatbot_core::audit::AuditAction;
 use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::QueryStatus;
+use chatbot_core::metrics::{CacheStatus, Endpoint, ErrorType, QueryStatus};
 use chatbot_core::query::{self, Citation, QueryRequest};
 use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_spin::identity;
@@ -37,26 +35,35 @@ pub fn chat_query(req: Request, out: ResponseOutparam) {
         .and_then(|identity| Ok((identity, settings::pipeline().map_err(config_failure)?)));
     let (identity_settings, settings) = match configured {
         Ok(both) => both,
-        Err(e) => return routing::send(out, respond::error(&e)),
+        Err(e) => {
+            // No settings, no Scope: counted on the recorder's own connection.
+            crate::count_alone(
+                Endpoint::Query,
+                &Err(e.clone()),
+                vec![Observation::Error(ErrorType::Config)],
+            );
+            return routing::send(out, respond::error(&e));
+        }
     };
     let address = identity::client_address(&req, &identity_settings);
     let mut scope = Scope::open(&settings, address);
     let mut reply = Reply::new(out);
-    let started = Instant::now();
     let outcome = ask(&mut scope, &settings, &identity_settings, &req, &mut reply);
     let jwt = identity_settings.mode == AuthMode::Jwt;
     match outcome {
         Ok(exchange) => {
             reply.answer(&scope, &exchange);
-            scope.telemetry.add(Observation::QueryLatency(
-                query::cache_status(exchange.answer.cached, scope.conn.is_some()),
-                started.elapsed().as_secs_f64(),
-            ));
+            scope.observe_latency();
             // The client has everything: now what it does not wait for.
             let seen = !reply.client_gone();
             after_response(&mut scope, &settings, exchange, jwt, seen);
         }
-        Err(e) => reply.fail(&scope, e),
+        Err(e) => {
+            // Refusals and failures are counted, and timed, like answers.
+            scope.refused(&e);
+            reply.fail(&scope, e);
+            scope.observe_latency();
+        }
     }
     scope.record();
 }
@@ -111,6 +118,11 @@ fn ask(
         true,
         &mut scope.telemetry,
     );
+    scope.cache_status = match (&found.answer, &scope.conn) {
+        (Some(_), _) => CacheStatus::Hit,
+        (None, Some(_)) => CacheStatus::Miss,
+        (None, None) => CacheStatus::Bypass,
+    };
     let conversation = match found.conversation {
         Some(id) => Some(id),
         None => conversation_of(scope, settings, &request, jwt)?,
@@ -130,7 +142,8 @@ fn ask(
         scope.ended(QueryStatus::Unavailable);
         e.api_error()
     })?;
-    scope.ended(query::answered_status(answer.cached));
+    scope.cache_status = query::cache_status(answer.cached, scope.conn.is_some());
+    scope.answered(answer.cached);
     Ok(Exchange {
         request,
         answer,

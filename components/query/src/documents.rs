@@ -5,11 +5,13 @@
 use chatbot_core::api::ApiError;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::ingest::{self, UPSERT_BATCH};
+use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{Endpoint, QueryStatus};
+use chatbot_core::metrics::{Cached, Endpoint, QueryStatus};
 use chatbot_core::upstream::UpstreamError;
 use chatbot_spin::caches::embed_cached;
 use chatbot_spin::qdrant;
+use chatbot_spin::redis_script::binary;
 use chatbot_spin::respond::json;
 use chatbot_spin::routing;
 use chatbot_spin::settings::{self, PipelineSettings};
@@ -17,7 +19,18 @@ use spin_sdk::http::{Params, Request, Response};
 
 use crate::{config_failure, Scope};
 
-pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
+/// `POST /api/v1/documents`, counted (an ingestion that reached Qdrant is
+/// counted with the request's other samples; a refusal before, alone).
+pub fn ingest(req: Request, params: Params) -> Result<Response, ApiError> {
+    let result = ingest_documents(req, params);
+    // After its parse, ingestion answers through its scope, which counts it.
+    if result.is_err() {
+        crate::count_alone(Endpoint::Documents, &result, Vec::new());
+    }
+    result
+}
+
+fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
     let mut settings = settings::pipeline().map_err(config_failure)?;
     // A batch, not a question: each call keeps its own timeout, and the
     // question deadline (`request_timeout_ms`) does not cut an ingestion half-way.
@@ -29,6 +42,9 @@ pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
     let address = routing::client_address(&req);
     let mut scope = Scope::open(&settings, address);
     let outcome = store(&mut scope, &settings, &documents);
+    // Whatever was written (all of it, or the upserts before a failure), the
+    // collection's cached answers may now be wrong: they are not served again.
+    new_generation(&mut scope, &settings);
     scope.telemetry.add(Observation::Query(
         Endpoint::Documents,
         if outcome.is_ok() {
@@ -36,6 +52,7 @@ pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
         } else {
             QueryStatus::Unavailable
         },
+        Cached::No,
     ));
     let result = match outcome {
         Ok(chunks) => {
@@ -65,7 +82,22 @@ pub fn ingest(req: Request, _: Params) -> Result<Response, ApiError> {
     Ok(scope.finish(result))
 }
 
-/// Embeds every chunk, then replaces the documents' points. Returns the chunk count.
+/// Bumps the collection's answer generation (see `query::LOOKUP_SCRIPT`).
+fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
+    let Some(conn) = &scope.conn else {
+        eprintln!("ingestion: Redis is unavailable; cached answers are served until they expire");
+        return;
+    };
+    let key = keys::generation(&settings.qdrant_collection);
+    if let Err(e) = conn.execute("INCR", &[binary(key)]) {
+        eprintln!("ingestion: invalidating the collection's cached answers failed: {e}");
+        scope.telemetry.redis_error();
+    }
+}
+
+/// Embeds every chunk, upserts the documents' points (a chunk's id is fixed by
+/// its document and place, so the new text overwrites the old), then deletes
+/// the chunks past each document's new end. Returns the chunk count.
 fn store(
     scope: &mut Scope,
     settings: &PipelineSettings,
@@ -76,12 +108,13 @@ fn store(
     let vectors = embed_cached(scope.conn.as_ref(), settings, &texts, &mut scope.telemetry)?;
     let size = vectors.first().map_or(0, Vec::len);
     qdrant::ensure_collection(settings, size)?;
-    for doc in documents {
-        qdrant::delete_document(settings, &doc.id)?;
-    }
     let points = ingest::points(documents, &plan, vectors);
     for batch in points.chunks(UPSERT_BATCH) {
         qdrant::upsert(settings, batch)?;
+    }
+    for (index, doc) in documents.iter().enumerate() {
+        let chunks = plan.iter().filter(|c| c.document == index).count();
+        qdrant::delete_stale_chunks(settings, &doc.id, chunks)?;
     }
     Ok(points.len())
 }

@@ -16,7 +16,9 @@ mod documents;
 use chatbot_core::api::{self, ApiError, ErrorCode};
 use chatbot_core::identity::IdentitySettings;
 use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{Endpoint, LimiterOutcome, QueryStatus};
+use chatbot_core::metrics::{
+    CacheStatus, Cached, Endpoint, ErrorType, LimiterOutcome, Operation, QueryStatus,
+};
 use chatbot_core::query::QueryRequest;
 use chatbot_core::ratelimit;
 use chatbot_core::routes;
@@ -83,6 +85,10 @@ pub(crate) struct Scope {
     pub address: String,
     pub(crate) session: Option<String>,
     decision: Option<ratelimit::Decision>,
+    /// The request's outcome is counted in `chatbot_queries_total`.
+    counted: bool,
+    /// How the query cache served the request so far (`bypass` until the lookup).
+    pub(crate) cache_status: CacheStatus,
 }
 
 impl Scope {
@@ -103,6 +109,8 @@ impl Scope {
             address,
             session: None,
             decision: None,
+            counted: false,
+            cache_status: CacheStatus::Bypass,
         }
     }
 
@@ -115,8 +123,37 @@ impl Scope {
 
     /// Counts the request's outcome in `chatbot_queries_total`.
     pub(crate) fn ended(&mut self, status: QueryStatus) {
-        self.telemetry
-            .add(Observation::Query(Endpoint::Query, status));
+        self.count(status, Cached::No);
+    }
+
+    /// Counts an answered question, from the query cache or not.
+    pub(crate) fn answered(&mut self, cached: bool) {
+        self.count(QueryStatus::Success, Cached::from_bool(cached));
+    }
+
+    fn count(&mut self, status: QueryStatus, cached: Cached) {
+        if !self.counted {
+            self.counted = true;
+            self.telemetry
+                .add(Observation::Query(Endpoint::Query, status, cached));
+        }
+    }
+
+    /// Counts a refusal: its outcome (unless counted where it happened) and,
+    /// when the request or the configuration was at fault, the error.
+    pub(crate) fn refused(&mut self, error: &ApiError) {
+        self.ended(QueryStatus::of_refusal(error.code));
+        if let Some(kind) = ErrorType::of_refusal(error.code) {
+            self.telemetry.add(Observation::Error(kind));
+        }
+    }
+
+    /// The request's latency, whatever its outcome.
+    pub(crate) fn observe_latency(&mut self) {
+        self.telemetry.add(Observation::QueryLatency(
+            self.cache_status,
+            chatbot_spin::request_started().elapsed().as_secs_f64(),
+        ));
     }
 
     /// The response for `result`, with the rate-limit headers, after the
@@ -424,7 +461,52 @@ pub(crate) fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: 
     }
 }
 
+/// Counts a request the router served (history, documents) in
+/// `chatbot_queries_total`, with `extra` samples, on a connection of the
+/// recorder's own (these routes do not otherwise open Redis on every request).
+/// Validation and configuration errors are counted by the router.
+pub(crate) fn count_alone(
+    endpoint: Endpoint,
+    result: &Result<Response, ApiError>,
+    extra: Vec<Observation>,
+) {
+    let status = match result {
+        Ok(_) => QueryStatus::Success,
+        Err(e) => QueryStatus::of_refusal(e.code),
+    };
+    let samples = std::iter::once(Observation::Query(endpoint, status, Cached::No))
+        .chain(extra)
+        .map(|o| {
+            let s = o.sample();
+            recorder::Sample {
+                name: s.name,
+                labels: s.labels,
+                value: s.value,
+            }
+        })
+        .collect();
+    let batch = recorder::Batch {
+        samples,
+        seen_session: None,
+    };
+    if let Err(e) = recorder::record_batch_standalone(&batch) {
+        eprintln!("metrics: recording failed: {e:?}");
+    }
+}
+
+/// `GET /api/v1/chat/history/{session_id}`, counted, with the read's latency.
 fn history(req: Request, params: Params) -> Result<Response, ApiError> {
+    let mut observed = Vec::new();
+    let result = read_history(req, &params, &mut observed);
+    count_alone(Endpoint::History, &result, observed);
+    result
+}
+
+fn read_history(
+    req: Request,
+    params: &Params,
+    observed: &mut Vec<Observation>,
+) -> Result<Response, ApiError> {
     let session_id = params.get("session_id").unwrap_or_default();
     let identity_settings = identity::settings().map_err(config_failure)?;
     // Who may read: the admin token, in any mode; in jwt mode, the session's owner.
@@ -459,10 +541,16 @@ fn history(req: Request, params: Params) -> Result<Response, ApiError> {
     api::validate_id("session_id", session_id)?;
     let page = api::parse_page(req.query())?;
     let address = settings::postgres_address().map_err(config_failure)?;
+    let started = std::time::Instant::now();
     let (page, owner) = chatbot_spin::history::page(&address, session_id, page).map_err(|e| {
         eprintln!("[{}] history: {e}", chatbot_spin::request_id());
+        observed.push(Observation::Error(ErrorType::Postgres));
         ApiError::unavailable("the history store (Postgres) is unavailable")
     })?;
+    observed.push(Observation::DatabaseLatency(
+        Operation::ReadHistory,
+        started.elapsed().as_secs_f64(),
+    ));
     if let Some(user) = reader {
         if owner.as_deref() != Some(user.as_str()) {
             return Err(no_such_session(session_id));

@@ -1,13 +1,38 @@
-//! Reading what the metrics component keeps in Redis (for `/metrics` and ops).
+//! The metrics in Redis: recording a request's samples (the metrics
+//! component's recorder, and ops, which records its own), and reading them
+//! (for `/metrics` and ops).
 
 use chatbot_core::keys::metrics as keys;
-use chatbot_core::metrics::{self, Snapshot};
+use chatbot_core::metrics::{self, Sample, SampleError, Snapshot};
 use spin_sdk::redis::{Connection, RedisResult};
 
 use crate::redis_script::{binaries, binary, eval};
 use crate::StoreError;
 
-/// Everything in four round trips: three hashes and the active-session count.
+/// Why a batch was not recorded.
+#[derive(Debug)]
+pub enum RecordError {
+    Invalid(SampleError),
+    Storage(StoreError),
+}
+
+/// Records a batch atomically, in one round trip (nothing to do for an empty batch).
+pub fn record(
+    conn: &Connection,
+    samples: &[Sample],
+    seen_session: Option<&str>,
+) -> Result<(), RecordError> {
+    let args = metrics::record_arguments(samples, seen_session).map_err(RecordError::Invalid)?;
+    if samples.is_empty() && seen_session.is_none() {
+        return Ok(());
+    }
+    let args: Vec<_> = args.iter().map(binary).collect();
+    eval(conn, metrics::RECORD_SCRIPT, &keys::ALL, &args)
+        .map(drop)
+        .map_err(RecordError::Storage)
+}
+
+/// Everything in three round trips: two hashes and the active-session count.
 pub fn snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     let hash = |key: &str| -> Result<_, StoreError> {
         let flat = conn.execute("HGETALL", &[binary(key)])?;
@@ -15,7 +40,6 @@ pub fn snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     };
     let counters = hash(keys::COUNTERS)?;
     let histograms = hash(keys::HISTOGRAMS)?;
-    let gauges = hash(keys::GAUGES)?;
     let active = eval(
         conn,
         metrics::ACTIVE_SESSIONS_SCRIPT,
@@ -33,7 +57,6 @@ pub fn snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
         counters,
         histograms,
-        gauges,
         active_sessions,
     })
 }

@@ -11,8 +11,8 @@ use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{CacheType, ErrorType, Operation};
 use chatbot_core::query::{self, CachedAnswer, Citation, QueryRequest};
-use chatbot_core::sessions;
 use chatbot_core::upstream::{UpstreamError, Usage, OPENAI};
+use chatbot_core::{ranking, sessions};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 pub struct Answer {
@@ -46,21 +46,21 @@ pub fn lookup(
         return Found::default();
     };
     let cache_key = query::query_cache_key(request, &settings.shape());
-    let reply = if count_question {
-        eval(
-            conn,
-            query::LOOKUP_SCRIPT,
-            &[
-                &cache_key,
-                keys::TOP_QUESTIONS,
-                &keys::conversation(&request.session_id),
-            ],
-            &[binary(query::question_entry(request))],
-        )
+    let entry = if count_question {
+        query::question_entry(request)
     } else {
-        conn.execute("GET", &[binary(&cache_key)])
-            .map_err(crate::StoreError::from)
+        String::new()
     };
+    let reply = eval(
+        conn,
+        query::LOOKUP_SCRIPT,
+        &query::lookup_keys(&cache_key, &request.session_id, &settings.qdrant_collection),
+        &[
+            binary(entry),
+            RedisParameter::Int64(ranking::QUESTIONS_HALF_LIFE_SECONDS as i64),
+            RedisParameter::Int64(ranking::QUESTIONS_CAP as i64),
+        ],
+    );
     match reply {
         Ok(results) => Found {
             answer: binary_at(&results, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
@@ -109,7 +109,9 @@ impl Progress for Quiet {
 
 /// Answers from the cache (`found`, from [`lookup`]), or runs the pipeline
 /// once for all identical concurrent misses: the first takes a short lock,
-/// the others wait for its answer, within the request's deadline.
+/// the others wait for its answer, within the request's deadline, and answer
+/// its failure if it fails. A request counts one cache hit (served from the
+/// cache, at once or after waiting) or one miss (it ran the pipeline).
 pub fn answer(
     conn: Option<&Connection>,
     settings: &PipelineSettings,
@@ -125,10 +127,8 @@ pub fn answer(
     if let Some(value) = found {
         return Ok(hit(value, telemetry));
     }
-    telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
     let cache_key = query::query_cache_key(request, &settings.shape());
-    let lock = keys::lock(&cache_key);
     let token = crate::random_token();
     // Long enough for the slowest pipeline (every call is capped by the request's
     // deadline, and a streamed answer lasts up to it); a crashed holder's lock expires on its own.
@@ -140,23 +140,40 @@ pub fn answer(
     };
     let lock_ttl = slowest + Duration::from_secs(5);
     let waited_since = Instant::now();
-    loop {
+    // The lock holder this request waits on, whose failure it would share.
+    let mut holder = Vec::new();
+    let generation = loop {
         let reply = eval(
             conn,
             query::ACQUIRE_OR_READ_SCRIPT,
-            &[&cache_key, &lock],
+            &query::answer_keys(&cache_key, &settings.qdrant_collection),
             &[
                 binary(&token),
                 RedisParameter::Int64(lock_ttl.as_millis() as i64),
+                RedisParameter::Binary(holder.clone()),
             ],
         );
         match reply.as_deref() {
             // Another request stored the answer after our lookup.
             Ok([RedisResult::Int64(1), RedisResult::Binary(bytes), ..]) => {
-                if let Ok(value) = serde_json::from_slice(bytes) {
-                    return Ok(hit(value, telemetry));
+                match serde_json::from_slice(bytes) {
+                    Ok(value) => return Ok(hit(value, telemetry)),
+                    Err(_) => break None,
                 }
-                break;
+            }
+            Ok([RedisResult::Int64(2), generation, ..]) => {
+                break Some(match generation {
+                    RedisResult::Binary(bytes) => bytes.clone(),
+                    RedisResult::Int64(n) => n.to_string().into_bytes(),
+                    _ => b"0".to_vec(),
+                })
+            }
+            // The request we waited on failed: answer as it did (it counted the failure).
+            Ok([RedisResult::Int64(3), RedisResult::Binary(failure), ..]) => {
+                if let Ok(shared) = serde_json::from_slice::<query::SharedFailure>(failure) {
+                    return Err(shared.into_error());
+                }
+                break None;
             }
             Ok([RedisResult::Int64(0), ..])
                 if crate::time_left(settings.request_timeout).is_zero() =>
@@ -164,51 +181,64 @@ pub fn answer(
                 eprintln!("query cache: the request's deadline passed waiting for an identical question's answer");
                 return Err(UpstreamError::Timeout { service: OPENAI });
             }
-            Ok([RedisResult::Int64(0), ..]) if waited_since.elapsed() <= lock_ttl => {
+            Ok([RedisResult::Int64(0), current, ..]) if waited_since.elapsed() <= lock_ttl => {
+                if let RedisResult::Binary(current) = current {
+                    holder.clone_from(current);
+                }
                 std::thread::sleep(WAIT_STEP);
             }
-            // Lock taken, waited long enough, or Redis failed: compute it ourselves.
-            _ => break,
+            // Waited long enough, or Redis failed: compute it ourselves.
+            _ => break None,
         }
-    }
+    };
+    telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
     match run(Some(conn), settings, request, progress, telemetry) {
         Ok(answer) => {
-            let page_index = request
-                .page_context
-                .as_deref()
-                .map(keys::page_index)
-                .unwrap_or_default();
-            let stored = eval(
-                conn,
-                query::STORE_ANSWER_SCRIPT,
-                &[
-                    &cache_key,
-                    &keys::session_index(&request.session_id),
-                    &page_index,
-                    &lock,
-                ],
-                &[
-                    RedisParameter::Binary(
-                        serde_json::to_vec(&answer.value).expect("answers serialise"),
+            // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
+            if let Some(generation) = generation {
+                let stored = eval(
+                    conn,
+                    query::STORE_ANSWER_SCRIPT,
+                    &query::store_keys(
+                        &cache_key,
+                        &request.session_id,
+                        request.page_context.as_deref(),
                     ),
-                    RedisParameter::Int64(settings.query_cache_ttl_seconds as i64),
-                    binary(&token),
-                ],
-            );
-            if let Err(e) = stored {
-                eprintln!("query cache: store failed: {e}");
-                telemetry.redis_error();
+                    &[
+                        RedisParameter::Binary(
+                            serde_json::to_vec(&answer.value).expect("answers serialise"),
+                        ),
+                        RedisParameter::Int64(settings.query_cache_ttl_seconds as i64),
+                        binary(&token),
+                        RedisParameter::Binary(generation),
+                        binary(if request.page_context.is_some() {
+                            "1"
+                        } else {
+                            "0"
+                        }),
+                    ],
+                );
+                if let Err(e) = stored {
+                    eprintln!("query cache: store failed: {e}");
+                    telemetry.redis_error();
+                }
             }
             Ok(answer)
         }
         Err(e) => {
-            // Errors (and answers that broke off) are never cached; let a waiting request try at once.
+            // Errors (and answers that broke off) are never cached: the lock
+            // goes, and the requests waiting on this one answer the same failure at once.
+            let failure = serde_json::to_vec(&query::SharedFailure::of(&e)).expect("serialises");
             let _ = eval(
                 conn,
                 query::RELEASE_LOCK_SCRIPT,
-                &[&lock],
-                &[binary(&token)],
+                &query::release_keys(&cache_key),
+                &[
+                    binary(&token),
+                    RedisParameter::Binary(failure),
+                    RedisParameter::Int64(query::SHARED_FAILURE_MS),
+                ],
             );
             Err(e)
         }
@@ -302,13 +332,14 @@ pub fn note_rate_limited(
     detail: serde_json::Value,
 ) {
     let entry = crate::audit::entry(AuditAction::RateLimitDenied, address, detail);
-    let [log, throttle] = entry.script_keys();
     if let Err(e) = eval(
         conn,
         sessions::NOTE_RATE_LIMITED_SCRIPT,
-        &[keys::RATE_LIMITED_SESSIONS, &log, &throttle],
+        &sessions::note_rate_limited_keys(&entry),
         &[
             binary(session_id),
+            RedisParameter::Int64(ranking::RATE_LIMITED_HALF_LIFE_SECONDS as i64),
+            RedisParameter::Int64(ranking::RATE_LIMITED_CAP as i64),
             binary(entry.to_json()),
             RedisParameter::Int64(AuditAction::RateLimitDenied.sample_seconds()),
         ],

@@ -18,23 +18,16 @@ pub fn search(
     vector: &[f32],
 ) -> Result<(Vec<Passage>, Duration), UpstreamError> {
     let started = Instant::now();
-    match qdrant_send(
+    // A 404 (no such collection: a typo, nothing ingested yet, a proxy's page)
+    // is an error, never "no passages": only an empty collection that exists
+    // answers without passages, and only such an answer is cached.
+    let (_, body) = qdrant_send(
         settings,
         "POST",
         &collection_path(settings, "/points/search"),
         Some(&upstream::search_request(vector, settings.top_k)),
-    ) {
-        Ok((_, body)) => Ok((upstream::parse_search(&body)?, started.elapsed())),
-        // Nothing ingested yet: no passages, and the model says it does not know.
-        Err(UpstreamError::Status { status: 404, .. }) => {
-            eprintln!(
-                "qdrant: collection `{}` does not exist yet; answering without passages",
-                settings.qdrant_collection
-            );
-            Ok((Vec::new(), started.elapsed()))
-        }
-        Err(e) => Err(e),
-    }
+    )?;
+    Ok((upstream::parse_search(&body)?, started.elapsed()))
 }
 
 /// Creates the collection for vectors of `size` if it does not exist; fails
@@ -67,16 +60,21 @@ pub fn ensure_collection(settings: &PipelineSettings, size: usize) -> Result<(),
     }
 }
 
-/// Deletes a document's chunks and waits until it is applied.
-pub fn delete_document(
+/// Deletes a document's chunks from `first_stale` on (those the new text no
+/// longer has) and waits until it is applied.
+pub fn delete_stale_chunks(
     settings: &PipelineSettings,
     document_id: &str,
+    first_stale: usize,
 ) -> Result<(), UpstreamError> {
     qdrant_send(
         settings,
         "POST",
         &collection_path(settings, "/points/delete?wait=true"),
-        Some(&upstream::delete_document_request(document_id)),
+        Some(&upstream::delete_stale_chunks_request(
+            document_id,
+            first_stale,
+        )),
     )
     .map(drop)
 }

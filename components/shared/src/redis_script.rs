@@ -11,17 +11,17 @@ pub fn binary(s: impl AsRef<[u8]>) -> RedisParameter {
 }
 
 /// Runs a script by its SHA-1, loading it with `EVAL` when Redis has lost it.
-pub fn eval(
+pub fn eval<K: AsRef<str>>(
     conn: &Connection,
     script: &str,
-    keys: &[&str],
+    keys: &[K],
     args: &[RedisParameter],
 ) -> Result<Vec<RedisResult>, StoreError> {
     let params = |first: &[u8]| {
         let mut p = Vec::with_capacity(2 + keys.len() + args.len());
         p.push(binary(first));
         p.push(RedisParameter::Int64(keys.len() as i64));
-        p.extend(keys.iter().map(binary));
+        p.extend(keys.iter().map(|k| binary(k.as_ref())));
         p.extend(args.iter().cloned());
         p
     };

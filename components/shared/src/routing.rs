@@ -5,6 +5,8 @@
 use chatbot_core::api::ApiError;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::identity::{AuthMode, IdentitySettings};
+use chatbot_core::metrics::recording::Observation;
+use chatbot_core::metrics::ErrorType;
 use chatbot_core::routes::{allowed_methods, Route};
 use spin_sdk::http::{
     IncomingRequest, Method, Params, Request, Response, ResponseOutparam, Router,
@@ -38,7 +40,11 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
                         return error(&e);
                     }
                 }
-                reply(handler(req, params))
+                let result = handler(req, params);
+                if let Err(e) = &result {
+                    count_refusal(e);
+                }
+                reply(result)
             },
         );
     }
@@ -48,7 +54,7 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
     paths.dedup();
     for path in paths {
         router.any(path, move |req: Request, _: Params| -> Response {
-            error(&ApiError::method_not_allowed(
+            refuse(&ApiError::method_not_allowed(
                 &req.method().to_string(),
                 req.path(),
                 &allowed_methods(table, path),
@@ -95,7 +101,32 @@ pub fn send(out: ResponseOutparam, mut response: Response) {
 
 /// Reads the request within its route's body limit; the error response otherwise.
 pub fn read(table: &'static [Route], incoming: IncomingRequest) -> Result<Request, Response> {
-    crate::incoming::read(table, incoming).map_err(|e| error(&e))
+    crate::incoming::read(table, incoming).map_err(|e| refuse(&e))
+}
+
+/// Counts a refusal that the request or the configuration caused (a bad
+/// input, a missing variable) in `chatbot_errors_total`, on a connection of
+/// its own: only refused requests pay for it. Other failures are counted
+/// where they happen, by their dependency.
+pub fn count_refusal(e: &ApiError) {
+    let Some(kind) = ErrorType::of_refusal(e.code) else {
+        return;
+    };
+    let recorded = crate::settings::open_redis()
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|conn| {
+            crate::metrics_store::record(&conn, &[Observation::Error(kind).sample()], None)
+                .map_err(|e| format!("{e:?}"))
+        });
+    if let Err(e) = recorded {
+        eprintln!("metrics: counting a refusal failed: {e}");
+    }
+}
+
+/// The error response of a refusal, counted.
+fn refuse(e: &ApiError) -> Response {
+    count_refusal(e);
+    error(e)
 }
 
 /// A component's whole request: the body read within its route's limit,

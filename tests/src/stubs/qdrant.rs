@@ -387,13 +387,23 @@ async fn upsert_points(
     )
 }
 
-/// Qdrant's simple payload filter: `{"must": [{"key": k, "match": {"value": v}}]}`.
+/// Qdrant's payload filter, its `match` and `range` conditions:
+/// `{"must": [{"key": k, "match": {"value": v}}, {"key": n, "range": {"gte": 3}}]}`.
 fn matches_filter(payload: &Value, filter: &Value) -> bool {
     let conditions = |k: &str| filter[k].as_array().cloned().unwrap_or_default();
     let holds = |c: &Value| {
         let key = c["key"].as_str().unwrap_or("");
         let value = payload.pointer(&format!("/{}", key.replace('.', "/")));
-        value == Some(&c["match"]["value"])
+        match c.get("range") {
+            Some(range) => value.and_then(Value::as_f64).is_some_and(|v| {
+                let bound = |name: &str| range.get(name).and_then(Value::as_f64);
+                bound("gt").is_none_or(|b| v > b)
+                    && bound("gte").is_none_or(|b| v >= b)
+                    && bound("lt").is_none_or(|b| v < b)
+                    && bound("lte").is_none_or(|b| v <= b)
+            }),
+            None => value == Some(&c["match"]["value"]),
+        }
     };
     conditions("must").iter().all(holds) && conditions("must_not").iter().all(|c| !holds(c)) && {
         let should = conditions("should");
