@@ -90,9 +90,19 @@ pub struct TestAppBuilder {
     manifest: Option<PathBuf>,
     zero_row_queries: host::postgres::ZeroRowQueries,
     host_call_watchdog: Option<std::time::Duration>,
+    without_collection: bool,
 }
 
+/// The Qdrant collection the app uses unless told otherwise (`qdrant_collection`).
+pub const DEFAULT_COLLECTION: &str = "documents";
+
 impl TestAppBuilder {
+    /// No Qdrant collection exists yet (a fresh Qdrant, or a mistyped `qdrant_collection`).
+    pub fn without_collection(mut self) -> Self {
+        self.without_collection = true;
+        self
+    }
+
     /// Traps a Redis or Postgres open after `limit` instead of the default
     /// minute (Spin itself would wait forever on a server that never answers).
     pub fn host_call_watchdog(mut self, limit: std::time::Duration) -> Self {
@@ -149,6 +159,11 @@ impl TestAppBuilder {
         let openai =
             stubs::openai::OpenAiStub::start(TEST_OPENAI_KEY, TEST_EMBEDDING_DIMENSIONS).await?;
         let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
+        // The default collection exists, empty, as in a deployment set up for
+        // questions: a collection that does not exist is an error (see `without_collection`).
+        if !self.without_collection {
+            qdrant.create_collection(DEFAULT_COLLECTION, TEST_EMBEDDING_DIMENSIONS);
+        }
 
         let mut variables = BTreeMap::from([
             (names::REDIS_ADDRESS.to_string(), redis_url.clone()),

@@ -315,7 +315,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
     // Redis forgetting an owner does not hand the session over: Postgres has the last word.
     let mut redis = app.redis().await.unwrap();
     let owner_keys: Vec<String> = redis::cmd("KEYS")
-        .arg("chatbot:session-owner:*")
+        .arg(format!("{}*", chatbot_core::keys::SESSION_OWNER_PREFIX))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -529,7 +529,8 @@ async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls()
             let mut redis = app.redis().await.unwrap();
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!(
-                    "chatbot:user-tokens:{}:*",
+                    "{}{}:*",
+                    chatbot_core::keys::USER_TOKENS_PREFIX,
                     chatbot_core::digest::md5_of_parts(&[user])
                 ))
                 .query_async(&mut redis)

@@ -111,7 +111,7 @@ async fn fifty_concurrent_recorders_add_up_exactly() {
     assert_eq!(
         value_of(
             &text,
-            "chatbot_queries_total{endpoint=\"query\",status=\"success\"}"
+            "chatbot_queries_total{endpoint=\"query\",status=\"success\",cached=\"true\"}"
         ),
         Some(50.0),
         "{text}"

@@ -290,7 +290,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     let mut pipe = redis::pipe();
     for i in 0..10_000 {
         pipe.cmd("ZADD")
-            .arg("chatbot:audit")
+            .arg(chatbot_core::keys::AUDIT_LOG)
             .arg(i)
             .arg(format!("{{\"action\":\"seeded\",\"n\":{i}}}"))
             .ignore();
@@ -324,7 +324,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
             .unwrap();
     }
     let total: i64 = redis::cmd("ZCARD")
-        .arg("chatbot:audit")
+        .arg(chatbot_core::keys::AUDIT_LOG)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -343,7 +343,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     );
     // The oldest seeded entries were the ones dropped.
     let oldest: Vec<String> = redis::cmd("ZRANGE")
-        .arg("chatbot:audit")
+        .arg(chatbot_core::keys::AUDIT_LOG)
         .arg(0)
         .arg(0)
         .query_async(&mut conn)
@@ -413,12 +413,12 @@ async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
         }
     };
     assert_eq!(
-        zcard("chatbot:audit").await,
+        zcard(chatbot_core::keys::AUDIT_LOG).await,
         0,
         "refusals are not admin actions"
     );
     // Sampled: one entry per address and kind of refusal every few seconds.
-    assert_eq!(zcard("chatbot:audit:security").await, 1);
+    assert_eq!(zcard(chatbot_core::keys::SECURITY_LOG).await, 1);
     let _ = &mut conn;
 }
 
@@ -476,7 +476,7 @@ async fn a_user_may_hold_five_sessions_and_the_count_recovers_after_expiry() {
     );
     let mut conn = app.redis().await.unwrap();
     let audit: Vec<String> = redis::cmd("ZRANGE")
-        .arg("chatbot:audit:security")
+        .arg(chatbot_core::keys::SECURITY_LOG)
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)

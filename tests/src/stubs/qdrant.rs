@@ -119,6 +119,18 @@ impl QdrantStub {
         &self.state.controls
     }
 
+    /// Creates an empty collection, as an operator (or an earlier ingestion) would.
+    pub fn create_collection(&self, name: &str, size: usize) {
+        self.state.collections.lock().unwrap().insert(
+            name.to_string(),
+            Collection {
+                size,
+                distance: "Cosine".to_string(),
+                points: BTreeMap::new(),
+            },
+        );
+    }
+
     /// Points in a collection (0 when it does not exist).
     pub fn point_count(&self, collection: &str) -> usize {
         self.state
