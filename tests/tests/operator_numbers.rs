@@ -489,3 +489,46 @@ async fn a_full_ranking_admits_newcomers_and_forgets_old_favourites() {
     let weight: f64 = top[1].parse().unwrap();
     assert!((1.0..1.5).contains(&weight), "{top:?}");
 }
+
+/// The stand-ins answer a body without `Content-Length` with 411, as some
+/// OpenAI-compatible servers and proxies do: every call the app makes
+/// (embedding, search, chat, collection, upsert, delete) must carry it.
+#[tokio::test]
+async fn outbound_bodies_carry_their_length() {
+    let app = TestApp::builder()
+        .without_collection()
+        .spawn()
+        .await
+        .unwrap();
+    let ingested = app
+        .ingest(json!([{"id": "len", "source": "len.md", "text": "Lengths are known."}]))
+        .await
+        .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+    let answered = ask(&app, "Are lengths known?", "len").await;
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert_eq!(answered.json()["citations"][0]["source"], "len.md");
+}
+
+#[tokio::test]
+async fn every_route_answers_with_its_request_id_and_response_time() {
+    let app = TestApp::spawn().await.unwrap();
+    for route in chatbot_core::routes::all() {
+        let path = route.path.replace(":session_id", "some-session");
+        let response = app.admin(route.method, &path, &json!({})).await.unwrap();
+        assert!(
+            response
+                .header("x-response-time")
+                .is_some_and(|t| t.ends_with("ms")),
+            "{} {path}: no X-Response-Time",
+            route.method
+        );
+        assert!(
+            response
+                .header("x-request-id")
+                .is_some_and(|id| id.len() == 32),
+            "{} {path}: no X-Request-Id",
+            route.method
+        );
+    }
+}

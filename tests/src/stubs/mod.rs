@@ -99,6 +99,7 @@ impl StubServer {
     async fn serve(router: Router) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let router = router.layer(axum::middleware::from_fn(require_content_length));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -109,6 +110,29 @@ impl StubServer {
     pub fn origin(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// Refuses a body sent without `Content-Length` (chunked) with 411, as some
+/// OpenAI-compatible servers and proxies do: the app must send the length of
+/// a body it knows.
+async fn require_content_length(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let has_body = matches!(request.method().as_str(), "POST" | "PUT" | "PATCH");
+    if has_body
+        && !request
+            .headers()
+            .contains_key(axum::http::header::CONTENT_LENGTH)
+    {
+        return (
+            axum::http::StatusCode::LENGTH_REQUIRED,
+            axum::Json(serde_json::json!({"error": {"message": "Content-Length required"}})),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 impl Drop for StubServer {
