@@ -157,6 +157,15 @@ impl std::error::Error for ApiError {}
 /// Longest id (session, user, document) accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// A path segment as the route captured it, percent-decoded (`%3A` is `:`):
+/// clients may escape any character of a segment.
+pub fn path_segment(field: &str, raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| ApiError::invalid(format!("`{field}` is not UTF-8 once percent-decoded")))
+}
+
 /// Ids are short tokens of safe characters, so they are safe in logs, keys and URLs.
 pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
@@ -208,14 +217,50 @@ pub fn require_size(body: &[u8], max: usize) -> Result<(), ApiError> {
     }
 }
 
-/// An optional JSON body: empty (or blank) is the default.
+/// An optional JSON body: none (zero bytes) is the default; anything else
+/// must be a JSON object (whitespace alone is not JSON).
 pub fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("bad JSON body: {e}")))
+    json_object(body).map_err(|e| ApiError::invalid(format!("bad JSON body: {e}")))
+}
+
+/// A JSON object read into `T`. Only an object: serde would otherwise read
+/// a struct from an array of its fields in order (`[5]` as `{"batch_size": 5}`).
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice(body).map_err(|e| e.to_string())? {
+        value @ serde_json::Value::Object(_) => {
+            serde_json::from_value(value).map_err(|e| e.to_string())
+        }
+        _ => Err("the body must be a JSON object".to_string()),
+    }
+}
+
+/// An optional whole number in a JSON body, for `#[serde(default,
+/// deserialize_with = "api::whole_number")]`. JSON has one number type, so
+/// `5.0` and `5e0` are the whole number 5 (JSON Schema's `integer` says so
+/// too); a fraction is refused.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    // i64::MAX as f64 rounds up to 2^63, so the bound excludes it.
+    const BOUND: f64 = 9_223_372_036_854_775_808.0;
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < BOUND)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number")))
 }
 
 /// Highest page number any paged list accepts.
@@ -290,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(path_segment("s", "a%3Ab").unwrap(), "a:b");
+        assert_eq!(path_segment("s", "plain").unwrap(), "plain");
+        assert_eq!(path_segment("s", "a%20b").unwrap(), "a b");
+        assert_eq!(path_segment("s", "%ff").unwrap_err().status, 400);
+    }
+
+    #[test]
     fn content_type_parameters_are_accepted() {
         assert!(is_json_content_type(Some(
             "application/json; charset=utf-8"
@@ -299,6 +352,51 @@ mod tests {
         assert_eq!(require_json(None, "it").unwrap_err().status, 415);
         assert_eq!(require_size(b"abc", 2).unwrap_err().status, 413);
         assert!(require_size(b"ab", 2).is_ok());
+    }
+
+    #[test]
+    fn optional_bodies_are_objects_or_nothing() {
+        #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            #[serde(default, deserialize_with = "whole_number")]
+            n: Option<i64>,
+        }
+        for (whole, n) in [
+            (&br#"{"n":5.0}"#[..], 5),
+            (br#"{"n":1e3}"#, 1000),
+            (br#"{"n":-2}"#, -2),
+        ] {
+            assert_eq!(json_body_or_default::<Body>(whole), Ok(Body { n: Some(n) }));
+        }
+        assert_eq!(
+            json_body_or_default::<Body>(br#"{"n":null}"#),
+            Ok(Body { n: None })
+        );
+        for fraction in [&br#"{"n":5.5}"#[..], br#"{"n":1e300}"#, br#"{"n":"5"}"#] {
+            assert_eq!(
+                json_body_or_default::<Body>(fraction).unwrap_err().status,
+                400
+            );
+        }
+        assert_eq!(json_body_or_default::<Body>(b""), Ok(Body::default()));
+        assert_eq!(
+            json_body_or_default::<Body>(br#"{"n":5}"#),
+            Ok(Body { n: Some(5) })
+        );
+        for refused in [
+            &b"[5]"[..],
+            b" ",
+            b"\t",
+            b"[]",
+            b"5",
+            b"null",
+            b"\"n\"",
+            br#"{"m":1}"#,
+        ] {
+            let e = json_body_or_default::<Body>(refused).unwrap_err();
+            assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(refused));
+        }
     }
 
     #[test]

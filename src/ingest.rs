@@ -3,12 +3,13 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{self, validate_id, ApiError, ErrorCode};
+use crate::api::{self, validate_id, ApiError};
 use crate::digest::md5_of_parts_bytes;
 use crate::upstream::Point;
 
 pub const MAX_DOCUMENTS: usize = 100;
 pub const MAX_DOCUMENT_CHARS: usize = 1_000_000;
+pub const MAX_SOURCE_CHARS: usize = 512;
 pub const CHUNK_CHARS: usize = 1000;
 pub const CHUNK_OVERLAP_CHARS: usize = 200;
 /// OpenAI takes up to 2,048 inputs per embeddings call; smaller batches keep calls short.
@@ -37,11 +38,21 @@ struct IngestBody {
 pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Document>, ApiError> {
     api::require_json(content_type, "documents")?;
     api::require_size(body, MAX_BODY_BYTES)?;
-    let parsed: IngestBody = serde_json::from_slice(body).map_err(|e| {
+    let expected = |e: &dyn std::fmt::Display| {
         ApiError::invalid(format!(
             "expected {{\"documents\": [{{id, text, source, metadata}}]}}: {e}"
         ))
-    })?;
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| expected(&e))?;
+    // Objects only: serde would read a struct from an array of its fields too.
+    let documents_are_objects = value
+        .get("documents")
+        .and_then(Value::as_array)
+        .is_none_or(|docs| docs.iter().all(Value::is_object));
+    if !value.is_object() || !documents_are_objects {
+        return Err(expected(&"the body and each document must be JSON objects"));
+    }
+    let parsed: IngestBody = serde_json::from_value(value).map_err(|e| expected(&e))?;
     if parsed.documents.is_empty() || parsed.documents.len() > MAX_DOCUMENTS {
         return Err(ApiError::invalid(format!(
             "send 1 to {MAX_DOCUMENTS} documents"
@@ -55,19 +66,17 @@ pub fn parse_documents(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Do
                 doc.id
             )));
         }
+        // A field over its limit is a 400 like any other bad field (413 is
+        // for a body over the route's limit, refused before it is read).
         if doc.text.chars().count() > MAX_DOCUMENT_CHARS {
-            return Err(ApiError::new(
-                413,
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "document `{}` is over {MAX_DOCUMENT_CHARS} characters",
-                    doc.id
-                ),
-            ));
-        }
-        if doc.source.trim().is_empty() || doc.source.len() > 512 {
             return Err(ApiError::invalid(format!(
-                "document `{}` needs a source of 1 to 512 bytes",
+                "document `{}` is over {MAX_DOCUMENT_CHARS} characters",
+                doc.id
+            )));
+        }
+        if doc.source.trim().is_empty() || doc.source.chars().count() > MAX_SOURCE_CHARS {
+            return Err(ApiError::invalid(format!(
+                "document `{}` needs a source of 1 to {MAX_SOURCE_CHARS} characters, not all blank",
                 doc.id
             )));
         }
@@ -245,6 +254,16 @@ mod tests {
 
     #[test]
     fn documents_are_validated() {
+        let document = |text: &str, source: &str| {
+            format!(r#"{{"documents":[{{"id":"d","text":"{text}","source":"{source}"}}]}}"#)
+        };
+        let long_source = document("t", &"é".repeat(MAX_SOURCE_CHARS + 1));
+        let long_text = document(&"t".repeat(MAX_DOCUMENT_CHARS + 1), "s");
+        assert!(parse_documents(
+            Some("application/json"),
+            document("t", &"é".repeat(MAX_SOURCE_CHARS)).as_bytes()
+        )
+        .is_ok());
         let ok =
             br#"{"documents":[{"id":"d1","text":"t","source":"s.pdf","metadata":{"page":1}}]}"#;
         assert_eq!(
@@ -258,6 +277,12 @@ mod tests {
             br#"{"documents":[{"id":"d","text":"t","source":""}]}"#,
             br#"{"documents":[{"id":"d","text":"t","source":"s","metadata":[1]}]}"#,
             br#"{"docs":[]}"#,
+            // Arrays in place of objects (serde reads a struct from either).
+            br#"[[{"id":"d","text":"t","source":"s"}]]"#,
+            br#"{"documents":[["d","t","s"]]}"#,
+            // Field limits are 400s, like any other bad field.
+            long_source.as_bytes(),
+            long_text.as_bytes(),
         ] {
             assert_eq!(
                 parse_documents(Some("application/json"), bad)

@@ -28,44 +28,46 @@ pub enum ClearScope {
 }
 
 pub fn parse_clear(body: &[u8]) -> Result<ClearScope, ApiError> {
-    let request: ClearRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body (zero bytes) clears everything; anything else must be a JSON object.
+    let request: ClearRequest = if body.is_empty() {
         ClearRequest {
             cache_type: None,
             session_id: None,
             page_context: None,
         }
     } else {
-        serde_json::from_slice(body).map_err(|e| {
+        crate::api::json_object(body).map_err(|e| {
             ApiError::invalid(format!(
                 "expected {{\"cache_type\", \"session_id\", \"page_context\"}}: {e}"
             ))
         })?
     };
-    match (
-        request.cache_type.as_deref(),
-        request.session_id,
-        request.page_context,
-    ) {
-        (None | Some("query"), Some(session), None) => {
-            validate_id("session_id", &session)?;
-            Ok(ClearScope::Session(session))
-        }
-        (None | Some("query"), None, Some(page)) if !page.trim().is_empty() => {
-            Ok(ClearScope::PageContext(page))
-        }
+    let cache_type = request.cache_type.as_deref();
+    if let Some(other) = cache_type.filter(|t| !["all", "query", "embedding"].contains(t)) {
+        return Err(ApiError::invalid(format!(
+            "unknown cache_type `{other}`: use all, query or embedding"
+        )));
+    }
+    match (cache_type, request.session_id, request.page_context) {
         (_, Some(_), Some(_)) => Err(ApiError::invalid(
             "give either `session_id` or `page_context`, not both",
         )),
-        (_, None, Some(_)) => Err(ApiError::invalid("`page_context` must not be empty")),
-        (Some(_), Some(_), None) => Err(ApiError::invalid(
-            "`session_id` scopes the query cache only",
-        )),
+        (Some("all" | "embedding"), Some(_), None) | (Some("all" | "embedding"), None, Some(_)) => {
+            Err(ApiError::invalid(
+                "`session_id` and `page_context` scope the query cache only",
+            ))
+        }
+        (_, Some(session), None) => {
+            validate_id("session_id", &session)?;
+            Ok(ClearScope::Session(session))
+        }
+        (_, None, Some(page)) if page.trim().is_empty() => {
+            Err(ApiError::invalid("`page_context` must not be blank"))
+        }
+        (_, None, Some(page)) => Ok(ClearScope::PageContext(page)),
         (None | Some("all"), None, None) => Ok(ClearScope::All),
         (Some("query"), None, None) => Ok(ClearScope::Query),
-        (Some("embedding"), None, None) => Ok(ClearScope::Embedding),
-        (Some(other), _, _) => Err(ApiError::invalid(format!(
-            "unknown cache_type `{other}`: use all, query or embedding"
-        ))),
+        (_, None, None) => Ok(ClearScope::Embedding),
     }
 }
 
@@ -98,7 +100,12 @@ mod tests {
             br#"{"session_id":"s","page_context":"p"}"#,
             br#"{"x":1}"#,
             b"[",
+            b"[null, null]",
+            b" ",
+            b"null",
             br#"{"cache_type":"embedding","session_id":"s"}"#,
+            br#"{"cache_type":"all","page_context":"p"}"#,
+            br#"{"page_context":"  "}"#,
         ] {
             assert_eq!(
                 parse_clear(bad).unwrap_err().status,

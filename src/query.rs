@@ -88,23 +88,22 @@ pub fn parse_query(
     }
     let question = string_field(&object, "question")?
         .ok_or_else(|| ApiError::invalid("`question` is required"))?;
-    let question = question.trim().to_string();
-    if question.is_empty() {
-        return Err(ApiError::invalid("`question` must not be empty"));
-    }
+    // Lengths count the text as sent (as the OpenAPI `maxLength` does), before trimming.
     if question.chars().count() > MAX_QUESTION_CHARS {
         return Err(ApiError::invalid(format!(
             "`question` may be at most {MAX_QUESTION_CHARS} characters"
         )));
+    }
+    let question = question.trim().to_string();
+    if question.is_empty() {
+        return Err(ApiError::invalid("`question` must not be blank"));
     }
     refuse_control_characters("question", &question)?;
     let session_id = string_field(&object, "session_id")?
         .or(new_session)
         .ok_or_else(|| ApiError::invalid("`session_id` is required"))?;
     validate_id("session_id", &session_id)?;
-    let page_context = string_field(&object, "page_context")?
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty());
+    let page_context = string_field(&object, "page_context")?;
     if page_context
         .as_ref()
         .is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS)
@@ -113,6 +112,9 @@ pub fn parse_query(
             "`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"
         )));
     }
+    let page_context = page_context
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty());
     if let Some(page) = &page_context {
         refuse_control_characters("page_context", page)?;
     }
@@ -578,6 +580,21 @@ mod tests {
             "x".repeat(MAX_BODY_BYTES)
         );
         assert_eq!(parse(&big).unwrap_err().status, 413);
+        // Lengths count the text as sent, whitespace and all (as `maxLength` does).
+        let padded = |field: &str, chars: usize| {
+            let text = format!(" {} ", "x".repeat(chars - 2));
+            match field {
+                "question" => format!(r#"{{"question":"{text}","session_id":"s"}}"#),
+                _ => format!(r#"{{"question":"q","session_id":"s","{field}":"{text}"}}"#),
+            }
+        };
+        for (field, limit) in [
+            ("question", MAX_QUESTION_CHARS),
+            ("page_context", MAX_PAGE_CONTEXT_CHARS),
+        ] {
+            assert!(parse(&padded(field, limit)).is_ok(), "{field}");
+            assert_eq!(parse(&padded(field, limit + 1)).unwrap_err().status, 400);
+        }
         assert_eq!(
             parse_query(Some("application/json"), &[0xff, 0xfe], None)
                 .unwrap_err()

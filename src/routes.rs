@@ -46,6 +46,12 @@ impl Route {
         }
     }
 
+    /// Whether a request method is served by this route: its own, and `HEAD`
+    /// wherever `GET` is served (RFC 9110: the same answer without the body).
+    pub fn serves_method(&self, method: &str) -> bool {
+        method == self.method || (method == "HEAD" && self.method == "GET")
+    }
+
     /// Whether a request path is this route's (`:name` matches one segment).
     pub fn matches(&self, path: &str) -> bool {
         let mut pattern = self.path.split('/');
@@ -114,12 +120,17 @@ pub fn all() -> impl Iterator<Item = &'static Route> {
     QUERY_ROUTES.iter().chain(METRICS_ROUTES).chain(OPS_ROUTES)
 }
 
-/// The methods a path pattern of a table takes (for `Allow`).
+/// The methods a path pattern of a table takes (for `Allow`): the table's,
+/// and `HEAD` after each `GET`.
 pub fn allowed_methods(table: &[Route], path: &str) -> Vec<&'static str> {
     table
         .iter()
         .filter(|r| r.path == path)
-        .map(|r| r.method)
+        .flat_map(|r| match r.method {
+            "GET" => &["GET", "HEAD"][..],
+            _ => std::slice::from_ref(&r.method),
+        })
+        .copied()
         .collect()
 }
 
@@ -163,7 +174,13 @@ mod tests {
             CHAT_HISTORY.openapi_path(),
             "/api/v1/chat/history/{session_id}"
         );
-        assert_eq!(allowed_methods(OPS_ROUTES, "/health"), ["GET"]);
+        assert_eq!(allowed_methods(OPS_ROUTES, "/health"), ["GET", "HEAD"]);
+        assert_eq!(
+            allowed_methods(QUERY_ROUTES, "/api/v1/chat/query"),
+            ["POST"]
+        );
+        assert!(HEALTH.serves_method("HEAD") && HEALTH.serves_method("GET"));
+        assert!(!CHAT_QUERY.serves_method("HEAD") && !HEALTH.serves_method("POST"));
         let admin: Vec<&str> = all().filter(|r| r.admin).map(|r| r.path).collect();
         assert_eq!(
             admin,

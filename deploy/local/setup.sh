@@ -16,6 +16,9 @@ command -v psql >/dev/null || packages+=(postgresql-client)
 command -v setpriv >/dev/null || packages+=(util-linux)
 if $for_tests; then
     command -v promtool >/dev/null || packages+=(prometheus)
+    command -v python3 >/dev/null || packages+=(python3)
+    # Debian splits venv (and the pip it bootstraps) out of python3.
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]}" >&2
@@ -31,3 +34,17 @@ fi
 for component in rustfmt clippy; do
     rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
+
+# The API fuzzer (tests/tests/fuzz.rs): schemathesis, pinned in
+# deploy/local/test-requirements.txt, in a virtual environment of its own
+# (never the system's Python). Reinstalled only when the pins change.
+if $for_tests; then
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/rag-chatbot/test-venv"
+    requirements="$(dirname "$0")/test-requirements.txt"
+    if ! cmp -s "$requirements" "$venv/installed-requirements.txt" || [ ! -x "$venv/bin/schemathesis" ]; then
+        echo "setup: installing $(grep -v '^#' "$requirements" | xargs) into $venv" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+        cp "$requirements" "$venv/installed-requirements.txt"
+    fi
+fi

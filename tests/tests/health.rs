@@ -111,7 +111,7 @@ async fn wrong_method_and_unknown_path_are_json_errors() {
     let response = client.request("POST", "/health", &[], "").await.unwrap();
     assert_eq!(response.status, 405);
     assert_eq!(response.json()["status"], "method_not_allowed");
-    assert_eq!(response.header("allow"), Some("GET"));
+    assert_eq!(response.header("allow"), Some("GET, HEAD"));
     let response = client.get("/health/nope").await.unwrap();
     assert_eq!(response.status, 404);
     assert_eq!(response.json()["status"], "not_found");

@@ -98,7 +98,7 @@ pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CleanupRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::whole_number")]
     batch_size: Option<i64>,
 }
 
@@ -169,7 +169,7 @@ fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreE
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct WarmupRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::whole_number")]
     limit: Option<i64>,
 }
 

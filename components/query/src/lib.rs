@@ -538,6 +538,7 @@ fn read_history(
             Err(failure) => return Err(failure.api_error()),
         }
     };
+    let session_id = &api::path_segment("session_id", session_id)?;
     api::validate_id("session_id", session_id)?;
     let page = api::parse_page(req.query())?;
     let address = settings::postgres_address().map_err(config_failure)?;

@@ -33,7 +33,7 @@ pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiEr
     let method = incoming.method().to_string();
     if table
         .iter()
-        .any(|r| r.admin && r.method == method && r.matches(path))
+        .any(|r| r.admin && r.serves_method(&method) && r.matches(path))
     {
         crate::routing::authorise(&head(&incoming))?;
     }

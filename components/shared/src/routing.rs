@@ -31,22 +31,31 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
     let mut router = Router::new();
     for route in table {
         let handler = handler_for(route);
-        router.add(
-            route.path,
-            method(route.method),
-            move |req: Request, params: Params| -> Response {
-                if route.admin {
-                    if let Err(e) = authorise(&req) {
-                        return error(&e);
-                    }
+        let serve = move |req: Request, params: Params| -> Response {
+            if route.admin {
+                if let Err(e) = authorise(&req) {
+                    return error(&e);
                 }
-                let result = handler(req, params);
-                if let Err(e) = &result {
-                    count_refusal(e);
-                }
-                reply(result)
-            },
-        );
+            }
+            let result = handler(req, params);
+            if let Err(e) = &result {
+                count_refusal(e);
+            }
+            reply(result)
+        };
+        router.add(route.path, method(route.method), serve);
+        if route.method == "GET" {
+            // HEAD: the GET's answer (status and headers) without its body.
+            // Registered explicitly: spin-sdk's own HEAD fallback to GET is
+            // never reached, because the 405 fallback below matches first.
+            router.add(
+                route.path,
+                Method::Head,
+                move |req: Request, params: Params| -> Response {
+                    without_body(serve(req, params))
+                },
+            );
+        }
     }
     // One 405 fallback per path, however many methods the table gives it.
     let mut paths: Vec<&'static str> = table.iter().map(|r| r.path).collect();
@@ -65,6 +74,12 @@ pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) 
         error(&ApiError::not_found(req.path()))
     });
     router
+}
+
+/// The response with an empty body and every header kept.
+fn without_body(mut response: Response) -> Response {
+    response.body_mut().clear();
+    response
 }
 
 /// Serves one request by the route table.
