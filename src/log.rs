@@ -54,6 +54,15 @@ pub enum Dependency {
 }
 
 impl Dependency {
+    /// The dependency an upstream error names (`chatbot_core::upstream::OPENAI`, `QDRANT`).
+    pub fn of_service(service: &str) -> Self {
+        match service {
+            crate::upstream::OPENAI => Dependency::OpenAi,
+            crate::upstream::QDRANT => Dependency::Qdrant,
+            _ => Dependency::None,
+        }
+    }
+
     pub fn as_str(self) -> Option<&'static str> {
         Some(match self {
             Dependency::None => return None,
