@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod keys;
+pub mod log;
 pub mod sql;
 
 // Features.

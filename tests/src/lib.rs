@@ -91,6 +91,7 @@ pub struct TestAppBuilder {
     zero_row_queries: host::postgres::ZeroRowQueries,
     host_call_watchdog: Option<std::time::Duration>,
     without_collection: bool,
+    capture_stderr: bool,
 }
 
 /// The Qdrant collection the app uses unless told otherwise (`qdrant_collection`).
@@ -107,6 +108,12 @@ impl TestAppBuilder {
     /// minute (Spin itself would wait forever on a server that never answers).
     pub fn host_call_watchdog(mut self, limit: std::time::Duration) -> Self {
         self.host_call_watchdog = Some(limit);
+        self
+    }
+
+    /// Collects the components' stderr in `app.stderr` (to check their log lines).
+    pub fn capture_stderr(mut self) -> Self {
+        self.capture_stderr = true;
         self
     }
 
@@ -209,6 +216,7 @@ impl TestAppBuilder {
             host_call_watchdog: self
                 .host_call_watchdog
                 .unwrap_or(host::DEFAULT_HOST_CALL_WATCHDOG),
+            capture_stderr: self.capture_stderr,
         })?;
         let app = Arc::new(app);
         let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;

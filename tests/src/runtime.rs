@@ -76,6 +76,8 @@ pub struct AppOptions {
     pub zero_row_queries: host::postgres::ZeroRowQueries,
     /// How long a Redis or Postgres open waits before the harness traps it (Spin waits forever).
     pub host_call_watchdog: std::time::Duration,
+    /// Collects the guests' stderr (see [`App::stderr`]) instead of passing it through.
+    pub capture_stderr: bool,
 }
 
 impl AppOptions {
@@ -87,6 +89,7 @@ impl AppOptions {
             only: None,
             zero_row_queries: Default::default(),
             host_call_watchdog: host::DEFAULT_HOST_CALL_WATCHDOG,
+            capture_stderr: false,
         }
     }
 }
@@ -137,6 +140,8 @@ pub struct App {
     pub counters: Arc<HostCounters>,
     pub manifest: Manifest,
     pub variables: ResolvedVariables,
+    /// The guests' stderr, when [`AppOptions::capture_stderr`] is set.
+    pub stderr: Option<host::stderr::CapturedStderr>,
 }
 
 /// The response a component gave, fully buffered.
@@ -154,6 +159,9 @@ impl App {
         let variables = ResolvedVariables::resolve(&manifest, &options.variables)?;
         let counters = Arc::new(HostCounters::default());
         let pools = Arc::new(host::postgres::Pools::default());
+        let stderr = options
+            .capture_stderr
+            .then(host::stderr::CapturedStderr::default);
         let mut router = Router::default();
         let mut components = HashMap::new();
         for trigger in &manifest.trigger.http {
@@ -214,6 +222,7 @@ impl App {
                 zero_row_queries: options.zero_row_queries,
                 chatbot_imports: stand_ins.clone(),
                 host_call_watchdog: options.host_call_watchdog,
+                stderr: stderr.clone(),
             });
             let component = compile(&bytes).with_context(|| format!("compiling {id:?}"))?;
             let linker = host::linker(engine(), stand_ins.is_some())?;
@@ -232,6 +241,7 @@ impl App {
             counters,
             manifest,
             variables,
+            stderr,
         })
     }
 
@@ -409,6 +419,7 @@ impl Library {
             zero_row_queries: Default::default(),
             chatbot_imports: None,
             host_call_watchdog: host::DEFAULT_HOST_CALL_WATCHDOG,
+            stderr: None,
         });
         let component = compile(&bytes)?;
         let pre = host::linker(engine(), false)?.instantiate_pre(&component)?;

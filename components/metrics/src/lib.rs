@@ -77,6 +77,7 @@ fn handler(route: &routes::Route) -> Handler {
 
 #[http_component]
 fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    chatbot_spin::log::set_component("metrics");
     routing::handle(routes::METRICS_ROUTES, handler, incoming, out)
 }
 
@@ -86,7 +87,7 @@ fn scrape(req: Request, _: Params) -> Result<Response, ApiError> {
         .and_then(|conn| chatbot_spin::metrics_store::snapshot(&conn))
         // Better no answer than a partial one: a scrape that fails is visible as `up == 0`.
         .map_err(|e| {
-            eprintln!("metrics: scrape failed: {e}");
+            chatbot_spin::log::error("scrape_failed", chatbot_spin::log::Dependency::Redis, &e);
             ApiError::unavailable("metrics storage (Redis) is unavailable")
         })?;
     let text = metrics::render(&snapshot);

@@ -79,7 +79,11 @@ pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
     let scope = invalidation::parse_clear(req.body())?;
     let conn = crate::redis()?;
     let cleared = clear(&conn, &scope).map_err(|e| {
-        eprintln!("cache clear: {e}");
+        chatbot_spin::log::error(
+            "cache_clear_failed",
+            chatbot_spin::log::Dependency::Redis,
+            &e,
+        );
         ApiError::unavailable("clearing the cache failed part-way; it is safe to retry")
     })?;
     let scope_name = format!("{scope:?}");
@@ -128,7 +132,11 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         crate::record(conn, &telemetry);
     }
     let body = deleted.map_err(|e| {
-        eprintln!("cleanup: {e}");
+        chatbot_spin::log::error(
+            "cleanup_failed",
+            chatbot_spin::log::Dependency::Postgres,
+            &e,
+        );
         ApiError::unavailable("the history store (Postgres) is unavailable")
     })?;
     if let Some(conn) = &redis {

@@ -126,7 +126,11 @@ pub fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
 }
 
 fn storage_unavailable(e: impl std::fmt::Display) -> ApiError {
-    eprintln!("metrics storage: {e}");
+    chatbot_spin::log::error(
+        "metrics_storage_unavailable",
+        chatbot_spin::log::Dependency::Redis,
+        &e,
+    );
     ApiError::unavailable("metrics and analytics storage (Redis) is unavailable")
 }
 

@@ -30,6 +30,7 @@ fn handler(route: &routes::Route) -> Handler {
 
 #[http_component]
 fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    chatbot_spin::log::set_component("ops");
     routing::handle(routes::OPS_ROUTES, handler, incoming, out)
 }
 
@@ -37,7 +38,11 @@ fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
 /// recorder's own code; a failure is logged, never fails the action).
 pub(crate) fn record(conn: &Connection, telemetry: &chatbot_spin::caches::Telemetry) {
     if let Err(e) = chatbot_spin::metrics_store::record(conn, &telemetry.samples, None) {
-        eprintln!("metrics: recording failed: {e:?}");
+        chatbot_spin::log::warn(
+            "metrics_record_failed",
+            chatbot_spin::log::Dependency::Redis,
+            format_args!("{e:?}"),
+        );
     }
 }
 

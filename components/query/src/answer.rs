@@ -138,7 +138,11 @@ fn ask(
         &mut scope.telemetry,
     )
     .map_err(|e| {
-        eprintln!("[{}] query failed: {e}", chatbot_spin::request_id());
+        chatbot_spin::log::error(
+            "query_failed",
+            chatbot_spin::log::Dependency::of_service(e.service()),
+            &e,
+        );
         scope.ended(QueryStatus::Unavailable);
         e.api_error()
     })?;
@@ -180,10 +184,12 @@ fn conversation_of(
             Err(no_such_session(&request.session_id))
         }
         Err(e) => {
-            eprintln!(
-                "[{}] history: creating the conversation of {} failed: {e}",
-                chatbot_spin::request_id(),
-                request.session_id
+            chatbot_spin::log::write(
+                chatbot_spin::log::Level::Error,
+                "conversation_create_failed",
+                chatbot_spin::log::Dependency::Postgres,
+                &e,
+                &[("session_id", &request.session_id)],
             );
             scope.telemetry.add(Observation::Error(
                 chatbot_core::metrics::ErrorType::Postgres,
@@ -207,7 +213,13 @@ fn remember_conversation(scope: &mut Scope, settings: &PipelineSettings, session
             RedisParameter::Int64(ttl),
         ],
     ) {
-        eprintln!("history: remembering the conversation of {session} failed: {e}");
+        chatbot_spin::log::write(
+            chatbot_spin::log::Level::Warn,
+            "conversation_remember_failed",
+            chatbot_spin::log::Dependency::Redis,
+            &e,
+            &[("session_id", session)],
+        );
         scope.telemetry.redis_error();
     }
 }
@@ -233,9 +245,10 @@ fn after_response(
         charge(scope, limits, user, answer.value.tokens);
     }
     if !seen {
-        eprintln!(
-            "[{}] the client left before the answer's end; the exchange is not stored",
-            chatbot_spin::request_id()
+        chatbot_spin::log::info(
+            "exchange_not_stored",
+            chatbot_spin::log::Dependency::Client,
+            "the client left before the answer's end",
         );
         return;
     }
@@ -302,9 +315,10 @@ impl Reply {
                 ));
                 self.body = Some(body);
             }
-            Err(e) => eprintln!(
-                "[{}] starting the stream failed: {e}",
-                chatbot_spin::request_id()
+            Err(e) => chatbot_spin::log::warn(
+                "stream_start_failed",
+                chatbot_spin::log::Dependency::Client,
+                &e,
             ),
         }
     }

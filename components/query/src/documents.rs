@@ -75,7 +75,11 @@ fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
             ))
         }
         Err(e) => {
-            eprintln!("ingestion failed: {e}");
+            chatbot_spin::log::error(
+                "ingestion_failed",
+                chatbot_spin::log::Dependency::of_service(e.service()),
+                &e,
+            );
             Err(e.api_error())
         }
     };
@@ -85,12 +89,20 @@ fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
 /// Bumps the collection's answer generation (see `query::LOOKUP_SCRIPT`).
 fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
     let Some(conn) = &scope.conn else {
-        eprintln!("ingestion: Redis is unavailable; cached answers are served until they expire");
+        chatbot_spin::log::warn(
+            "answers_not_invalidated",
+            chatbot_spin::log::Dependency::Redis,
+            "Redis is unavailable; cached answers are served until they expire",
+        );
         return;
     };
     let key = keys::generation(&settings.qdrant_collection);
     if let Err(e) = conn.execute("INCR", &[binary(key)]) {
-        eprintln!("ingestion: invalidating the collection's cached answers failed: {e}");
+        chatbot_spin::log::warn(
+            "answers_not_invalidated",
+            chatbot_spin::log::Dependency::Redis,
+            &e,
+        );
         scope.telemetry.redis_error();
     }
 }

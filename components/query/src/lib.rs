@@ -60,6 +60,7 @@ fn handler(route: &routes::Route) -> Handler {
 
 #[http_component]
 fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    chatbot_spin::log::set_component("query");
     chatbot_spin::request_started();
     let req = match routing::read(routes::QUERY_ROUTES, incoming) {
         Ok(req) => req,
@@ -72,7 +73,11 @@ fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
 }
 
 pub(crate) fn config_failure(e: impl std::fmt::Display) -> ApiError {
-    eprintln!("[{}] configuration error: {e}", chatbot_spin::request_id());
+    chatbot_spin::log::error(
+        "configuration_error",
+        chatbot_spin::log::Dependency::Config,
+        &e,
+    );
     ApiError::configuration(e)
 }
 
@@ -98,7 +103,11 @@ impl Scope {
         let conn = match Connection::open(&settings.redis_address) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("redis unavailable, serving without caches: {e}");
+                chatbot_spin::log::warn(
+                    "redis_unavailable",
+                    chatbot_spin::log::Dependency::Redis,
+                    &e,
+                );
                 telemetry.redis_error();
                 None
             }
@@ -199,7 +208,11 @@ impl Scope {
         // Without a connection Redis is down, and so is the recorder's storage: skip the second failure.
         if let Some(conn) = &self.conn {
             if let Err(e) = recorder::record_batch(conn, &batch) {
-                eprintln!("metrics: recording failed: {e:?}");
+                chatbot_spin::log::warn(
+                    "metrics_record_failed",
+                    chatbot_spin::log::Dependency::Redis,
+                    format_args!("{e:?}"),
+                );
             }
         }
     }
@@ -350,7 +363,11 @@ pub(crate) fn gate(
     let reply = match reply {
         Ok(results) => integers(&results),
         Err(e) => {
-            eprintln!("user gate: Redis failed ({e}); not enforced for this request");
+            chatbot_spin::log::warn(
+                "user_gate_not_enforced",
+                chatbot_spin::log::Dependency::Redis,
+                &e,
+            );
             return Ok(());
         }
     };
@@ -416,7 +433,13 @@ fn confirm_new_owner(
         Ok(Some(owner)) if owner != user => {
             if let Some(conn) = &scope.conn {
                 if let Err(e) = conn.set(&keys::session_owner(session), owner.as_bytes()) {
-                    eprintln!("user gate: restoring the owner of {session} failed: {e}");
+                    chatbot_spin::log::write(
+                        chatbot_spin::log::Level::Warn,
+                        "session_owner_restore_failed",
+                        chatbot_spin::log::Dependency::Redis,
+                        &e,
+                        &[("session_id", session)],
+                    );
                 }
             }
             scope.ended(QueryStatus::NotFound);
@@ -429,7 +452,13 @@ fn confirm_new_owner(
         Ok(_) => Ok(()),
         Err(e) => {
             // The exchange statement refuses another user's session anyway.
-            eprintln!("user gate: reading the owner of {session} failed: {e}");
+            chatbot_spin::log::write(
+                chatbot_spin::log::Level::Warn,
+                "session_owner_read_failed",
+                chatbot_spin::log::Dependency::Postgres,
+                &e,
+                &[("session_id", session)],
+            );
             Ok(())
         }
     }
@@ -457,7 +486,13 @@ pub(crate) fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: 
         Ok(_) => scope
             .telemetry
             .add(Observation::UserTokensCharged(tokens as f64)),
-        Err(e) => eprintln!("budget: charging {tokens} tokens failed: {e}"),
+        Err(e) => chatbot_spin::log::write(
+            chatbot_spin::log::Level::Warn,
+            "budget_charge_failed",
+            chatbot_spin::log::Dependency::Redis,
+            &e,
+            &[("tokens", &tokens.to_string())],
+        ),
     }
 }
 
@@ -490,7 +525,11 @@ pub(crate) fn count_alone(
         seen_session: None,
     };
     if let Err(e) = recorder::record_batch_standalone(&batch) {
-        eprintln!("metrics: recording failed: {e:?}");
+        chatbot_spin::log::warn(
+            "metrics_record_failed",
+            chatbot_spin::log::Dependency::Redis,
+            format_args!("{e:?}"),
+        );
     }
 }
 
@@ -544,7 +583,11 @@ fn read_history(
     let address = settings::postgres_address().map_err(config_failure)?;
     let started = std::time::Instant::now();
     let (page, owner) = chatbot_spin::history::page(&address, session_id, page).map_err(|e| {
-        eprintln!("[{}] history: {e}", chatbot_spin::request_id());
+        chatbot_spin::log::error(
+            "history_read_failed",
+            chatbot_spin::log::Dependency::Postgres,
+            &e,
+        );
         observed.push(Observation::Error(ErrorType::Postgres));
         ApiError::unavailable("the history store (Postgres) is unavailable")
     })?;

@@ -79,6 +79,7 @@ fn run_script(
 }
 
 fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
+    chatbot_spin::log::set_component("rate-limiter");
     let settings =
         chatbot_spin::settings::limiter().map_err(|e| Error::Configuration(e.to_string()))?;
     if buckets.is_empty() || buckets.len() > ratelimit::MAX_BUCKETS {
@@ -112,9 +113,12 @@ fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Dec
             Ok(to_wit(decision, Outcome::Enforced, buckets[index].scope))
         }
         Err(reason) => {
-            eprintln!(
-                "rate limiter: Redis unavailable ({reason}); failing {:?}",
-                settings.on_failure
+            chatbot_spin::log::write(
+                chatbot_spin::log::Level::Warn,
+                "rate_limiter_redis_unavailable",
+                chatbot_spin::log::Dependency::Redis,
+                &reason,
+                &[("failing", &format!("{:?}", settings.on_failure))],
             );
             let outcome = match settings.on_failure {
                 FailurePolicy::Open => Outcome::FailedOpen,

@@ -31,6 +31,6 @@ pub fn append(conn: &Connection, action: AuditAction, address: &str, detail: ser
             RedisParameter::Int64(action.sample_seconds()),
         ],
     ) {
-        eprintln!("audit: {e}");
+        crate::log::warn("audit_write_failed", crate::log::Dependency::Redis, &e);
     }
 }

@@ -78,7 +78,11 @@ pub fn embed_cached(
                 }
             }
             Err(e) => {
-                eprintln!("embedding cache: MGET failed: {e}");
+                crate::log::warn(
+                    "embedding_cache_read_failed",
+                    crate::log::Dependency::Redis,
+                    &e,
+                );
                 telemetry.redis_error();
             }
         }
@@ -116,7 +120,11 @@ pub fn embed_cached(
                     .map(|v| RedisParameter::Binary(codec::encode_embedding(v))),
             );
             if let Err(e) = eval(conn, SET_MANY_SCRIPT, &batch_keys, &args) {
-                eprintln!("embedding cache: store failed: {e}");
+                crate::log::warn(
+                    "embedding_cache_store_failed",
+                    crate::log::Dependency::Redis,
+                    &e,
+                );
                 telemetry.redis_error();
             }
         }

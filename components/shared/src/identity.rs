@@ -123,7 +123,13 @@ fn fetch_jwks(
     conn: Option<&Connection>,
 ) -> Result<JwkSet, AuthFailure> {
     let unavailable = |why: String| {
-        eprintln!("[{}] jwks: {url}: {why}", crate::request_id());
+        crate::log::write(
+            crate::log::Level::Error,
+            "jwks_unavailable",
+            crate::log::Dependency::Jwks,
+            &why,
+            &[("url", url)],
+        );
         AuthFailure::KeysUnavailable(why)
     };
     let response = crate::http::request(
@@ -150,7 +156,7 @@ fn fetch_jwks(
             ],
         );
         if let Err(e) = stored {
-            eprintln!("jwks: caching the key set failed: {e}");
+            crate::log::warn("jwks_cache_store_failed", crate::log::Dependency::Redis, &e);
         }
     }
     Ok(jwks)

@@ -67,10 +67,10 @@ pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiEr
                 }
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    eprintln!(
-                        "[{}] reading the request body failed: {}",
-                        crate::request_id(),
-                        e.to_debug_string()
+                    crate::log::warn(
+                        "request_body_unreadable",
+                        crate::log::Dependency::Client,
+                        e.to_debug_string(),
                     );
                     return Err(ApiError::invalid("the request body could not be read"));
                 }

@@ -8,6 +8,7 @@ pub mod history;
 pub mod http;
 pub mod identity;
 pub mod incoming;
+pub mod log;
 pub mod metrics_store;
 pub mod openai;
 pub mod pg;

@@ -68,7 +68,7 @@ pub fn lookup(
                 .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse().ok()),
         },
         Err(e) => {
-            eprintln!("query cache: lookup failed: {e}");
+            crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
             telemetry.redis_error();
             Found::default()
         }
@@ -178,7 +178,11 @@ pub fn answer(
             Ok([RedisResult::Int64(0), ..])
                 if crate::time_left(settings.request_timeout).is_zero() =>
             {
-                eprintln!("query cache: the request's deadline passed waiting for an identical question's answer");
+                crate::log::warn(
+                    "query_cache_wait_timed_out",
+                    crate::log::Dependency::None,
+                    "the request's deadline passed waiting for an identical question's answer",
+                );
                 return Err(UpstreamError::Timeout { service: OPENAI });
             }
             Ok([RedisResult::Int64(0), current, ..]) if waited_since.elapsed() <= lock_ttl => {
@@ -220,7 +224,11 @@ pub fn answer(
                     ],
                 );
                 if let Err(e) = stored {
-                    eprintln!("query cache: store failed: {e}");
+                    crate::log::warn(
+                        "query_cache_store_failed",
+                        crate::log::Dependency::Redis,
+                        &e,
+                    );
                     telemetry.redis_error();
                 }
             }
@@ -311,11 +319,12 @@ pub fn store_history(
             Some(id)
         }
         Err(e) => {
-            eprintln!(
-                "[{}] history write lost for session {}: {}",
-                crate::request_id(),
-                request.session_id,
-                e
+            crate::log::write(
+                crate::log::Level::Error,
+                "history_write_lost",
+                crate::log::Dependency::Postgres,
+                &e,
+                &[("session_id", &request.session_id)],
             );
             telemetry.add(Observation::HistoryWriteLost);
             telemetry.add(Observation::Error(ErrorType::Postgres));
@@ -344,6 +353,6 @@ pub fn note_rate_limited(
             RedisParameter::Int64(AuditAction::RateLimitDenied.sample_seconds()),
         ],
     ) {
-        eprintln!("analytics: noting a rate-limited session failed: {e}");
+        crate::log::warn("analytics_write_failed", crate::log::Dependency::Redis, &e);
     }
 }

@@ -46,7 +46,7 @@ pub fn send(out: ResponseOutparam, response: Response) {
             writer.write(&body);
             writer.finish();
         }
-        Err(e) => eprintln!("[{}] responding failed: {e}", crate::request_id()),
+        Err(e) => crate::log::warn("response_failed", crate::log::Dependency::Client, &e),
     }
 }
 
@@ -92,7 +92,11 @@ impl Body {
         };
         for chunk in bytes.chunks(4096) {
             if let Err(e) = stream.blocking_write_and_flush(chunk) {
-                eprintln!("[{}] the client went away: {e:?}", crate::request_id());
+                crate::log::info(
+                    "client_gone",
+                    crate::log::Dependency::Client,
+                    format_args!("{e:?}"),
+                );
                 self.gone = true;
                 return false;
             }
@@ -110,9 +114,10 @@ impl Body {
         drop(self.stream.take());
         if let Some(body) = self.body.take() {
             if let Err(e) = OutgoingBody::finish(body, None) {
-                eprintln!(
-                    "[{}] ending the response failed: {e:?}",
-                    crate::request_id()
+                crate::log::warn(
+                    "response_end_failed",
+                    crate::log::Dependency::Client,
+                    format_args!("{e:?}"),
                 );
             }
         }

@@ -134,7 +134,7 @@ pub fn count_refusal(e: &ApiError) {
                 .map_err(|e| format!("{e:?}"))
         });
     if let Err(e) = recorded {
-        eprintln!("metrics: counting a refusal failed: {e}");
+        crate::log::warn("metrics_record_failed", crate::log::Dependency::Redis, &e);
     }
 }
 

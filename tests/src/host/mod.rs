@@ -5,6 +5,7 @@ pub mod chatbot;
 pub mod http;
 pub mod postgres;
 pub mod redis;
+pub mod stderr;
 pub mod variables;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,8 @@ pub struct ComponentEnv {
     /// How long a Redis or Postgres open may wait before the harness traps it:
     /// Spin has no timeout there and would wait forever (see [`SILENT_SERVER_TRAP`]).
     pub host_call_watchdog: std::time::Duration,
+    /// Where the guests' stderr goes: the harness's own stderr when `None`.
+    pub stderr: Option<stderr::CapturedStderr>,
 }
 
 /// What a trapped open says. Spin's Redis client (redis-rs 0.32, no response
@@ -129,13 +132,16 @@ impl HostState {
     pub fn new(env: Arc<ComponentEnv>) -> Self {
         // No sockets, files, arguments or environment: a Spin component reaches
         // the network only through the outbound APIs, which enforce the allow-list.
-        let wasi = WasiCtx::builder()
-            .inherit_stdout()
-            .inherit_stderr()
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout()
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        match &env.stderr {
+            Some(captured) => wasi.stderr(captured.clone()),
+            None => wasi.inherit_stderr(),
+        };
+        let wasi = wasi.build();
         Self {
             wasi,
             http: WasiHttpCtx::new(),

@@ -1,0 +1,87 @@
+//! The components' log lines: one JSON object per line, each in a single
+//! write, with the request id and event, short, and without secrets.
+
+use chatbot_harness::{TestApp, TEST_ADMIN_TOKEN, TEST_OPENAI_KEY, TEST_QDRANT_KEY};
+use serde_json::{json, Value};
+
+/// A password that must never reach a log line.
+const POSTGRES_PASSWORD: &str = "pg-log-s3cret";
+const CONCURRENT_REQUESTS: usize = 12;
+/// Far above a capped line (a 300-character message), far below a host error with a trace.
+const MAX_LINE_BYTES: usize = 1000;
+
+#[tokio::test]
+async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets() {
+    // Postgres down: every request logs the conversation it could not create
+    // and the exchange it could not store.
+    let port = chatbot_harness::unused_port();
+    let app = TestApp::builder()
+        .address(
+            "postgres_address",
+            format!("postgres://chatbot:{POSTGRES_PASSWORD}@127.0.0.1:{port}/chatbot"),
+        )
+        .capture_stderr()
+        .spawn()
+        .await
+        .unwrap();
+    let response = app
+        .ingest(json!([{"id": "d", "source": "s.pdf", "text": "Some text about logs."}]))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let tasks: Vec<_> = (0..CONCURRENT_REQUESTS)
+        .map(|i| {
+            let mut client = app.client();
+            tokio::spawn(async move {
+                let body = json!({"question": format!("Question {i} about logs?"), "session_id": format!("log-{i}")});
+                client.post_json("/api/v1/chat/query", &body).await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+
+    let stderr = app.app.stderr.as_ref().expect("stderr is captured");
+    let writes = stderr.writes();
+    let mut lost_writes = std::collections::BTreeSet::new();
+    for write in &writes {
+        let text = std::str::from_utf8(write).expect("UTF-8");
+        // One write, one whole line: nothing of another request can come in between.
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "a write that is not exactly one line: {text:?}\n\nall of stderr:\n{}",
+            stderr.text()
+        );
+        assert!(text.len() < MAX_LINE_BYTES, "{} bytes: {text}", text.len());
+        for secret in [
+            POSTGRES_PASSWORD,
+            TEST_OPENAI_KEY,
+            TEST_QDRANT_KEY,
+            TEST_ADMIN_TOKEN,
+        ] {
+            assert!(!text.contains(secret), "{secret:?} logged: {text}");
+        }
+        let line: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {text:?}"));
+        for field in ["level", "component", "request_id", "event", "message"] {
+            assert!(
+                line[field].as_str().is_some_and(|v| !v.is_empty()),
+                "no {field}: {text}"
+            );
+        }
+        if line["event"] == "history_write_lost" {
+            assert_eq!(line["dependency"], "postgres", "{text}");
+            assert_eq!(line["component"], "query", "{text}");
+            lost_writes.insert(line["request_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        lost_writes.len(),
+        CONCURRENT_REQUESTS,
+        "one lost write logged per request, each with its own request id:\n{}",
+        stderr.text()
+    );
+}
