@@ -410,3 +410,373 @@ async fn every_alert_and_panel_counts_two_replicas_once() {
         .collect();
     eprintln!("rules below their threshold in this traffic: {quiet:?}");
 }
+
+// ---------------------------------------------------------------------------
+// The manifests against what the operators build (tests/fixtures/spin-operator)
+// ---------------------------------------------------------------------------
+
+fn fixture(name: &str) -> Yaml {
+    load_yaml(&format!("tests/fixtures/spin-operator/{name}"))
+        .pop()
+        .expect("one document")
+}
+
+/// The documents of `deploy/spinkube/spinapp.yaml` by kind.
+fn shipped_manifest(kind: &str) -> Yaml {
+    load_yaml("deploy/spinkube/spinapp.yaml")
+        .into_iter()
+        .find(|doc| doc["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in deploy/spinkube/spinapp.yaml"))
+}
+
+fn describe(value: &Yaml) -> &'static str {
+    match value {
+        Yaml::Hash(_) => "a map",
+        Yaml::Array(_) => "a list",
+        Yaml::String(_) => "a string",
+        Yaml::Integer(_) => "an integer",
+        Yaml::Real(_) => "a number",
+        Yaml::Boolean(_) => "a boolean",
+        Yaml::Null => "null",
+        _ => "something else",
+    }
+}
+
+/// What the API server would refuse of `value` under a CRD's structural
+/// schema: wrong types, missing required fields, unknown fields (kubectl
+/// applies with strict field validation), int32 overflow. Patterns are not
+/// checked.
+fn schema_errors(value: &Yaml, schema: &Yaml, path: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if schema["x-kubernetes-int-or-string"].as_bool() == Some(true) {
+        if !matches!(value, Yaml::Integer(_) | Yaml::String(_)) {
+            errors.push(format!(
+                "{path}: {} where an int or string goes",
+                describe(value)
+            ));
+        }
+        return errors;
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let Some(map) = value.as_hash() else {
+                return vec![format!("{path}: {} where a map goes", describe(value))];
+            };
+            for required in schema["required"].as_vec().into_iter().flatten() {
+                if !map.contains_key(required) {
+                    errors.push(format!(
+                        "{path}: `{}` is required",
+                        required.as_str().unwrap()
+                    ));
+                }
+            }
+            let open = schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true)
+                // An object with no fields listed (metadata): the server checks it itself.
+                || (schema["properties"].is_badvalue() && schema["additionalProperties"].is_badvalue());
+            for (key, field) in map {
+                let key = key.as_str().unwrap_or("?");
+                let field_path = format!("{path}.{key}");
+                let field_schema = &schema["properties"][key];
+                if !field_schema.is_badvalue() {
+                    errors.extend(schema_errors(field, field_schema, &field_path));
+                } else if !schema["additionalProperties"].is_badvalue() {
+                    errors.extend(schema_errors(
+                        field,
+                        &schema["additionalProperties"],
+                        &field_path,
+                    ));
+                } else if !open {
+                    errors.push(format!("{field_path}: unknown field"));
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_vec() else {
+                return vec![format!("{path}: {} where a list goes", describe(value))];
+            };
+            if let Some(min) = schema["minItems"].as_i64() {
+                if (items.len() as i64) < min {
+                    errors.push(format!("{path}: fewer than {min} items"));
+                }
+            }
+            if !schema["items"].is_badvalue() {
+                for (i, item) in items.iter().enumerate() {
+                    errors.extend(schema_errors(
+                        item,
+                        &schema["items"],
+                        &format!("{path}[{i}]"),
+                    ));
+                }
+            }
+        }
+        Some("string") if value.as_str().is_none() => {
+            errors.push(format!("{path}: {} where a string goes", describe(value)));
+        }
+        Some("boolean") if value.as_bool().is_none() => {
+            errors.push(format!("{path}: {} where a boolean goes", describe(value)));
+        }
+        Some("integer") => match value.as_i64() {
+            None => errors.push(format!("{path}: {} where an integer goes", describe(value))),
+            Some(n) if schema["format"].as_str() == Some("int32") && i32::try_from(n).is_err() => {
+                errors.push(format!("{path}: {n} is not an int32"))
+            }
+            Some(_) => {}
+        },
+        _ => {}
+    }
+    errors
+}
+
+#[test]
+fn the_spinapp_is_valid_against_the_operators_crd() {
+    let schema = fixture("spinapp-schema.yaml");
+    let app = shipped_manifest("SpinApp");
+    assert_eq!(
+        app["apiVersion"].as_str(),
+        Some("core.spinkube.dev/v1alpha1")
+    );
+    let errors = schema_errors(&app, &schema, "SpinApp");
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn the_schema_check_refuses_what_the_api_server_refuses() {
+    // The check itself: each of these edits of the shipped SpinApp is refused.
+    let schema = fixture("spinapp-schema.yaml");
+    let edits: [(&str, &str); 4] = [
+        ("replicas: 3", "replicas: \"3\""),
+        ("  executor: containerd-shim-spin\n", ""),
+        ("  replicas: 3\n", "  replicas: 3\n  replica: 3\n"),
+        ("key: redis_address }", "key: redis_address, default: x }"),
+    ];
+    let text =
+        std::fs::read_to_string(project_root().join("deploy/spinkube/spinapp.yaml")).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        let edited = YamlLoader::load_from_str(&text.replacen(from, to, 1)).unwrap();
+        let app = edited
+            .iter()
+            .find(|d| d["kind"].as_str() == Some("SpinApp"))
+            .unwrap();
+        assert!(
+            !schema_errors(app, &schema, "SpinApp").is_empty(),
+            "{from:?} -> {to:?} passed"
+        );
+    }
+}
+
+/// `resources.yaml` for the SpinApp: the Service and the pod template the
+/// operator builds, NAME replaced and `spec.podLabels` merged under its labels.
+struct OperatorBuilt {
+    service: Yaml,
+    pod_labels: BTreeMap<String, String>,
+    container_ports: Vec<(Option<String>, i64)>,
+}
+
+fn operator_built(app: &Yaml) -> OperatorBuilt {
+    let name = app["metadata"]["name"].as_str().expect("metadata.name");
+    let text =
+        std::fs::read_to_string(project_root().join("tests/fixtures/spin-operator/resources.yaml"))
+            .unwrap()
+            .replace("NAME", name);
+    let built = YamlLoader::load_from_str(&text).unwrap().pop().unwrap();
+    let strings = |map: &Yaml| -> BTreeMap<String, String> {
+        map.as_hash()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+            .collect()
+    };
+    let mut pod_labels = strings(&app["spec"]["podLabels"]);
+    pod_labels.extend(strings(&built["pod"]["labels"]));
+    let container_ports = built["pod"]["containers"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["ports"].as_vec().unwrap().iter())
+        .map(|p| {
+            (
+                p["name"].as_str().map(String::from),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    OperatorBuilt {
+        service: built["service"].clone(),
+        pod_labels,
+        container_ports,
+    }
+}
+
+/// Whether a `matchLabels` selector selects objects with these labels.
+fn selects(selector: &Yaml, labels: &BTreeMap<String, String>) -> Result<(), String> {
+    assert!(
+        selector["matchExpressions"].is_badvalue(),
+        "only matchLabels is checked here"
+    );
+    let wanted = selector["matchLabels"].as_hash().ok_or("no matchLabels")?;
+    for (key, value) in wanted {
+        let (key, value) = (key.as_str().unwrap(), value.as_str().unwrap());
+        if labels.get(key).map(String::as_str) != Some(value) {
+            return Err(format!(
+                "selects {key}={value}, but the labels are {labels:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with the monitor under what the operators build, and the
+/// `job` label its targets get.
+fn monitor_problems(
+    monitor: &Yaml,
+    built: &OperatorBuilt,
+    namespace: &str,
+) -> (Vec<String>, String) {
+    let facts = fixture("prometheus-operator.yaml");
+    let kind = monitor["kind"].as_str().unwrap();
+    let spec = &monitor["spec"];
+    let named_container_port = |port: &str| {
+        built
+            .container_ports
+            .iter()
+            .any(|(name, _)| name.as_deref() == Some(port))
+    };
+    let mut problems = Vec::new();
+    let (endpoints, job) = match kind {
+        "PodMonitor" => {
+            assert_eq!(
+                facts["podMonitor"]["portNames"].as_str(),
+                Some("containerPort")
+            );
+            if let Err(e) = selects(&spec["selector"], &built.pod_labels) {
+                problems.push(format!("selector finds no pod: {e}"));
+            }
+            let endpoints = spec["podMetricsEndpoints"]
+                .as_vec()
+                .cloned()
+                .unwrap_or_default();
+            for ep in &endpoints {
+                match ep["port"].as_str() {
+                    Some(port) if named_container_port(port) => {}
+                    other => problems.push(format!(
+                        "port {other:?} names no container port of the pods ({:?})",
+                        built.container_ports
+                    )),
+                }
+            }
+            let job = match spec["jobLabel"].as_str() {
+                Some(label) => built.pod_labels.get(label).cloned().unwrap_or_default(),
+                None => facts["podMonitor"]["defaultJob"]
+                    .as_str()
+                    .unwrap()
+                    .replace("NAMESPACE", namespace)
+                    .replace("MONITOR", monitor["metadata"]["name"].as_str().unwrap()),
+            };
+            (endpoints, job)
+        }
+        "ServiceMonitor" => {
+            assert_eq!(
+                facts["serviceMonitor"]["portNames"].as_str(),
+                Some("servicePort")
+            );
+            let service_labels: BTreeMap<String, String> = built.service["labels"]
+                .as_hash()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+                .collect();
+            if let Err(e) = selects(&spec["selector"], &service_labels) {
+                problems.push(format!("selector finds no Service: {e}"));
+            }
+            let service_ports = built.service["ports"].as_vec().unwrap();
+            let endpoints = spec["endpoints"].as_vec().cloned().unwrap_or_default();
+            for ep in &endpoints {
+                let found = match (ep["port"].as_str(), &ep["targetPort"]) {
+                    (Some(port), _) => service_ports
+                        .iter()
+                        .any(|p| p["name"].as_str() == Some(port)),
+                    (None, Yaml::String(port)) => named_container_port(port),
+                    (None, Yaml::Integer(n)) => built.container_ports.iter().any(|(_, p)| p == n),
+                    _ => false,
+                };
+                if !found {
+                    let ports: Vec<String> = service_ports
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} {} -> {}",
+                                p["name"].as_str().unwrap_or("(unnamed)"),
+                                p["port"].as_i64().unwrap_or_default(),
+                                p["targetPort"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect();
+                    problems.push(format!(
+                        "endpoint port {:?} / targetPort {:?} names no port of the Service the \
+                         operator builds (ports: {ports:?}; container ports: {:?})",
+                        ep["port"].as_str(),
+                        ep["targetPort"].as_str(),
+                        built.container_ports
+                    ));
+                }
+            }
+            let job = match spec["jobLabel"].as_str() {
+                Some(label) => service_labels.get(label).cloned().unwrap_or_default(),
+                None => built.service["name"].as_str().unwrap().to_string(),
+            };
+            (endpoints, job)
+        }
+        other => panic!("not a monitor: {other}"),
+    };
+    if endpoints.is_empty() {
+        problems.push("no endpoint".into());
+    }
+    for ep in &endpoints {
+        if ep["path"].as_str().unwrap_or("/metrics") != "/metrics" {
+            problems.push(format!("path {:?} is not /metrics", ep["path"]));
+        }
+    }
+    // A label the app exposes that the operator also sets on targets is renamed
+    // exported_<name> unless honorLabels: then `{endpoint="query"}` finds nothing.
+    let target_labels: Vec<&str> = facts["targetLabels"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let clashing: Vec<&str> = chatbot_core::metrics::registry::REGISTRY
+        .iter()
+        .flat_map(|m| m.labels.iter().copied())
+        .filter(|l| target_labels.contains(l))
+        .collect();
+    for ep in &endpoints {
+        if !clashing.is_empty() && ep["honorLabels"].as_bool() != Some(true) {
+            problems.push(format!(
+                "the app's labels {clashing:?} are also target labels: honorLabels must be true"
+            ));
+        }
+    }
+    (problems, job)
+}
+
+#[test]
+fn the_monitor_finds_the_pods_the_operator_creates() {
+    let app = shipped_manifest("SpinApp");
+    let built = operator_built(&app);
+    let monitors: Vec<Yaml> = load_yaml("deploy/spinkube/spinapp.yaml")
+        .into_iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("PodMonitor" | "ServiceMonitor")))
+        .collect();
+    assert_eq!(monitors.len(), 1, "one monitor");
+    // Applied with the SpinApp, so in its namespace.
+    let (problems, job) = monitor_problems(&monitors[0], &built, "chatbot");
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The alert on `up` must name the job these targets get.
+    let alerts =
+        std::fs::read_to_string(project_root().join("deploy/prometheus/alerts.yml")).unwrap();
+    assert!(
+        alerts.contains(&format!("up{{job=\"{job}\"}}")),
+        "the monitor's targets get job=\"{job}\", which alerts.yml's `up` alert does not name"
+    );
+}
