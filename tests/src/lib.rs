@@ -15,6 +15,7 @@ pub mod compose;
 pub mod host;
 pub mod limiter;
 pub mod manifest;
+pub mod promtool;
 pub mod recorder;
 pub mod routes;
 pub mod runtime;
@@ -92,6 +93,16 @@ pub struct TestAppBuilder {
     host_call_watchdog: Option<std::time::Duration>,
     without_collection: bool,
     capture_stderr: bool,
+    shared: Option<SharedServices>,
+}
+
+/// Another app's Redis and Postgres databases and stand-ins, for a second
+/// replica of the same deployment.
+struct SharedServices {
+    redis_url: String,
+    postgres_url: String,
+    openai: Arc<stubs::openai::OpenAiStub>,
+    qdrant: Arc<stubs::qdrant::QdrantStub>,
 }
 
 /// The Qdrant collection the app uses unless told otherwise (`qdrant_collection`).
@@ -153,6 +164,19 @@ impl TestAppBuilder {
         self
     }
 
+    /// A second replica: the app uses `other`'s Redis and Postgres databases
+    /// and its OpenAI and Qdrant stand-ins (as replicas of one SpinApp share
+    /// theirs) instead of fresh ones. `address` still points one elsewhere.
+    pub fn sharing_services_of(mut self, other: &TestApp) -> Self {
+        self.shared = Some(SharedServices {
+            redis_url: other.redis_url.clone(),
+            postgres_url: other.postgres_url.clone(),
+            openai: other.openai.clone(),
+            qdrant: other.qdrant.clone(),
+        });
+        self
+    }
+
     /// Loads only these components.
     pub fn only(mut self, components: &[&str]) -> Self {
         self.only = Some(components.iter().map(|c| c.to_string()).collect());
@@ -160,12 +184,29 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(self) -> Result<TestApp> {
-        let services = services::services();
-        let redis_url = services.fresh_redis().await?;
-        let postgres_url = services.fresh_postgres().await?;
-        let openai =
-            stubs::openai::OpenAiStub::start(TEST_OPENAI_KEY, TEST_EMBEDDING_DIMENSIONS).await?;
-        let qdrant = stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?;
+        let (redis_url, postgres_url, openai, qdrant) = match self.shared {
+            Some(shared) => (
+                shared.redis_url,
+                shared.postgres_url,
+                shared.openai,
+                shared.qdrant,
+            ),
+            None => {
+                let services = services::services();
+                (
+                    services.fresh_redis().await?,
+                    services.fresh_postgres().await?,
+                    Arc::new(
+                        stubs::openai::OpenAiStub::start(
+                            TEST_OPENAI_KEY,
+                            TEST_EMBEDDING_DIMENSIONS,
+                        )
+                        .await?,
+                    ),
+                    Arc::new(stubs::qdrant::QdrantStub::start(Some(TEST_QDRANT_KEY)).await?),
+                )
+            }
+        };
         // The default collection exists, empty, as in a deployment set up for
         // questions: a collection that does not exist is an error (see `without_collection`).
         if !self.without_collection {
@@ -243,8 +284,9 @@ pub struct TestApp {
     pub server: server::RunningServer,
     pub redis_url: String,
     pub postgres_url: String,
-    pub openai: stubs::openai::OpenAiStub,
-    pub qdrant: stubs::qdrant::QdrantStub,
+    /// Shared with the apps spawned [`TestAppBuilder::sharing_services_of`] this one.
+    pub openai: Arc<stubs::openai::OpenAiStub>,
+    pub qdrant: Arc<stubs::qdrant::QdrantStub>,
     pub chatbot_imports: Option<Arc<ChatbotImports>>,
 }
 

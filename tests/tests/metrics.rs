@@ -2,7 +2,6 @@
 //! after real requests, checked by promtool.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
 
 use chatbot_harness::recorder::{sample, RecorderUnderTest};
 use chatbot_harness::services::services;
@@ -20,27 +19,7 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package `prometheus`; see .ci/run)");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    chatbot_harness::promtool::run(args, stdin)
 }
 
 #[tokio::test]
