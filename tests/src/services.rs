@@ -165,8 +165,33 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// The data directory of a server started for this process. The process-wide
+/// servers' directories outlive it (statics are never dropped; the servers die
+/// with the process by their parent-death signal), so each start first removes
+/// the directories of test processes that are gone.
+fn data_dir() -> Result<tempfile::TempDir> {
+    const PREFIX: &str = "chatbot-test-services-";
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = owner {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir()?)
+}
+
 fn start_redis() -> Result<(String, Child, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
+    let dir = data_dir()?;
     let port = free_port()?;
     let mut command = Command::new(find_binary("redis-server")?);
     command
@@ -207,7 +232,7 @@ fn postgres_command(binary: &Path) -> Command {
 }
 
 fn start_postgres() -> Result<(String, Child, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
+    let dir = data_dir()?;
     let data = dir.path().join("data");
     if is_root() {
         let status = Command::new("chown")
