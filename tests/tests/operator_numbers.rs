@@ -101,18 +101,14 @@ async fn waiters_answer_their_holders_failure_at_once_with_its_retry_after() {
             retry_after_secs: 7,
         },
     );
-    let started = std::time::Instant::now();
     let responses = three_at_once(&app, "Will it fail?").await;
     for response in &responses {
         assert_eq!(response.status, 503, "{}", response.text());
         assert_eq!(response.header("retry-after"), Some("7"));
     }
-    // One call to the model, not one per waiter after the holder failed.
+    // One call to the model: the waiters neither took the lock after the
+    // holder failed nor waited it out (either would have called the model again).
     assert_eq!(app.openai.controls().calls(CHAT), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "waiters did not wait out the lock"
-    );
     let text = scrape(&app).await;
     // The dependency failed once: counted once.
     assert_eq!(
