@@ -160,17 +160,33 @@ pub fn parse_postgres_address(name: &str, raw: &str) -> Result<String, ConfigErr
     }
 }
 
-/// Replaces the `user:password@` part of a URL, so addresses can be logged.
-pub fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}://[redacted]@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_string(),
+/// Where a token quoted in a text (a URL, a secret) ends.
+pub(crate) fn ends_token(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ',' | ';' | ')' | ']' | '}')
+}
+
+/// Replaces the `user:password@` part of every URL in `text` (an address,
+/// or an error message that quotes one), so it can be logged. A password may
+/// hold `/`, `?` or `#` unescaped: the userinfo runs to the last `@` before
+/// the URL's end (whitespace, a quote, a bracket or a separator).
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let authority_start = at + 3;
+        out.push_str(&rest[..authority_start]);
+        let after = &rest[authority_start..];
+        let url_end = after.find(ends_token).unwrap_or(after.len());
+        match after[..url_end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("[redacted]");
+                rest = &after[userinfo_end..];
+            }
+            None => rest = after,
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -235,5 +251,10 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redact_userinfo("not a url"), "not a url");
+        // A password with `/` in it, and every URL of an error message.
+        assert_eq!(
+            redact_userinfo("connecting to redis://:p/w@cache:6379 and postgres://u:x@db failed"),
+            "connecting to redis://[redacted]@cache:6379 and postgres://[redacted]@db failed"
+        );
     }
 }

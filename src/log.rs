@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use crate::config::ends_token;
+
 /// Characters of a message kept (the rest is dropped and `truncated` set).
 pub const MESSAGE_CHARS: usize = 300;
 /// Characters of an extra field's value kept.
@@ -191,57 +193,44 @@ const SECRET_KEYS: [&str; 8] = [
 ];
 
 /// Replaces what looks like a credential with `[redacted]`: URLs' userinfo,
-/// `Bearer` tokens, `sk-` keys and the values of [`SECRET_KEYS`].
+/// `Bearer` tokens, `sk-` keys (OpenAI's: at least 8 key characters) and the
+/// values of [`SECRET_KEYS`].
 pub fn redact(text: &str) -> String {
-    let text = redact_url_userinfo(text);
-    let text = redact_after_word(&text, "bearer ", true);
-    let text = redact_sk_keys(&text);
+    let text = crate::config::redact_userinfo(text);
+    let text = redact_after(&text, "bearer ", true, ends_token, 1);
+    let text = redact_after(&text, "sk-", false, |c| !is_word(c), 8);
     redact_key_values(&text)
 }
 
-/// Where a token (a secret, an authority) ends.
-fn ends_token(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ',' | ';' | ')' | ']' | '}')
-}
-
-fn redact_url_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let authority_start = at + 3;
-        out.push_str(&rest[..authority_start]);
-        let after = &rest[authority_start..];
-        // The password may hold `/`, `?` or `#` unescaped: the authority runs
-        // to the last `@` before the token's end.
-        let token_end = after.find(ends_token).unwrap_or(after.len());
-        match after[..token_end].rfind('@') {
-            Some(userinfo_end) => {
-                out.push_str(REDACTED);
-                rest = &after[userinfo_end..];
-            }
-            None => rest = after,
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Replaces the token after each (ASCII case-insensitive) `word`.
-fn redact_after_word(text: &str, word: &str, at_word_start: bool) -> String {
-    let lower = text.to_ascii_lowercase();
+/// Replaces the value after each `marker` that starts a word: the value
+/// runs to the first character for which `value_ends` holds, and is replaced
+/// only when it has at least `min_len` bytes.
+fn redact_after(
+    text: &str,
+    marker: &str,
+    ignore_case: bool,
+    value_ends: fn(char) -> bool,
+    min_len: usize,
+) -> String {
+    // ASCII lowercasing keeps every byte offset.
+    let haystack = if ignore_case {
+        text.to_ascii_lowercase()
+    } else {
+        text.to_string()
+    };
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     let mut from = 0;
-    while let Some(found) = lower[from..].find(word) {
+    while let Some(found) = haystack[from..].find(marker) {
         let start = from + found;
-        let value_start = start + word.len();
+        let value_start = start + marker.len();
         from = value_start;
-        if at_word_start && text[..start].chars().next_back().is_some_and(is_word) {
+        if text[..start].chars().next_back().is_some_and(is_word) {
             continue;
         }
         let value = &text[value_start..];
-        let value_len = value.find(ends_token).unwrap_or(value.len());
-        if value_len == 0 {
+        let value_len = value.find(value_ends).unwrap_or(value.len());
+        if value_len < min_len.max(1) {
             continue;
         }
         out.push_str(&text[copied..value_start]);
@@ -255,33 +244,6 @@ fn redact_after_word(text: &str, word: &str, at_word_start: bool) -> String {
 
 fn is_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
-}
-
-/// OpenAI-style keys: `sk-` then at least 8 key characters.
-fn redact_sk_keys(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    let mut from = 0;
-    while let Some(found) = text[from..].find("sk-") {
-        let start = from + found;
-        let key_start = start + 3;
-        from = key_start;
-        if text[..start].chars().next_back().is_some_and(is_word) {
-            continue;
-        }
-        let key_len = text[key_start..]
-            .find(|c: char| !is_word(c))
-            .unwrap_or(text.len() - key_start);
-        if key_len < 8 {
-            continue;
-        }
-        out.push_str(&text[copied..key_start]);
-        out.push_str(REDACTED);
-        copied = key_start + key_len;
-        from = copied;
-    }
-    out.push_str(&text[copied..]);
-    out
 }
 
 /// `password=...`, `password: ...`, `"password": "..."`, `password: Some([..])`.
