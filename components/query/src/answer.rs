@@ -7,7 +7,7 @@ use chatbot_core::audit::AuditAction;
 use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{CacheStatus, Endpoint, ErrorType, QueryStatus};
+use chatbot_core::metrics::{Endpoint, ErrorType};
 use chatbot_core::query::{self, Citation, QueryRequest};
 use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_spin::identity;
@@ -118,11 +118,7 @@ fn ask(
         true,
         &mut scope.telemetry,
     );
-    scope.cache_status = match (&found.answer, &scope.conn) {
-        (Some(_), _) => CacheStatus::Hit,
-        (None, Some(_)) => CacheStatus::Miss,
-        (None, None) => CacheStatus::Bypass,
-    };
+    scope.cache_status = query::cache_status(found.answer.is_some(), scope.conn.is_some());
     let conversation = match found.conversation {
         Some(id) => Some(id),
         None => conversation_of(scope, settings, &request, jwt)?,
@@ -143,7 +139,6 @@ fn ask(
             chatbot_spin::log::Dependency::of_service(e.service()),
             &e,
         );
-        scope.ended(QueryStatus::Unavailable);
         e.api_error()
     })?;
     scope.cache_status = query::cache_status(answer.cached, scope.conn.is_some());
@@ -176,7 +171,6 @@ fn conversation_of(
             Ok(Some(id))
         }
         Ok(None) => {
-            scope.ended(QueryStatus::NotFound);
             scope.audit(
                 AuditAction::SessionNotOwned,
                 serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),

@@ -90,8 +90,6 @@ pub(crate) struct Scope {
     pub address: String,
     pub(crate) session: Option<String>,
     decision: Option<ratelimit::Decision>,
-    /// The request's outcome is counted in `chatbot_queries_total`.
-    counted: bool,
     /// How the query cache served the request so far (`bypass` until the lookup).
     pub(crate) cache_status: CacheStatus,
 }
@@ -118,7 +116,6 @@ impl Scope {
             address,
             session: None,
             decision: None,
-            counted: false,
             cache_status: CacheStatus::Bypass,
         }
     }
@@ -130,28 +127,24 @@ impl Scope {
         }
     }
 
-    /// Counts the request's outcome in `chatbot_queries_total`.
-    pub(crate) fn ended(&mut self, status: QueryStatus) {
-        self.count(status, Cached::No);
-    }
-
-    /// Counts an answered question, from the query cache or not.
+    /// Counts an answered question in `chatbot_queries_total`, from the query cache or not.
     pub(crate) fn answered(&mut self, cached: bool) {
-        self.count(QueryStatus::Success, Cached::from_bool(cached));
+        self.telemetry.add(Observation::Query(
+            Endpoint::Query,
+            QueryStatus::Success,
+            Cached::from_bool(cached),
+        ));
     }
 
-    fn count(&mut self, status: QueryStatus, cached: Cached) {
-        if !self.counted {
-            self.counted = true;
-            self.telemetry
-                .add(Observation::Query(Endpoint::Query, status, cached));
-        }
-    }
-
-    /// Counts a refusal: its outcome (unless counted where it happened) and,
-    /// when the request or the configuration was at fault, the error.
+    /// Counts a refused question in `chatbot_queries_total` by its error's
+    /// code (the one place every refusal passes) and, when the request or the
+    /// configuration was at fault, the error.
     pub(crate) fn refused(&mut self, error: &ApiError) {
-        self.ended(QueryStatus::of_refusal(error.code));
+        self.telemetry.add(Observation::Query(
+            Endpoint::Query,
+            QueryStatus::of_refusal(error.code),
+            Cached::No,
+        ));
         if let Some(kind) = ErrorType::of_refusal(error.code) {
             self.telemetry.add(Observation::Error(kind));
         }
@@ -266,7 +259,6 @@ pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), Api
         limiter::Scope::User => ratelimit::Scope::User,
     };
     scope.telemetry.add(Observation::RateLimitHit);
-    scope.ended(QueryStatus::RateLimited);
     if let Some(conn) = &scope.conn {
         pipeline::note_rate_limited(
             conn,
@@ -305,13 +297,10 @@ pub(crate) fn authenticate(
         Ok(user) => Ok(Some(user)),
         Err(failure) => {
             if let AuthFailure::Token(why) = &failure {
-                scope.ended(QueryStatus::Unauthorized);
                 scope.audit(
                     AuditAction::TokenRejected,
                     serde_json::json!({"path": req.path(), "reason": why.reason()}),
                 );
-            } else {
-                scope.ended(QueryStatus::Unavailable);
             }
             Err(failure.api_error())
         }
@@ -346,11 +335,7 @@ pub(crate) fn gate(
     let reply = eval(
         conn,
         sessions::GATE_SCRIPT,
-        &[
-            &keys::user_sessions(user),
-            &keys::user_tokens(user, day),
-            &keys::session_owner(session),
-        ],
+        &sessions::gate_keys(user, day, session),
         &[
             binary(session),
             RedisParameter::Int64(limits.max_per_user as i64),
@@ -381,12 +366,10 @@ pub(crate) fn gate(
             Ok(())
         }
         Gate::NotOwner => {
-            scope.ended(QueryStatus::NotFound);
             scope.audit(AuditAction::SessionNotOwned, detail);
             Err(no_such_session(session))
         }
         Gate::BudgetSpent { used } => {
-            scope.ended(QueryStatus::BudgetExceeded);
             scope.telemetry.add(Observation::BudgetDenial);
             scope.audit(AuditAction::BudgetExceeded, detail);
             Err(ApiError::new(
@@ -403,7 +386,6 @@ pub(crate) fn gate(
             active,
             retry_after_seconds,
         } => {
-            scope.ended(QueryStatus::RateLimited);
             scope.audit(
                 AuditAction::SessionRefused,
                 serde_json::json!({"user_id": user, "session_id": session, "max_sessions": limits.max_per_user}),
@@ -442,7 +424,6 @@ fn confirm_new_owner(
                     );
                 }
             }
-            scope.ended(QueryStatus::NotFound);
             scope.audit(
                 AuditAction::SessionNotOwned,
                 serde_json::json!({"user_id": user, "session_id": session}),
