@@ -161,12 +161,9 @@ pub fn answer(
                     Err(_) => break None,
                 }
             }
-            Ok([RedisResult::Int64(2), generation, ..]) => {
-                break Some(match generation {
-                    RedisResult::Binary(bytes) => bytes.clone(),
-                    RedisResult::Int64(n) => n.to_string().into_bytes(),
-                    _ => b"0".to_vec(),
-                })
+            // The lock is ours; the answer will be of this generation.
+            Ok(results @ [RedisResult::Int64(2), ..]) => {
+                break Some(binary_at(results, 1).unwrap_or(b"0").to_vec())
             }
             // The request we waited on failed: answer as it did (it counted the failure).
             Ok([RedisResult::Int64(3), RedisResult::Binary(failure), ..]) => {
@@ -185,9 +182,9 @@ pub fn answer(
                 );
                 return Err(UpstreamError::Timeout { service: OPENAI });
             }
-            Ok([RedisResult::Int64(0), current, ..]) if waited_since.elapsed() <= lock_ttl => {
-                if let RedisResult::Binary(current) = current {
-                    holder.clone_from(current);
+            Ok(results @ [RedisResult::Int64(0), ..]) if waited_since.elapsed() <= lock_ttl => {
+                if let Some(current) = binary_at(results, 1) {
+                    holder = current.to_vec();
                 }
                 std::thread::sleep(WAIT_STEP);
             }
