@@ -12,6 +12,7 @@ pub mod allowed_hosts;
 pub mod bindings;
 pub mod client;
 pub mod compose;
+pub mod cpu;
 pub mod host;
 pub mod limiter;
 pub mod manifest;

@@ -20,6 +20,8 @@ use anyhow::{bail, Context, Result};
 /// Databases redis-server is started with, so every test can have its own.
 const REDIS_DATABASES: u32 = 4096;
 const TEMPLATE_DB: &str = "chatbot_template";
+/// Set (to anything) to start PostgreSQL with its durability settings intact.
+pub const DURABLE_POSTGRES: &str = "CHATBOT_DURABLE_POSTGRES";
 
 pub struct Services {
     /// `redis://127.0.0.1:PORT` (no database number).
@@ -27,6 +29,10 @@ pub struct Services {
     redis_databases: u32,
     /// `postgres://USER@127.0.0.1:PORT` (no database name).
     pub postgres_base: String,
+    /// The servers' process ids when this process started them (the
+    /// benchmark reads their CPU time); `None` for `REDIS_URL`/`DATABASE_URL`.
+    pub redis_pid: Option<u32>,
+    pub postgres_pid: Option<u32>,
     next_redis_db: AtomicU32,
     next_pg_db: AtomicU32,
     template_ready: tokio::sync::Mutex<bool>,
@@ -39,18 +45,26 @@ pub fn services() -> &'static Services {
 }
 
 fn start() -> Result<Services> {
-    let (redis_base, redis_databases) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url.trim_end_matches('/').to_string(), 16),
-        Err(_) => (spawn_owned(start_redis)?, REDIS_DATABASES),
+    let (redis_base, redis_databases, redis_pid) = match std::env::var("REDIS_URL") {
+        Ok(url) => (url.trim_end_matches('/').to_string(), 16, None),
+        Err(_) => {
+            let (url, pid) = spawn_owned(start_redis)?;
+            (url, REDIS_DATABASES, Some(pid))
+        }
     };
-    let postgres_base = match std::env::var("DATABASE_URL") {
-        Ok(url) => url.trim_end_matches('/').to_string(),
-        Err(_) => spawn_owned(start_postgres)?,
+    let (postgres_base, postgres_pid) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url.trim_end_matches('/').to_string(), None),
+        Err(_) => {
+            let (url, pid) = spawn_owned(start_postgres)?;
+            (url, Some(pid))
+        }
     };
     Ok(Services {
         redis_base,
         redis_databases,
         postgres_base,
+        redis_pid,
+        postgres_pid,
         next_redis_db: AtomicU32::new(1),
         next_pg_db: AtomicU32::new(0),
         template_ready: tokio::sync::Mutex::new(false),
@@ -58,15 +72,16 @@ fn start() -> Result<Services> {
 }
 
 /// Runs `start` on a thread that never exits, so a child's parent-death
-/// signal fires only when the whole process goes away.
-fn spawn_owned(start: fn() -> Result<(String, Child, tempfile::TempDir)>) -> Result<String> {
+/// signal fires only when the whole process goes away. Returns the server's
+/// URL and process id.
+fn spawn_owned(start: fn() -> Result<(String, Child, tempfile::TempDir)>) -> Result<(String, u32)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("test-services".into())
         .spawn(move || {
             match start() {
                 Ok((url, child, dir)) => {
-                    tx.send(Ok(url)).ok();
+                    tx.send(Ok((url, child.id()))).ok();
                     // Keep the child and its directory for the life of the process.
                     let _keep = (child, dir);
                     loop {
@@ -268,20 +283,31 @@ fn start_postgres() -> Result<(String, Child, tempfile::TempDir)> {
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
         .arg("-k")
         .arg(dir.path())
-        // Tests do not need durability; this keeps them fast.
-        .args([
+        .args(["-c", "max_connections=300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !is_root() {
+        die_with_parent(&mut command);
+    }
+    // Tests do not need durability; this keeps them fast. The benchmark
+    // (`CHATBOT_DURABLE_POSTGRES=1`) commits as production does.
+    if std::env::var_os(DURABLE_POSTGRES).is_none() {
+        command.args([
             "-c",
             "fsync=off",
             "-c",
             "synchronous_commit=off",
             "-c",
             "full_page_writes=off",
-        ])
-        .args(["-c", "max_connections=300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if !is_root() {
-        die_with_parent(&mut command);
+        ]);
+    } else {
+        // And shows where its time goes, per statement.
+        command.args([
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
+            "-c",
+            "pg_stat_statements.track_planning=on",
+        ]);
     }
     let mut child = command.spawn().context("starting postgres")?;
     wait_for_port(port, &mut child, "postgres")?;

@@ -30,6 +30,8 @@ pub struct HostCounters {
     pub postgres_zero_row_queries: AtomicU64,
     pub outbound_http: AtomicU64,
     pub denied: AtomicU64,
+    /// `variables::get` calls (Spin resolves each one; a request pays for every read).
+    pub variable_reads: AtomicU64,
 }
 
 /// A snapshot of [`HostCounters`].
@@ -42,6 +44,7 @@ pub struct Counts {
     pub postgres_zero_row_queries: u64,
     pub outbound_http: u64,
     pub denied: u64,
+    pub variable_reads: u64,
 }
 
 impl HostCounters {
@@ -55,6 +58,7 @@ impl HostCounters {
             postgres_zero_row_queries: get(&self.postgres_zero_row_queries),
             outbound_http: get(&self.outbound_http),
             denied: get(&self.denied),
+            variable_reads: get(&self.variable_reads),
         }
     }
 
@@ -75,6 +79,7 @@ impl std::ops::Sub for Counts {
                 - earlier.postgres_zero_row_queries,
             outbound_http: self.outbound_http - earlier.outbound_http,
             denied: self.denied - earlier.denied,
+            variable_reads: self.variable_reads - earlier.variable_reads,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::bindings::fermyon::spin2_0_0::variables::{self as v2, Error};
 
 impl v2::Host for HostState {
     async fn get(&mut self, name: String) -> Result<String, Error> {
+        super::HostCounters::bump(&self.env.counters.variable_reads);
         if crate::manifest::validate_variable_name(&name).is_err() {
             return Err(Error::InvalidName(name));
         }

@@ -26,6 +26,35 @@ fn json_response(status: u16, value: serde_json::Value) -> Response {
         .build()
 }
 
+/// The least a cache hit does: open Redis once, three commands on it, and
+/// one durable single-row insert (the smallest record of an exchange), into
+/// `floor_writes`, which the benchmark creates.
+fn floor() -> Response {
+    let outcome = (|| -> Result<(), String> {
+        let address = variables::get("redis_address").map_err(|e| e.to_string())?;
+        let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
+        for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
+            conn.execute(
+                "GET",
+                &[redis::RedisParameter::Binary(key.as_bytes().to_vec())],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
+        let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
+        pg.execute(
+            "INSERT INTO floor_writes (session_id) VALUES ($1)",
+            &[pg4::ParameterValue::Str("floor".into())],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => json_response(200, json!({ "ok": true })),
+        Err(e) => json_response(502, json!({ "error": e })),
+    }
+}
+
 /// What a cache hit cannot do without: open Redis once, three commands on it
 /// (a hit's are the limiter, lookup and recorder scripts), and commit the same
 /// one-statement exchange to Postgres that a hit commits.
@@ -75,6 +104,7 @@ async fn handle(req: Request) -> Response {
         // The benchmarks' baselines: a hello world, and the floor of a cache hit.
         (Method::Get, "/probe/hello") => Response::new(200, "hello"),
         (Method::Get, "/probe/hit-floor") => hit_floor(),
+        (Method::Get, "/probe/floor") => floor(),
         (Method::Get, "/probe/variable") => {
             let name = query_param(&req, "name").unwrap_or_default();
             match variables::get(&name) {
