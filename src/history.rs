@@ -16,13 +16,20 @@ pub const PAGE_SIZE: i64 = 50;
 /// parameter set another user's session is not touched) and its one
 /// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id and
 /// `$3` retention days.
+///
+/// The session and conversation expire a day after their messages would:
+/// they are refreshed by the first exchange of a day (UTC) only, and the
+/// day's later exchanges, appended with [`APPEND_EXCHANGE_SQL`], must not
+/// outlive the rows their deletion cascades from. Messages still go after
+/// `retention_days` (cleanup deletes them by their own `expires_at`); an
+/// emptied session row may stay one day longer.
 macro_rules! session_and_conversation_ctes {
     ($enforce:literal) => {
         concat!(
             "\
 WITH s AS (
     INSERT INTO user_sessions (session_id, user_id, expires_at)
-    VALUES ($1, $2, now() + make_interval(days => $3::int))
+    VALUES ($1, $2, now() + make_interval(days => $3::int + 1))
     ON CONFLICT (session_id) DO UPDATE
         SET last_seen_at = now(),
             expires_at = EXCLUDED.expires_at,
@@ -35,7 +42,7 @@ WITH s AS (
     RETURNING id
 ), c AS (
     INSERT INTO conversations (user_session_id, expires_at)
-    SELECT id, now() + make_interval(days => $3::int) FROM s
+    SELECT id, now() + make_interval(days => $3::int + 1) FROM s
     ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
     RETURNING id
 )"
@@ -85,6 +92,71 @@ pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
     session_and_conversation_ctes!("$4"),
     "\nSELECT (SELECT id FROM c) AS conversation_id"
 ));
+
+/// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
+/// context (nullable), `$5` cached, `$6` answer, `$7` citations as in
+/// [`STORE_EXCHANGE_SQL`]. An exchange in a conversation whose session was
+/// refreshed today (see [`RememberedConversation`]): both messages in one
+/// insert and the citations, without touching the session or the
+/// conversation, and without planning their upserts. Sent with `execute` (no
+/// rows); a conversation deleted meanwhile fails its foreign key
+/// ([`FOREIGN_KEY_VIOLATION`]), and the exchange is then stored with
+/// [`STORE_EXCHANGE_SQL`], which recreates it.
+pub const APPEND_EXCHANGE_SQL: &str = "\
+WITH m AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    VALUES ($1, 'user', $3, $4, $5, now() + make_interval(days => $2::int)),
+           ($1, 'assistant', $6, $4, $5, now() + make_interval(days => $2::int))
+    RETURNING id, role
+)
+INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+SELECT m.id, x.source, x.chunk_id, x.score, x.snippet
+FROM m, jsonb_to_recordset($7::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
+WHERE m.role = 'assistant'";
+
+/// Postgres's SQLSTATE for a foreign key violation.
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// What Redis remembers of a session's conversation
+/// ([`crate::keys::conversation`]): its id, and the day (UTC, days since the
+/// epoch) its session and conversation rows were last refreshed. Written
+/// `<id>:<day>`; a bare `<id>` (written before the day was kept) has no day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RememberedConversation {
+    pub id: i64,
+    pub refreshed_day: Option<u64>,
+}
+
+impl RememberedConversation {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (id, day) = match text.split_once(':') {
+            Some((id, day)) => (id, Some(day.parse().ok()?)),
+            None => (text, None),
+        };
+        Some(Self {
+            id: id.parse().ok()?,
+            refreshed_day: day,
+        })
+    }
+
+    pub fn value(&self) -> String {
+        match self.refreshed_day {
+            Some(day) => format!("{}:{day}", self.id),
+            None => self.id.to_string(),
+        }
+    }
+
+    /// Whether an exchange on `today` may be appended without refreshing
+    /// the session and conversation rows ([`APPEND_EXCHANGE_SQL`]).
+    pub fn appendable_on(&self, today: u64) -> bool {
+        self.refreshed_day == Some(today)
+    }
+}
+
+/// The UTC day of a Unix time, as [`RememberedConversation`] counts days.
+pub fn day_of(unix_seconds: u64) -> u64 {
+    unix_seconds / 86_400
+}
 
 /// `$1` session id, `$2` offset, `$3` page size. One page of a session's
 /// messages, oldest first, with their citations, and the session's total, in
@@ -199,6 +271,30 @@ mod tests {
         assert!(messages[1].cached);
         assert_eq!(messages[1].citations[0]["source"], "a.pdf");
         assert!(decode(br#"[{"id": "x"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_remembered_conversation_keeps_its_refresh_day() {
+        let parsed = RememberedConversation::parse("41:20421").unwrap();
+        assert_eq!(
+            parsed,
+            RememberedConversation {
+                id: 41,
+                refreshed_day: Some(20421)
+            }
+        );
+        assert_eq!(parsed.value(), "41:20421");
+        assert!(parsed.appendable_on(20421));
+        assert!(!parsed.appendable_on(20422));
+        // Written before the day was kept: known, but refreshed first.
+        let legacy = RememberedConversation::parse("41").unwrap();
+        assert_eq!(legacy.id, 41);
+        assert!(!legacy.appendable_on(20421));
+        for bad in ["", "x", "41:", "41:x", ":1"] {
+            assert_eq!(RememberedConversation::parse(bad), None, "{bad}");
+        }
+        assert_eq!(day_of(86_399), 0);
+        assert_eq!(day_of(86_400), 1);
     }
 
     #[test]

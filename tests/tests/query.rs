@@ -477,6 +477,133 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
     );
 }
 
+/// The session's expiry (epoch seconds), its conversation id and its message count.
+async fn stored_session(app: &TestApp, session: &str) -> (f64, i64, i64) {
+    let row = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT extract(epoch FROM s.expires_at)::float8, c.id, \
+                    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) \
+             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id \
+             WHERE s.session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn remembered(app: &TestApp, session: &str) -> Option<String> {
+    let mut redis = app.redis().await.unwrap();
+    redis::cmd("GET")
+        .arg(chatbot_core::keys::conversation(session))
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated() {
+    let app = app_with_book().await;
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let first = ask(&app, "What is AI?", "daily", None).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let (expiry, conversation, messages) = stored_session(&app, "daily").await;
+    assert_eq!(first.json()["conversation_id"], conversation);
+    assert_eq!(messages, 2);
+    assert_eq!(
+        remembered(&app, "daily").await,
+        Some(format!("{conversation}:{today}"))
+    );
+
+    // Later the same day: appended, the session row is not rewritten, and the
+    // messages expire before the rows their deletion cascades from.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for question in ["What is AI?", "Who perceives and acts?"] {
+        let again = ask(&app, question, "daily", None).await;
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(again.json()["conversation_id"], conversation);
+    }
+    assert_eq!(
+        stored_session(&app, "daily").await,
+        (expiry, conversation, 6)
+    );
+    let outlived: i64 = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+             JOIN user_sessions s ON s.id = c.user_session_id \
+             WHERE m.expires_at > c.expires_at OR m.expires_at > s.expires_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outlived, 0);
+    let page = app
+        .admin_get("/api/v1/chat/history/daily")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page["total"], 6);
+    assert_eq!(page["messages"][5]["role"], "assistant");
+    assert_eq!(
+        page["messages"][5]["citations"].as_array().unwrap().len(),
+        2
+    );
+
+    // Cleanup removed the session since Redis learnt its conversation: the
+    // exchange is stored in a new one, which Redis then remembers.
+    app.postgres()
+        .await
+        .unwrap()
+        .execute("DELETE FROM user_sessions WHERE session_id = 'daily'", &[])
+        .await
+        .unwrap();
+    let after_cleanup = ask(&app, "What is AI?", "daily", None).await;
+    assert_eq!(after_cleanup.status, 200, "{}", after_cleanup.text());
+    let (_, recreated, messages) = stored_session(&app, "daily").await;
+    assert_ne!(recreated, conversation);
+    assert_eq!(messages, 2);
+    assert_eq!(
+        remembered(&app, "daily").await,
+        Some(format!("{recreated}:{today}"))
+    );
+
+    // An id remembered without its day (by the previous release) is refreshed.
+    let mut redis = app.redis().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(chatbot_core::keys::conversation("daily"))
+        .arg(recreated)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (expiry, _, _) = stored_session(&app, "daily").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let refreshed = ask(&app, "What is AI?", "daily", None).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    let (later_expiry, same, messages) = stored_session(&app, "daily").await;
+    assert!(later_expiry > expiry, "{later_expiry} > {expiry}");
+    assert_eq!((same, messages), (recreated, 4));
+    assert_eq!(
+        remembered(&app, "daily").await,
+        Some(format!("{recreated}:{today}"))
+    );
+    let metrics = app.get("/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains("chatbot_history_writes_lost_total 0"),
+        "{metrics}"
+    );
+}
+
 /// Method, path, headers, body, expected status, expected `status` code.
 type BadInput<'a> = (
     &'a str,

@@ -4,6 +4,7 @@
 
 use chatbot_core::api::{ApiError, ErrorCode};
 use chatbot_core::audit::AuditAction;
+use chatbot_core::history::{day_of, RememberedConversation};
 use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
@@ -25,7 +26,7 @@ use crate::{authenticate, charge, config_failure, gate, limit, no_such_session, 
 struct Exchange {
     request: QueryRequest,
     answer: Answer,
-    conversation: Option<i64>,
+    conversation: Option<RememberedConversation>,
     limits: Option<SessionLimits>,
 }
 
@@ -120,10 +121,10 @@ fn ask(
     );
     scope.cache_status = query::cache_status(found.answer.is_some(), scope.conn.is_some());
     let conversation = match found.conversation {
-        Some(id) => Some(id),
+        Some(known) => Some(known),
         None => conversation_of(scope, settings, &request, jwt)?,
     };
-    reply.conversation = conversation;
+    reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.clone();
     let answer = pipeline::answer(
         scope.conn.as_ref(),
@@ -159,7 +160,7 @@ fn conversation_of(
     settings: &PipelineSettings,
     request: &QueryRequest,
     enforce_owner: bool,
-) -> Result<Option<i64>, ApiError> {
+) -> Result<Option<RememberedConversation>, ApiError> {
     match chatbot_spin::history::ensure_conversation(
         &settings.postgres_address,
         settings.retention_days,
@@ -167,8 +168,13 @@ fn conversation_of(
         enforce_owner,
     ) {
         Ok(Some(id)) => {
-            remember_conversation(scope, settings, &request.session_id, id);
-            Ok(Some(id))
+            // Its session and conversation rows were refreshed just now.
+            let created = RememberedConversation {
+                id,
+                refreshed_day: Some(day_of(chatbot_spin::now_epoch_seconds())),
+            };
+            remember_conversation(scope, settings, &request.session_id, created);
+            Ok(Some(created))
         }
         Ok(None) => {
             scope.audit(
@@ -193,7 +199,12 @@ fn conversation_of(
     }
 }
 
-fn remember_conversation(scope: &mut Scope, settings: &PipelineSettings, session: &str, id: i64) {
+fn remember_conversation(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    session: &str,
+    conversation: RememberedConversation,
+) {
     let Some(conn) = &scope.conn else {
         return;
     };
@@ -202,7 +213,7 @@ fn remember_conversation(scope: &mut Scope, settings: &PipelineSettings, session
         "SET",
         &[
             binary(keys::conversation(session)),
-            binary(id.to_string()),
+            binary(conversation.value()),
             binary("EX"),
             RedisParameter::Int64(ttl),
         ],
@@ -246,9 +257,16 @@ fn after_response(
         );
         return;
     }
-    let stored = pipeline::store_history(settings, &request, &answer, jwt, &mut scope.telemetry);
-    if let Some(id) = stored.filter(|id| Some(*id) != conversation) {
-        remember_conversation(scope, settings, &request.session_id, id);
+    let changed = pipeline::store_history(
+        settings,
+        &request,
+        &answer,
+        jwt,
+        conversation,
+        &mut scope.telemetry,
+    );
+    if let Some(now) = changed {
+        remember_conversation(scope, settings, &request.session_id, now);
     }
 }
 
@@ -336,7 +354,7 @@ impl Reply {
                 answer: answer.value.answer.clone(),
                 citations: answer.value.citations.clone(),
                 session_id: exchange.request.session_id.clone(),
-                conversation_id: exchange.conversation,
+                conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
             };
             let mut response = scope.respond(Ok(json(200, &body)));
@@ -362,7 +380,7 @@ impl Reply {
                 answer: &answer.value.answer,
                 citations: &answer.value.citations,
                 session_id: &exchange.request.session_id,
-                conversation_id: exchange.conversation,
+                conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
                 usage: answer.usage.as_ref().map(UsageReport::from),
             },

@@ -2,7 +2,7 @@
 
 use chatbot_core::history::{self, HistoryPage};
 use chatbot_core::query::{self, Citation, QueryRequest};
-use spin_sdk::pg4::{Connection, ParameterValue};
+use spin_sdk::pg4::{Connection, ParameterValue, PgError, QueryError};
 
 use crate::pg::{column, json_column, query_one_row};
 use crate::StoreError;
@@ -48,6 +48,43 @@ pub fn store_exchange(
             request.session_id
         ))
     })
+}
+
+/// Appends an exchange to a conversation that exists (see
+/// `chatbot_core::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
+/// conversation is gone (deleted by cleanup since Redis learnt its id), nothing was stored.
+pub fn append_exchange(
+    address: &str,
+    retention_days: u32,
+    conversation: i64,
+    request: &QueryRequest,
+    answer: &str,
+    citations: &[Citation],
+    cached: bool,
+) -> Result<bool, StoreError> {
+    let conn = Connection::open(address)?;
+    let citations = serde_json::to_vec(citations).expect("citations serialise");
+    let outcome = conn.execute(
+        history::APPEND_EXCHANGE_SQL,
+        &[
+            ParameterValue::Int64(conversation),
+            ParameterValue::Int32(retention_days as i32),
+            ParameterValue::Str(request.question.clone()),
+            opt_str(request.page_context.as_deref()),
+            ParameterValue::Boolean(cached),
+            ParameterValue::Str(query::storable(answer)),
+            ParameterValue::Jsonb(citations),
+        ],
+    );
+    match outcome {
+        Ok(_) => Ok(true),
+        Err(PgError::QueryFailed(QueryError::DbError(e)))
+            if e.code == history::FOREIGN_KEY_VIOLATION =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The session's conversation, created with the session if need be, before

@@ -7,6 +7,7 @@ use crate::caches::{embed_cached, Telemetry};
 use crate::redis_script::{binary, binary_at, eval};
 use crate::settings::PipelineSettings;
 use chatbot_core::audit::AuditAction;
+use chatbot_core::history::{day_of, RememberedConversation};
 use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{CacheType, ErrorType, Operation};
@@ -30,7 +31,7 @@ const WAIT_STEP: Duration = Duration::from_millis(25);
 #[derive(Default)]
 pub struct Found {
     pub answer: Option<CachedAnswer>,
-    pub conversation: Option<i64>,
+    pub conversation: Option<RememberedConversation>,
 }
 
 /// Looks the question up (one round trip). `count_question` counts the ask
@@ -65,7 +66,7 @@ pub fn lookup(
         Ok(results) => Found {
             answer: binary_at(&results, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
             conversation: binary_at(&results, 1)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse().ok()),
+                .and_then(|bytes| RememberedConversation::parse(std::str::from_utf8(bytes).ok()?)),
         },
         Err(e) => {
             crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
@@ -290,30 +291,59 @@ fn run(
     })
 }
 
-/// Stores the exchange; a failure is counted and logged, and the answer still goes out.
+/// Stores the exchange after the response. An exchange in a conversation
+/// Redis remembers as refreshed today is appended (two messages and the
+/// citations); otherwise, or when that conversation is gone, the whole
+/// statement upserts the session and conversation too. Returns what Redis
+/// should remember from now on when it differs from `remembered` (`None`
+/// when the write failed: it is logged and counted).
 pub fn store_history(
     settings: &PipelineSettings,
     request: &QueryRequest,
     answer: &Answer,
     enforce_owner: bool,
+    remembered: Option<RememberedConversation>,
     telemetry: &mut Telemetry,
-) -> Option<i64> {
+) -> Option<RememberedConversation> {
     let started = Instant::now();
-    match crate::history::store_exchange(
-        &settings.postgres_address,
-        settings.retention_days,
-        request,
-        &answer.value.answer,
-        &answer.value.citations,
-        answer.cached,
-        enforce_owner,
-    ) {
-        Ok(id) => {
+    let today = day_of(crate::now_epoch_seconds());
+    let appended = match remembered.filter(|r| r.appendable_on(today)) {
+        Some(known) => crate::history::append_exchange(
+            &settings.postgres_address,
+            settings.retention_days,
+            known.id,
+            request,
+            &answer.value.answer,
+            &answer.value.citations,
+            answer.cached,
+        )
+        .map(|appended| appended.then_some(known)),
+        None => Ok(None),
+    };
+    let stored = match appended {
+        Ok(Some(known)) => Ok(known),
+        Ok(None) => crate::history::store_exchange(
+            &settings.postgres_address,
+            settings.retention_days,
+            request,
+            &answer.value.answer,
+            &answer.value.citations,
+            answer.cached,
+            enforce_owner,
+        )
+        .map(|id| RememberedConversation {
+            id,
+            refreshed_day: Some(today),
+        }),
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(now) => {
             telemetry.add(Observation::DatabaseLatency(
                 Operation::StoreExchange,
                 started.elapsed().as_secs_f64(),
             ));
-            Some(id)
+            (Some(now) != remembered).then_some(now)
         }
         Err(e) => {
             crate::log::write(
