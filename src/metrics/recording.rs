@@ -57,10 +57,9 @@ pub enum SampleError {
 /// A validated operation of the record script.
 #[derive(Debug, Clone, PartialEq)]
 enum Op {
-    Counter {
-        series: String,
-        value: f64,
-    },
+    /// Every counter counts whole things (requests, tokens), and Redis adds
+    /// integers (`HINCRBY`) for less than floats.
+    Counter { series: String, value: u64 },
     Histogram {
         series: String,
         value: f64,
@@ -120,9 +119,9 @@ fn validate(sample: &Sample) -> Result<Op, SampleError> {
     }
     let series = sample_series(def, &sample.labels);
     Ok(match def.kind {
-        Kind::Counter if sample.value >= 0.0 => Op::Counter {
+        Kind::Counter if sample.value >= 0.0 && sample.value.fract() == 0.0 => Op::Counter {
             series,
-            value: sample.value,
+            value: sample.value as u64,
         },
         Kind::Counter => return Err(bad_value()),
         Kind::Gauge => unreachable!("refused above"),
@@ -153,7 +152,7 @@ local n = 0
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then
-    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], ARGV[i + 2])
     i = i + 3
   elseif op == 'h' then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 1] .. '|' .. ARGV[i + 3], 1)
@@ -361,6 +360,11 @@ mod tests {
         ));
         assert!(matches!(
             bad(Sample::new(names::QDRANT_SEARCHES, &[], f64::NAN)),
+            SampleError::BadValue { .. }
+        ));
+        // Counters count whole things.
+        assert!(matches!(
+            bad(Sample::new(names::QDRANT_SEARCHES, &[], 0.5)),
             SampleError::BadValue { .. }
         ));
         assert!(matches!(
