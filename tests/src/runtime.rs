@@ -39,8 +39,19 @@ pub fn engine() -> &'static Engine {
             .total_core_instances(10_000)
             .total_memories(10_000)
             .total_tables(10_000)
-            .max_memory_size(256 << 20);
+            .max_memory_size(256 << 20)
+            // As Spin's engine does (crates/core/src/lib.rs, `SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT`,
+            // `SPIN_WASMTIME_TABLE_KEEP_RESIDENT`): a freed slot keeps up to 2 MiB of each
+            // linear memory and 512 KiB of each table resident, zeroed, for the next
+            // instance. So a replica's memory grows with requests in flight as Spin's does.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(512 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        // `CHATBOT_WASM_PERFMAP=1`: write /tmp/perf-<pid>.map, so that `perf`
+        // names the guests' functions (profiling the benchmark).
+        if std::env::var_os("CHATBOT_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).expect("creating the wasmtime engine")
     })
 }
