@@ -344,7 +344,10 @@ async fn anatomy(app: &TestApp, hit: std::sync::Arc<MakeRequest>, n: usize) -> R
                 .unwrap_or(0.0)
         };
         let (calls, usec) = (field("calls"), field("usec"));
-        if name == "config" || name == "info" {
+        if ["config", "slowlog", "info"]
+            .iter()
+            .any(|own| name.starts_with(own))
+        {
             continue;
         }
         if ["evalsha", "eval"].contains(&name) {
