@@ -13,6 +13,25 @@ fn opt_str(v: Option<&str>) -> ParameterValue {
     })
 }
 
+/// The exchange's parameters both statements share, in their order: retention
+/// days, question, page context, cached, answer, citations (JSON).
+fn exchange_params(
+    retention_days: u32,
+    request: &QueryRequest,
+    answer: &str,
+    citations: &[Citation],
+    cached: bool,
+) -> [ParameterValue; 6] {
+    [
+        ParameterValue::Int32(retention_days as i32),
+        ParameterValue::Str(request.question.clone()),
+        opt_str(request.page_context.as_deref()),
+        ParameterValue::Boolean(cached),
+        ParameterValue::Str(query::storable(answer)),
+        ParameterValue::Jsonb(serde_json::to_vec(citations).expect("citations serialise")),
+    ]
+}
+
 /// Stores one exchange in one statement. Returns the conversation id.
 pub fn store_exchange(
     address: &str,
@@ -24,22 +43,19 @@ pub fn store_exchange(
     enforce_owner: bool,
 ) -> Result<i64, StoreError> {
     let conn = Connection::open(address)?;
-    let citations = serde_json::to_vec(citations).expect("citations serialise");
-    let row = query_one_row(
-        &conn,
-        history::STORE_EXCHANGE_SQL,
-        &[
-            ParameterValue::Str(request.session_id.clone()),
-            opt_str(request.user_id.as_deref()),
-            ParameterValue::Int32(retention_days as i32),
-            ParameterValue::Str(request.question.clone()),
-            opt_str(request.page_context.as_deref()),
-            ParameterValue::Boolean(cached),
-            ParameterValue::Str(query::storable(answer)),
-            ParameterValue::Jsonb(citations),
-            ParameterValue::Boolean(enforce_owner),
-        ],
-    )?;
+    let mut params = vec![
+        ParameterValue::Str(request.session_id.clone()),
+        opt_str(request.user_id.as_deref()),
+    ];
+    params.extend(exchange_params(
+        retention_days,
+        request,
+        answer,
+        citations,
+        cached,
+    ));
+    params.push(ParameterValue::Boolean(enforce_owner));
+    let row = query_one_row(&conn, history::STORE_EXCHANGE_SQL, &params)?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
     let conversation: Option<i64> = column(&row, 0)?;
     conversation.ok_or_else(|| {
@@ -63,19 +79,15 @@ pub fn append_exchange(
     cached: bool,
 ) -> Result<bool, StoreError> {
     let conn = Connection::open(address)?;
-    let citations = serde_json::to_vec(citations).expect("citations serialise");
-    let outcome = conn.execute(
-        history::APPEND_EXCHANGE_SQL,
-        &[
-            ParameterValue::Int64(conversation),
-            ParameterValue::Int32(retention_days as i32),
-            ParameterValue::Str(request.question.clone()),
-            opt_str(request.page_context.as_deref()),
-            ParameterValue::Boolean(cached),
-            ParameterValue::Str(query::storable(answer)),
-            ParameterValue::Jsonb(citations),
-        ],
-    );
+    let mut params = vec![ParameterValue::Int64(conversation)];
+    params.extend(exchange_params(
+        retention_days,
+        request,
+        answer,
+        citations,
+        cached,
+    ));
+    let outcome = conn.execute(history::APPEND_EXCHANGE_SQL, &params);
     match outcome {
         Ok(_) => Ok(true),
         Err(PgError::QueryFailed(QueryError::DbError(e)))

@@ -26,22 +26,28 @@ fn json_response(status: u16, value: serde_json::Value) -> Response {
         .build()
 }
 
+/// What both floors do first: open Redis once and run three commands on it
+/// (a hit's are the limiter, lookup and recorder scripts); then open Postgres.
+fn redis_part_of_a_hit() -> Result<pg4::Connection, String> {
+    let address = variables::get("redis_address").map_err(|e| e.to_string())?;
+    let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
+    for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
+        conn.execute(
+            "GET",
+            &[redis::RedisParameter::Binary(key.as_bytes().to_vec())],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
+    pg4::Connection::open(&address).map_err(|e| e.to_string())
+}
+
 /// The least a cache hit does: open Redis once, three commands on it, and
 /// one durable single-row insert (the smallest record of an exchange), into
 /// `floor_writes`, which the benchmark creates.
 fn floor() -> Response {
     let outcome = (|| -> Result<(), String> {
-        let address = variables::get("redis_address").map_err(|e| e.to_string())?;
-        let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
-        for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
-            conn.execute(
-                "GET",
-                &[redis::RedisParameter::Binary(key.as_bytes().to_vec())],
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
-        let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
+        let pg = redis_part_of_a_hit()?;
         pg.execute(
             "INSERT INTO floor_writes (session_id) VALUES ($1)",
             &[pg4::ParameterValue::Str("floor".into())],
@@ -49,28 +55,21 @@ fn floor() -> Response {
         .map_err(|e| e.to_string())?;
         Ok(())
     })();
+    floor_response(outcome)
+}
+
+fn floor_response(outcome: Result<(), String>) -> Response {
     match outcome {
         Ok(()) => json_response(200, json!({ "ok": true })),
         Err(e) => json_response(502, json!({ "error": e })),
     }
 }
 
-/// What a cache hit cannot do without: open Redis once, three commands on it
-/// (a hit's are the limiter, lookup and recorder scripts), and commit the same
-/// one-statement exchange to Postgres that a hit commits.
+/// The floor as it was measured before: the Redis part, then the whole
+/// one-statement exchange (session and conversation upserts included).
 fn hit_floor() -> Response {
     let outcome = (|| -> Result<(), String> {
-        let address = variables::get("redis_address").map_err(|e| e.to_string())?;
-        let conn = redis::Connection::open(&address).map_err(|e| e.to_string())?;
-        for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
-            conn.execute(
-                "GET",
-                &[redis::RedisParameter::Binary(key.as_bytes().to_vec())],
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        let address = variables::get("postgres_address").map_err(|e| e.to_string())?;
-        let pg = pg4::Connection::open(&address).map_err(|e| e.to_string())?;
+        let pg = redis_part_of_a_hit()?;
         let citations = br#"[{"source":"bench.pdf","chunk_id":"c","score":0.5,"snippet":"s"}]"#;
         pg.query(
             chatbot_core::history::STORE_EXCHANGE_SQL.sql(),
@@ -90,10 +89,7 @@ fn hit_floor() -> Response {
         .map_err(|e| e.to_string())?;
         Ok(())
     })();
-    match outcome {
-        Ok(()) => json_response(200, json!({ "ok": true })),
-        Err(e) => json_response(502, json!({ "error": e })),
-    }
+    floor_response(outcome)
 }
 
 #[http_component]
