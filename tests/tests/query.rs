@@ -507,11 +507,18 @@ async fn remembered(app: &TestApp, session: &str) -> Option<String> {
 #[tokio::test]
 async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated() {
     let app = app_with_book().await;
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // The test needs one UTC day throughout: not within a minute of midnight.
+    let into_day = now() % 86_400;
+    if into_day > 86_400 - 60 {
+        tokio::time::sleep(Duration::from_secs(86_400 - into_day + 1)).await;
+    }
+    let today = now() / 86_400;
     let first = ask(&app, "What is AI?", "daily", None).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let (expiry, conversation, messages) = stored_session(&app, "daily").await;
