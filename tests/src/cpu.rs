@@ -26,9 +26,10 @@ fn ticks_per_second() -> u64 {
     u64::try_from(ticks).unwrap_or(100).max(1)
 }
 
-/// CPU time of `root` and all its descendants (the Postgres backends are the
-/// postmaster's children; an exited one is in the postmaster's `cutime`).
-pub fn tree_cpu(root: u32) -> Duration {
+/// CPU time of each root and all its descendants (the Postgres backends are
+/// the postmaster's children; an exited one is in the postmaster's `cutime`),
+/// from one pass over `/proc`. A root that is not running reads zero.
+pub fn tree_cpu(roots: &[u32]) -> Vec<Duration> {
     let mut parents: std::collections::HashMap<u32, (u64, u32)> = Default::default();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -39,7 +40,7 @@ pub fn tree_cpu(root: u32) -> Duration {
             }
         }
     }
-    let descends = |mut pid: u32| loop {
+    let descends = |mut pid: u32, root: u32| loop {
         if pid == root {
             return true;
         }
@@ -48,12 +49,17 @@ pub fn tree_cpu(root: u32) -> Duration {
             _ => return false,
         }
     };
-    let ticks: u64 = parents
+    roots
         .iter()
-        .filter(|(&pid, _)| descends(pid))
-        .map(|(_, &(ticks, _))| ticks)
-        .sum();
-    Duration::from_micros(ticks * 1_000_000 / ticks_per_second())
+        .map(|&root| {
+            let ticks: u64 = parents
+                .iter()
+                .filter(|(&pid, _)| descends(pid, root))
+                .map(|(_, &(ticks, _))| ticks)
+                .sum();
+            Duration::from_micros(ticks * 1_000_000 / ticks_per_second())
+        })
+        .collect()
 }
 
 fn timeval(t: libc::timeval) -> Duration {
@@ -108,8 +114,9 @@ mod tests {
         assert!(own_cpu() - before >= Duration::from_millis(30));
         assert!(thread_cpu() - thread_before >= Duration::from_millis(30));
         // This process is its own tree's root; its ticks are coarse but not zero after the loop.
-        assert!(tree_cpu(std::process::id()) >= Duration::from_millis(10));
-        assert_eq!(tree_cpu(u32::MAX), Duration::ZERO);
+        let trees = tree_cpu(&[std::process::id(), u32::MAX]);
+        assert!(trees[0] >= Duration::from_millis(10));
+        assert_eq!(trees[1], Duration::ZERO);
     }
 
     #[test]

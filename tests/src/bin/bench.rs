@@ -62,9 +62,10 @@ impl Target<'_> {
     }
 }
 
-/// CPU so far of the processes a load touches: this process, the peer, Postgres, Redis.
+/// CPU so far of the other processes a load touches: the peer, Postgres,
+/// Redis (one pass over `/proc`; this process's own is read apart, so that
+/// the pass is not counted as serving).
 struct CpuClock {
-    own: Duration,
     peer: Duration,
     postgres: Duration,
     redis: Duration,
@@ -72,12 +73,17 @@ struct CpuClock {
 
 impl CpuClock {
     fn read(peer: Option<u32>) -> Self {
-        let tree = |pid: Option<u32>| pid.map_or(Duration::ZERO, cpu::tree_cpu);
+        // An absent process (a server this process did not start) is `u32::MAX`: zero.
+        let pid = |pid: Option<u32>| pid.unwrap_or(u32::MAX);
+        let trees = cpu::tree_cpu(&[
+            pid(peer),
+            pid(services().postgres_pid),
+            pid(services().redis_pid),
+        ]);
         Self {
-            own: cpu::own_cpu(),
-            peer: tree(peer),
-            postgres: tree(services().postgres_pid),
-            redis: tree(services().redis_pid),
+            peer: trees[0],
+            postgres: trees[1],
+            redis: trees[2],
         }
     }
 }
@@ -168,6 +174,7 @@ async fn load_as(
     };
     let before = counts(target);
     let clock = CpuClock::read(peer);
+    let own_before = cpu::own_cpu();
     let addr = target.addr();
     let (mut latencies, elapsed, client_cpu) = tokio::task::spawn_blocking(move || {
         generate_load(addr, authorization, concurrency, total, expect, make)
@@ -177,13 +184,14 @@ async fn load_as(
     if let Target::App(app) = target {
         app.app.settled().await;
     }
+    let own = cpu::own_cpu() - own_before;
     let now = CpuClock::read(peer);
     let used: Counts = counts(target) - before;
     latencies.sort_by(f64::total_cmp);
     let n = latencies.len() as f64;
     let per_request = |d: Duration| d.as_secs_f64() * 1e6 / n;
     let serving = match target {
-        Target::App(_) => (now.own - clock.own).saturating_sub(client_cpu),
+        Target::App(_) => own.saturating_sub(client_cpu),
         Target::Peer { .. } => now.peer - clock.peer,
     };
     Ok(Stats {
@@ -652,6 +660,19 @@ async fn main() -> Result<()> {
         )
         .await?;
 
+    // The requests the baselines, the goals and the profiling modes send.
+    let hello: std::sync::Arc<MakeRequest> =
+        std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![]));
+    let floor: std::sync::Arc<MakeRequest> =
+        std::sync::Arc::new(|_| ("GET", "/probe/floor".to_string(), vec![]));
+    let hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
+        (
+            "POST",
+            "/api/v1/chat/query".to_string(),
+            query("What is measured?".into(), "bench-hit"),
+        )
+    });
+
     // `--memory-of hello|floor|hit`: only [`memory_per_request`] of that path
     // (run by the benchmark in a process of its own), printed as `MEMORY at8 at64 slope`.
     if let Some(path) = args
@@ -659,25 +680,10 @@ async fn main() -> Result<()> {
         .position(|a| a == "--memory-of")
         .and_then(|i| args.get(i + 1))
     {
-        let (target, make): (Target, std::sync::Arc<MakeRequest>) = match path.as_str() {
-            "hello" => (
-                Target::App(&probe),
-                std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![])),
-            ),
-            "floor" => (
-                Target::App(&probe),
-                std::sync::Arc::new(|_| ("GET", "/probe/floor".to_string(), vec![])),
-            ),
-            _ => (
-                Target::App(&app),
-                std::sync::Arc::new(|_| {
-                    (
-                        "POST",
-                        "/api/v1/chat/query".to_string(),
-                        query("What is measured?".into(), "bench-hit"),
-                    )
-                }),
-            ),
+        let (target, make) = match path.as_str() {
+            "hello" => (Target::App(&probe), hello.clone()),
+            "floor" => (Target::App(&probe), floor.clone()),
+            _ => (Target::App(&app), hit.clone()),
         };
         let (at8, at64, slope) = memory_per_request(target, make, scale(2000)).await?;
         println!("MEMORY {at8} {at64} {slope}");
@@ -689,13 +695,6 @@ async fn main() -> Result<()> {
         .position(|a| a == "--hits-only")
         .and_then(|i| args.get(i + 1)?.parse::<u64>().ok())
     {
-        let hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
-            (
-                "POST",
-                "/api/v1/chat/query".to_string(),
-                query("What is measured?".into(), "bench-hit"),
-            )
-        });
         eprintln!(
             "bench: hits for {seconds} s from now (pid {})",
             std::process::id()
@@ -713,15 +712,6 @@ async fn main() -> Result<()> {
         total: usize,
         make: std::sync::Arc<MakeRequest>,
     }
-    let hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
-        (
-            "POST",
-            "/api/v1/chat/query".to_string(),
-            query("What is measured?".into(), "bench-hit"),
-        )
-    });
-    let floor: std::sync::Arc<MakeRequest> =
-        std::sync::Arc::new(|_| ("GET", "/probe/floor".to_string(), vec![]));
     let jwt_hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
         (
             "POST",
@@ -736,7 +726,7 @@ async fn main() -> Result<()> {
             target: "probe",
             expect: 200,
             total: scale(3000),
-            make: std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![])),
+            make: hello.clone(),
         },
         Scenario {
             name: "floor: Redis open + 3 commands + single-row insert (probe)",
