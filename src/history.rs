@@ -128,6 +128,14 @@ pub struct RememberedConversation {
 }
 
 impl RememberedConversation {
+    /// A conversation whose session and conversation rows were refreshed on `day`.
+    pub fn refreshed_on(id: i64, day: u64) -> Self {
+        Self {
+            id,
+            refreshed_day: Some(day),
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         let (id, day) = match text.split_once(':') {
             Some((id, day)) => (id, Some(day.parse().ok()?)),

@@ -169,10 +169,8 @@ fn conversation_of(
     ) {
         Ok(Some(id)) => {
             // Its session and conversation rows were refreshed just now.
-            let created = RememberedConversation {
-                id,
-                refreshed_day: Some(day_of(chatbot_spin::now_epoch_seconds())),
-            };
+            let created =
+                RememberedConversation::refreshed_on(id, day_of(chatbot_spin::now_epoch_seconds()));
             remember_conversation(scope, settings, &request.session_id, created);
             Ok(Some(created))
         }

@@ -13,47 +13,43 @@ fn opt_str(v: Option<&str>) -> ParameterValue {
     })
 }
 
-/// The exchange's parameters both statements share, in their order: retention
-/// days, question, page context, cached, answer, citations (JSON).
-fn exchange_params(
-    retention_days: u32,
-    request: &QueryRequest,
-    answer: &str,
-    citations: &[Citation],
-    cached: bool,
-) -> [ParameterValue; 6] {
-    [
-        ParameterValue::Int32(retention_days as i32),
-        ParameterValue::Str(request.question.clone()),
-        opt_str(request.page_context.as_deref()),
-        ParameterValue::Boolean(cached),
-        ParameterValue::Str(query::storable(answer)),
-        ParameterValue::Jsonb(serde_json::to_vec(citations).expect("citations serialise")),
-    ]
+/// An exchange to write: what both statements store.
+pub struct NewExchange<'a> {
+    pub request: &'a QueryRequest,
+    pub answer: &'a str,
+    pub citations: &'a [Citation],
+    pub cached: bool,
+    pub retention_days: u32,
+}
+
+impl NewExchange<'_> {
+    /// The parameters both statements share, in their order: retention days,
+    /// question, page context, cached, answer, citations (JSON).
+    fn params(&self) -> [ParameterValue; 6] {
+        [
+            ParameterValue::Int32(self.retention_days as i32),
+            ParameterValue::Str(self.request.question.clone()),
+            opt_str(self.request.page_context.as_deref()),
+            ParameterValue::Boolean(self.cached),
+            ParameterValue::Str(query::storable(self.answer)),
+            ParameterValue::Jsonb(serde_json::to_vec(self.citations).expect("citations serialise")),
+        ]
+    }
 }
 
 /// Stores one exchange in one statement. Returns the conversation id.
 pub fn store_exchange(
     address: &str,
-    retention_days: u32,
-    request: &QueryRequest,
-    answer: &str,
-    citations: &[Citation],
-    cached: bool,
+    exchange: &NewExchange,
     enforce_owner: bool,
 ) -> Result<i64, StoreError> {
     let conn = Connection::open(address)?;
+    let request = exchange.request;
     let mut params = vec![
         ParameterValue::Str(request.session_id.clone()),
         opt_str(request.user_id.as_deref()),
     ];
-    params.extend(exchange_params(
-        retention_days,
-        request,
-        answer,
-        citations,
-        cached,
-    ));
+    params.extend(exchange.params());
     params.push(ParameterValue::Boolean(enforce_owner));
     let row = query_one_row(&conn, history::STORE_EXCHANGE_SQL, &params)?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
@@ -71,24 +67,13 @@ pub fn store_exchange(
 /// conversation is gone (deleted by cleanup since Redis learnt its id), nothing was stored.
 pub fn append_exchange(
     address: &str,
-    retention_days: u32,
     conversation: i64,
-    request: &QueryRequest,
-    answer: &str,
-    citations: &[Citation],
-    cached: bool,
+    exchange: &NewExchange,
 ) -> Result<bool, StoreError> {
     let conn = Connection::open(address)?;
     let mut params = vec![ParameterValue::Int64(conversation)];
-    params.extend(exchange_params(
-        retention_days,
-        request,
-        answer,
-        citations,
-        cached,
-    ));
-    let outcome = conn.execute(history::APPEND_EXCHANGE_SQL, &params);
-    match outcome {
+    params.extend(exchange.params());
+    match conn.execute(history::APPEND_EXCHANGE_SQL, &params) {
         Ok(_) => Ok(true),
         Err(PgError::QueryFailed(QueryError::DbError(e)))
             if e.code == history::FOREIGN_KEY_VIOLATION =>

@@ -307,36 +307,26 @@ pub fn store_history(
 ) -> Option<RememberedConversation> {
     let started = Instant::now();
     let today = day_of(crate::now_epoch_seconds());
+    let exchange = crate::history::NewExchange {
+        request,
+        answer: &answer.value.answer,
+        citations: &answer.value.citations,
+        cached: answer.cached,
+        retention_days: settings.retention_days,
+    };
+    let address = &settings.postgres_address;
+    // Appended when Redis knows the conversation as refreshed today and it
+    // still exists; else the whole statement, which refreshes (or recreates) it.
     let appended = match remembered.filter(|r| r.appendable_on(today)) {
-        Some(known) => crate::history::append_exchange(
-            &settings.postgres_address,
-            settings.retention_days,
-            known.id,
-            request,
-            &answer.value.answer,
-            &answer.value.citations,
-            answer.cached,
-        )
-        .map(|appended| appended.then_some(known)),
+        Some(known) => crate::history::append_exchange(address, known.id, &exchange)
+            .map(|appended| appended.then_some(known)),
         None => Ok(None),
     };
-    let stored = match appended {
-        Ok(Some(known)) => Ok(known),
-        Ok(None) => crate::history::store_exchange(
-            &settings.postgres_address,
-            settings.retention_days,
-            request,
-            &answer.value.answer,
-            &answer.value.citations,
-            answer.cached,
-            enforce_owner,
-        )
-        .map(|id| RememberedConversation {
-            id,
-            refreshed_day: Some(today),
-        }),
-        Err(e) => Err(e),
-    };
+    let stored = appended.and_then(|appended| match appended {
+        Some(known) => Ok(known),
+        None => crate::history::store_exchange(address, &exchange, enforce_owner)
+            .map(|id| RememberedConversation::refreshed_on(id, today)),
+    });
     match stored {
         Ok(now) => {
             telemetry.add(Observation::DatabaseLatency(
