@@ -167,6 +167,18 @@ pub fn status_error(
     }
 }
 
+/// Whether a failed Qdrant call is Qdrant's own 404 for a collection that
+/// does not exist (`Not found: Collection `name` doesn't exist!`): nothing has
+/// been ingested yet, or `qdrant_collection` names another collection. A 404
+/// of any other shape (a proxy's page, a wrong base path) is not this.
+pub fn is_missing_collection(error: &UpstreamError) -> bool {
+    matches!(
+        error,
+        UpstreamError::Status { service: QDRANT, status: 404, message }
+            if message.starts_with("Not found: Collection")
+    )
+}
+
 pub const OPENAI: &str = "openai";
 pub const QDRANT: &str = "qdrant";
 
@@ -348,6 +360,34 @@ mod tests {
             UpstreamError::Timeout { service: OPENAI }.http_status(),
             504
         );
+    }
+
+    #[test]
+    fn only_qdrants_own_not_found_is_a_missing_collection() {
+        let missing = br#"{"status":{"error":"Not found: Collection `documents` doesn't exist!"},"time":0.0}"#;
+        assert!(is_missing_collection(&status_error(
+            QDRANT, 404, None, missing
+        )));
+        // A proxy's 404 page, or Qdrant's 404 for another reason, is an error.
+        assert!(!is_missing_collection(&status_error(
+            QDRANT,
+            404,
+            None,
+            b"<html>404 Not Found</html>"
+        )));
+        assert!(!is_missing_collection(&status_error(
+            QDRANT,
+            404,
+            None,
+            br#"{"status":{"error":"Not found: No point with id 7 found"}}"#
+        )));
+        // The same words with another status, or from OpenAI, are not it either.
+        assert!(!is_missing_collection(&status_error(
+            QDRANT, 400, None, missing
+        )));
+        assert!(!is_missing_collection(&status_error(
+            OPENAI, 404, None, missing
+        )));
     }
 
     #[test]

@@ -205,6 +205,8 @@ pub enum Observation {
     OpenAiRateLimited,
     QdrantSearch,
     QdrantSearchLatency(f64),
+    /// A search found no collection to search (answered without passages).
+    QdrantCollectionMissing,
     RateLimitHit,
     RateLimiterDecision(LimiterOutcome),
     DatabaseLatency(Operation, f64),
@@ -265,6 +267,7 @@ impl Observation {
             O::OpenAiRateLimited => (names::OPENAI_RATE_LIMIT_ERRORS, vec![], 1.0),
             O::QdrantSearch => (names::QDRANT_SEARCHES, vec![], 1.0),
             O::QdrantSearchLatency(seconds) => (names::QDRANT_SEARCH_LATENCY, vec![], seconds),
+            O::QdrantCollectionMissing => (names::QDRANT_COLLECTION_MISSING, vec![], 1.0),
             O::RateLimitHit => (names::RATE_LIMIT_HITS, vec![], 1.0),
             O::RateLimiterDecision(outcome) => (
                 names::RATE_LIMITER_DECISIONS,
@@ -397,6 +400,7 @@ mod tests {
             O::OpenAiRateLimited,
             O::QdrantSearch,
             O::QdrantSearchLatency(0.01),
+            O::QdrantCollectionMissing,
             O::RateLimitHit,
             O::RateLimiterDecision(LimiterOutcome::FailedOpen),
             O::DatabaseLatency(Operation::StoreExchange, 0.004),

@@ -47,6 +47,7 @@ pub mod names {
     pub const HISTORY_WRITES_LOST: &str = "chatbot_history_writes_lost_total";
     pub const USER_TOKENS_CHARGED: &str = "chatbot_user_tokens_charged_total";
     pub const BUDGET_DENIALS: &str = "chatbot_user_budget_denials_total";
+    pub const QDRANT_COLLECTION_MISSING: &str = "chatbot_qdrant_collection_missing_total";
 }
 
 /// Every metric the recorder accepts and `/metrics` shows: the seed's, then an operator's extras.
@@ -169,6 +170,12 @@ pub const REGISTRY: &[MetricDef] = &[
     MetricDef {
         name: names::BUDGET_DENIALS,
         help: "Requests refused because the user's daily token budget was spent",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::QDRANT_COLLECTION_MISSING,
+        help: "Searches answered without passages because the Qdrant collection does not exist (nothing ingested yet, or a mistyped qdrant_collection)",
         kind: Kind::Counter,
         labels: &[],
     },

@@ -264,9 +264,15 @@ fn run(
         .expect("one vector per text");
 
     telemetry.add(Observation::QdrantSearch);
-    let (passages, latency) =
+    let searched =
         crate::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
-    telemetry.add(Observation::QdrantSearchLatency(latency.as_secs_f64()));
+    telemetry.add(Observation::QdrantSearchLatency(
+        searched.latency.as_secs_f64(),
+    ));
+    if searched.collection_missing {
+        telemetry.add(Observation::QdrantCollectionMissing);
+    }
+    let passages = searched.passages;
 
     telemetry.add(Observation::OpenAiCall(Operation::Chat));
     let messages = query::prompt_messages(request, &passages);

@@ -12,22 +12,51 @@ fn collection_path(settings: &PipelineSettings, rest: &str) -> String {
     format!("/collections/{}{rest}", settings.qdrant_collection)
 }
 
-/// The `top_k` nearest passages, and the search's latency.
-pub fn search(
-    settings: &PipelineSettings,
-    vector: &[f32],
-) -> Result<(Vec<Passage>, Duration), UpstreamError> {
+/// What a search found.
+pub struct Searched {
+    /// The `top_k` nearest passages (none when the collection is missing).
+    pub passages: Vec<Passage>,
+    pub latency: Duration,
+    /// The collection does not exist: nothing has been ingested yet (a fresh
+    /// deployment), or `qdrant_collection` names another collection.
+    pub collection_missing: bool,
+}
+
+/// The `top_k` nearest passages, and the search's latency. A collection that
+/// does not exist (Qdrant's own 404 for it) holds no passages: the question is
+/// answered without them, as from an empty collection, and the first
+/// ingestion creates it (and bumps the generation, so that answer is not
+/// served again). It is logged here, once per search, and counted by the
+/// caller. Any other failure, a proxy's 404 included, is an error.
+pub fn search(settings: &PipelineSettings, vector: &[f32]) -> Result<Searched, UpstreamError> {
     let started = Instant::now();
-    // A 404 (no such collection: a typo, nothing ingested yet, a proxy's page)
-    // is an error, never "no passages": only an empty collection that exists
-    // answers without passages, and only such an answer is cached.
-    let (_, body) = qdrant_send(
+    let sent = qdrant_send(
         settings,
         "POST",
         &collection_path(settings, "/points/search"),
         Some(&upstream::search_request(vector, settings.top_k)),
-    )?;
-    Ok((upstream::parse_search(&body)?, started.elapsed()))
+    );
+    let (passages, collection_missing) = match sent {
+        Ok((_, body)) => (upstream::parse_search(&body)?, false),
+        Err(e) if upstream::is_missing_collection(&e) => {
+            crate::log::warn(
+                "qdrant_collection_missing",
+                crate::log::Dependency::Qdrant,
+                format!(
+                    "collection `{}` does not exist: answering without passages \
+                     (nothing ingested yet, or qdrant_collection names another collection)",
+                    settings.qdrant_collection
+                ),
+            );
+            (Vec::new(), true)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Searched {
+        passages,
+        latency: started.elapsed(),
+        collection_missing,
+    })
 }
 
 /// Creates the collection for vectors of `size` if it does not exist; fails
