@@ -13,6 +13,19 @@ pub struct ServiceCheck {
     /// Why the probe failed; absent when it succeeded. Never carries a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Qdrant's only: whether the configured collection exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<CollectionCheck>,
+}
+
+/// The configured Qdrant collection, as the health check found it. A missing
+/// one leaves Qdrant up (a fresh deployment is answered without passages and
+/// must stay routable to be ingested into) but is a warning: it is also what a
+/// mistyped `qdrant_collection` looks like.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionCheck {
+    pub name: String,
+    pub exists: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,7 +42,17 @@ impl ServiceCheck {
             status: ServiceStatus::Up,
             latency_ms: round_ms(latency_ms),
             error: None,
+            collection: None,
         }
+    }
+
+    /// Adds what the check found of the configured collection.
+    pub fn with_collection(mut self, name: &str, exists: bool) -> Self {
+        self.collection = Some(CollectionCheck {
+            name: name.to_string(),
+            exists,
+        });
+        self
     }
 
     pub fn down(name: &str, latency_ms: f64, error: impl Into<String>) -> Self {
@@ -38,6 +61,7 @@ impl ServiceCheck {
             status: ServiceStatus::Down,
             latency_ms: round_ms(latency_ms),
             error: Some(error.into()),
+            collection: None,
         }
     }
 }
@@ -72,6 +96,22 @@ impl ServicesReport {
             OverallStatus::Degraded
         };
         Self { status, services }
+    }
+
+    /// What an operator should see although every service is up.
+    pub fn warnings(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter_map(|s| s.collection.as_ref())
+            .filter(|c| !c.exists)
+            .map(|c| {
+                format!(
+                    "Qdrant collection `{}` does not exist: questions are answered without \
+                     passages until a document is ingested (or qdrant_collection is mistyped)",
+                    c.name
+                )
+            })
+            .collect()
     }
 
     /// 200 when everything is up, 503 otherwise, so a probe can act on the status alone.
@@ -127,6 +167,28 @@ mod tests {
         ]);
         assert_eq!(report.status, OverallStatus::Degraded);
         assert_eq!(report.http_status(), 503);
+    }
+
+    #[test]
+    fn a_missing_collection_is_a_warning_not_a_failure() {
+        let report = ServicesReport::new(vec![
+            ServiceCheck::up("redis", 0.4),
+            ServiceCheck::up("qdrant", 1.0).with_collection("documents", false),
+        ]);
+        assert_eq!(report.status, OverallStatus::Healthy);
+        let warnings = report.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("`documents` does not exist"),
+            "{warnings:?}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["services"][1]["collection"]["exists"], false);
+        assert!(json["services"][0].get("collection").is_none());
+        let present = ServicesReport::new(vec![
+            ServiceCheck::up("qdrant", 1.0).with_collection("documents", true)
+        ]);
+        assert!(present.warnings().is_empty());
     }
 
     #[test]

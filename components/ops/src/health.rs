@@ -6,11 +6,12 @@ use chatbot_core::api::ApiError;
 use chatbot_core::config::redact_userinfo;
 use chatbot_core::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport};
 use chatbot_core::settings::health_check_timeout;
+use chatbot_core::upstream;
 use chatbot_core::{keys, ranking};
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
 use chatbot_spin::redis_script::{binaries, binary, eval};
 use chatbot_spin::respond::json;
-use chatbot_spin::settings::{self, lookup};
+use chatbot_spin::settings::{self, lookup, PipelineSettings};
 use chatbot_spin::{http, StoreError};
 use serde_json::json;
 use spin_sdk::http::{Params, Request, Response};
@@ -75,20 +76,55 @@ fn probe_http(name: &str, target: ProbeTarget, timeout: Duration) -> ServiceChec
     finish(name, started, outcome)
 }
 
+/// `GET /collections/{name}`: Qdrant is reachable, the key is accepted, and
+/// the configured collection exists (a missing one is Qdrant up, with a warning).
+fn probe_qdrant(pipeline: &Result<PipelineSettings, String>, timeout: Duration) -> ServiceCheck {
+    let started = Instant::now();
+    let p = match pipeline {
+        Ok(p) => p,
+        Err(e) => return finish("qdrant", started, Err(e.clone())),
+    };
+    let url = format!("{}/collections/{}", p.qdrant_url, p.qdrant_collection);
+    let headers = qdrant_headers(p);
+    let answered = http::request("GET", &url, &header_refs(&headers), None, timeout);
+    let exists = match answered {
+        Ok(r) if (200..300).contains(&r.status) => Ok(true),
+        Ok(r)
+            if upstream::is_missing_collection(&upstream::status_error(
+                upstream::QDRANT,
+                r.status,
+                None,
+                &r.body,
+            )) =>
+        {
+            Ok(false)
+        }
+        Ok(r) => Err(format!("answered {}", r.status)),
+        Err(http::HttpError::Timeout) => {
+            Err(format!("no answer within {} ms", timeout.as_millis()))
+        }
+        Err(http::HttpError::Failed(e)) => Err(e),
+    };
+    match exists {
+        Ok(exists) => {
+            finish("qdrant", started, Ok(())).with_collection(&p.qdrant_collection, exists)
+        }
+        Err(e) => finish("qdrant", started, Err(e)),
+    }
+}
+
 fn all_checks() -> ServicesReport {
     let timeout = health_check_timeout(&lookup);
-    // Qdrant's `/healthz` (plain text), and OpenAI's `GET /models`: reachable, and the key is accepted.
-    let (qdrant, openai) = match settings::pipeline() {
-        Ok(p) => (
-            Ok((format!("{}/healthz", p.qdrant_url), qdrant_headers(&p))),
-            Ok((format!("{}/models", p.openai_base_url), openai_headers(&p))),
-        ),
-        Err(e) => (Err(e.to_string()), Err(e.to_string())),
+    let pipeline = settings::pipeline().map_err(|e| e.to_string());
+    // OpenAI's `GET /models`: reachable, and the key is accepted.
+    let openai = match &pipeline {
+        Ok(p) => Ok((format!("{}/models", p.openai_base_url), openai_headers(p))),
+        Err(e) => Err(e.clone()),
     };
     ServicesReport::new(vec![
         probe_redis(),
         probe_postgres(),
-        probe_http("qdrant", qdrant, timeout),
+        probe_qdrant(&pipeline, timeout),
         probe_http("openai", openai, timeout),
     ])
 }
@@ -108,10 +144,12 @@ pub fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
         .map(|s| s.name.as_str())
         .collect();
     Ok(if down.is_empty() {
-        json(
-            200,
-            &json!({"status": "ready", "services": report.services}),
-        )
+        let mut body = json!({"status": "ready", "services": report.services});
+        let warnings = report.warnings();
+        if !warnings.is_empty() {
+            body["warnings"] = json!(warnings);
+        }
+        json(200, &body)
     } else {
         json(
             503,
