@@ -92,7 +92,7 @@ pub struct TestAppBuilder {
     manifest: Option<PathBuf>,
     zero_row_queries: host::postgres::ZeroRowQueries,
     host_call_watchdog: Option<std::time::Duration>,
-    without_collection: bool,
+    with_empty_collection: bool,
     capture_stderr: bool,
     shared: Option<SharedServices>,
 }
@@ -110,9 +110,11 @@ struct SharedServices {
 pub const DEFAULT_COLLECTION: &str = "documents";
 
 impl TestAppBuilder {
-    /// No Qdrant collection exists yet (a fresh Qdrant, or a mistyped `qdrant_collection`).
-    pub fn without_collection(mut self) -> Self {
-        self.without_collection = true;
+    /// The default collection exists, empty, before the app starts (as an
+    /// operator might create it). Without this, Qdrant starts as in a fresh
+    /// deployment, with no collection until the first ingestion creates it.
+    pub fn with_empty_collection(mut self) -> Self {
+        self.with_empty_collection = true;
         self
     }
 
@@ -208,9 +210,9 @@ impl TestAppBuilder {
                 )
             }
         };
-        // The default collection exists, empty, as in a deployment set up for
-        // questions: a collection that does not exist is an error (see `without_collection`).
-        if !self.without_collection {
+        // Like a fresh deployment, Qdrant has no collection unless a test asks
+        // for one: the first ingestion creates it.
+        if self.with_empty_collection {
             qdrant.create_collection(DEFAULT_COLLECTION, TEST_EMBEDDING_DIMENSIONS);
         }
 

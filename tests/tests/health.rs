@@ -48,10 +48,17 @@ async fn services_reports_redis_and_postgres_up_with_latency() {
     assert_eq!(used.redis_opens, 1);
     assert_eq!(used.postgres_opens, 1);
     // And the HTTP dependencies through outbound wasi:http.
+    // Qdrant's check reads the configured collection (reachable, key accepted, collection there).
     assert_eq!(
-        app.qdrant.controls().total_calls(),
-        0,
-        "/healthz is not counted as an API call"
+        app.qdrant
+            .controls()
+            .calls(chatbot_harness::stubs::qdrant::COLLECTIONS),
+        1
+    );
+    assert_eq!(
+        services[2]["collection"],
+        serde_json::json!({"name": chatbot_harness::DEFAULT_COLLECTION, "exists": false}),
+        "a fresh Qdrant has no collection"
     );
     assert_eq!(
         app.openai

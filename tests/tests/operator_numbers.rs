@@ -373,13 +373,102 @@ async fn a_failed_re_ingestion_leaves_the_old_text_and_a_shorter_one_drops_its_t
     }
 }
 
+/// The Qdrant entry of a readiness report.
+fn qdrant_check(readiness: &Value) -> Value {
+    readiness["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "qdrant")
+        .cloned()
+        .unwrap_or_else(|| panic!("no qdrant in {readiness}"))
+}
+
+/// A fresh deployment (Qdrant without the collection): questions are answered
+/// without passages, counted and logged, readiness says why, and the first
+/// ingestion creates the collection and makes the next answer use it.
 #[tokio::test]
-async fn a_missing_collection_is_an_error_and_nothing_is_cached() {
-    let app = TestApp::builder()
-        .without_collection()
-        .spawn()
+async fn a_fresh_deployment_answers_without_passages_until_something_is_ingested() {
+    let app = TestApp::builder().capture_stderr().spawn().await.unwrap();
+    let ready = app.get("/health/readiness").await.unwrap();
+    assert_eq!(
+        ready.status,
+        200,
+        "routable, to be ingested into: {}",
+        ready.text()
+    );
+    let body = ready.json();
+    assert_eq!(body["status"], "ready", "{body}");
+    let qdrant = qdrant_check(&body);
+    assert_eq!(qdrant["status"], "up", "{body}");
+    assert_eq!(
+        qdrant["collection"],
+        json!({"name": DEFAULT_COLLECTION, "exists": false})
+    );
+    let warning = body["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("does not exist"), "{body}");
+
+    for _ in 0..2 {
+        let response = ask(&app, "Anyone there?", "fresh").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["citations"], json!([]));
+        assert!(!response.json()["answer"].as_str().unwrap().is_empty());
+    }
+    // The repeat was the cache's: one search, one chat call.
+    assert_eq!(app.qdrant.controls().calls(SEARCH), 1);
+    assert_eq!(app.openai.controls().calls(CHAT), 1);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value_of(&text, "chatbot_qdrant_collection_missing_total"),
+        1.0
+    );
+    assert_eq!(
+        value_of(&text, "chatbot_errors_total{error_type=\"qdrant\"}"),
+        0.0,
+        "nothing ingested yet is not a Qdrant failure"
+    );
+    let stderr = app.app.stderr.as_ref().expect("stderr is captured").text();
+    let logged: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"event\":\"qdrant_collection_missing\""))
+        .collect();
+    assert_eq!(logged.len(), 1, "{stderr}");
+    assert!(logged[0].contains(DEFAULT_COLLECTION), "{}", logged[0]);
+
+    // The first ingestion creates the collection; the cached answer without
+    // passages is not served again (the generation moved).
+    let ingested = app
+        .ingest(json!([{"id": "hello", "source": "hello.md", "text": "Someone is there: the library."}]))
         .await
         .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+    let answered = ask(&app, "Anyone there?", "fresh").await;
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert_eq!(answered.json()["cached"], false);
+    assert_eq!(answered.json()["citations"][0]["source"], "hello.md");
+    let ready = app.get("/health/readiness").await.unwrap().json();
+    assert_eq!(
+        qdrant_check(&ready)["collection"]["exists"],
+        true,
+        "{ready}"
+    );
+    assert!(ready.get("warnings").is_none(), "{ready}");
+    let text = scrape(&app).await;
+    assert_eq!(
+        value_of(&text, "chatbot_qdrant_collection_missing_total"),
+        1.0
+    );
+}
+
+/// Only Qdrant's own "collection doesn't exist" is "nothing ingested": a 404
+/// of another shape (a proxy's page, a wrong base path) is an error, shared
+/// with nobody's cache, and Qdrant is down for readiness.
+#[tokio::test]
+async fn a_404_that_is_not_qdrants_missing_collection_is_an_error_and_nothing_is_cached() {
+    let app = TestApp::spawn().await.unwrap();
+    app.qdrant
+        .controls()
+        .fail_always(SEARCH, Fault::Status(404));
     for _ in 0..2 {
         let response = ask(&app, "Anyone there?", "q404").await;
         assert_eq!(response.status, 502, "{}", response.text());
@@ -402,6 +491,20 @@ async fn a_missing_collection_is_an_error_and_nothing_is_cached() {
         value_of(&text, "chatbot_errors_total{error_type=\"qdrant\"}"),
         2.0
     );
+    assert_eq!(
+        value_of(&text, "chatbot_qdrant_collection_missing_total"),
+        0.0
+    );
+
+    app.qdrant.controls().fail_always(
+        chatbot_harness::stubs::qdrant::COLLECTIONS,
+        Fault::Status(404),
+    );
+    let ready = app.get("/health/readiness").await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let qdrant = qdrant_check(&ready.json());
+    assert_eq!(qdrant["status"], "down", "{qdrant}");
+    assert!(qdrant.get("collection").is_none(), "{qdrant}");
 }
 
 #[test]
@@ -491,11 +594,8 @@ async fn a_full_ranking_admits_newcomers_and_forgets_old_favourites() {
 /// (embedding, search, chat, collection, upsert, delete) must carry it.
 #[tokio::test]
 async fn outbound_bodies_carry_their_length() {
-    let app = TestApp::builder()
-        .without_collection()
-        .spawn()
-        .await
-        .unwrap();
+    // A fresh Qdrant: the ingestion creates the collection too.
+    let app = TestApp::spawn().await.unwrap();
     let ingested = app
         .ingest(json!([{"id": "len", "source": "len.md", "text": "Lengths are known."}]))
         .await

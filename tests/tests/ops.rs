@@ -29,11 +29,33 @@ async fn keys(app: &TestApp, pattern: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn readiness_is_200_when_everything_answers() {
-    let app = TestApp::builder().only(&["ops"]).spawn().await.unwrap();
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .with_empty_collection()
+        .spawn()
+        .await
+        .unwrap();
     let r = app.get("/health/readiness").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "ready");
     assert_eq!(r.json()["services"].as_array().unwrap().len(), 4);
+    assert_eq!(r.json()["services"][2]["collection"]["exists"], true);
+    assert!(r.json().get("warnings").is_none(), "{}", r.text());
+}
+
+#[tokio::test]
+async fn readiness_fails_when_qdrant_refuses_the_key() {
+    // Qdrant's `/healthz` takes no key; the collection read does, as searches do.
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("qdrant_api_key", "not-the-key")
+        .spawn()
+        .await
+        .unwrap();
+    let r = app.get("/health/readiness").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["down"], json!(["qdrant"]), "{}", r.text());
+    assert_eq!(r.json()["services"][2]["error"], "answered 401");
 }
 
 #[tokio::test]
