@@ -301,9 +301,46 @@ async fn the_alert_rules_pass_promtool() {
     let rules = project_root().join("deploy/prometheus/alerts.yml");
     let (ok, report) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
     assert!(ok, "{report}");
-    assert!(report.contains("4 rules found"), "{report}");
+    assert!(report.contains("5 rules found"), "{report}");
     let config = project_root().join("deploy/prometheus/prometheus.yml");
     let (ok, report) = promtool(&["check", "config", config.to_str().unwrap()], None);
+    assert!(ok, "{report}");
+}
+
+/// `QdrantCollectionMissing` fires while questions keep finding no collection
+/// (on two replicas' identical series), and clears once they stop (after the
+/// first ingestion, or the fixed `qdrant_collection`).
+#[test]
+fn the_missing_collection_alert_fires_and_clears() {
+    let rules = project_root().join("deploy/prometheus/alerts.yml");
+    let annotations = |field: &str| {
+        let text = std::fs::read_to_string(&rules).unwrap();
+        let rule = text
+            .split("- alert: QdrantCollectionMissing")
+            .nth(1)
+            .unwrap();
+        rule.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let series = |pod: &str| {
+        format!(
+            "      - series: 'chatbot_qdrant_collection_missing_total{{job=\"rag-chatbot\", instance=\"{pod}:80\", pod=\"{pod}\"}}'\n        values: '0+1x20 20x60'\n"
+        )
+    };
+    let test = format!(
+        "rule_files: [{rules}]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{a}{b}    alert_rule_test:\n      - eval_time: 15m\n        alertname: QdrantCollectionMissing\n        exp_alerts:\n          - exp_labels: {{severity: warning}}\n            exp_annotations:\n              summary: {summary}\n              description: {description}\n      - eval_time: 60m\n        alertname: QdrantCollectionMissing\n        exp_alerts: []\n",
+        rules = rules.display(),
+        a = series("a"),
+        b = series("b"),
+        summary = annotations("summary"),
+        description = annotations("description"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing_collection_test.yml");
+    std::fs::write(&file, test).unwrap();
+    let (ok, report) = promtool(&["test", "rules", file.to_str().unwrap()], None);
     assert!(ok, "{report}");
 }
 
