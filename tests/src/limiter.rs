@@ -92,6 +92,7 @@ impl LimiterUnderTest {
             .chatbot_ratelimit_limiter()
             .call_check_standalone(&mut store, &[session(key)], cost)
             .await
+            .map_err(anyhow::Error::from)
     }
 
     pub fn counts(&self) -> Counts {

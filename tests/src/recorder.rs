@@ -67,6 +67,7 @@ impl RecorderUnderTest {
             .chatbot_metrics_recorder()
             .call_record_batch(&mut store, borrowed, &batch)
             .await
+            .map_err(anyhow::Error::from)
     }
 
     /// A batch recorded on a connection the recorder opens itself.
@@ -81,6 +82,7 @@ impl RecorderUnderTest {
             .chatbot_metrics_recorder()
             .call_record_batch_standalone(&mut store, &batch)
             .await
+            .map_err(anyhow::Error::from)
     }
 
     pub fn counts(&self) -> Counts {

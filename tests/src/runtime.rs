@@ -13,10 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi_http::bindings::http::types::Scheme;
-use wasmtime_wasi_http::bindings::ProxyPre;
-use wasmtime_wasi_http::body::HyperOutgoingBody;
-use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::WasiHttpView;
 
 use crate::allowed_hosts::AllowedHosts;
 use crate::host::chatbot::ChatbotImports;
@@ -30,7 +30,6 @@ pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
-        config.async_support(true);
         // Spin instantiates through the pooling allocator; so do we, so that
         // per-request instantiation and memory growth cost what they cost there.
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
@@ -238,10 +237,14 @@ impl App {
             let component = compile(&bytes).with_context(|| format!("compiling {id:?}"))?;
             let linker = host::linker(engine(), stand_ins.is_some())?;
             // Fails here, at load, if the component imports anything a Spin host does not provide.
-            let pre = linker.instantiate_pre(&component).with_context(|| {
-                format!("component {id:?} imports something the host does not provide")
-            })?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!("component {id:?} imports something the host does not provide")
+                })?;
             let pre = ProxyPre::new(pre)
+                .map_err(anyhow::Error::from)
                 .with_context(|| format!("component {id:?} is not an HTTP component"))?;
             components.insert(id.clone(), LoadedComponent { pre, env });
         }
@@ -302,8 +305,9 @@ impl App {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
+            .http()
             .new_incoming_request(Scheme::Http, request)?;
-        let outparam = store.data_mut().new_response_outparam(sender)?;
+        let outparam = store.data_mut().http().new_response_outparam(sender)?;
         let pre = component.pre.clone();
         let running = Running::new(&self.in_flight);
         let task = tokio::task::spawn(async move {
@@ -323,7 +327,8 @@ impl App {
                 let outcome = task.await;
                 let error = match outcome {
                     Ok(Ok(())) => anyhow!("component {component_id:?} never set a response"),
-                    Ok(Err(e)) => e.context(format!("component {component_id:?} trapped")),
+                    Ok(Err(e)) => anyhow::Error::from(e)
+                        .context(format!("component {component_id:?} trapped")),
                     Err(e) => anyhow!(e).context(format!("component {component_id:?} panicked")),
                 };
                 eprintln!("{error:?}");

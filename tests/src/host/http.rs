@@ -2,22 +2,21 @@
 //! `allowed_outbound_hosts`, as Spin's outbound HTTP factor does; anything
 //! else fails with `HTTP-request-denied`.
 
-use wasmtime_wasi_http::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::body::HyperOutgoingBody;
-use wasmtime_wasi_http::types::{HostFutureIncomingResponse, OutgoingRequestConfig};
-use wasmtime_wasi_http::{HttpResult, WasiHttpCtx, WasiHttpView};
+use std::sync::Arc;
 
-use super::{HostCounters, HostState};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, OutgoingRequestConfig};
+use wasmtime_wasi_http::p2::{HttpResult, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-impl WasiHttpView for HostState {
-    fn ctx(&mut self) -> &mut WasiHttpCtx {
-        &mut self.http
-    }
+use super::{ComponentEnv, HostCounters, HostState};
 
-    fn table(&mut self) -> &mut wasmtime::component::ResourceTable {
-        &mut self.table
-    }
+/// Spin's outbound HTTP policy: the component's `allowed_outbound_hosts`.
+pub(crate) struct OutboundHttp {
+    pub(crate) env: Arc<ComponentEnv>,
+}
 
+impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
         request: hyper::Request<HyperOutgoingBody>,
@@ -31,8 +30,18 @@ impl WasiHttpView for HostState {
             ))));
         }
         HostCounters::bump(&self.env.counters.outbound_http);
-        Ok(wasmtime_wasi_http::types::default_send_request(
+        Ok(wasmtime_wasi_http::p2::default_send_request(
             request, config,
         ))
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }

@@ -122,7 +122,7 @@ pub async fn watched<T>(
 ) -> wasmtime::Result<T> {
     tokio::time::timeout(env.host_call_watchdog, open)
         .await
-        .map_err(|_| anyhow::anyhow!(SILENT_SERVER_TRAP))
+        .map_err(|_| wasmtime::format_err!(SILENT_SERVER_TRAP))
 }
 
 /// The store data of one instance, i.e. of one request.
@@ -130,6 +130,7 @@ pub struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
+    pub(crate) outbound: http::OutboundHttp,
     pub(crate) env: Arc<ComponentEnv>,
 }
 
@@ -151,6 +152,7 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            outbound: http::OutboundHttp { env: env.clone() },
             env,
         }
     }
@@ -174,7 +176,7 @@ impl WasiView for HostState {
 pub fn linker(engine: &Engine, with_chatbot_imports: bool) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     if with_chatbot_imports {
         crate::bindings::chatbot::ChatbotImports::add_to_linker::<_, HasSelf<_>>(

@@ -127,7 +127,7 @@ impl v4::HostConnection for HostState {
         if rows.is_empty() {
             HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
             if self.env.zero_row_queries == ZeroRowQueries::Fail {
-                anyhow::bail!(ZERO_ROW_QUERY_TRAP);
+                wasmtime::bail!(ZERO_ROW_QUERY_TRAP);
             }
         }
         Ok(row_set(&rows))
