@@ -134,15 +134,19 @@ pub fn allowed_methods(table: &[Route], path: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// The most a request to `path` may send: its route's limit (the largest, if
-/// several methods share the path), or the default for a path no route serves.
-pub fn body_limit(table: &[Route], path: &str) -> usize {
+/// The route that serves `method` on `path`, whose limit bounds the body: a
+/// request no route serves (a 404, or a 405) is answered without reading a
+/// byte of its body, so a large body sent with the wrong method costs nothing.
+pub fn serving_route<'a>(table: &'a [Route], method: &str, path: &str) -> Option<&'a Route> {
     table
         .iter()
-        .filter(|r| r.matches(path))
-        .map(|r| r.max_body_bytes)
-        .max()
-        .unwrap_or(DEFAULT_MAX_BODY_BYTES)
+        .find(|r| r.serves_method(method) && r.matches(path))
+}
+
+/// Whether `path` is an admin route's, whatever the method: its token is
+/// checked first, so that without it nobody learns which methods it takes.
+pub fn is_admin_path(table: &[Route], path: &str) -> bool {
+    table.iter().any(|r| r.admin && r.matches(path))
 }
 
 #[cfg(test)]
@@ -150,14 +154,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn body_limits_follow_the_route() {
-        assert_eq!(body_limit(QUERY_ROUTES, "/api/v1/chat/query"), 64 * 1024);
-        assert_eq!(body_limit(QUERY_ROUTES, "/api/v1/documents"), 10_000_000);
+    fn body_limits_follow_the_route_that_serves_the_method() {
+        let limit =
+            |method, path| serving_route(QUERY_ROUTES, method, path).map(|r| r.max_body_bytes);
+        assert_eq!(limit("POST", "/api/v1/chat/query"), Some(64 * 1024));
+        assert_eq!(limit("POST", "/api/v1/documents"), Some(10_000_000));
+        // Another method on the same path reads nothing: it is a 405.
+        assert_eq!(limit("PUT", "/api/v1/documents"), None);
+        assert_eq!(limit("GET", "/api/v1/documents"), None);
         assert_eq!(
-            body_limit(QUERY_ROUTES, "/api/v1/chat/history/s-1"),
-            DEFAULT_MAX_BODY_BYTES
+            limit("GET", "/api/v1/chat/history/s-1"),
+            Some(DEFAULT_MAX_BODY_BYTES)
         );
-        assert_eq!(body_limit(QUERY_ROUTES, "/nowhere"), DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(
+            limit("HEAD", "/api/v1/chat/history/s-1"),
+            Some(DEFAULT_MAX_BODY_BYTES)
+        );
+        assert_eq!(limit("POST", "/nowhere"), None);
+        assert!(is_admin_path(QUERY_ROUTES, "/api/v1/documents"));
+        assert!(!is_admin_path(QUERY_ROUTES, "/api/v1/chat/query"));
+        assert!(is_admin_path(OPS_ROUTES, "/admin/audit"));
+        assert!(!is_admin_path(OPS_ROUTES, "/health"));
         assert!(CHAT_HISTORY.matches("/api/v1/chat/history/abc"));
         assert!(!CHAT_HISTORY.matches("/api/v1/chat/history/"));
         assert!(!CHAT_HISTORY.matches("/api/v1/chat/history/a/b"));

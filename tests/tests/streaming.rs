@@ -374,6 +374,32 @@ async fn bodies_over_the_limit_are_refused_unread() {
         .contains("65536"));
 }
 
+/// A body is read only for the route that serves the method: a 9 MB body
+/// sent to the documents path with another method is a 405 (or, without the
+/// admin token, a 401) answered before the body arrives, and an unknown path
+/// a 404. Each of these requests declares a body it never sends: a server
+/// that read it would wait for ever (the read times out).
+#[tokio::test]
+async fn a_body_for_a_method_or_path_no_route_serves_is_never_read() {
+    let app = TestApp::spawn().await.unwrap();
+    let auth = format!("authorization: {}\r\n", admin_authorization());
+    let nine_mb = 9_000_000;
+    for (method, path, auth, expected) in [
+        ("PUT", "/api/v1/documents", auth.as_str(), " 405 "),
+        ("GET", "/api/v1/documents", auth.as_str(), " 405 "),
+        ("PUT", "/api/v1/documents", "", " 401 "),
+        ("DELETE", "/health/cache/clear", "", " 401 "),
+        ("PUT", "/api/v1/chat/query", "", " 405 "),
+        ("POST", "/api/v1/nowhere", "", " 404 "),
+    ] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: app\r\ncontent-type: application/json\r\n{auth}content-length: {nine_mb}\r\n\r\n"
+        );
+        let status = status_without_sending_everything(&app, head, b"{").await;
+        assert!(status.contains(expected), "{method} {path}: {status}");
+    }
+}
+
 #[tokio::test]
 async fn the_request_deadline_bounds_a_slow_model() {
     let app = app_with_book(

@@ -25,19 +25,20 @@ fn head(incoming: &IncomingRequest) -> Request {
 }
 
 /// The request with its whole body, or the 413 (or 400, or the admin
-/// refusal) to answer instead. An admin route's token is checked before a
-/// byte of the body is read.
+/// refusal) to answer instead. An admin path's token is checked, for any
+/// method, before a byte of the body is read; a request that no route serves
+/// (the router answers it 404 or 405) comes without its body, unread.
 pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiError> {
     let path = incoming.path_with_query().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
     let method = incoming.method().to_string();
-    if table
-        .iter()
-        .any(|r| r.admin && r.serves_method(&method) && r.matches(path))
-    {
+    if routes::is_admin_path(table, path) {
         crate::routing::authorise(&head(&incoming))?;
     }
-    let limit = routes::body_limit(table, path);
+    let Some(route) = routes::serving_route(table, &method, path) else {
+        return Ok(head(&incoming));
+    };
+    let limit = route.max_body_bytes;
     let declared = incoming
         .headers()
         .get("content-length")
