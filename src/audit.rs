@@ -127,13 +127,42 @@ pub struct AuditEntry {
     pub id: String,
 }
 
+/// The most an entry keeps of any text it carries (a path, a session id, an
+/// address): strangers write the security log, so what they send must not
+/// make an entry, and so the capped log, any larger.
+pub const MAX_ENTRY_TEXT_CHARS: usize = 256;
+
+/// `text` cut to [`MAX_ENTRY_TEXT_CHARS`] characters, with `…` where it was cut.
+fn bounded_text(text: &str) -> String {
+    match text.char_indices().nth(MAX_ENTRY_TEXT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// `value` with every string in it (object keys too) bounded.
+fn bounded_detail(value: Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(bounded_text(&text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(bounded_detail).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(name, value)| (bounded_text(&name), bounded_detail(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 impl AuditEntry {
+    /// An entry whose texts are bounded ([`MAX_ENTRY_TEXT_CHARS`]).
     pub fn new(action: AuditAction, address: &str, detail: Value, at: u64, id: String) -> Self {
         Self {
             at,
             action,
-            address: address.to_string(),
-            detail,
+            address: bounded_text(address),
+            detail: bounded_detail(detail),
             id,
         }
     }
@@ -201,6 +230,40 @@ pub fn decode_member(member: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_keeps_a_bounded_part_of_what_a_stranger_sent() {
+        let long = "é".repeat(60_000);
+        let entry = AuditEntry::new(
+            AuditAction::Unauthorized,
+            &long,
+            serde_json::json!({"path": long, "nested": [{"session": long}], "count": 3, "ok": true}),
+            1,
+            "id".into(),
+        );
+        let kept = bounded_text(&long);
+        assert_eq!(
+            kept.chars().count(),
+            MAX_ENTRY_TEXT_CHARS + 1,
+            "cut, and marked"
+        );
+        assert!(kept.ends_with('…'));
+        assert_eq!(entry.address, kept);
+        assert_eq!(entry.detail["path"], kept.as_str());
+        assert_eq!(entry.detail["nested"][0]["session"], kept.as_str());
+        assert_eq!(entry.detail["count"], 3);
+        assert!(
+            entry.to_json().len() < 4 * 1024,
+            "{} bytes",
+            entry.to_json().len()
+        );
+        // Short texts are kept whole.
+        assert_eq!(bounded_text("/api/v1/documents"), "/api/v1/documents");
+        assert_eq!(
+            bounded_text(&"a".repeat(MAX_ENTRY_TEXT_CHARS)).len(),
+            MAX_ENTRY_TEXT_CHARS
+        );
+    }
 
     #[test]
     fn admin_actions_and_security_events_go_to_their_own_logs() {

@@ -392,6 +392,34 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     );
 }
 
+/// Strangers write the security log: a refused history read with a 30 KB
+/// path leaves an entry of a bounded size, not one that carries the path.
+#[tokio::test]
+async fn a_refusal_with_a_huge_path_leaves_a_small_security_entry() {
+    let app = TestApp::spawn().await.unwrap();
+    let session = "s".repeat(30_000);
+    let refused = app
+        .get(&format!("/api/v1/chat/history/{session}"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let mut conn = app.redis().await.unwrap();
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(chatbot_core::keys::SECURITY_LOG)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 1, "one refusal, one entry");
+    assert!(members[0].len() < 2_048, "{} bytes", members[0].len());
+    let entry: Value = serde_json::from_str(&members[0]).unwrap();
+    assert_eq!(entry["action"], "token_rejected");
+    let path = entry["detail"]["path"].as_str().unwrap();
+    assert!(path.starts_with("/api/v1/chat/history/sss"), "{path}");
+    assert!(path.ends_with('…'), "{path}");
+}
+
 #[tokio::test]
 async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
     let app = TestApp::spawn().await.unwrap();
