@@ -392,6 +392,18 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     );
 }
 
+/// The security log's entries as stored, oldest first.
+async fn security_log(app: &TestApp) -> Vec<String> {
+    let mut conn = app.redis().await.unwrap();
+    redis::cmd("ZRANGE")
+        .arg(chatbot_core::keys::SECURITY_LOG)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// Strangers write the security log: a refused history read with a 30 KB
 /// path leaves an entry of a bounded size, not one that carries the path.
 #[tokio::test]
@@ -403,14 +415,7 @@ async fn a_refusal_with_a_huge_path_leaves_a_small_security_entry() {
         .await
         .unwrap();
     assert_eq!(refused.status, 401, "{}", refused.text());
-    let mut conn = app.redis().await.unwrap();
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(chatbot_core::keys::SECURITY_LOG)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let members = security_log(&app).await;
     assert_eq!(members.len(), 1, "one refusal, one entry");
     assert!(members[0].len() < 2_048, "{} bytes", members[0].len());
     let entry: Value = serde_json::from_str(&members[0]).unwrap();
@@ -524,14 +529,7 @@ async fn a_user_may_hold_five_sessions_and_the_count_recovers_after_expiry() {
         200,
         "idle sessions stopped counting"
     );
-    let mut conn = app.redis().await.unwrap();
-    let audit: Vec<String> = redis::cmd("ZRANGE")
-        .arg(chatbot_core::keys::SECURITY_LOG)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let audit = security_log(&app).await;
     assert!(
         audit
             .iter()
