@@ -60,18 +60,28 @@ fn probe_postgres() -> ServiceCheck {
 /// A URL to `GET` with its headers, or why it cannot be probed.
 type ProbeTarget = Result<(String, Vec<(&'static str, String)>), String>;
 
+/// A `GET` within the health-check timeout, its failure worded for the report.
+fn get(
+    url: &str,
+    headers: &[(&'static str, String)],
+    timeout: Duration,
+) -> Result<http::HttpResponse, String> {
+    http::request("GET", url, &header_refs(headers), None, timeout).map_err(|e| match e {
+        http::HttpError::Timeout => format!("no answer within {} ms", timeout.as_millis()),
+        http::HttpError::Failed(e) => e,
+    })
+}
+
+fn is_success(response: &http::HttpResponse) -> bool {
+    (200..300).contains(&response.status)
+}
+
 /// A `GET` of the target that must answer 2xx within the health-check timeout.
 fn probe_http(name: &str, target: ProbeTarget, timeout: Duration) -> ServiceCheck {
     let started = Instant::now();
-    let outcome = target.and_then(|(url, headers)| {
-        match http::request("GET", &url, &header_refs(&headers), None, timeout) {
-            Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(format!("answered {}", r.status)),
-            Err(http::HttpError::Timeout) => {
-                Err(format!("no answer within {} ms", timeout.as_millis()))
-            }
-            Err(http::HttpError::Failed(e)) => Err(e),
-        }
+    let outcome = target.and_then(|(url, headers)| match get(&url, &headers, timeout)? {
+        r if is_success(&r) => Ok(()),
+        r => Err(format!("answered {}", r.status)),
     });
     finish(name, started, outcome)
 }
@@ -85,26 +95,20 @@ fn probe_qdrant(pipeline: &Result<PipelineSettings, String>, timeout: Duration) 
         Err(e) => return finish("qdrant", started, Err(e.clone())),
     };
     let url = format!("{}/collections/{}", p.qdrant_url, p.qdrant_collection);
-    let headers = qdrant_headers(p);
-    let answered = http::request("GET", &url, &header_refs(&headers), None, timeout);
-    let exists = match answered {
-        Ok(r) if (200..300).contains(&r.status) => Ok(true),
-        Ok(r)
-            if upstream::is_missing_collection(&upstream::status_error(
-                upstream::QDRANT,
-                r.status,
-                None,
-                &r.body,
-            )) =>
-        {
+    let exists = get(&url, &qdrant_headers(p), timeout).and_then(|r| {
+        if is_success(&r) {
+            Ok(true)
+        } else if upstream::is_missing_collection(&upstream::status_error(
+            upstream::QDRANT,
+            r.status,
+            None,
+            &r.body,
+        )) {
             Ok(false)
+        } else {
+            Err(format!("answered {}", r.status))
         }
-        Ok(r) => Err(format!("answered {}", r.status)),
-        Err(http::HttpError::Timeout) => {
-            Err(format!("no answer within {} ms", timeout.as_millis()))
-        }
-        Err(http::HttpError::Failed(e)) => Err(e),
-    };
+    });
     match exists {
         Ok(exists) => {
             finish("qdrant", started, Ok(())).with_collection(&p.qdrant_collection, exists)
