@@ -19,15 +19,14 @@ fn workspace_root() -> PathBuf {
     dir
 }
 
-/// The spin-sdk version the lock file pins.
-fn locked_spin_sdk_version(root: &Path) -> String {
+/// The spin-sdk version of major `major` the lock file pins, if any.
+fn locked_spin_sdk_version(root: &Path, major: u64) -> Option<String> {
     let lockfile = cargo_lock::Lockfile::load(root.join("Cargo.lock")).expect("reading Cargo.lock");
     lockfile
         .packages
         .iter()
-        .find(|p| p.name.as_str() == SPIN_SDK)
+        .find(|p| p.name.as_str() == SPIN_SDK && p.version.major == major)
         .map(|p| p.version.to_string())
-        .unwrap_or_else(|| panic!("{SPIN_SDK} is not in Cargo.lock"))
 }
 
 /// Where cargo unpacked spin-sdk: ask `cargo metadata`, which also downloads it if needed.
@@ -73,29 +72,39 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Makes `wit/deps/spin-sdk/` a copy of the locked spin-sdk's `wit/`.
+/// Makes `wit/deps/spin-sdk/` a copy of the locked spin-sdk 5's `wit/` (the
+/// WASIp2 components' interfaces) and, when the lock also holds spin-sdk 6 (the
+/// WASIp3 interfaces: `spin:redis@3.0.0`, `spin:postgres@4.2.0`,
+/// `spin:variables@3.0.0`), `wit/deps/spin-sdk-6/` a copy of its `wit/`.
 pub fn sync_wit_deps() {
     let root = workspace_root();
-    let version = locked_spin_sdk_version(&root);
-    let target = root.join("wit").join("deps").join(SPIN_SDK);
-    let stamp = target.join(".version");
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
-    println!("cargo:rerun-if-changed={}", stamp.display());
     for file in ["ratelimit.wit", "metrics.wit", "app.wit"] {
         println!("cargo:rerun-if-changed={}", root.join("wit").join(file).display());
     }
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(version.as_str()) {
+    let v5 = locked_spin_sdk_version(&root, 5).unwrap_or_else(|| panic!("{SPIN_SDK} 5 is not in Cargo.lock"));
+    sync_one(&root, &v5, SPIN_SDK);
+    if let Some(v6) = locked_spin_sdk_version(&root, 6) {
+        sync_one(&root, &v6, "spin-sdk-6");
+    }
+}
+
+fn sync_one(root: &Path, version: &str, dir_name: &str) {
+    let target = root.join("wit").join("deps").join(dir_name);
+    let stamp = target.join(".version");
+    println!("cargo:rerun-if-changed={}", stamp.display());
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(version) {
         return;
     }
-    let source = spin_sdk_source(&root, &version).join("wit");
+    let source = spin_sdk_source(root, version).join("wit");
     // Build scripts of several crates may run at once: copy aside, then rename into place.
     let staging = root
         .join("wit")
         .join("deps")
-        .join(format!(".{SPIN_SDK}-{}", std::process::id()));
+        .join(format!(".{dir_name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     copy_dir(&source, &staging);
-    std::fs::write(staging.join(".version"), &version).expect("writing stamp");
+    std::fs::write(staging.join(".version"), version).expect("writing stamp");
     let _ = std::fs::remove_dir_all(&target);
     if std::fs::rename(&staging, &target).is_err() {
         // Another build script won the race with the same content.

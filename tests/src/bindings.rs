@@ -73,3 +73,27 @@ pub mod metrics {
         },
     });
 }
+
+/// What a Spin 4.x host offers a spin-sdk 6 (WASIp3) component beyond WASI
+/// and wasi:http: the async Redis, Postgres and variables interfaces.
+pub mod spin4 {
+    wasmtime::component::bindgen!({
+        path: ["../wit/deps/spin-sdk-6"],
+        inline: r#"
+            package chatbot:harness-p3;
+
+            world spin4-host {
+                import spin:redis/redis@3.0.0;
+                import spin:variables/variables@3.0.0;
+                import spin:postgres/postgres@4.2.0;
+            }
+        "#,
+        world: "chatbot:harness-p3/spin4-host",
+        imports: { default: async | trappable },
+        with: {
+            "spin:redis/redis.connection": crate::host::redis3::RedisConnection3,
+            "spin:postgres/postgres.connection": crate::host::postgres42::PgConnection42,
+            "spin:postgres/postgres.connection-builder": crate::host::postgres42::PgConnectionBuilder,
+        },
+    });
+}

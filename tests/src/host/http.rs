@@ -45,3 +45,59 @@ impl WasiHttpView for HostState {
         }
     }
 }
+
+/// The same policy for `wasi:http@0.3` (WASIp3 components).
+mod p3 {
+    use std::future::Future;
+
+    use bytes::Bytes;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+    use wasmtime_wasi_http::p3::{RequestOptions, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+    use super::{HostCounters, HostState, OutboundHttp};
+
+    type Sent = Result<
+        (
+            http::Response<UnsyncBoxBody<Bytes, ErrorCode>>,
+            Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
+        ),
+        wasmtime_wasi::TrappableError<ErrorCode>,
+    >;
+
+    impl WasiHttpHooks for OutboundHttp {
+        fn send_request(
+            &mut self,
+            request: http::Request<UnsyncBoxBody<Bytes, ErrorCode>>,
+            options: Option<RequestOptions>,
+            fut: Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
+        ) -> Box<dyn Future<Output = Sent> + Send> {
+            let url = request.uri().to_string();
+            if !self.env.allowed_hosts.allows_url(&url) {
+                HostCounters::bump(&self.env.counters.denied);
+                return Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) });
+            }
+            HostCounters::bump(&self.env.counters.outbound_http);
+            _ = fut;
+            Box::new(async move {
+                use http_body_util::BodyExt;
+                let (response, io) =
+                    wasmtime_wasi_http::p3::default_send_request(request, options).await?;
+                Ok((
+                    response.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                ))
+            })
+        }
+    }
+
+    impl WasiHttpView for HostState {
+        fn http(&mut self) -> WasiHttpCtxView<'_> {
+            WasiHttpCtxView {
+                ctx: &mut self.http,
+                table: &mut self.table,
+                hooks: &mut self.outbound,
+            }
+        }
+    }
+}

@@ -4,7 +4,9 @@
 pub mod chatbot;
 pub mod http;
 pub mod postgres;
+pub mod postgres42;
 pub mod redis;
+pub mod redis3;
 pub mod stderr;
 pub mod variables;
 
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::Engine;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -32,6 +34,8 @@ pub struct HostCounters {
     pub denied: AtomicU64,
     /// `variables::get` calls (Spin resolves each one; a request pays for every read).
     pub variable_reads: AtomicU64,
+    /// Instances created (one per request for WASIp2; reused for WASIp3).
+    pub instances: AtomicU64,
 }
 
 /// A snapshot of [`HostCounters`].
@@ -45,6 +49,7 @@ pub struct Counts {
     pub outbound_http: u64,
     pub denied: u64,
     pub variable_reads: u64,
+    pub instances: u64,
 }
 
 impl HostCounters {
@@ -59,6 +64,7 @@ impl HostCounters {
             outbound_http: get(&self.outbound_http),
             denied: get(&self.denied),
             variable_reads: get(&self.variable_reads),
+            instances: get(&self.instances),
         }
     }
 
@@ -80,6 +86,7 @@ impl std::ops::Sub for Counts {
             outbound_http: self.outbound_http - earlier.outbound_http,
             denied: self.denied - earlier.denied,
             variable_reads: self.variable_reads - earlier.variable_reads,
+            instances: self.instances - earlier.instances,
         }
     }
 }
@@ -171,13 +178,26 @@ impl WasiView for HostState {
     }
 }
 
-/// Builds a linker with WASI 0.2, wasi:http, Spin's Redis, Postgres v4 and
-/// variables, and (when asked) host stand-ins for the project's interfaces.
+/// The Spin 4 interfaces' async host calls reach the store's [`HostState`]
+/// through an accessor of this kind.
+pub struct Spin4;
+
+impl HasData for Spin4 {
+    type Data<'a> = &'a mut HostState;
+}
+
+/// Builds a linker with what a Spin 4.0 host gives every component: WASI 0.2
+/// and 0.3, wasi:http 0.2 and 0.3, Spin's Redis (2.0 and 3.0), Postgres (4.0
+/// and 4.2) and variables (2.0 and 3.0), and (when asked) host stand-ins for
+/// the project's interfaces.
 pub fn linker(engine: &Engine, with_chatbot_imports: bool) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     crate::bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    crate::bindings::spin4::Spin4Host::add_to_linker::<_, Spin4>(&mut linker, |s| s)?;
     if with_chatbot_imports {
         crate::bindings::chatbot::ChatbotImports::add_to_linker::<_, HasSelf<_>>(
             &mut linker,

@@ -46,7 +46,7 @@ fn other(e: redis::RedisError) -> Error {
     Error::Other(e.to_string())
 }
 
-mod operations {
+pub(crate) mod operations {
     use super::*;
 
     pub async fn execute(

@@ -18,3 +18,34 @@ impl v2::Host for HostState {
             .ok_or(Error::Undefined(name))
     }
 }
+
+/// `spin:variables/variables@3.0.0` (Spin 4, async): the same lookup.
+mod v3 {
+    use wasmtime::component::Accessor;
+
+    use super::super::{HostState, Spin4};
+    use crate::bindings::spin4::spin::variables::variables::{self as v3, Error};
+
+    impl v3::Host for HostState {}
+
+    impl v3::HostWithStore for Spin4 {
+        async fn get<T: Send>(
+            accessor: &Accessor<T, Self>,
+            name: String,
+        ) -> wasmtime::Result<Result<String, Error>> {
+            Ok(accessor.with(|mut access| {
+                let state: &mut HostState = access.get();
+                super::super::HostCounters::bump(&state.env.counters.variable_reads);
+                if crate::manifest::validate_variable_name(&name).is_err() {
+                    return Err(Error::InvalidName(name));
+                }
+                state
+                    .env
+                    .variables
+                    .get(&name)
+                    .cloned()
+                    .ok_or(Error::Undefined(name))
+            }))
+        }
+    }
+}
