@@ -33,7 +33,7 @@ use anyhow::Result;
 
 pub use client::Client;
 pub use host::chatbot::ChatbotImports;
-pub use runtime::{App, AppOptions, BufferedResponse};
+pub use runtime::{App, AppOptions, BufferedResponse, InstanceReuse};
 
 /// A loopback port nothing listens on (for "dependency down" tests).
 pub fn unused_port() -> u16 {
@@ -94,6 +94,7 @@ pub struct TestAppBuilder {
     host_call_watchdog: Option<std::time::Duration>,
     with_empty_collection: bool,
     capture_stderr: bool,
+    instance_reuse: runtime::InstanceReuse,
     shared: Option<SharedServices>,
 }
 
@@ -162,6 +163,12 @@ impl TestAppBuilder {
     /// Answers a Postgres `query` that yields no rows with an empty row set, as
     /// Spin 3.x did, instead of failing the request (Spin 4.0.x hangs on it:
     /// spinframework/spin#3671). Only for a test that shows that rule itself.
+    /// How WASIp3 components' instances are reused (Spin's defaults unless set).
+    pub fn instance_reuse(mut self, reuse: runtime::InstanceReuse) -> Self {
+        self.instance_reuse = reuse;
+        self
+    }
+
     pub fn answer_zero_row_queries(mut self) -> Self {
         self.zero_row_queries = host::postgres::ZeroRowQueries::Answer;
         self
@@ -261,6 +268,7 @@ impl TestAppBuilder {
                 .host_call_watchdog
                 .unwrap_or(host::DEFAULT_HOST_CALL_WATCHDOG),
             capture_stderr: self.capture_stderr,
+            instance_reuse: self.instance_reuse,
         })?;
         let app = Arc::new(app);
         let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;

@@ -1,6 +1,9 @@
 //! Loads a Spin application from its manifest and serves HTTP requests to its
-//! components the way Spin's HTTP trigger does: a fresh instance (and a fresh
-//! store) for every request, `spin-*` request headers, 404 for no route.
+//! components the way Spin 4.0's HTTP trigger does: a WASIp2 component gets a
+//! fresh instance (and a fresh store) for every request; a WASIp3 component's
+//! instances are reused (Spin's defaults: 128 requests, 16 at once, dropped
+//! after 1 s idle), and a request is over when its response body ends;
+//! `spin-*` request headers, 404 for no route.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi_http::handler::{HandlerState, Proxy, ProxyHandler, StoreBundle};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -30,6 +34,8 @@ pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
+        // WASIp3 components (spin-sdk 6): async exports, streams and futures.
+        config.wasm_component_model_async(true);
         // Spin instantiates through the pooling allocator; so do we, so that
         // per-request instantiation and memory growth cost what they cost there.
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
@@ -88,6 +94,47 @@ pub struct AppOptions {
     pub host_call_watchdog: std::time::Duration,
     /// Collects the guests' stderr (see [`App::stderr`]) instead of passing it through.
     pub capture_stderr: bool,
+    /// How WASIp3 components' instances are reused (WASIp2 ones never are).
+    pub instance_reuse: InstanceReuse,
+}
+
+/// How Spin 4.0's trigger reuses a WASIp3 component's instances (its
+/// `wasmtime_wasi_http::handler::ProxyHandler`, configured by `spin up`'s
+/// reuse and timeout options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceReuse {
+    /// Requests an instance serves before it is dropped.
+    pub max_requests: usize,
+    /// Requests an instance serves at once.
+    pub max_concurrent: usize,
+    /// How long an idle instance is kept.
+    pub idle_timeout: std::time::Duration,
+    /// `--request-timeout`: a request still running after it is cut, and its
+    /// instance dropped once the others it serves are done (none by default, as in Spin).
+    pub request_timeout: Option<std::time::Duration>,
+}
+
+impl InstanceReuse {
+    /// What `spin up` does unless told otherwise.
+    pub const SPIN_DEFAULTS: Self = Self {
+        max_requests: 128,
+        max_concurrent: 16,
+        idle_timeout: std::time::Duration::from_secs(1),
+        request_timeout: None,
+    };
+
+    /// One request per instance, as for WASIp2: nothing an instance holds outlives a request.
+    pub const ONE_REQUEST_PER_INSTANCE: Self = Self {
+        max_requests: 1,
+        max_concurrent: 1,
+        ..Self::SPIN_DEFAULTS
+    };
+}
+
+impl Default for InstanceReuse {
+    fn default() -> Self {
+        Self::SPIN_DEFAULTS
+    }
 }
 
 impl AppOptions {
@@ -100,13 +147,99 @@ impl AppOptions {
             zero_row_queries: Default::default(),
             host_call_watchdog: host::DEFAULT_HOST_CALL_WATCHDOG,
             capture_stderr: false,
+            instance_reuse: InstanceReuse::SPIN_DEFAULTS,
         }
     }
 }
 
+/// How a component is served.
+enum Served {
+    /// WASIp2 (`wasi:http/incoming-handler@0.2`): a fresh instance per request.
+    P2(ProxyPre<HostState>),
+    /// WASIp3 (`wasi:http/handler@0.3`): instances reused by Spin's rules.
+    P3(ProxyHandler<ReusedInstances>),
+}
+
 struct LoadedComponent {
-    pre: ProxyPre<HostState>,
+    served: Served,
     env: Arc<ComponentEnv>,
+}
+
+/// The [`HandlerState`] of a WASIp3 component: a store per instance, Spin's reuse rules.
+struct ReusedInstances {
+    env: Arc<ComponentEnv>,
+    reuse: InstanceReuse,
+}
+
+impl HandlerState for ReusedInstances {
+    type StoreData = HostState;
+
+    fn new_store(&self, _req_id: Option<u64>) -> wasmtime::Result<StoreBundle<HostState>> {
+        host::HostCounters::bump(&self.env.counters.instances);
+        Ok(StoreBundle {
+            store: Store::new(engine(), HostState::new(self.env.clone())),
+            write_profile: Box::new(|_| ()),
+        })
+    }
+
+    fn request_timeout(&self) -> std::time::Duration {
+        self.reuse
+            .request_timeout
+            .unwrap_or(std::time::Duration::MAX)
+    }
+
+    fn idle_instance_timeout(&self) -> std::time::Duration {
+        self.reuse.idle_timeout
+    }
+
+    fn max_instance_reuse_count(&self) -> usize {
+        self.reuse.max_requests
+    }
+
+    fn max_instance_concurrent_reuse_count(&self) -> usize {
+        self.reuse.max_concurrent
+    }
+
+    fn handle_worker_error(&self, error: wasmtime::Error) {
+        eprintln!(
+            "component {:?}: its instance ended with an error: {error:?}",
+            self.env.id
+        );
+    }
+}
+
+/// A response body that says when it has ended (or been dropped): until
+/// then the request is running, as in Spin, and its instance is kept.
+struct UntilEnd {
+    body: http_body_util::combinators::UnsyncBoxBody<Bytes, P3ErrorCode>,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+type P3ErrorCode = wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+impl Body for UntilEnd {
+    type Data = Bytes;
+    type Error = P3ErrorCode;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, P3ErrorCode>>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(poll, std::task::Poll::Ready(None | Some(Err(_)))) {
+            this.ended.take();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Handlers still running, some after their response was sent (Spin lets a
@@ -243,10 +376,21 @@ impl App {
                 .with_context(|| {
                     format!("component {id:?} imports something the host does not provide")
                 })?;
-            let pre = ProxyPre::new(pre)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("component {id:?} is not an HTTP component"))?;
-            components.insert(id.clone(), LoadedComponent { pre, env });
+            let served = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+                Ok(service) => Served::P3(ProxyHandler::new(
+                    ReusedInstances {
+                        env: env.clone(),
+                        reuse: options.instance_reuse,
+                    },
+                    wasmtime_wasi_http::handler::ProxyPre::P3(service),
+                )),
+                Err(_) => Served::P2(
+                    ProxyPre::new(pre)
+                        .map_err(anyhow::Error::from)
+                        .with_context(|| format!("component {id:?} is not an HTTP component"))?,
+                ),
+            };
+            components.insert(id.clone(), LoadedComponent { served, env });
         }
         Ok(Self {
             in_flight: Arc::default(),
@@ -301,14 +445,20 @@ impl App {
             headers.insert(name, http::HeaderValue::from_str(value)?);
         }
 
+        let pre = match &component.served {
+            Served::P2(pre) => pre.clone(),
+            Served::P3(handler) => {
+                return Ok(self.handle_p3(handler, component_id, request).await);
+            }
+        };
         let mut store = Store::new(engine(), HostState::new(component.env.clone()));
+        HostCounters::bump(&component.env.counters.instances);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)?;
         let outparam = store.data_mut().http().new_response_outparam(sender)?;
-        let pre = component.pre.clone();
         let running = Running::new(&self.in_flight);
         let task = tokio::task::spawn(async move {
             let _running = running;
@@ -333,6 +483,92 @@ impl App {
                 };
                 eprintln!("{error:?}");
                 Ok(plain(500, "Internal Server Error"))
+            }
+        }
+    }
+
+    /// Serves a request to a WASIp3 component as Spin 4.0 does: the handler
+    /// gives its instance a task (a reused instance, or a new one), the
+    /// response goes out as soon as the guest returns it, and the task (so
+    /// the request, and the instance) lasts until the response body ends.
+    async fn handle_p3<B>(
+        &self,
+        handler: &ProxyHandler<ReusedInstances>,
+        component_id: &str,
+        request: hyper::Request<B>,
+    ) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+    {
+        let request =
+            request.map(|body| body.map_err(|e| P3ErrorCode::InternalError(Some(e.to_string()))));
+        let (respond, response) = tokio::sync::oneshot::channel::<Result<_>>();
+        let running = Running::new(&self.in_flight);
+        let id = component_id.to_string();
+        handler.spawn(
+            None,
+            Box::new(move |store, proxy| {
+                Box::pin(async move {
+                    let _running = running;
+                    let Proxy::P3(service) = proxy else {
+                        return;
+                    };
+                    let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(request);
+                    let answered = match service.handle(store, request).await {
+                        Ok(Ok(answer)) => answer,
+                        Ok(Err(code)) => {
+                            let _ = respond.send(Err(anyhow!(
+                                "component {id:?} answered with an error: {code:?}"
+                            )));
+                            return;
+                        }
+                        Err(trap) => {
+                            let _ = respond.send(Err(anyhow::Error::from(trap)
+                                .context(format!("component {id:?} trapped"))));
+                            return;
+                        }
+                    };
+                    let converted =
+                        store.with(|mut access| answered.into_http(&mut access, request_io));
+                    let answer = match converted {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            let _ = respond.send(Err(anyhow::Error::from(e)
+                                .context(format!("component {id:?} gave an invalid response"))));
+                            return;
+                        }
+                    };
+                    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+                    let answer = answer.map(|body| {
+                        UntilEnd {
+                            body,
+                            ended: Some(ended_tx),
+                        }
+                        .map_err(|code| {
+                            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::InternalError(
+                                Some(format!("{code:?}")),
+                            )
+                        })
+                        .boxed_unsync()
+                    });
+                    if respond.send(Ok(answer)).is_ok() {
+                        // The body ended, failed, or the client dropped it.
+                        let _ = ended.await;
+                    }
+                })
+            }),
+        );
+        match response.await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => {
+                eprintln!("{error:?}");
+                plain(500, "Internal Server Error")
+            }
+            Err(_) => {
+                eprintln!(
+                    "component {component_id:?}: its instance was dropped before it answered"
+                );
+                plain(500, "Internal Server Error")
             }
         }
     }
@@ -403,9 +639,12 @@ pub async fn instantiation_time(app: &App, component_id: &str) -> Result<std::ti
         .components
         .get(component_id)
         .with_context(|| format!("no component {component_id:?}"))?;
+    let Served::P2(pre) = &component.served else {
+        bail!("component {component_id:?} is a WASIp3 component: its instances are reused");
+    };
     let mut store = Store::new(engine(), HostState::new(component.env.clone()));
     let started = Instant::now();
-    component.pre.instantiate_async(&mut store).await?;
+    pre.instantiate_async(&mut store).await?;
     Ok(started.elapsed())
 }
 
