@@ -95,24 +95,43 @@ pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
 
 /// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
 /// context (nullable), `$5` cached, `$6` answer, `$7` citations as in
-/// [`STORE_EXCHANGE_SQL`]. An exchange in a conversation whose session was
-/// refreshed today (see [`RememberedConversation`]): both messages in one
-/// insert and the citations, without touching the session or the
-/// conversation, and without planning their upserts. Sent with `execute` (no
-/// rows); a conversation deleted meanwhile fails its foreign key
-/// ([`FOREIGN_KEY_VIOLATION`]), and the exchange is then stored with
-/// [`STORE_EXCHANGE_SQL`], which recreates it.
-pub const APPEND_EXCHANGE_SQL: &str = "\
-WITH m AS (
+/// [`STORE_EXCHANGE_SQL`], `$8` session id, `$9` user id (nullable), `$10`
+/// whether the session's owner is enforced. An exchange in a conversation
+/// whose session was refreshed today (see [`RememberedConversation`]): the
+/// two messages and the citations, without touching the session or the
+/// conversation, and without planning their upserts.
+///
+/// Only into a conversation of the request's own session (and, with `$10`,
+/// of a session its user may write to): after a Postgres restore or rebuild,
+/// ids repeat, and the id Redis remembers may name another session's
+/// conversation. Answers how many exchanges were appended: 0 when the
+/// conversation is not the session's (or is gone), and the exchange is then
+/// stored with [`STORE_EXCHANGE_SQL`], which finds or recreates the
+/// session's own. A conversation deleted during the statement fails its
+/// foreign key ([`FOREIGN_KEY_VIOLATION`]), with the same remedy. One row always.
+pub const APPEND_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
+    "\
+WITH own AS (
+    SELECT c.id
+    FROM conversations c JOIN user_sessions s ON s.id = c.user_session_id
+    WHERE c.id = $1 AND s.session_id = $8
+      AND (NOT $10::bool OR s.user_id IS NULL OR s.user_id = $9)
+), q AS (
     INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    VALUES ($1, 'user', $3, $4, $5, now() + make_interval(days => $2::int)),
-           ($1, 'assistant', $6, $4, $5, now() + make_interval(days => $2::int))
-    RETURNING id, role
+    SELECT id, 'user', $3, $4, $5, now() + make_interval(days => $2::int) FROM own
+    RETURNING id
+), a AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT own.id, 'assistant', $6, $4, $5, now() + make_interval(days => $2::int)
+    FROM own, q
+    RETURNING id
+), cit AS (
+    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
+    FROM a, jsonb_to_recordset($7::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
 )
-INSERT INTO citations (message_id, source, chunk_id, score, snippet)
-SELECT m.id, x.source, x.chunk_id, x.score, x.snippet
-FROM m, jsonb_to_recordset($7::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
-WHERE m.role = 'assistant'";
+SELECT (SELECT count(*) FROM a) AS appended",
+);
 
 /// Postgres's SQLSTATE for a foreign key violation.
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";

@@ -611,6 +611,67 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     );
 }
 
+/// After a Postgres restore or rebuild, conversation ids repeat: the id Redis
+/// remembers for a session may by then be another session's conversation.
+/// An exchange is appended only to a conversation of its own session; any
+/// other goes through the full statement, which finds or creates the
+/// session's own, and Redis then remembers that one.
+#[tokio::test]
+async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_appended_to() {
+    let app = app_with_book().await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let into_day = now() % 86_400;
+    if into_day > 86_400 - 60 {
+        tokio::time::sleep(Duration::from_secs(86_400 - into_day + 1)).await;
+    }
+    let today = now() / 86_400;
+    let theirs = ask(&app, "What is AI?", "theirs", None).await;
+    assert_eq!(theirs.status, 200, "{}", theirs.text());
+    let (_, their_conversation, their_messages) = stored_session(&app, "theirs").await;
+    assert_eq!(their_messages, 2);
+
+    // Redis remembers their conversation, refreshed today, as "mine".
+    let mut redis = app.redis().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(chatbot_core::keys::conversation("mine"))
+        .arg(format!("{their_conversation}:{today}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mine = ask(&app, "Who perceives and acts?", "mine", None).await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+
+    let (_, my_conversation, my_messages) = stored_session(&app, "mine").await;
+    assert_ne!(my_conversation, their_conversation);
+    assert_eq!(my_messages, 2);
+    assert_eq!(
+        stored_session(&app, "theirs").await.2,
+        2,
+        "their history grew"
+    );
+    assert_eq!(
+        remembered(&app, "mine").await,
+        Some(format!("{my_conversation}:{today}"))
+    );
+    let page = app
+        .admin_get("/api/v1/chat/history/theirs")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["messages"][0]["content"], "What is AI?");
+    let metrics = app.get("/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains("chatbot_history_writes_lost_total 0"),
+        "{metrics}"
+    );
+}
+
 /// Method, path, headers, body, expected status, expected `status` code.
 type BadInput<'a> = (
     &'a str,

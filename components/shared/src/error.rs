@@ -10,6 +10,9 @@ pub enum StoreError {
     Postgres(String),
     #[error("unexpected reply: {0}")]
     Unexpected(String),
+    /// A row's foreign key names a row that is gone (SQLSTATE 23503).
+    #[error("postgres: a referenced row is gone")]
+    ForeignKeyViolation,
 }
 
 impl From<spin_sdk::redis::Error> for StoreError {
@@ -26,6 +29,13 @@ impl From<spin_sdk::pg4::Error> for StoreError {
 
 impl From<spin_sdk::pg4::PgError> for StoreError {
     fn from(e: spin_sdk::pg4::PgError) -> Self {
-        Self::Postgres(chatbot_core::config::redact_userinfo(&e.to_string()))
+        match e {
+            spin_sdk::pg4::PgError::QueryFailed(spin_sdk::pg4::QueryError::DbError(db))
+                if db.code == chatbot_core::history::FOREIGN_KEY_VIOLATION =>
+            {
+                Self::ForeignKeyViolation
+            }
+            other => Self::Postgres(chatbot_core::config::redact_userinfo(&other.to_string())),
+        }
     }
 }

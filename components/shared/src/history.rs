@@ -2,7 +2,7 @@
 
 use chatbot_core::history::{self, HistoryPage};
 use chatbot_core::query::{self, Citation, QueryRequest};
-use spin_sdk::pg4::{Connection, ParameterValue, PgError, QueryError};
+use spin_sdk::pg4::{Connection, ParameterValue};
 
 use crate::pg::{column, json_column, query_one_row};
 use crate::StoreError;
@@ -62,26 +62,32 @@ pub fn store_exchange(
     })
 }
 
-/// Appends an exchange to a conversation that exists (see
+/// Appends an exchange to a conversation of the request's session (see
 /// `chatbot_core::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
-/// conversation is gone (deleted by cleanup since Redis learnt its id), nothing was stored.
+/// conversation is not the session's (ids repeat after a Postgres restore)
+/// or is gone (deleted by cleanup since Redis learnt its id); nothing was stored.
 pub fn append_exchange(
     address: &str,
     conversation: i64,
     exchange: &NewExchange,
+    enforce_owner: bool,
 ) -> Result<bool, StoreError> {
     let conn = Connection::open(address)?;
+    let request = exchange.request;
     let mut params = vec![ParameterValue::Int64(conversation)];
     params.extend(exchange.params());
-    match conn.execute(history::APPEND_EXCHANGE_SQL, &params) {
-        Ok(_) => Ok(true),
-        Err(PgError::QueryFailed(QueryError::DbError(e)))
-            if e.code == history::FOREIGN_KEY_VIOLATION =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
+    params.extend([
+        ParameterValue::Str(request.session_id.clone()),
+        opt_str(request.user_id.as_deref()),
+        ParameterValue::Boolean(enforce_owner),
+    ]);
+    let row = match query_one_row(&conn, history::APPEND_EXCHANGE_SQL, &params) {
+        Ok(row) => row,
+        Err(StoreError::ForeignKeyViolation) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let appended: i64 = column(&row, 0)?;
+    Ok(appended > 0)
 }
 
 /// The session's conversation, created with the session if need be, before

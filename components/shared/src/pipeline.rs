@@ -324,7 +324,7 @@ pub fn store_history(
     // Appended when Redis knows the conversation as refreshed today and it
     // still exists; else the whole statement, which refreshes (or recreates) it.
     let appended = match remembered.filter(|r| r.appendable_on(today)) {
-        Some(known) => crate::history::append_exchange(address, known.id, &exchange)
+        Some(known) => crate::history::append_exchange(address, known.id, &exchange, enforce_owner)
             .map(|appended| appended.then_some(known)),
         None => Ok(None),
     };
