@@ -98,6 +98,12 @@ impl Gate {
 }
 
 /// The budget's day (days since the epoch, UTC) and the seconds until it rolls.
+/// How long Redis keeps a session's owner: as long as Postgres keeps the
+/// session (its retention), whether the gate claimed it or a read of Postgres restored it.
+pub fn owner_ttl_seconds(retention_days: u32) -> u64 {
+    u64::from(retention_days) * DAY_SECONDS
+}
+
 pub fn budget_day(now_epoch_seconds: u64) -> (u64, u64) {
     (
         now_epoch_seconds / DAY_SECONDS,
@@ -148,6 +154,12 @@ pub fn note_rate_limited_keys(entry: &crate::audit::AuditEntry) -> [String; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_is_kept_as_long_as_its_session() {
+        assert_eq!(owner_ttl_seconds(30), 2_592_000);
+        assert_eq!(owner_ttl_seconds(1), 86_400);
+    }
 
     #[test]
     fn the_gate_reads_the_script_reply() {

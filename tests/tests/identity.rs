@@ -332,6 +332,14 @@ async fn sessions_belong_to_the_user_who_created_them() {
     )
     .await;
     assert_eq!(takeover.status, 404, "{}", takeover.text());
+    // The owner Postgres named is back in Redis, expiring with the session's
+    // retention (30 days) as the gate's own claims do: never a key for ever.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(chatbot_core::keys::session_owner(&session))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((30 * 86_400 - 60..=30 * 86_400).contains(&ttl), "{ttl}");
     assert_eq!(
         ask_as(
             &app,

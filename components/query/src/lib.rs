@@ -331,7 +331,7 @@ pub(crate) fn gate(
     };
     let now = now_epoch_seconds();
     let (day, day_left) = sessions::budget_day(now);
-    let owner_ttl = i64::from(settings.retention_days) * 86_400;
+    let owner_ttl = sessions::owner_ttl_seconds(settings.retention_days) as i64;
     let reply = eval(
         conn,
         sessions::GATE_SCRIPT,
@@ -414,7 +414,18 @@ fn confirm_new_owner(
     match chatbot_spin::history::owner(&settings.postgres_address, session) {
         Ok(Some(owner)) if owner != user => {
             if let Some(conn) = &scope.conn {
-                if let Err(e) = conn.set(&keys::session_owner(session), owner.as_bytes()) {
+                let restored = conn.execute(
+                    "SET",
+                    &[
+                        binary(keys::session_owner(session)),
+                        binary(&owner),
+                        binary("EX"),
+                        RedisParameter::Int64(
+                            sessions::owner_ttl_seconds(settings.retention_days) as i64
+                        ),
+                    ],
+                );
+                if let Err(e) = restored {
                     chatbot_spin::log::write(
                         chatbot_spin::log::Level::Warn,
                         "session_owner_restore_failed",
