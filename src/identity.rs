@@ -92,16 +92,40 @@ impl IdentitySettings {
     }
 }
 
+/// Whether keys may be fetched from `url`: over TLS, or in plain HTTP from
+/// this machine only (a development issuer). Keys fetched in plain text over
+/// a network could be swapped in transit, and every token they verify forged.
+fn is_trusted_key_source(url: &str) -> bool {
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl JwtSettings {
     fn from_lookup(lookup: &impl Lookup) -> Result<Self, ConfigError> {
         let hs256_secret = Secret::new(lookup.get(names::JWT_HS256_SECRET).unwrap_or_default());
         let jwks_url = optional(lookup, names::JWT_JWKS_URL);
         if let Some(url) = &jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
+            if !is_trusted_key_source(url) {
                 return Err(ConfigError::Invalid {
                     name: names::JWT_JWKS_URL.into(),
                     value: url.clone(),
-                    expected: "an http:// or https:// URL",
+                    expected: "an https:// URL (http:// only for a loopback host)",
                 });
             }
         }
@@ -586,6 +610,40 @@ mod tests {
             "1.2.3.4"
         );
         assert_eq!(client_address(None, None, 0), "unknown");
+    }
+
+    #[test]
+    fn keys_come_over_tls_or_from_this_machine() {
+        for trusted in [
+            "https://issuer.example/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.9.9.9/jwks",
+            "http://localhost:3000/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert!(is_trusted_key_source(trusted), "{trusted}");
+        }
+        for untrusted in [
+            "http://issuer.example/jwks",
+            "http://10.0.0.5/jwks",
+            "http://127.0.0.1.attacker.example/jwks",
+            "http://localhost@attacker.example/jwks",
+            "http://[::2]/jwks",
+            "ftp://127.0.0.1/jwks",
+            "https://",
+            "issuer.example/jwks",
+        ] {
+            assert!(!is_trusted_key_source(untrusted), "{untrusted}");
+        }
+        let lookup = |name: &str| match name {
+            "auth_mode" => Some("jwt".to_string()),
+            "jwt_jwks_url" => Some("http://issuer.example/jwks".to_string()),
+            _ => None,
+        };
+        let refused = IdentitySettings::from_lookup(&lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("https://"), "{refused}");
     }
 
     #[test]
