@@ -504,21 +504,26 @@ async fn remembered(app: &TestApp, session: &str) -> Option<String> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated() {
-    let app = app_with_book().await;
+/// Today (UTC, days since the epoch), once at least a minute of it is left:
+/// a test that compares days needs one day throughout.
+async fn a_whole_day_ahead() -> u64 {
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
     };
-    // The test needs one UTC day throughout: not within a minute of midnight.
     let into_day = now() % 86_400;
     if into_day > 86_400 - 60 {
         tokio::time::sleep(Duration::from_secs(86_400 - into_day + 1)).await;
     }
-    let today = now() / 86_400;
+    now() / 86_400
+}
+
+#[tokio::test]
+async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated() {
+    let app = app_with_book().await;
+    let today = a_whole_day_ahead().await;
     let first = ask(&app, "What is AI?", "daily", None).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let (expiry, conversation, messages) = stored_session(&app, "daily").await;
@@ -619,17 +624,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
 #[tokio::test]
 async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_appended_to() {
     let app = app_with_book().await;
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
-    let into_day = now() % 86_400;
-    if into_day > 86_400 - 60 {
-        tokio::time::sleep(Duration::from_secs(86_400 - into_day + 1)).await;
-    }
-    let today = now() / 86_400;
+    let today = a_whole_day_ahead().await;
     let theirs = ask(&app, "What is AI?", "theirs", None).await;
     assert_eq!(theirs.status, 200, "{}", theirs.text());
     let (_, their_conversation, their_messages) = stored_session(&app, "theirs").await;

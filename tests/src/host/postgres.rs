@@ -48,6 +48,21 @@ pub enum ZeroRowQueries {
 /// What the trap says, so a failing test's log names the cause.
 pub const ZERO_ROW_QUERY_TRAP: &str = "a Postgres `query` yielded no rows: under Spin 4.0.x this call never returns and holds its pooled connection (spinframework/spin#3671); shape the statement to yield one row or use `execute` (see chatbot_core::sql)";
 
+/// A synchronous `query` that yielded no rows: counted, and trapped unless
+/// the rule is switched off (see [`ZeroRowQueries`]).
+pub(crate) fn zero_row_rule(
+    env: &super::ComponentEnv,
+    rows: &[tokio_postgres::Row],
+) -> wasmtime::Result<()> {
+    if rows.is_empty() {
+        HostCounters::bump(&env.counters.postgres_zero_row_queries);
+        if env.zero_row_queries == ZeroRowQueries::Fail {
+            wasmtime::bail!(ZERO_ROW_QUERY_TRAP);
+        }
+    }
+    Ok(())
+}
+
 /// Pooled connections, one pool per address, like Spin's pooled client factory.
 #[derive(Default)]
 pub struct Pools(Mutex<HashMap<String, deadpool_postgres::Pool>>);
@@ -129,12 +144,7 @@ impl v4::HostConnection for HostState {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e)),
         };
-        if rows.is_empty() {
-            HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
-            if self.env.zero_row_queries == ZeroRowQueries::Fail {
-                wasmtime::bail!(ZERO_ROW_QUERY_TRAP);
-            }
-        }
+        zero_row_rule(&self.env, &rows)?;
         Ok(row_set(&rows))
     }
 

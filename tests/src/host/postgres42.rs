@@ -9,7 +9,7 @@
 use tokio_postgres::types::ToSql;
 use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-use super::postgres::{ZeroRowQueries, ZERO_ROW_QUERY_TRAP};
+use super::postgres::zero_row_rule;
 use super::{watched, ComponentEnv, HostCounters, HostState, Spin4};
 use crate::bindings::spin4::spin::postgres::postgres::{
     self as v42, Column, Error, ParameterValue, Row, RowSet,
@@ -129,12 +129,7 @@ impl v42::HostConnection for HostState {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e)),
         };
-        if rows.is_empty() {
-            HostCounters::bump(&self.env.counters.postgres_zero_row_queries);
-            if self.env.zero_row_queries == ZeroRowQueries::Fail {
-                wasmtime::bail!(ZERO_ROW_QUERY_TRAP);
-            }
-        }
+        zero_row_rule(&self.env, &rows)?;
         Ok(row_set(&rows))
     }
 
