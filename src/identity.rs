@@ -422,8 +422,59 @@ fn bucket_of(ip: IpAddr) -> String {
     }
 }
 
+/// How long a key set outlives its freshness: the last good copy verifies
+/// tokens through an issuer outage this long after `jwt_jwks_cache_seconds`.
+/// A key the issuer revoked is still accepted while it is served, so the
+/// window is a day, not forever.
+pub const LAST_GOOD_KEY_SET_SECONDS: u64 = 86_400;
+
+/// A key set as stored in Redis: when it was fetched, a newline, and the
+/// issuer's JSON as it came. Anything else (an older format) reads as no copy.
+pub fn encode_stored_key_set(fetched_at: u64, body: &[u8]) -> Vec<u8> {
+    let mut stored = format!("{fetched_at}\n").into_bytes();
+    stored.extend_from_slice(body);
+    stored
+}
+
+/// The copy's fetch time and keys, if `stored` is one.
+pub fn decode_stored_key_set(stored: &[u8]) -> Option<(u64, JwkSet)> {
+    let newline = stored.iter().position(|&b| b == b'\n')?;
+    let fetched_at = std::str::from_utf8(&stored[..newline]).ok()?.parse().ok()?;
+    let keys = serde_json::from_slice(&stored[newline + 1..]).ok()?;
+    Some((fetched_at, keys))
+}
+
+/// Whether a copy fetched at `fetched_at` is still fresh at `now` (a clock
+/// that went back counts as fresh: the copy is no older than it was).
+pub fn key_set_is_fresh(fetched_at: u64, now: u64, cache_seconds: u64) -> bool {
+    now.saturating_sub(fetched_at) < cache_seconds
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_stored_key_set_reads_back_and_an_older_format_reads_as_none() {
+        let body = br#"{"keys":[]}"#;
+        let stored = encode_stored_key_set(1_700_000_000, body);
+        let (at, keys) = decode_stored_key_set(&stored).unwrap();
+        assert_eq!(at, 1_700_000_000);
+        assert!(keys.keys.is_empty());
+        assert!(
+            decode_stored_key_set(body).is_none(),
+            "plain JSON of the old format"
+        );
+        assert!(decode_stored_key_set(b"x\n{\"keys\":[]}").is_none());
+        assert!(decode_stored_key_set(b"12\nnot json").is_none());
+    }
+
+    #[test]
+    fn a_key_set_is_fresh_for_its_cache_seconds() {
+        assert!(key_set_is_fresh(1000, 1000, 300));
+        assert!(key_set_is_fresh(1000, 1299, 300));
+        assert!(!key_set_is_fresh(1000, 1300, 300));
+        assert!(key_set_is_fresh(1000, 900, 300), "a clock that went back");
+    }
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;

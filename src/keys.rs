@@ -59,6 +59,8 @@ pub const USER_TOKENS_PREFIX: &str = "chatbot:user-tokens:{g}:";
 pub const JWKS_PREFIX: &str = "chatbot:jwks:{j}:";
 /// Set while a refetch of the key set for an unknown `kid` is not allowed again.
 pub const JWKS_REFETCH_PREFIX: &str = "chatbot:jwks-refetch:{j}:";
+/// Held by the one request refreshing an expired key set (and for 30 s after).
+pub const JWKS_REFRESH_PREFIX: &str = "chatbot:jwks-refresh:{j}:";
 /// A user's active sessions: `chatbot:user-sessions:{g}:<md5 of user>`.
 pub const USER_SESSIONS_PREFIX: &str = "chatbot:user-sessions:{g}:";
 /// A token bucket: `chatbot:ratelimit:{rl}:<md5 of caller key>`.
@@ -152,6 +154,10 @@ pub fn jwks(url: &str) -> String {
 
 pub fn jwks_refetch(url: &str) -> String {
     format!("{JWKS_REFETCH_PREFIX}{}", md5_of_parts(&[url]))
+}
+
+pub fn jwks_refresh(url: &str) -> String {
+    format!("{JWKS_REFRESH_PREFIX}{}", md5_of_parts(&[url]))
 }
 
 /// A token bucket's key (all buckets share the limiter's tag: a request's are checked in one script).

@@ -237,6 +237,102 @@ async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_iss
     assert!(issuer.fetches() <= 3, "fetched {} times", issuer.fetches());
 }
 
+async fn delete_keys(app: &TestApp, pattern: &str) {
+    let mut redis = app.redis().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for key in keys {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+}
+
+/// Ages the stored key set so that the next request finds it expired
+/// (`jwt_jwks_cache_seconds` is at least 10 s: a test does not wait it out).
+async fn expire_stored_key_set(app: &TestApp, issuer: &IssuerStub) {
+    let key = chatbot_core::keys::jwks(&issuer.jwks_url());
+    let mut redis = app.redis().await.unwrap();
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (fetched_at, keys) = chatbot_core::identity::decode_stored_key_set(&stored)
+        .expect("the key set is stored with its fetch time");
+    let aged = chatbot_core::identity::encode_stored_key_set(
+        fetched_at - 3600,
+        &serde_json::to_vec(&keys).unwrap(),
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(aged)
+        .arg("KEEPTTL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_key_set_is_refreshed_by_one_request_and_an_issuer_outage_serves_the_last_good_copy(
+) {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = jwt_app(&issuer).await;
+    let alice = token(SigningKey::RsaA, "alice");
+    let ask = || {
+        ask_as(
+            &app,
+            Some(&alice),
+            json!({"question": "q", "session_id": "lg"}),
+        )
+    };
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(issuer.fetches(), 1);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(chatbot_core::keys::jwks(&issuer.jwks_url()))
+        .query_async(&mut app.redis().await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        ttl > 86_400,
+        "the last good copy outlives its freshness: TTL {ttl}"
+    );
+
+    // Expired while the issuer is up: eight requests at once, one refresh.
+    expire_stored_key_set(&app, &issuer).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| ask())).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert_eq!(issuer.fetches(), 2, "one request refreshed the expired set");
+
+    // Expired while the issuer is down: every token still verifies with the
+    // last good copy, and the issuer is not asked again for each of them.
+    delete_keys(&app, "chatbot:jwks-refresh:*").await;
+    expire_stored_key_set(&app, &issuer).await;
+    issuer.set_down(true);
+    for _ in 0..5 {
+        let r = ask().await;
+        assert_eq!(
+            r.status,
+            200,
+            "served from the last good copy: {}",
+            r.text()
+        );
+    }
+    assert_eq!(issuer.fetches(), 3, "one refresh was tried");
+
+    // Without any copy, an outage is a 503: nothing to verify with.
+    delete_keys(&app, "chatbot:jwks*").await;
+    let r = ask().await;
+    assert_eq!(r.status, 503, "{}", r.text());
+}
+
 #[tokio::test]
 async fn sessions_belong_to_the_user_who_created_them() {
     let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();

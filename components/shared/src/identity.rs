@@ -15,8 +15,9 @@ use spin_sdk::redis::{Connection, RedisParameter};
 
 use crate::redis_script::binary;
 
-/// A key set is fetched again for an unknown `kid` at most this often, so
-/// tokens with made-up key ids cannot make us hammer the issuer.
+/// A key set is fetched again for an unknown `kid`, or refreshed after it
+/// expired, at most this often, so tokens with made-up key ids (or an issuer
+/// that is down) cannot make us hammer the issuer.
 const REFETCH_INTERVAL_SECONDS: i64 = 30;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,13 +81,40 @@ pub fn authenticate(
     else {
         return identity::verify(token, jwt, None).map_err(AuthFailure::Token);
     };
-    let (jwks, from_cache) = match conn.and_then(|c| cached_jwks(c, url)) {
-        Some(jwks) => (jwks, true),
+    let (jwks, from_cache) = match conn.and_then(|c| stored_jwks(c, url)) {
+        Some((fetched_at, keys))
+            if identity::key_set_is_fresh(
+                fetched_at,
+                crate::now_epoch_seconds(),
+                jwt.jwks_cache_seconds,
+            ) =>
+        {
+            (keys, true)
+        }
+        // Expired: one request refreshes it (at most once per 30 s); the
+        // others, and every request while the issuer is down, verify with the
+        // last good copy instead of waiting on or failing with the issuer.
+        Some((_, last_good)) => match conn.filter(|c| claim(c, &keys::jwks_refresh(url))) {
+            Some(_) => match fetch_jwks(url, jwt, conn) {
+                Ok(fresh) => (fresh, false),
+                Err(_) => {
+                    crate::log::warn(
+                        "jwks_last_good_copy_used",
+                        crate::log::Dependency::Jwks,
+                        "the key set could not be refreshed; verifying with the last good copy",
+                    );
+                    (last_good, true)
+                }
+            },
+            None => (last_good, true),
+        },
         None => (fetch_jwks(url, jwt, conn)?, false),
     };
     match identity::verify(token, jwt, Some(&jwks)) {
         // Keys rotate: a new kid may be in a fresher copy. Refetch once, rarely.
-        Err(AuthError::UnknownKey) if from_cache && may_refetch(conn, url) => {
+        Err(AuthError::UnknownKey)
+            if from_cache && conn.is_none_or(|c| claim(c, &keys::jwks_refetch(url))) =>
+        {
             let fresh = fetch_jwks(url, jwt, conn)?;
             identity::verify(token, jwt, Some(&fresh)).map_err(AuthFailure::Token)
         }
@@ -94,19 +122,18 @@ pub fn authenticate(
     }
 }
 
-fn cached_jwks(conn: &Connection, url: &str) -> Option<JwkSet> {
+/// The stored copy and when it was fetched, fresh or not.
+fn stored_jwks(conn: &Connection, url: &str) -> Option<(u64, JwkSet)> {
     let bytes = conn.get(&keys::jwks(url)).ok()??;
-    serde_json::from_slice(&bytes).ok()
+    identity::decode_stored_key_set(&bytes)
 }
 
-fn may_refetch(conn: Option<&Connection>, url: &str) -> bool {
-    let Some(conn) = conn else {
-        return true;
-    };
+/// Takes the marker `key` for 30 s: true for the one caller that set it.
+fn claim(conn: &Connection, key: &str) -> bool {
     let reply = conn.execute(
         "SET",
         &[
-            binary(keys::jwks_refetch(url)),
+            binary(key),
             binary("1"),
             binary("NX"),
             binary("EX"),
@@ -150,9 +177,14 @@ fn fetch_jwks(
             "SET",
             &[
                 binary(keys::jwks(url)),
-                RedisParameter::Binary(response.body),
+                RedisParameter::Binary(identity::encode_stored_key_set(
+                    crate::now_epoch_seconds(),
+                    &response.body,
+                )),
                 binary("EX"),
-                RedisParameter::Int64(jwt.jwks_cache_seconds as i64),
+                RedisParameter::Int64(
+                    (jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64,
+                ),
             ],
         );
         if let Err(e) = stored {

@@ -3,10 +3,12 @@
 //! serves the public halves as a JWKS at `/.well-known/jwks.json`, whose keys
 //! can be rotated while the app runs. Counts the key-set fetches.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -101,6 +103,7 @@ pub fn token(key: SigningKey, subject: &str) -> String {
 struct IssuerState {
     keys: Mutex<Vec<SigningKey>>,
     fetches: AtomicU64,
+    down: AtomicBool,
 }
 
 /// The JWKS endpoint; stops when dropped.
@@ -109,8 +112,11 @@ pub struct IssuerStub {
     state: Arc<IssuerState>,
 }
 
-async fn jwks(State(state): State<Arc<IssuerState>>) -> Json<JwkSet> {
+async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     state.fetches.fetch_add(1, Ordering::SeqCst);
+    if state.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "identity provider down").into_response();
+    }
     let keys = state
         .keys
         .lock()
@@ -118,7 +124,7 @@ async fn jwks(State(state): State<Arc<IssuerState>>) -> Json<JwkSet> {
         .iter()
         .map(|k| k.public_jwk())
         .collect();
-    Json(JwkSet { keys })
+    Json(JwkSet { keys }).into_response()
 }
 
 impl IssuerStub {
@@ -126,6 +132,7 @@ impl IssuerStub {
         let state = Arc::new(IssuerState {
             keys: Mutex::new(keys.to_vec()),
             fetches: AtomicU64::new(0),
+            down: AtomicBool::new(false),
         });
         let router = Router::new()
             .route("/.well-known/jwks.json", get(jwks))
@@ -145,7 +152,12 @@ impl IssuerStub {
         *self.state.keys.lock().unwrap() = keys.to_vec();
     }
 
-    /// How many times the key set was fetched.
+    /// Answers 503 to every fetch from now on (`true`), or serves the keys again.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many times the key set was fetched (or a fetch was tried while down).
     pub fn fetches(&self) -> u64 {
         self.state.fetches.load(Ordering::SeqCst)
     }
