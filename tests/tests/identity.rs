@@ -334,6 +334,51 @@ async fn an_expired_key_set_is_refreshed_by_one_request_and_an_issuer_outage_ser
 }
 
 #[tokio::test]
+async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_verified() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = TestApp::builder()
+        .variable(names::AUTH_MODE, "jwt")
+        .address(names::JWT_JWKS_URL, issuer.jwks_url())
+        .variable(names::JWT_ISSUER, ISSUER)
+        .variable(names::JWT_AUDIENCE, AUDIENCE)
+        .variable(names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "3")
+        .variable(names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "3600")
+        .spawn()
+        .await
+        .unwrap();
+    // RS256 tokens with made-up key ids: each would cost a verification and
+    // could ask the issuer for its keys.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(format!("made-up-{i}"));
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims("mallory"),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
+                .unwrap(),
+        )
+        .unwrap();
+        let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429]);
+    let fetches = issuer.fetches();
+    assert!(fetches <= 2, "fetched {fetches} times");
+
+    // A good token from the same address waits its turn like the rest.
+    let good = ask_as(
+        &app,
+        Some(&token(SigningKey::RsaA, "alice")),
+        json!({"question": "q", "session_id": "a"}),
+    )
+    .await;
+    assert_eq!(good.status, 429, "{}", good.text());
+    assert!(good.json()["detail"].as_str().unwrap().contains("address"));
+    assert_eq!(issuer.fetches(), fetches, "no fetch for a refused request");
+}
+
+#[tokio::test]
 async fn sessions_belong_to_the_user_who_created_them() {
     let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
     let app = jwt_app(&issuer).await;

@@ -20,7 +20,9 @@ use chatbot_spin::settings::{self, PipelineSettings, SessionLimits};
 use spin_sdk::http::{Request, ResponseOutparam};
 use spin_sdk::redis::RedisParameter;
 
-use crate::{authenticate, charge, config_failure, gate, limit, no_such_session, Scope};
+use crate::{
+    authenticate, charge, config_failure, gate, limit, limit_address, no_such_session, Scope,
+};
 
 /// What is left to do once the client has its answer.
 struct Exchange {
@@ -76,6 +78,9 @@ fn ask(
     req: &Request,
     reply: &mut Reply,
 ) -> Result<Exchange, ApiError> {
+    if identity_settings.jwt.is_some() {
+        limit_address(scope)?;
+    }
     let user = authenticate(scope, identity_settings, req)?;
     let jwt = identity_settings.mode == AuthMode::Jwt;
     let content_type = req.header("content-type").and_then(|v| v.as_str());

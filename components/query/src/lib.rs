@@ -90,6 +90,8 @@ pub(crate) struct Scope {
     pub address: String,
     pub(crate) session: Option<String>,
     decision: Option<ratelimit::Decision>,
+    /// The address's token is already taken ([`limit_address`], jwt mode).
+    address_limited: bool,
     /// How the query cache served the request so far (`bypass` until the lookup).
     pub(crate) cache_status: CacheStatus,
 }
@@ -116,6 +118,7 @@ impl Scope {
             address,
             session: None,
             decision: None,
+            address_limited: false,
             cache_status: CacheStatus::Bypass,
         }
     }
@@ -220,28 +223,52 @@ fn bucket(scope: limiter::Scope, key: &str) -> limiter::Bucket {
 
 /// Every bucket the request is counted against (its address, its session,
 /// its user), in one limiter call and one Redis round trip: all take a token
-/// or none does.
+/// or none does. In jwt mode the address's token was taken before the token
+/// was verified, and this call takes the session's and the user's.
 pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
-    let mut buckets = vec![
-        bucket(limiter::Scope::ClientAddress, &scope.address),
-        bucket(limiter::Scope::Session, &request.session_id),
-    ];
+    let mut buckets = Vec::with_capacity(3);
+    if !scope.address_limited {
+        buckets.push(bucket(limiter::Scope::ClientAddress, &scope.address));
+    }
+    buckets.push(bucket(limiter::Scope::Session, &request.session_id));
     if let Some(user) = &request.user_id {
         buckets.push(bucket(limiter::Scope::User, user));
     }
+    take_tokens(scope, &buckets, Some(request))
+}
+
+/// jwt mode: the address's bucket alone, before the token is verified, so a
+/// flood of tokens (each an RSA or EC verification, perhaps a key fetch) is
+/// throttled like any other flood from that address.
+pub(crate) fn limit_address(scope: &mut Scope) -> Result<(), ApiError> {
+    let address = bucket(limiter::Scope::ClientAddress, &scope.address);
+    take_tokens(scope, &[address], None)?;
+    scope.address_limited = true;
+    Ok(())
+}
+
+/// One limiter call. The decision is counted once per request: when it
+/// refuses, or when it is the request's last (`request` given).
+fn take_tokens(
+    scope: &mut Scope,
+    buckets: &[limiter::Bucket],
+    request: Option<&QueryRequest>,
+) -> Result<(), ApiError> {
     let decision = match &scope.conn {
-        Some(conn) => limiter::check(conn, &buckets, 1),
-        None => limiter::check_standalone(&buckets, 1),
+        Some(conn) => limiter::check(conn, buckets, 1),
+        None => limiter::check_standalone(buckets, 1),
     }
     .map_err(|e| config_failure(format!("rate limiter: {e:?}")))?;
-    scope
-        .telemetry
-        .add(Observation::RateLimiterDecision(match decision.outcome {
-            limiter::Outcome::Enforced => LimiterOutcome::Enforced,
-            limiter::Outcome::Disabled => LimiterOutcome::Disabled,
-            limiter::Outcome::FailedOpen => LimiterOutcome::FailedOpen,
-            limiter::Outcome::FailedClosed => LimiterOutcome::FailedClosed,
-        }));
+    if request.is_some() || !decision.allowed {
+        scope
+            .telemetry
+            .add(Observation::RateLimiterDecision(match decision.outcome {
+                limiter::Outcome::Enforced => LimiterOutcome::Enforced,
+                limiter::Outcome::Disabled => LimiterOutcome::Disabled,
+                limiter::Outcome::FailedOpen => LimiterOutcome::FailedOpen,
+                limiter::Outcome::FailedClosed => LimiterOutcome::FailedClosed,
+            }));
+    }
     let reported = ratelimit::Decision {
         allowed: decision.allowed,
         limit: decision.limit,
@@ -259,8 +286,8 @@ pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), Api
         limiter::Scope::User => ratelimit::Scope::User,
     };
     scope.telemetry.add(Observation::RateLimitHit);
-    if let Some(conn) = &scope.conn {
-        pipeline::note_rate_limited(
+    match (&scope.conn, request) {
+        (Some(conn), Some(request)) => pipeline::note_rate_limited(
             conn,
             &request.session_id,
             &scope.address,
@@ -269,7 +296,13 @@ pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), Api
                 "user_id": request.user_id,
                 "bucket": which.as_str(),
             }),
-        );
+        ),
+        // Refused before the token was read: no session or user is known.
+        (Some(_), None) => scope.audit(
+            AuditAction::RateLimitDenied,
+            serde_json::json!({"bucket": which.as_str(), "before": "token verification"}),
+        ),
+        (None, _) => {}
     }
     // The seed's words for the session's bucket; the others say which they are.
     let detail = match which {
