@@ -376,6 +376,12 @@ async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_v
     assert_eq!(good.status, 429, "{}", good.text());
     assert!(good.json()["detail"].as_str().unwrap().contains("address"));
     assert_eq!(issuer.fetches(), fetches, "no fetch for a refused request");
+
+    // History reads verify tokens too, and share the address's bucket.
+    let read = history_as(&app, &token(SigningKey::RsaA, "alice"), "a").await;
+    assert_eq!(read.status, 429, "{}", read.text());
+    assert!(read.header("retry-after").is_some());
+    assert_eq!(issuer.fetches(), fetches);
 }
 
 #[tokio::test]

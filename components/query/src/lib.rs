@@ -254,11 +254,7 @@ fn take_tokens(
     buckets: &[limiter::Bucket],
     request: Option<&QueryRequest>,
 ) -> Result<(), ApiError> {
-    let decision = match &scope.conn {
-        Some(conn) => limiter::check(conn, buckets, 1),
-        None => limiter::check_standalone(buckets, 1),
-    }
-    .map_err(|e| config_failure(format!("rate limiter: {e:?}")))?;
+    let decision = decide(scope.conn.as_ref(), buckets)?;
     if request.is_some() || !decision.allowed {
         scope
             .telemetry
@@ -269,13 +265,7 @@ fn take_tokens(
                 limiter::Outcome::FailedClosed => LimiterOutcome::FailedClosed,
             }));
     }
-    let reported = ratelimit::Decision {
-        allowed: decision.allowed,
-        limit: decision.limit,
-        remaining: decision.remaining,
-        reset_at_epoch_seconds: decision.reset_at_epoch_seconds,
-        retry_after_seconds: decision.retry_after_seconds,
-    };
+    let reported = reported(&decision);
     scope.decision = Some(reported);
     if decision.allowed {
         return Ok(());
@@ -304,6 +294,33 @@ fn take_tokens(
         ),
         (None, _) => {}
     }
+    Err(refusal(which, &reported))
+}
+
+fn decide(
+    conn: Option<&Connection>,
+    buckets: &[limiter::Bucket],
+) -> Result<limiter::Decision, ApiError> {
+    match conn {
+        Some(conn) => limiter::check(conn, buckets, 1),
+        None => limiter::check_standalone(buckets, 1),
+    }
+    .map_err(|e| config_failure(format!("rate limiter: {e:?}")))
+}
+
+/// The limiter's decision in the terms the headers are written from.
+fn reported(decision: &limiter::Decision) -> ratelimit::Decision {
+    ratelimit::Decision {
+        allowed: decision.allowed,
+        limit: decision.limit,
+        remaining: decision.remaining,
+        reset_at_epoch_seconds: decision.reset_at_epoch_seconds,
+        retry_after_seconds: decision.retry_after_seconds,
+    }
+}
+
+/// The 429 for the bucket that refused.
+fn refusal(which: ratelimit::Scope, decision: &ratelimit::Decision) -> ApiError {
     // The seed's words for the session's bucket; the others say which they are.
     let detail = match which {
         ratelimit::Scope::Session => "Rate limit exceeded. Too many requests.",
@@ -312,8 +329,8 @@ fn take_tokens(
         }
         ratelimit::Scope::User => "Rate limit exceeded. Too many requests for this user.",
     };
-    Err(ApiError::new(429, ErrorCode::RateLimited, detail)
-        .with_header("retry-after", reported.retry_after()))
+    ApiError::new(429, ErrorCode::RateLimited, detail)
+        .with_header("retry-after", decision.retry_after())
 }
 
 /// The end user: the verified token's `sub` in `jwt` mode (401 without one),
@@ -596,6 +613,26 @@ fn read_history(
                 "missing_admin_token",
             ));
         };
+        // As for questions: the address pays before the token is verified.
+        let decision = decide(
+            conn.as_ref(),
+            &[bucket(limiter::Scope::ClientAddress, &address)],
+        )?;
+        if !decision.allowed {
+            observed.push(Observation::RateLimitHit);
+            if let Some(conn) = &conn {
+                chatbot_spin::audit::append(
+                    conn,
+                    AuditAction::RateLimitDenied,
+                    &address,
+                    serde_json::json!({"bucket": "client_address", "before": "token verification"}),
+                );
+            }
+            return Err(refusal(
+                ratelimit::Scope::ClientAddress,
+                &reported(&decision),
+            ));
+        }
         match identity::authenticate(&req, jwt, conn.as_ref()) {
             Ok(user) => Some(user),
             Err(AuthFailure::Token(why)) => return Err(refuse(why.to_string(), why.reason())),
