@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::query::Citation;
-use crate::upstream::{UpstreamError, Usage, OPENAI};
+use crate::upstream::{finished_answer, ChatReply, UpstreamError, Usage, OPENAI};
 
 /// The media type of a streamed answer.
 pub const EVENT_STREAM: &str = "text/event-stream";
@@ -133,6 +133,7 @@ pub struct ChatStream {
     answer: String,
     usage: Usage,
     finished: bool,
+    finish_reason: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> UpstreamError {
@@ -163,6 +164,9 @@ impl ChatStream {
                 self.usage = serde_json::from_value(usage.clone())
                     .map_err(|e| bad(format!("usage: {e}")))?;
             }
+            if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+                self.finish_reason = Some(reason.to_string());
+            }
             let text = chunk["choices"][0]["delta"]["content"].as_str();
             if let Some(text) = text.filter(|t| !t.is_empty()) {
                 self.answer.push_str(text);
@@ -174,7 +178,7 @@ impl ChatStream {
 
     /// The whole answer and its usage, once the body has ended: an error if
     /// it ended before `[DONE]` (a cut connection is not an answer).
-    pub fn finish(mut self) -> Result<(String, Usage), UpstreamError> {
+    pub fn finish(mut self) -> Result<ChatReply, UpstreamError> {
         // A body may end without the blank line after its last event.
         self.feed(b"\n\n")?;
         if !self.finished {
@@ -183,7 +187,12 @@ impl ChatStream {
         if self.answer.is_empty() {
             return Err(bad("the stream held no answer"));
         }
-        Ok((self.answer, self.usage))
+        Ok(ChatReply {
+            complete: finished_answer(self.finish_reason.as_deref())
+                && !self.answer.trim().is_empty(),
+            answer: self.answer,
+            usage: self.usage,
+        })
     }
 }
 
@@ -244,9 +253,22 @@ mod tests {
         assert_eq!(deltas, vec!["Hel", "lo"]);
         let tail = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\ndata: [DONE]\n\n";
         assert!(stream.feed(tail.as_bytes()).unwrap().is_empty());
-        let (answer, usage) = stream.finish().unwrap();
-        assert_eq!(answer, "Hello");
+        let reply = stream.finish().unwrap();
+        assert_eq!(reply.answer, "Hello");
+        assert!(reply.complete);
+        let usage = reply.usage;
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (7, 2));
+    }
+
+    #[test]
+    fn a_stream_the_model_stopped_short_is_an_answer_but_not_whole() {
+        let mut stream = ChatStream::default();
+        stream.feed(chunk("Hel").as_bytes()).unwrap();
+        let stop = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n";
+        stream.feed(stop.as_bytes()).unwrap();
+        let reply = stream.finish().unwrap();
+        assert_eq!(reply.answer, "Hel");
+        assert!(!reply.complete);
     }
 
     #[test]
@@ -273,7 +295,7 @@ mod tests {
         );
         // `[DONE]` without the blank line after it still ends the answer.
         no_error.feed(b"data: [DONE]\n").unwrap();
-        assert_eq!(no_error.finish().unwrap().0, "ok");
+        assert_eq!(no_error.finish().unwrap().answer, "ok");
     }
 
     #[test]

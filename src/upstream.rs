@@ -245,18 +245,39 @@ pub fn chat_request(model: &str, messages: &[(String, String)]) -> Value {
     json!({"model": model, "messages": messages, "temperature": 0.2})
 }
 
-/// The answer text and the tokens used.
-pub fn parse_chat(body: &[u8]) -> Result<(String, Usage), UpstreamError> {
+/// A chat completion: the answer, the tokens it used, and whether the model
+/// finished it. A `length` or `content_filter` stop is an answer cut short:
+/// it is shown (and stored in the history) but never cached.
+#[derive(Debug, Clone)]
+pub struct ChatReply {
+    pub answer: String,
+    pub usage: Usage,
+    pub complete: bool,
+}
+
+/// Whether a choice's `finish_reason` says the model finished its answer
+/// (a backend that names none is taken at its word).
+pub fn finished_answer(finish_reason: Option<&str>) -> bool {
+    matches!(finish_reason, None | Some("stop"))
+}
+
+/// The answer text, the tokens used, and whether the answer is whole.
+pub fn parse_chat(body: &[u8]) -> Result<ChatReply, UpstreamError> {
     let bad = |message: String| UpstreamError::BadResponse {
         service: OPENAI,
         message,
     };
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let content = value["choices"][0]["message"]["content"]
+    let choice = &value["choices"][0];
+    let content = choice["message"]["content"]
         .as_str()
         .ok_or_else(|| bad("no choices[0].message.content".into()))?;
     let usage = serde_json::from_value(value["usage"].clone()).unwrap_or_default();
-    Ok((content.to_string(), usage))
+    Ok(ChatReply {
+        answer: content.to_string(),
+        usage,
+        complete: finished_answer(choice["finish_reason"].as_str()) && !content.trim().is_empty(),
+    })
 }
 
 pub fn search_request(vector: &[f32], limit: u32) -> Value {
@@ -411,9 +432,25 @@ mod tests {
     #[test]
     fn chat_answers_parse() {
         let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"42"}}],"usage":{"prompt_tokens":10,"completion_tokens":2}}"#;
-        let (answer, usage) = parse_chat(body).unwrap();
-        assert_eq!(answer, "42");
-        assert_eq!(usage.completion_tokens, 2);
+        let reply = parse_chat(body).unwrap();
+        assert!(reply.complete);
+        assert_eq!(reply.answer, "42");
+        assert_eq!(reply.usage.completion_tokens, 2);
         assert!(parse_chat(b"{}").is_err());
+    }
+
+    #[test]
+    fn an_answer_cut_short_or_empty_is_not_whole() {
+        let with = |reason: &str, content: &str| {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"{content}"}},"finish_reason":{reason}}}]}}"#
+            );
+            parse_chat(body.as_bytes()).unwrap().complete
+        };
+        assert!(with(r#""stop""#, "42"));
+        assert!(with("null", "42"));
+        assert!(!with(r#""length""#, "4"));
+        assert!(!with(r#""content_filter""#, ""));
+        assert!(!with(r#""stop""#, "  "));
     }
 }

@@ -237,6 +237,50 @@ async fn streamed_and_json_answers_share_the_cache_both_ways() {
 }
 
 #[tokio::test]
+async fn an_answer_the_model_cut_short_is_shown_and_stored_but_never_cached() {
+    let app = app_with_book(TestApp::builder()).await;
+    for (reason, streamed) in [
+        ("length", true),
+        ("content_filter", false),
+        ("length", false),
+    ] {
+        let session = format!("short-{reason}-{streamed}");
+        let body = json!({"question": "What do intelligent agents do?", "session_id": session});
+        app.openai.finish_next_answer_with(reason);
+        let shown = if streamed {
+            let (_, events) = streamed_events(&app, body.clone()).await;
+            let names = names_of(&events);
+            assert_eq!(names.first(), Some(&"meta"), "{reason}");
+            assert_eq!(names.last(), Some(&"done"), "{reason}");
+            deltas(&events)
+        } else {
+            let response = app.post_json(QUERY, &body).await.unwrap();
+            assert_eq!(response.status, 200, "{}", response.text());
+            app.app.settled().await;
+            response.json()["answer"].as_str().unwrap().to_string()
+        };
+        assert!(
+            !shown.is_empty(),
+            "{reason}: the text the model wrote is shown"
+        );
+        assert_eq!(
+            history(&app, &session).await["total"],
+            2,
+            "{reason}: stored"
+        );
+        let calls = app.openai.controls().calls(CHAT);
+        let again = app.post_json(QUERY, &body).await.unwrap();
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(again.json()["cached"], false, "{reason}: never cached");
+        assert_eq!(app.openai.controls().calls(CHAT), calls + 1);
+        // The whole answer asked for again is cached as usual.
+        app.app.settled().await;
+        let third = app.post_json(QUERY, &body).await.unwrap();
+        assert_eq!(third.json()["cached"], true, "{reason}");
+    }
+}
+
+#[tokio::test]
 async fn a_failure_before_the_first_delta_is_the_json_error() {
     let app = app_with_book(TestApp::builder()).await;
     app.openai.controls().fail_next(CHAT, 1, Fault::Status(500));

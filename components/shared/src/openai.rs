@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use chatbot_core::stream::{chat_stream_request, ChatStream};
-use chatbot_core::upstream::{self, UpstreamError, Usage, OPENAI, QDRANT};
+use chatbot_core::upstream::{self, ChatReply, UpstreamError, Usage, OPENAI, QDRANT};
 
 use crate::http::{self, HttpError};
 use crate::settings::PipelineSettings;
@@ -82,11 +82,11 @@ pub fn embed(
     Ok((vectors, usage, started.elapsed()))
 }
 
-/// Asks the chat model. Returns the answer, the usage and the call's latency.
+/// Asks the chat model. Returns its reply and the call's latency.
 pub fn chat(
     settings: &PipelineSettings,
     messages: &[(String, String)],
-) -> Result<(String, Usage, Duration), UpstreamError> {
+) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
     let headers = openai_headers(settings);
     let (_, body) = send_json(
@@ -97,18 +97,17 @@ pub fn chat(
         Some(&upstream::chat_request(&settings.chat_model, messages)),
         crate::bounded(settings.openai_timeout, settings.request_timeout),
     )?;
-    let (answer, usage) = upstream::parse_chat(&body)?;
-    Ok((answer, usage, started.elapsed()))
+    Ok((upstream::parse_chat(&body)?, started.elapsed()))
 }
 
 /// Asks the chat model for a streamed answer, handing each text delta to
-/// `on_delta` as it arrives. Returns the whole answer, the usage and the
-/// call's latency; a stream that breaks off is an error, whatever it sent.
+/// `on_delta` as it arrives. Returns the whole reply and the call's latency;
+/// a stream that breaks off is an error, whatever it sent.
 pub fn chat_streamed(
     settings: &PipelineSettings,
     messages: &[(String, String)],
     on_delta: &mut dyn FnMut(&str),
-) -> Result<(String, Usage, Duration), UpstreamError> {
+) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
     let headers = openai_headers(settings);
     let mut headers = header_refs(&headers);
@@ -141,8 +140,7 @@ pub fn chat_streamed(
             on_delta(&delta);
         }
     }
-    let (answer, usage) = stream.finish()?;
-    Ok((answer, usage, started.elapsed()))
+    Ok((stream.finish()?, started.elapsed()))
 }
 
 /// The `api-key` header Qdrant Cloud expects, when a key is configured.

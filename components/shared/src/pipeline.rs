@@ -21,6 +21,9 @@ pub struct Answer {
     pub cached: bool,
     /// The chat completion's tokens (a miss's only).
     pub usage: Option<Usage>,
+    /// Whether it may be cached: false for an answer the model cut short
+    /// (`finish_reason` `length` or `content_filter`) or left empty.
+    pub whole: bool,
 }
 
 /// How often a request waiting on another's identical question looks for its answer.
@@ -86,6 +89,7 @@ fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
         value,
         cached: true,
         usage: None,
+        whole: true,
     }
 }
 
@@ -196,6 +200,28 @@ pub fn answer(
     telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
     match run(Some(conn), settings, request, progress, telemetry) {
+        Ok(answer) if !answer.whole => {
+            // Shown, never cached: the lock goes with no failure to share, so
+            // the requests waiting on it ask for their own answers.
+            crate::log::warn(
+                "answer_not_cached",
+                crate::log::Dependency::OpenAi,
+                "the model cut the answer short (finish_reason length or content_filter) or left it empty",
+            );
+            if generation.is_some() {
+                let _ = eval(
+                    conn,
+                    query::RELEASE_LOCK_SCRIPT,
+                    &query::release_keys(&cache_key),
+                    &[
+                        binary(&token),
+                        binary(""),
+                        RedisParameter::Int64(query::SHARED_FAILURE_MS),
+                    ],
+                );
+            }
+            Ok(answer)
+        }
         Ok(answer) => {
             // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
             if let Some(generation) = generation {
@@ -284,16 +310,18 @@ fn run(
     } else {
         crate::openai::chat(settings, &messages)
     };
-    let (answer, usage, latency) = answered.inspect_err(|e| telemetry.upstream_error(e))?;
+    let (reply, latency) = answered.inspect_err(|e| telemetry.upstream_error(e))?;
+    let usage = reply.usage;
     telemetry.openai_answered(Operation::Chat, latency, &usage);
     Ok(Answer {
         value: CachedAnswer {
-            answer,
+            answer: reply.answer,
             citations,
             tokens: usage.prompt_tokens + usage.completion_tokens,
         },
         cached: false,
         usage: Some(usage),
+        whole: reply.complete,
     })
 }
 

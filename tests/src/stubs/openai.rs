@@ -41,6 +41,9 @@ pub struct OpenAiState {
     /// The next streamed answers break off after this many deltas, with an
     /// error chunk and no `[DONE]`.
     pub stream_cuts: std::sync::Mutex<std::collections::VecDeque<usize>>,
+    /// The next answers (streamed or not) end with these `finish_reason`s
+    /// instead of `stop`: the whole text, as a model that hit its limit says.
+    pub finish_reasons: std::sync::Mutex<std::collections::VecDeque<&'static str>>,
 }
 
 /// The pace of an answer: until its first token, and between tokens (an
@@ -60,6 +63,7 @@ impl OpenAiStub {
             requests: Default::default(),
             stream_timing: Default::default(),
             stream_cuts: Default::default(),
+            finish_reasons: Default::default(),
         });
         let router = Router::new()
             .route("/v1/embeddings", post(embeddings))
@@ -92,6 +96,15 @@ impl OpenAiStub {
     /// The next streamed answer breaks off after `deltas` deltas.
     pub fn cut_next_stream_after(&self, deltas: usize) {
         self.state.stream_cuts.lock().unwrap().push_back(deltas);
+    }
+
+    /// The next answer ends with `finish_reason` (`length`, `content_filter`).
+    pub fn finish_next_answer_with(&self, finish_reason: &'static str) {
+        self.state
+            .finish_reasons
+            .lock()
+            .unwrap()
+            .push_back(finish_reason);
     }
 
     /// The chat requests received, in order.
@@ -138,6 +151,7 @@ fn streamed(
     usage: Option<Value>,
     timing: StreamTiming,
     cut: Option<usize>,
+    finish_reason: &'static str,
 ) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel::<String>(16);
     tokio::spawn(async move {
@@ -169,7 +183,7 @@ fn streamed(
                 return;
             }
         }
-        let _ = send(chunk(&model, json!({}), Some("stop"))).await;
+        let _ = send(chunk(&model, json!({}), Some(finish_reason))).await;
         if let Some(usage) = usage {
             let last = json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk",
                 "created": 1_700_000_000u64, "model": model, "choices": [], "usage": usage});
@@ -452,11 +466,24 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens
     });
+    let finish_reason = state
+        .finish_reasons
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or("stop");
     if request["stream"] == true {
         let timing = *state.stream_timing.lock().unwrap();
         let cut = state.stream_cuts.lock().unwrap().pop_front();
         let usage = (request["stream_options"]["include_usage"] == true).then_some(usage);
-        return streamed(model.to_string(), content, usage, timing, cut);
+        return streamed(
+            model.to_string(),
+            content,
+            usage,
+            timing,
+            cut,
+            finish_reason,
+        );
     }
     // Unstreamed, the same model answers once it has written everything.
     let timing = *state.stream_timing.lock().unwrap();
@@ -470,7 +497,7 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content},
-            "finish_reason": "stop"
+            "finish_reason": finish_reason
         }],
         "usage": usage
     }))
