@@ -13,7 +13,8 @@ use crate::sql::OneRowQuery;
 pub const PAGE_SIZE: i64 = 50;
 
 /// Upserts the session (its owner never changes; with the `enforce`
-/// parameter set another user's session is not touched) and its one
+/// parameter set another user's session is not touched, nor one stored
+/// without an owner, in `none` mode: nobody may adopt it) and its one
 /// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id and
 /// `$3` retention days.
 ///
@@ -37,7 +38,6 @@ WITH s AS (
         WHERE NOT ",
             $enforce,
             "::bool
-            OR user_sessions.user_id IS NULL
             OR user_sessions.user_id = EXCLUDED.user_id
     RETURNING id
 ), c AS (
@@ -226,10 +226,44 @@ SELECT
     (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner",
 );
 
-/// `$1` session id: its owner, NULL for an unknown session. One row always:
-/// a scalar subquery with no `FROM` around it.
-pub const SESSION_OWNER_SQL: OneRowQuery =
-    OneRowQuery::new("SELECT (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner");
+/// `$1` session id: its owner (NULL for an unknown session or one stored
+/// without an owner) and whether it is known. One row always: scalar
+/// subqueries with no `FROM` around them.
+pub const SESSION_OWNER_SQL: OneRowQuery = OneRowQuery::new(
+    "SELECT (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner, \
+     EXISTS (SELECT 1 FROM user_sessions WHERE session_id = $1) AS known",
+);
+
+/// Whose a stored session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// No such session: whoever asks first may own it.
+    Unknown,
+    /// Stored without an owner (in `none` mode): in `jwt` mode nobody may
+    /// adopt it, or its anonymous history would become someone's.
+    Nobody,
+    User(String),
+}
+
+impl SessionOwner {
+    /// From [`SESSION_OWNER_SQL`]'s row.
+    pub fn from_row(owner: Option<String>, known: bool) -> Self {
+        match (owner, known) {
+            (Some(user), _) => Self::User(user),
+            (None, true) => Self::Nobody,
+            (None, false) => Self::Unknown,
+        }
+    }
+
+    /// Whether `user` may ask in the session (and so own it, if unknown).
+    pub fn admits(&self, user: &str) -> bool {
+        match self {
+            Self::Unknown => true,
+            Self::Nobody => false,
+            Self::User(owner) => owner == user,
+        }
+    }
+}
 
 /// The offset of a page's first message.
 pub fn offset(page: i64) -> i64 {
@@ -273,6 +307,17 @@ impl HistoryPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ownerless_session_admits_nobody_and_an_unknown_one_anybody() {
+        assert_eq!(SessionOwner::from_row(None, false), SessionOwner::Unknown);
+        assert_eq!(SessionOwner::from_row(None, true), SessionOwner::Nobody);
+        let alice = SessionOwner::from_row(Some("alice".into()), true);
+        assert!(alice.admits("alice"));
+        assert!(!alice.admits("bob"));
+        assert!(!SessionOwner::Nobody.admits("alice"));
+        assert!(SessionOwner::Unknown.admits("alice"));
+    }
 
     #[test]
     fn pages_start_fifty_apart() {

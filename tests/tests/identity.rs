@@ -15,16 +15,30 @@ use serde_json::{json, Value};
 const QUERY: &str = "/api/v1/chat/query";
 
 /// An app in `jwt` mode that accepts HS256 and, from `issuer`'s JWKS, RS256 and ES256.
-async fn jwt_app(issuer: &IssuerStub) -> TestApp {
+fn jwt_builder(issuer: &IssuerStub) -> chatbot_harness::TestAppBuilder {
     TestApp::builder()
         .variable(names::AUTH_MODE, "jwt")
         .variable(names::JWT_HS256_SECRET, HS256_SECRET)
         .address(names::JWT_JWKS_URL, issuer.jwks_url())
         .variable(names::JWT_ISSUER, ISSUER)
         .variable(names::JWT_AUDIENCE, AUDIENCE)
-        .spawn()
-        .await
-        .unwrap()
+}
+
+async fn jwt_app(issuer: &IssuerStub) -> TestApp {
+    jwt_builder(issuer).spawn().await.unwrap()
+}
+
+/// An RS256 token signed with the fixture key but naming a key id the issuer never published.
+fn made_up_kid_token(kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        &claims("mallory"),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 async fn ask_as(app: &TestApp, bearer: Option<&str>, body: Value) -> BufferedResponse {
@@ -222,15 +236,7 @@ async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_iss
 
     // Tokens naming unknown key ids are refused without a fetch each.
     for kid in ["made-up-1", "made-up-2", "made-up-3"] {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(kid.into());
-        let t = jsonwebtoken::encode(
-            &header,
-            &claims("mallory"),
-            &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
-                .unwrap(),
-        )
-        .unwrap();
+        let t = made_up_kid_token(kid);
         let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
         assert_unauthorized(&r, &t, kid);
     }
@@ -336,11 +342,7 @@ async fn an_expired_key_set_is_refreshed_by_one_request_and_an_issuer_outage_ser
 #[tokio::test]
 async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_verified() {
     let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
-    let app = TestApp::builder()
-        .variable(names::AUTH_MODE, "jwt")
-        .address(names::JWT_JWKS_URL, issuer.jwks_url())
-        .variable(names::JWT_ISSUER, ISSUER)
-        .variable(names::JWT_AUDIENCE, AUDIENCE)
+    let app = jwt_builder(&issuer)
         .variable(names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "3")
         .variable(names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "3600")
         .spawn()
@@ -350,15 +352,7 @@ async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_v
     // could ask the issuer for its keys.
     let mut statuses = Vec::new();
     for i in 0..8 {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(format!("made-up-{i}"));
-        let t = jsonwebtoken::encode(
-            &header,
-            &claims("mallory"),
-            &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
-                .unwrap(),
-        )
-        .unwrap();
+        let t = made_up_kid_token(&format!("made-up-{i}"));
         let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
         statuses.push(r.status);
     }
@@ -382,6 +376,48 @@ async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_v
     assert_eq!(read.status, 429, "{}", read.text());
     assert!(read.header("retry-after").is_some());
     assert_eq!(issuer.fetches(), fetches);
+}
+
+#[tokio::test]
+async fn a_session_stored_without_an_owner_in_none_mode_is_nobodys_in_jwt_mode() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = jwt_app(&issuer).await;
+    // What `none` mode stores for a question without `user_id`.
+    let pg = app.postgres().await.unwrap();
+    pg.batch_execute(
+        "WITH s AS (INSERT INTO user_sessions (session_id, expires_at) \
+             VALUES ('anon-1', now() + interval '30 days') RETURNING id), \
+         c AS (INSERT INTO conversations (user_session_id, expires_at) \
+             SELECT id, now() + interval '30 days' FROM s RETURNING id) \
+         INSERT INTO messages (conversation_id, role, content, expires_at) \
+             SELECT id, 'user', 'an anonymous question', now() + interval '30 days' FROM c",
+    )
+    .await
+    .unwrap();
+    let alice = token(SigningKey::Hs256, "alice");
+    for attempt in ["first", "second"] {
+        let asked = ask_as(
+            &app,
+            Some(&alice),
+            json!({"question": "What did they ask?", "session_id": "anon-1"}),
+        )
+        .await;
+        assert_eq!(asked.status, 404, "{attempt}: {}", asked.text());
+        let read = history_as(&app, &alice, "anon-1").await;
+        assert_eq!(read.status, 404, "{attempt}: {}", read.text());
+    }
+    app.app.settled().await;
+    let owner: Option<String> = pg
+        .query_one(
+            "SELECT user_id FROM user_sessions WHERE session_id = 'anon-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, None, "nobody adopted it");
+    assert_eq!(count(&app, "messages").await, 1, "nothing was added to it");
+    assert_eq!(app.openai.controls().calls(CHAT), 0);
 }
 
 #[tokio::test]

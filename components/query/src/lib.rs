@@ -14,6 +14,7 @@ mod answer;
 mod documents;
 
 use chatbot_core::api::{self, ApiError, ErrorCode};
+use chatbot_core::history::SessionOwner;
 use chatbot_core::identity::IdentitySettings;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{
@@ -462,7 +463,13 @@ fn confirm_new_owner(
     session: &str,
 ) -> Result<(), ApiError> {
     match chatbot_spin::history::owner(&settings.postgres_address, session) {
-        Ok(Some(owner)) if owner != user => {
+        Ok(owner) if !owner.admits(user) => {
+            // Redis learns the owner again; a session stored without one (in
+            // `none` mode) gets the empty owner, which is no user's.
+            let owner = match owner {
+                SessionOwner::User(owner) => owner,
+                SessionOwner::Nobody | SessionOwner::Unknown => String::new(),
+            };
             if let Some(conn) = &scope.conn {
                 let restored = conn.execute(
                     "SET",

@@ -135,14 +135,17 @@ pub fn page(
     Ok((HistoryPage::new(session_id, page, total, messages), owner))
 }
 
-/// The session's owner (`None` for an unknown session or one without a user):
-/// checked once when Redis first sees a session, in case Redis forgot an owner.
-pub fn owner(address: &str, session_id: &str) -> Result<Option<String>, StoreError> {
+/// Whose the session is: checked once when Redis first sees a session, in
+/// case Redis forgot an owner.
+pub fn owner(address: &str, session_id: &str) -> Result<history::SessionOwner, StoreError> {
     let conn = Connection::open(address)?;
     let row = query_one_row(
         &conn,
         history::SESSION_OWNER_SQL,
         &[ParameterValue::Str(session_id.to_string())],
     )?;
-    column(&row, 0)
+    Ok(history::SessionOwner::from_row(
+        column(&row, 0)?,
+        column(&row, 1)?,
+    ))
 }
