@@ -671,6 +671,20 @@ async fn one_address_rotating_session_and_user_ids_gets_only_its_limit() {
         5,
         "refused requests stored nothing"
     );
+    app.app.settled().await;
+    let scrape = app.get("/metrics").await.unwrap().text();
+    let active = scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("chatbot_active_sessions "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    assert_eq!(active, Some(5.0), "only admitted sessions are active");
+    let mut redis = app.redis().await.unwrap();
+    let recorded: i64 = redis::cmd("ZCARD")
+        .arg(chatbot_core::keys::metrics::SESSIONS)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 5, "refused sessions are not in the active set");
 }
 
 #[tokio::test]

@@ -105,7 +105,6 @@ fn ask(
         }
         request.user_id = Some(user);
     }
-    scope.session = Some(request.session_id.clone());
     limit(scope, &request)?;
     reply.limit_headers = scope.headers();
     // A user's limits are read only when there is a user (a hit without one reads none).
@@ -117,6 +116,9 @@ fn ask(
         }
         None => None,
     };
+    // Counted as active only once admitted: refused requests (a flood of
+    // made-up session ids included) grow no Redis set.
+    scope.session = Some(request.session_id.clone());
     let found = pipeline::lookup(
         scope.conn.as_ref(),
         settings,
