@@ -452,6 +452,9 @@ pub fn key_set_is_fresh(fetched_at: u64, now: u64, cache_seconds: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
 
     #[test]
     fn a_stored_key_set_reads_back_and_an_older_format_reads_as_none() {
@@ -475,9 +478,6 @@ mod tests {
         assert!(!key_set_is_fresh(1000, 1300, 300));
         assert!(key_set_is_fresh(1000, 900, 300), "a clock that went back");
     }
-    use super::*;
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    use serde_json::json;
 
     fn settings() -> JwtSettings {
         JwtSettings {

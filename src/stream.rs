@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::query::Citation;
-use crate::upstream::{finished_answer, ChatReply, UpstreamError, Usage, OPENAI};
+use crate::upstream::{is_whole_answer, ChatReply, UpstreamError, Usage, OPENAI};
 
 /// The media type of a streamed answer.
 pub const EVENT_STREAM: &str = "text/event-stream";
@@ -188,8 +188,7 @@ impl ChatStream {
             return Err(bad("the stream held no answer"));
         }
         Ok(ChatReply {
-            complete: finished_answer(self.finish_reason.as_deref())
-                && !self.answer.trim().is_empty(),
+            complete: is_whole_answer(self.finish_reason.as_deref(), &self.answer),
             answer: self.answer,
             usage: self.usage,
         })

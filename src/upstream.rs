@@ -255,10 +255,11 @@ pub struct ChatReply {
     pub complete: bool,
 }
 
-/// Whether a choice's `finish_reason` says the model finished its answer
-/// (a backend that names none is taken at its word).
-pub fn finished_answer(finish_reason: Option<&str>) -> bool {
-    matches!(finish_reason, None | Some("stop"))
+/// Whether an answer is whole: its choice's `finish_reason` says the model
+/// finished it (a backend that names none is taken at its word), and it
+/// says something.
+pub fn is_whole_answer(finish_reason: Option<&str>, answer: &str) -> bool {
+    matches!(finish_reason, None | Some("stop")) && !answer.trim().is_empty()
 }
 
 /// The answer text, the tokens used, and whether the answer is whole.
@@ -276,7 +277,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatReply, UpstreamError> {
     Ok(ChatReply {
         answer: content.to_string(),
         usage,
-        complete: finished_answer(choice["finish_reason"].as_str()) && !content.trim().is_empty(),
+        complete: is_whole_answer(choice["finish_reason"].as_str(), content),
     })
 }
 

@@ -288,14 +288,35 @@ fn take_tokens(
                 "bucket": which.as_str(),
             }),
         ),
-        // Refused before the token was read: no session or user is known.
-        (Some(_), None) => scope.audit(
-            AuditAction::RateLimitDenied,
-            serde_json::json!({"bucket": which.as_str(), "before": "token verification"}),
-        ),
-        (None, _) => {}
+        (_, None) => {
+            return Err(refused_before_verification(
+                scope.conn.as_ref(),
+                &scope.address,
+                &reported,
+            ))
+        }
+        (None, Some(_)) => {}
     }
     Err(refusal(which, &reported))
+}
+
+/// The address's bucket refused before the bearer token was read (jwt
+/// mode): the security log notes it, with no session or user yet known.
+fn refused_before_verification(
+    conn: Option<&Connection>,
+    address: &str,
+    decision: &ratelimit::Decision,
+) -> ApiError {
+    let which = ratelimit::Scope::ClientAddress;
+    if let Some(conn) = conn {
+        chatbot_spin::audit::append(
+            conn,
+            AuditAction::RateLimitDenied,
+            address,
+            serde_json::json!({"bucket": which.as_str(), "before": "token verification"}),
+        );
+    }
+    refusal(which, decision)
 }
 
 fn decide(
@@ -627,16 +648,9 @@ fn read_history(
         )?;
         if !decision.allowed {
             observed.push(Observation::RateLimitHit);
-            if let Some(conn) = &conn {
-                chatbot_spin::audit::append(
-                    conn,
-                    AuditAction::RateLimitDenied,
-                    &address,
-                    serde_json::json!({"bucket": "client_address", "before": "token verification"}),
-                );
-            }
-            return Err(refusal(
-                ratelimit::Scope::ClientAddress,
+            return Err(refused_before_verification(
+                conn.as_ref(),
+                &address,
                 &reported(&decision),
             ));
         }

@@ -209,16 +209,7 @@ pub fn answer(
                 "the model cut the answer short (finish_reason length or content_filter) or left it empty",
             );
             if generation.is_some() {
-                let _ = eval(
-                    conn,
-                    query::RELEASE_LOCK_SCRIPT,
-                    &query::release_keys(&cache_key),
-                    &[
-                        binary(&token),
-                        binary(""),
-                        RedisParameter::Int64(query::SHARED_FAILURE_MS),
-                    ],
-                );
+                release_lock(conn, &cache_key, &token, Vec::new());
             }
             Ok(answer)
         }
@@ -262,19 +253,25 @@ pub fn answer(
             // Errors (and answers that broke off) are never cached: the lock
             // goes, and the requests waiting on this one answer the same failure at once.
             let failure = serde_json::to_vec(&query::SharedFailure::of(&e)).expect("serialises");
-            let _ = eval(
-                conn,
-                query::RELEASE_LOCK_SCRIPT,
-                &query::release_keys(&cache_key),
-                &[
-                    binary(&token),
-                    RedisParameter::Binary(failure),
-                    RedisParameter::Int64(query::SHARED_FAILURE_MS),
-                ],
-            );
+            release_lock(conn, &cache_key, &token, failure);
             Err(e)
         }
     }
+}
+
+/// Releases the stampede lock (if still ours) and leaves `failure` for the
+/// requests that waited on it; an empty one sends them to ask for themselves.
+fn release_lock(conn: &Connection, cache_key: &str, token: &str, failure: Vec<u8>) {
+    let _ = eval(
+        conn,
+        query::RELEASE_LOCK_SCRIPT,
+        &query::release_keys(cache_key),
+        &[
+            binary(token),
+            RedisParameter::Binary(failure),
+            RedisParameter::Int64(query::SHARED_FAILURE_MS),
+        ],
+    );
 }
 
 fn run(
