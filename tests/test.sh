@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/local/setup.sh --for-tests
 
-components=(-p query -p rate-limiter -p metrics -p ops -p harness-probe -p harness-probe-p3)
+components=(-p query -p rate-limiter -p metrics -p ops -p harness-probe -p harness-probe-p3 -p harness-probe-p3-dep)
 cargo fmt --all -- --check
 cargo build --target wasm32-wasip2 --release "${components[@]}"
 cargo clippy --quiet --target wasm32-wasip2 --release "${components[@]}" -p chatbot-spin -- -D warnings

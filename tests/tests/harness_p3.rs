@@ -197,3 +197,49 @@ async fn work_before_the_body_ends_survives_recycling_and_work_after_it_is_lost(
     assert_eq!(redis_counter(&app, "after-end").await, 0);
     assert_eq!(redis_counter(&app, "after-last-byte").await, 0);
 }
+
+/// Spin composes a WASIp3 component with its `[dependencies]` as it does a
+/// WASIp2 one; the dependency's async exports are awaited across the
+/// boundary, with a connection the caller lends (a `borrow` of the
+/// `spin:redis@3.0.0` resource) or one the dependency keeps for its instance,
+/// which lives as long as the composed instance.
+#[tokio::test]
+async fn a_composed_dependency_is_awaited_on_a_lent_or_on_its_own_kept_connection() {
+    let app = probe3(|b| b).await;
+    let mut dependency_instances = std::collections::BTreeSet::new();
+    for expected in 1..=10 {
+        let response = app.get("/probe3/dependency-lent?key=lent").await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        let body = response.json();
+        assert_eq!(body["value"], expected);
+        dependency_instances.insert(body["dependency_instance"].as_str().unwrap().to_string());
+    }
+    let lent = app.counts();
+    assert_eq!(lent.instances, 1);
+    assert_eq!(
+        dependency_instances.len(),
+        1,
+        "one dependency instance per composed instance"
+    );
+    assert_eq!(
+        lent.redis_opens, 10,
+        "each request opened the connection it lent"
+    );
+    assert_eq!(redis_counter(&app, "lent").await, 10);
+
+    for expected in 1..=10 {
+        let response = app
+            .get("/probe3/dependency-kept?key=kept-by-dependency")
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["value"], expected);
+    }
+    let kept = app.counts();
+    assert_eq!(
+        kept.redis_opens - lent.redis_opens,
+        1,
+        "the dependency kept one connection"
+    );
+    assert_eq!(kept.redis_commands - lent.redis_commands, 10);
+}

@@ -15,6 +15,16 @@ use serde_json::{json, Value};
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::{http_service, pg, redis, variables};
 
+// The dependency this probe is composed with (`tests/guests/probe-p3-dep`).
+spin_sdk::wit_bindgen::generate!({
+    runtime_path: "spin_sdk::wit_bindgen::rt",
+    path: ["../../../wit/deps/spin-sdk-6", "wit/counter.wit"],
+    world: "harness:counter/user",
+    with: {
+        "spin:redis/redis@3.0.0": spin_sdk::redis::wit::redis,
+    },
+});
+
 thread_local! {
     /// This instance's name: the tests count instances by it.
     static INSTANCE: u64 = {
@@ -140,6 +150,12 @@ async fn handle(req: Request) -> impl IntoResponse {
             }
             .into_response()
         }
+        "dependency-lent" | "dependency-kept" => {
+            let key = param(&req, "key").unwrap_or_else(|| "probe3:dependency".into());
+            dependency(path == "dependency-lent", key)
+                .await
+                .into_response()
+        }
         "redis-within" => redis_within(millis(&req, "ms", 500)).await.into_response(),
         "postgres-within" => postgres_within(millis(&req, "ms", 500))
             .await
@@ -149,6 +165,37 @@ async fn handle(req: Request) -> impl IntoResponse {
         "after" => after(&req, false).into_response(),
         "after-end" => after(&req, true).into_response(),
         _ => reply(404, json!({"error": "no such probe"})).into_response(),
+    }
+}
+
+/// `INCR` in the composed dependency: on a connection this request opens and
+/// lends (`lent`), or on the one the dependency keeps.
+async fn dependency(lend: bool, key: String) -> http::Response<String> {
+    use harness::counter::counter;
+    let outcome = async {
+        let address = variables::get("redis_address")
+            .await
+            .map_err(|e| e.to_string())?;
+        if lend {
+            let conn = redis::wit::redis::Connection::open(address)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            counter::incr_lent(&conn, key).await
+        } else {
+            counter::incr_kept(address, key).await
+        }
+    }
+    .await;
+    match outcome {
+        Ok(counted) => reply(
+            200,
+            json!({
+                "instance": instance(),
+                "dependency_instance": format!("{:016x}", counted.instance),
+                "value": counted.value,
+            }),
+        ),
+        Err(e) => reply(502, json!({"error": e})),
     }
 }
 
