@@ -13,6 +13,7 @@ pub mod names {
     pub const OPENAI_API_KEY: &str = "openai_api_key";
     pub const EMBEDDING_MODEL: &str = "embedding_model";
     pub const CHAT_MODEL: &str = "chat_model";
+    pub const CHAT_MAX_TOKENS: &str = "chat_max_tokens";
     pub const QDRANT_URL: &str = "qdrant_url";
     pub const QDRANT_API_KEY: &str = "qdrant_api_key";
     pub const QDRANT_COLLECTION: &str = "qdrant_collection";

@@ -450,6 +450,26 @@ pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<(Str
     ]
 }
 
+/// Characters per token assumed for a worst case: English runs near four, and
+/// a budget reservation should err towards too many.
+pub const WORST_CASE_CHARS_PER_TOKEN: usize = 3;
+
+/// Characters a retrieved passage may add to the prompt: a chunk this project
+/// ingests, its number and its source (see `ingest`).
+const PASSAGE_PROMPT_CHARS: usize = crate::ingest::CHUNK_CHARS + 200;
+
+/// The most tokens answering `request` can cost before the answer is known:
+/// the prompt [`prompt_messages`] builds, with `top_k` passages of the largest
+/// size, plus an answer of `max_tokens`. What a budget reserves.
+pub fn worst_case_tokens(request: &QueryRequest, top_k: u32, max_tokens: u32) -> u64 {
+    let chars = SYSTEM_PROMPT.len()
+        + request.page_context.as_deref().map_or(0, str::len)
+        + request.question.len()
+        + top_k as usize * PASSAGE_PROMPT_CHARS
+        + 100;
+    chars.div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64 + u64::from(max_tokens)
+}
+
 /// What the query cache holds: the answer and its citations (never an error).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedAnswer {
@@ -482,6 +502,38 @@ pub struct QueryResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worst_case_covers_the_largest_prompt_and_a_whole_answer() {
+        let request = QueryRequest {
+            question: "q".repeat(300),
+            session_id: "s".into(),
+            page_context: Some("p".repeat(600)),
+            user_id: None,
+            stream: false,
+        };
+        let passages: Vec<Passage> = (0..5)
+            .map(|i| Passage {
+                text: "t".repeat(crate::ingest::CHUNK_CHARS),
+                source: format!("document-{i}.md"),
+                chunk_id: format!("document-{i}.md#0"),
+                score: 0.9,
+            })
+            .collect();
+        let prompt_chars: usize = prompt_messages(&request, &passages)
+            .iter()
+            .map(|(role, content)| role.len() + content.len())
+            .sum();
+        let worst = worst_case_tokens(&request, 5, 1024);
+        // At four characters a token the prompt takes prompt_chars / 4.
+        assert!(worst >= (prompt_chars / 4) as u64 + 1024, "{worst}");
+        assert!(worst > worst_case_tokens(&request, 1, 1024));
+        assert_eq!(
+            worst_case_tokens(&request, 5, 2048) - worst,
+            1024,
+            "the answer's cap is reserved whole"
+        );
+    }
 
     fn parse(body: &str) -> Result<QueryRequest, ApiError> {
         parse_query(Some("application/json"), body.as_bytes(), None)

@@ -4,6 +4,8 @@
 //! charge of a miss's tokens to the budget, and the note a rate-limited
 //! session leaves for analytics and the security log.
 
+use crate::upstream::{UpstreamError, OPENAI};
+
 /// Seconds in the budget's window: a UTC day.
 pub const DAY_SECONDS: u64 = 86_400;
 
@@ -120,6 +122,103 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return total
 "#;
 
+/// Reserves a miss's worst case from the user's budget before any spending,
+/// atomically, so concurrent misses cannot all pass a check of the same
+/// count. `KEYS`: the user's count for the day. `ARGV`: tokens to reserve,
+/// the daily budget, seconds the count is kept. Answers `{1, new count}`
+/// when reserved, `{0, count}` (nothing changed) when the reservation does
+/// not fit what is left.
+pub const RESERVE_SCRIPT: &str = r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local reserve = tonumber(ARGV[1])
+if used + reserve > tonumber(ARGV[2]) then
+  return {0, used}
+end
+local total = redis.call('INCRBY', KEYS[1], reserve)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, total}
+"#;
+
+/// Seconds a day's count is kept: past the day's end, so a late settlement
+/// never starts a fresh count.
+pub const COUNT_TTL_SECONDS: u64 = 2 * DAY_SECONDS;
+
+/// What [`RESERVE_SCRIPT`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    Taken,
+    /// The user's count is `used`: what is left is less than the reservation.
+    DoesNotFit {
+        used: i64,
+    },
+}
+
+impl Reserved {
+    /// Reads the script's reply; anything unexpected is taken (the budget is
+    /// advisory when Redis misbehaves, as when it is down).
+    pub fn from_reply(reply: &[i64]) -> Self {
+        match reply {
+            [0, used] => Self::DoesNotFit { used: *used },
+            _ => Self::Taken,
+        }
+    }
+}
+
+/// What a reserved miss turned out to spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// No chat call was billed: the answer came from the cache after all (an
+    /// identical question's, waited for), or the request failed before the
+    /// model ran or was refused by it.
+    Nothing,
+    /// The model reported its usage.
+    Reported(u64),
+    /// The model ran but its usage is unknown: the stream was cut, the call
+    /// timed out, or the backend reports no usage. OpenAI bills it anyway.
+    Unknown,
+}
+
+impl Spent {
+    /// What a failed miss spent: a call that timed out, broke off mid-answer
+    /// or answered garbage may have been billed (the whole reservation
+    /// stays); a refusal by the model, or any failure before it was called,
+    /// was not.
+    pub fn on_failure(error: &UpstreamError, chat_called: bool) -> Self {
+        let maybe_billed = matches!(
+            error,
+            UpstreamError::Timeout { .. }
+                | UpstreamError::BadResponse { .. }
+                | UpstreamError::Unreachable { .. }
+        );
+        if chat_called && maybe_billed && error.service() == OPENAI {
+            Self::Unknown
+        } else {
+            Self::Nothing
+        }
+    }
+
+    /// What an answered miss spent: its reported usage, or (none reported)
+    /// the whole reservation. An answer from the cache spent nothing.
+    pub fn on_answer(cached: bool, reported_tokens: u64) -> Self {
+        match (cached, reported_tokens) {
+            (true, _) => Self::Nothing,
+            (false, 0) => Self::Unknown,
+            (false, tokens) => Self::Reported(tokens),
+        }
+    }
+}
+
+/// The change a settlement makes to the day's count (the reservation was
+/// added already) and the tokens the request is finally charged.
+pub fn settlement(reserved: u64, spent: Spent) -> (i64, u64) {
+    let charged = match spent {
+        Spent::Nothing => 0,
+        Spent::Reported(tokens) => tokens,
+        Spent::Unknown => reserved,
+    };
+    (charged as i64 - reserved as i64, charged)
+}
+
 /// The keys of [`GATE_SCRIPT`].
 pub fn gate_keys(user: &str, day: u64, session: &str) -> [String; 3] {
     [
@@ -154,6 +253,7 @@ pub fn note_rate_limited_keys(entry: &crate::audit::AuditEntry) -> [String; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::QDRANT;
 
     #[test]
     fn an_owner_is_kept_as_long_as_its_session() {
@@ -195,6 +295,50 @@ mod tests {
             Gate::from_reply(&[], 60, 0),
             Gate::Admitted { claimed: false }
         );
+    }
+
+    #[test]
+    fn a_reservation_settles_to_what_the_model_reported_or_stays_whole() {
+        assert_eq!(Reserved::from_reply(&[1, 3_000]), Reserved::Taken);
+        assert_eq!(
+            Reserved::from_reply(&[0, 9_500]),
+            Reserved::DoesNotFit { used: 9_500 }
+        );
+        assert_eq!(Reserved::from_reply(&[]), Reserved::Taken);
+        // Reported usage below the reservation gives the rest back...
+        assert_eq!(settlement(3_000, Spent::Reported(700)), (-2_300, 700));
+        // ...and above it (a passage larger than this project ingests) adds the excess.
+        assert_eq!(settlement(3_000, Spent::Reported(3_400)), (400, 3_400));
+        // A cut stream or a silent backend is charged the whole reservation.
+        assert_eq!(settlement(3_000, Spent::Unknown), (0, 3_000));
+        assert_eq!(settlement(3_000, Spent::Nothing), (-3_000, 0));
+    }
+
+    #[test]
+    fn only_a_model_call_that_may_have_been_billed_keeps_its_reservation() {
+        let timeout = UpstreamError::Timeout { service: OPENAI };
+        assert_eq!(Spent::on_failure(&timeout, true), Spent::Unknown);
+        assert_eq!(
+            Spent::on_failure(&timeout, false),
+            Spent::Nothing,
+            "the embedding call timed out: the model never ran"
+        );
+        let cut = UpstreamError::BadResponse {
+            service: OPENAI,
+            message: "the stream ended before [DONE]".into(),
+        };
+        assert_eq!(Spent::on_failure(&cut, true), Spent::Unknown);
+        let refused = UpstreamError::Status {
+            service: OPENAI,
+            status: 400,
+            message: "bad".into(),
+        };
+        assert_eq!(Spent::on_failure(&refused, true), Spent::Nothing);
+        let qdrant = UpstreamError::Timeout { service: QDRANT };
+        assert_eq!(Spent::on_failure(&qdrant, true), Spent::Nothing);
+        assert_eq!(Spent::on_answer(true, 900), Spent::Nothing);
+        assert_eq!(Spent::on_answer(false, 900), Spent::Reported(900));
+        assert_eq!(Spent::on_answer(false, 0), Spent::Unknown);
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct PipelineSettings {
     pub openai_api_key: Secret,
     pub embedding_model: String,
     pub chat_model: String,
+    /// The most tokens an answer may take (`max_tokens` on every chat call),
+    /// and so the completion part of a budget's reservation.
+    pub chat_max_tokens: u32,
     pub qdrant_url: String,
     pub qdrant_api_key: Secret,
     pub qdrant_collection: String,
@@ -132,6 +135,9 @@ pub struct PipelineSettings {
     /// The whole request's deadline: every call gets what is left of it at most.
     pub request_timeout: Duration,
 }
+
+/// An answer's token cap when `chat_max_tokens` is not set.
+pub const DEFAULT_CHAT_MAX_TOKENS: u64 = 1024;
 
 /// The request deadline when `request_timeout_ms` is not set.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -167,6 +173,13 @@ impl PipelineSettings {
                 names::CHAT_MODEL,
                 &lookup.require(names::CHAT_MODEL)?,
             )?,
+            chat_max_tokens: number_or(
+                lookup,
+                names::CHAT_MAX_TOKENS,
+                1,
+                1_000_000,
+                DEFAULT_CHAT_MAX_TOKENS,
+            )? as u32,
             qdrant_url: base_url(lookup, names::QDRANT_URL)?,
             qdrant_api_key: Secret::new(lookup.require(names::QDRANT_API_KEY)?),
             qdrant_collection: collection,

@@ -89,8 +89,8 @@ impl From<&Usage> for UsageReport {
 }
 
 /// The chat completion request, streamed, with the usage in a last chunk.
-pub fn chat_stream_request(model: &str, messages: &[(String, String)]) -> Value {
-    let mut request = crate::upstream::chat_request(model, messages);
+pub fn chat_stream_request(model: &str, messages: &[(String, String)], max_tokens: u32) -> Value {
+    let mut request = crate::upstream::chat_request(model, messages, max_tokens);
     request["stream"] = Value::Bool(true);
     request["stream_options"] = serde_json::json!({"include_usage": true});
     request
@@ -299,8 +299,9 @@ mod tests {
 
     #[test]
     fn the_streamed_request_asks_for_usage() {
-        let request = chat_stream_request("m", &[("user".into(), "q".into())]);
+        let request = chat_stream_request("m", &[("user".into(), "q".into())], 64);
         assert_eq!(request["stream"], true);
+        assert_eq!(request["max_tokens"], 64, "a streamed answer is capped too");
         assert_eq!(request["stream_options"]["include_usage"], true);
         assert_eq!(request["model"], "m");
     }

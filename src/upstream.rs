@@ -237,12 +237,14 @@ pub fn parse_embeddings(
     Ok((out, response.usage.unwrap_or_default()))
 }
 
-pub fn chat_request(model: &str, messages: &[(String, String)]) -> Value {
+/// A chat completion request. `max_tokens` caps the answer, so one question
+/// can cost at most what a budget reserved for it (see `sessions`).
+pub fn chat_request(model: &str, messages: &[(String, String)], max_tokens: u32) -> Value {
     let messages: Vec<Value> = messages
         .iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect();
-    json!({"model": model, "messages": messages, "temperature": 0.2})
+    json!({"model": model, "messages": messages, "temperature": 0.2, "max_tokens": max_tokens})
 }
 
 /// A chat completion: the answer, the tokens it used, and whether the model

@@ -714,10 +714,57 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket() {
     assert_eq!(statuses, [200, 200, 429, 200, 200]);
 }
 
+/// The tokens charged to `user` today (and any other day still kept).
+async fn tokens_spent(app: &TestApp, user: &str) -> i64 {
+    let mut redis = app.redis().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!(
+            "{}{}:*",
+            chatbot_core::keys::USER_TOKENS_PREFIX,
+            chatbot_core::digest::md5_of_parts(&[user])
+        ))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut total = 0i64;
+    for key in keys {
+        total += redis::cmd("GET")
+            .arg(key)
+            .query_async::<i64>(&mut redis)
+            .await
+            .unwrap();
+    }
+    total
+}
+
+/// Passages per question and the answer's cap in the budget tests: what a miss reserves follows from them.
+const BUDGET_TOP_K: u32 = 2;
+const BUDGET_MAX_TOKENS: u32 = 50;
+
+/// What a miss asking `question` reserves from its user's budget.
+fn reservation_for(question: &str) -> i64 {
+    let request = chatbot_core::query::QueryRequest {
+        question: question.into(),
+        session_id: "any".into(),
+        page_context: None,
+        user_id: Some("any".into()),
+        stream: false,
+    };
+    chatbot_core::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
+}
+
+fn budget_builder(budget: i64) -> chatbot_harness::TestAppBuilder {
+    TestApp::builder()
+        .variable(names::USER_TOKEN_BUDGET_PER_DAY, budget.to_string())
+        .variable(names::TOP_K, BUDGET_TOP_K.to_string())
+        .variable(names::CHAT_MAX_TOKENS, BUDGET_MAX_TOKENS.to_string())
+}
+
 #[tokio::test]
 async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls() {
-    let app = TestApp::builder()
-        .variable(names::USER_TOKEN_BUDGET_PER_DAY, "1")
+    // Room for one miss's worst case: after it settles to what it used, what
+    // is left cannot cover another.
+    let app = budget_builder(reservation_for("What is AI?") + 1)
         .variable(names::QUERY_CACHE_SCOPE, "global")
         .spawn()
         .await
@@ -728,30 +775,7 @@ async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls()
         let app = &app;
         async move { app.post_json(QUERY, &body).await.unwrap() }
     };
-    let spent = |user: &'static str| {
-        let app = &app;
-        async move {
-            let mut redis = app.redis().await.unwrap();
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!(
-                    "{}{}:*",
-                    chatbot_core::keys::USER_TOKENS_PREFIX,
-                    chatbot_core::digest::md5_of_parts(&[user])
-                ))
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            let mut total = 0i64;
-            for key in keys {
-                total += redis::cmd("GET")
-                    .arg(key)
-                    .query_async::<i64>(&mut redis)
-                    .await
-                    .unwrap();
-            }
-            total
-        }
-    };
+    let spent = |user: &'static str| tokens_spent(&app, user);
     let miss = ask("alice", "What is AI?").await;
     assert_eq!(miss.status, 200);
     assert_eq!(miss.header("x-cache"), Some("MISS"));
@@ -795,6 +819,129 @@ async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls()
         metrics.contains("chatbot_user_budget_denials_total 2\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn concurrent_misses_each_reserve_their_worst_case_so_together_they_cannot_overspend() {
+    let questions: Vec<String> = (0..10)
+        .map(|i| format!("Concurrent question number {i:02}?"))
+        .collect();
+    let worst = reservation_for(&questions[0]);
+    // Room for three worst cases and a half: three misses at most.
+    let app = budget_builder(worst * 3 + worst / 2).spawn().await.unwrap();
+    // Slow answers keep every miss in flight while the others reserve.
+    app.openai.set_stream_timing(
+        std::time::Duration::from_millis(1500),
+        std::time::Duration::ZERO,
+    );
+    let responses = futures_util::future::join_all(questions.iter().map(|question| {
+        let body = json!({"question": question, "session_id": "dave-s", "user_id": "dave"});
+        let app = &app;
+        async move { app.post_json(QUERY, &body).await.unwrap() }
+    }))
+    .await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    for refused in responses.iter().filter(|r| r.status != 200) {
+        assert_eq!(refused.status, 429, "{}", refused.text());
+        assert_eq!(refused.json()["status"], "budget_exceeded");
+    }
+    assert_eq!(
+        app.openai.controls().calls(CHAT),
+        3,
+        "refused misses never reach the model"
+    );
+    // Each admitted miss settled its reservation to the usage it reported.
+    let reported: i64 = responses
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            let stub_words = |text: &str| {
+                text.split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .count()
+            };
+            stub_words(r.json()["answer"].as_str().unwrap()) as i64
+        })
+        .sum();
+    let used = tokens_spent(&app, "dave").await;
+    assert!(
+        used > reported && used < worst * 3,
+        "{used} (answers alone: {reported}, worst cases: {})",
+        worst * 3
+    );
+}
+
+/// The `data` of a stream's `done` event.
+fn done_event(sse: &str) -> Value {
+    let data = sse
+        .split("\n\n")
+        .find(|event| event.starts_with("event: done"))
+        .and_then(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+        .unwrap_or_else(|| panic!("no done event in {sse}"));
+    serde_json::from_str(data).unwrap()
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_charged_its_whole_reservation_and_a_whole_answer_what_it_used() {
+    let app = budget_builder(1_000_000).spawn().await.unwrap();
+    let question = "What does a cut stream cost?";
+    let body =
+        json!({"question": question, "session_id": "erin-s", "user_id": "erin", "stream": true});
+    app.openai.cut_next_stream_after(2);
+    let cut = app.post_json(QUERY, &body).await.unwrap();
+    assert_eq!(cut.status, 200);
+    assert!(cut.text().contains("event: error"), "{}", cut.text());
+    assert_eq!(
+        tokens_spent(&app, "erin").await,
+        reservation_for(question),
+        "OpenAI bills a cut stream; its usage is unknown, so the reservation stays"
+    );
+
+    // Not cached, so asked again: whole this time, and settled to its usage.
+    let whole = app.post_json(QUERY, &body).await.unwrap();
+    let usage = done_event(&whole.text())["usage"]["total_tokens"]
+        .as_i64()
+        .unwrap();
+    assert!(usage > 0);
+    assert_eq!(
+        tokens_spent(&app, "erin").await,
+        reservation_for(question) + usage
+    );
+    // Every chat call carried the answer's cap the reservation counted on.
+    let requests = app.openai.chat_requests();
+    assert_eq!(requests.len(), 2);
+    for request in requests {
+        assert_eq!(request["max_tokens"], BUDGET_MAX_TOKENS, "{request}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_chat_max_tokens_is_cut_there_and_not_cached() {
+    let app = TestApp::builder()
+        .variable(names::CHAT_MAX_TOKENS, "3")
+        .spawn()
+        .await
+        .unwrap();
+    let body = json!({"question": "What is AI?", "session_id": "frank-s"});
+    let first = app.post_json(QUERY, &body).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.json()["answer"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        3
+    );
+    // The model stopped at the cap (finish_reason `length`): shown, never cached.
+    let again = app.post_json(QUERY, &body).await.unwrap();
+    assert_eq!(again.json()["cached"], false);
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
 }
 
 #[tokio::test]

@@ -10,18 +10,20 @@ use chatbot_core::keys;
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{Endpoint, ErrorType};
 use chatbot_core::query::{self, Citation, QueryRequest};
+use chatbot_core::sessions::Spent;
 use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_spin::identity;
 use chatbot_spin::pipeline::{self, Answer, Progress};
 use chatbot_spin::redis_script::binary;
 use chatbot_spin::respond::{self, json, Body};
 use chatbot_spin::routing;
-use chatbot_spin::settings::{self, PipelineSettings, SessionLimits};
+use chatbot_spin::settings::{self, PipelineSettings};
 use spin_sdk::http::{Request, ResponseOutparam};
 use spin_sdk::redis::RedisParameter;
 
 use crate::{
-    authenticate, charge, config_failure, gate, limit, limit_address, no_such_session, Scope,
+    authenticate, config_failure, gate, limit, limit_address, no_such_session, reserve, settle,
+    Scope,
 };
 
 /// What is left to do once the client has its answer.
@@ -29,7 +31,6 @@ struct Exchange {
     request: QueryRequest,
     answer: Answer,
     conversation: Option<RememberedConversation>,
-    limits: Option<SessionLimits>,
 }
 
 pub fn chat_query(req: Request, out: ResponseOutparam) {
@@ -133,6 +134,10 @@ fn ask(
     };
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.clone();
+    // A miss reserves its worst case before it spends; a hit spends nothing.
+    if let (None, Some(user), Some(limits)) = (&found.answer, &request.user_id, &limits) {
+        reserve(scope, settings, limits, user, &request)?;
+    }
     let answer = pipeline::answer(
         scope.conn.as_ref(),
         settings,
@@ -147,6 +152,8 @@ fn ask(
             chatbot_spin::log::Dependency::of_service(e.service()),
             &e,
         );
+        let spent = Spent::on_failure(&e, scope.telemetry.chat_called);
+        settle(scope, spent);
         e.api_error()
     })?;
     scope.cache_status = query::cache_status(answer.cached, scope.conn.is_some());
@@ -155,7 +162,6 @@ fn ask(
         request,
         answer,
         conversation,
-        limits,
     })
 }
 
@@ -249,11 +255,8 @@ fn after_response(
         request,
         answer,
         conversation,
-        limits,
     } = exchange;
-    if let (false, Some(user), Some(limits)) = (answer.cached, &request.user_id, &limits) {
-        charge(scope, limits, user, answer.value.tokens);
-    }
+    settle(scope, Spent::on_answer(answer.cached, answer.value.tokens));
     if !seen {
         chatbot_spin::log::info(
             "exchange_not_stored",

@@ -20,10 +20,10 @@ use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{
     CacheStatus, Cached, Endpoint, ErrorType, LimiterOutcome, Operation, QueryStatus,
 };
-use chatbot_core::query::QueryRequest;
+use chatbot_core::query::{self, QueryRequest};
 use chatbot_core::ratelimit;
 use chatbot_core::routes;
-use chatbot_core::sessions::{self, Gate};
+use chatbot_core::sessions::{self, Gate, Reserved, Spent};
 use chatbot_core::{audit::AuditAction, keys};
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::identity::{self, AuthFailure};
@@ -95,6 +95,15 @@ pub(crate) struct Scope {
     address_limited: bool,
     /// How the query cache served the request so far (`bypass` until the lookup).
     pub(crate) cache_status: CacheStatus,
+    /// The worst case this miss took from its user's budget, until [`settle`].
+    reservation: Option<Reservation>,
+}
+
+/// Tokens reserved from a user's count for one UTC day.
+struct Reservation {
+    user: String,
+    day: u64,
+    tokens: u64,
 }
 
 impl Scope {
@@ -121,6 +130,7 @@ impl Scope {
             decision: None,
             address_limited: false,
             cache_status: CacheStatus::Bypass,
+            reservation: None,
         }
     }
 
@@ -402,7 +412,7 @@ pub(crate) fn gate(
         return Ok(());
     };
     let now = now_epoch_seconds();
-    let (day, day_left) = sessions::budget_day(now);
+    let (day, _) = sessions::budget_day(now);
     let owner_ttl = sessions::owner_ttl_seconds(settings.retention_days) as i64;
     let reply = eval(
         conn,
@@ -441,19 +451,14 @@ pub(crate) fn gate(
             scope.audit(AuditAction::SessionNotOwned, detail);
             Err(no_such_session(session))
         }
-        Gate::BudgetSpent { used } => {
-            scope.telemetry.add(Observation::BudgetDenial);
-            scope.audit(AuditAction::BudgetExceeded, detail);
-            Err(ApiError::new(
-                429,
-                ErrorCode::BudgetExceeded,
-                format!(
-                    "today's token budget is spent ({used} of {} tokens); it renews at 00:00 UTC",
-                    limits.token_budget_per_day
-                ),
-            )
-            .with_header("retry-after", day_left.to_string()))
-        }
+        Gate::BudgetSpent { used } => Err(budget_spent(
+            scope,
+            detail,
+            format!(
+                "today's token budget is spent ({used} of {} tokens); it renews at 00:00 UTC",
+                limits.token_budget_per_day
+            ),
+        )),
         Gate::SessionLimit {
             active,
             retry_after_seconds,
@@ -534,35 +539,112 @@ fn confirm_new_owner(
     }
 }
 
-/// Charges a miss's tokens to the user's budget for the day (when there is a budget).
-pub(crate) fn charge(scope: &mut Scope, limits: &settings::SessionLimits, user: &str, tokens: u64) {
-    if limits.token_budget_per_day == 0 || tokens == 0 {
+/// The 429 of a spent budget: counted, audited, and retried at 00:00 UTC.
+fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -> ApiError {
+    let (_, day_left) = sessions::budget_day(now_epoch_seconds());
+    scope.telemetry.add(Observation::BudgetDenial);
+    scope.audit(AuditAction::BudgetExceeded, detail);
+    ApiError::new(429, ErrorCode::BudgetExceeded, message)
+        .with_header("retry-after", day_left.to_string())
+}
+
+/// Before a miss spends anything: takes its worst case (the largest prompt
+/// plus `chat_max_tokens`) from the user's budget for the day, atomically,
+/// or refuses when what is left cannot cover it. Concurrent misses each
+/// take their own share, so together they cannot overspend. [`settle`]
+/// corrects the count once the answer's usage is known.
+pub(crate) fn reserve(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    limits: &settings::SessionLimits,
+    user: &str,
+    request: &QueryRequest,
+) -> Result<(), ApiError> {
+    if limits.token_budget_per_day == 0 {
+        return Ok(());
+    }
+    let Some(conn) = &scope.conn else {
+        return Ok(());
+    };
+    let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens);
+    let (day, _) = sessions::budget_day(now_epoch_seconds());
+    let reply = eval(
+        conn,
+        sessions::RESERVE_SCRIPT,
+        &[&keys::user_tokens(user, day)],
+        &[
+            RedisParameter::Int64(tokens as i64),
+            RedisParameter::Int64(limits.token_budget_per_day as i64),
+            RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
+        ],
+    );
+    let reply = match reply {
+        Ok(results) => integers(&results),
+        Err(e) => {
+            chatbot_spin::log::warn(
+                "budget_not_enforced",
+                chatbot_spin::log::Dependency::Redis,
+                &e,
+            );
+            return Ok(());
+        }
+    };
+    match Reserved::from_reply(&reply) {
+        Reserved::Taken => {
+            scope.reservation = Some(Reservation {
+                user: user.to_string(),
+                day,
+                tokens,
+            });
+            Ok(())
+        }
+        Reserved::DoesNotFit { used } => Err(budget_spent(
+            scope,
+            serde_json::json!({"user_id": user, "session_id": request.session_id, "reserve": tokens}),
+            format!(
+                "today's token budget cannot cover this question: {used} of {} tokens are used and an answer may cost up to {tokens}; it renews at 00:00 UTC",
+                limits.token_budget_per_day
+            ),
+        )),
+    }
+}
+
+/// Settles the request's reservation (if it made one) to what it spent:
+/// the reported usage, nothing, or (the model ran, its usage unknown) the
+/// whole reservation, on the reservation's own day.
+pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
+    let Some(reservation) = scope.reservation.take() else {
+        return;
+    };
+    let (change, charged) = sessions::settlement(reservation.tokens, spent);
+    if charged > 0 {
+        scope
+            .telemetry
+            .add(Observation::UserTokensCharged(charged as f64));
+    }
+    if change == 0 {
         return;
     }
     let Some(conn) = &scope.conn else {
         return;
     };
-    let (day, _) = sessions::budget_day(now_epoch_seconds());
-    let charged = eval(
+    let settled = eval(
         conn,
         sessions::CHARGE_SCRIPT,
-        &[&keys::user_tokens(user, day)],
+        &[&keys::user_tokens(&reservation.user, reservation.day)],
         &[
-            RedisParameter::Int64(tokens as i64),
-            RedisParameter::Int64(2 * sessions::DAY_SECONDS as i64),
+            RedisParameter::Int64(change),
+            RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
         ],
     );
-    match charged {
-        Ok(_) => scope
-            .telemetry
-            .add(Observation::UserTokensCharged(tokens as f64)),
-        Err(e) => chatbot_spin::log::write(
+    if let Err(e) = settled {
+        chatbot_spin::log::write(
             chatbot_spin::log::Level::Warn,
-            "budget_charge_failed",
+            "budget_settle_failed",
             chatbot_spin::log::Dependency::Redis,
             &e,
-            &[("tokens", &tokens.to_string())],
-        ),
+            &[("change", &change.to_string())],
+        );
     }
 }
 

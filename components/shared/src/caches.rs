@@ -16,6 +16,9 @@ use crate::settings::PipelineSettings;
 #[derive(Debug, Default, Clone)]
 pub struct Telemetry {
     pub samples: Vec<Sample>,
+    /// The chat model was called (whatever came of it): a budget charges a
+    /// failure after this, never one before.
+    pub chat_called: bool,
 }
 
 impl Telemetry {

@@ -94,7 +94,11 @@ pub fn chat(
         "POST",
         &format!("{}/chat/completions", settings.openai_base_url),
         &header_refs(&headers),
-        Some(&upstream::chat_request(&settings.chat_model, messages)),
+        Some(&upstream::chat_request(
+            &settings.chat_model,
+            messages,
+            settings.chat_max_tokens,
+        )),
         crate::bounded(settings.openai_timeout, settings.request_timeout),
     )?;
     Ok((upstream::parse_chat(&body)?, started.elapsed()))
@@ -115,8 +119,12 @@ pub fn chat_streamed(
         ("content-type", "application/json"),
         ("accept", "text/event-stream"),
     ]);
-    let body = serde_json::to_vec(&chat_stream_request(&settings.chat_model, messages))
-        .expect("JSON values serialise");
+    let body = serde_json::to_vec(&chat_stream_request(
+        &settings.chat_model,
+        messages,
+        settings.chat_max_tokens,
+    ))
+    .expect("JSON values serialise");
     let mut response = http::send(
         "POST",
         &format!("{}/chat/completions", settings.openai_base_url),

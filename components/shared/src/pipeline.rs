@@ -298,6 +298,7 @@ fn run(
     let passages = searched.passages;
 
     telemetry.add(Observation::OpenAiCall(Operation::Chat));
+    telemetry.chat_called = true;
     let messages = query::prompt_messages(request, &passages);
     let citations = query::citations(&passages);
     let answered = if progress.streams() {

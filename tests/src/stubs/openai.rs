@@ -454,7 +454,33 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
             "invalid_request",
         );
     }
-    let content = answer_for(messages);
+    let max_tokens = match &request["max_tokens"] {
+        Value::Null => None,
+        value => match value.as_u64().filter(|n| *n >= 1) {
+            Some(n) => Some(n as usize),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1.",
+                    "invalid_request_error",
+                    "integer_below_min_value",
+                )
+            }
+        },
+    };
+    let mut content = answer_for(messages);
+    // As a model does, an answer longer than `max_tokens` stops there, cut short.
+    let mut cut_at_max = false;
+    if let Some(max) = max_tokens {
+        if content.split_whitespace().count() > max {
+            content = content
+                .split_whitespace()
+                .take(max)
+                .collect::<Vec<_>>()
+                .join(" ");
+            cut_at_max = true;
+        }
+    }
     let prompt_tokens: usize = messages
         .iter()
         .filter_map(|m| m["content"].as_str())
@@ -471,7 +497,7 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         .lock()
         .unwrap()
         .pop_front()
-        .unwrap_or("stop");
+        .unwrap_or(if cut_at_max { "length" } else { "stop" });
     if request["stream"] == true {
         let timing = *state.stream_timing.lock().unwrap();
         let cut = state.stream_cuts.lock().unwrap().pop_front();
