@@ -41,6 +41,8 @@ pub mod names {
     pub const JWT_JWKS_CACHE_SECONDS: &str = "jwt_jwks_cache_seconds";
     pub const RATE_LIMIT_PER_ADDRESS_REQUESTS: &str = "rate_limit_per_address_requests";
     pub const RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS: &str = "rate_limit_per_address_window_seconds";
+    pub const RATE_LIMIT_PER_NETWORK_REQUESTS: &str = "rate_limit_per_network_requests";
+    pub const DEPLOYMENT_TOKEN_BUDGET_PER_DAY: &str = "deployment_token_budget_per_day";
     pub const TRUSTED_PROXY_HOPS: &str = "trusted_proxy_hops";
     pub const USER_TOKEN_BUDGET_PER_DAY: &str = "user_token_budget_per_day";
     // Read by no component: spin.toml templates `allowed_outbound_hosts` from

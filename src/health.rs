@@ -76,6 +76,11 @@ pub enum OverallStatus {
     Unhealthy,
 }
 
+/// How long a `/health/services` report is served before the dependencies
+/// are called again: dashboards and several admins polling it cost one
+/// round of probes per this many seconds.
+pub const REPORT_SECONDS: u64 = 5;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServicesReport {
     pub status: OverallStatus,

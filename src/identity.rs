@@ -409,6 +409,17 @@ pub fn client_address(
         .unwrap_or(peer)
 }
 
+/// The /48 of an IPv6 client address as [`client_address`] writes it
+/// (`a:b:c:d::/64`), for the network bucket; `None` for any other address.
+pub fn network_of(address: &str) -> Option<String> {
+    let prefix = address.strip_suffix("::/64")?;
+    let segments: Vec<&str> = prefix.split(':').collect();
+    match segments.as_slice() {
+        [a, b, c, _] => Some(format!("{a}:{b}:{c}::/48")),
+        _ => None,
+    }
+}
+
 fn bucket_of(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -656,6 +667,14 @@ mod tests {
             client_address(Some("[2001:db8:1:2:3:4:5:6]:443"), None, 0),
             "2001:db8:1:2::/64"
         );
+        // The /64's /48, for the network bucket; IPv4 clients have none.
+        let v6 = client_address(Some("[2001:db8:1:2:3:4:5:6]:443"), None, 0);
+        assert_eq!(network_of(&v6).as_deref(), Some("2001:db8:1::/48"));
+        let zeros = client_address(Some("[2001:db8::9]:443"), None, 0);
+        assert_eq!(network_of(&zeros).as_deref(), Some("2001:db8:0::/48"));
+        assert_eq!(network_of("1.2.3.4"), None);
+        assert_eq!(network_of("unknown"), None);
+        assert_eq!(network_of("a::/64"), None);
         assert_eq!(
             client_address(Some("[::ffff:1.2.3.4]:1"), None, 0),
             "1.2.3.4"

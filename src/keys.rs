@@ -22,6 +22,8 @@ pub const GATE_TAG: &str = "{g}";
 pub const AUDIT_TAG: &str = "{a}";
 /// The issuer's key sets.
 pub const JWKS_TAG: &str = "{j}";
+/// The ops component's cached dependency report.
+pub const HEALTH_TAG: &str = "{h}";
 
 /// Cached answers: `chatbot:query:{q}:<md5>` (see `query::query_cache_key`).
 pub const QUERY_PREFIX: &str = "chatbot:query:{q}:";
@@ -55,6 +57,12 @@ pub const SESSION_OWNER_PREFIX: &str = "chatbot:session-owner:{g}:";
 pub const CONVERSATION_PREFIX: &str = "chatbot:conversation:{q}:";
 /// A user's OpenAI tokens for a UTC day: `chatbot:user-tokens:{g}:<md5 of user>:<day>`.
 pub const USER_TOKENS_PREFIX: &str = "chatbot:user-tokens:{g}:";
+/// Tokens all misses spent on one UTC day: `chatbot:deployment-tokens:{g}:<day>`
+/// (in the gate's family, so one script reserves from it and a user's count together).
+pub const DEPLOYMENT_TOKENS_PREFIX: &str = "chatbot:deployment-tokens:{g}:";
+/// The last `/health/services` report, kept [`crate::health::REPORT_SECONDS`]
+/// so that polling it does not call every dependency each time.
+pub const HEALTH_REPORT: &str = "chatbot:health:{h}:services";
 /// The issuer's key set, as fetched: `chatbot:jwks:{j}:<md5 of URL>`.
 pub const JWKS_PREFIX: &str = "chatbot:jwks:{j}:";
 /// Set while a refetch of the key set for an unknown `kid` is not allowed again.
@@ -146,6 +154,10 @@ pub fn conversation(session_id: &str) -> String {
 
 pub fn user_tokens(user_id: &str, day: u64) -> String {
     format!("{USER_TOKENS_PREFIX}{}:{day}", md5_of_parts(&[user_id]))
+}
+
+pub fn deployment_tokens(day: u64) -> String {
+    format!("{DEPLOYMENT_TOKENS_PREFIX}{day}")
 }
 
 pub fn jwks(url: &str) -> String {
@@ -256,6 +268,7 @@ mod tests {
                 "limiter",
                 &[
                     bucket_key(Scope::ClientAddress, "10.0.0.1").unwrap(),
+                    bucket_key(Scope::ClientNetwork, "2001:db8:1::/48").unwrap(),
                     bucket_key(Scope::Session, &format!("s{text}")).unwrap(),
                     bucket_key(Scope::User, &format!("u{text}")).unwrap(),
                 ],
@@ -282,6 +295,10 @@ mod tests {
                 &[TOP_QUESTIONS.to_string(), base_key(TOP_QUESTIONS)],
             );
             one_slot("jwks", &[jwks(text), jwks_refetch(text)]);
+            one_slot(
+                "budget reserve and settle",
+                &[user_tokens(text, 20_000), deployment_tokens(20_000)],
+            );
         }
         let metrics: Vec<String> = metrics::ALL.iter().map(|k| k.to_string()).collect();
         one_slot("record metrics", &metrics);

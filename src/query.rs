@@ -231,32 +231,70 @@ pub struct QueryCacheEntry {
     pub p: Option<String>,
 }
 
+/// Largest top-questions member: with the ranking's cap of
+/// `ranking::QUESTIONS_CAP` members, the ranking holds at most ~10 MB.
+pub const MAX_RANKED_ENTRY_BYTES: usize = 1024;
+
+/// The question's member in the top-questions ranking, which warm-up asks
+/// again as it is; empty (not ranked) when it would exceed
+/// [`MAX_RANKED_ENTRY_BYTES`], as a question with a long page context does.
 pub fn question_entry(request: &QueryRequest) -> String {
     let entry = QueryCacheEntry {
-        q: normalise(&request.question).chars().take(500).collect(),
+        q: normalise(&request.question),
         p: request.page_context.clone(),
     };
-    serde_json::to_string(&entry).expect("entries serialise")
+    let member = serde_json::to_string(&entry).expect("entries serialise");
+    if member.len() > MAX_RANKED_ENTRY_BYTES {
+        String::new()
+    } else {
+        member
+    }
 }
 
 /// Stores the answer with its generation, indexes it by session and page
 /// context (for scoped invalidation) and releases the stampede lock, in one
 /// round trip. KEYS: [`store_keys`]. ARGV: value, ttl seconds, lock token,
-/// generation, "1" when the page index is used.
+/// generation, "1" when the page index is used, [`INDEX_PRUNE_SAMPLE`].
+///
+/// An index outlives the answers it points at while its session or page
+/// keeps being asked about, so each store also drops up to
+/// [`INDEX_PRUNE_SAMPLE`] members whose answers have expired: an index holds
+/// about as many members as there are live answers, not every answer ever
+/// stored. (The members are answer keys of this script's own `{q}` family.)
 pub const STORE_ANSWER_SCRIPT: &str = r#"
+local function add_and_prune(index)
+  redis.call('SADD', index, KEYS[1])
+  redis.call('EXPIRE', index, ARGV[2])
+  for _, member in ipairs(redis.call('SRANDMEMBER', index, tonumber(ARGV[6]))) do
+    if redis.call('EXISTS', member) == 0 then
+      redis.call('SREM', index, member)
+    end
+  end
+end
 redis.call('HSET', KEYS[1], 'g', ARGV[4], 'v', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], KEYS[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+add_and_prune(KEYS[2])
 if ARGV[5] == '1' then
-  redis.call('SADD', KEYS[3], KEYS[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  add_and_prune(KEYS[3])
 end
 if redis.call('GET', KEYS[4]) == ARGV[3] then
   redis.call('DEL', KEYS[4])
 end
 return 1
 "#;
+
+/// How long a request waiting on an identical question's answer sleeps
+/// before its `attempt`-th look (from 0): 25 ms, doubling to at most 250 ms,
+/// so a crowd waiting on one slow answer polls Redis a few times a second
+/// each, not forty.
+pub fn wait_step(attempt: u32) -> std::time::Duration {
+    let ms = 25u64.saturating_mul(1u64 << attempt.min(8));
+    std::time::Duration::from_millis(ms.min(250))
+}
+
+/// Members of an index each store checks for expired answers (`SRANDMEMBER`'s
+/// count): an index of up to this many is pruned whole.
+pub const INDEX_PRUNE_SAMPLE: usize = 10;
 
 /// The keys of [`STORE_ANSWER_SCRIPT`]: the answer, the session's index, the
 /// page context's index (a placeholder of the same family without one), the lock.
@@ -502,6 +540,37 @@ pub struct QueryResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiters_back_off_to_a_quarter_second() {
+        let steps: Vec<u64> = (0..7).map(|a| wait_step(a).as_millis() as u64).collect();
+        assert_eq!(steps, [25, 50, 100, 200, 250, 250, 250]);
+        assert_eq!(wait_step(u32::MAX).as_millis(), 250);
+    }
+
+    #[test]
+    fn a_ranked_question_is_kept_whole_or_not_ranked() {
+        let ask = |question: &str, page: Option<&str>| QueryRequest {
+            question: question.into(),
+            session_id: "s".into(),
+            page_context: page.map(str::to_string),
+            user_id: None,
+            stream: false,
+        };
+        let entry = question_entry(&ask("What is AI?", Some("/docs")));
+        let parsed: QueryCacheEntry = serde_json::from_str(&entry).unwrap();
+        assert_eq!(parsed.q, "what is ai?");
+        assert_eq!(parsed.p.as_deref(), Some("/docs"));
+        // Anything larger is not ranked, rather than ranked cut (warm-up would
+        // then ask a question nobody asked).
+        let long_page = "p".repeat(MAX_PAGE_CONTEXT_CHARS);
+        assert_eq!(question_entry(&ask("What is AI?", Some(&long_page))), "");
+        let wide = "\u{1F600}".repeat(MAX_QUESTION_CHARS);
+        assert_eq!(question_entry(&ask(&wide, None)), "");
+        let fits = "q".repeat(MAX_RANKED_ENTRY_BYTES - 20);
+        assert!(question_entry(&ask(&fits, None)).len() <= MAX_RANKED_ENTRY_BYTES);
+        assert_ne!(question_entry(&ask(&fits, None)), "");
+    }
 
     #[test]
     fn the_worst_case_covers_the_largest_prompt_and_a_whole_answer() {

@@ -52,6 +52,9 @@ return reply
 pub enum Scope {
     /// The client address (`spin-client-addr`, or `X-Forwarded-For` behind trusted proxies).
     ClientAddress,
+    /// An IPv6 client's /48, in front of its /64's own bucket: a site that
+    /// holds 65,536 /64s gets one larger bucket, not 65,536 of them.
+    ClientNetwork,
     Session,
     User,
 }
@@ -60,10 +63,20 @@ impl Scope {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::ClientAddress => "address",
+            Self::ClientNetwork => "network",
             Self::Session => "session",
             Self::User => "user",
         }
     }
+}
+
+/// Whether a Redis error is its refusal to write past `maxmemory` (under the
+/// `noeviction` policy): Redis is up but full, so nothing it should count can
+/// be counted, and a limit must refuse rather than admit as when Redis is down.
+pub fn is_out_of_memory(redis_error: &str) -> bool {
+    // Redis says `OOM command not allowed when used memory > 'maxmemory'`;
+    // clients (redis-rs, which Spin uses) print the code apart: `OOM: command ...`.
+    redis_error.contains("command not allowed when used memory")
 }
 
 /// Most buckets one check may name.
@@ -281,6 +294,18 @@ pub fn disabled_decision(config: BucketConfig, now_epoch_seconds: u64) -> Decisi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_redis_is_told_from_a_down_one() {
+        assert!(is_out_of_memory(
+            "OOM command not allowed when used memory > 'maxmemory'. script: 3c2f, on @user_script:12."
+        ));
+        assert!(is_out_of_memory(
+            "OOM: command not allowed when used memory > 'maxmemory'."
+        ));
+        assert!(!is_out_of_memory("Connection refused (os error 111)"));
+        assert!(!is_out_of_memory("NOSCRIPT No matching script"));
+    }
 
     const CONFIG: BucketConfig = BucketConfig {
         capacity: 100,

@@ -94,7 +94,8 @@ pub const METRICS_ROUTES: &[Route] = &[METRICS];
 
 // The ops component.
 pub const HEALTH: Route = Route::public("GET", "/health");
-pub const HEALTH_SERVICES: Route = Route::public("GET", "/health/services");
+// Calls every dependency, OpenAI with the organisation's key: admin only.
+pub const HEALTH_SERVICES: Route = Route::admin("GET", "/health/services");
 pub const HEALTH_READINESS: Route = Route::public("GET", "/health/readiness");
 // These two list questions and session ids: admin only.
 pub const HEALTH_METRICS: Route = Route::admin("GET", "/health/metrics");
@@ -203,6 +204,7 @@ mod tests {
             admin,
             [
                 "/api/v1/documents",
+                "/health/services",
                 "/health/metrics",
                 "/health/cache/analytics",
                 "/health/cache/clear",

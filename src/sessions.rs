@@ -113,30 +113,37 @@ pub fn budget_day(now_epoch_seconds: u64) -> (u64, u64) {
     )
 }
 
-/// Adds a miss's tokens to the user's count for the day. `KEYS`: the count.
-/// `ARGV`: tokens, seconds the count is kept (past the day's end, so a
-/// late charge never starts a fresh count). Answers the new total.
+/// Settles a reservation: adds `ARGV[1]` (negative to give tokens back) to
+/// each of the day's counts in `KEYS`, kept `ARGV[2]` seconds (past the
+/// day's end, so a late settlement never starts a fresh count).
 pub const CHARGE_SCRIPT: &str = r#"
-local total = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return total
+for _, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, tonumber(ARGV[1]))
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+end
+return #KEYS
 "#;
 
-/// Reserves a miss's worst case from the user's budget before any spending,
-/// atomically, so concurrent misses cannot all pass a check of the same
-/// count. `KEYS`: the user's count for the day. `ARGV`: tokens to reserve,
-/// the daily budget, seconds the count is kept. Answers `{1, new count}`
-/// when reserved, `{0, count}` (nothing changed) when the reservation does
-/// not fit what is left.
+/// Reserves a miss's worst case from every budget it spends against (the
+/// user's day, the deployment's day) before any spending, atomically, so
+/// concurrent misses cannot all pass a check of the same count, and from
+/// all or none. `KEYS`: the day's counts. `ARGV`: tokens to reserve,
+/// seconds a count is kept, then each key's budget. Answers `{1}` when
+/// reserved, `{0, i, count}` (nothing changed) when what is left of
+/// `KEYS[i]` cannot cover the reservation.
 pub const RESERVE_SCRIPT: &str = r#"
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local reserve = tonumber(ARGV[1])
-if used + reserve > tonumber(ARGV[2]) then
-  return {0, used}
+for i, key in ipairs(KEYS) do
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used + reserve > tonumber(ARGV[2 + i]) then
+    return {0, i, used}
+  end
 end
-local total = redis.call('INCRBY', KEYS[1], reserve)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return {1, total}
+for _, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, reserve)
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+end
+return {1}
 "#;
 
 /// Seconds a day's count is kept: past the day's end, so a late settlement
@@ -147,8 +154,10 @@ pub const COUNT_TTL_SECONDS: u64 = 2 * DAY_SECONDS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reserved {
     Taken,
-    /// The user's count is `used`: what is left is less than the reservation.
+    /// The count of the `index`-th key (from 0) is `used`: what is left of
+    /// its budget is less than the reservation.
     DoesNotFit {
+        index: usize,
         used: i64,
     },
 }
@@ -158,7 +167,10 @@ impl Reserved {
     /// advisory when Redis misbehaves, as when it is down).
     pub fn from_reply(reply: &[i64]) -> Self {
         match reply {
-            [0, used] => Self::DoesNotFit { used: *used },
+            [0, index, used] if *index >= 1 => Self::DoesNotFit {
+                index: (*index - 1) as usize,
+                used: *used,
+            },
             _ => Self::Taken,
         }
     }
@@ -299,11 +311,15 @@ mod tests {
 
     #[test]
     fn a_reservation_settles_to_what_the_model_reported_or_stays_whole() {
-        assert_eq!(Reserved::from_reply(&[1, 3_000]), Reserved::Taken);
+        assert_eq!(Reserved::from_reply(&[1]), Reserved::Taken);
         assert_eq!(
-            Reserved::from_reply(&[0, 9_500]),
-            Reserved::DoesNotFit { used: 9_500 }
+            Reserved::from_reply(&[0, 2, 9_500]),
+            Reserved::DoesNotFit {
+                index: 1,
+                used: 9_500
+            }
         );
+        assert_eq!(Reserved::from_reply(&[0, 0, 1]), Reserved::Taken);
         assert_eq!(Reserved::from_reply(&[]), Reserved::Taken);
         // Reported usage below the reservation gives the rest back...
         assert_eq!(settlement(3_000, Spent::Reported(700)), (-2_300, 700));

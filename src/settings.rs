@@ -122,6 +122,9 @@ pub struct PipelineSettings {
     /// The most tokens an answer may take (`max_tokens` on every chat call),
     /// and so the completion part of a budget's reservation.
     pub chat_max_tokens: u32,
+    /// OpenAI tokens all misses together may spend per UTC day (0: no
+    /// ceiling), reserved as a user's budget is: what bounds anonymous spend.
+    pub deployment_token_budget_per_day: u64,
     pub qdrant_url: String,
     pub qdrant_api_key: Secret,
     pub qdrant_collection: String,
@@ -180,6 +183,13 @@ impl PipelineSettings {
                 1_000_000,
                 DEFAULT_CHAT_MAX_TOKENS,
             )? as u32,
+            deployment_token_budget_per_day: number_or(
+                lookup,
+                names::DEPLOYMENT_TOKEN_BUDGET_PER_DAY,
+                0,
+                u64::from(u32::MAX) * 1_000_000,
+                0,
+            )?,
             qdrant_url: base_url(lookup, names::QDRANT_URL)?,
             qdrant_api_key: Secret::new(lookup.require(names::QDRANT_API_KEY)?),
             qdrant_collection: collection,
@@ -265,8 +275,14 @@ pub struct LimiterSettings {
     pub bucket: BucketConfig,
     /// Each client address's bucket, in front of the others.
     pub per_address: BucketConfig,
+    /// Each IPv6 client's /48 (IPv4 clients have none), with the address's window.
+    pub per_network: BucketConfig,
     pub on_failure: FailurePolicy,
 }
+
+/// The /48's capacity when `rate_limit_per_network_requests` is not set: ten
+/// addresses' worth.
+pub const DEFAULT_PER_NETWORK_CAPACITY: u32 = 10 * DEFAULT_PER_ADDRESS.capacity;
 
 /// Per-address defaults when a manifest predates the variables: generous
 /// enough for a household or an office behind one address.
@@ -291,6 +307,22 @@ fn number_or(
 impl LimiterSettings {
     pub fn from_lookup(lookup: &impl Lookup) -> Result<Self, ConfigError> {
         let raw_policy = lookup.require(names::RATE_LIMIT_FAILURE_POLICY)?;
+        let per_address = BucketConfig {
+            capacity: number_or(
+                lookup,
+                names::RATE_LIMIT_PER_ADDRESS_REQUESTS,
+                1,
+                10_000_000,
+                DEFAULT_PER_ADDRESS.capacity.into(),
+            )? as u32,
+            window_seconds: number_or(
+                lookup,
+                names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS,
+                1,
+                86_400,
+                DEFAULT_PER_ADDRESS.window_seconds.into(),
+            )? as u32,
+        };
         Ok(Self {
             enabled: config::parse_bool(
                 names::RATE_LIMIT_ENABLED,
@@ -300,22 +332,17 @@ impl LimiterSettings {
                 capacity: lookup.number(names::RATE_LIMIT_REQUESTS, 1, 1_000_000)? as u32,
                 window_seconds: lookup.number(names::RATE_LIMIT_WINDOW_SECONDS, 1, 86_400)? as u32,
             },
-            per_address: BucketConfig {
+            per_network: BucketConfig {
                 capacity: number_or(
                     lookup,
-                    names::RATE_LIMIT_PER_ADDRESS_REQUESTS,
+                    names::RATE_LIMIT_PER_NETWORK_REQUESTS,
                     1,
                     10_000_000,
-                    DEFAULT_PER_ADDRESS.capacity.into(),
+                    DEFAULT_PER_NETWORK_CAPACITY.into(),
                 )? as u32,
-                window_seconds: number_or(
-                    lookup,
-                    names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS,
-                    1,
-                    86_400,
-                    DEFAULT_PER_ADDRESS.window_seconds.into(),
-                )? as u32,
+                window_seconds: per_address.window_seconds,
             },
+            per_address,
             on_failure: FailurePolicy::parse(&raw_policy).ok_or(ConfigError::Invalid {
                 name: names::RATE_LIMIT_FAILURE_POLICY.into(),
                 value: raw_policy,
@@ -371,6 +398,11 @@ mod tests {
         assert_eq!(pipeline.cache_scope, CacheScope::Session);
         assert_eq!(pipeline.qdrant_timeout, Duration::from_secs(5));
         assert_eq!(pipeline.request_timeout, Duration::from_secs(30));
+        assert_eq!(pipeline.chat_max_tokens, 1024);
+        assert_eq!(
+            pipeline.deployment_token_budget_per_day, 0,
+            "no ceiling unless set"
+        );
         assert!(pipeline
             .postgres_address
             .ends_with("?connect_timeout=5&options=-c%20statement_timeout%3D30000"));
@@ -387,6 +419,13 @@ mod tests {
         assert!(limiter.enabled);
         assert_eq!(limiter.bucket.capacity, 100);
         assert_eq!(limiter.per_address, DEFAULT_PER_ADDRESS);
+        assert_eq!(
+            limiter.per_network,
+            BucketConfig {
+                capacity: 3000,
+                window_seconds: DEFAULT_PER_ADDRESS.window_seconds
+            }
+        );
         assert_eq!(health_check_timeout(&vars), Duration::from_secs(2));
         assert!(admin_token(&vars).is_empty());
     }

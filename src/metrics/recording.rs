@@ -216,6 +216,7 @@ pub enum Observation {
     HistoryWriteLost,
     UserTokensCharged(f64),
     BudgetDenial,
+    DeploymentBudgetDenial,
 }
 
 impl Observation {
@@ -289,6 +290,7 @@ impl Observation {
             O::HistoryWriteLost => (names::HISTORY_WRITES_LOST, vec![], 1.0),
             O::UserTokensCharged(n) => (names::USER_TOKENS_CHARGED, vec![], n),
             O::BudgetDenial => (names::BUDGET_DENIALS, vec![], 1.0),
+            O::DeploymentBudgetDenial => (names::DEPLOYMENT_BUDGET_DENIALS, vec![], 1.0),
         };
         Sample::new(name, &labels, value)
     }
@@ -410,6 +412,7 @@ mod tests {
             O::HistoryWriteLost,
             O::UserTokensCharged(12.0),
             O::BudgetDenial,
+            O::DeploymentBudgetDenial,
         ];
         let samples: Vec<Sample> = all.into_iter().map(Observation::sample).collect();
         let args = record_arguments(&samples, None).unwrap();

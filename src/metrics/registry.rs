@@ -47,6 +47,7 @@ pub mod names {
     pub const HISTORY_WRITES_LOST: &str = "chatbot_history_writes_lost_total";
     pub const USER_TOKENS_CHARGED: &str = "chatbot_user_tokens_charged_total";
     pub const BUDGET_DENIALS: &str = "chatbot_user_budget_denials_total";
+    pub const DEPLOYMENT_BUDGET_DENIALS: &str = "chatbot_deployment_budget_denials_total";
     pub const QDRANT_COLLECTION_MISSING: &str = "chatbot_qdrant_collection_missing_total";
 }
 
@@ -170,6 +171,12 @@ pub const REGISTRY: &[MetricDef] = &[
     MetricDef {
         name: names::BUDGET_DENIALS,
         help: "Requests refused because the user's daily token budget was spent",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    MetricDef {
+        name: names::DEPLOYMENT_BUDGET_DENIALS,
+        help: "Misses refused because the deployment's daily token ceiling was spent",
         kind: Kind::Counter,
         labels: &[],
     },

@@ -28,10 +28,11 @@ async fn health_answers_200_json_without_touching_dependencies() {
 async fn services_reports_redis_and_postgres_up_with_latency() {
     let app = ops_app().await;
     let before = app.counts();
-    let response = app.get("/health/services").await.unwrap();
+    let response = app.admin_get("/health/services").await.unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
     let body = response.json();
     assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(body["cached"], false);
     let services = body["services"].as_array().unwrap();
     let names: Vec<&str> = services
         .iter()
@@ -43,9 +44,10 @@ async fn services_reports_redis_and_postgres_up_with_latency() {
         let latency = service["latency_ms"].as_f64().unwrap();
         assert!(latency > 0.0 && latency < 10_000.0, "{service}");
     }
-    // It really went through the host's Redis and Postgres.
+    // It really went through the host's Redis and Postgres (Redis twice: once
+    // to keep the report, once for the Redis probe's own connection).
     let used = app.counts() - before;
-    assert_eq!(used.redis_opens, 1);
+    assert_eq!(used.redis_opens, 2);
     assert_eq!(used.postgres_opens, 1);
     // And the HTTP dependencies through outbound wasi:http.
     // Qdrant's check reads the configured collection (reachable, key accepted, collection there).
@@ -68,6 +70,47 @@ async fn services_reports_redis_and_postgres_up_with_latency() {
     );
 }
 
+/// The report calls OpenAI with the organisation's key and every other
+/// dependency: it needs the admin token, and polling it within
+/// `health::REPORT_SECONDS` is served the report already made.
+#[tokio::test]
+async fn the_services_report_is_the_admins_and_is_kept_a_few_seconds() {
+    use chatbot_harness::stubs::{openai::MODELS, qdrant::COLLECTIONS};
+    let app = ops_app().await;
+    let anonymous = app.get("/health/services").await.unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_eq!(app.openai.controls().calls(MODELS), 0);
+    let first = app.admin_get("/health/services").await.unwrap().json();
+    assert_eq!(first["cached"], false);
+    for _ in 0..5 {
+        let again = app.admin_get("/health/services").await.unwrap().json();
+        assert_eq!(again["cached"], true, "{again}");
+        assert_eq!(again["checked_at"], first["checked_at"]);
+        assert_eq!(again["services"], first["services"]);
+    }
+    assert_eq!(app.openai.controls().calls(MODELS), 1);
+    assert_eq!(app.qdrant.controls().calls(COLLECTIONS), 1);
+    // Once it expires, the next read calls the dependencies again.
+    let mut redis = app.redis().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(chatbot_core::keys::HEALTH_REPORT)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (1..=chatbot_core::health::REPORT_SECONDS as i64).contains(&ttl),
+        "{ttl}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(chatbot_core::keys::HEALTH_REPORT)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let fresh = app.admin_get("/health/services").await.unwrap().json();
+    assert_eq!(fresh["cached"], false);
+    assert_eq!(app.openai.controls().calls(MODELS), 2);
+}
+
 #[tokio::test]
 async fn services_reports_a_dead_redis_as_down() {
     // A port nothing listens on, but allowed, so the failure is the connection's.
@@ -78,7 +121,7 @@ async fn services_reports_a_dead_redis_as_down() {
         .spawn()
         .await
         .unwrap();
-    let response = app.get("/health/services").await.unwrap();
+    let response = app.admin_get("/health/services").await.unwrap();
     // Informational: always 200, with the state in the body (readiness is the one that fails).
     assert_eq!(response.status, 200, "{}", response.text());
     let body = response.json();
@@ -104,7 +147,7 @@ async fn services_reports_a_dead_postgres_without_leaking_credentials() {
         .spawn()
         .await
         .unwrap();
-    let response = app.get("/health/services").await.unwrap();
+    let response = app.admin_get("/health/services").await.unwrap();
     assert_eq!(response.status, 200);
     let text = response.text();
     assert!(!text.contains("hunter2"), "{text}");

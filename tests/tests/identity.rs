@@ -761,6 +761,47 @@ fn budget_builder(budget: i64) -> chatbot_harness::TestAppBuilder {
 }
 
 #[tokio::test]
+async fn an_ipv6_site_gets_one_bucket_per_48_in_front_of_each_64s_own() {
+    let app = TestApp::builder()
+        .variable(names::TRUSTED_PROXY_HOPS, "1")
+        .variable(names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "3")
+        .variable(names::RATE_LIMIT_PER_NETWORK_REQUESTS, "5")
+        .spawn()
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    // Two /64s of one /48 (each request a new session and user, as a flood would send),
+    // then a /64 of another /48.
+    for (i, client) in [
+        "2001:db8:1:a::1",
+        "2001:db8:1:a::2",
+        "2001:db8:1:a::3",
+        "2001:db8:1:a::4",
+        "2001:db8:1:b::1",
+        "2001:db8:1:b::2",
+        "2001:db8:1:b::3",
+        "2001:db8:2:a::1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let response = ask_from(&app, client, &format!("v6-{i}"), &format!("v6-user-{i}")).await;
+        let detail = response.json()["detail"].as_str().unwrap_or("").to_string();
+        outcomes.push((response.status, detail));
+    }
+    let statuses: Vec<u16> = outcomes.iter().map(|(status, _)| *status).collect();
+    // The first /64 stops at its own 3; the refusal takes nothing, so the /48
+    // has 3 of its 5 spent; the second /64 gets the 2 left; another /48 is untouched.
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 200, 200, 429, 200],
+        "{outcomes:?}"
+    );
+    assert!(outcomes[3].1.contains("from this address"), "{outcomes:?}");
+    assert!(outcomes[6].1.contains("from this network"), "{outcomes:?}");
+}
+
+#[tokio::test]
 async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls() {
     // Room for one miss's worst case: after it settles to what it used, what
     // is left cannot cover another.
@@ -873,6 +914,72 @@ async fn concurrent_misses_each_reserve_their_worst_case_so_together_they_cannot
         used > reported && used < worst * 3,
         "{used} (answers alone: {reported}, worst cases: {})",
         worst * 3
+    );
+}
+
+#[tokio::test]
+async fn anonymous_misses_share_the_deployments_ceiling_and_hits_are_served_past_it() {
+    let questions: Vec<String> = (0..6)
+        .map(|i| format!("Anonymous question number {i:02}?"))
+        .collect();
+    let worst = reservation_for(&questions[0]);
+    let app = budget_builder(0)
+        .variable(
+            names::DEPLOYMENT_TOKEN_BUDGET_PER_DAY,
+            (worst * 2 + worst / 2).to_string(),
+        )
+        .variable(names::QUERY_CACHE_SCOPE, "global")
+        .spawn()
+        .await
+        .unwrap();
+    app.openai.set_stream_timing(
+        std::time::Duration::from_millis(1500),
+        std::time::Duration::ZERO,
+    );
+    // No user: only the ceiling stands between these misses and OpenAI.
+    let responses =
+        futures_util::future::join_all(questions.iter().enumerate().map(|(i, question)| {
+            let body = json!({"question": question, "session_id": format!("anon-{i}")});
+            let app = &app;
+            async move { app.post_json(QUERY, &body).await.unwrap() }
+        }))
+        .await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    for refused in responses.iter().filter(|r| r.status != 200) {
+        assert_eq!(refused.status, 503, "{}", refused.text());
+        assert_eq!(refused.json()["status"], "unavailable");
+        let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry > 0 && retry <= 86_400);
+    }
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // Spent what the two answers used; a cached answer is served whatever is left.
+    app.openai
+        .set_stream_timing(std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let answered = statuses.iter().position(|s| *s == 200).unwrap();
+    let again = app
+        .post_json(
+            QUERY,
+            &json!({"question": questions[answered], "session_id": "anon-later"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+    let metrics = app.get("/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains("chatbot_deployment_budget_denials_total 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("chatbot_user_tokens_charged_total ") && !l.ends_with(" 0")),
+        "no user was charged: {metrics}"
     );
 }
 

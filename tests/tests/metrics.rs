@@ -301,7 +301,7 @@ async fn the_alert_rules_pass_promtool() {
     let rules = project_root().join("deploy/prometheus/alerts.yml");
     let (ok, report) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
     assert!(ok, "{report}");
-    assert!(report.contains("5 rules found"), "{report}");
+    assert!(report.contains("6 rules found"), "{report}");
     let config = project_root().join("deploy/prometheus/prometheus.yml");
     let (ok, report) = promtool(&["check", "config", config.to_str().unwrap()], None);
     assert!(ok, "{report}");
@@ -339,6 +339,30 @@ fn the_missing_collection_alert_fires_and_clears() {
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("missing_collection_test.yml");
+    std::fs::write(&file, test).unwrap();
+    let (ok, report) = promtool(&["test", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "{report}");
+}
+
+/// `DeploymentTokenCeilingReached` fires as soon as misses are refused for
+/// the day's ceiling (a critical: new questions get 503), and clears when
+/// the refusals stop (the day rolls, or the ceiling is raised).
+#[test]
+fn the_token_ceiling_alert_fires_at_the_first_refusals_and_clears() {
+    let rules = project_root().join("deploy/prometheus/alerts.yml");
+    let series = |pod: &str| {
+        format!(
+            "      - series: 'chatbot_deployment_budget_denials_total{{job=\"rag-chatbot\", instance=\"{pod}:80\", pod=\"{pod}\"}}'\n        values: '0x10 1+3x10 31x30'\n"
+        )
+    };
+    let test = format!(
+        "rule_files: [{rules}]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{a}{b}    alert_rule_test:\n      - eval_time: 5m\n        alertname: DeploymentTokenCeilingReached\n        exp_alerts: []\n      - eval_time: 14m\n        alertname: DeploymentTokenCeilingReached\n        exp_alerts:\n          - exp_labels: {{severity: critical}}\n            exp_annotations:\n              summary: \"The deployment's daily OpenAI token ceiling is spent: new questions are refused\"\n              description: \"chatbot_deployment_budget_denials_total grew in the last 5 minutes: misses get 503 until 00:00 UTC.\"\n      - eval_time: 40m\n        alertname: DeploymentTokenCeilingReached\n        exp_alerts: []\n",
+        rules = rules.display(),
+        a = series("a"),
+        b = series("b"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token_ceiling_test.yml");
     std::fs::write(&file, test).unwrap();
     let (ok, report) = promtool(&["test", "rules", file.to_str().unwrap()], None);
     assert!(ok, "{report}");

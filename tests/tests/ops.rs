@@ -28,7 +28,7 @@ async fn keys(app: &TestApp, pattern: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn readiness_is_200_when_everything_answers() {
+async fn readiness_is_200_when_the_configuration_parses_and_redis_answers() {
     let app = TestApp::builder()
         .only(&["ops"])
         .with_empty_collection()
@@ -38,13 +38,20 @@ async fn readiness_is_200_when_everything_answers() {
     let r = app.get("/health/readiness").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "ready");
-    assert_eq!(r.json()["services"].as_array().unwrap().len(), 4);
-    assert_eq!(r.json()["services"][2]["collection"]["exists"], true);
-    assert!(r.json().get("warnings").is_none(), "{}", r.text());
+    assert_eq!(r.json()["configuration"], "valid");
+    assert_eq!(r.json()["services"][0]["name"], "redis");
+    assert_eq!(r.json()["services"].as_array().unwrap().len(), 1);
+    // A public probe calls none of the shared dependencies.
+    let used = app.counts();
+    assert_eq!(used.postgres_opens, 0);
+    assert_eq!(
+        used.outbound_http, 0,
+        "neither Qdrant nor OpenAI was called"
+    );
 }
 
 #[tokio::test]
-async fn readiness_fails_when_qdrant_refuses_the_key() {
+async fn a_qdrant_that_refuses_the_key_is_reported_but_leaves_the_replica_ready() {
     // Qdrant's `/healthz` takes no key; the collection read does, as searches do.
     let app = TestApp::builder()
         .only(&["ops"])
@@ -52,39 +59,76 @@ async fn readiness_fails_when_qdrant_refuses_the_key() {
         .spawn()
         .await
         .unwrap();
-    let r = app.get("/health/readiness").await.unwrap();
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.json()["down"], json!(["qdrant"]), "{}", r.text());
-    assert_eq!(r.json()["services"][2]["error"], "answered 401");
+    let report = app.admin_get("/health/services").await.unwrap().json();
+    assert_eq!(report["services"][2]["status"], "down", "{report}");
+    assert_eq!(report["services"][2]["error"], "answered 401");
+    // Every replica shares that Qdrant: none would serve better, so none is taken out.
+    assert_eq!(app.get("/health/readiness").await.unwrap().status, 200);
 }
 
 #[tokio::test]
-async fn readiness_names_each_dependency_that_is_down() {
+async fn readiness_fails_only_for_what_this_replica_needs() {
     let cases = [
-        ("redis", "redis_address", "redis://127.0.0.1:{p}"),
+        ("redis", "redis_address", "redis://127.0.0.1:{p}", false),
         (
             "postgres",
             "postgres_address",
             "postgres://postgres@127.0.0.1:{p}/x",
+            true,
         ),
-        ("qdrant", "qdrant_url", "http://127.0.0.1:{p}"),
-        ("openai", "openai_base_url", "http://127.0.0.1:{p}/v1"),
+        ("qdrant", "qdrant_url", "http://127.0.0.1:{p}", true),
+        ("openai", "openai_base_url", "http://127.0.0.1:{p}/v1", true),
     ];
-    for (down, variable, url) in cases {
+    for (down, variable, url, still_ready) in cases {
         let dead = url.replace("{p}", &chatbot_harness::unused_port().to_string());
         let builder: TestAppBuilder = TestApp::builder().only(&["ops"]).address(variable, dead);
         let app = builder.spawn().await.unwrap();
         let r = app.get("/health/readiness").await.unwrap();
-        assert_eq!(r.status, 503, "{down}: {}", r.text());
-        let body = r.json();
-        assert_eq!(body["status"], "not_ready");
-        assert_eq!(body["down"], json!([down]), "{body}");
-        assert!(body["detail"].as_str().unwrap().contains(down));
+        if still_ready {
+            assert_eq!(r.status, 200, "{down}: {}", r.text());
+        } else {
+            assert_eq!(r.status, 503, "{down}: {}", r.text());
+            let body = r.json();
+            assert_eq!(body["status"], "not_ready");
+            assert_eq!(body["down"], json!([down]), "{body}");
+            assert!(body["detail"].as_str().unwrap().contains(down));
+        }
+        // The admin's report names it down either way.
+        let report = app.admin_get("/health/services").await.unwrap().json();
+        let named: Vec<&str> = report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "down")
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(named, [down], "{report}");
     }
 }
 
 #[tokio::test]
-async fn a_hanging_dependency_fails_readiness_within_the_timeout() {
+async fn a_replica_whose_configuration_does_not_parse_is_not_ready() {
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("top_k", "zero")
+        .spawn()
+        .await
+        .unwrap();
+    let r = app.get("/health/readiness").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["down"], json!(["configuration"]));
+    assert!(
+        r.json()["configuration"]
+            .as_str()
+            .unwrap()
+            .contains("top_k"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_dependency_is_reported_within_the_timeout() {
     let app = TestApp::builder()
         .only(&["ops"])
         .variable("health_check_timeout_ms", "300")
@@ -96,10 +140,10 @@ async fn a_hanging_dependency_fails_readiness_within_the_timeout() {
         chatbot_harness::stubs::Fault::Hang(std::time::Duration::from_secs(5)),
     );
     let started = std::time::Instant::now();
-    let r = app.get("/health/readiness").await.unwrap();
-    assert_eq!(r.status, 503);
-    assert_eq!(r.json()["down"], json!(["openai"]));
+    let report = app.admin_get("/health/services").await.unwrap().json();
+    assert_eq!(report["services"][3]["status"], "down", "{report}");
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(app.get("/health/readiness").await.unwrap().status, 200);
 }
 
 #[tokio::test]

@@ -259,6 +259,77 @@ async fn concurrent_identical_misses_make_one_chat_completion() {
     assert_eq!(cached, 5);
 }
 
+/// A request waiting on an identical miss backs off (25 ms doubling to
+/// 250 ms): over a 2 s answer a waiter looks a dozen times, not eighty.
+#[tokio::test]
+async fn a_waiter_on_a_slow_identical_miss_backs_off() {
+    let app = app_with_book().await;
+    app.openai
+        .controls()
+        .set_latency(CHAT, Duration::from_millis(2000));
+    let alone = app.counts();
+    let first = ask(&app, "Slow alone?", "alone", None).await;
+    assert_eq!(first.status, 200);
+    let one_miss = (app.counts() - alone).redis_commands;
+
+    let before = app.counts();
+    let holder = {
+        let mut client = app.client();
+        tokio::spawn(async move {
+            client
+                .post_json(
+                    "/api/v1/chat/query",
+                    &json!({"question": "Slow together?", "session_id": "pair"}),
+                )
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiter = ask(&app, "Slow together?", "pair", None).await;
+    assert_eq!(waiter.json()["cached"], true, "{}", waiter.text());
+    assert_eq!(holder.await.unwrap().status, 200);
+    let waiter_commands = (app.counts() - before).redis_commands - one_miss;
+    // Fixed 25 ms steps would poll about 70 times in the 1.7 s it waits.
+    assert!(
+        waiter_commands <= 20,
+        "the waiter sent {waiter_commands} Redis commands ({one_miss} for a miss alone)"
+    );
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+}
+
+/// A dependency's answer is taken whole within its call's timeout and at
+/// most 16 MiB: an answer that trickles a byte before each between-bytes
+/// timeout fails at the timeout, and an oversized one fails instead of
+/// filling the instance's memory. Neither is cached.
+#[tokio::test]
+async fn an_answer_too_large_or_too_slow_as_a_whole_fails_instead_of_being_buffered() {
+    let app = TestApp::builder()
+        .variable("qdrant_timeout_ms", "1000")
+        .spawn()
+        .await
+        .unwrap();
+    app.qdrant
+        .controls()
+        .fail_next(SEARCH, 1, Fault::Oversized(20 << 20));
+    let oversized = ask(&app, "A huge answer?", "bounds", None).await;
+    assert_eq!(oversized.status, 503, "{}", oversized.text());
+
+    app.qdrant
+        .controls()
+        .fail_next(SEARCH, 1, Fault::Trickle(Duration::from_millis(100)));
+    let started = std::time::Instant::now();
+    let trickled = ask(&app, "A trickling answer?", "bounds", None).await;
+    assert_eq!(trickled.status, 504, "{}", trickled.text());
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(app.openai.controls().calls(CHAT), 0);
+
+    let healed = ask(&app, "A huge answer?", "bounds", None).await;
+    assert_eq!(healed.status, 200, "{}", healed.text());
+    assert_eq!(healed.json()["cached"], false);
+}
+
 async fn assert_not_cached_then_recovers(app: &TestApp, session: &str) {
     app.openai.controls().heal();
     app.qdrant.controls().heal();
@@ -939,4 +1010,46 @@ async fn ingestion_needs_the_admin_token() {
     }
     assert_eq!(app.openai.controls().total_calls(), 0);
     assert_eq!(app.qdrant.point_count("documents"), 0);
+}
+
+/// A session's (and a page's) index of cached answers keeps pace with the
+/// answers that are alive: storing an answer drops the members whose answers
+/// expired, so an index asked about for days does not grow without end.
+#[tokio::test]
+async fn an_index_sheds_the_answers_that_expired() {
+    let app = app_with_book().await;
+    let mut redis = app.redis().await.unwrap();
+    let counter = redis.clone();
+    let card = |key: String| {
+        let mut redis = counter.clone();
+        async move {
+            redis::cmd("SCARD")
+                .arg(key)
+                .query_async::<i64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    let session_index = chatbot_core::keys::session_index("shed");
+    let page_index = chatbot_core::keys::page_index("ch 1");
+    for i in 0..5 {
+        let r = ask(&app, &format!("Old question {i}?"), "shed", Some("ch 1")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(card(session_index.clone()).await, 5);
+    // The five answers expire (their TTL passing, as far as Redis can tell).
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&session_index)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&members)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let r = ask(&app, "A new question?", "shed", Some("ch 1")).await;
+    assert_eq!(r.json()["cached"], false);
+    assert_eq!(card(session_index).await, 1, "only the live answer is left");
+    assert_eq!(card(page_index).await, 1);
 }

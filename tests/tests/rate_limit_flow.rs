@@ -158,3 +158,68 @@ async fn disabling_the_limiter_turns_it_off_cleanly() {
         assert_eq!(r.status, 200);
     }
 }
+
+/// Sets a Redis server's `maxmemory` (0: none) under `noeviction`, as a
+/// managed Redis is often configured.
+async fn set_maxmemory(url: &str, bytes: u64) {
+    let mut redis = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// A full Redis (writes refused past `maxmemory`) is not a Redis that is
+/// down: the limiter refuses whatever its failure policy, and so do the
+/// user's gate and budget when rate limiting is off, so no question reaches
+/// OpenAI uncounted. Once Redis has room, questions are answered again.
+#[tokio::test]
+async fn a_full_redis_refuses_questions_instead_of_turning_every_limit_off() {
+    use chatbot_core::config::names;
+    use chatbot_harness::stubs::openai::CHAT;
+    let server = chatbot_harness::services::PrivateRedis::start().unwrap();
+    for rate_limiting in ["true", "false"] {
+        let app = TestApp::builder()
+            .address(names::REDIS_ADDRESS, server.url.clone())
+            .variable(names::RATE_LIMIT_ENABLED, rate_limiting)
+            .variable(names::USER_TOKEN_BUDGET_PER_DAY, "1000000")
+            .spawn()
+            .await
+            .unwrap();
+        // Each round its own session and user: the server is shared.
+        let session = format!("full-{rate_limiting}");
+        let ask = |question: &'static str| {
+            let body = json!({"question": question, "session_id": session, "user_id": session});
+            let app = &app;
+            async move { app.post_json("/api/v1/chat/query", &body).await.unwrap() }
+        };
+        assert_eq!(ask("Before Redis fills up?").await.status, 200);
+        set_maxmemory(&server.url, 1).await;
+        let refused = ask("While Redis is full?").await;
+        let expected = if rate_limiting == "true" { 429 } else { 503 };
+        assert_eq!(refused.status, expected, "{}", refused.text());
+        assert_eq!(
+            app.openai.controls().calls(CHAT),
+            1,
+            "nothing reached OpenAI while Redis was full (rate limiting {rate_limiting})"
+        );
+        set_maxmemory(&server.url, 0).await;
+        let after = ask("While Redis is full?").await;
+        assert_eq!(after.status, 200, "{}", after.text());
+        assert_eq!(app.openai.controls().calls(CHAT), 2);
+    }
+}

@@ -7,7 +7,7 @@ use chatbot_core::config::redact_userinfo;
 use chatbot_core::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport};
 use chatbot_core::settings::health_check_timeout;
 use chatbot_core::upstream;
-use chatbot_core::{keys, ranking};
+use chatbot_core::{health, keys, ranking};
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
 use chatbot_spin::redis_script::{binaries, binary, eval};
 use chatbot_spin::respond::json;
@@ -133,35 +133,89 @@ fn all_checks() -> ServicesReport {
     ])
 }
 
-/// Every dependency's status and latency; informational, so always 200.
-pub fn services(_: Request, _: Params) -> Result<Response, ApiError> {
-    Ok(json(200, &all_checks()))
+/// The report as served: the checks, their warnings, and when they ran.
+fn report_body(report: &ServicesReport) -> serde_json::Value {
+    let mut body = serde_json::to_value(report).expect("reports serialise");
+    let warnings = report.warnings();
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    body["checked_at"] = json!(chatbot_spin::now_epoch_seconds());
+    body
 }
 
-/// 200 when every dependency answers, else 503 naming what is down.
-pub fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
-    let report = all_checks();
-    let down: Vec<&str> = report
-        .services
-        .iter()
-        .filter(|s| s.status == ServiceStatus::Down)
-        .map(|s| s.name.as_str())
-        .collect();
-    Ok(if down.is_empty() {
-        let mut body = json!({"status": "ready", "services": report.services});
-        let warnings = report.warnings();
-        if !warnings.is_empty() {
-            body["warnings"] = json!(warnings);
+/// Every dependency's status and latency (admin: it calls OpenAI with the
+/// organisation's key); informational, so always 200. A report is kept in
+/// Redis for `health::REPORT_SECONDS`: within that, it is served again
+/// (`"cached": true`) and no dependency is called.
+pub fn services(_: Request, _: Params) -> Result<Response, ApiError> {
+    let conn = settings::open_redis().ok();
+    let kept = conn.as_ref().and_then(|conn| {
+        let reply = conn.execute("GET", &[binary(keys::HEALTH_REPORT)]).ok()?;
+        serde_json::from_slice::<serde_json::Value>(binaries(reply).first()?).ok()
+    });
+    if let Some(mut body) = kept {
+        body["cached"] = json!(true);
+        return Ok(json(200, &body));
+    }
+    let mut body = report_body(&all_checks());
+    if let Some(conn) = &conn {
+        let stored = conn.execute(
+            "SET",
+            &[
+                binary(keys::HEALTH_REPORT),
+                binary(body.to_string()),
+                binary("EX"),
+                redis::RedisParameter::Int64(health::REPORT_SECONDS as i64),
+            ],
+        );
+        if let Err(e) = stored {
+            chatbot_spin::log::warn(
+                "health_report_not_kept",
+                chatbot_spin::log::Dependency::Redis,
+                &e,
+            );
         }
-        json(200, &body)
+    }
+    body["cached"] = json!(false);
+    Ok(json(200, &body))
+}
+
+/// Whether this replica should get traffic: its configuration parses and
+/// its Redis (limits, caches, metrics) answers. 503 naming what fails
+/// otherwise. Postgres, Qdrant and OpenAI are shared by every replica: their
+/// outage is not this replica's, taking every replica out would stop even
+/// cached answers, so they are reported by `/health/services` (and alerted
+/// on), never here; and a public probe calls none of them.
+pub fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
+    let configuration = settings::pipeline().map(drop);
+    let redis = probe_redis();
+    let mut down = Vec::new();
+    if configuration.is_err() {
+        down.push("configuration");
+    }
+    if redis.status == ServiceStatus::Down {
+        down.push("redis");
+    }
+    let services = [redis];
+    Ok(if down.is_empty() {
+        json(
+            200,
+            &json!({"status": "ready", "configuration": "valid", "services": services}),
+        )
     } else {
+        let configuration = match &configuration {
+            Ok(()) => "valid".to_string(),
+            Err(e) => e.to_string(),
+        };
         json(
             503,
             &json!({
                 "status": "not_ready",
                 "detail": format!("not ready: {} down", down.join(", ")),
                 "down": down,
-                "services": report.services,
+                "configuration": configuration,
+                "services": services,
             }),
         )
     })

@@ -135,8 +135,9 @@ fn ask(
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.clone();
     // A miss reserves its worst case before it spends; a hit spends nothing.
-    if let (None, Some(user), Some(limits)) = (&found.answer, &request.user_id, &limits) {
-        reserve(scope, settings, limits, user, &request)?;
+    if found.answer.is_none() {
+        let user_budget = request.user_id.as_deref().zip(limits.as_ref());
+        reserve(scope, settings, user_budget, &request)?;
     }
     let answer = pipeline::answer(
         scope.conn.as_ref(),

@@ -99,11 +99,12 @@ pub(crate) struct Scope {
     reservation: Option<Reservation>,
 }
 
-/// Tokens reserved from a user's count for one UTC day.
+/// Tokens reserved from the day's counts (the user's, the deployment's).
 struct Reservation {
-    user: String,
-    day: u64,
+    keys: Vec<String>,
     tokens: u64,
+    /// One of the counts is the user's (`chatbot_user_tokens_charged_total`).
+    charges_user: bool,
 }
 
 impl Scope {
@@ -232,14 +233,23 @@ fn bucket(scope: limiter::Scope, key: &str) -> limiter::Bucket {
     }
 }
 
+/// The client's buckets: its address's and, for an IPv6 client, its /48's.
+pub(crate) fn address_buckets(address: &str) -> Vec<limiter::Bucket> {
+    let mut buckets = vec![bucket(limiter::Scope::ClientAddress, address)];
+    if let Some(network) = chatbot_core::identity::network_of(address) {
+        buckets.push(bucket(limiter::Scope::ClientNetwork, &network));
+    }
+    buckets
+}
+
 /// Every bucket the request is counted against (its address, its session,
 /// its user), in one limiter call and one Redis round trip: all take a token
 /// or none does. In jwt mode the address's token was taken before the token
 /// was verified, and this call takes the session's and the user's.
 pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
-    let mut buckets = Vec::with_capacity(3);
+    let mut buckets = Vec::with_capacity(4);
     if !scope.address_limited {
-        buckets.push(bucket(limiter::Scope::ClientAddress, &scope.address));
+        buckets.extend(address_buckets(&scope.address));
     }
     buckets.push(bucket(limiter::Scope::Session, &request.session_id));
     if let Some(user) = &request.user_id {
@@ -252,8 +262,8 @@ pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), Api
 /// flood of tokens (each an RSA or EC verification, perhaps a key fetch) is
 /// throttled like any other flood from that address.
 pub(crate) fn limit_address(scope: &mut Scope) -> Result<(), ApiError> {
-    let address = bucket(limiter::Scope::ClientAddress, &scope.address);
-    take_tokens(scope, &[address], None)?;
+    let buckets = address_buckets(&scope.address);
+    take_tokens(scope, &buckets, None)?;
     scope.address_limited = true;
     Ok(())
 }
@@ -281,11 +291,7 @@ fn take_tokens(
     if decision.allowed {
         return Ok(());
     }
-    let which = match decision.scope {
-        limiter::Scope::ClientAddress => ratelimit::Scope::ClientAddress,
-        limiter::Scope::Session => ratelimit::Scope::Session,
-        limiter::Scope::User => ratelimit::Scope::User,
-    };
+    let which = scope_of(decision.scope);
     scope.telemetry.add(Observation::RateLimitHit);
     match (&scope.conn, request) {
         (Some(conn), Some(request)) => pipeline::note_rate_limited(
@@ -302,6 +308,7 @@ fn take_tokens(
             return Err(refused_before_verification(
                 scope.conn.as_ref(),
                 &scope.address,
+                which,
                 &reported,
             ))
         }
@@ -310,14 +317,23 @@ fn take_tokens(
     Err(refusal(which, &reported))
 }
 
-/// The address's bucket refused before the bearer token was read (jwt
-/// mode): the security log notes it, with no session or user yet known.
+fn scope_of(scope: limiter::Scope) -> ratelimit::Scope {
+    match scope {
+        limiter::Scope::ClientAddress => ratelimit::Scope::ClientAddress,
+        limiter::Scope::ClientNetwork => ratelimit::Scope::ClientNetwork,
+        limiter::Scope::Session => ratelimit::Scope::Session,
+        limiter::Scope::User => ratelimit::Scope::User,
+    }
+}
+
+/// The address's (or its network's) bucket refused before the bearer token
+/// was read (jwt mode): the security log notes it, with no session or user yet known.
 fn refused_before_verification(
     conn: Option<&Connection>,
     address: &str,
+    which: ratelimit::Scope,
     decision: &ratelimit::Decision,
 ) -> ApiError {
-    let which = ratelimit::Scope::ClientAddress;
     if let Some(conn) = conn {
         chatbot_spin::audit::append(
             conn,
@@ -358,6 +374,9 @@ fn refusal(which: ratelimit::Scope, decision: &ratelimit::Decision) -> ApiError 
         ratelimit::Scope::Session => "Rate limit exceeded. Too many requests.",
         ratelimit::Scope::ClientAddress => {
             "Rate limit exceeded. Too many requests from this address."
+        }
+        ratelimit::Scope::ClientNetwork => {
+            "Rate limit exceeded. Too many requests from this network."
         }
         ratelimit::Scope::User => "Rate limit exceeded. Too many requests for this user.",
     };
@@ -429,6 +448,7 @@ pub(crate) fn gate(
     );
     let reply = match reply {
         Ok(results) => integers(&results),
+        Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
         Err(e) => {
             chatbot_spin::log::warn(
                 "user_gate_not_enforced",
@@ -539,6 +559,16 @@ fn confirm_new_owner(
     }
 }
 
+/// Redis is up but full (`maxmemory` under `noeviction`): a limit that cannot
+/// be counted refuses, where a Redis that is down would leave it advisory.
+fn redis_full(scope: &mut Scope, e: &chatbot_spin::StoreError) -> ApiError {
+    chatbot_spin::log::error("redis_full", chatbot_spin::log::Dependency::Redis, e);
+    scope.telemetry.redis_error();
+    ApiError::unavailable(
+        "Redis is full (maxmemory): questions are refused until it has room, so that no limit goes uncounted",
+    )
+}
+
 /// The 429 of a spent budget: counted, audited, and retried at 00:00 UTC.
 fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -> ApiError {
     let (_, day_left) = sessions::budget_day(now_epoch_seconds());
@@ -549,37 +579,49 @@ fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -
 }
 
 /// Before a miss spends anything: takes its worst case (the largest prompt
-/// plus `chat_max_tokens`) from the user's budget for the day, atomically,
-/// or refuses when what is left cannot cover it. Concurrent misses each
-/// take their own share, so together they cannot overspend. [`settle`]
-/// corrects the count once the answer's usage is known.
+/// plus `chat_max_tokens`) from its user's budget for the day and from the
+/// deployment's ceiling, atomically and from both or neither, or refuses
+/// when what is left of either cannot cover it. Concurrent misses each take
+/// their own share, so together they cannot overspend. [`settle`] corrects
+/// the counts once the answer's usage is known.
 pub(crate) fn reserve(
     scope: &mut Scope,
     settings: &PipelineSettings,
-    limits: &settings::SessionLimits,
-    user: &str,
+    user_budget: Option<(&str, &settings::SessionLimits)>,
     request: &QueryRequest,
 ) -> Result<(), ApiError> {
-    if limits.token_budget_per_day == 0 {
+    let (day, _) = sessions::budget_day(now_epoch_seconds());
+    let user_budget = user_budget.filter(|(_, limits)| limits.token_budget_per_day > 0);
+    let mut counts: Vec<(String, u64)> = Vec::with_capacity(2);
+    if let Some((user, limits)) = user_budget {
+        counts.push((keys::user_tokens(user, day), limits.token_budget_per_day));
+    }
+    if settings.deployment_token_budget_per_day > 0 {
+        counts.push((
+            keys::deployment_tokens(day),
+            settings.deployment_token_budget_per_day,
+        ));
+    }
+    if counts.is_empty() {
         return Ok(());
     }
     let Some(conn) = &scope.conn else {
         return Ok(());
     };
     let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens);
-    let (day, _) = sessions::budget_day(now_epoch_seconds());
-    let reply = eval(
-        conn,
-        sessions::RESERVE_SCRIPT,
-        &[&keys::user_tokens(user, day)],
-        &[
-            RedisParameter::Int64(tokens as i64),
-            RedisParameter::Int64(limits.token_budget_per_day as i64),
-            RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
-        ],
+    let mut args = vec![
+        RedisParameter::Int64(tokens as i64),
+        RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
+    ];
+    args.extend(
+        counts
+            .iter()
+            .map(|(_, budget)| RedisParameter::Int64(*budget as i64)),
     );
-    let reply = match reply {
+    let keys: Vec<&str> = counts.iter().map(|(key, _)| key.as_str()).collect();
+    let reply = match eval(conn, sessions::RESERVE_SCRIPT, &keys, &args) {
         Ok(results) => integers(&results),
+        Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
         Err(e) => {
             chatbot_spin::log::warn(
                 "budget_not_enforced",
@@ -589,23 +631,34 @@ pub(crate) fn reserve(
             return Ok(());
         }
     };
+    let (_, day_left) = sessions::budget_day(now_epoch_seconds());
     match Reserved::from_reply(&reply) {
         Reserved::Taken => {
             scope.reservation = Some(Reservation {
-                user: user.to_string(),
-                day,
+                keys: counts.into_iter().map(|(key, _)| key).collect(),
                 tokens,
+                charges_user: user_budget.is_some(),
             });
             Ok(())
         }
-        Reserved::DoesNotFit { used } => Err(budget_spent(
-            scope,
-            serde_json::json!({"user_id": user, "session_id": request.session_id, "reserve": tokens}),
-            format!(
-                "today's token budget cannot cover this question: {used} of {} tokens are used and an answer may cost up to {tokens}; it renews at 00:00 UTC",
-                limits.token_budget_per_day
-            ),
-        )),
+        Reserved::DoesNotFit { index, used } => match user_budget {
+            Some((user, limits)) if index == 0 => Err(budget_spent(
+                scope,
+                serde_json::json!({"user_id": user, "session_id": request.session_id, "reserve": tokens}),
+                format!(
+                    "today's token budget cannot cover this question: {used} of {} tokens are used and an answer may cost up to {tokens}; it renews at 00:00 UTC",
+                    limits.token_budget_per_day
+                ),
+            )),
+            _ => {
+                // Not this client's doing: the service has spent its day.
+                scope.telemetry.add(Observation::DeploymentBudgetDenial);
+                Err(ApiError::unavailable(
+                    "the service has spent today's OpenAI token ceiling (deployment_token_budget_per_day); answers already cached are still served, new questions from 00:00 UTC",
+                )
+                .with_header("retry-after", day_left.to_string()))
+            }
+        },
     }
 }
 
@@ -617,7 +670,7 @@ pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
         return;
     };
     let (change, charged) = sessions::settlement(reservation.tokens, spent);
-    if charged > 0 {
+    if charged > 0 && reservation.charges_user {
         scope
             .telemetry
             .add(Observation::UserTokensCharged(charged as f64));
@@ -628,10 +681,11 @@ pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
     let Some(conn) = &scope.conn else {
         return;
     };
+    let keys: Vec<&str> = reservation.keys.iter().map(String::as_str).collect();
     let settled = eval(
         conn,
         sessions::CHARGE_SCRIPT,
-        &[&keys::user_tokens(&reservation.user, reservation.day)],
+        &keys,
         &[
             RedisParameter::Int64(change),
             RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
@@ -724,15 +778,13 @@ fn read_history(
             ));
         };
         // As for questions: the address pays before the token is verified.
-        let decision = decide(
-            conn.as_ref(),
-            &[bucket(limiter::Scope::ClientAddress, &address)],
-        )?;
+        let decision = decide(conn.as_ref(), &address_buckets(&address))?;
         if !decision.allowed {
             observed.push(Observation::RateLimitHit);
             return Err(refused_before_verification(
                 conn.as_ref(),
                 &address,
+                scope_of(decision.scope),
                 &reported(&decision),
             ));
         }

@@ -45,6 +45,7 @@ fn to_wit(d: ratelimit::Decision, outcome: Outcome, scope: Scope) -> Decision {
 fn core_scope(scope: Scope) -> ratelimit::Scope {
     match scope {
         Scope::ClientAddress => ratelimit::Scope::ClientAddress,
+        Scope::ClientNetwork => ratelimit::Scope::ClientNetwork,
         Scope::Session => ratelimit::Scope::Session,
         Scope::User => ratelimit::Scope::User,
     }
@@ -53,6 +54,7 @@ fn core_scope(scope: Scope) -> ratelimit::Scope {
 fn config_for(settings: &LimiterSettings, scope: Scope) -> BucketConfig {
     match scope {
         Scope::ClientAddress => settings.per_address,
+        Scope::ClientNetwork => settings.per_network,
         Scope::Session | Scope::User => settings.bucket,
     }
 }
@@ -111,6 +113,20 @@ fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Dec
         Ok(reply) => {
             let (index, decision) = ratelimit::decide(&configs, cost, &reply);
             Ok(to_wit(decision, Outcome::Enforced, buckets[index].scope))
+        }
+        Err(reason) if reason.is_out_of_memory() => {
+            // Full, not down: every request would otherwise go uncounted to
+            // OpenAI, whatever the policy. Refused until Redis has room.
+            chatbot_spin::log::error(
+                "rate_limiter_redis_full",
+                chatbot_spin::log::Dependency::Redis,
+                &reason,
+            );
+            Ok(to_wit(
+                FailurePolicy::Closed.decision(configs[0], now_epoch_seconds()),
+                Outcome::FailedClosed,
+                first,
+            ))
         }
         Err(reason) => {
             chatbot_spin::log::write(

@@ -15,6 +15,13 @@ pub enum StoreError {
     ForeignKeyViolation,
 }
 
+impl StoreError {
+    /// Redis refused a write because it is full (`maxmemory`, `noeviction`).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Redis(message) if chatbot_core::ratelimit::is_out_of_memory(message))
+    }
+}
+
 impl From<spin_sdk::redis::Error> for StoreError {
     fn from(e: spin_sdk::redis::Error) -> Self {
         Self::Redis(e.to_string())

@@ -102,10 +102,23 @@ impl Streaming {
         self.next_chunk()
     }
 
-    /// The rest of the body.
-    pub fn read_to_end(mut self) -> Result<HttpResponse, HttpError> {
+    /// The rest of the body, all of it within `total` (a body that trickles
+    /// a byte before each between-bytes timeout still ends there) and at most
+    /// [`MAX_RESPONSE_BYTES`].
+    pub fn read_to_end_within(mut self, total: Duration) -> Result<HttpResponse, HttpError> {
+        let started = std::time::Instant::now();
         let mut body = Vec::new();
-        while let Some(chunk) = self.next_chunk()? {
+        loop {
+            let left = total.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(HttpError::Timeout);
+            }
+            let Some(chunk) = self.next_chunk_within(left)? else {
+                break;
+            };
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large());
+            }
             body.extend_from_slice(&chunk);
         }
         Ok(HttpResponse {
@@ -116,8 +129,21 @@ impl Streaming {
     }
 }
 
+/// The most a dependency's answer may hold: an embedding batch of 100 chunks
+/// at 3,072 dimensions is about 6 MB of JSON; past this it is a fault (or an
+/// attack), not an answer, and must not take the instance's memory.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The failure of an answer larger than [`MAX_RESPONSE_BYTES`].
+pub fn too_large() -> HttpError {
+    HttpError::Failed(format!(
+        "the answer is larger than {} MiB",
+        MAX_RESPONSE_BYTES >> 20
+    ))
+}
+
 /// Sends `body` to `url` and reads the whole answer, within `timeout` until
-/// the first byte and between bytes.
+/// the first byte, between bytes, and for the whole body.
 pub fn request(
     verb: &str,
     url: &str,
@@ -125,7 +151,7 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    send(verb, url, headers, body, timeout)?.read_to_end()
+    send(verb, url, headers, body, timeout)?.read_to_end_within(timeout)
 }
 
 /// Sends `body` to `url` and answers once the status and headers are in,

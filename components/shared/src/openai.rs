@@ -134,16 +134,27 @@ pub fn chat_streamed(
     )
     .map_err(|e| classify(OPENAI, e))?;
     if !(200..300).contains(&response.status) {
-        let response = response.read_to_end().map_err(|e| classify(OPENAI, e))?;
+        let response = response
+            .read_to_end_within(crate::bounded(
+                settings.openai_timeout,
+                settings.request_timeout,
+            ))
+            .map_err(|e| classify(OPENAI, e))?;
         return Err(refused(OPENAI, response));
     }
     let mut stream = ChatStream::default();
     // Each read waits at most the between-bytes timeout and what is left of the deadline.
     let left = || crate::bounded(settings.openai_timeout, settings.request_timeout);
+    let mut received = 0usize;
     while let Some(bytes) = response
         .next_chunk_within(left())
         .map_err(|e| classify(OPENAI, e))?
     {
+        // max_tokens bounds the answer; this bounds whatever else a stream sends.
+        received += bytes.len();
+        if received > http::MAX_RESPONSE_BYTES {
+            return Err(classify(OPENAI, http::too_large()));
+        }
         for delta in stream.feed(&bytes)? {
             on_delta(&delta);
         }

@@ -26,9 +26,6 @@ pub struct Answer {
     pub whole: bool,
 }
 
-/// How often a request waiting on another's identical question looks for its answer.
-const WAIT_STEP: Duration = Duration::from_millis(25);
-
 /// What the query cache knows of a question: its answer, and the session's
 /// conversation id (so a response can name it before the exchange is written).
 #[derive(Default)]
@@ -147,6 +144,7 @@ pub fn answer(
     let waited_since = Instant::now();
     // The lock holder this request waits on, whose failure it would share.
     let mut holder = Vec::new();
+    let mut attempt = 0;
     let generation = loop {
         let reply = eval(
             conn,
@@ -191,7 +189,8 @@ pub fn answer(
                 if let Some(current) = binary_at(results, 1) {
                     holder = current.to_vec();
                 }
-                std::thread::sleep(WAIT_STEP);
+                std::thread::sleep(query::wait_step(attempt));
+                attempt += 1;
             }
             // Waited long enough, or Redis failed: compute it ourselves.
             _ => break None,
@@ -236,6 +235,7 @@ pub fn answer(
                         } else {
                             "0"
                         }),
+                        RedisParameter::Int64(query::INDEX_PRUNE_SAMPLE as i64),
                     ],
                 );
                 if let Err(e) = stored {

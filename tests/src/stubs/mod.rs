@@ -22,6 +22,44 @@ pub enum Fault {
     Status(u16),
     /// Accept the request and answer only after this long (to trip client timeouts).
     Hang(Duration),
+    /// 200 with a body of this many bytes (blanks): an answer no client should buffer.
+    Oversized(usize),
+    /// 200 with a body that sends one blank each interval, for a minute: every
+    /// between-bytes timeout is met, and the body never ends in time.
+    Trickle(Duration),
+}
+
+impl Fault {
+    /// The response of a fault that answers 200 with a body no client should take whole.
+    pub fn body_response(&self) -> Option<axum::response::Response> {
+        use axum::response::IntoResponse;
+        match self {
+            Self::Oversized(bytes) => {
+                Some(([("content-type", "application/json")], vec![b' '; *bytes]).into_response())
+            }
+            Self::Trickle(every) => {
+                let every = *every;
+                let blanks = futures_util::stream::unfold(0u32, move |sent| async move {
+                    let minute = (60_000 / every.as_millis().max(1)) as u32;
+                    if sent >= minute {
+                        return None;
+                    }
+                    tokio::time::sleep(every).await;
+                    Some((
+                        Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b" ")),
+                        sent + 1,
+                    ))
+                });
+                Some(
+                    axum::response::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from_stream(blanks))
+                        .expect("a valid response"),
+                )
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Per-endpoint call counts, latencies and queued faults.

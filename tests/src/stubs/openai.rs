@@ -237,6 +237,7 @@ fn fault_response(fault: Fault) -> Option<Response> {
             "server_error",
         )),
         Fault::Hang(_) => None,
+        body @ (Fault::Oversized(_) | Fault::Trickle(_)) => body.body_response(),
     }
 }
 

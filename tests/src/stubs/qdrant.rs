@@ -174,6 +174,9 @@ async fn admit(
                 ))
             }
             Fault::Hang(_) => {}
+            body @ (Fault::Oversized(_) | Fault::Trickle(_)) => {
+                return Err(body.body_response().expect("a body fault answers"))
+            }
         }
     }
     if let Some(key) = &state.api_key {
