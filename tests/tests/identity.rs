@@ -872,7 +872,7 @@ async fn concurrent_misses_each_reserve_their_worst_case_so_together_they_cannot
     let app = budget_builder(worst * 3 + worst / 2).spawn().await.unwrap();
     // Slow answers keep every miss in flight while the others reserve.
     app.openai.set_stream_timing(
-        std::time::Duration::from_millis(1500),
+        std::time::Duration::from_millis(3000),
         std::time::Duration::ZERO,
     );
     let responses = futures_util::future::join_all(questions.iter().map(|question| {
@@ -933,7 +933,7 @@ async fn anonymous_misses_share_the_deployments_ceiling_and_hits_are_served_past
         .await
         .unwrap();
     app.openai.set_stream_timing(
-        std::time::Duration::from_millis(1500),
+        std::time::Duration::from_millis(3000),
         std::time::Duration::ZERO,
     );
     // No user: only the ceiling stands between these misses and OpenAI.
@@ -957,6 +957,16 @@ async fn anonymous_misses_share_the_deployments_ceiling_and_hits_are_served_past
         assert!(retry > 0 && retry <= 86_400);
     }
     assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // A refused question wrote nothing: only the two answered sessions are stored.
+    let stored: i64 = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM user_sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
     // Spent what the two answers used; a cached answer is served whatever is left.
     app.openai
         .set_stream_timing(std::time::Duration::ZERO, std::time::Duration::ZERO);

@@ -117,9 +117,6 @@ fn ask(
         }
         None => None,
     };
-    // Counted as active only once admitted: refused requests (a flood of
-    // made-up session ids included) grow no Redis set.
-    scope.session = Some(request.session_id.clone());
     let found = pipeline::lookup(
         scope.conn.as_ref(),
         settings,
@@ -128,17 +125,21 @@ fn ask(
         &mut scope.telemetry,
     );
     scope.cache_status = query::cache_status(found.answer.is_some(), scope.conn.is_some());
+    // A miss reserves its worst case before it spends (or writes anything);
+    // a hit spends nothing.
+    if found.answer.is_none() {
+        let user_budget = request.user_id.as_deref().zip(limits.as_ref());
+        reserve(scope, settings, user_budget, &request)?;
+    }
+    // Counted as active only once admitted: refused requests (a flood of
+    // made-up session ids included) grow no Redis set.
+    scope.session = Some(request.session_id.clone());
     let conversation = match found.conversation {
         Some(known) => Some(known),
         None => conversation_of(scope, settings, &request, jwt)?,
     };
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.clone();
-    // A miss reserves its worst case before it spends; a hit spends nothing.
-    if found.answer.is_none() {
-        let user_budget = request.user_id.as_deref().zip(limits.as_ref());
-        reserve(scope, settings, user_budget, &request)?;
-    }
     let answer = pipeline::answer(
         scope.conn.as_ref(),
         settings,
