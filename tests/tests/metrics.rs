@@ -337,8 +337,13 @@ fn the_missing_collection_alert_fires_and_clears() {
         summary = annotations("summary"),
         description = annotations("description"),
     );
+    promtool_rule_test("missing_collection_test.yml", &test);
+}
+
+/// Runs a `promtool test rules` file, `name`, holding `test`.
+fn promtool_rule_test(name: &str, test: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("missing_collection_test.yml");
+    let file = dir.path().join(name);
     std::fs::write(&file, test).unwrap();
     let (ok, report) = promtool(&["test", "rules", file.to_str().unwrap()], None);
     assert!(ok, "{report}");
@@ -361,11 +366,7 @@ fn the_token_ceiling_alert_fires_at_the_first_refusals_and_clears() {
         a = series("a"),
         b = series("b"),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("token_ceiling_test.yml");
-    std::fs::write(&file, test).unwrap();
-    let (ok, report) = promtool(&["test", "rules", file.to_str().unwrap()], None);
-    assert!(ok, "{report}");
+    promtool_rule_test("token_ceiling_test.yml", &test);
 }
 
 #[tokio::test]

@@ -590,7 +590,7 @@ pub(crate) fn reserve(
     user_budget: Option<(&str, &settings::SessionLimits)>,
     request: &QueryRequest,
 ) -> Result<(), ApiError> {
-    let (day, _) = sessions::budget_day(now_epoch_seconds());
+    let (day, day_left) = sessions::budget_day(now_epoch_seconds());
     let user_budget = user_budget.filter(|(_, limits)| limits.token_budget_per_day > 0);
     let mut counts: Vec<(String, u64)> = Vec::with_capacity(2);
     if let Some((user, limits)) = user_budget {
@@ -631,7 +631,6 @@ pub(crate) fn reserve(
             return Ok(());
         }
     };
-    let (_, day_left) = sessions::budget_day(now_epoch_seconds());
     match Reserved::from_reply(&reply) {
         Reserved::Taken => {
             scope.reservation = Some(Reservation {
