@@ -45,6 +45,48 @@ pub mod names {
     pub const DEPLOYMENT_TOKEN_BUDGET_PER_DAY: &str = "deployment_token_budget_per_day";
     pub const TRUSTED_PROXY_HOPS: &str = "trusted_proxy_hops";
     pub const USER_TOKEN_BUDGET_PER_DAY: &str = "user_token_budget_per_day";
+    /// Every variable a component reads (a component reads them all once per
+    /// instance; those its manifest entry does not declare are simply unset).
+    pub const ALL: &[&str] = &[
+        REDIS_ADDRESS,
+        POSTGRES_ADDRESS,
+        OPENAI_BASE_URL,
+        OPENAI_API_KEY,
+        EMBEDDING_MODEL,
+        CHAT_MODEL,
+        CHAT_MAX_TOKENS,
+        QDRANT_URL,
+        QDRANT_API_KEY,
+        QDRANT_COLLECTION,
+        TOP_K,
+        QUERY_CACHE_TTL_SECONDS,
+        EMBEDDING_CACHE_TTL_SECONDS,
+        RATE_LIMIT_ENABLED,
+        RATE_LIMIT_REQUESTS,
+        RATE_LIMIT_WINDOW_SECONDS,
+        RATE_LIMIT_FAILURE_POLICY,
+        ADMIN_TOKEN,
+        MAX_SESSIONS_PER_USER,
+        RETENTION_DAYS,
+        HEALTH_CHECK_TIMEOUT_MS,
+        QUERY_CACHE_SCOPE,
+        OPENAI_TIMEOUT_MS,
+        QDRANT_TIMEOUT_MS,
+        REQUEST_TIMEOUT_MS,
+        SESSION_IDLE_SECONDS,
+        AUTH_MODE,
+        JWT_HS256_SECRET,
+        JWT_JWKS_URL,
+        JWT_ISSUER,
+        JWT_AUDIENCE,
+        JWT_JWKS_CACHE_SECONDS,
+        RATE_LIMIT_PER_ADDRESS_REQUESTS,
+        RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS,
+        RATE_LIMIT_PER_NETWORK_REQUESTS,
+        DEPLOYMENT_TOKEN_BUDGET_PER_DAY,
+        TRUSTED_PROXY_HOPS,
+        USER_TOKEN_BUDGET_PER_DAY,
+    ];
     // Read by no component: spin.toml templates `allowed_outbound_hosts` from
     // these (`scheme://host:port` of each dependency; Spin forbids paths there).
     pub const REDIS_ALLOWED_HOST: &str = "redis_allowed_host";

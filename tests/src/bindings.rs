@@ -32,45 +32,36 @@ wasmtime::component::bindgen!({
 /// The project's own interfaces, for host-side stand-ins of the limiter and recorder.
 pub mod chatbot {
     wasmtime::component::bindgen!({
-        path: ["../wit/deps/spin-sdk", "../wit/ratelimit.wit", "../wit/metrics.wit"],
+        path: ["../wit/ratelimit.wit", "../wit/metrics.wit"],
         inline: r#"
             package chatbot:harness;
             world chatbot-imports {
-                import chatbot:ratelimit/limiter@0.1.0;
-                import chatbot:metrics/recorder@0.1.0;
+                import chatbot:ratelimit/limiter@0.2.0;
+                import chatbot:metrics/recorder@0.2.0;
             }
         "#,
         world: "chatbot:harness/chatbot-imports",
-        imports: { default: async },
+        imports: { default: async | trappable },
         additional_derives: [PartialEq],
-        with: {
-            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
-        },
     });
 }
 
 /// The rate-limiter component's world, to call its export from the host.
 pub mod rate_limiter {
     wasmtime::component::bindgen!({
-        path: ["../wit/deps/spin-sdk", "../wit/ratelimit.wit"],
+        path: ["../wit/ratelimit.wit"],
         world: "chatbot:ratelimit/rate-limiter",
         exports: { default: async },
         additional_derives: [PartialEq],
-        with: {
-            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
-        },
     });
 }
 
 /// The metrics component's world, to call its recorder export from the host.
 pub mod metrics {
     wasmtime::component::bindgen!({
-        path: ["../wit/deps/spin-sdk", "../wit/metrics.wit"],
+        path: ["../wit/metrics.wit"],
         world: "chatbot:metrics/metrics",
         exports: { default: async },
-        with: {
-            "fermyon:spin/redis": super::fermyon::spin2_0_0::redis,
-        },
     });
 }
 

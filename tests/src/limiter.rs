@@ -1,25 +1,30 @@
 //! Drives the rate-limiter component through its `chatbot:ratelimit/limiter`
-//! export, lending it a Redis connection the way the query handler does.
+//! export, as the query handler it is composed into does: one instance for
+//! every call (Spin 4 reuses a WASIp3 instance), which keeps its own Redis
+//! connection.
 
 use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use wasmtime::component::Resource;
+use wasmtime::Store;
 
-use crate::bindings::fermyon::spin2_0_0::redis::HostConnection;
 use crate::bindings::rate_limiter::exports::chatbot::ratelimit::limiter::{
     Bucket, Decision, Error, Scope,
 };
-use crate::bindings::rate_limiter::RateLimiterPre;
-use crate::host::Counts;
+use crate::bindings::rate_limiter::{RateLimiter, RateLimiterPre};
+use crate::host::{Counts, HostState};
 use crate::runtime::Library;
+
+/// What a caller gives the limiter of its deadline in these tests.
+pub const TIMEOUT_MS: u32 = 5_000;
 
 pub struct LimiterUnderTest {
     library: Arc<Library>,
-    pre: RateLimiterPre<crate::host::HostState>,
-    redis_address: String,
+    pre: RateLimiterPre<HostState>,
+    /// The one instance, made by the first call.
+    instance: tokio::sync::Mutex<Option<(Store<HostState>, RateLimiter)>>,
 }
 
 impl LimiterUnderTest {
@@ -42,14 +47,13 @@ impl LimiterUnderTest {
         Ok(Self {
             library,
             pre,
-            redis_address: redis_address.to_string(),
+            instance: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// One check of one session bucket, as one request would make it: a fresh
-    /// instance, a fresh connection opened through the host and lent to the limiter.
+    /// One check of one session bucket, as one request would make it.
     pub async fn check(&self, key: &str, cost: u32) -> Result<Result<Decision, Error>> {
-        self.check_after_open(&[session(key)], cost, || {}).await
+        self.check_buckets(&[session(key)], cost).await
     }
 
     /// One check of several buckets at once.
@@ -58,41 +62,21 @@ impl LimiterUnderTest {
         buckets: &[Bucket],
         cost: u32,
     ) -> Result<Result<Decision, Error>> {
-        self.check_after_open(buckets, cost, || {}).await
-    }
-
-    /// [`Self::check`], running `after_open` once the lent connection is open
-    /// (e.g. to stop the server under it).
-    pub async fn check_after_open(
-        &self,
-        buckets: &[Bucket],
-        cost: u32,
-        after_open: impl FnOnce(),
-    ) -> Result<Result<Decision, Error>> {
-        let mut store = self.library.new_store();
-        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await? {
-            Ok(conn) => conn,
-            Err(e) => anyhow::bail!("the host could not open Redis: {e:?}"),
-        };
-        after_open();
-        let borrowed = Resource::new_borrow(conn.rep());
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        let decision = instance
-            .chatbot_ratelimit_limiter()
-            .call_check(&mut store, borrowed, buckets, cost)
-            .await?;
+        let mut kept = self.instance.lock().await;
+        if kept.is_none() {
+            let mut store = self.library.new_store();
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            *kept = Some((store, instance));
+        }
+        let (store, instance) = kept.as_mut().expect("made above");
+        let guest = instance.chatbot_ratelimit_limiter();
+        let buckets = buckets.to_vec();
+        let decision = store
+            .run_concurrent(async |accessor| {
+                guest.call_check(accessor, buckets, cost, TIMEOUT_MS).await
+            })
+            .await??;
         Ok(decision)
-    }
-
-    /// A check where the limiter opens its own connection.
-    pub async fn check_standalone(&self, key: &str, cost: u32) -> Result<Result<Decision, Error>> {
-        let mut store = self.library.new_store();
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        instance
-            .chatbot_ratelimit_limiter()
-            .call_check_standalone(&mut store, &[session(key)], cost)
-            .await
-            .map_err(anyhow::Error::from)
     }
 
     pub fn counts(&self) -> Counts {

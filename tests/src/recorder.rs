@@ -1,23 +1,24 @@
 //! Drives the metrics component through its `chatbot:metrics/recorder`
-//! export, lending it a Redis connection the way the query handler does.
+//! export, as the query handler it is composed into does: one instance for
+//! every call, which keeps its own Redis connection.
 
 use chatbot_core::config::names;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use wasmtime::component::Resource;
+use wasmtime::Store;
 
-use crate::bindings::fermyon::spin2_0_0::redis::HostConnection;
 use crate::bindings::metrics::exports::chatbot::metrics::recorder::{Batch, Error, Sample};
-use crate::bindings::metrics::MetricsPre;
-use crate::host::Counts;
+use crate::bindings::metrics::{Metrics, MetricsPre};
+use crate::host::{Counts, HostState};
 use crate::runtime::Library;
 
 pub struct RecorderUnderTest {
     library: Arc<Library>,
-    pre: MetricsPre<crate::host::HostState>,
-    redis_address: String,
+    pre: MetricsPre<HostState>,
+    /// The one instance, made by the first call.
+    instance: tokio::sync::Mutex<Option<(Store<HostState>, Metrics)>>,
 }
 
 pub fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
@@ -42,47 +43,36 @@ impl RecorderUnderTest {
         Ok(Self {
             library,
             pre,
-            redis_address: redis_address.to_string(),
+            instance: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// One batch, as one request would record it: fresh instance, lent connection.
+    /// One batch, as one request would record it.
     pub async fn record(
         &self,
         samples: Vec<Sample>,
         session: Option<&str>,
     ) -> Result<Result<(), Error>> {
-        let mut store = self.library.new_store();
-        let conn: Resource<_> = match store.data_mut().open(self.redis_address.clone()).await? {
-            Ok(conn) => conn,
-            Err(e) => anyhow::bail!("the host could not open Redis: {e:?}"),
-        };
-        let borrowed = Resource::new_borrow(conn.rep());
-        let instance = self.pre.instantiate_async(&mut store).await?;
+        let mut kept = self.instance.lock().await;
+        if kept.is_none() {
+            let mut store = self.library.new_store();
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            *kept = Some((store, instance));
+        }
+        let (store, instance) = kept.as_mut().expect("made above");
+        let guest = instance.chatbot_metrics_recorder();
         let batch = Batch {
             samples,
             seen_session: session.map(str::to_string),
         };
-        instance
-            .chatbot_metrics_recorder()
-            .call_record_batch(&mut store, borrowed, &batch)
-            .await
-            .map_err(anyhow::Error::from)
-    }
-
-    /// A batch recorded on a connection the recorder opens itself.
-    pub async fn record_standalone(&self, samples: Vec<Sample>) -> Result<Result<(), Error>> {
-        let mut store = self.library.new_store();
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        let batch = Batch {
-            samples,
-            seen_session: None,
-        };
-        instance
-            .chatbot_metrics_recorder()
-            .call_record_batch_standalone(&mut store, &batch)
-            .await
-            .map_err(anyhow::Error::from)
+        let recorded = store
+            .run_concurrent(async |accessor| {
+                guest
+                    .call_record_batch(accessor, batch, crate::limiter::TIMEOUT_MS)
+                    .await
+            })
+            .await??;
+        Ok(recorded)
     }
 
     pub fn counts(&self) -> Counts {

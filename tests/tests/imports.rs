@@ -1,13 +1,15 @@
-//! Each built component imports only what a Spin 3.x/4.x host provides (and
+//! Each built component imports only what a Spin 4.0.x host provides (and
 //! the query handler, additionally, the two interfaces spin.toml composes in).
 
 use chatbot_harness::{project_root, runtime};
 use wasmtime::component::Component;
 
-/// Interfaces a Spin 3.x/4.x host provides to a spin-sdk 5.x guest.
+/// Interfaces a Spin 4.0.x host provides to a spin-sdk 6.0 guest: WASI 0.2,
+/// the WASI 0.3 release candidate Spin 4.0 runs (`0.3.0-rc-2026-03-15`; not
+/// the final 0.3.0, which Spin 4.0 does not), and Spin's async interfaces.
 fn provided_by_spin(name: &str) -> bool {
     let (package, version) = name.split_once('@').unwrap_or((name, ""));
-    let wasi_0_2 = version.starts_with("0.2.")
+    let wasi = (version.starts_with("0.2.") || version == "0.3.0-rc-2026-03-15")
         && [
             "wasi:cli/",
             "wasi:io/",
@@ -19,9 +21,10 @@ fn provided_by_spin(name: &str) -> bool {
         ]
         .iter()
         .any(|p| package.starts_with(p));
-    let spin = (package.starts_with("fermyon:spin/") && version == "2.0.0")
-        || (package == "spin:postgres/postgres" && version == "4.0.0");
-    wasi_0_2 || spin
+    let spin = (package == "spin:redis/redis" && version == "3.0.0")
+        || (package == "spin:postgres/postgres" && version == "4.2.0")
+        || (package == "spin:variables/variables" && version == "3.0.0");
+    wasi || spin
 }
 
 fn imports(file: &str) -> Vec<String> {
@@ -50,21 +53,36 @@ fn every_component_imports_only_what_spin_provides() {
     assert_eq!(
         foreign,
         [
-            "chatbot:ratelimit/limiter@0.1.0",
-            "chatbot:metrics/recorder@0.1.0"
+            "chatbot:ratelimit/limiter@0.2.0",
+            "chatbot:metrics/recorder@0.2.0"
         ],
         "the query handler's other imports are the ones spin.toml satisfies"
     );
-    // It uses Spin's Redis (and lends it), Postgres and variables.
+    // It uses Spin 4's async Redis, Postgres and variables, and none of the
+    // synchronous ones (whose calls a guest cannot bound).
     for needed in [
-        "fermyon:spin/redis@2.0.0",
-        "spin:postgres/postgres@4.0.0",
-        "fermyon:spin/variables@2.0.0",
+        "spin:redis/redis@3.0.0",
+        "spin:postgres/postgres@4.2.0",
+        "spin:variables/variables@3.0.0",
+        "wasi:http/client@0.3.0-rc-2026-03-15",
     ] {
         assert!(
             query.iter().any(|n| n == needed),
             "query does not import {needed}: {query:?}"
         );
+    }
+    for file in [
+        "query.wasm",
+        "ops.wasm",
+        "metrics.wasm",
+        "rate_limiter.wasm",
+    ] {
+        let names = imports(file);
+        let synchronous: Vec<_> = names
+            .iter()
+            .filter(|n| n.starts_with("fermyon:spin/") || n.ends_with("postgres@4.0.0"))
+            .collect();
+        assert!(synchronous.is_empty(), "{file} imports {synchronous:?}");
     }
 }
 
@@ -76,8 +94,8 @@ fn the_manifest_composes_every_dependency_the_query_handler_imports() {
     assert_eq!(
         declared,
         [
-            "chatbot:metrics/recorder@0.1.0",
-            "chatbot:ratelimit/limiter@0.1.0"
+            "chatbot:metrics/recorder@0.2.0",
+            "chatbot:ratelimit/limiter@0.2.0"
         ]
     );
     assert!(manifest.component["query"].dependencies_inherit_configuration);

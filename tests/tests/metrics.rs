@@ -169,7 +169,10 @@ async fn recording_with_redis_down_is_an_error_not_a_crash() {
     let port = chatbot_harness::unused_port();
     let recorder = RecorderUnderTest::load(&format!("redis://127.0.0.1:{port}")).unwrap();
     let outcome = recorder
-        .record_standalone(vec![sample("chatbot_qdrant_searches_total", &[], 1.0)])
+        .record(
+            vec![sample("chatbot_qdrant_searches_total", &[], 1.0)],
+            None,
+        )
         .await
         .unwrap();
     assert!(outcome.is_err());

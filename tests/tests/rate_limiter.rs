@@ -109,8 +109,8 @@ async fn one_decision_is_one_redis_round_trip() {
     }
     let counts = limiter.counts() - before;
     assert_eq!(counts.redis_commands, 10);
-    // The connections were the host's (lent), one per simulated request.
-    assert_eq!(counts.redis_opens, 10);
+    // On the connection the limiter's instance opened for its first check.
+    assert_eq!(counts.redis_opens, 0);
 }
 
 #[tokio::test]
@@ -355,33 +355,38 @@ async fn redis_down_fails_open_by_default_and_closed_when_configured() {
         format!("redis://127.0.0.1:{port}")
     };
     let open = LimiterUnderTest::load(&dead, &[]).unwrap();
-    let d = open.check_standalone("s", 1).await.unwrap().unwrap();
+    let d = open.check("s", 1).await.unwrap().unwrap();
     assert!(d.allowed);
     assert_eq!(d.outcome, Outcome::FailedOpen);
 
     let closed = LimiterUnderTest::load(&dead, &[("rate_limit_failure_policy", "closed")]).unwrap();
-    let d = closed.check_standalone("s", 1).await.unwrap().unwrap();
+    let d = closed.check("s", 1).await.unwrap().unwrap();
     assert!(!d.allowed);
     assert_eq!(d.outcome, Outcome::FailedClosed);
     assert!(d.retry_after_seconds >= 1);
 }
 
 #[tokio::test]
-async fn a_lent_connection_whose_server_died_follows_the_policy() {
+async fn a_kept_connection_whose_server_died_follows_the_policy_and_is_reopened() {
     let mut server = PrivateRedis::start().unwrap();
     let limiter =
         LimiterUnderTest::load(&server.url, &[("rate_limit_failure_policy", "closed")]).unwrap();
     assert!(limiter.check("s", 1).await.unwrap().unwrap().allowed);
-    // The server dies after the caller opened the connection it lends.
-    let d = limiter
-        .check_after_open(&[chatbot_harness::limiter::session("s")], 1, || {
-            server.stop()
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let opened = limiter.counts().redis_opens;
+    // The server dies under the connection the limiter's instance keeps.
+    server.stop();
+    let d = limiter.check("s", 1).await.unwrap().unwrap();
     assert_eq!(d.outcome, Outcome::FailedClosed);
     assert!(!d.allowed);
+    assert_eq!(
+        limiter.counts().redis_opens,
+        opened,
+        "the kept connection failed"
+    );
+    // It was dropped: the next check opens a new one (which fails too).
+    let d = limiter.check("s", 1).await.unwrap().unwrap();
+    assert_eq!(d.outcome, Outcome::FailedClosed);
+    assert_eq!(limiter.counts().redis_opens, opened + 1);
 }
 
 #[tokio::test]

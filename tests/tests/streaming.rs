@@ -512,8 +512,10 @@ async fn ask_raw(app: &TestApp, session: &str) -> chatbot_harness::BufferedRespo
 }
 
 #[tokio::test]
-async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
+async fn a_silent_postgres_costs_a_question_its_history_not_its_answer() {
     let silent = SilentServer::start().await.unwrap();
+    // The harness would trap a host call still waiting after 20 s; the
+    // guest's own bound (2 s a call) comes first.
     let app = app_on_silent_postgres(&silent, Duration::from_secs(20)).await;
     // Redis knows the session's conversation (it asked before).
     let mut redis = app.redis().await.unwrap();
@@ -527,32 +529,29 @@ async fn a_silent_postgres_does_not_hold_back_an_answer_in_a_known_session() {
     let response = ask_raw(&app, "known").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["conversation_id"], 41);
-    // Whole, while the exchange's write still waits on Postgres (the harness
-    // traps it after 20 s; Spin would wait forever).
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // The body ends once the exchange's write has given up (a call's 2 s).
+    assert!(started.elapsed() < Duration::from_secs(15));
 
-    // A session's first question must create its conversation first: under
-    // Spin it waits on the silent Postgres for ever; the harness fails it louder.
-    let app = app_on_silent_postgres(&silent, Duration::from_secs(2)).await;
+    // A session's first question cannot create its conversation: it is
+    // answered without one, and no host call was left waiting.
     let response = ask_raw(&app, "new").await;
-    assert_eq!(response.status, 500, "{}", response.text());
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["conversation_id"], serde_json::Value::Null);
 }
 
 #[tokio::test]
-async fn a_silent_redis_fails_the_question_under_the_harness_as_spin_never_would_answer() {
+async fn a_silent_redis_is_bounded_by_the_guest_before_any_host_watchdog() {
     let silent = SilentServer::start().await.unwrap();
     let app = TestApp::builder()
         .address(names::REDIS_ADDRESS, format!("redis://{}", silent.addr))
-        .host_call_watchdog(Duration::from_secs(2))
+        .host_call_watchdog(Duration::from_secs(20))
         .spawn()
         .await
         .unwrap();
     let started = Instant::now();
     let response = ask_raw(&app, "s").await;
-    assert_eq!(response.status, 500, "{}", response.text());
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
-        "{took:?}"
-    );
+    // Not the watchdog's trap (500 after 20 s): the guest gave up on each
+    // Redis call itself and answered without the cache.
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

@@ -11,74 +11,81 @@ use chatbot_core::query::{CacheScope, QueryCacheEntry, QueryRequest};
 use chatbot_core::retention;
 use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
+use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::pipeline;
-use chatbot_spin::redis_script::{binaries, binary, integers};
-use chatbot_spin::respond::json;
-use chatbot_spin::routing::client_address;
+use chatbot_spin::redis_script::{binaries, binary, execute, integers, Conn};
+use chatbot_spin::respond::{json, Response};
+use chatbot_spin::routing::{client_address, Params};
 use chatbot_spin::{settings, StoreError};
 use serde::Deserialize;
 use serde_json::json;
-use spin_sdk::http::{Params, Request, Response};
-use spin_sdk::pg4::{self, ParameterValue};
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::pg::ParameterValue;
+use spin_sdk::redis::RedisParameter;
 
 use crate::health::scan;
 
 /// Deletes keys without blocking Redis (`UNLINK`); returns how many went.
-fn unlink(conn: &Connection, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
+async fn unlink(conn: &Conn, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
     if keys.is_empty() {
         return Ok(0);
     }
     let params: Vec<RedisParameter> = keys.iter().map(binary).collect();
-    match integers(&conn.execute("UNLINK", &params)?).as_slice() {
+    match integers(&execute(conn, "UNLINK", params).await?).as_slice() {
         [n] => Ok(*n as u64),
         other => Err(StoreError::Unexpected(format!("UNLINK reply {other:?}"))),
     }
 }
 
-fn unlink_matching(conn: &Connection, pattern: &str) -> Result<u64, StoreError> {
+async fn unlink_matching(conn: &Conn, pattern: &str) -> Result<u64, StoreError> {
     let mut total = 0;
-    let mut failure = None;
-    scan(conn, pattern, |batch| match unlink(conn, &batch) {
-        Ok(n) => total += n,
-        Err(e) => failure = Some(e),
-    })?;
-    failure.map_or(Ok(total), Err)
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, batch) = scan(conn, pattern, &cursor).await?;
+        total += unlink(conn, &batch).await?;
+        if next == "0" {
+            return Ok(total);
+        }
+        cursor = next;
+    }
 }
 
 /// The cached answers an index set points at, and the index itself.
-fn unlink_indexed(conn: &Connection, index: &str) -> Result<u64, StoreError> {
-    let members = binaries(conn.execute("SMEMBERS", &[binary(index)])?);
-    let removed = unlink(conn, &members)?;
-    unlink(conn, &[index.as_bytes().to_vec()])?;
+async fn unlink_indexed(conn: &Conn, index: &str) -> Result<u64, StoreError> {
+    let members = binaries(execute(conn, "SMEMBERS", vec![binary(index)]).await?);
+    let removed = unlink(conn, &members).await?;
+    unlink(conn, &[index.as_bytes().to_vec()]).await?;
     Ok(removed)
 }
 
-fn clear(conn: &Connection, scope: &ClearScope) -> Result<u64, StoreError> {
+/// The answer indexes (cleared with the answers; not counted).
+async fn unlink_indexes(conn: &Conn) -> Result<u64, StoreError> {
+    unlink_matching(conn, &format!("{}*", keys::SESSION_INDEX_PREFIX)).await?;
+    unlink_matching(conn, &format!("{}*", keys::PAGE_INDEX_PREFIX)).await?;
+    Ok(0)
+}
+
+async fn clear(conn: &Conn, scope: &ClearScope) -> Result<u64, StoreError> {
     let query_pattern = format!("{}*", keys::QUERY_PREFIX);
     let embedding_pattern = format!("{}*", keys::EMBEDDING_PREFIX);
-    let indexes = || -> Result<u64, StoreError> {
-        unlink_matching(conn, &format!("{}*", keys::SESSION_INDEX_PREFIX))?;
-        unlink_matching(conn, &format!("{}*", keys::PAGE_INDEX_PREFIX))?;
-        Ok(0)
-    };
     Ok(match scope {
         ClearScope::All => {
-            unlink_matching(conn, &query_pattern)?
-                + indexes()?
-                + unlink_matching(conn, &embedding_pattern)?
+            unlink_matching(conn, &query_pattern).await?
+                + unlink_indexes(conn).await?
+                + unlink_matching(conn, &embedding_pattern).await?
         }
-        ClearScope::Query => unlink_matching(conn, &query_pattern)? + indexes()?,
-        ClearScope::Embedding => unlink_matching(conn, &embedding_pattern)?,
-        ClearScope::Session(session) => unlink_indexed(conn, &keys::session_index(session))?,
-        ClearScope::PageContext(page) => unlink_indexed(conn, &keys::page_index(page))?,
+        ClearScope::Query => {
+            unlink_matching(conn, &query_pattern).await? + unlink_indexes(conn).await?
+        }
+        ClearScope::Embedding => unlink_matching(conn, &embedding_pattern).await?,
+        ClearScope::Session(session) => unlink_indexed(conn, &keys::session_index(session)).await?,
+        ClearScope::PageContext(page) => unlink_indexed(conn, &keys::page_index(page)).await?,
     })
 }
 
-pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
+pub async fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
     let scope = invalidation::parse_clear(req.body())?;
-    let conn = crate::redis()?;
-    let cleared = clear(&conn, &scope).map_err(|e| {
+    let conn = crate::redis().await?;
+    let cleared = clear(&conn, &scope).await.map_err(|e| {
         chatbot_spin::log::error(
             "cache_clear_failed",
             chatbot_spin::log::Dependency::Redis,
@@ -90,9 +97,10 @@ pub fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
     append(
         &conn,
         AuditAction::CacheCleared,
-        &client_address(&req),
+        &client_address(&req).await,
         json!({"scope": scope_name, "cleared": cleared}),
-    );
+    )
+    .await;
     Ok(json(
         200,
         &json!({"status": "cleared", "scope": scope_name, "cleared": cleared}),
@@ -108,7 +116,7 @@ struct CleanupRequest {
 
 /// Deletes expired sessions, conversations and messages in bounded batches.
 /// Idempotent: a second run finds nothing to delete.
-pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
+pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     let request: CleanupRequest = api::json_body_or_default(req.body())?;
     let batch = request
         .batch_size
@@ -116,9 +124,11 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if !(1..=100_000).contains(&batch) {
         return Err(ApiError::invalid("`batch_size` must be from 1 to 100000"));
     }
-    let address = settings::postgres_address().map_err(ApiError::configuration)?;
+    let address = settings::postgres_address()
+        .await
+        .map_err(ApiError::configuration)?;
     let started = std::time::Instant::now();
-    let deleted = delete_expired(&address, batch);
+    let deleted = delete_expired(&address, batch).await;
     let mut telemetry = Telemetry::default();
     match &deleted {
         Ok(_) => telemetry.add(Observation::DatabaseLatency(
@@ -127,9 +137,9 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         )),
         Err(_) => telemetry.add(Observation::Error(ErrorType::Postgres)),
     }
-    let redis = crate::redis().ok();
+    let redis = crate::redis().await.ok();
     if let Some(conn) = &redis {
-        crate::record(conn, &telemetry);
+        crate::record(conn, &telemetry).await;
     }
     let body = deleted.map_err(|e| {
         chatbot_spin::log::error(
@@ -143,21 +153,23 @@ pub fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         append(
             conn,
             AuditAction::RetentionCleanup,
-            &client_address(&req),
+            &client_address(&req).await,
             body["deleted"].clone(),
-        );
+        )
+        .await;
     }
     Ok(json(200, &body))
 }
 
-fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreError> {
-    let conn = pg4::Connection::open(address)?;
+async fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreError> {
+    let conn = chatbot_spin::pg::open(address).await?;
     let mut deleted = serde_json::Map::new();
     let mut batches = 0u32;
     for (table, statement) in retention::CLEANUP_STATEMENTS {
         let mut total = 0u64;
         loop {
-            let n = conn.execute(statement, &[ParameterValue::Int64(batch)])?;
+            let n = chatbot_spin::pg::execute(&conn, statement, vec![ParameterValue::Int64(batch)])
+                .await?;
             total += n;
             batches += 1;
             if (n as i64) < batch || batches >= retention::MAX_CLEANUP_BATCHES {
@@ -183,16 +195,18 @@ struct WarmupRequest {
 
 /// Asks the most-asked questions through the query pipeline, with the query
 /// handler's keys, so they are cached before users ask again.
-pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
+pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     let request: WarmupRequest = api::json_body_or_default(req.body())?;
     let limit = request.limit.unwrap_or(10);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("`limit` must be from 1 to 100"));
     }
-    let mut settings = settings::pipeline().map_err(ApiError::configuration)?;
+    let settings = settings::pipeline()
+        .await
+        .map_err(ApiError::configuration)?;
     // A batch, not a question: each call keeps its own timeout, and the
     // question deadline (`request_timeout_ms`, not given to ops) does not apply.
-    settings.request_timeout = std::time::Duration::MAX;
+    chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
     if settings.cache_scope != CacheScope::Global {
         return Err(ApiError::new(
             409,
@@ -200,17 +214,18 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             "warm-up needs query_cache_scope = global: with per-session answers there is nothing to share",
         ));
     }
-    let conn = crate::redis()?;
-    let reply = conn
-        .execute(
-            "ZREVRANGE",
-            &[
-                binary(keys::TOP_QUESTIONS),
-                binary("0"),
-                binary((limit - 1).to_string()),
-            ],
-        )
-        .map_err(|e| ApiError::unavailable(format!("reading the top questions: {e}")))?;
+    let conn = crate::redis().await?;
+    let reply = execute(
+        &conn,
+        "ZREVRANGE",
+        vec![
+            binary(keys::TOP_QUESTIONS),
+            binary("0"),
+            binary((limit - 1).to_string()),
+        ],
+    )
+    .await
+    .map_err(|e| ApiError::unavailable(format!("reading the top questions: {e}")))?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
     for member in binaries(reply) {
@@ -224,7 +239,7 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             user_id: None,
             stream: false,
         };
-        let found = pipeline::lookup(Some(&conn), &settings, &request, false, &mut telemetry);
+        let found = pipeline::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
         match pipeline::answer(
             Some(&conn),
             &settings,
@@ -232,45 +247,51 @@ pub fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             found.answer,
             &mut pipeline::Quiet,
             &mut telemetry,
-        ) {
+        )
+        .await
+        {
             Ok(answer) if answer.cached => already += 1,
             Ok(_) => warmed += 1,
             Err(e) => failed.push(json!({"question": request.question, "error": e.to_string()})),
         }
     }
     // Warm-up's OpenAI calls, tokens and cache counts are real traffic: recorded like a request's.
-    crate::record(&conn, &telemetry);
+    crate::record(&conn, &telemetry).await;
     append(
         &conn,
         AuditAction::CacheWarmup,
-        &client_address(&req),
+        &client_address(&req).await,
         json!({"warmed": warmed, "already_cached": already, "failed": failed.len()}),
-    );
+    )
+    .await;
     Ok(json(
         200,
         &json!({"status": "done", "warmed": warmed, "already_cached": already, "failed": failed}),
     ))
 }
 
-pub fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
+pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
     let page = api::parse_page(req.query())?;
     let log = audit::AuditLog::from_query(req.query())?;
-    let conn = crate::redis()?;
+    let conn = crate::redis().await?;
     let (start, end) = audit::page_bounds(page);
-    let read = || -> Result<(Vec<Vec<u8>>, i64), StoreError> {
-        let entries = conn.execute(
+    let read = async {
+        let entries = execute(
+            &conn,
             "ZREVRANGE",
-            &[
+            vec![
                 binary(log.key()),
                 binary(start.to_string()),
                 binary(end.to_string()),
             ],
-        )?;
-        let total = integers(&conn.execute("ZCARD", &[binary(log.key())])?);
-        Ok((binaries(entries), total.first().copied().unwrap_or(0)))
+        )
+        .await?;
+        let total = integers(&execute(&conn, "ZCARD", vec![binary(log.key())]).await?);
+        Ok::<_, StoreError>((binaries(entries), total.first().copied().unwrap_or(0)))
     };
-    let (entries, total) =
-        read().map_err(|e| ApiError::unavailable(format!("reading the audit log: {e}")))?;
+    let (entries, total) = read
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading the audit log: {e}")))?;
     let entries: Vec<serde_json::Value> = entries.iter().map(|e| audit::decode_member(e)).collect();
     Ok(json(
         200,

@@ -8,18 +8,19 @@ use chatbot_core::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport
 use chatbot_core::settings::health_check_timeout;
 use chatbot_core::upstream;
 use chatbot_core::{health, keys, ranking};
+use chatbot_spin::incoming::Request;
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
-use chatbot_spin::redis_script::{binaries, binary, eval};
-use chatbot_spin::respond::json;
-use chatbot_spin::settings::{self, lookup, PipelineSettings};
-use chatbot_spin::{http, StoreError};
+use chatbot_spin::redis_script::{binaries, binary, eval, execute, Conn};
+use chatbot_spin::respond::{json, Response};
+use chatbot_spin::routing::Params;
+use chatbot_spin::settings::{self, PipelineSettings};
+use chatbot_spin::{http, within, StoreError};
 use serde_json::json;
-use spin_sdk::http::{Params, Request, Response};
-use spin_sdk::{pg4, redis};
+use spin_sdk::redis;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub fn liveness(_: Request, _: Params) -> Result<Response, ApiError> {
+pub async fn liveness(_: Request, _: Params) -> Result<Response, ApiError> {
     Ok(json(200, &Liveness::new(VERSION)))
 }
 
@@ -31,29 +32,47 @@ fn finish(name: &str, started: Instant, outcome: Result<(), String>) -> ServiceC
     }
 }
 
-fn probe_redis() -> ServiceCheck {
+/// `work` within the health-check timeout, its failure worded for the report.
+async fn probed(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    within(timeout, work)
+        .await
+        .unwrap_or_else(|| Err(format!("no answer within {} ms", timeout.as_millis())))
+}
+
+/// `PING` on the instance's Redis connection.
+async fn probe_redis(timeout: Duration) -> ServiceCheck {
     let started = Instant::now();
-    let outcome = settings::redis_address()
-        .map_err(|e| e.to_string())
-        .and_then(|address| {
-            let conn = redis::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-            conn.execute("PING", &[])
-                .map(drop)
-                .map_err(|e| format!("PING: {e}"))
-        });
+    let outcome = probed(timeout, async {
+        let conn = settings::open_redis()
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        execute(&conn, "PING", vec![])
+            .await
+            .map(drop)
+            .map_err(|e| format!("PING: {e}"))
+    })
+    .await;
     finish("redis", started, outcome)
 }
 
-fn probe_postgres() -> ServiceCheck {
+async fn probe_postgres(timeout: Duration) -> ServiceCheck {
     let started = Instant::now();
-    let outcome = settings::postgres_address()
-        .map_err(|e| e.to_string())
-        .and_then(|address| {
-            let conn = pg4::Connection::open(&address).map_err(|e| format!("open: {e}"))?;
-            chatbot_spin::pg::query_one_row(&conn, chatbot_core::sql::PING, &[])
-                .map(drop)
-                .map_err(|e| format!("SELECT 1: {e}"))
-        });
+    let outcome = probed(timeout, async {
+        let address = settings::postgres_address()
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = chatbot_spin::pg::open(&address)
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        chatbot_spin::pg::query_one_row(&conn, chatbot_core::sql::PING, vec![])
+            .await
+            .map(drop)
+            .map_err(|e| format!("SELECT 1: {e}"))
+    })
+    .await;
     finish("postgres", started, outcome)
 }
 
@@ -61,15 +80,17 @@ fn probe_postgres() -> ServiceCheck {
 type ProbeTarget = Result<(String, Vec<(&'static str, String)>), String>;
 
 /// A `GET` within the health-check timeout, its failure worded for the report.
-fn get(
+async fn get(
     url: &str,
     headers: &[(&'static str, String)],
     timeout: Duration,
 ) -> Result<http::HttpResponse, String> {
-    http::request("GET", url, &header_refs(headers), None, timeout).map_err(|e| match e {
-        http::HttpError::Timeout => format!("no answer within {} ms", timeout.as_millis()),
-        http::HttpError::Failed(e) => e,
-    })
+    http::request("GET", url, &header_refs(headers), None, timeout)
+        .await
+        .map_err(|e| match e {
+            http::HttpError::Timeout => format!("no answer within {} ms", timeout.as_millis()),
+            http::HttpError::Failed(e) => e,
+        })
 }
 
 fn is_success(response: &http::HttpResponse) -> bool {
@@ -77,25 +98,32 @@ fn is_success(response: &http::HttpResponse) -> bool {
 }
 
 /// A `GET` of the target that must answer 2xx within the health-check timeout.
-fn probe_http(name: &str, target: ProbeTarget, timeout: Duration) -> ServiceCheck {
+async fn probe_http(name: &str, target: ProbeTarget, timeout: Duration) -> ServiceCheck {
     let started = Instant::now();
-    let outcome = target.and_then(|(url, headers)| match get(&url, &headers, timeout)? {
-        r if is_success(&r) => Ok(()),
-        r => Err(format!("answered {}", r.status)),
-    });
+    let outcome = match target {
+        Ok((url, headers)) => match get(&url, &headers, timeout).await {
+            Ok(r) if is_success(&r) => Ok(()),
+            Ok(r) => Err(format!("answered {}", r.status)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     finish(name, started, outcome)
 }
 
 /// `GET /collections/{name}`: Qdrant is reachable, the key is accepted, and
 /// the configured collection exists (a missing one is Qdrant up, with a warning).
-fn probe_qdrant(pipeline: &Result<PipelineSettings, String>, timeout: Duration) -> ServiceCheck {
+async fn probe_qdrant(
+    pipeline: &Result<std::rc::Rc<PipelineSettings>, String>,
+    timeout: Duration,
+) -> ServiceCheck {
     let started = Instant::now();
     let p = match pipeline {
         Ok(p) => p,
         Err(e) => return finish("qdrant", started, Err(e.clone())),
     };
     let url = format!("{}/collections/{}", p.qdrant_url, p.qdrant_collection);
-    let exists = get(&url, &qdrant_headers(p), timeout).and_then(|r| {
+    let exists = get(&url, &qdrant_headers(p), timeout).await.and_then(|r| {
         if is_success(&r) {
             Ok(true)
         } else if upstream::is_missing_collection(&upstream::status_error(
@@ -117,20 +145,27 @@ fn probe_qdrant(pipeline: &Result<PipelineSettings, String>, timeout: Duration) 
     }
 }
 
-fn all_checks() -> ServicesReport {
-    let timeout = health_check_timeout(&lookup);
-    let pipeline = settings::pipeline().map_err(|e| e.to_string());
+async fn all_checks() -> ServicesReport {
+    let timeout = check_timeout().await;
+    let pipeline = settings::pipeline().await.map_err(|e| e.to_string());
     // OpenAI's `GET /models`: reachable, and the key is accepted.
     let openai = match &pipeline {
         Ok(p) => Ok((format!("{}/models", p.openai_base_url), openai_headers(p))),
         Err(e) => Err(e.clone()),
     };
-    ServicesReport::new(vec![
-        probe_redis(),
-        probe_postgres(),
+    // All at once: the report takes as long as the slowest check, not their sum.
+    let (redis, postgres, qdrant, openai) = futures::join!(
+        probe_redis(timeout),
+        probe_postgres(timeout),
         probe_qdrant(&pipeline, timeout),
         probe_http("openai", openai, timeout),
-    ])
+    );
+    ServicesReport::new(vec![redis, postgres, qdrant, openai])
+}
+
+async fn check_timeout() -> Duration {
+    let variables = settings::variables().await;
+    health_check_timeout(&|name: &str| variables.lookup(name))
 }
 
 /// The report as served: the checks, their warnings, and when they ran.
@@ -148,27 +183,34 @@ fn report_body(report: &ServicesReport) -> serde_json::Value {
 /// organisation's key); informational, so always 200. A report is kept in
 /// Redis for `health::REPORT_SECONDS`: within that, it is served again
 /// (`"cached": true`) and no dependency is called.
-pub fn services(_: Request, _: Params) -> Result<Response, ApiError> {
-    let conn = settings::open_redis().ok();
-    let kept = conn.as_ref().and_then(|conn| {
-        let reply = conn.execute("GET", &[binary(keys::HEALTH_REPORT)]).ok()?;
-        serde_json::from_slice::<serde_json::Value>(binaries(reply).first()?).ok()
-    });
+pub async fn services(_: Request, _: Params) -> Result<Response, ApiError> {
+    let conn = settings::open_redis().await.ok();
+    let kept = match &conn {
+        Some(conn) => execute(conn, "GET", vec![binary(keys::HEALTH_REPORT)])
+            .await
+            .ok()
+            .and_then(|reply| {
+                serde_json::from_slice::<serde_json::Value>(binaries(reply).first()?).ok()
+            }),
+        None => None,
+    };
     if let Some(mut body) = kept {
         body["cached"] = json!(true);
         return Ok(json(200, &body));
     }
-    let mut body = report_body(&all_checks());
+    let mut body = report_body(&all_checks().await);
     if let Some(conn) = &conn {
-        let stored = conn.execute(
+        let stored = execute(
+            conn,
             "SET",
-            &[
+            vec![
                 binary(keys::HEALTH_REPORT),
                 binary(body.to_string()),
                 binary("EX"),
                 redis::RedisParameter::Int64(health::REPORT_SECONDS as i64),
             ],
-        );
+        )
+        .await;
         if let Err(e) = stored {
             chatbot_spin::log::warn(
                 "health_report_not_kept",
@@ -187,9 +229,9 @@ pub fn services(_: Request, _: Params) -> Result<Response, ApiError> {
 /// outage is not this replica's, taking every replica out would stop even
 /// cached answers, so they are reported by `/health/services` (and alerted
 /// on), never here; and a public probe calls none of them.
-pub fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
-    let configuration = settings::pipeline().map(drop);
-    let redis = probe_redis();
+pub async fn readiness(_: Request, _: Params) -> Result<Response, ApiError> {
+    let configuration = settings::pipeline().await.map(drop);
+    let redis = probe_redis(check_timeout().await).await;
     let mut down = Vec::new();
     if configuration.is_err() {
         down.push("configuration");
@@ -230,47 +272,63 @@ fn storage_unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("metrics and analytics storage (Redis) is unavailable")
 }
 
-pub fn metrics_summary(_: Request, _: Params) -> Result<Response, ApiError> {
-    let conn = settings::open_redis().map_err(storage_unavailable)?;
-    let snapshot = chatbot_spin::metrics_store::snapshot(&conn).map_err(storage_unavailable)?;
+pub async fn metrics_summary(_: Request, _: Params) -> Result<Response, ApiError> {
+    let conn = settings::open_redis().await.map_err(storage_unavailable)?;
+    let snapshot = chatbot_spin::metrics_store::snapshot(&conn)
+        .await
+        .map_err(storage_unavailable)?;
     Ok(json(
         200,
         &chatbot_core::metrics::summary::summarise(&snapshot),
     ))
 }
 
-/// Walks the keys matching `pattern` with `SCAN` in batches (never `KEYS`).
-pub(crate) fn scan(
-    conn: &redis::Connection,
+/// One `SCAN` step over the keys matching `pattern` (never `KEYS`): the
+/// next cursor (`"0"` at the end) and this batch.
+pub(crate) async fn scan(
+    conn: &Conn,
     pattern: &str,
-    mut each_batch: impl FnMut(Vec<Vec<u8>>),
-) -> Result<(), StoreError> {
-    let mut cursor = b"0".to_vec();
+    cursor: &str,
+) -> Result<(String, Vec<Vec<u8>>), StoreError> {
+    let reply = execute(
+        conn,
+        "SCAN",
+        vec![
+            binary(cursor),
+            binary("MATCH"),
+            binary(pattern),
+            binary("COUNT"),
+            binary("500"),
+        ],
+    )
+    .await?;
+    let mut values = binaries(reply).into_iter();
+    let next = values
+        .next()
+        .ok_or_else(|| StoreError::Unexpected("SCAN answered nothing".into()))?;
+    Ok((
+        String::from_utf8_lossy(&next).into_owned(),
+        values.collect(),
+    ))
+}
+
+/// How many keys match `pattern`.
+async fn count_matching(conn: &Conn, pattern: &str) -> Result<usize, StoreError> {
+    let mut count = 0;
+    let mut cursor = "0".to_string();
     loop {
-        let reply = conn.execute(
-            "SCAN",
-            &[
-                binary(&cursor),
-                binary("MATCH"),
-                binary(pattern),
-                binary("COUNT"),
-                binary("500"),
-            ],
-        )?;
-        let mut values = binaries(reply).into_iter();
-        cursor = values
-            .next()
-            .ok_or_else(|| StoreError::Unexpected("SCAN answered nothing".into()))?;
-        each_batch(values.collect());
-        if cursor == b"0" {
-            return Ok(());
+        let (next, batch) = scan(conn, pattern, &cursor).await?;
+        count += batch.len();
+        if next == "0" {
+            return Ok(count);
         }
+        cursor = next;
     }
 }
 
 /// A ranking's top `n`, each with its decayed count as of now (see `ranking`).
-fn top(
-    conn: &redis::Connection,
+async fn top(
+    conn: &Conn,
     key: &str,
     half_life_seconds: u64,
     n: i64,
@@ -283,7 +341,8 @@ fn top(
             redis::RedisParameter::Int64(n),
             redis::RedisParameter::Int64(half_life_seconds as i64),
         ],
-    )?;
+    )
+    .await?;
     Ok(binaries(reply)
         .chunks_exact(2)
         .map(|pair| {
@@ -303,18 +362,17 @@ fn top(
         .collect())
 }
 
-fn analytics(conn: &redis::Connection) -> Result<serde_json::Value, StoreError> {
-    let snapshot = chatbot_spin::metrics_store::snapshot(conn)?;
+async fn analytics(conn: &Conn) -> Result<serde_json::Value, StoreError> {
+    let snapshot = chatbot_spin::metrics_store::snapshot(conn).await?;
     let mut entries = serde_json::Map::new();
     for (cache, pattern) in [
         ("query", format!("{}*", keys::QUERY_PREFIX)),
         ("embedding", format!("{}*", keys::EMBEDDING_PREFIX)),
     ] {
-        let mut count = 0usize;
-        scan(conn, &pattern, |batch| count += batch.len())?;
+        let count = count_matching(conn, &pattern).await?;
         entries.insert(cache.to_string(), json!(count));
     }
-    let info = binaries(conn.execute("INFO", &[binary("memory")])?);
+    let info = binaries(execute(conn, "INFO", vec![binary("memory")]).await?);
     let info =
         String::from_utf8_lossy(info.first().map(Vec::as_slice).unwrap_or_default()).into_owned();
     let field = |name: &str| {
@@ -328,21 +386,30 @@ fn analytics(conn: &redis::Connection) -> Result<serde_json::Value, StoreError> 
     for (cache, count) in &entries {
         rates[cache]["entries"] = count.clone();
     }
+    let top_questions = top(
+        conn,
+        keys::TOP_QUESTIONS,
+        ranking::QUESTIONS_HALF_LIFE_SECONDS,
+        10,
+    )
+    .await?;
+    let top_rate_limited = top(
+        conn,
+        keys::RATE_LIMITED_SESSIONS,
+        ranking::RATE_LIMITED_HALF_LIFE_SECONDS,
+        10,
+    )
+    .await?;
     Ok(json!({
         "caches": rates,
         "redis_memory": {"used_bytes": used, "used_human": field("used_memory_human")},
-        "top_questions": top(conn, keys::TOP_QUESTIONS, ranking::QUESTIONS_HALF_LIFE_SECONDS, 10)?,
-        "top_rate_limited_sessions": top(
-            conn,
-            keys::RATE_LIMITED_SESSIONS,
-            ranking::RATE_LIMITED_HALF_LIFE_SECONDS,
-            10
-        )?,
+        "top_questions": top_questions,
+        "top_rate_limited_sessions": top_rate_limited,
     }))
 }
 
-pub fn cache_analytics(_: Request, _: Params) -> Result<Response, ApiError> {
-    let conn = settings::open_redis().map_err(storage_unavailable)?;
-    let report = analytics(&conn).map_err(storage_unavailable)?;
+pub async fn cache_analytics(_: Request, _: Params) -> Result<Response, ApiError> {
+    let conn = settings::open_redis().await.map_err(storage_unavailable)?;
+    let report = analytics(&conn).await.map_err(storage_unavailable)?;
     Ok(json(200, &report))
 }

@@ -8,36 +8,38 @@ mod health;
 
 use chatbot_core::api::ApiError;
 use chatbot_core::routes;
+use chatbot_spin::redis_script::Conn;
+use chatbot_spin::respond::Outgoing;
 use chatbot_spin::routing::{self, Handler};
-use spin_sdk::http::{IncomingRequest, ResponseOutparam};
-use spin_sdk::http_component;
-use spin_sdk::redis::Connection;
+use spin_sdk::http_service;
 
 fn handler(route: &routes::Route) -> Handler {
     match *route {
-        routes::HEALTH => health::liveness,
-        routes::HEALTH_SERVICES => health::services,
-        routes::HEALTH_READINESS => health::readiness,
-        routes::HEALTH_METRICS => health::metrics_summary,
-        routes::CACHE_ANALYTICS => health::cache_analytics,
-        routes::CACHE_CLEAR => admin::clear_cache,
-        routes::CLEANUP => admin::cleanup,
-        routes::CACHE_WARMUP => admin::warmup,
-        routes::AUDIT_LOG => admin::audit_page,
+        routes::HEALTH => |req, p| Box::pin(health::liveness(req, p)),
+        routes::HEALTH_SERVICES => |req, p| Box::pin(health::services(req, p)),
+        routes::HEALTH_READINESS => |req, p| Box::pin(health::readiness(req, p)),
+        routes::HEALTH_METRICS => |req, p| Box::pin(health::metrics_summary(req, p)),
+        routes::CACHE_ANALYTICS => |req, p| Box::pin(health::cache_analytics(req, p)),
+        routes::CACHE_CLEAR => |req, p| Box::pin(admin::clear_cache(req, p)),
+        routes::CLEANUP => |req, p| Box::pin(admin::cleanup(req, p)),
+        routes::CACHE_WARMUP => |req, p| Box::pin(admin::warmup(req, p)),
+        routes::AUDIT_LOG => |req, p| Box::pin(admin::audit_page(req, p)),
         other => unreachable!("{other:?} is not an ops route"),
     }
 }
 
-#[http_component]
-fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
-    chatbot_spin::log::set_component("ops");
-    routing::handle(routes::OPS_ROUTES, handler, incoming, out)
+#[http_service]
+async fn handle(incoming: spin_sdk::http::Request) -> Outgoing {
+    chatbot_spin::respond::entry("ops", incoming, |incoming, out| {
+        routing::handle(routes::OPS_ROUTES, handler, incoming, out)
+    })
+    .await
 }
 
 /// Records what an admin action observed (ops records directly, with the
 /// recorder's own code; a failure is logged, never fails the action).
-pub(crate) fn record(conn: &Connection, telemetry: &chatbot_spin::caches::Telemetry) {
-    if let Err(e) = chatbot_spin::metrics_store::record(conn, &telemetry.samples, None) {
+pub(crate) async fn record(conn: &Conn, telemetry: &chatbot_spin::caches::Telemetry) {
+    if let Err(e) = chatbot_spin::metrics_store::record(conn, &telemetry.samples, None).await {
         chatbot_spin::log::warn(
             "metrics_record_failed",
             chatbot_spin::log::Dependency::Redis,
@@ -47,6 +49,8 @@ pub(crate) fn record(conn: &Connection, telemetry: &chatbot_spin::caches::Teleme
 }
 
 /// Redis for analytics and admin actions, or 503 naming it.
-pub(crate) fn redis() -> Result<Connection, ApiError> {
-    chatbot_spin::settings::open_redis().map_err(|_| ApiError::unavailable("Redis is unavailable"))
+pub(crate) async fn redis() -> Result<Conn, ApiError> {
+    chatbot_spin::settings::open_redis()
+        .await
+        .map_err(|_| ApiError::unavailable("Redis is unavailable"))
 }

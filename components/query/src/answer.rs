@@ -1,6 +1,7 @@
 //! `POST /api/v1/chat/query`: checks, then the answer (JSON, or server-sent
 //! events as the model writes it), and only once the client has the whole
-//! response, the exchange's Postgres write and the metrics.
+//! answer, the exchange's Postgres write and the metrics, before the body
+//! ends (see `chatbot_spin::respond`).
 
 use chatbot_core::api::{ApiError, ErrorCode};
 use chatbot_core::audit::AuditAction;
@@ -13,12 +14,12 @@ use chatbot_core::query::{self, Citation, QueryRequest};
 use chatbot_core::sessions::Spent;
 use chatbot_core::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_spin::identity;
-use chatbot_spin::pipeline::{self, Answer, Progress};
-use chatbot_spin::redis_script::binary;
-use chatbot_spin::respond::{self, json, Body};
+use chatbot_spin::incoming::{Request, RequestExt};
+use chatbot_spin::pipeline::{self, Answer, Pending, Progress};
+use chatbot_spin::redis_script::{binary, execute};
+use chatbot_spin::respond::{self, json, Body, Out, SetHeader};
 use chatbot_spin::routing;
 use chatbot_spin::settings::{self, PipelineSettings};
-use spin_sdk::http::{Request, ResponseOutparam};
 use spin_sdk::redis::RedisParameter;
 
 use crate::{
@@ -33,10 +34,14 @@ struct Exchange {
     conversation: Option<RememberedConversation>,
 }
 
-pub fn chat_query(req: Request, out: ResponseOutparam) {
-    let configured = identity::settings()
-        .map_err(config_failure)
-        .and_then(|identity| Ok((identity, settings::pipeline().map_err(config_failure)?)));
+pub async fn chat_query(req: Request, out: Out) {
+    let configured = match identity::settings().await.map_err(config_failure) {
+        Ok(identity) => settings::pipeline()
+            .await
+            .map_err(config_failure)
+            .map(|pipeline| (identity, pipeline)),
+        Err(e) => Err(e),
+    };
     let (identity_settings, settings) = match configured {
         Ok(both) => both,
         Err(e) => {
@@ -45,34 +50,37 @@ pub fn chat_query(req: Request, out: ResponseOutparam) {
                 Endpoint::Query,
                 &Err(e.clone()),
                 vec![Observation::Error(ErrorType::Config)],
-            );
-            return routing::send(out, respond::error(&e));
+            )
+            .await;
+            return routing::send(out, respond::error(&e)).await;
         }
     };
     let address = identity::client_address(&req, &identity_settings);
-    let mut scope = Scope::open(&settings, address);
+    let mut scope = Scope::open(&settings, address).await;
     let mut reply = Reply::new(out);
-    let outcome = ask(&mut scope, &settings, &identity_settings, &req, &mut reply);
+    let outcome = ask(&mut scope, &settings, &identity_settings, &req, &mut reply).await;
     let jwt = identity_settings.mode == AuthMode::Jwt;
     match outcome {
         Ok(exchange) => {
-            reply.answer(&scope, &exchange);
+            reply.answer(&scope, &exchange).await;
             scope.observe_latency();
-            // The client has everything: now what it does not wait for.
+            chatbot_spin::context::after_response();
+            // The client has every byte: now what it does not wait for.
             let seen = !reply.client_gone();
-            after_response(&mut scope, &settings, exchange, jwt, seen);
+            after_response(&mut scope, &settings, exchange, jwt, seen).await;
         }
         Err(e) => {
             // Refusals and failures are counted, and timed, like answers.
             scope.refused(&e);
-            reply.fail(&scope, e);
+            reply.fail(&scope, e).await;
             scope.observe_latency();
+            chatbot_spin::context::after_response();
         }
     }
-    scope.record();
+    scope.record().await;
 }
 
-fn ask(
+async fn ask(
     scope: &mut Scope,
     settings: &PipelineSettings,
     identity_settings: &IdentitySettings,
@@ -80,18 +88,15 @@ fn ask(
     reply: &mut Reply,
 ) -> Result<Exchange, ApiError> {
     if identity_settings.jwt.is_some() {
-        limit_address(scope)?;
+        limit_address(scope).await?;
     }
-    let user = authenticate(scope, identity_settings, req)?;
+    let user = authenticate(scope, identity_settings, req).await?;
     let jwt = identity_settings.mode == AuthMode::Jwt;
-    let content_type = req.header("content-type").and_then(|v| v.as_str());
+    let content_type = req.header("content-type");
     // In jwt mode a question without a session starts one: 128 random bits.
     let new_session = jwt.then(|| format!("s-{}", chatbot_spin::random_token()));
     let mut request = query::parse_query(content_type, req.body(), new_session)?;
-    reply.streamed = stream::wants_stream(
-        req.header("accept").and_then(|v| v.as_str()),
-        request.stream,
-    );
+    reply.streamed = stream::wants_stream(req.header("accept"), request.stream);
     if let Some(user) = user {
         if request
             .user_id
@@ -106,13 +111,13 @@ fn ask(
         }
         request.user_id = Some(user);
     }
-    limit(scope, &request)?;
+    limit(scope, &request).await?;
     reply.limit_headers = scope.headers();
     // A user's limits are read only when there is a user (a hit without one reads none).
     let limits = match &request.user_id {
         Some(user) => {
-            let limits = settings::session_limits().map_err(config_failure)?;
-            gate(scope, settings, &limits, user, &request.session_id, jwt)?;
+            let limits = settings::session_limits().await.map_err(config_failure)?;
+            gate(scope, settings, &limits, user, &request.session_id, jwt).await?;
             Some(limits)
         }
         None => None,
@@ -123,24 +128,25 @@ fn ask(
         &request,
         true,
         &mut scope.telemetry,
-    );
+    )
+    .await;
     scope.cache_status = query::cache_status(found.answer.is_some(), scope.conn.is_some());
     // A miss reserves its worst case before it spends (or writes anything);
     // a hit spends nothing.
     if found.answer.is_none() {
-        let user_budget = request.user_id.as_deref().zip(limits.as_ref());
-        reserve(scope, settings, user_budget, &request)?;
+        let user_budget = request.user_id.as_deref().zip(limits.as_deref());
+        reserve(scope, settings, user_budget, &request).await?;
     }
     // Counted as active only once admitted: refused requests (a flood of
     // made-up session ids included) grow no Redis set.
     scope.session = Some(request.session_id.clone());
     let conversation = match found.conversation {
         Some(known) => Some(known),
-        None => conversation_of(scope, settings, &request, jwt)?,
+        None => conversation_of(scope, settings, &request, jwt).await?,
     };
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.clone();
-    let answer = pipeline::answer(
+    let answered = pipeline::answer(
         scope.conn.as_ref(),
         settings,
         &request,
@@ -148,16 +154,20 @@ fn ask(
         reply,
         &mut scope.telemetry,
     )
-    .map_err(|e| {
-        chatbot_spin::log::error(
-            "query_failed",
-            chatbot_spin::log::Dependency::of_service(e.service()),
-            &e,
-        );
-        let spent = Spent::on_failure(&e, scope.telemetry.chat_called);
-        settle(scope, spent);
-        e.api_error()
-    })?;
+    .await;
+    let answer = match answered {
+        Ok(answer) => answer,
+        Err(e) => {
+            chatbot_spin::log::error(
+                "query_failed",
+                chatbot_spin::log::Dependency::of_service(e.service()),
+                &e,
+            );
+            let spent = Spent::on_failure(&e, scope.telemetry.chat_called);
+            settle(scope, spent).await;
+            return Err(e.api_error());
+        }
+    };
     scope.cache_status = query::cache_status(answer.cached, scope.conn.is_some());
     scope.answered(answer.cached);
     Ok(Exchange {
@@ -170,7 +180,7 @@ fn ask(
 /// The session's conversation id when Redis does not know it (a session's
 /// first question): created now in Postgres, so the answer can name it,
 /// and remembered in Redis. A Postgres that fails costs the id, not the answer.
-fn conversation_of(
+async fn conversation_of(
     scope: &mut Scope,
     settings: &PipelineSettings,
     request: &QueryRequest,
@@ -181,19 +191,23 @@ fn conversation_of(
         settings.retention_days,
         request,
         enforce_owner,
-    ) {
+    )
+    .await
+    {
         Ok(Some(id)) => {
             // Its session and conversation rows were refreshed just now.
             let created =
                 RememberedConversation::refreshed_on(id, day_of(chatbot_spin::now_epoch_seconds()));
-            remember_conversation(scope, settings, &request.session_id, created);
+            remember_conversation(scope, settings, &request.session_id, created).await;
             Ok(Some(created))
         }
         Ok(None) => {
-            scope.audit(
-                AuditAction::SessionNotOwned,
-                serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),
-            );
+            scope
+                .audit(
+                    AuditAction::SessionNotOwned,
+                    serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),
+                )
+                .await;
             Err(no_such_session(&request.session_id))
         }
         Err(e) => {
@@ -212,7 +226,7 @@ fn conversation_of(
     }
 }
 
-fn remember_conversation(
+async fn remember_conversation(
     scope: &mut Scope,
     settings: &PipelineSettings,
     session: &str,
@@ -222,15 +236,18 @@ fn remember_conversation(
         return;
     };
     let ttl = i64::from(settings.retention_days) * 86_400;
-    if let Err(e) = conn.execute(
+    if let Err(e) = execute(
+        conn,
         "SET",
-        &[
+        vec![
             binary(keys::conversation(session)),
             binary(conversation.value()),
             binary("EX"),
             RedisParameter::Int64(ttl),
         ],
-    ) {
+    )
+    .await
+    {
         chatbot_spin::log::write(
             chatbot_spin::log::Level::Warn,
             "conversation_remember_failed",
@@ -246,7 +263,7 @@ fn remember_conversation(
 /// write is counted and logged, as before the move; not written when the
 /// client left a stream before its end, as it never saw the answer), and its
 /// conversation id in Redis if Postgres gave another (the session was cleaned up meanwhile).
-fn after_response(
+async fn after_response(
     scope: &mut Scope,
     settings: &PipelineSettings,
     exchange: Exchange,
@@ -258,7 +275,7 @@ fn after_response(
         answer,
         conversation,
     } = exchange;
-    settle(scope, Spent::on_answer(answer.cached, answer.value.tokens));
+    settle(scope, Spent::on_answer(answer.cached, answer.value.tokens)).await;
     if !seen {
         chatbot_spin::log::info(
             "exchange_not_stored",
@@ -274,15 +291,16 @@ fn after_response(
         jwt,
         conversation,
         &mut scope.telemetry,
-    );
+    )
+    .await;
     if let Some(now) = changed {
-        remember_conversation(scope, settings, &request.session_id, now);
+        remember_conversation(scope, settings, &request.session_id, now).await;
     }
 }
 
 /// The response being made: JSON at the end, or events as they come.
 pub(crate) struct Reply {
-    out: Option<ResponseOutparam>,
+    out: Option<Out>,
     body: Option<Body>,
     streamed: bool,
     session: String,
@@ -294,7 +312,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn new(out: ResponseOutparam) -> Self {
+    fn new(out: Out) -> Self {
         Self {
             out: Some(out),
             body: None,
@@ -307,7 +325,7 @@ impl Reply {
     }
 
     /// Sends the head of the event stream and the `meta` event.
-    fn start_stream(&mut self, cached: bool, citations: &[Citation]) {
+    async fn start_stream(&mut self, cached: bool, citations: &[Citation]) {
         let Some(out) = self.out.take() else {
             return;
         };
@@ -334,7 +352,8 @@ impl Reply {
                         citations,
                         cached,
                     },
-                ));
+                ))
+                .await;
                 self.body = Some(body);
             }
             Err(e) => chatbot_spin::log::warn(
@@ -350,14 +369,14 @@ impl Reply {
         self.body.as_ref().is_some_and(Body::client_gone) || self.left
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    async fn write(&mut self, bytes: &[u8]) {
         if let Some(body) = &mut self.body {
-            body.write(bytes);
+            body.write(bytes).await;
         }
     }
 
     /// The whole answer: a JSON body, or the stream's last events.
-    fn answer(&mut self, scope: &Scope, exchange: &Exchange) {
+    async fn answer(&mut self, scope: &Scope, exchange: &Exchange) {
         let answer = &exchange.answer;
         if !self.streamed {
             let body = query::QueryResponse {
@@ -370,19 +389,21 @@ impl Reply {
             let mut response = scope.respond(Ok(json(200, &body)));
             response.set_header("x-cache", if answer.cached { "HIT" } else { "MISS" });
             if let Some(out) = self.out.take() {
-                routing::send(out, response);
+                routing::send(out, response).await;
             }
             return;
         }
         if self.body.is_none() {
             // A hit, or a waiter on another's miss: the stored answer at once, in one delta.
-            self.start_stream(answer.cached, &answer.value.citations);
+            self.start_stream(answer.cached, &answer.value.citations)
+                .await;
             self.write(&stream::event(
                 stream::DELTA,
                 &Delta {
                     text: &answer.value.answer,
                 },
-            ));
+            ))
+            .await;
         }
         self.write(&stream::event(
             stream::DONE,
@@ -394,7 +415,8 @@ impl Reply {
                 cached: answer.cached,
                 usage: answer.usage.as_ref().map(UsageReport::from),
             },
-        ));
+        ))
+        .await;
         if let Some(body) = self.body.take() {
             self.left = body.client_gone();
             body.finish();
@@ -403,13 +425,13 @@ impl Reply {
 
     /// A failure: the JSON error if nothing was sent yet, else an `error`
     /// event that ends the stream (the partial answer is not kept).
-    fn fail(&mut self, scope: &Scope, error: ApiError) {
+    async fn fail(&mut self, scope: &Scope, error: ApiError) {
         if let Some(out) = self.out.take() {
-            return routing::send(out, scope.respond(Err(error)));
+            return routing::send(out, scope.respond(Err(error))).await;
         }
         let mut body = error.body();
-        body.request_id = Some(chatbot_spin::request_id().to_string());
-        self.write(&stream::event(stream::ERROR, &body));
+        body.request_id = Some(chatbot_spin::request_id());
+        self.write(&stream::event(stream::ERROR, &body)).await;
         if let Some(body) = self.body.take() {
             body.finish();
         }
@@ -421,10 +443,13 @@ impl Progress for Reply {
         self.streamed
     }
 
-    fn delta(&mut self, citations: &[Citation], text: &str) {
-        if self.body.is_none() {
-            self.start_stream(false, citations);
-        }
-        self.write(&stream::event(stream::DELTA, &Delta { text }));
+    fn delta<'a>(&'a mut self, citations: &'a [Citation], text: &'a str) -> Pending<'a> {
+        Box::pin(async move {
+            if self.body.is_none() {
+                self.start_stream(false, citations).await;
+            }
+            self.write(&stream::event(stream::DELTA, &Delta { text }))
+                .await;
+        })
     }
 }

@@ -10,41 +10,38 @@ use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{Cached, Endpoint, QueryStatus};
 use chatbot_core::upstream::UpstreamError;
 use chatbot_spin::caches::embed_cached;
+use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::qdrant;
-use chatbot_spin::redis_script::binary;
-use chatbot_spin::respond::json;
-use chatbot_spin::routing;
+use chatbot_spin::redis_script::{binary, execute};
+use chatbot_spin::respond::{json, Response};
+use chatbot_spin::routing::{self, Params};
 use chatbot_spin::settings::{self, PipelineSettings};
-use spin_sdk::http::{Params, Request, Response};
 
 use crate::{config_failure, Scope};
 
 /// `POST /api/v1/documents`, counted (an ingestion that reached Qdrant is
 /// counted with the request's other samples; a refusal before, alone).
-pub fn ingest(req: Request, params: Params) -> Result<Response, ApiError> {
-    let result = ingest_documents(req, params);
+pub async fn ingest(req: Request, params: Params) -> Result<Response, ApiError> {
+    let result = ingest_documents(req, params).await;
     // After its parse, ingestion answers through its scope, which counts it.
     if result.is_err() {
-        crate::count_alone(Endpoint::Documents, &result, Vec::new());
+        crate::count_alone(Endpoint::Documents, &result, Vec::new()).await;
     }
     result
 }
 
-fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
-    let mut settings = settings::pipeline().map_err(config_failure)?;
+async fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
+    let settings = settings::pipeline().await.map_err(config_failure)?;
     // A batch, not a question: each call keeps its own timeout, and the
     // question deadline (`request_timeout_ms`) does not cut an ingestion half-way.
-    settings.request_timeout = std::time::Duration::MAX;
-    let documents = ingest::parse_documents(
-        req.header("content-type").and_then(|v| v.as_str()),
-        req.body(),
-    )?;
-    let address = routing::client_address(&req);
-    let mut scope = Scope::open(&settings, address);
-    let outcome = store(&mut scope, &settings, &documents);
+    chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
+    let documents = ingest::parse_documents(req.header("content-type"), req.body())?;
+    let address = routing::client_address(&req).await;
+    let mut scope = Scope::open(&settings, address).await;
+    let outcome = store(&mut scope, &settings, &documents).await;
     // Whatever was written (all of it, or the upserts before a failure), the
     // collection's cached answers may now be wrong: they are not served again.
-    new_generation(&mut scope, &settings);
+    new_generation(&mut scope, &settings).await;
     scope.telemetry.add(Observation::Query(
         Endpoint::Documents,
         if outcome.is_ok() {
@@ -63,7 +60,8 @@ fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
                     AuditAction::DocumentsIngested,
                     &scope.address,
                     serde_json::json!({"documents": ids, "chunks": chunks}),
-                );
+                )
+                .await;
             }
             Ok(json(
                 200,
@@ -83,11 +81,11 @@ fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
             Err(e.api_error())
         }
     };
-    Ok(scope.finish(result))
+    Ok(scope.finish(result).await)
 }
 
 /// Bumps the collection's answer generation (see `query::LOOKUP_SCRIPT`).
-fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
+async fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
     let Some(conn) = &scope.conn else {
         chatbot_spin::log::warn(
             "answers_not_invalidated",
@@ -97,7 +95,7 @@ fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
         return;
     };
     let key = keys::generation(&settings.qdrant_collection);
-    if let Err(e) = conn.execute("INCR", &[binary(key)]) {
+    if let Err(e) = execute(conn, "INCR", vec![binary(key)]).await {
         chatbot_spin::log::warn(
             "answers_not_invalidated",
             chatbot_spin::log::Dependency::Redis,
@@ -110,23 +108,23 @@ fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
 /// Embeds every chunk, upserts the documents' points (a chunk's id is fixed by
 /// its document and place, so the new text overwrites the old), then deletes
 /// the chunks past each document's new end. Returns the chunk count.
-fn store(
+async fn store(
     scope: &mut Scope,
     settings: &PipelineSettings,
     documents: &[ingest::Document],
 ) -> Result<usize, UpstreamError> {
     let plan = ingest::plan(documents);
     let texts: Vec<String> = plan.iter().map(|c| c.text.clone()).collect();
-    let vectors = embed_cached(scope.conn.as_ref(), settings, &texts, &mut scope.telemetry)?;
+    let vectors = embed_cached(scope.conn.as_ref(), settings, &texts, &mut scope.telemetry).await?;
     let size = vectors.first().map_or(0, Vec::len);
-    qdrant::ensure_collection(settings, size)?;
+    qdrant::ensure_collection(settings, size).await?;
     let points = ingest::points(documents, &plan, vectors);
     for batch in points.chunks(UPSERT_BATCH) {
-        qdrant::upsert(settings, batch)?;
+        qdrant::upsert(settings, batch).await?;
     }
     for (index, doc) in documents.iter().enumerate() {
         let chunks = plan.iter().filter(|c| c.document == index).count();
-        qdrant::delete_stale_chunks(settings, &doc.id, chunks)?;
+        qdrant::delete_stale_chunks(settings, &doc.id, chunks).await?;
     }
     Ok(points.len())
 }

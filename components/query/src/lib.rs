@@ -1,11 +1,13 @@
-//! The query handler. A request opens Redis once and lends that connection
-//! to the rate limiter and the metrics recorder it imports (Spin opens a new
-//! connection on every open, which would halve throughput).
+//! The query handler. Its instance keeps one Redis connection for all the
+//! requests it serves (Spin 4 reuses a WASIp3 instance; the rate limiter and
+//! the metrics recorder it imports keep theirs), and every call is bounded by
+//! what is left of the request's deadline (`request_timeout_ms`).
 //!
 //! Hit path: limiter (1 Redis round trip for every bucket), the user's gate
 //! when there is a user (1), cache lookup and the session's conversation id
-//! (1); then the response goes out, and only after it the exchange's one
-//! Postgres statement and the recorder (1).
+//! (1); then the response goes out, and after its last byte (before its body
+//! ends, so that nothing is lost if the instance is then recycled) the
+//! exchange's one Postgres statement and the recorder (1).
 //!
 //! `Accept: text/event-stream` (or `"stream": true`) answers with server-sent
 //! events: `meta`, the answer's `delta`s as the model writes them, `done`.
@@ -27,23 +29,20 @@ use chatbot_core::sessions::{self, Gate, Reserved, Spent};
 use chatbot_core::{audit::AuditAction, keys};
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::identity::{self, AuthFailure};
-use chatbot_spin::redis_script::{binary, eval, integers};
-use chatbot_spin::respond::{self, json};
-use chatbot_spin::routing::{self, Handler};
+use chatbot_spin::incoming::{Request, RequestExt};
+use chatbot_spin::redis_script::{binary, eval, execute, integers, Conn};
+use chatbot_spin::respond::{self, json, Outgoing, Response, SetHeader};
+use chatbot_spin::routing::{self, Handler, Params};
 use chatbot_spin::settings::{self, PipelineSettings};
 use chatbot_spin::{now_epoch_seconds, pipeline};
-use spin_sdk::http::{IncomingRequest, Method, Params, Request, Response, ResponseOutparam};
-use spin_sdk::http_component;
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::http_service;
+use spin_sdk::redis::RedisParameter;
 
-wit_bindgen::generate!({
-    path: ["../../wit/deps/spin-sdk", "../../wit/ratelimit.wit", "../../wit/metrics.wit", "../../wit/app.wit"],
+spin_sdk::wit_bindgen::generate!({
+    runtime_path: "spin_sdk::wit_bindgen::rt",
+    path: ["../../wit/ratelimit.wit", "../../wit/metrics.wit", "../../wit/app.wit"],
     world: "chatbot:app/query-handler",
-    with: {
-        "fermyon:spin/redis@2.0.0": spin_sdk::wit::v2::redis,
-        "chatbot:ratelimit/limiter@0.1.0": generate,
-        "chatbot:metrics/recorder@0.1.0": generate,
-    },
+    generate_all,
 });
 
 use chatbot::metrics::recorder;
@@ -52,25 +51,39 @@ use chatbot::ratelimit::limiter;
 fn handler(route: &routes::Route) -> Handler {
     match *route {
         // Served before routing (it writes its own response); the router keeps it for 405s.
-        routes::CHAT_QUERY => |req, _| Err(ApiError::not_found(req.path())),
-        routes::CHAT_HISTORY => history,
-        routes::DOCUMENTS => documents::ingest,
+        routes::CHAT_QUERY => |req, _| {
+            let path = req.path().to_string();
+            Box::pin(async move { Err(ApiError::not_found(&path)) })
+        },
+        routes::CHAT_HISTORY => |req, p| Box::pin(history(req, p)),
+        routes::DOCUMENTS => |req, p| Box::pin(documents::ingest(req, p)),
         other => unreachable!("{other:?} is not a query route"),
     }
 }
 
-#[http_component]
-fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
-    chatbot_spin::log::set_component("query");
-    chatbot_spin::request_started();
-    let req = match routing::read(routes::QUERY_ROUTES, incoming) {
-        Ok(req) => req,
-        Err(refused) => return routing::send(out, refused),
-    };
-    if *req.method() == Method::Post && routes::CHAT_QUERY.matches(req.path()) {
-        return answer::chat_query(req, out);
+#[http_service]
+async fn handle(incoming: spin_sdk::http::Request) -> Outgoing {
+    respond::entry("query", incoming, serve).await
+}
+
+async fn serve(incoming: spin_sdk::http::Request, out: respond::Out) {
+    if let Ok(settings) = settings::pipeline().await {
+        chatbot_spin::context::set_request_timeout(settings.request_timeout);
     }
-    routing::send(out, routing::serve(routes::QUERY_ROUTES, handler, req));
+    let req = match routing::read(routes::QUERY_ROUTES, incoming).await {
+        Ok(req) => req,
+        Err(refused) => return routing::send(out, refused).await,
+    };
+    if req.method() == spin_sdk::http::Method::POST && routes::CHAT_QUERY.matches(req.path()) {
+        return answer::chat_query(req, out).await;
+    }
+    let response = routing::serve(routes::QUERY_ROUTES, handler, req).await;
+    routing::send(out, response).await;
+}
+
+/// What is left of the request's deadline, in the limiter's and the recorder's terms.
+fn timeout_ms() -> u32 {
+    chatbot_spin::time_left().as_millis().min(u32::MAX as u128) as u32
 }
 
 pub(crate) fn config_failure(e: impl std::fmt::Display) -> ApiError {
@@ -85,7 +98,7 @@ pub(crate) fn config_failure(e: impl std::fmt::Display) -> ApiError {
 /// One request of the query API from its first Redis open to its answer: every
 /// exit records the request's telemetry and carries the rate-limit headers.
 pub(crate) struct Scope {
-    pub conn: Option<Connection>,
+    pub conn: Option<Conn>,
     pub telemetry: Telemetry,
     /// The client address (for the address bucket and the security log).
     pub address: String,
@@ -108,10 +121,10 @@ struct Reservation {
 }
 
 impl Scope {
-    /// Opens Redis once for the whole request; without it the request goes on.
-    pub fn open(settings: &PipelineSettings, address: String) -> Self {
+    /// The instance's Redis connection for the whole request; without it the request goes on.
+    pub async fn open(settings: &PipelineSettings, address: String) -> Self {
         let mut telemetry = Telemetry::default();
-        let conn = match Connection::open(&settings.redis_address) {
+        let conn = match chatbot_spin::redis_script::connect(&settings.redis_address).await {
             Ok(c) => Some(c),
             Err(e) => {
                 chatbot_spin::log::warn(
@@ -136,9 +149,9 @@ impl Scope {
     }
 
     /// A security event for the security log (sampled per address).
-    pub(crate) fn audit(&self, action: AuditAction, detail: serde_json::Value) {
+    pub(crate) async fn audit(&self, action: AuditAction, detail: serde_json::Value) {
         if let Some(conn) = &self.conn {
-            chatbot_spin::audit::append(conn, action, &self.address, detail);
+            chatbot_spin::audit::append(conn, action, &self.address, detail).await;
         }
     }
 
@@ -175,9 +188,9 @@ impl Scope {
 
     /// The response for `result`, with the rate-limit headers, after the
     /// samples went to the recorder (a failure never fails the request).
-    pub fn finish(self, result: Result<Response, ApiError>) -> Response {
+    pub async fn finish(self, result: Result<Response, ApiError>) -> Response {
         let response = self.respond(result);
-        self.record();
+        self.record().await;
         response
     }
 
@@ -199,7 +212,7 @@ impl Scope {
     }
 
     /// Hands the samples to the recorder (a failure never fails the request).
-    pub(crate) fn record(self) {
+    pub(crate) async fn record(self) {
         let batch = recorder::Batch {
             samples: self
                 .telemetry
@@ -214,8 +227,8 @@ impl Scope {
             seen_session: self.session,
         };
         // Without a connection Redis is down, and so is the recorder's storage: skip the second failure.
-        if let Some(conn) = &self.conn {
-            if let Err(e) = recorder::record_batch(conn, &batch) {
+        if self.conn.is_some() {
+            if let Err(e) = recorder::record_batch(batch, timeout_ms()).await {
                 chatbot_spin::log::warn(
                     "metrics_record_failed",
                     chatbot_spin::log::Dependency::Redis,
@@ -246,7 +259,7 @@ pub(crate) fn address_buckets(address: &str) -> Vec<limiter::Bucket> {
 /// its user), in one limiter call and one Redis round trip: all take a token
 /// or none does. In jwt mode the address's token was taken before the token
 /// was verified, and this call takes the session's and the user's.
-pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
+pub(crate) async fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), ApiError> {
     let mut buckets = Vec::with_capacity(4);
     if !scope.address_limited {
         buckets.extend(address_buckets(&scope.address));
@@ -255,27 +268,27 @@ pub(crate) fn limit(scope: &mut Scope, request: &QueryRequest) -> Result<(), Api
     if let Some(user) = &request.user_id {
         buckets.push(bucket(limiter::Scope::User, user));
     }
-    take_tokens(scope, &buckets, Some(request))
+    take_tokens(scope, buckets, Some(request)).await
 }
 
 /// jwt mode: the address's bucket alone, before the token is verified, so a
 /// flood of tokens (each an RSA or EC verification, perhaps a key fetch) is
 /// throttled like any other flood from that address.
-pub(crate) fn limit_address(scope: &mut Scope) -> Result<(), ApiError> {
+pub(crate) async fn limit_address(scope: &mut Scope) -> Result<(), ApiError> {
     let buckets = address_buckets(&scope.address);
-    take_tokens(scope, &buckets, None)?;
+    take_tokens(scope, buckets, None).await?;
     scope.address_limited = true;
     Ok(())
 }
 
 /// One limiter call. The decision is counted once per request: when it
 /// refuses, or when it is the request's last (`request` given).
-fn take_tokens(
+async fn take_tokens(
     scope: &mut Scope,
-    buckets: &[limiter::Bucket],
+    buckets: Vec<limiter::Bucket>,
     request: Option<&QueryRequest>,
 ) -> Result<(), ApiError> {
-    let decision = decide(scope.conn.as_ref(), buckets)?;
+    let decision = decide(buckets).await?;
     if request.is_some() || !decision.allowed {
         scope
             .telemetry
@@ -294,23 +307,27 @@ fn take_tokens(
     let which = scope_of(decision.scope);
     scope.telemetry.add(Observation::RateLimitHit);
     match (&scope.conn, request) {
-        (Some(conn), Some(request)) => pipeline::note_rate_limited(
-            conn,
-            &request.session_id,
-            &scope.address,
-            serde_json::json!({
-                "session_id": request.session_id,
-                "user_id": request.user_id,
-                "bucket": which.as_str(),
-            }),
-        ),
+        (Some(conn), Some(request)) => {
+            pipeline::note_rate_limited(
+                conn,
+                &request.session_id,
+                &scope.address,
+                serde_json::json!({
+                    "session_id": request.session_id,
+                    "user_id": request.user_id,
+                    "bucket": which.as_str(),
+                }),
+            )
+            .await
+        }
         (_, None) => {
             return Err(refused_before_verification(
                 scope.conn.as_ref(),
                 &scope.address,
                 which,
                 &reported,
-            ))
+            )
+            .await)
         }
         (None, Some(_)) => {}
     }
@@ -328,8 +345,8 @@ fn scope_of(scope: limiter::Scope) -> ratelimit::Scope {
 
 /// The address's (or its network's) bucket refused before the bearer token
 /// was read (jwt mode): the security log notes it, with no session or user yet known.
-fn refused_before_verification(
-    conn: Option<&Connection>,
+async fn refused_before_verification(
+    conn: Option<&Conn>,
     address: &str,
     which: ratelimit::Scope,
     decision: &ratelimit::Decision,
@@ -340,20 +357,16 @@ fn refused_before_verification(
             AuditAction::RateLimitDenied,
             address,
             serde_json::json!({"bucket": which.as_str(), "before": "token verification"}),
-        );
+        )
+        .await;
     }
     refusal(which, decision)
 }
 
-fn decide(
-    conn: Option<&Connection>,
-    buckets: &[limiter::Bucket],
-) -> Result<limiter::Decision, ApiError> {
-    match conn {
-        Some(conn) => limiter::check(conn, buckets, 1),
-        None => limiter::check_standalone(buckets, 1),
-    }
-    .map_err(|e| config_failure(format!("rate limiter: {e:?}")))
+async fn decide(buckets: Vec<limiter::Bucket>) -> Result<limiter::Decision, ApiError> {
+    limiter::check(buckets, 1, timeout_ms())
+        .await
+        .map_err(|e| config_failure(format!("rate limiter: {e:?}")))
 }
 
 /// The limiter's decision in the terms the headers are written from.
@@ -386,7 +399,7 @@ fn refusal(which: ratelimit::Scope, decision: &ratelimit::Decision) -> ApiError 
 
 /// The end user: the verified token's `sub` in `jwt` mode (401 without one),
 /// nobody in `none` mode (the body's `user_id` is then taken at its word).
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     scope: &mut Scope,
     identity_settings: &IdentitySettings,
     req: &Request,
@@ -394,14 +407,16 @@ pub(crate) fn authenticate(
     let Some(jwt) = &identity_settings.jwt else {
         return Ok(None);
     };
-    match identity::authenticate(req, jwt, scope.conn.as_ref()) {
+    match identity::authenticate(req, jwt, scope.conn.as_ref()).await {
         Ok(user) => Ok(Some(user)),
         Err(failure) => {
             if let AuthFailure::Token(why) = &failure {
-                scope.audit(
-                    AuditAction::TokenRejected,
-                    serde_json::json!({"path": req.path(), "reason": why.reason()}),
-                );
+                scope
+                    .audit(
+                        AuditAction::TokenRejected,
+                        serde_json::json!({"path": req.path(), "reason": why.reason()}),
+                    )
+                    .await;
             }
             Err(failure.api_error())
         }
@@ -419,7 +434,7 @@ pub(crate) fn no_such_session(session: &str) -> ApiError {
 /// `max_sessions_per_user` active sessions (seed 003, 1.2). Without Redis
 /// none of it can be checked, and the request goes through (the exchange
 /// statement still refuses to write into another user's session).
-pub(crate) fn gate(
+pub(crate) async fn gate(
     scope: &mut Scope,
     settings: &PipelineSettings,
     limits: &settings::SessionLimits,
@@ -445,7 +460,8 @@ pub(crate) fn gate(
             binary(if enforce_owner { user } else { "" }),
             RedisParameter::Int64(owner_ttl),
         ],
-    );
+    )
+    .await;
     let reply = match reply {
         Ok(results) => integers(&results),
         Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
@@ -463,12 +479,12 @@ pub(crate) fn gate(
         Gate::Admitted { claimed: false } => Ok(()),
         Gate::Admitted { claimed: true } => {
             if enforce_owner {
-                confirm_new_owner(scope, settings, user, session)?;
+                confirm_new_owner(scope, settings, user, session).await?;
             }
             Ok(())
         }
         Gate::NotOwner => {
-            scope.audit(AuditAction::SessionNotOwned, detail);
+            scope.audit(AuditAction::SessionNotOwned, detail).await;
             Err(no_such_session(session))
         }
         Gate::BudgetSpent { used } => Err(budget_spent(
@@ -478,7 +494,8 @@ pub(crate) fn gate(
                 "today's token budget is spent ({used} of {} tokens); it renews at 00:00 UTC",
                 limits.token_budget_per_day
             ),
-        )),
+        )
+        .await),
         Gate::SessionLimit {
             active,
             retry_after_seconds,
@@ -486,7 +503,7 @@ pub(crate) fn gate(
             scope.audit(
                 AuditAction::SessionRefused,
                 serde_json::json!({"user_id": user, "session_id": session, "max_sessions": limits.max_per_user}),
-            );
+            ).await;
             Err(ApiError::new(
                 429,
                 ErrorCode::SessionLimit,
@@ -502,13 +519,13 @@ pub(crate) fn gate(
 
 /// Redis had no owner for the session and gave it to this user: Postgres,
 /// which keeps sessions for the whole retention period, has the last word.
-fn confirm_new_owner(
+async fn confirm_new_owner(
     scope: &mut Scope,
     settings: &PipelineSettings,
     user: &str,
     session: &str,
 ) -> Result<(), ApiError> {
-    match chatbot_spin::history::owner(&settings.postgres_address, session) {
+    match chatbot_spin::history::owner(&settings.postgres_address, session).await {
         Ok(owner) if !owner.admits(user) => {
             // Redis learns the owner again; a session stored without one (in
             // `none` mode) gets the empty owner, which is no user's.
@@ -517,9 +534,10 @@ fn confirm_new_owner(
                 SessionOwner::Nobody | SessionOwner::Unknown => String::new(),
             };
             if let Some(conn) = &scope.conn {
-                let restored = conn.execute(
+                let restored = execute(
+                    conn,
                     "SET",
-                    &[
+                    vec![
                         binary(keys::session_owner(session)),
                         binary(&owner),
                         binary("EX"),
@@ -527,7 +545,8 @@ fn confirm_new_owner(
                             sessions::owner_ttl_seconds(settings.retention_days) as i64
                         ),
                     ],
-                );
+                )
+                .await;
                 if let Err(e) = restored {
                     chatbot_spin::log::write(
                         chatbot_spin::log::Level::Warn,
@@ -538,10 +557,12 @@ fn confirm_new_owner(
                     );
                 }
             }
-            scope.audit(
-                AuditAction::SessionNotOwned,
-                serde_json::json!({"user_id": user, "session_id": session}),
-            );
+            scope
+                .audit(
+                    AuditAction::SessionNotOwned,
+                    serde_json::json!({"user_id": user, "session_id": session}),
+                )
+                .await;
             Err(no_such_session(session))
         }
         Ok(_) => Ok(()),
@@ -570,10 +591,10 @@ fn redis_full(scope: &mut Scope, e: &chatbot_spin::StoreError) -> ApiError {
 }
 
 /// The 429 of a spent budget: counted, audited, and retried at 00:00 UTC.
-fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -> ApiError {
+async fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -> ApiError {
     let (_, day_left) = sessions::budget_day(now_epoch_seconds());
     scope.telemetry.add(Observation::BudgetDenial);
-    scope.audit(AuditAction::BudgetExceeded, detail);
+    scope.audit(AuditAction::BudgetExceeded, detail).await;
     ApiError::new(429, ErrorCode::BudgetExceeded, message)
         .with_header("retry-after", day_left.to_string())
 }
@@ -584,7 +605,7 @@ fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -
 /// when what is left of either cannot cover it. Concurrent misses each take
 /// their own share, so together they cannot overspend. [`settle`] corrects
 /// the counts once the answer's usage is known.
-pub(crate) fn reserve(
+pub(crate) async fn reserve(
     scope: &mut Scope,
     settings: &PipelineSettings,
     user_budget: Option<(&str, &settings::SessionLimits)>,
@@ -619,7 +640,7 @@ pub(crate) fn reserve(
             .map(|(_, budget)| RedisParameter::Int64(*budget as i64)),
     );
     let keys: Vec<&str> = counts.iter().map(|(key, _)| key.as_str()).collect();
-    let reply = match eval(conn, sessions::RESERVE_SCRIPT, &keys, &args) {
+    let reply = match eval(conn, sessions::RESERVE_SCRIPT, &keys, &args).await {
         Ok(results) => integers(&results),
         Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
         Err(e) => {
@@ -648,7 +669,8 @@ pub(crate) fn reserve(
                     "today's token budget cannot cover this question: {used} of {} tokens are used and an answer may cost up to {tokens}; it renews at 00:00 UTC",
                     limits.token_budget_per_day
                 ),
-            )),
+            )
+            .await),
             _ => {
                 // Not this client's doing: the service has spent its day.
                 scope.telemetry.add(Observation::DeploymentBudgetDenial);
@@ -664,7 +686,7 @@ pub(crate) fn reserve(
 /// Settles the request's reservation (if it made one) to what it spent:
 /// the reported usage, nothing, or (the model ran, its usage unknown) the
 /// whole reservation, on the reservation's own day.
-pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
+pub(crate) async fn settle(scope: &mut Scope, spent: Spent) {
     let Some(reservation) = scope.reservation.take() else {
         return;
     };
@@ -689,7 +711,8 @@ pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
             RedisParameter::Int64(change),
             RedisParameter::Int64(sessions::COUNT_TTL_SECONDS as i64),
         ],
-    );
+    )
+    .await;
     if let Err(e) = settled {
         chatbot_spin::log::write(
             chatbot_spin::log::Level::Warn,
@@ -702,10 +725,9 @@ pub(crate) fn settle(scope: &mut Scope, spent: Spent) {
 }
 
 /// Counts a request the router served (history, documents) in
-/// `chatbot_queries_total`, with `extra` samples, on a connection of the
-/// recorder's own (these routes do not otherwise open Redis on every request).
+/// `chatbot_queries_total`, with `extra` samples.
 /// Validation and configuration errors are counted by the router.
-pub(crate) fn count_alone(
+pub(crate) async fn count_alone(
     endpoint: Endpoint,
     result: &Result<Response, ApiError>,
     extra: Vec<Observation>,
@@ -729,7 +751,7 @@ pub(crate) fn count_alone(
         samples,
         seen_session: None,
     };
-    if let Err(e) = recorder::record_batch_standalone(&batch) {
+    if let Err(e) = recorder::record_batch(batch, timeout_ms()).await {
         chatbot_spin::log::warn(
             "metrics_record_failed",
             chatbot_spin::log::Dependency::Redis,
@@ -739,45 +761,52 @@ pub(crate) fn count_alone(
 }
 
 /// `GET /api/v1/chat/history/{session_id}`, counted, with the read's latency.
-fn history(req: Request, params: Params) -> Result<Response, ApiError> {
+async fn history(req: Request, params: Params) -> Result<Response, ApiError> {
     let mut observed = Vec::new();
-    let result = read_history(req, &params, &mut observed);
-    count_alone(Endpoint::History, &result, observed);
+    let result = read_history(req, &params, &mut observed).await;
+    count_alone(Endpoint::History, &result, observed).await;
     result
 }
 
-fn read_history(
+async fn read_history(
     req: Request,
     params: &Params,
     observed: &mut Vec<Observation>,
 ) -> Result<Response, ApiError> {
     let session_id = params.get("session_id").unwrap_or_default();
-    let identity_settings = identity::settings().map_err(config_failure)?;
+    let identity_settings = identity::settings().await.map_err(config_failure)?;
     // Who may read: the admin token, in any mode; in jwt mode, the session's owner.
-    let reader = if identity::is_admin(&req) {
+    let reader = if identity::is_admin(&req).await {
         None
     } else {
-        let conn = settings::open_redis().ok();
+        let conn = settings::open_redis().await.ok();
         let address = identity::client_address(&req, &identity_settings);
-        let refuse = |why: String, reason: &str| {
-            if let Some(conn) = &conn {
-                chatbot_spin::audit::append(
-                    conn,
-                    AuditAction::TokenRejected,
-                    &address,
-                    serde_json::json!({"path": req.path(), "reason": reason}),
-                );
+        let refuse = |why: String, reason: &'static str| {
+            let conn = conn.clone();
+            let address = address.clone();
+            let path = req.path().to_string();
+            async move {
+                if let Some(conn) = &conn {
+                    chatbot_spin::audit::append(
+                        conn,
+                        AuditAction::TokenRejected,
+                        &address,
+                        serde_json::json!({"path": path, "reason": reason}),
+                    )
+                    .await;
+                }
+                ApiError::unauthorized(why)
             }
-            ApiError::unauthorized(why)
         };
         let Some(jwt) = &identity_settings.jwt else {
             return Err(refuse(
                 "the admin token is required to read a history (auth_mode is none)".into(),
                 "missing_admin_token",
-            ));
+            )
+            .await);
         };
         // As for questions: the address pays before the token is verified.
-        let decision = decide(conn.as_ref(), &address_buckets(&address))?;
+        let decision = decide(address_buckets(&address)).await?;
         if !decision.allowed {
             observed.push(Observation::RateLimitHit);
             return Err(refused_before_verification(
@@ -785,28 +814,31 @@ fn read_history(
                 &address,
                 scope_of(decision.scope),
                 &reported(&decision),
-            ));
+            )
+            .await);
         }
-        match identity::authenticate(&req, jwt, conn.as_ref()) {
+        match identity::authenticate(&req, jwt, conn.as_ref()).await {
             Ok(user) => Some(user),
-            Err(AuthFailure::Token(why)) => return Err(refuse(why.to_string(), why.reason())),
+            Err(AuthFailure::Token(why)) => return Err(refuse(why.to_string(), why.reason()).await),
             Err(failure) => return Err(failure.api_error()),
         }
     };
     let session_id = &api::path_segment("session_id", session_id)?;
     api::validate_id("session_id", session_id)?;
     let page = api::parse_page(req.query())?;
-    let address = settings::postgres_address().map_err(config_failure)?;
+    let address = settings::postgres_address().await.map_err(config_failure)?;
     let started = std::time::Instant::now();
-    let (page, owner) = chatbot_spin::history::page(&address, session_id, page).map_err(|e| {
-        chatbot_spin::log::error(
-            "history_read_failed",
-            chatbot_spin::log::Dependency::Postgres,
-            &e,
-        );
-        observed.push(Observation::Error(ErrorType::Postgres));
-        ApiError::unavailable("the history store (Postgres) is unavailable")
-    })?;
+    let (page, owner) = chatbot_spin::history::page(&address, session_id, page)
+        .await
+        .map_err(|e| {
+            chatbot_spin::log::error(
+                "history_read_failed",
+                chatbot_spin::log::Dependency::Postgres,
+                &e,
+            );
+            observed.push(Observation::Error(ErrorType::Postgres));
+            ApiError::unavailable("the history store (Postgres) is unavailable")
+        })?;
     observed.push(Observation::DatabaseLatency(
         Operation::ReadHistory,
         started.elapsed().as_secs_f64(),

@@ -1,22 +1,23 @@
 //! The rate-limiter component: `chatbot:ratelimit/limiter` over a token bucket
 //! in Redis. One decision is one Redis round trip (`EVALSHA`, or `EVAL` when
 //! the server has lost the script: `chatbot_spin::redis_script::eval`) on the
-//! caller's connection.
+//! connection the limiter's instance keeps, bounded by the caller's timeout.
+
+use std::time::Duration;
 
 use chatbot_core::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, ScriptReply};
 use chatbot_core::settings::LimiterSettings;
+use chatbot_spin::context::{scoped, RequestContext};
 use chatbot_spin::now_epoch_seconds;
-use chatbot_spin::redis_script::{eval, integers};
+use chatbot_spin::redis_script::{eval, integers, Conn};
 use chatbot_spin::settings::open_redis;
 use chatbot_spin::StoreError;
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::redis::RedisParameter;
 
-wit_bindgen::generate!({
-    path: ["../../wit/deps/spin-sdk", "../../wit/ratelimit.wit"],
+spin_sdk::wit_bindgen::generate!({
+    runtime_path: "spin_sdk::wit_bindgen::rt",
+    path: ["../../wit/ratelimit.wit"],
     world: "chatbot:ratelimit/rate-limiter",
-    with: {
-        "fermyon:spin/redis@2.0.0": spin_sdk::wit::v2::redis,
-    },
 });
 
 use exports::chatbot::ratelimit::limiter::{Bucket, Decision, Error, Guest, Outcome, Scope};
@@ -61,8 +62,8 @@ fn config_for(settings: &LimiterSettings, scope: Scope) -> BucketConfig {
 
 /// Runs the bucket script over every bucket (by SHA, reloaded if Redis lost
 /// it): one round trip.
-fn run_script(
-    conn: &Connection,
+async fn run_script(
+    conn: &Conn,
     keys: &[String],
     configs: &[BucketConfig],
     cost: u32,
@@ -75,15 +76,15 @@ fn run_script(
         ));
     }
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let reply = eval(conn, ratelimit::TOKEN_BUCKET_SCRIPT, &key_refs, &args)?;
+    let reply = eval(conn, ratelimit::TOKEN_BUCKET_SCRIPT, &key_refs, &args).await?;
     ScriptReply::from_integers(&integers(&reply), keys.len())
         .ok_or_else(|| StoreError::Unexpected(format!("bucket script reply {reply:?}")))
 }
 
-fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
-    chatbot_spin::log::set_component("rate-limiter");
-    let settings =
-        chatbot_spin::settings::limiter().map_err(|e| Error::Configuration(e.to_string()))?;
+async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
+    let settings = chatbot_spin::settings::limiter()
+        .await
+        .map_err(|e| Error::Configuration(e.to_string()))?;
     if buckets.is_empty() || buckets.len() > ratelimit::MAX_BUCKETS {
         return Err(limit_error(LimitError::BucketCount));
     }
@@ -105,9 +106,9 @@ fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Dec
             first,
         ));
     }
-    let reply = match conn {
-        Some(conn) => run_script(conn, &keys, &configs, cost),
-        None => open_redis().and_then(|conn| run_script(&conn, &keys, &configs, cost)),
+    let reply = match open_redis().await {
+        Ok(conn) => run_script(&conn, &keys, &configs, cost).await,
+        Err(e) => Err(e),
     };
     match reply {
         Ok(reply) => {
@@ -152,12 +153,10 @@ fn check(conn: Option<&Connection>, buckets: &[Bucket], cost: u32) -> Result<Dec
 }
 
 impl Guest for Limiter {
-    fn check(conn: &Connection, buckets: Vec<Bucket>, cost: u32) -> Result<Decision, Error> {
-        check(Some(conn), &buckets, cost)
-    }
-
-    fn check_standalone(buckets: Vec<Bucket>, cost: u32) -> Result<Decision, Error> {
-        check(None, &buckets, cost)
+    async fn check(buckets: Vec<Bucket>, cost: u32, timeout_ms: u32) -> Result<Decision, Error> {
+        chatbot_spin::log::set_component("rate-limiter");
+        let context = RequestContext::within(Duration::from_millis(timeout_ms.into()));
+        scoped(context, async move { check(&buckets, cost).await }).await
     }
 }
 

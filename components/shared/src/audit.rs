@@ -2,9 +2,9 @@
 //! which also decides each entry's log and sampling).
 
 use chatbot_core::audit::{AuditAction, AuditEntry, APPEND_SCRIPT};
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::redis::RedisParameter;
 
-use crate::redis_script::{binary, eval};
+use crate::redis_script::{binary, eval, Conn};
 
 /// A new entry, stamped now with a random id.
 pub fn entry(action: AuditAction, address: &str, detail: serde_json::Value) -> AuditEntry {
@@ -19,7 +19,7 @@ pub fn entry(action: AuditAction, address: &str, detail: serde_json::Value) -> A
 
 /// Appends an entry to its log (a security entry only if its address has
 /// not left one of its kind lately); a failure is logged, never fails the request.
-pub fn append(conn: &Connection, action: AuditAction, address: &str, detail: serde_json::Value) {
+pub async fn append(conn: &Conn, action: AuditAction, address: &str, detail: serde_json::Value) {
     let entry = entry(action, address, detail);
     let [log, throttle] = entry.script_keys();
     if let Err(e) = eval(
@@ -30,7 +30,9 @@ pub fn append(conn: &Connection, action: AuditAction, address: &str, detail: ser
             binary(entry.to_json()),
             RedisParameter::Int64(action.sample_seconds()),
         ],
-    ) {
+    )
+    .await
+    {
         crate::log::warn("audit_write_failed", crate::log::Dependency::Redis, &e);
     }
 }

@@ -6,10 +6,10 @@ use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
 use chatbot_core::query::SET_MANY_SCRIPT;
 use chatbot_core::upstream::{UpstreamError, Usage};
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use spin_sdk::redis::{RedisParameter, RedisResult};
 use std::time::Duration;
 
-use crate::redis_script::{binary, eval};
+use crate::redis_script::{binary, eval, execute, Conn};
 use crate::settings::PipelineSettings;
 
 /// The samples a request will hand the recorder in one batch at the end.
@@ -59,8 +59,8 @@ impl Telemetry {
 
 /// Embeds `texts` through the cache: one `MGET` for all, one OpenAI call per
 /// batch of misses, one script to store them. Without Redis, it embeds all.
-pub fn embed_cached(
-    conn: Option<&Connection>,
+pub async fn embed_cached(
+    conn: Option<&Conn>,
     settings: &PipelineSettings,
     texts: &[String],
     telemetry: &mut Telemetry,
@@ -72,7 +72,7 @@ pub fn embed_cached(
     let mut found: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
     if let Some(conn) = conn {
         let params: Vec<RedisParameter> = keys.iter().map(binary).collect();
-        match conn.execute("MGET", &params) {
+        match execute(conn, "MGET", params).await {
             Ok(values) => {
                 for (slot, value) in found.iter_mut().zip(values) {
                     if let RedisResult::Binary(bytes) = value {
@@ -104,7 +104,7 @@ pub fn embed_cached(
     for batch in missing.chunks(chatbot_core::ingest::EMBEDDING_BATCH) {
         let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
         telemetry.add(Observation::OpenAiCall(Operation::Embedding));
-        let (vectors, usage, latency) = match crate::openai::embed(settings, &inputs) {
+        let (vectors, usage, latency) = match crate::openai::embed(settings, &inputs).await {
             Ok(v) => v,
             Err(e) => {
                 telemetry.upstream_error(&e);
@@ -122,7 +122,7 @@ pub fn embed_cached(
                     .iter()
                     .map(|v| RedisParameter::Binary(codec::encode_embedding(v))),
             );
-            if let Err(e) = eval(conn, SET_MANY_SCRIPT, &batch_keys, &args) {
+            if let Err(e) = eval(conn, SET_MANY_SCRIPT, &batch_keys, &args).await {
                 crate::log::warn(
                     "embedding_cache_store_failed",
                     crate::log::Dependency::Redis,

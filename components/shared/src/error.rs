@@ -28,21 +28,24 @@ impl From<spin_sdk::redis::Error> for StoreError {
     }
 }
 
-impl From<spin_sdk::pg4::Error> for StoreError {
-    fn from(e: spin_sdk::pg4::Error) -> Self {
-        Self::Postgres(chatbot_core::config::redact_userinfo(&e.to_string()))
+impl From<spin_sdk::pg::Error> for StoreError {
+    fn from(e: spin_sdk::pg::Error) -> Self {
+        match e {
+            spin_sdk::pg::Error::PgError(e) => e.into(),
+            other => Self::Postgres(chatbot_core::config::redact_userinfo(&other.to_string())),
+        }
     }
 }
 
-impl From<spin_sdk::pg4::PgError> for StoreError {
-    fn from(e: spin_sdk::pg4::PgError) -> Self {
+impl From<spin_sdk::pg::PgError> for StoreError {
+    fn from(e: spin_sdk::pg::PgError) -> Self {
         match e {
-            spin_sdk::pg4::PgError::QueryFailed(spin_sdk::pg4::QueryError::DbError(db))
+            spin_sdk::pg::PgError::QueryFailed(spin_sdk::pg::QueryError::DbError(db))
                 if db.code == chatbot_core::history::FOREIGN_KEY_VIOLATION =>
             {
                 Self::ForeignKeyViolation
             }
-            other => Self::Postgres(chatbot_core::config::redact_userinfo(&other.to_string())),
+            other => Self::Postgres(chatbot_core::config::redact_userinfo(&format!("{other:?}"))),
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The conversation history in Postgres (through Spin's pooled connections).
+//! The conversation history in Postgres.
 
 use chatbot_core::history::{self, HistoryPage};
 use chatbot_core::query::{self, Citation, QueryRequest};
-use spin_sdk::pg4::{Connection, ParameterValue};
+use spin_sdk::pg::ParameterValue;
 
-use crate::pg::{column, json_column, query_one_row};
+use crate::pg::{column, json_column, one_row_at};
 use crate::StoreError;
 
 fn opt_str(v: Option<&str>) -> ParameterValue {
@@ -38,12 +38,11 @@ impl NewExchange<'_> {
 }
 
 /// Stores one exchange in one statement. Returns the conversation id.
-pub fn store_exchange(
+pub async fn store_exchange(
     address: &str,
-    exchange: &NewExchange,
+    exchange: &NewExchange<'_>,
     enforce_owner: bool,
 ) -> Result<i64, StoreError> {
-    let conn = Connection::open(address)?;
     let request = exchange.request;
     let mut params = vec![
         ParameterValue::Str(request.session_id.clone()),
@@ -51,7 +50,7 @@ pub fn store_exchange(
     ];
     params.extend(exchange.params());
     params.push(ParameterValue::Boolean(enforce_owner));
-    let row = query_one_row(&conn, history::STORE_EXCHANGE_SQL, &params)?;
+    let row = one_row_at(address, history::STORE_EXCHANGE_SQL, params).await?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
     let conversation: Option<i64> = column(&row, 0)?;
     conversation.ok_or_else(|| {
@@ -66,13 +65,12 @@ pub fn store_exchange(
 /// `chatbot_core::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
 /// conversation is not the session's (ids repeat after a Postgres restore)
 /// or is gone (deleted by cleanup since Redis learnt its id); nothing was stored.
-pub fn append_exchange(
+pub async fn append_exchange(
     address: &str,
     conversation: i64,
-    exchange: &NewExchange,
+    exchange: &NewExchange<'_>,
     enforce_owner: bool,
 ) -> Result<bool, StoreError> {
-    let conn = Connection::open(address)?;
     let request = exchange.request;
     let mut params = vec![ParameterValue::Int64(conversation)];
     params.extend(exchange.params());
@@ -81,7 +79,7 @@ pub fn append_exchange(
         opt_str(request.user_id.as_deref()),
         ParameterValue::Boolean(enforce_owner),
     ]);
-    let row = match query_one_row(&conn, history::APPEND_EXCHANGE_SQL, &params) {
+    let row = match one_row_at(address, history::APPEND_EXCHANGE_SQL, params).await {
         Ok(row) => row,
         Err(StoreError::ForeignKeyViolation) => return Ok(false),
         Err(e) => return Err(e),
@@ -92,43 +90,43 @@ pub fn append_exchange(
 
 /// The session's conversation, created with the session if need be, before
 /// the answer exists. `None`: the session belongs to another user (`enforce_owner`).
-pub fn ensure_conversation(
+pub async fn ensure_conversation(
     address: &str,
     retention_days: u32,
     request: &QueryRequest,
     enforce_owner: bool,
 ) -> Result<Option<i64>, StoreError> {
-    let conn = Connection::open(address)?;
-    let row = query_one_row(
-        &conn,
+    let row = one_row_at(
+        address,
         history::ENSURE_CONVERSATION_SQL,
-        &[
+        vec![
             ParameterValue::Str(request.session_id.clone()),
             opt_str(request.user_id.as_deref()),
             ParameterValue::Int32(retention_days as i32),
             ParameterValue::Boolean(enforce_owner),
         ],
-    )?;
+    )
+    .await?;
     column(&row, 0)
 }
 
 /// One page of a session's messages, oldest first, the session's total and its
 /// owner, in one statement that yields one row even for a session with no messages.
-pub fn page(
+pub async fn page(
     address: &str,
     session_id: &str,
     page: i64,
 ) -> Result<(HistoryPage, Option<String>), StoreError> {
-    let conn = Connection::open(address)?;
-    let row = query_one_row(
-        &conn,
+    let row = one_row_at(
+        address,
         history::HISTORY_PAGE_SQL,
-        &[
+        vec![
             ParameterValue::Str(session_id.to_string()),
             ParameterValue::Int64(history::offset(page)),
             ParameterValue::Int64(history::PAGE_SIZE),
         ],
-    )?;
+    )
+    .await?;
     let total: i64 = column(&row, 0)?;
     let messages = json_column(&row, 1)?;
     let owner: Option<String> = column(&row, 2)?;
@@ -137,13 +135,13 @@ pub fn page(
 
 /// Whose the session is: checked once when Redis first sees a session, in
 /// case Redis forgot an owner.
-pub fn owner(address: &str, session_id: &str) -> Result<history::SessionOwner, StoreError> {
-    let conn = Connection::open(address)?;
-    let row = query_one_row(
-        &conn,
+pub async fn owner(address: &str, session_id: &str) -> Result<history::SessionOwner, StoreError> {
+    let row = one_row_at(
+        address,
         history::SESSION_OWNER_SQL,
-        &[ParameterValue::Str(session_id.to_string())],
-    )?;
+        vec![ParameterValue::Str(session_id.to_string())],
+    )
+    .await?;
     Ok(history::SessionOwner::from_row(
         column(&row, 0)?,
         column(&row, 1)?,

@@ -1,16 +1,12 @@
-//! Outbound HTTP over `wasi:http` with connect and first-byte timeouts
-//! (spin-sdk's `send` has none), blocking the instance while it waits.
+//! Outbound HTTP over `wasi:http@0.3` (spin-sdk's `send`), every wait
+//! raced against a timer: until the head, between body chunks, and for the
+//! whole body. A timer that fires drops the call, and the host cancels it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasi::clocks::monotonic_clock;
-use wasi::http::outgoing_handler;
-use wasi::http::types::{
-    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-    RequestOptions, Scheme,
-};
-use wasi::io::poll;
-use wasi::io::streams::{InputStream, StreamError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use spin_sdk::http::Response;
 
 pub struct HttpResponse {
     pub status: u16,
@@ -34,86 +30,48 @@ pub enum HttpError {
     Failed(String),
 }
 
-fn method(name: &str) -> Method {
-    match name {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        other => Method::Other(other.to_string()),
-    }
-}
-
-fn is_timeout(code: &ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::ConnectionTimeout
-            | ErrorCode::ConnectionReadTimeout
-            | ErrorCode::HttpResponseTimeout
-    )
-}
-
-fn failed(code: ErrorCode) -> HttpError {
-    if is_timeout(&code) {
-        HttpError::Timeout
-    } else {
-        HttpError::Failed(format!("{code:?}"))
-    }
-}
-
 /// An answer's status and headers, with its body still to read.
 pub struct Streaming {
     pub status: u16,
     pub headers: Vec<(String, Vec<u8>)>,
-    // Dropped in this order: a stream before its body, a body before its response.
-    stream: InputStream,
-    _body: IncomingBody,
-    _response: IncomingResponse,
+    response: Response,
 }
 
 impl Streaming {
-    /// The next piece of the body; `None` at its end. Waits at most the
-    /// request's between-bytes timeout.
-    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
-        match self.stream.blocking_read(64 * 1024) {
-            Ok(chunk) => Ok(Some(chunk)),
-            Err(StreamError::Closed) => Ok(None),
-            Err(StreamError::LastOperationFailed(e)) => {
-                let text = e.to_debug_string();
-                Err(if text.to_ascii_lowercase().contains("timeout") {
-                    HttpError::Timeout
-                } else {
-                    HttpError::Failed(format!("reading the body: {text}"))
-                })
+    /// The next piece of the body, waiting at most `left` for it; `None` at its end.
+    pub async fn next_chunk_within(
+        &mut self,
+        left: Duration,
+    ) -> Result<Option<Vec<u8>>, HttpError> {
+        loop {
+            let frame = crate::within(left, self.response.body_mut().frame())
+                .await
+                .ok_or(HttpError::Timeout)?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(HttpError::Failed(format!("reading the body: {e:?}"))),
+                Some(Ok(frame)) => {
+                    // Trailers carry no data: read on.
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data.to_vec()));
+                    }
+                }
             }
         }
-    }
-
-    /// [`Streaming::next_chunk`], waiting at most `left` for it (the request's
-    /// deadline: the between-bytes timeout was fixed when the request went out).
-    pub fn next_chunk_within(&mut self, left: Duration) -> Result<Option<Vec<u8>>, HttpError> {
-        let readable = self.stream.subscribe();
-        let timer = monotonic_clock::subscribe_duration(left.as_nanos() as u64);
-        let woken = poll::poll(&[&readable, &timer]);
-        drop((readable, timer));
-        if !woken.contains(&0) {
-            return Err(HttpError::Timeout);
-        }
-        self.next_chunk()
     }
 
     /// The rest of the body, all of it within `total` (a body that trickles
     /// a byte before each between-bytes timeout still ends there) and at most
     /// [`MAX_RESPONSE_BYTES`].
-    pub fn read_to_end_within(mut self, total: Duration) -> Result<HttpResponse, HttpError> {
-        let started = std::time::Instant::now();
+    pub async fn read_to_end_within(mut self, total: Duration) -> Result<HttpResponse, HttpError> {
+        let started = Instant::now();
         let mut body = Vec::new();
         loop {
             let left = total.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Err(HttpError::Timeout);
             }
-            let Some(chunk) = self.next_chunk_within(left)? else {
+            let Some(chunk) = self.next_chunk_within(left).await? else {
                 break;
             };
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -143,20 +101,24 @@ pub fn too_large() -> HttpError {
 }
 
 /// Sends `body` to `url` and reads the whole answer, within `timeout` until
-/// the first byte, between bytes, and for the whole body.
-pub fn request(
+/// the head and for the whole body.
+pub async fn request(
     verb: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    send(verb, url, headers, body, timeout)?.read_to_end_within(timeout)
+    let started = Instant::now();
+    let streaming = send(verb, url, headers, body, timeout).await?;
+    streaming
+        .read_to_end_within(timeout.saturating_sub(started.elapsed()))
+        .await
 }
 
 /// Sends `body` to `url` and answers once the status and headers are in,
 /// within `timeout` (a zero timeout, the request's deadline spent, sends nothing).
-pub fn send(
+pub async fn send(
     verb: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -166,80 +128,33 @@ pub fn send(
     if timeout.is_zero() {
         return Err(HttpError::Timeout);
     }
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| HttpError::Failed(format!("not an absolute URL: {url}")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let mut fields: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect();
+    let mut request = http::Request::builder().method(verb).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     // Some OpenAI-compatible servers and proxies refuse a chunked request (411).
-    if let Some(bytes) = body {
-        fields.push((
-            "content-length".to_string(),
-            bytes.len().to_string().into_bytes(),
-        ));
+    let bytes = Bytes::copy_from_slice(body.unwrap_or_default());
+    if body.is_some() {
+        request = request.header("content-length", bytes.len().to_string());
     }
-    let fields =
-        Fields::from_list(&fields).map_err(|e| HttpError::Failed(format!("headers: {e:?}")))?;
-    let request = OutgoingRequest::new(fields);
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        other => Scheme::Other(other.to_string()),
-    };
-    let bad = |what: &str| HttpError::Failed(format!("invalid {what} in {url}"));
-    request
-        .set_method(&method(verb))
-        .map_err(|()| bad("method"))?;
-    request
-        .set_scheme(Some(&scheme))
-        .map_err(|()| bad("scheme"))?;
-    request
-        .set_authority(Some(authority))
-        .map_err(|()| bad("authority"))?;
-    request
-        .set_path_with_query(Some(path))
-        .map_err(|()| bad("path"))?;
-    let outgoing_body = request.body().map_err(|()| bad("body"))?;
-
-    let options = RequestOptions::new();
-    let nanos = timeout.as_nanos() as u64;
-    let _ = options.set_connect_timeout(Some(nanos));
-    let _ = options.set_first_byte_timeout(Some(nanos));
-    let _ = options.set_between_bytes_timeout(Some(nanos));
-    let pending = outgoing_handler::handle(request, Some(options)).map_err(failed)?;
-
-    if let Some(bytes) = body {
-        let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        for chunk in bytes.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Failed(format!("writing the body: {e:?}")))?;
-        }
-        drop(stream);
-    }
-    OutgoingBody::finish(outgoing_body, None).map_err(failed)?;
-
-    pending.subscribe().block();
-    let response = match pending.get() {
-        Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(code))) => return Err(failed(code)),
-        Some(Err(())) | None => return Err(HttpError::Failed("no response".into())),
-    };
-    let status = response.status();
-    let headers = response.headers().entries();
-    let body = response.consume().map_err(|()| bad("response body"))?;
-    let stream = body.stream().map_err(|()| bad("response stream"))?;
+    let request = request
+        .body(Full::new(bytes))
+        .map_err(|e| HttpError::Failed(format!("invalid request to {url}: {e}")))?;
+    let response = crate::within(
+        timeout,
+        crate::context::polled_again(spin_sdk::http::send(request)),
+    )
+    .await
+    .ok_or(HttpError::Timeout)?
+    .map_err(|e| HttpError::Failed(format!("{e}")))?;
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
     Ok(Streaming {
-        status,
+        status: response.status().as_u16(),
         headers,
-        stream,
-        _body: body,
-        _response: response,
+        response,
     })
 }

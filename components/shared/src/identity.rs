@@ -1,7 +1,7 @@
 //! Who is asking, on the host side: the client address from Spin's headers,
 //! whether the caller holds the admin token, and the end user of a bearer JWT
 //! (verified by `chatbot_core::identity`), with the issuer's key set cached in
-//! Redis, because an instance keeps nothing between requests.
+//! Redis, shared by every replica.
 
 use std::time::Duration;
 
@@ -10,10 +10,9 @@ use chatbot_core::config::ConfigError;
 use chatbot_core::identity::{self, AuthError, IdentitySettings, JwtSettings};
 use chatbot_core::keys;
 use jsonwebtoken::jwk::JwkSet;
-use spin_sdk::http::Request;
-use spin_sdk::redis::{Connection, RedisParameter};
+use spin_sdk::redis::RedisParameter;
 
-use crate::redis_script::binary;
+use crate::redis_script::{binary, execute, Conn};
 
 /// A key set is fetched again for an unknown `kid`, or refreshed after it
 /// expired, at most this often, so tokens with made-up key ids (or an issuer
@@ -21,16 +20,16 @@ use crate::redis_script::binary;
 const REFETCH_INTERVAL_SECONDS: i64 = 30;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn settings() -> Result<IdentitySettings, ConfigError> {
-    IdentitySettings::from_lookup(&crate::settings::lookup)
+pub async fn settings() -> Result<std::rc::Rc<IdentitySettings>, ConfigError> {
+    crate::settings::identity().await
 }
 
-fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.header(name).and_then(|v| v.as_str())
+fn header<'a, B>(req: &'a http::Request<B>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The address the per-address bucket and the security log use.
-pub fn client_address(req: &Request, settings: &IdentitySettings) -> String {
+pub fn client_address<B>(req: &http::Request<B>, settings: &IdentitySettings) -> String {
     identity::client_address(
         header(req, "spin-client-addr"),
         header(req, "x-forwarded-for"),
@@ -40,8 +39,9 @@ pub fn client_address(req: &Request, settings: &IdentitySettings) -> String {
 
 /// Whether the request carries the admin bearer token (constant-time compare;
 /// no token configured means nobody is admin).
-pub fn is_admin(req: &Request) -> bool {
-    let token = chatbot_core::settings::admin_token(&crate::settings::lookup);
+pub async fn is_admin<B>(req: &http::Request<B>) -> bool {
+    let variables = crate::settings::variables().await;
+    let token = chatbot_core::settings::admin_token(&|name: &str| variables.lookup(name));
     chatbot_core::auth::bearer_matches(header(req, "authorization"), token.expose())
 }
 
@@ -67,10 +67,10 @@ impl AuthFailure {
 }
 
 /// The verified `sub` of the request's bearer JWT.
-pub fn authenticate(
-    req: &Request,
+pub async fn authenticate<B>(
+    req: &http::Request<B>,
     jwt: &JwtSettings,
-    conn: Option<&Connection>,
+    conn: Option<&Conn>,
 ) -> Result<String, AuthFailure> {
     let token = identity::bearer_token(header(req, "authorization")).map_err(AuthFailure::Token)?;
     let token_header = identity::read_header(token, jwt).map_err(AuthFailure::Token)?;
@@ -81,7 +81,11 @@ pub fn authenticate(
     else {
         return identity::verify(token, jwt, None).map_err(AuthFailure::Token);
     };
-    let (jwks, from_cache) = match conn.and_then(|c| stored_jwks(c, url)) {
+    let stored = match conn {
+        Some(c) => stored_jwks(c, url).await,
+        None => None,
+    };
+    let (jwks, from_cache) = match stored {
         Some((fetched_at, keys))
             if identity::key_set_is_fresh(
                 fetched_at,
@@ -94,8 +98,8 @@ pub fn authenticate(
         // Expired: one request refreshes it (at most once per 30 s); the
         // others, and every request while the issuer is down, verify with the
         // last good copy instead of waiting on or failing with the issuer.
-        Some((_, last_good)) => match conn.filter(|c| claim(c, &keys::jwks_refresh(url))) {
-            Some(_) => match fetch_jwks(url, jwt, conn) {
+        Some((_, last_good)) => match claimed(conn, &keys::jwks_refresh(url), false).await {
+            true => match fetch_jwks(url, jwt, conn).await {
                 Ok(fresh) => (fresh, false),
                 Err(_) => {
                     crate::log::warn(
@@ -106,48 +110,61 @@ pub fn authenticate(
                     (last_good, true)
                 }
             },
-            None => (last_good, true),
+            false => (last_good, true),
         },
-        None => (fetch_jwks(url, jwt, conn)?, false),
+        None => (fetch_jwks(url, jwt, conn).await?, false),
     };
     match identity::verify(token, jwt, Some(&jwks)) {
         // Keys rotate: a new kid may be in a fresher copy. Refetch once, rarely.
         Err(AuthError::UnknownKey)
-            if from_cache && conn.is_none_or(|c| claim(c, &keys::jwks_refetch(url))) =>
+            if from_cache && claimed(conn, &keys::jwks_refetch(url), true).await =>
         {
-            let fresh = fetch_jwks(url, jwt, conn)?;
+            let fresh = fetch_jwks(url, jwt, conn).await?;
             identity::verify(token, jwt, Some(&fresh)).map_err(AuthFailure::Token)
         }
         other => other.map_err(AuthFailure::Token),
     }
 }
 
+/// Whether this caller takes the marker `key` ([`claim`]); without Redis, `alone`.
+async fn claimed(conn: Option<&Conn>, key: &str, alone: bool) -> bool {
+    match conn {
+        Some(conn) => claim(conn, key).await,
+        None => alone,
+    }
+}
+
 /// The stored copy and when it was fetched, fresh or not.
-fn stored_jwks(conn: &Connection, url: &str) -> Option<(u64, JwkSet)> {
-    let bytes = conn.get(&keys::jwks(url)).ok()??;
-    identity::decode_stored_key_set(&bytes)
+async fn stored_jwks(conn: &Conn, url: &str) -> Option<(u64, JwkSet)> {
+    let reply = execute(conn, "GET", vec![binary(keys::jwks(url))])
+        .await
+        .ok()?;
+    let bytes = crate::redis_script::binary_at(&reply, 0)?;
+    identity::decode_stored_key_set(bytes)
 }
 
 /// Takes the marker `key` for 30 s: true for the one caller that set it.
-fn claim(conn: &Connection, key: &str) -> bool {
-    let reply = conn.execute(
+async fn claim(conn: &Conn, key: &str) -> bool {
+    let reply = execute(
+        conn,
         "SET",
-        &[
+        vec![
             binary(key),
             binary("1"),
             binary("NX"),
             binary("EX"),
             RedisParameter::Int64(REFETCH_INTERVAL_SECONDS),
         ],
-    );
+    )
+    .await;
     // Redis answers nil when the marker is already set.
     matches!(reply, Ok(values) if !values.is_empty() && !matches!(values[0], spin_sdk::redis::RedisResult::Nil))
 }
 
-fn fetch_jwks(
+async fn fetch_jwks(
     url: &str,
     jwt: &JwtSettings,
-    conn: Option<&Connection>,
+    conn: Option<&Conn>,
 ) -> Result<JwkSet, AuthFailure> {
     let unavailable = |why: String| {
         crate::log::write(
@@ -164,8 +181,9 @@ fn fetch_jwks(
         url,
         &[("accept", "application/json")],
         None,
-        JWKS_TIMEOUT,
+        crate::bounded(JWKS_TIMEOUT),
     )
+    .await
     .map_err(|e| unavailable(format!("{e:?}")))?;
     if response.status != 200 {
         return Err(unavailable(format!("answered {}", response.status)));
@@ -173,9 +191,10 @@ fn fetch_jwks(
     let jwks: JwkSet = serde_json::from_slice(&response.body)
         .map_err(|e| unavailable(format!("not a JWK set: {e}")))?;
     if let Some(conn) = conn {
-        let stored = conn.execute(
+        let stored = execute(
+            conn,
             "SET",
-            &[
+            vec![
                 binary(keys::jwks(url)),
                 RedisParameter::Binary(identity::encode_stored_key_set(
                     crate::now_epoch_seconds(),
@@ -186,7 +205,8 @@ fn fetch_jwks(
                     (jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64,
                 ),
             ],
-        );
+        )
+        .await;
         if let Err(e) = stored {
             crate::log::warn("jwks_cache_store_failed", crate::log::Dependency::Redis, &e);
         }

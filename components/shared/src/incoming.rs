@@ -1,11 +1,37 @@
 //! Reading a request's body within its route's limit, before anything else
 //! happens: a `Content-Length` over the limit is refused unread, and a body
-//! without one (chunked) is read only up to the limit.
+//! without one (chunked) is read only up to the limit, and only for what is
+//! left of the request's deadline.
 
 use chatbot_core::api::{ApiError, ErrorCode};
 use chatbot_core::routes::{self, Route};
-use spin_sdk::http::{IncomingRequest, Request};
-use wasi::io::streams::StreamError;
+use http_body_util::BodyExt;
+
+/// A request with its whole body read.
+pub type Request = http::Request<Vec<u8>>;
+
+/// What the handlers read of a request.
+pub trait RequestExt {
+    /// A header's value, if it is text.
+    fn header(&self, name: &str) -> Option<&str>;
+    fn path(&self) -> &str;
+    /// The query string (empty when there is none).
+    fn query(&self) -> &str;
+}
+
+impl<B> RequestExt for http::Request<B> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn path(&self) -> &str {
+        self.uri().path()
+    }
+
+    fn query(&self) -> &str {
+        self.uri().query().unwrap_or_default()
+    }
+}
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
@@ -15,71 +41,60 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// The request's method, URL and headers, without its body.
-fn head(incoming: &IncomingRequest) -> Request {
-    Request::builder()
-        .method(incoming.method())
-        .uri(incoming.uri())
-        .headers(incoming.headers())
-        .build()
+fn unreadable() -> ApiError {
+    ApiError::invalid("the request body could not be read")
 }
 
 /// The request with its whole body, or the 413 (or 400, or the admin
 /// refusal) to answer instead. An admin path's token is checked, for any
 /// method, before a byte of the body is read; a request that no route serves
 /// (the router answers it 404 or 405) comes without its body, unread.
-pub fn read(table: &[Route], incoming: IncomingRequest) -> Result<Request, ApiError> {
-    let path = incoming.path_with_query().unwrap_or_default();
-    let path = path.split('?').next().unwrap_or_default();
-    let method = incoming.method().to_string();
-    if routes::is_admin_path(table, path) {
-        crate::routing::authorise(&head(&incoming))?;
+pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<Request, ApiError> {
+    let (head, body) = incoming.into_parts();
+    let without_body = || http::Request::from_parts(head.clone(), Vec::new());
+    let path = head.uri.path().to_string();
+    let method = head.method.as_str().to_string();
+    if routes::is_admin_path(table, &path) {
+        crate::routing::authorise(&without_body()).await?;
     }
-    let Some(route) = routes::serving_route(table, &method, path) else {
-        return Ok(head(&incoming));
+    let Some(route) = routes::serving_route(table, &method, &path) else {
+        return Ok(without_body());
     };
     let limit = route.max_body_bytes;
-    let declared = incoming
-        .headers()
+    let declared = head
+        .headers
         .get("content-length")
-        .first()
-        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large(limit));
     }
-    let request = head(&incoming);
-    let body = incoming
-        .consume()
-        .map_err(|()| ApiError::invalid("the request body could not be read"))?;
+    let mut body = body;
     let mut bytes = Vec::new();
-    {
-        let stream = body
-            .stream()
-            .map_err(|()| ApiError::invalid("the request body could not be read"))?;
-        loop {
-            // Never more than one byte past the limit: that byte says "too large".
-            let room = (limit + 1 - bytes.len()).min(64 * 1024) as u64;
-            match stream.blocking_read(room) {
-                Ok(chunk) => {
-                    bytes.extend_from_slice(&chunk);
+    loop {
+        let frame = crate::within(crate::time_left(), body.frame())
+            .await
+            .ok_or_else(|| {
+                ApiError::invalid("the request body did not arrive within the request's deadline")
+            })?;
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
                     if bytes.len() > limit {
                         return Err(too_large(limit));
                     }
                 }
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    crate::log::warn(
-                        "request_body_unreadable",
-                        crate::log::Dependency::Client,
-                        e.to_debug_string(),
-                    );
-                    return Err(ApiError::invalid("the request body could not be read"));
-                }
+            }
+            Some(Err(e)) => {
+                crate::log::warn(
+                    "request_body_unreadable",
+                    crate::log::Dependency::Client,
+                    format_args!("{e:?}"),
+                );
+                return Err(unreadable());
             }
         }
     }
-    drop(body);
-    let mut request = request;
-    *request.body_mut() = bytes;
-    Ok(request)
+    Ok(http::Request::from_parts(head, bytes))
 }

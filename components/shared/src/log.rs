@@ -39,10 +39,11 @@ pub fn write(
     fields: &[(&str, &str)],
 ) {
     let message = message.to_string();
+    let request_id = crate::request_id();
     let line = chatbot_core::log::line(&chatbot_core::log::Event {
         level,
         component: COMPONENT.get().copied().unwrap_or("unknown"),
-        request_id: crate::request_id(),
+        request_id: &request_id,
         event,
         dependency,
         message: &message,

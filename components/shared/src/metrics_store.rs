@@ -4,9 +4,9 @@
 
 use chatbot_core::keys::metrics as keys;
 use chatbot_core::metrics::{self, Sample, SampleError, Snapshot};
-use spin_sdk::redis::{Connection, RedisResult};
+use spin_sdk::redis::RedisResult;
 
-use crate::redis_script::{binaries, binary, eval};
+use crate::redis_script::{binaries, binary, eval, execute, Conn};
 use crate::StoreError;
 
 /// Why a batch was not recorded.
@@ -17,8 +17,8 @@ pub enum RecordError {
 }
 
 /// Records a batch atomically, in one round trip (nothing to do for an empty batch).
-pub fn record(
-    conn: &Connection,
+pub async fn record(
+    conn: &Conn,
     samples: &[Sample],
     seen_session: Option<&str>,
 ) -> Result<(), RecordError> {
@@ -28,24 +28,26 @@ pub fn record(
     }
     let args: Vec<_> = args.iter().map(binary).collect();
     eval(conn, metrics::RECORD_SCRIPT, &keys::ALL, &args)
+        .await
         .map(drop)
         .map_err(RecordError::Storage)
 }
 
 /// Everything in three round trips: two hashes and the active-session count.
-pub fn snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
-    let hash = |key: &str| -> Result<_, StoreError> {
-        let flat = conn.execute("HGETALL", &[binary(key)])?;
-        Ok(Snapshot::hash_from_pairs(&binaries(flat)))
+pub async fn snapshot(conn: &Conn) -> Result<Snapshot, StoreError> {
+    let hash = |key: &'static str| async move {
+        let flat = execute(conn, "HGETALL", vec![binary(key)]).await?;
+        Ok::<_, StoreError>(Snapshot::hash_from_pairs(&binaries(flat)))
     };
-    let counters = hash(keys::COUNTERS)?;
-    let histograms = hash(keys::HISTOGRAMS)?;
+    let counters = hash(keys::COUNTERS).await?;
+    let histograms = hash(keys::HISTOGRAMS).await?;
     let active = eval(
         conn,
         metrics::ACTIVE_SESSIONS_SCRIPT,
         &[keys::SESSIONS],
         &[binary(metrics::ACTIVE_SESSION_WINDOW_SECONDS.to_string())],
-    )?;
+    )
+    .await?;
     let active_sessions = match active.first() {
         Some(RedisResult::Int64(n)) => *n as u64,
         other => {

@@ -9,7 +9,7 @@ use crate::http::{self, HttpError};
 use crate::settings::PipelineSettings;
 
 /// POSTs JSON and returns the body of a 2xx answer, or the classified failure.
-pub fn send_json(
+pub async fn send_json(
     service: &'static str,
     verb: &str,
     url: &str,
@@ -24,6 +24,7 @@ pub fn send_json(
     headers.extend_from_slice(extra_headers);
     let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
     let response = http::request(verb, url, &headers, bytes.as_deref(), timeout)
+        .await
         .map_err(|e| classify(service, e))?;
     if (200..300).contains(&response.status) {
         Ok((response.status, response.body))
@@ -61,7 +62,7 @@ pub fn header_refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static s
 }
 
 /// Embeds `texts` in one call. Returns the vectors in order, the usage and the call's latency.
-pub fn embed(
+pub async fn embed(
     settings: &PipelineSettings,
     texts: &[String],
 ) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
@@ -76,14 +77,15 @@ pub fn embed(
             &settings.embedding_model,
             texts,
         )),
-        crate::bounded(settings.openai_timeout, settings.request_timeout),
-    )?;
+        crate::bounded(settings.openai_timeout),
+    )
+    .await?;
     let (vectors, usage) = upstream::parse_embeddings(&body, texts.len())?;
     Ok((vectors, usage, started.elapsed()))
 }
 
 /// Asks the chat model. Returns its reply and the call's latency.
-pub fn chat(
+pub async fn chat(
     settings: &PipelineSettings,
     messages: &[(String, String)],
 ) -> Result<(ChatReply, Duration), UpstreamError> {
@@ -99,18 +101,20 @@ pub fn chat(
             messages,
             settings.chat_max_tokens,
         )),
-        crate::bounded(settings.openai_timeout, settings.request_timeout),
-    )?;
+        crate::bounded(settings.openai_timeout),
+    )
+    .await?;
     Ok((upstream::parse_chat(&body)?, started.elapsed()))
 }
 
 /// Asks the chat model for a streamed answer, handing each text delta to
 /// `on_delta` as it arrives. Returns the whole reply and the call's latency;
 /// a stream that breaks off is an error, whatever it sent.
-pub fn chat_streamed(
+pub async fn chat_streamed(
     settings: &PipelineSettings,
     messages: &[(String, String)],
-    on_delta: &mut dyn FnMut(&str),
+    on_delta: &mut dyn crate::pipeline::Progress,
+    citations: &[chatbot_core::query::Citation],
 ) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
     let headers = openai_headers(settings);
@@ -130,24 +134,24 @@ pub fn chat_streamed(
         &format!("{}/chat/completions", settings.openai_base_url),
         &headers,
         Some(&body),
-        crate::bounded(settings.openai_timeout, settings.request_timeout),
+        crate::bounded(settings.openai_timeout),
     )
+    .await
     .map_err(|e| classify(OPENAI, e))?;
     if !(200..300).contains(&response.status) {
         let response = response
-            .read_to_end_within(crate::bounded(
-                settings.openai_timeout,
-                settings.request_timeout,
-            ))
+            .read_to_end_within(crate::bounded(settings.openai_timeout))
+            .await
             .map_err(|e| classify(OPENAI, e))?;
         return Err(refused(OPENAI, response));
     }
     let mut stream = ChatStream::default();
     // Each read waits at most the between-bytes timeout and what is left of the deadline.
-    let left = || crate::bounded(settings.openai_timeout, settings.request_timeout);
+    let left = || crate::bounded(settings.openai_timeout);
     let mut received = 0usize;
     while let Some(bytes) = response
         .next_chunk_within(left())
+        .await
         .map_err(|e| classify(OPENAI, e))?
     {
         // max_tokens bounds the answer; this bounds whatever else a stream sends.
@@ -156,7 +160,7 @@ pub fn chat_streamed(
             return Err(classify(OPENAI, http::too_large()));
         }
         for delta in stream.feed(&bytes)? {
-            on_delta(&delta);
+            on_delta.delta(citations, &delta).await;
         }
     }
     Ok((stream.finish()?, started.elapsed()))
@@ -171,7 +175,7 @@ pub fn qdrant_headers(settings: &PipelineSettings) -> Vec<(&'static str, String)
     }
 }
 
-pub(crate) fn qdrant_send(
+pub(crate) async fn qdrant_send(
     settings: &PipelineSettings,
     verb: &str,
     path: &str,
@@ -184,6 +188,7 @@ pub(crate) fn qdrant_send(
         &format!("{}{path}", settings.qdrant_url),
         &header_refs(&headers),
         body,
-        crate::bounded(settings.qdrant_timeout, settings.request_timeout),
+        crate::bounded(settings.qdrant_timeout),
     )
+    .await
 }

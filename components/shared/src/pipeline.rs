@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::caches::{embed_cached, Telemetry};
-use crate::redis_script::{binary, binary_at, eval};
+use crate::redis_script::{binary, binary_at, eval, Conn};
 use crate::settings::PipelineSettings;
 use chatbot_core::audit::AuditAction;
 use chatbot_core::history::{day_of, RememberedConversation};
@@ -14,7 +14,10 @@ use chatbot_core::metrics::{CacheType, ErrorType, Operation};
 use chatbot_core::query::{self, CachedAnswer, Citation, QueryRequest};
 use chatbot_core::upstream::{UpstreamError, Usage, OPENAI};
 use chatbot_core::{ranking, sessions};
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use spin_sdk::redis::{RedisParameter, RedisResult};
+
+/// A future the caller waits on, borrowing what it was given.
+pub type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
 pub struct Answer {
     pub value: CachedAnswer,
@@ -36,8 +39,8 @@ pub struct Found {
 
 /// Looks the question up (one round trip). `count_question` counts the ask
 /// for analytics and reads the session's conversation (not for warm-up).
-pub fn lookup(
-    conn: Option<&Connection>,
+pub async fn lookup(
+    conn: Option<&Conn>,
     settings: &PipelineSettings,
     request: &QueryRequest,
     count_question: bool,
@@ -61,7 +64,8 @@ pub fn lookup(
             RedisParameter::Int64(ranking::QUESTIONS_HALF_LIFE_SECONDS as i64),
             RedisParameter::Int64(ranking::QUESTIONS_CAP as i64),
         ],
-    );
+    )
+    .await;
     match reply {
         Ok(results) => Found {
             answer: binary_at(&results, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
@@ -96,7 +100,7 @@ pub trait Progress {
     /// Whether to stream the chat completion at all.
     fn streams(&self) -> bool;
     /// The next piece of the answer's text, with what the answer cites.
-    fn delta(&mut self, citations: &[Citation], text: &str);
+    fn delta<'a>(&'a mut self, citations: &'a [Citation], text: &'a str) -> Pending<'a>;
 }
 
 /// No one is watching: the chat completion comes whole.
@@ -106,7 +110,9 @@ impl Progress for Quiet {
     fn streams(&self) -> bool {
         false
     }
-    fn delta(&mut self, _: &[Citation], _: &str) {}
+    fn delta<'a>(&'a mut self, _: &'a [Citation], _: &'a str) -> Pending<'a> {
+        Box::pin(async {})
+    }
 }
 
 /// Answers from the cache (`found`, from [`lookup`]), or runs the pipeline
@@ -114,8 +120,8 @@ impl Progress for Quiet {
 /// the others wait for its answer, within the request's deadline, and answer
 /// its failure if it fails. A request counts one cache hit (served from the
 /// cache, at once or after waiting) or one miss (it ran the pipeline).
-pub fn answer(
-    conn: Option<&Connection>,
+pub async fn answer(
+    conn: Option<&Conn>,
     settings: &PipelineSettings,
     request: &QueryRequest,
     found: Option<CachedAnswer>,
@@ -124,7 +130,7 @@ pub fn answer(
 ) -> Result<Answer, UpstreamError> {
     let Some(conn) = conn else {
         // Redis is down: no cache, no lock; answer anyway.
-        return run(None, settings, request, progress, telemetry);
+        return run(None, settings, request, progress, telemetry).await;
     };
     if let Some(value) = found {
         return Ok(hit(value, telemetry));
@@ -155,7 +161,8 @@ pub fn answer(
                 RedisParameter::Int64(lock_ttl.as_millis() as i64),
                 RedisParameter::Binary(holder.clone()),
             ],
-        );
+        )
+        .await;
         match reply.as_deref() {
             // Another request stored the answer after our lookup.
             Ok([RedisResult::Int64(1), RedisResult::Binary(bytes), ..]) => {
@@ -175,9 +182,7 @@ pub fn answer(
                 }
                 break None;
             }
-            Ok([RedisResult::Int64(0), ..])
-                if crate::time_left(settings.request_timeout).is_zero() =>
-            {
+            Ok([RedisResult::Int64(0), ..]) if crate::time_left().is_zero() => {
                 crate::log::warn(
                     "query_cache_wait_timed_out",
                     crate::log::Dependency::None,
@@ -189,7 +194,7 @@ pub fn answer(
                 if let Some(current) = binary_at(results, 1) {
                     holder = current.to_vec();
                 }
-                std::thread::sleep(query::wait_step(attempt));
+                spin_sdk::time::sleep(query::wait_step(attempt).min(crate::time_left())).await;
                 attempt += 1;
             }
             // Waited long enough, or Redis failed: compute it ourselves.
@@ -198,7 +203,7 @@ pub fn answer(
     };
     telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
-    match run(Some(conn), settings, request, progress, telemetry) {
+    match run(Some(conn), settings, request, progress, telemetry).await {
         Ok(answer) if !answer.whole => {
             // Shown, never cached: the lock goes with no failure to share, so
             // the requests waiting on it ask for their own answers.
@@ -208,7 +213,7 @@ pub fn answer(
                 "the model cut the answer short (finish_reason length or content_filter) or left it empty",
             );
             if generation.is_some() {
-                release_lock(conn, &cache_key, &token, Vec::new());
+                release_lock(conn, &cache_key, &token, Vec::new()).await;
             }
             Ok(answer)
         }
@@ -237,7 +242,8 @@ pub fn answer(
                         }),
                         RedisParameter::Int64(query::INDEX_PRUNE_SAMPLE as i64),
                     ],
-                );
+                )
+                .await;
                 if let Err(e) = stored {
                     crate::log::warn(
                         "query_cache_store_failed",
@@ -253,7 +259,7 @@ pub fn answer(
             // Errors (and answers that broke off) are never cached: the lock
             // goes, and the requests waiting on this one answer the same failure at once.
             let failure = serde_json::to_vec(&query::SharedFailure::of(&e)).expect("serialises");
-            release_lock(conn, &cache_key, &token, failure);
+            release_lock(conn, &cache_key, &token, failure).await;
             Err(e)
         }
     }
@@ -261,7 +267,7 @@ pub fn answer(
 
 /// Releases the stampede lock (if still ours) and leaves `failure` for the
 /// requests that waited on it; an empty one sends them to ask for themselves.
-fn release_lock(conn: &Connection, cache_key: &str, token: &str, failure: Vec<u8>) {
+async fn release_lock(conn: &Conn, cache_key: &str, token: &str, failure: Vec<u8>) {
     let _ = eval(
         conn,
         query::RELEASE_LOCK_SCRIPT,
@@ -271,24 +277,27 @@ fn release_lock(conn: &Connection, cache_key: &str, token: &str, failure: Vec<u8
             RedisParameter::Binary(failure),
             RedisParameter::Int64(query::SHARED_FAILURE_MS),
         ],
-    );
+    )
+    .await;
 }
 
-fn run(
-    conn: Option<&Connection>,
+async fn run(
+    conn: Option<&Conn>,
     settings: &PipelineSettings,
     request: &QueryRequest,
     progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
     let text = keys::normalise(&request.question);
-    let vector = embed_cached(conn, settings, &[text], telemetry)?
+    let vector = embed_cached(conn, settings, &[text], telemetry)
+        .await?
         .pop()
         .expect("one vector per text");
 
     telemetry.add(Observation::QdrantSearch);
-    let searched =
-        crate::qdrant::search(settings, &vector).inspect_err(|e| telemetry.upstream_error(e))?;
+    let searched = crate::qdrant::search(settings, &vector)
+        .await
+        .inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.add(Observation::QdrantSearchLatency(
         searched.latency.as_secs_f64(),
     ));
@@ -302,11 +311,9 @@ fn run(
     let messages = query::prompt_messages(request, &passages);
     let citations = query::citations(&passages);
     let answered = if progress.streams() {
-        crate::openai::chat_streamed(settings, &messages, &mut |text| {
-            progress.delta(&citations, text)
-        })
+        crate::openai::chat_streamed(settings, &messages, progress, &citations).await
     } else {
-        crate::openai::chat(settings, &messages)
+        crate::openai::chat(settings, &messages).await
     };
     let (reply, latency) = answered.inspect_err(|e| telemetry.upstream_error(e))?;
     let usage = reply.usage;
@@ -329,7 +336,7 @@ fn run(
 /// statement upserts the session and conversation too. Returns what Redis
 /// should remember from now on when it differs from `remembered` (`None`
 /// when the write failed: it is logged and counted).
-pub fn store_history(
+pub async fn store_history(
     settings: &PipelineSettings,
     request: &QueryRequest,
     answer: &Answer,
@@ -351,14 +358,17 @@ pub fn store_history(
     // still exists; else the whole statement, which refreshes (or recreates) it.
     let appended = match remembered.filter(|r| r.appendable_on(today)) {
         Some(known) => crate::history::append_exchange(address, known.id, &exchange, enforce_owner)
+            .await
             .map(|appended| appended.then_some(known)),
         None => Ok(None),
     };
-    let stored = appended.and_then(|appended| match appended {
-        Some(known) => Ok(known),
-        None => crate::history::store_exchange(address, &exchange, enforce_owner)
+    let stored = match appended {
+        Ok(Some(known)) => Ok(known),
+        Ok(None) => crate::history::store_exchange(address, &exchange, enforce_owner)
+            .await
             .map(|id| RememberedConversation::refreshed_on(id, today)),
-    });
+        Err(e) => Err(e),
+    };
     match stored {
         Ok(now) => {
             telemetry.add(Observation::DatabaseLatency(
@@ -383,8 +393,8 @@ pub fn store_history(
 }
 
 /// Top rate-limited sessions and the security log (sampled per address), in one round trip.
-pub fn note_rate_limited(
-    conn: &Connection,
+pub async fn note_rate_limited(
+    conn: &Conn,
     session_id: &str,
     address: &str,
     detail: serde_json::Value,
@@ -401,7 +411,9 @@ pub fn note_rate_limited(
             binary(entry.to_json()),
             RedisParameter::Int64(AuditAction::RateLimitDenied.sample_seconds()),
         ],
-    ) {
+    )
+    .await
+    {
         crate::log::warn("analytics_write_failed", crate::log::Dependency::Redis, &e);
     }
 }

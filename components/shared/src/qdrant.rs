@@ -28,14 +28,18 @@ pub struct Searched {
 /// ingestion creates it (and bumps the generation, so that answer is not
 /// served again). It is logged here, once per search, and counted by the
 /// caller. Any other failure, a proxy's 404 included, is an error.
-pub fn search(settings: &PipelineSettings, vector: &[f32]) -> Result<Searched, UpstreamError> {
+pub async fn search(
+    settings: &PipelineSettings,
+    vector: &[f32],
+) -> Result<Searched, UpstreamError> {
     let started = Instant::now();
     let sent = qdrant_send(
         settings,
         "POST",
         &collection_path(settings, "/points/search"),
         Some(&upstream::search_request(vector, settings.top_k)),
-    );
+    )
+    .await;
     let (passages, collection_missing) = match sent {
         Ok((_, body)) => (upstream::parse_search(&body)?, false),
         Err(e) if upstream::is_missing_collection(&e) => {
@@ -61,8 +65,11 @@ pub fn search(settings: &PipelineSettings, vector: &[f32]) -> Result<Searched, U
 
 /// Creates the collection for vectors of `size` if it does not exist; fails
 /// if it exists with another size (the embedding model changed).
-pub fn ensure_collection(settings: &PipelineSettings, size: usize) -> Result<(), UpstreamError> {
-    match qdrant_send(settings, "GET", &collection_path(settings, ""), None) {
+pub async fn ensure_collection(
+    settings: &PipelineSettings,
+    size: usize,
+) -> Result<(), UpstreamError> {
+    match qdrant_send(settings, "GET", &collection_path(settings, ""), None).await {
         Ok((_, body)) => match upstream::parse_collection_size(&body) {
             Some(existing) if existing as usize != size => Err(UpstreamError::BadResponse {
                 service: upstream::QDRANT,
@@ -79,7 +86,9 @@ pub fn ensure_collection(settings: &PipelineSettings, size: usize) -> Result<(),
                 "PUT",
                 &collection_path(settings, ""),
                 Some(&upstream::create_collection_request(size)),
-            ) {
+            )
+            .await
+            {
                 // Created meanwhile by a concurrent ingestion: fine.
                 Ok(_) | Err(UpstreamError::Status { status: 409, .. }) => Ok(()),
                 Err(e) => Err(e),
@@ -91,7 +100,7 @@ pub fn ensure_collection(settings: &PipelineSettings, size: usize) -> Result<(),
 
 /// Deletes a document's chunks from `first_stale` on (those the new text no
 /// longer has) and waits until it is applied.
-pub fn delete_stale_chunks(
+pub async fn delete_stale_chunks(
     settings: &PipelineSettings,
     document_id: &str,
     first_stale: usize,
@@ -105,16 +114,18 @@ pub fn delete_stale_chunks(
             first_stale,
         )),
     )
+    .await
     .map(drop)
 }
 
 /// Upserts points and waits until they are searchable.
-pub fn upsert(settings: &PipelineSettings, points: &[Point]) -> Result<(), UpstreamError> {
+pub async fn upsert(settings: &PipelineSettings, points: &[Point]) -> Result<(), UpstreamError> {
     qdrant_send(
         settings,
         "PUT",
         &collection_path(settings, "/points?wait=true"),
         Some(&upstream::upsert_request(points)),
     )
+    .await
     .map(drop)
 }

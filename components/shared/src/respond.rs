@@ -1,16 +1,52 @@
 //! Building responses (JSON bodies and the one rendering of [`ApiError`])
 //! and writing them to the client, whole or as they are made.
+//!
+//! A request's work runs as a task of its own (see [`entry`]): the handler
+//! hands the host the response's head as soon as it is known, and the body
+//! follows as it is written. The body ends when the request's work ends, not
+//! when its last byte is written: Spin 4 counts a WASIp3 request as over
+//! when its body ends and may then drop the instance, so what runs after the
+//! answer (the exchange's history write, the metrics) runs before that end
+//! and cannot be lost. Hence no `Content-Length` on these responses: a
+//! declared length would end the request at its last byte.
 
+use bytes::Bytes;
 use chatbot_core::api::ApiError;
-use spin_sdk::http::{Fields, OutgoingBody, OutgoingResponse, Response, ResponseOutparam};
-use wasi::io::streams::OutputStream;
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+
+use crate::context::{scoped, RequestContext};
+
+/// A response built whole.
+pub type Response = http::Response<Vec<u8>>;
+
+/// A response as the host gets it: its body a stream.
+pub type Outgoing = http::Response<UnsyncBoxBody<Bytes, anyhow::Error>>;
+
+/// Setting a header on a response being built.
+pub trait SetHeader {
+    fn set_header(&mut self, name: &str, value: impl AsRef<str>);
+}
+
+impl<B> SetHeader for http::Response<B> {
+    fn set_header(&mut self, name: &str, value: impl AsRef<str>) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value.as_ref()),
+        ) {
+            self.headers_mut().insert(name, value);
+        }
+    }
+}
 
 pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(body).expect("responses serialise"))
-        .build()
+    let mut response = http::Response::new(serde_json::to_vec(body).expect("responses serialise"));
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response.set_header("content-type", "application/json");
+    response
 }
 
 /// The JSON error body, with the headers the error carries. A 5xx names the
@@ -18,11 +54,11 @@ pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
 pub fn error(error: &ApiError) -> Response {
     let mut body = error.body();
     if error.status >= 500 {
-        body.request_id = Some(crate::request_id().to_string());
+        body.request_id = Some(crate::request_id());
     }
     let mut response = json(error.status, &body);
     for (name, value) in &error.headers {
-        response.set_header(*name, value.as_str());
+        response.set_header(name, value.as_str());
     }
     response
 }
@@ -32,18 +68,56 @@ pub fn reply(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| error(&e))
 }
 
-/// Writes a whole response to the client and ends its body: the client has
-/// all of it when this returns, and the handler may go on working.
-pub fn send(out: ResponseOutparam, response: Response) {
-    let status = *response.status();
-    let headers: Vec<(String, Vec<u8>)> = response
-        .headers()
+/// Where a request's response goes: its head to the host, which the entry
+/// point is waiting for, then its body.
+pub struct Out {
+    head: oneshot::Sender<Outgoing>,
+}
+
+/// The entry point of every component: runs `work` as the request's own
+/// task and answers the host as soon as `work` has sent the response's head
+/// (a 500 if it never does).
+pub async fn entry<F, Fut>(
+    component: &'static str,
+    incoming: spin_sdk::http::Request,
+    work: F,
+) -> Outgoing
+where
+    F: FnOnce(spin_sdk::http::Request, Out) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    crate::log::set_component(component);
+    let (head, sent) = oneshot::channel();
+    let context = RequestContext::new();
+    spin_sdk::wasip3::spawn(scoped(context, work(incoming, Out { head })));
+    // The executor would not poll the task spawned just now before an event.
+    match crate::context::polled_again(sent).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = http::Response::new(
+                http_body_util::Full::new(Bytes::from_static(b"{\"error\":\"internal\"}"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
+
+/// Writes a whole response to the client. The body ends with the request's
+/// work (see the module's comment).
+pub async fn send(out: Out, response: Response) {
+    let (head, body) = response.into_parts();
+    let status = head.status.as_u16();
+    let headers = head
+        .headers
+        .iter()
         .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
         .collect();
-    let body = response.into_body();
     match Body::start(out, status, headers) {
         Ok(mut writer) => {
-            writer.write(&body);
+            writer.write(&body).await;
             writer.finish();
         }
         Err(e) => crate::log::warn("response_failed", crate::log::Dependency::Client, &e),
@@ -52,74 +126,67 @@ pub fn send(out: ResponseOutparam, response: Response) {
 
 /// A response body being written: the status and headers are out.
 pub struct Body {
-    // Dropped before the body it writes to.
-    stream: Option<OutputStream>,
-    body: Option<OutgoingBody>,
+    sender: Option<mpsc::Sender<Bytes>>,
     /// The client went away: later writes are skipped.
     gone: bool,
 }
 
 impl Body {
     /// Sends the status and headers.
-    pub fn start(
-        out: ResponseOutparam,
-        status: u16,
-        headers: Vec<(String, Vec<u8>)>,
-    ) -> Result<Self, String> {
-        let fields = Fields::from_list(&headers).map_err(|e| format!("headers: {e:?}"))?;
-        let response = OutgoingResponse::new(fields);
-        response
-            .set_status_code(status)
-            .map_err(|()| format!("status {status}"))?;
-        let body = response.body().map_err(|()| "no body".to_string())?;
-        out.set(response);
-        let stream = body.write().map_err(|()| "no body stream".to_string())?;
+    pub fn start(out: Out, status: u16, headers: Vec<(String, Vec<u8>)>) -> Result<Self, String> {
+        let mut response = http::Response::builder().status(status);
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            response = response.header(name, value);
+        }
+        let (sender, receiver) = mpsc::channel::<Bytes>(64);
+        let body = http_body_util::StreamBody::new(
+            receiver.map(|bytes| Ok::<_, anyhow::Error>(http_body::Frame::data(bytes))),
+        );
+        let response = response
+            .body(body.boxed_unsync())
+            .map_err(|e| format!("response head: {e}"))?;
+        out.head
+            .send(response)
+            .map_err(|_| "the host is no longer waiting for the response".to_string())?;
         Ok(Self {
-            stream: Some(stream),
-            body: Some(body),
+            sender: Some(sender),
             gone: false,
         })
     }
 
-    /// Writes and flushes `bytes` (so a streamed event leaves at once).
-    /// Whether the client is still there.
-    pub fn write(&mut self, bytes: &[u8]) -> bool {
-        if self.gone {
-            return false;
+    /// Writes `bytes` (a streamed event leaves at once). Whether the client
+    /// is still there.
+    pub async fn write(&mut self, bytes: &[u8]) -> bool {
+        if self.gone || bytes.is_empty() {
+            return !self.gone;
         }
-        let Some(stream) = &self.stream else {
+        let Some(sender) = &mut self.sender else {
             return false;
         };
-        for chunk in bytes.chunks(4096) {
-            if let Err(e) = stream.blocking_write_and_flush(chunk) {
-                crate::log::info(
-                    "client_gone",
-                    crate::log::Dependency::Client,
-                    format_args!("{e:?}"),
-                );
-                self.gone = true;
-                return false;
-            }
+        if let Err(e) = sender.send(Bytes::copy_from_slice(bytes)).await {
+            crate::log::info(
+                "client_gone",
+                crate::log::Dependency::Client,
+                format_args!("{e:?}"),
+            );
+            self.gone = true;
+            return false;
         }
         true
     }
 
     /// Whether a write found the client gone.
     pub fn client_gone(&self) -> bool {
-        self.gone
+        self.gone || self.sender.as_ref().is_some_and(mpsc::Sender::is_closed)
     }
 
-    /// Ends the body: the client has the whole response.
+    /// The last byte is written: the body ends when the request's work does.
     pub fn finish(mut self) {
-        drop(self.stream.take());
-        if let Some(body) = self.body.take() {
-            if let Err(e) = OutgoingBody::finish(body, None) {
-                crate::log::warn(
-                    "response_end_failed",
-                    crate::log::Dependency::Client,
-                    format_args!("{e:?}"),
-                );
-            }
+        if let (Some(sender), Some(context)) = (self.sender.take(), crate::context::current()) {
+            context.keep_until_done(Box::new(sender));
         }
     }
 }

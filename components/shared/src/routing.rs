@@ -1,101 +1,97 @@
-//! spin-sdk's `Router`, built from a component's route table in the core
-//! (`chatbot_core::routes`): admin routes checked in one place, and JSON
-//! errors for what the table does not serve (404, or 405 with `Allow`).
+//! Serving a component's route table from the core (`chatbot_core::routes`):
+//! admin routes checked in one place, and JSON errors for what the table does
+//! not serve (404, or 405 with `Allow`).
+
+use std::future::Future;
+use std::pin::Pin;
 
 use chatbot_core::api::ApiError;
 use chatbot_core::audit::AuditAction;
-use chatbot_core::identity::{AuthMode, IdentitySettings};
 use chatbot_core::metrics::recording::Observation;
 use chatbot_core::metrics::ErrorType;
 use chatbot_core::routes::{allowed_methods, Route};
-use spin_sdk::http::{
-    IncomingRequest, Method, Params, Request, Response, ResponseOutparam, Router,
-};
 
-use crate::respond::{error, reply};
+use crate::incoming::{Request, RequestExt};
+use crate::respond::{error, reply, Out, Response, SetHeader};
+
+/// A route's path parameters (`:name` segments), by name.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn of(route: &Route, path: &str) -> Self {
+        Self(
+            route
+                .path
+                .split('/')
+                .zip(path.split('/'))
+                .filter_map(|(pattern, actual)| {
+                    pattern
+                        .strip_prefix(':')
+                        .map(|name| (name, actual.to_string()))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What a handler answers, some time later.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response, ApiError>>>>;
 
 /// A route's handler: a response, or the error to render.
-pub type Handler = fn(Request, Params) -> Result<Response, ApiError>;
+pub type Handler = fn(Request, Params) -> Answer;
 
-/// The route tables use `GET` and `POST` only.
-fn method(name: &str) -> Method {
-    match name {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        other => panic!("route table method {other} is not routed"),
-    }
-}
-
-/// A router serving `table`, each route by `handler_for(route)`.
-pub fn router(table: &'static [Route], handler_for: impl Fn(&Route) -> Handler) -> Router {
-    let mut router = Router::new();
-    for route in table {
-        let handler = handler_for(route);
-        let serve = move |req: Request, params: Params| -> Response {
-            if route.admin {
-                if let Err(e) = authorise(&req) {
-                    return error(&e);
-                }
-            }
-            let result = handler(req, params);
-            if let Err(e) = &result {
-                count_refusal(e);
-            }
-            reply(result)
-        };
-        router.add(route.path, method(route.method), serve);
-        if route.method == "GET" {
-            // HEAD: the GET's answer (status and headers) without its body.
-            // Registered explicitly: spin-sdk's own HEAD fallback to GET is
-            // never reached, because the 405 fallback below matches first.
-            router.add(
-                route.path,
-                Method::Head,
-                move |req: Request, params: Params| -> Response {
-                    without_body(serve(req, params))
-                },
-            );
-        }
-    }
-    // One 405 fallback per path, however many methods the table gives it.
-    let mut paths: Vec<&'static str> = table.iter().map(|r| r.path).collect();
-    paths.sort_unstable();
-    paths.dedup();
-    for path in paths {
-        router.any(path, move |req: Request, _: Params| -> Response {
-            refuse(&ApiError::method_not_allowed(
-                &req.method().to_string(),
-                req.path(),
-                &allowed_methods(table, path),
-            ))
-        });
-    }
-    router.any("/*", |req: Request, _: Params| -> Response {
-        error(&ApiError::not_found(req.path()))
-    });
-    router
-}
-
-/// The response with an empty body and every header kept.
-fn without_body(mut response: Response) -> Response {
-    response.body_mut().clear();
-    response
-}
-
-/// Serves one request by the route table.
-pub fn serve(
+/// Serves one request by the route table: the route's handler (after the
+/// admin check), a 405 naming what the path takes, or a 404.
+pub async fn serve(
     table: &'static [Route],
     handler_for: impl Fn(&Route) -> Handler,
     req: Request,
 ) -> Response {
-    router(table, handler_for).handle(req)
+    let path = req.path().to_string();
+    let method = req.method().as_str().to_string();
+    let Some(route) = chatbot_core::routes::serving_route(table, &method, &path) else {
+        let Some(pattern) = table.iter().find(|r| r.matches(&path)).map(|r| r.path) else {
+            return error(&ApiError::not_found(&path));
+        };
+        return refuse(&ApiError::method_not_allowed(
+            &method,
+            &path,
+            &allowed_methods(table, pattern),
+        ))
+        .await;
+    };
+    if route.admin {
+        if let Err(e) = authorise(&req).await {
+            return error(&e);
+        }
+    }
+    let head = method == "HEAD";
+    let params = Params::of(route, &path);
+    let result = handler_for(route)(req, params).await;
+    if let Err(e) = &result {
+        count_refusal(e).await;
+    }
+    let mut response = reply(result);
+    if head {
+        // HEAD: the GET's answer (status and headers) without its body.
+        response.body_mut().clear();
+    }
+    response
 }
 
 /// The headers every response carries: its request id, and the time the
 /// handler took until the response (or, streamed, its head) was ready.
 pub fn common_headers() -> [(&'static str, String); 2] {
     [
-        ("x-request-id", crate::request_id().to_string()),
+        ("x-request-id", crate::request_id()),
         (
             "x-response-time",
             format!(
@@ -107,88 +103,102 @@ pub fn common_headers() -> [(&'static str, String); 2] {
 }
 
 /// Writes `response` to the client with the common headers.
-pub fn send(out: ResponseOutparam, mut response: Response) {
+pub async fn send(out: Out, mut response: Response) {
     for (name, value) in common_headers() {
         response.set_header(name, value);
     }
-    crate::respond::send(out, response);
+    crate::respond::send(out, response).await;
 }
 
 /// Reads the request within its route's body limit; the error response otherwise.
-pub fn read(table: &'static [Route], incoming: IncomingRequest) -> Result<Request, Response> {
-    crate::incoming::read(table, incoming).map_err(|e| refuse(&e))
+pub async fn read(
+    table: &'static [Route],
+    incoming: spin_sdk::http::Request,
+) -> Result<Request, Response> {
+    match crate::incoming::read(table, incoming).await {
+        Ok(req) => Ok(req),
+        Err(e) => Err(refuse(&e).await),
+    }
 }
 
 /// Counts a refusal that the request or the configuration caused (a bad
-/// input, a missing variable) in `chatbot_errors_total`, on a connection of
-/// its own: only refused requests pay for it. Other failures are counted
-/// where they happen, by their dependency.
-pub fn count_refusal(e: &ApiError) {
+/// input, a missing variable) in `chatbot_errors_total`: only refused
+/// requests pay for it. Other failures are counted where they happen, by
+/// their dependency.
+pub async fn count_refusal(e: &ApiError) {
     let Some(kind) = ErrorType::of_refusal(e.code) else {
         return;
     };
-    let recorded = crate::settings::open_redis()
-        .map_err(|e| format!("{e:?}"))
-        .and_then(|conn| {
-            crate::metrics_store::record(&conn, &[Observation::Error(kind).sample()], None)
-                .map_err(|e| format!("{e:?}"))
-        });
+    let recorded = match crate::settings::open_redis().await {
+        Ok(conn) => crate::metrics_store::record(&conn, &[Observation::Error(kind).sample()], None)
+            .await
+            .map_err(|e| format!("{e:?}")),
+        Err(e) => Err(format!("{e:?}")),
+    };
     if let Err(e) = recorded {
         crate::log::warn("metrics_record_failed", crate::log::Dependency::Redis, &e);
     }
 }
 
 /// The error response of a refusal, counted.
-fn refuse(e: &ApiError) -> Response {
-    count_refusal(e);
+async fn refuse(e: &ApiError) -> Response {
+    count_refusal(e).await;
     error(e)
 }
 
 /// A component's whole request: the body read within its route's limit,
 /// served by the table, and written to the client.
-pub fn handle(
+pub async fn handle(
     table: &'static [Route],
     handler_for: impl Fn(&Route) -> Handler,
-    incoming: IncomingRequest,
-    out: ResponseOutparam,
+    incoming: spin_sdk::http::Request,
+    out: Out,
 ) {
-    crate::request_started();
-    let response = match read(table, incoming) {
-        Ok(req) => serve(table, handler_for, req),
+    if let Ok(settings) = crate::settings::pipeline().await {
+        crate::context::set_request_timeout(settings.request_timeout);
+    }
+    let response = match read(table, incoming).await {
+        Ok(req) => serve(table, handler_for, req).await,
         Err(refused) => refused,
     };
-    send(out, response);
+    send(out, response).await;
 }
 
 /// The client address of a request, for the security log (identity settings
 /// that do not parse fall back to the TCP peer).
-pub fn client_address(req: &Request) -> String {
-    let settings = crate::identity::settings().unwrap_or(IdentitySettings {
-        mode: AuthMode::None,
-        jwt: None,
-        trusted_proxy_hops: 0,
-    });
-    crate::identity::client_address(req, &settings)
+pub async fn client_address<B>(req: &http::Request<B>) -> String {
+    match crate::settings::identity().await {
+        Ok(settings) => crate::identity::client_address(req, &settings),
+        Err(_) => crate::identity::client_address(
+            req,
+            &chatbot_core::identity::IdentitySettings {
+                mode: chatbot_core::identity::AuthMode::None,
+                jwt: None,
+                trusted_proxy_hops: 0,
+            },
+        ),
+    }
 }
 
 /// Refuses without the admin bearer token (constant-time compare; no token
 /// configured means admin is closed), and writes the refusal to the security log.
-pub fn authorise(req: &Request) -> Result<(), ApiError> {
-    if crate::identity::is_admin(req) {
+pub async fn authorise<B>(req: &http::Request<B>) -> Result<(), ApiError> {
+    if crate::identity::is_admin(req).await {
         return Ok(());
     }
-    let presented = req.header("authorization").and_then(|v| v.as_str());
-    if let Ok(conn) = crate::settings::open_redis() {
+    let presented = req.header("authorization");
+    if let Ok(conn) = crate::settings::open_redis().await {
         crate::audit::append(
             &conn,
             AuditAction::Unauthorized,
-            &client_address(req),
+            &client_address(req).await,
             serde_json::json!({
-                "path": req.path(),
-                "method": req.method().to_string(),
+                "path": req.uri().path(),
+                "method": req.method().as_str(),
                 "token_presented": presented.is_some(),
             }),
-        );
+        )
+        .await;
     }
     Err(ApiError::unauthorized(
         "a valid admin bearer token is required",

@@ -1,38 +1,97 @@
-//! Spin variables, read through the core's one parser of every setting
-//! (`chatbot_core::settings`).
+//! Spin variables, read through the core's parsers of the settings
+//! (`chatbot_core::settings`), once per instance: Spin 4 reuses an instance
+//! for many requests, and a changed variable reaches the next instance
+//! (instances live at most 128 requests, or 1 s idle, by Spin's defaults).
+//! A setting that does not parse is read again by the next request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use chatbot_core::config::ConfigError;
 use spin_sdk::variables;
 
 pub use chatbot_core::settings::{LimiterSettings, PipelineSettings, SessionLimits};
 
-/// Reads a Spin variable; `None` when it is not set or not visible.
-pub fn lookup(name: &str) -> Option<String> {
-    variables::get(name).ok()
+/// Every variable a component may read, read once: the core's parsers take
+/// a synchronous lookup, so the values are fetched first.
+#[derive(Default)]
+pub struct Variables(HashMap<&'static str, Option<String>>);
+
+impl Variables {
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned().flatten()
+    }
 }
 
-pub fn pipeline() -> Result<PipelineSettings, ConfigError> {
-    PipelineSettings::from_lookup(&lookup)
+/// Reads every variable in `names`, all at once (one host call each).
+async fn read(names: &[&'static str]) -> Variables {
+    let values = futures::future::join_all(names.iter().map(variables::get)).await;
+    Variables(
+        names
+            .iter()
+            .copied()
+            .zip(values.into_iter().map(Result::ok))
+            .collect(),
+    )
 }
 
-pub fn session_limits() -> Result<SessionLimits, ConfigError> {
-    SessionLimits::from_lookup(&lookup)
+thread_local! {
+    static VARIABLES: RefCell<Option<Rc<Variables>>> = const { RefCell::new(None) };
 }
 
-pub fn limiter() -> Result<LimiterSettings, ConfigError> {
-    LimiterSettings::from_lookup(&lookup)
+/// The instance's variables (read by its first request).
+pub async fn variables() -> Rc<Variables> {
+    if let Some(known) = VARIABLES.with(|v| v.borrow().clone()) {
+        return known;
+    }
+    let read = Rc::new(read(chatbot_core::config::names::ALL).await);
+    VARIABLES.with(|v| *v.borrow_mut() = Some(read.clone()));
+    read
 }
 
-pub fn redis_address() -> Result<String, ConfigError> {
-    chatbot_core::settings::redis_address(&lookup)
+/// A parsed setting, kept for the instance once it parses.
+macro_rules! per_instance {
+    ($name:ident, $ty:ty, $parse:expr) => {
+        pub async fn $name() -> Result<Rc<$ty>, ConfigError> {
+            thread_local! {
+                static PARSED: RefCell<Option<Rc<$ty>>> = const { RefCell::new(None) };
+            }
+            if let Some(parsed) = PARSED.with(|p| p.borrow().clone()) {
+                return Ok(parsed);
+            }
+            let variables = variables().await;
+            let lookup = |name: &str| variables.lookup(name);
+            let parsed: Rc<$ty> = Rc::new($parse(&lookup)?);
+            PARSED.with(|p| *p.borrow_mut() = Some(parsed.clone()));
+            Ok(parsed)
+        }
+    };
 }
 
-pub fn postgres_address() -> Result<String, ConfigError> {
-    chatbot_core::settings::postgres_address(&lookup)
+per_instance!(pipeline, PipelineSettings, PipelineSettings::from_lookup);
+per_instance!(session_limits, SessionLimits, SessionLimits::from_lookup);
+per_instance!(limiter, LimiterSettings, LimiterSettings::from_lookup);
+per_instance!(
+    identity,
+    chatbot_core::identity::IdentitySettings,
+    chatbot_core::identity::IdentitySettings::from_lookup
+);
+
+pub async fn redis_address() -> Result<String, ConfigError> {
+    let variables = variables().await;
+    chatbot_core::settings::redis_address(&|name: &str| variables.lookup(name))
 }
 
-/// Opens Redis at the configured address (a connection of the caller's own).
-pub fn open_redis() -> Result<spin_sdk::redis::Connection, crate::StoreError> {
-    let address = redis_address().map_err(|e| crate::StoreError::Redis(e.to_string()))?;
-    Ok(spin_sdk::redis::Connection::open(&address)?)
+pub async fn postgres_address() -> Result<String, ConfigError> {
+    let variables = variables().await;
+    chatbot_core::settings::postgres_address(&|name: &str| variables.lookup(name))
+}
+
+/// The instance's Redis connection, at the configured address.
+pub async fn open_redis() -> Result<crate::redis_script::Conn, crate::StoreError> {
+    let address = redis_address()
+        .await
+        .map_err(|e| crate::StoreError::Redis(e.to_string()))?;
+    crate::redis_script::connect(&address).await
 }

@@ -4,10 +4,9 @@
 
 use std::sync::Mutex;
 
-use wasmtime::component::Resource;
+use wasmtime::component::Accessor;
 
-use super::redis::RedisConnection;
-use super::HostState;
+use super::{HostState, Spin4};
 use crate::bindings::chatbot::chatbot::metrics::recorder::{self, Batch};
 use crate::bindings::chatbot::chatbot::ratelimit::limiter::{self, Bucket, Decision};
 
@@ -25,15 +24,16 @@ type RecorderFn = dyn Fn(&Batch) -> Result<(), recorder::Error> + Send + Sync;
 pub struct LimiterCall {
     pub buckets: Vec<Bucket>,
     pub cost: u32,
-    /// Whether the call lent a connection, and it answered `PING` (i.e. was live).
-    pub lent_live_connection: bool,
+    /// What the caller gave the limiter of its deadline.
+    pub timeout_ms: u32,
 }
 
 /// One batch the component handed the recorder.
 #[derive(Debug, Clone)]
 pub struct RecorderCall {
     pub batch: Batch,
-    pub lent_live_connection: bool,
+    /// What the caller gave the recorder of its deadline.
+    pub timeout_ms: u32,
 }
 
 /// Scripted limiter and recorder behaviour, and a log of every call.
@@ -84,88 +84,51 @@ pub fn allowed(limit: u32, remaining: u32) -> Decision {
     }
 }
 
-impl HostState {
-    fn chatbot_imports(&self) -> &ChatbotImports {
-        self.env
+fn chatbot_imports<T>(accessor: &Accessor<T, Spin4>) -> std::sync::Arc<ChatbotImports> {
+    accessor.with(|mut access| {
+        access
+            .get()
+            .env
             .chatbot_imports
-            .as_deref()
+            .clone()
             .expect("linker only adds the chatbot interfaces when stand-ins are configured")
-    }
-
-    /// Whether a lent connection is a live one. Takes the connection out first:
-    /// the future must not hold `&self` across the await (it must be `Send`).
-    fn lent_connection_is_live(
-        &self,
-        conn: &Resource<RedisConnection>,
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let connection = self.redis_connection(conn);
-        async move {
-            match connection {
-                Some(mut c) => redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-                None => false,
-            }
-        }
-    }
+    })
 }
 
-impl limiter::Host for HostState {
-    async fn check(
-        &mut self,
-        conn: Resource<RedisConnection>,
+impl limiter::Host for HostState {}
+
+impl limiter::HostWithStore for Spin4 {
+    async fn check<T: Send>(
+        accessor: &Accessor<T, Self>,
         buckets: Vec<Bucket>,
         cost: u32,
-    ) -> Result<Decision, limiter::Error> {
-        let live = self.lent_connection_is_live(&conn).await;
-        let imports = self.chatbot_imports();
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Decision, limiter::Error>> {
+        let imports = chatbot_imports(accessor);
         imports.limiter_calls.lock().unwrap().push(LimiterCall {
             buckets: buckets.clone(),
             cost,
-            lent_live_connection: live,
+            timeout_ms,
         });
-        (imports.limiter)(&buckets, cost)
-    }
-
-    async fn check_standalone(
-        &mut self,
-        buckets: Vec<Bucket>,
-        cost: u32,
-    ) -> Result<Decision, limiter::Error> {
-        let imports = self.chatbot_imports();
-        imports.limiter_calls.lock().unwrap().push(LimiterCall {
-            buckets: buckets.clone(),
-            cost,
-            lent_live_connection: false,
-        });
-        (imports.limiter)(&buckets, cost)
+        Ok((imports.limiter)(&buckets, cost))
     }
 }
 
-impl recorder::Host for HostState {
-    async fn record_batch(
-        &mut self,
-        conn: Resource<RedisConnection>,
+impl recorder::Host for HostState {}
+
+impl recorder::HostWithStore for Spin4 {
+    async fn record_batch<T: Send>(
+        accessor: &Accessor<T, Self>,
         batch: Batch,
-    ) -> Result<(), recorder::Error> {
-        let live = self.lent_connection_is_live(&conn).await;
-        let imports = self.chatbot_imports();
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), recorder::Error>> {
+        let imports = chatbot_imports(accessor);
         let outcome = (imports.recorder)(&batch);
-        imports.recorder_calls.lock().unwrap().push(RecorderCall {
-            batch,
-            lent_live_connection: live,
-        });
-        outcome
-    }
-
-    async fn record_batch_standalone(&mut self, batch: Batch) -> Result<(), recorder::Error> {
-        let imports = self.chatbot_imports();
-        let outcome = (imports.recorder)(&batch);
-        imports.recorder_calls.lock().unwrap().push(RecorderCall {
-            batch,
-            lent_live_connection: false,
-        });
-        outcome
+        imports
+            .recorder_calls
+            .lock()
+            .unwrap()
+            .push(RecorderCall { batch, timeout_ms });
+        Ok(outcome)
     }
 }

@@ -199,10 +199,7 @@ pub fn linker(engine: &Engine, with_chatbot_imports: bool) -> anyhow::Result<Lin
     crate::bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     crate::bindings::spin4::Spin4Host::add_to_linker::<_, Spin4>(&mut linker, |s| s)?;
     if with_chatbot_imports {
-        crate::bindings::chatbot::ChatbotImports::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )?;
+        crate::bindings::chatbot::ChatbotImports::add_to_linker::<_, Spin4>(&mut linker, |s| s)?;
     }
     Ok(linker)
 }

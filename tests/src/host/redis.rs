@@ -33,13 +33,6 @@ impl HostState {
             .map(|c| c.conn.clone())
             .map_err(|_| Error::Other("could not find connection for resource".into()))
     }
-
-    pub(crate) fn redis_connection(
-        &self,
-        connection: &Resource<RedisConnection>,
-    ) -> Option<MultiplexedConnection> {
-        self.table.get(connection).ok().map(|c| c.conn.clone())
-    }
 }
 
 fn other(e: redis::RedisError) -> Error {
