@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/local/setup.sh
-cargo build --quiet --target wasm32-wasip2 --release -p query -p rate-limiter -p metrics -p ops -p harness-probe
+cargo build --quiet --target wasm32-wasip2 --release -p query -p rate-limiter -p metrics -p ops -p harness-probe -p harness-probe-p3 -p harness-probe-p3-dep
 cargo run --quiet --profile host -p chatbot-harness --bin bench -- "$@"

@@ -588,6 +588,15 @@ async fn main() -> Result<()> {
         .await?
         .batch_execute(FLOOR_TABLE_SQL)
         .await?;
+    // The same floor on Spin 4's model: a WASIp3 probe keeping its Redis connection.
+    let probe3 = TestApp::builder()
+        .manifest(project_root().join("tests/guests/probe-p3/spin.toml"))
+        .spawn()
+        .await?;
+    chatbot_harness::services::connect(&probe3.postgres_url)
+        .await?
+        .batch_execute(FLOOR_TABLE_SQL)
+        .await?;
     // The peer: the LiteLLM proxy, caching in the same Redis, asking the same stand-in.
     let peer = if args.iter().any(|a| a == "--no-peer") {
         None
@@ -665,6 +674,10 @@ async fn main() -> Result<()> {
         std::sync::Arc::new(|_| ("GET", "/probe/hello".to_string(), vec![]));
     let floor: std::sync::Arc<MakeRequest> =
         std::sync::Arc::new(|_| ("GET", "/probe/floor".to_string(), vec![]));
+    let hello3: std::sync::Arc<MakeRequest> =
+        std::sync::Arc::new(|_| ("GET", "/probe3/hello".to_string(), vec![]));
+    let floor3: std::sync::Arc<MakeRequest> =
+        std::sync::Arc::new(|_| ("GET", "/probe3/floor".to_string(), vec![]));
     let hit: std::sync::Arc<MakeRequest> = std::sync::Arc::new(|_| {
         (
             "POST",
@@ -683,6 +696,7 @@ async fn main() -> Result<()> {
         let (target, make) = match path.as_str() {
             "hello" => (Target::App(&probe), hello.clone()),
             "floor" => (Target::App(&probe), floor.clone()),
+            "floor3" => (Target::App(&probe3), floor3.clone()),
             _ => (Target::App(&app), hit.clone()),
         };
         let (at8, at64, slope) = memory_per_request(target, make, scale(2000)).await?;
@@ -734,6 +748,20 @@ async fn main() -> Result<()> {
             expect: 200,
             total: scale(3000),
             make: floor.clone(),
+        },
+        Scenario {
+            name: "hello world (WASIp3 probe)",
+            target: "probe3",
+            expect: 200,
+            total: scale(3000),
+            make: hello3.clone(),
+        },
+        Scenario {
+            name: "WASIp3 floor: kept Redis connection + 3 commands + single-row insert (probe)",
+            target: "probe3",
+            expect: 200,
+            total: scale(3000),
+            make: floor3.clone(),
         },
         Scenario {
             name: "floor, full exchange statement (probe)",
@@ -821,7 +849,7 @@ async fn main() -> Result<()> {
     println!("| scenario | concurrency | requests | req/s | p50 ms | p99 ms | serving process CPU µs/req | Postgres CPU µs/req | Redis CPU µs/req | Redis cmds/req | PG stmts/req |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for scenario in &scenarios {
-        let baseline = scenario.target == "probe";
+        let baseline = scenario.target.starts_with("probe");
         if !baseline
             && only
                 .as_ref()
@@ -832,6 +860,7 @@ async fn main() -> Result<()> {
         for &c in &levels {
             let (target, bearer) = match scenario.target {
                 "probe" => (Target::App(&probe), None),
+                "probe3" => (Target::App(&probe3), None),
                 "limited" => (Target::App(&limited), None),
                 "jwt-hs256" => (Target::App(&jwt_app), Some(hs256.as_str())),
                 "jwt-rs256" => (Target::App(&jwt_app), Some(rs256.as_str())),
@@ -882,9 +911,9 @@ async fn main() -> Result<()> {
         let rounds = if quick { 3 } else { 7 };
         let mut ratios: [Vec<f64>; 6] = Default::default();
         for _ in 0..rounds {
-            let floor1 = load(Target::App(&probe), 1, scale(500), 200, floor.clone()).await?;
+            let floor1 = load(Target::App(&probe3), 1, scale(500), 200, floor3.clone()).await?;
             let hit1 = load(Target::App(&app), 1, scale(500), 200, hit.clone()).await?;
-            let floor32 = load(Target::App(&probe), 32, scale(1500), 200, floor.clone()).await?;
+            let floor32 = load(Target::App(&probe3), 32, scale(1500), 200, floor3.clone()).await?;
             let hit32 = load(Target::App(&app), 32, scale(1500), 200, hit.clone()).await?;
             ratios[0].push(hit1.p50 / floor1.p50);
             ratios[1].push(hit32.rps / floor32.rps);
@@ -899,7 +928,7 @@ async fn main() -> Result<()> {
             (v[v.len() / 2], v[0], v[v.len() - 1])
         };
         println!();
-        println!("Goals ({rounds} alternating rounds of hit and floor, median [range]; the floor is a Redis open, 3 commands and a single-row insert):");
+        println!("Goals ({rounds} alternating rounds of hit and floor, median [range]; the floor is the WASIp3 probe's: 3 commands on its kept Redis connection and a single-row insert):");
         println!();
         println!("| ratio | measured | goal |");
         println!("|---|---:|---:|");
@@ -920,11 +949,12 @@ async fn main() -> Result<()> {
         }
         anatomy(&app, hit.clone(), scale(2000)).await?;
         println!();
-        println!("| peak RSS of the serving process (a fresh process per path) | at c=8 MiB | at c=64 MiB | per request in flight MiB (goal ≤ 2) |");
+        println!("| peak RSS of the serving process (a fresh process per path) | at c=8 MiB | at c=64 MiB | per request in flight MiB (goal ≤ 0.5) |");
         println!("|---|---:|---:|---:|");
         for (name, path) in [
             ("hello world (probe)", "hello"),
             ("floor (probe)", "floor"),
+            ("WASIp3 floor (probe)", "floor3"),
             ("cache hit", "hit"),
         ] {
             // Freed instance slots stay resident (as in Spin): each path is
@@ -961,7 +991,7 @@ async fn main() -> Result<()> {
 
     // The limiter and the recorder alone, through their exports, as the query handler calls them.
     println!();
-    println!("| export (alone, lent connection) | calls | p50 µs | p99 µs | Redis cmds/call |");
+    println!("| export (alone, one instance, its kept connection) | calls | p50 µs | p99 µs | Redis cmds/call |");
     println!("|---|---:|---:|---:|---:|");
     let redis = chatbot_harness::services::services().fresh_redis().await?;
     let recorder = chatbot_harness::recorder::RecorderUnderTest::load(&redis)?;
@@ -978,7 +1008,7 @@ async fn main() -> Result<()> {
         )?;
         for (name, buckets) in [
             (
-                "limiter `check`, one bucket (incl. instantiation and the host's open)",
+                "limiter `check`, one bucket",
                 vec![bucket(Scope::Session, "bench")],
             ),
             (

@@ -162,6 +162,7 @@ async fn handle(req: Request) -> impl IntoResponse {
             .into_response(),
         "postgres" => postgres().await.into_response(),
         "concurrent" => concurrent(&req).await.into_response(),
+        "floor" => floor().await.into_response(),
         "after" => after(&req, false).into_response(),
         "after-end" => after(&req, true).into_response(),
         _ => reply(404, json!({"error": "no such probe"})).into_response(),
@@ -302,6 +303,46 @@ async fn postgres() -> http::Response<String> {
     .await;
     match outcome {
         Ok(body) => reply(200, body),
+        Err(e) => reply(502, json!({"error": e})),
+    }
+}
+
+/// The least a cache hit does on Spin 4's model, the benchmark's WASIp3
+/// floor: three commands on the instance's kept Redis connection (a hit's
+/// are the limiter, lookup and recorder scripts) and one durable single-row
+/// insert, into `floor_writes`, which the benchmark creates.
+async fn floor() -> http::Response<String> {
+    let outcome = async {
+        let conn = kept_redis().await?;
+        for key in ["floor:limiter", "floor:cache", "floor:recorder"] {
+            if let Err(e) = conn
+                .execute(
+                    "GET",
+                    [redis::RedisParameter::Binary(key.as_bytes().to_vec())],
+                )
+                .await
+            {
+                KEPT.with(|k| k.borrow_mut().take());
+                return Err(e.to_string());
+            }
+        }
+        let address = variables::get("postgres_address")
+            .await
+            .map_err(|e| e.to_string())?;
+        let pg = pg::Connection::open(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        pg.execute(
+            "INSERT INTO floor_writes (session_id) VALUES ($1)",
+            vec![pg::ParameterValue::Str("floor".into())],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => reply(200, json!({"ok": true})),
         Err(e) => reply(502, json!({"error": e})),
     }
 }
