@@ -53,8 +53,14 @@ WITH s AS (
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
-/// whether the session's owner is enforced (`jwt` mode).
+/// whether the session's owner is enforced (`jwt` mode), `$10` when the
+/// question was asked (Unix seconds, fractional).
 /// Returns the conversation id and the number of citations stored.
+///
+/// The question's message is stamped with when it was asked, the answer's
+/// with when it was stored (once the client had it): a history lists
+/// exchanges in the order they were asked, whichever write committed first
+/// (a quick hit's before a slow miss asked earlier in the same session).
 ///
 /// A session's owner never changes once set (a later request naming another
 /// user does not take it over). With `$9`, an exchange for a session owned by
@@ -65,8 +71,9 @@ pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
     session_and_conversation_ctes!("$9"),
     "\
 , q AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int) FROM c
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
+    SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int), to_timestamp($10::float8)
+    FROM c
     RETURNING id
 ), a AS (
     INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
@@ -96,7 +103,8 @@ pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
 /// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
 /// context (nullable), `$5` cached, `$6` answer, `$7` citations as in
 /// [`STORE_EXCHANGE_SQL`], `$8` session id, `$9` user id (nullable), `$10`
-/// whether the session's owner is enforced. An exchange in a conversation
+/// whether the session's owner is enforced, `$11` when the question was asked
+/// (as in [`STORE_EXCHANGE_SQL`]). An exchange in a conversation
 /// whose session was refreshed today (see [`RememberedConversation`]): the
 /// two messages and the citations, without touching the session or the
 /// conversation, and without planning their upserts.
@@ -117,8 +125,9 @@ WITH own AS (
     WHERE c.id = $1 AND s.session_id = $8
       AND (NOT $10::bool OR s.user_id IS NULL OR s.user_id = $9)
 ), q AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    SELECT id, 'user', $3, $4, $5, now() + make_interval(days => $2::int) FROM own
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
+    SELECT id, 'user', $3, $4, $5, now() + make_interval(days => $2::int), to_timestamp($11::float8)
+    FROM own
     RETURNING id
 ), a AS (
     INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)

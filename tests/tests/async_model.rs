@@ -207,3 +207,48 @@ async fn every_exchange_is_stored_by_the_time_its_response_ends_however_often_in
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_history_lists_exchanges_in_the_order_they_were_asked_not_stored() {
+    let app = TestApp::spawn().await.unwrap();
+    let ask = |question: &str| json!({"question": question, "session_id": "order"});
+    // Asked once, so that asking it again is a quick hit.
+    let first = app
+        .post_json("/api/v1/chat/query", &ask("Quick?"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    app.openai.controls().set_latency(
+        chatbot_harness::stubs::openai::CHAT,
+        Duration::from_millis(1500),
+    );
+    let app = &app;
+    let slow = async {
+        app.post_json("/api/v1/chat/query", &ask("Slow?"))
+            .await
+            .unwrap()
+    };
+    let quick = async {
+        // Asked after the slow one, answered and stored long before it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.post_json("/api/v1/chat/query", &ask("Quick?"))
+            .await
+            .unwrap()
+    };
+    let (slow, quick) = futures_util::future::join(slow, quick).await;
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    assert_eq!(quick.header("x-cache"), Some("HIT"));
+    let history = app
+        .admin_get("/api/v1/chat/history/order")
+        .await
+        .unwrap()
+        .json();
+    let questions: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(questions, ["Quick?", "Slow?", "Quick?"], "{history}");
+}

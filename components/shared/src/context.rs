@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub struct RequestContext {
     pub id: String,
     pub started: Instant,
+    /// The same moment on the wall clock (a question's message is stamped with it).
+    pub started_at: std::time::SystemTime,
     /// When the request must be over (`request_timeout_ms` after it started),
     /// once the settings are known.
     deadline: std::cell::Cell<Option<Instant>>,
@@ -32,6 +34,7 @@ impl RequestContext {
         Rc::new(Self {
             id: crate::random_token(),
             started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
             deadline: std::cell::Cell::new(None),
             kept: RefCell::new(Vec::new()),
         })
@@ -93,6 +96,15 @@ pub fn request_id() -> String {
 /// When this request started (now, outside any request).
 pub fn request_started() -> Instant {
     current().map_or_else(Instant::now, |c| c.started)
+}
+
+/// When this request started, in Unix seconds (now, outside any request).
+pub fn request_started_at() -> f64 {
+    current()
+        .map_or_else(std::time::SystemTime::now, |c| c.started_at)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Fixes the request's deadline at `request_timeout` after it started.

@@ -20,6 +20,8 @@ pub struct NewExchange<'a> {
     pub citations: &'a [Citation],
     pub cached: bool,
     pub retention_days: u32,
+    /// When the question was asked (Unix seconds): its message's timestamp.
+    pub asked_at: f64,
 }
 
 impl NewExchange<'_> {
@@ -50,6 +52,7 @@ pub async fn store_exchange(
     ];
     params.extend(exchange.params());
     params.push(ParameterValue::Boolean(enforce_owner));
+    params.push(ParameterValue::Floating64(exchange.asked_at));
     let row = one_row_at(address, history::STORE_EXCHANGE_SQL, params).await?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
     let conversation: Option<i64> = column(&row, 0)?;
@@ -78,6 +81,7 @@ pub async fn append_exchange(
         ParameterValue::Str(request.session_id.clone()),
         opt_str(request.user_id.as_deref()),
         ParameterValue::Boolean(enforce_owner),
+        ParameterValue::Floating64(exchange.asked_at),
     ]);
     let row = match one_row_at(address, history::APPEND_EXCHANGE_SQL, params).await {
         Ok(row) => row,

@@ -352,6 +352,7 @@ pub async fn store_history(
         citations: &answer.value.citations,
         cached: answer.cached,
         retention_days: settings.retention_days,
+        asked_at: crate::context::request_started_at(),
     };
     let address = &settings.postgres_address;
     // Appended when Redis knows the conversation as refreshed today and it

@@ -40,8 +40,6 @@ thread_local! {
     static MOST_IN_FLIGHT: Cell<u64> = const { Cell::new(0) };
     /// The instance's Redis connection, opened by its first request that needs it.
     static KEPT: RefCell<Option<Rc<redis::Connection>>> = const { RefCell::new(None) };
-    /// Held while the first request opens `KEPT`, so concurrent ones wait for it.
-    static OPENING: Rc<futures::lock::Mutex<()>> = Rc::new(futures::lock::Mutex::new(()));
 }
 
 fn instance() -> String {
@@ -81,14 +79,12 @@ async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> 
     }
 }
 
-/// The instance's kept connection: opened once (one request opens, concurrent
-/// ones wait for it), dropped after an error so the next request reopens.
+/// The instance's kept connection: opened by the first request that finds
+/// none (requests that find none at once each open one, and the last is kept:
+/// they are separate component-model tasks, and wit-bindgen's executor traps
+/// when one task's future wakes another's, as a shared async lock would),
+/// dropped after an error so the next request reopens.
 async fn kept_redis() -> Result<Rc<redis::Connection>, String> {
-    if let Some(conn) = KEPT.with(|k| k.borrow().clone()) {
-        return Ok(conn);
-    }
-    let opening = OPENING.with(Rc::clone);
-    let _guard = opening.lock().await;
     if let Some(conn) = KEPT.with(|k| k.borrow().clone()) {
         return Ok(conn);
     }

@@ -84,6 +84,8 @@ fn hit_floor() -> Response {
                 pg4::ParameterValue::Jsonb(citations.to_vec()),
                 // The session's owner is not enforced (auth_mode none).
                 pg4::ParameterValue::Boolean(false),
+                // When the question was asked (Unix seconds).
+                pg4::ParameterValue::Floating64(1.8e9),
             ],
         )
         .map_err(|e| e.to_string())?;
