@@ -1,11 +1,13 @@
 // Shared by the build scripts of every crate that parses the project's WIT
 // (`include!`d, not a crate, so it costs no extra build step).
 //
-// The project's WIT `use`s `fermyon:spin/redis@2.0.0`, which ships in the
-// spin-sdk crate. Rather than commit an edited copy, we copy spin-sdk's own
-// `wit/` directory (its world plus every dependency package) into the
-// git-ignored `wit/deps/spin-sdk/`, so the bindings macros can push that
-// directory first and then the project's own files on top.
+// The harness's host bindings are generated from Spin's interfaces as the
+// spin-sdk crates ship them (5.2 for WASIp2 guests, 6.0 for WASIp3 ones), and
+// the WASIp3 probes' WIT `use`s `spin:redis@3.0.0`. Rather than commit edited
+// copies, we copy each spin-sdk's own `wit/` directory (its world plus every
+// dependency package) into the git-ignored `wit/deps/spin-sdk/` and
+// `wit/deps/spin-sdk-6/`, so the bindings macros can push that directory
+// first and then the project's own files on top.
 
 use std::path::{Path, PathBuf};
 
@@ -73,7 +75,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Makes `wit/deps/spin-sdk/` a copy of the locked spin-sdk 5's `wit/` (the
-/// WASIp2 components' interfaces) and, when the lock also holds spin-sdk 6 (the
+/// WASIp2 interfaces the harness hosts, for its WASIp2 probe) and, when the lock also holds spin-sdk 6 (the
 /// WASIp3 interfaces: `spin:redis@3.0.0`, `spin:postgres@4.2.0`,
 /// `spin:variables@3.0.0`), `wit/deps/spin-sdk-6/` a copy of its `wit/`.
 pub fn sync_wit_deps() {

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     InvalidJson,
     UnsupportedMediaType,
     PayloadTooLarge,
+    /// The body did not arrive within the request's deadline (408).
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -59,6 +61,7 @@ impl ErrorCode {
             Self::InvalidJson => "invalid_json",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",

@@ -3,8 +3,9 @@
 //! ([`recording`]), how a scrape's Redis data becomes Prometheus text
 //! ([`rendering`]), and the `/health/metrics` summary ([`summary`]).
 //!
-//! Spin keeps no memory between requests, so every counter and histogram
-//! bucket lives in Redis hashes. Labels take values only from closed
+//! An instance lives a few requests (at most 128 under Spin 4) and a
+//! deployment has many replicas, so every counter and histogram bucket lives
+//! in Redis hashes, shared by all of them. Labels take values only from closed
 //! vocabularies (enums in [`registry`]), so no caller input (session ids,
 //! questions) can become a label and blow up cardinality.
 

@@ -308,6 +308,7 @@ impl QueryStatus {
             | C::InvalidJson
             | C::UnsupportedMediaType
             | C::PayloadTooLarge
+            | C::RequestTimeout
             | C::MethodNotAllowed
             | C::Conflict => Self::Invalid,
             C::NotFound => Self::NotFound,

@@ -360,6 +360,26 @@ async fn status_without_sending_everything(app: &TestApp, head: String, body: &[
 }
 
 #[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_a_408_at_the_deadline() {
+    let app = TestApp::builder()
+        .variable(names::REQUEST_TIMEOUT_MS, "1500")
+        .spawn()
+        .await
+        .unwrap();
+    // Half of a declared body, and then nothing: a client that trickles, or stalls.
+    let head = format!(
+        "POST {QUERY} HTTP/1.1\r\nhost: app\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
+    );
+    let status = status_without_sending_everything(&app, head, br#"{"question": "Half a"#).await;
+    assert!(status.contains(" 408 "), "{status}");
+    let metrics = app.get("/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains("chatbot_errors_total{error_type=\"validation\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn bodies_over_the_limit_are_refused_unread() {
     let app = TestApp::spawn().await.unwrap();
     let ten_mib = 10 * 1024 * 1024;

@@ -1,7 +1,7 @@
 //! Reading a request's body within its route's limit, before anything else
 //! happens: a `Content-Length` over the limit is refused unread, and a body
 //! without one (chunked) is read only up to the limit, and only for what is
-//! left of the request's deadline.
+//! left of the request's deadline (a body that trickles past it is a 408).
 
 use chatbot_core::api::{ApiError, ErrorCode};
 use chatbot_core::routes::{self, Route};
@@ -74,7 +74,11 @@ pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<
         let frame = crate::within(crate::time_left(), body.frame())
             .await
             .ok_or_else(|| {
-                ApiError::invalid("the request body did not arrive within the request's deadline")
+                ApiError::new(
+                    408,
+                    ErrorCode::RequestTimeout,
+                    "the request body did not arrive within the request's deadline",
+                )
             })?;
         match frame {
             None => break,

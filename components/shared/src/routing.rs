@@ -129,6 +129,9 @@ pub async fn count_refusal(e: &ApiError) {
     let Some(kind) = ErrorType::of_refusal(e.code) else {
         return;
     };
+    // The answer is decided: counting it is work after the answer, with its
+    // own allowance (a body that timed out has spent the request's deadline).
+    crate::context::after_response();
     let recorded = match crate::settings::open_redis().await {
         Ok(conn) => crate::metrics_store::record(&conn, &[Observation::Error(kind).sample()], None)
             .await
