@@ -3,12 +3,10 @@
 //! `GET /metrics` in the Prometheus text format from what Redis holds.
 
 use std::io::Write;
-use std::time::Duration;
 
 use chatbot_core::api::ApiError;
 use chatbot_core::metrics::{self, Sample};
 use chatbot_core::routes;
-use chatbot_spin::context::{scoped, RequestContext};
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::metrics_store::{self, RecordError};
 use chatbot_spin::respond::{Outgoing, Response, SetHeader};
@@ -49,9 +47,7 @@ async fn record(batch: Batch) -> Result<(), Error> {
 
 impl Guest for Recorder {
     async fn record_batch(batch: Batch, timeout_ms: u32) -> Result<(), Error> {
-        chatbot_spin::log::set_component("metrics");
-        let context = RequestContext::within(Duration::from_millis(timeout_ms.into()));
-        scoped(context, record(batch)).await
+        chatbot_spin::context::serve_caller("metrics", timeout_ms, record(batch)).await
     }
 }
 

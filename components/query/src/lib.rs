@@ -67,9 +67,6 @@ async fn handle(incoming: spin_sdk::http::Request) -> Outgoing {
 }
 
 async fn serve(incoming: spin_sdk::http::Request, out: respond::Out) {
-    if let Ok(settings) = settings::pipeline().await {
-        chatbot_spin::context::set_request_timeout(settings.request_timeout);
-    }
     let req = match routing::read(routes::QUERY_ROUTES, incoming).await {
         Ok(req) => req,
         Err(refused) => return routing::send(out, refused).await,

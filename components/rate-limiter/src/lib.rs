@@ -3,11 +3,8 @@
 //! the server has lost the script: `chatbot_spin::redis_script::eval`) on the
 //! connection the limiter's instance keeps, bounded by the caller's timeout.
 
-use std::time::Duration;
-
 use chatbot_core::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, ScriptReply};
 use chatbot_core::settings::LimiterSettings;
-use chatbot_spin::context::{scoped, RequestContext};
 use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::{eval, integers, Conn};
 use chatbot_spin::settings::open_redis;
@@ -154,9 +151,10 @@ async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
 
 impl Guest for Limiter {
     async fn check(buckets: Vec<Bucket>, cost: u32, timeout_ms: u32) -> Result<Decision, Error> {
-        chatbot_spin::log::set_component("rate-limiter");
-        let context = RequestContext::within(Duration::from_millis(timeout_ms.into()));
-        scoped(context, async move { check(&buckets, cost).await }).await
+        chatbot_spin::context::serve_caller("rate-limiter", timeout_ms, async move {
+            check(&buckets, cost).await
+        })
+        .await
     }
 }
 

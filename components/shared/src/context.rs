@@ -71,6 +71,19 @@ pub fn scoped<F: Future + 'static>(context: Rc<RequestContext>, work: F) -> Scop
     }
 }
 
+/// A composed dependency's export (the limiter's check, the recorder's
+/// batch): `work`, named as `component`'s in the log, as part of a call of
+/// its own that must be over within the caller's `timeout_ms`.
+pub async fn serve_caller<T>(
+    component: &'static str,
+    timeout_ms: u32,
+    work: impl Future<Output = T> + 'static,
+) -> T {
+    crate::log::set_component(component);
+    let context = RequestContext::within(Duration::from_millis(timeout_ms.into()));
+    scoped(context, work).await
+}
+
 /// A future that is its request's while polled (see [`scoped`]).
 pub struct Scoped<T> {
     context: Rc<RequestContext>,

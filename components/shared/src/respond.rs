@@ -75,7 +75,7 @@ pub struct Out {
 }
 
 /// The entry point of every component: runs `work` as the request's own
-/// task and answers the host as soon as `work` has sent the response's head
+/// task, under its deadline, and answers the host as soon as `work` has sent the response's head
 /// (a 500 if it never does).
 pub async fn entry<F, Fut>(
     component: &'static str,
@@ -89,7 +89,15 @@ where
     crate::log::set_component(component);
     let (head, sent) = oneshot::channel();
     let context = RequestContext::new();
-    spin_sdk::wasip3::spawn(scoped(context, work(incoming, Out { head })));
+    let request = work(incoming, Out { head });
+    spin_sdk::wasip3::spawn(scoped(context, async move {
+        // The deadline (`request_timeout_ms`) runs from the request's start;
+        // a component whose settings do not parse keeps the default.
+        if let Ok(settings) = crate::settings::pipeline().await {
+            crate::context::set_request_timeout(settings.request_timeout);
+        }
+        request.await
+    }));
     // The executor would not poll the task spawned just now before an event.
     match crate::context::polled_again(sent).await {
         Ok(response) => response,

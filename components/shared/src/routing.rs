@@ -157,9 +157,6 @@ pub async fn handle(
     incoming: spin_sdk::http::Request,
     out: Out,
 ) {
-    if let Ok(settings) = crate::settings::pipeline().await {
-        crate::context::set_request_timeout(settings.request_timeout);
-    }
     let response = match read(table, incoming).await {
         Ok(req) => serve(table, handler_for, req).await,
         Err(refused) => refused,
