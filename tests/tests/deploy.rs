@@ -745,7 +745,7 @@ fn monitor_problems(
         .iter()
         .map(|l| l.as_str().unwrap())
         .collect();
-    let clashing: Vec<&str> = chatbot_core::metrics::registry::REGISTRY
+    let clashing: Vec<&str> = chatbot_core::telemetry::metrics::registry::REGISTRY
         .iter()
         .flat_map(|m| m.labels.iter().copied())
         .filter(|l| target_labels.contains(l))

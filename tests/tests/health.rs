@@ -95,16 +95,16 @@ async fn the_services_report_is_the_admins_and_is_kept_a_few_seconds() {
     // Once it expires, the next read calls the dependencies again.
     let mut redis = app.redis().await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(chatbot_core::keys::HEALTH_REPORT)
+        .arg(chatbot_core::redis::keys::HEALTH_REPORT)
         .query_async(&mut redis)
         .await
         .unwrap();
     assert!(
-        (1..=chatbot_core::health::REPORT_SECONDS as i64).contains(&ttl),
+        (1..=chatbot_core::telemetry::health::REPORT_SECONDS as i64).contains(&ttl),
         "{ttl}"
     );
     let _: () = redis::cmd("DEL")
-        .arg(chatbot_core::keys::HEALTH_REPORT)
+        .arg(chatbot_core::redis::keys::HEALTH_REPORT)
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -262,16 +262,16 @@ async fn delete_keys(app: &TestApp, pattern: &str) {
 /// Ages the stored key set so that the next request finds it expired
 /// (`jwt_jwks_cache_seconds` is at least 10 s: a test does not wait it out).
 async fn expire_stored_key_set(app: &TestApp, issuer: &IssuerStub) {
-    let key = chatbot_core::keys::jwks(&issuer.jwks_url());
+    let key = chatbot_core::redis::keys::jwks(&issuer.jwks_url());
     let mut redis = app.redis().await.unwrap();
     let stored: Vec<u8> = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut redis)
         .await
         .unwrap();
-    let (fetched_at, keys) = chatbot_core::identity::decode_stored_key_set(&stored)
+    let (fetched_at, keys) = chatbot_core::limits::identity::decode_stored_key_set(&stored)
         .expect("the key set is stored with its fetch time");
-    let aged = chatbot_core::identity::encode_stored_key_set(
+    let aged = chatbot_core::limits::identity::encode_stored_key_set(
         fetched_at - 3600,
         &serde_json::to_vec(&keys).unwrap(),
     );
@@ -300,7 +300,7 @@ async fn an_expired_key_set_is_refreshed_by_one_request_and_an_issuer_outage_ser
     assert_eq!(ask().await.status, 200);
     assert_eq!(issuer.fetches(), 1);
     let ttl: i64 = redis::cmd("TTL")
-        .arg(chatbot_core::keys::jwks(&issuer.jwks_url()))
+        .arg(chatbot_core::redis::keys::jwks(&issuer.jwks_url()))
         .query_async(&mut app.redis().await.unwrap())
         .await
         .unwrap();
@@ -498,7 +498,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
     // Redis forgetting an owner does not hand the session over: Postgres has the last word.
     let mut redis = app.redis().await.unwrap();
     let owner_keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", chatbot_core::keys::SESSION_OWNER_PREFIX))
+        .arg(format!("{}*", chatbot_core::redis::keys::SESSION_OWNER_PREFIX))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -518,7 +518,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
     // The owner Postgres named is back in Redis, expiring with the session's
     // retention (30 days) as the gate's own claims do: never a key for ever.
     let ttl: i64 = redis::cmd("TTL")
-        .arg(chatbot_core::keys::session_owner(&session))
+        .arg(chatbot_core::redis::keys::session_owner(&session))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -680,7 +680,7 @@ async fn one_address_rotating_session_and_user_ids_gets_only_its_limit() {
     assert_eq!(active, Some(5.0), "only admitted sessions are active");
     let mut redis = app.redis().await.unwrap();
     let recorded: i64 = redis::cmd("ZCARD")
-        .arg(chatbot_core::keys::metrics::SESSIONS)
+        .arg(chatbot_core::redis::keys::metrics::SESSIONS)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -720,8 +720,8 @@ async fn tokens_spent(app: &TestApp, user: &str) -> i64 {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!(
             "{}{}:*",
-            chatbot_core::keys::USER_TOKENS_PREFIX,
-            chatbot_core::digest::md5_of_parts(&[user])
+            chatbot_core::redis::keys::USER_TOKENS_PREFIX,
+            chatbot_core::redis::digest::md5_of_parts(&[user])
         ))
         .query_async(&mut redis)
         .await
@@ -743,14 +743,14 @@ const BUDGET_MAX_TOKENS: u32 = 50;
 
 /// What a miss asking `question` reserves from its user's budget.
 fn reservation_for(question: &str) -> i64 {
-    let request = chatbot_core::query::QueryRequest {
+    let request = chatbot_core::chat::query::QueryRequest {
         question: question.into(),
         session_id: "any".into(),
         page_context: None,
         user_id: Some("any".into()),
         stream: false,
     };
-    chatbot_core::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
+    chatbot_core::chat::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
 }
 
 fn budget_builder(budget: i64) -> chatbot_harness::TestAppBuilder {

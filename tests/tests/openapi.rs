@@ -1,5 +1,5 @@
 //! `deploy/openapi.yaml` must describe every route the components serve: the
-//! route table in `chatbot_core::routes` that the components' routers are
+//! route table in `chatbot_core::http::routes` that the components' routers are
 //! built from, method by method.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +35,7 @@ fn documented_paths() -> BTreeSet<String> {
 #[test]
 fn every_route_in_the_table_is_documented_with_its_method() {
     let documented = documented();
-    let routes: Vec<_> = chatbot_core::routes::all().collect();
+    let routes: Vec<_> = chatbot_core::http::routes::all().collect();
     assert!(routes.len() >= 13, "found only {routes:?}");
     let missing: Vec<String> = routes
         .iter()

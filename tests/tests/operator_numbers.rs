@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chatbot_core::keys;
+use chatbot_core::redis::keys;
 use chatbot_harness::stubs::openai::CHAT;
 use chatbot_harness::stubs::qdrant::{SEARCH, UPSERT};
 use chatbot_harness::stubs::Fault;
@@ -342,7 +342,7 @@ fn document(paragraphs: usize) -> Value {
 }
 
 fn chunks_of(paragraphs: usize) -> usize {
-    use chatbot_core::ingest::{chunk, CHUNK_CHARS, CHUNK_OVERLAP_CHARS};
+    use chatbot_core::chat::ingest::{chunk, CHUNK_CHARS, CHUNK_OVERLAP_CHARS};
     chunk(&otters(paragraphs), CHUNK_CHARS, CHUNK_OVERLAP_CHARS).len()
 }
 
@@ -365,7 +365,7 @@ async fn a_failed_re_ingestion_leaves_the_old_text_and_a_shorter_one_drops_its_t
     assert_eq!(app.qdrant.point_count(DEFAULT_COLLECTION), chunks_of(1));
     let answer = ask(&app, "Tell me about otters", "o1").await;
     let kept: Vec<String> = (0..chunks_of(1))
-        .map(|i| chatbot_core::ingest::point_id("otters", i))
+        .map(|i| chatbot_core::chat::ingest::point_id("otters", i))
         .collect();
     for citation in answer.json()["citations"].as_array().unwrap() {
         let id = citation["chunk_id"].as_str().unwrap().to_string();
@@ -547,7 +547,7 @@ fn every_variable_that_can_carry_a_credential_is_secret() {
 /// ranking gets in, and an old favourite fades behind what is asked now.
 #[tokio::test]
 async fn a_full_ranking_admits_newcomers_and_forgets_old_favourites() {
-    use chatbot_core::ranking::{base_key, BUMP_SCRIPT, TOP_SCRIPT};
+    use chatbot_core::cache::ranking::{base_key, BUMP_SCRIPT, TOP_SCRIPT};
     let app = TestApp::spawn().await.unwrap();
     let shared = app.redis().await.unwrap();
     let mut redis = shared.clone();
@@ -622,7 +622,7 @@ async fn outbound_bodies_carry_their_length() {
 #[tokio::test]
 async fn every_route_answers_with_its_request_id_and_response_time() {
     let app = TestApp::spawn().await.unwrap();
-    for route in chatbot_core::routes::all() {
+    for route in chatbot_core::http::routes::all() {
         let path = route.path.replace(":session_id", "some-session");
         let response = app.admin(route.method, &path, &json!({})).await.unwrap();
         assert!(

@@ -356,7 +356,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     let mut pipe = redis::pipe();
     for i in 0..10_000 {
         pipe.cmd("ZADD")
-            .arg(chatbot_core::keys::AUDIT_LOG)
+            .arg(chatbot_core::redis::keys::AUDIT_LOG)
             .arg(i)
             .arg(format!("{{\"action\":\"seeded\",\"n\":{i}}}"))
             .ignore();
@@ -390,7 +390,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
             .unwrap();
     }
     let total: i64 = redis::cmd("ZCARD")
-        .arg(chatbot_core::keys::AUDIT_LOG)
+        .arg(chatbot_core::redis::keys::AUDIT_LOG)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -409,7 +409,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
     );
     // The oldest seeded entries were the ones dropped.
     let oldest: Vec<String> = redis::cmd("ZRANGE")
-        .arg(chatbot_core::keys::AUDIT_LOG)
+        .arg(chatbot_core::redis::keys::AUDIT_LOG)
         .arg(0)
         .arg(0)
         .query_async(&mut conn)
@@ -440,7 +440,7 @@ async fn the_audit_log_records_admin_actions_and_holds_at_ten_thousand() {
 async fn security_log(app: &TestApp) -> Vec<String> {
     let mut conn = app.redis().await.unwrap();
     redis::cmd("ZRANGE")
-        .arg(chatbot_core::keys::SECURITY_LOG)
+        .arg(chatbot_core::redis::keys::SECURITY_LOG)
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
@@ -512,12 +512,12 @@ async fn every_admin_endpoint_refuses_missing_wrong_and_empty_tokens() {
         }
     };
     assert_eq!(
-        zcard(chatbot_core::keys::AUDIT_LOG).await,
+        zcard(chatbot_core::redis::keys::AUDIT_LOG).await,
         0,
         "refusals are not admin actions"
     );
     // Sampled: one entry per address and kind of refusal every few seconds.
-    assert_eq!(zcard(chatbot_core::keys::SECURITY_LOG).await, 1);
+    assert_eq!(zcard(chatbot_core::redis::keys::SECURITY_LOG).await, 1);
     let _ = &mut conn;
 }
 

@@ -573,7 +573,7 @@ async fn stored_session(app: &TestApp, session: &str) -> (f64, i64, i64) {
 async fn remembered(app: &TestApp, session: &str) -> Option<String> {
     let mut redis = app.redis().await.unwrap();
     redis::cmd("GET")
-        .arg(chatbot_core::keys::conversation(session))
+        .arg(chatbot_core::redis::keys::conversation(session))
         .query_async(&mut redis)
         .await
         .unwrap()
@@ -668,7 +668,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     // An id remembered without its day (by the previous release) is refreshed.
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg(chatbot_core::keys::conversation("daily"))
+        .arg(chatbot_core::redis::keys::conversation("daily"))
         .arg(recreated)
         .query_async(&mut redis)
         .await
@@ -708,7 +708,7 @@ async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_append
     // Redis remembers their conversation, refreshed today, as "mine".
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg(chatbot_core::keys::conversation("mine"))
+        .arg(chatbot_core::redis::keys::conversation("mine"))
         .arg(format!("{their_conversation}:{today}"))
         .query_async(&mut redis)
         .await
@@ -1034,8 +1034,8 @@ async fn an_index_sheds_the_answers_that_expired() {
                 .unwrap()
         }
     };
-    let session_index = chatbot_core::keys::session_index("shed");
-    let page_index = chatbot_core::keys::page_index("ch 1");
+    let session_index = chatbot_core::redis::keys::session_index("shed");
+    let page_index = chatbot_core::redis::keys::page_index("ch 1");
     for i in 0..5 {
         let r = ask(&app, &format!("Old question {i}?"), "shed", Some("ch 1")).await;
         assert_eq!(r.status, 200, "{}", r.text());

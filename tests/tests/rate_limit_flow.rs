@@ -68,7 +68,7 @@ async fn the_101st_request_in_a_minute_is_429_and_other_sessions_are_unaffected(
     assert!(text.contains("chatbot_rate_limit_hits_total 1\n"), "{text}");
     let mut redis = app.redis().await.unwrap();
     let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-        .arg(chatbot_core::keys::RATE_LIMITED_SESSIONS)
+        .arg(chatbot_core::redis::keys::RATE_LIMITED_SESSIONS)
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
@@ -77,7 +77,7 @@ async fn the_101st_request_in_a_minute_is_429_and_other_sessions_are_unaffected(
         .unwrap();
     assert_eq!(top, vec![("test-sess".to_string(), 1.0)]);
     let audit: Vec<String> = redis::cmd("ZRANGE")
-        .arg(chatbot_core::keys::SECURITY_LOG)
+        .arg(chatbot_core::redis::keys::SECURITY_LOG)
         .arg(0)
         .arg(-1)
         .query_async(&mut redis)

@@ -540,7 +540,7 @@ async fn a_silent_postgres_costs_a_question_its_history_not_its_answer() {
     // Redis knows the session's conversation (it asked before).
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg(chatbot_core::keys::conversation("known"))
+        .arg(chatbot_core::redis::keys::conversation("known"))
         .arg(41)
         .query_async(&mut redis)
         .await

@@ -4,9 +4,9 @@
 
 use std::io::Write;
 
-use chatbot_core::api::ApiError;
-use chatbot_core::metrics::{self, Sample};
-use chatbot_core::routes;
+use chatbot_core::http::api::ApiError;
+use chatbot_core::telemetry::metrics::{self, Sample};
+use chatbot_core::http::routes;
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::metrics_store::{self, RecordError};
 use chatbot_spin::respond::{Outgoing, Response, SetHeader};

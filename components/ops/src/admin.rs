@@ -1,26 +1,28 @@
 //! Admin actions: cache invalidation, retention cleanup, warm-up, audit log.
 //! Every action is audited; the router has checked the admin token.
 
-use chatbot_core::api::{self, ApiError, ErrorCode};
-use chatbot_core::audit::{self, AuditAction};
-use chatbot_core::invalidation::{self, ClearScope};
-use chatbot_core::keys;
-use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{ErrorType, Operation};
-use chatbot_core::query::{CacheScope, QueryCacheEntry, QueryRequest};
-use chatbot_core::retention;
+use chatbot_core::http::api::{self, ApiError, ErrorCode};
+use chatbot_core::telemetry::audit::{self, AuditAction};
+use chatbot_core::cache::invalidation::{self, ClearScope};
+use chatbot_core::redis::keys;
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::{ErrorType, Operation};
+use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
+use chatbot_core::chat::query::QueryRequest;
+use chatbot_core::storage::retention;
 use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::pipeline;
-use chatbot_spin::redis_script::{binaries, binary, execute, integers, Conn};
+use chatbot_core::redis::script::{all_bytes, integers, Arg};
+use chatbot_spin::answer_cache;
+use chatbot_spin::redis_script::{execute, Conn};
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::{client_address, Params};
 use chatbot_spin::{settings, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 use spin_sdk::pg::ParameterValue;
-use spin_sdk::redis::RedisParameter;
 
 use crate::health::scan;
 
@@ -29,7 +31,7 @@ async fn unlink(conn: &Conn, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let params: Vec<RedisParameter> = keys.iter().map(binary).collect();
+    let params: Vec<Arg> = keys.iter().map(Arg::bytes).collect();
     match integers(&execute(conn, "UNLINK", params).await?).as_slice() {
         [n] => Ok(*n as u64),
         other => Err(StoreError::Unexpected(format!("UNLINK reply {other:?}"))),
@@ -51,7 +53,7 @@ async fn unlink_matching(conn: &Conn, pattern: &str) -> Result<u64, StoreError> 
 
 /// The cached answers an index set points at, and the index itself.
 async fn unlink_indexed(conn: &Conn, index: &str) -> Result<u64, StoreError> {
-    let members = binaries(execute(conn, "SMEMBERS", vec![binary(index)]).await?);
+    let members = all_bytes(execute(conn, "SMEMBERS", vec![Arg::bytes(index)]).await?);
     let removed = unlink(conn, &members).await?;
     unlink(conn, &[index.as_bytes().to_vec()]).await?;
     Ok(removed)
@@ -208,9 +210,7 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     // question deadline (`request_timeout_ms`, not given to ops) does not apply.
     chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
     if settings.cache_scope != CacheScope::Global {
-        return Err(ApiError::new(
-            409,
-            ErrorCode::Conflict,
+        return Err(ApiError::new(ErrorCode::Conflict,
             "warm-up needs query_cache_scope = global: with per-session answers there is nothing to share",
         ));
     }
@@ -219,16 +219,16 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         &conn,
         "ZREVRANGE",
         vec![
-            binary(keys::TOP_QUESTIONS),
-            binary("0"),
-            binary((limit - 1).to_string()),
+            Arg::bytes(keys::TOP_QUESTIONS),
+            Arg::bytes("0"),
+            Arg::bytes((limit - 1).to_string()),
         ],
     )
     .await
     .map_err(|e| ApiError::unavailable(format!("reading the top questions: {e}")))?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
-    for member in binaries(reply) {
+    for member in all_bytes(reply) {
         let Ok(entry) = serde_json::from_slice::<QueryCacheEntry>(&member) else {
             continue;
         };
@@ -239,8 +239,8 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             user_id: None,
             stream: false,
         };
-        let found = pipeline::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
-        match pipeline::answer(
+        let found = answer_cache::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
+        match answer_cache::answer(
             Some(&conn),
             &settings,
             &request,
@@ -280,14 +280,14 @@ pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
             &conn,
             "ZREVRANGE",
             vec![
-                binary(log.key()),
-                binary(start.to_string()),
-                binary(end.to_string()),
+                Arg::bytes(log.key()),
+                Arg::bytes(start.to_string()),
+                Arg::bytes(end.to_string()),
             ],
         )
         .await?;
-        let total = integers(&execute(&conn, "ZCARD", vec![binary(log.key())]).await?);
-        Ok::<_, StoreError>((binaries(entries), total.first().copied().unwrap_or(0)))
+        let total = integers(&execute(&conn, "ZCARD", vec![Arg::bytes(log.key())]).await?);
+        Ok::<_, StoreError>((all_bytes(entries), total.first().copied().unwrap_or(0)))
     };
     let (entries, total) = read
         .await

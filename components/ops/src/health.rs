@@ -2,21 +2,23 @@
 
 use std::time::{Duration, Instant};
 
-use chatbot_core::api::ApiError;
+use chatbot_core::http::api::ApiError;
 use chatbot_core::config::redact_userinfo;
-use chatbot_core::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport};
-use chatbot_core::settings::health_check_timeout;
-use chatbot_core::upstream;
-use chatbot_core::{health, keys, ranking};
+use chatbot_core::telemetry::health::{Liveness, ServiceCheck, ServiceStatus, ServicesReport};
+use chatbot_core::config::settings::health_check_timeout;
+use chatbot_core::chat::upstream;
+use chatbot_core::cache::ranking;
+use chatbot_core::redis::keys;
+use chatbot_core::telemetry::health;
 use chatbot_spin::incoming::Request;
 use chatbot_spin::openai::{header_refs, openai_headers, qdrant_headers};
-use chatbot_spin::redis_script::{binaries, binary, eval, execute, Conn};
+use chatbot_core::redis::script::{all_bytes, Arg};
+use chatbot_spin::redis_script::{execute, run, Conn};
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::Params;
 use chatbot_spin::settings::{self, PipelineSettings};
 use chatbot_spin::{http, within, StoreError};
 use serde_json::json;
-use spin_sdk::redis;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -67,7 +69,7 @@ async fn probe_postgres(timeout: Duration) -> ServiceCheck {
         let conn = chatbot_spin::pg::open(&address)
             .await
             .map_err(|e| format!("open: {e}"))?;
-        chatbot_spin::pg::query_one_row(&conn, chatbot_core::sql::PING, vec![])
+        chatbot_spin::pg::query_one_row(&conn, chatbot_core::storage::sql::PING, vec![])
             .await
             .map(drop)
             .map_err(|e| format!("SELECT 1: {e}"))
@@ -186,11 +188,11 @@ fn report_body(report: &ServicesReport) -> serde_json::Value {
 pub async fn services(_: Request, _: Params) -> Result<Response, ApiError> {
     let conn = settings::open_redis().await.ok();
     let kept = match &conn {
-        Some(conn) => execute(conn, "GET", vec![binary(keys::HEALTH_REPORT)])
+        Some(conn) => execute(conn, "GET", vec![Arg::bytes(keys::HEALTH_REPORT)])
             .await
             .ok()
             .and_then(|reply| {
-                serde_json::from_slice::<serde_json::Value>(binaries(reply).first()?).ok()
+                serde_json::from_slice::<serde_json::Value>(all_bytes(reply).first()?).ok()
             }),
         None => None,
     };
@@ -204,10 +206,10 @@ pub async fn services(_: Request, _: Params) -> Result<Response, ApiError> {
             conn,
             "SET",
             vec![
-                binary(keys::HEALTH_REPORT),
-                binary(body.to_string()),
-                binary("EX"),
-                redis::RedisParameter::Int64(health::REPORT_SECONDS as i64),
+                Arg::bytes(keys::HEALTH_REPORT),
+                Arg::bytes(body.to_string()),
+                Arg::bytes("EX"),
+                Arg::Int(health::REPORT_SECONDS as i64),
             ],
         )
         .await;
@@ -279,7 +281,7 @@ pub async fn metrics_summary(_: Request, _: Params) -> Result<Response, ApiError
         .map_err(storage_unavailable)?;
     Ok(json(
         200,
-        &chatbot_core::metrics::summary::summarise(&snapshot),
+        &chatbot_core::telemetry::metrics::summary::summarise(&snapshot),
     ))
 }
 
@@ -294,15 +296,15 @@ pub(crate) async fn scan(
         conn,
         "SCAN",
         vec![
-            binary(cursor),
-            binary("MATCH"),
-            binary(pattern),
-            binary("COUNT"),
-            binary("500"),
+            Arg::bytes(cursor),
+            Arg::bytes("MATCH"),
+            Arg::bytes(pattern),
+            Arg::bytes("COUNT"),
+            Arg::bytes("500"),
         ],
     )
     .await?;
-    let mut values = binaries(reply).into_iter();
+    let mut values = all_bytes(reply).into_iter();
     let next = values
         .next()
         .ok_or_else(|| StoreError::Unexpected("SCAN answered nothing".into()))?;
@@ -333,24 +335,15 @@ async fn top(
     half_life_seconds: u64,
     n: i64,
 ) -> Result<Vec<serde_json::Value>, StoreError> {
-    let reply = eval(
-        conn,
-        ranking::TOP_SCRIPT,
-        &[key.to_string(), ranking::base_key(key)],
-        &[
-            redis::RedisParameter::Int64(n),
-            redis::RedisParameter::Int64(half_life_seconds as i64),
-        ],
-    )
-    .await?;
-    Ok(binaries(reply)
-        .chunks_exact(2)
-        .map(|pair| {
-            let member = String::from_utf8_lossy(&pair[0]).into_owned();
-            let count: f64 = std::str::from_utf8(&pair[1])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0.0);
+    let top = ranking::Top {
+        ranking: key,
+        count: u64::try_from(n).unwrap_or(0),
+        half_life_seconds,
+    };
+    Ok(run(conn, &top)
+        .await?
+        .into_iter()
+        .map(|(member, count)| {
             match serde_json::from_str::<serde_json::Value>(&member) {
                 Ok(serde_json::Value::Object(mut entry)) => {
                     entry.insert("count".into(), json!(count));
@@ -372,7 +365,7 @@ async fn analytics(conn: &Conn) -> Result<serde_json::Value, StoreError> {
         let count = count_matching(conn, &pattern).await?;
         entries.insert(cache.to_string(), json!(count));
     }
-    let info = binaries(execute(conn, "INFO", vec![binary("memory")]).await?);
+    let info = all_bytes(execute(conn, "INFO", vec![Arg::bytes("memory")]).await?);
     let info =
         String::from_utf8_lossy(info.first().map(Vec::as_slice).unwrap_or_default()).into_owned();
     let field = |name: &str| {
@@ -381,7 +374,7 @@ async fn analytics(conn: &Conn) -> Result<serde_json::Value, StoreError> {
             .map(|v| v.trim().to_string())
     };
     let used: Option<u64> = field("used_memory").and_then(|v| v.parse().ok());
-    let mut rates = serde_json::to_value(chatbot_core::metrics::summary::cache_rates(&snapshot))
+    let mut rates = serde_json::to_value(chatbot_core::telemetry::metrics::summary::cache_rates(&snapshot))
         .expect("serialises");
     for (cache, count) in &entries {
         rates[cache]["entries"] = count.clone();

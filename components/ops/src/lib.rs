@@ -1,13 +1,13 @@
 //! The ops component: health and readiness, metrics summary, cache analytics
 //! and invalidation, retention cleanup, cache warm-up and the audit log.
-//! Admin routes (marked in `chatbot_core::routes`) need the `admin_token`
+//! Admin routes (marked in `chatbot_core::http::routes`) need the `admin_token`
 //! bearer token, checked by the router; with no token configured they are closed.
 
 mod admin;
 mod health;
 
-use chatbot_core::api::ApiError;
-use chatbot_core::routes;
+use chatbot_core::http::api::ApiError;
+use chatbot_core::http::routes;
 use chatbot_spin::redis_script::Conn;
 use chatbot_spin::respond::Outgoing;
 use chatbot_spin::routing::{self, Handler};

@@ -2,22 +2,23 @@
 //! in batches through the embedding cache, and upsert into Qdrant, replacing a
 //! document's old chunks.
 
-use chatbot_core::api::ApiError;
-use chatbot_core::audit::AuditAction;
-use chatbot_core::ingest::{self, UPSERT_BATCH};
-use chatbot_core::keys;
-use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{Cached, Endpoint, QueryStatus};
-use chatbot_core::upstream::UpstreamError;
+use chatbot_core::http::api::ApiError;
+use chatbot_core::telemetry::audit::AuditAction;
+use chatbot_core::chat::ingest::{self, UPSERT_BATCH};
+use chatbot_core::redis::keys;
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::{Cached, Endpoint, QueryStatus};
+use chatbot_core::chat::upstream::UpstreamError;
 use chatbot_spin::caches::embed_cached;
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::qdrant;
-use chatbot_spin::redis_script::{binary, execute};
+use chatbot_spin::redis_script::execute;
+use chatbot_core::redis::script::Arg;
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::{self, Params};
 use chatbot_spin::settings::{self, PipelineSettings};
 
-use crate::{config_failure, Scope};
+use crate::scope::{count_alone, Scope};
 
 /// `POST /api/v1/documents`, counted (an ingestion that reached Qdrant is
 /// counted with the request's other samples; a refusal before, alone).
@@ -25,13 +26,13 @@ pub async fn ingest(req: Request, params: Params) -> Result<Response, ApiError> 
     let result = ingest_documents(req, params).await;
     // After its parse, ingestion answers through its scope, which counts it.
     if result.is_err() {
-        crate::count_alone(Endpoint::Documents, &result, Vec::new()).await;
+        count_alone(Endpoint::Documents, &result, Vec::new()).await;
     }
     result
 }
 
 async fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError> {
-    let settings = settings::pipeline().await.map_err(config_failure)?;
+    let settings = settings::pipeline().await?;
     // A batch, not a question: each call keeps its own timeout, and the
     // question deadline (`request_timeout_ms`) does not cut an ingestion half-way.
     chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
@@ -95,7 +96,7 @@ async fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
         return;
     };
     let key = keys::generation(&settings.qdrant_collection);
-    if let Err(e) = execute(conn, "INCR", vec![binary(key)]).await {
+    if let Err(e) = execute(conn, "INCR", vec![Arg::bytes(key)]).await {
         chatbot_spin::log::warn(
             "answers_not_invalidated",
             chatbot_spin::log::Dependency::Redis,

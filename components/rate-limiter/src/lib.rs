@@ -1,15 +1,14 @@
 //! The rate-limiter component: `chatbot:ratelimit/limiter` over a token bucket
 //! in Redis. One decision is one Redis round trip (`EVALSHA`, or `EVAL` when
-//! the server has lost the script: `chatbot_spin::redis_script::eval`) on the
+//! the server has lost the script: `chatbot_spin::redis_script::run`) on the
 //! connection the limiter's instance keeps, bounded by the caller's timeout.
 
-use chatbot_core::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, ScriptReply};
-use chatbot_core::settings::LimiterSettings;
+use chatbot_core::limits::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, TakeTokens};
+use chatbot_core::config::settings::LimiterSettings;
 use chatbot_spin::now_epoch_seconds;
-use chatbot_spin::redis_script::{eval, integers, Conn};
+use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::open_redis;
 use chatbot_spin::StoreError;
-use spin_sdk::redis::RedisParameter;
 
 spin_sdk::wit_bindgen::generate!({
     runtime_path: "spin_sdk::wit_bindgen::rt",
@@ -57,27 +56,6 @@ fn config_for(settings: &LimiterSettings, scope: Scope) -> BucketConfig {
     }
 }
 
-/// Runs the bucket script over every bucket (by SHA, reloaded if Redis lost
-/// it): one round trip.
-async fn run_script(
-    conn: &Conn,
-    keys: &[String],
-    configs: &[BucketConfig],
-    cost: u32,
-) -> Result<ScriptReply, StoreError> {
-    let mut args = vec![RedisParameter::Int64(i64::from(cost))];
-    for config in configs {
-        args.push(RedisParameter::Int64(i64::from(config.capacity)));
-        args.push(RedisParameter::Int64(
-            i64::from(config.window_seconds) * 1000,
-        ));
-    }
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let reply = eval(conn, ratelimit::TOKEN_BUCKET_SCRIPT, &key_refs, &args).await?;
-    ScriptReply::from_integers(&integers(&reply), keys.len())
-        .ok_or_else(|| StoreError::Unexpected(format!("bucket script reply {reply:?}")))
-}
-
 async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
     let settings = chatbot_spin::settings::limiter()
         .await
@@ -85,16 +63,15 @@ async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
     if buckets.is_empty() || buckets.len() > ratelimit::MAX_BUCKETS {
         return Err(limit_error(LimitError::BucketCount));
     }
-    let mut keys = Vec::with_capacity(buckets.len());
-    let mut configs = Vec::with_capacity(buckets.len());
+    let mut named = Vec::with_capacity(buckets.len());
     for bucket in buckets {
-        keys.push(
-            ratelimit::bucket_key(core_scope(bucket.scope), &bucket.key).map_err(limit_error)?,
-        );
+        let key =
+            ratelimit::bucket_key(core_scope(bucket.scope), &bucket.key).map_err(limit_error)?;
         let config = config_for(&settings, bucket.scope);
         ratelimit::validate(config, cost).map_err(limit_error)?;
-        configs.push(config);
+        named.push((key, config));
     }
+    let configs: Vec<BucketConfig> = named.iter().map(|(_, config)| *config).collect();
     let first = buckets[0].scope;
     if !settings.enabled {
         return Ok(to_wit(
@@ -104,7 +81,17 @@ async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
         ));
     }
     let reply = match open_redis().await {
-        Ok(conn) => run_script(&conn, &keys, &configs, cost).await,
+        Ok(conn) => run(
+            &conn,
+            &TakeTokens {
+                buckets: &named,
+                cost,
+            },
+        )
+        .await
+        .and_then(|reply| {
+            reply.ok_or_else(|| StoreError::Unexpected("the bucket script's reply does not read".into()))
+        }),
         Err(e) => Err(e),
     };
     match reply {

@@ -1,10 +1,10 @@
-//! Appending to the audit logs (entries are built by `chatbot_core::audit`,
+//! Appending to the audit logs (entries are built by `chatbot_core::telemetry::audit`,
 //! which also decides each entry's log and sampling).
 
-use chatbot_core::audit::{AuditAction, AuditEntry, APPEND_SCRIPT};
-use spin_sdk::redis::RedisParameter;
+use chatbot_core::limits::sessions::NoteRateLimited;
+use chatbot_core::telemetry::audit::{Append, AuditAction, AuditEntry};
 
-use crate::redis_script::{binary, eval, Conn};
+use crate::redis_script::{run, Conn};
 
 /// A new entry, stamped now with a random id.
 pub fn entry(action: AuditAction, address: &str, detail: serde_json::Value) -> AuditEntry {
@@ -21,18 +21,24 @@ pub fn entry(action: AuditAction, address: &str, detail: serde_json::Value) -> A
 /// not left one of its kind lately); a failure is logged, never fails the request.
 pub async fn append(conn: &Conn, action: AuditAction, address: &str, detail: serde_json::Value) {
     let entry = entry(action, address, detail);
-    let [log, throttle] = entry.script_keys();
-    if let Err(e) = eval(
-        conn,
-        APPEND_SCRIPT,
-        &[&log, &throttle],
-        &[
-            binary(entry.to_json()),
-            RedisParameter::Int64(action.sample_seconds()),
-        ],
-    )
-    .await
-    {
+    if let Err(e) = run(conn, &Append(&entry)).await {
         crate::log::warn("audit_write_failed", crate::log::Dependency::Redis, &e);
+    }
+}
+
+/// Top rate-limited sessions and the security log (sampled per address), in one round trip.
+pub async fn note_rate_limited(
+    conn: &Conn,
+    session_id: &str,
+    address: &str,
+    detail: serde_json::Value,
+) {
+    let entry = entry(AuditAction::RateLimitDenied, address, detail);
+    let note = NoteRateLimited {
+        session_id,
+        entry: &entry,
+    };
+    if let Err(e) = run(conn, &note).await {
+        crate::log::warn("analytics_write_failed", crate::log::Dependency::Redis, &e);
     }
 }

@@ -1,15 +1,15 @@
 //! The embedding cache and the telemetry a request accumulates.
 
-use chatbot_core::codec;
-use chatbot_core::keys;
-use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
-use chatbot_core::query::SET_MANY_SCRIPT;
-use chatbot_core::upstream::{UpstreamError, Usage};
-use spin_sdk::redis::{RedisParameter, RedisResult};
+use chatbot_core::cache::codec;
+use chatbot_core::redis::keys;
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
+use chatbot_core::chat::upstream::{UpstreamError, Usage};
+
 use std::time::Duration;
 
-use crate::redis_script::{binary, eval, execute, Conn};
+use crate::redis_script::{execute, run, Conn};
+use chatbot_core::redis::script::{Arg, Value};
 use crate::settings::PipelineSettings;
 
 /// The samples a request will hand the recorder in one batch at the end.
@@ -71,11 +71,11 @@ pub async fn embed_cached(
         .collect();
     let mut found: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
     if let Some(conn) = conn {
-        let params: Vec<RedisParameter> = keys.iter().map(binary).collect();
+        let params: Vec<Arg> = keys.iter().map(Arg::from).collect();
         match execute(conn, "MGET", params).await {
             Ok(values) => {
                 for (slot, value) in found.iter_mut().zip(values) {
-                    if let RedisResult::Binary(bytes) = value {
+                    if let Value::Bytes(bytes) = value {
                         *slot = codec::decode_embedding(&bytes);
                     }
                 }
@@ -101,7 +101,7 @@ pub async fn embed_cached(
             missing.len() as f64,
         ));
     }
-    for batch in missing.chunks(chatbot_core::ingest::EMBEDDING_BATCH) {
+    for batch in missing.chunks(chatbot_core::chat::ingest::EMBEDDING_BATCH) {
         let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
         telemetry.add(Observation::OpenAiCall(Operation::Embedding));
         let (vectors, usage, latency) = match crate::openai::embed(settings, &inputs).await {
@@ -113,16 +113,12 @@ pub async fn embed_cached(
         };
         telemetry.openai_answered(Operation::Embedding, latency, &usage);
         if let Some(conn) = conn {
-            let batch_keys: Vec<&str> = batch.iter().map(|i| keys[*i].as_str()).collect();
-            let mut args = vec![RedisParameter::Int64(
-                settings.embedding_cache_ttl_seconds as i64,
-            )];
-            args.extend(
-                vectors
-                    .iter()
-                    .map(|v| RedisParameter::Binary(codec::encode_embedding(v))),
-            );
-            if let Err(e) = eval(conn, SET_MANY_SCRIPT, &batch_keys, &args).await {
+            let store = codec::StoreEmbeddings {
+                keys: batch.iter().map(|i| keys[*i].as_str()).collect(),
+                vectors: &vectors,
+                ttl_seconds: settings.embedding_cache_ttl_seconds,
+            };
+            if let Err(e) = run(conn, &store).await {
                 crate::log::warn(
                     "embedding_cache_store_failed",
                     crate::log::Dependency::Redis,

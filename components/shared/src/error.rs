@@ -18,7 +18,7 @@ pub enum StoreError {
 impl StoreError {
     /// Redis refused a write because it is full (`maxmemory`, `noeviction`).
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Self::Redis(message) if chatbot_core::ratelimit::is_out_of_memory(message))
+        matches!(self, Self::Redis(message) if chatbot_core::limits::ratelimit::is_out_of_memory(message))
     }
 }
 
@@ -41,11 +41,29 @@ impl From<spin_sdk::pg::PgError> for StoreError {
     fn from(e: spin_sdk::pg::PgError) -> Self {
         match e {
             spin_sdk::pg::PgError::QueryFailed(spin_sdk::pg::QueryError::DbError(db))
-                if db.code == chatbot_core::history::FOREIGN_KEY_VIOLATION =>
+                if db.code == chatbot_core::storage::history::FOREIGN_KEY_VIOLATION =>
             {
                 Self::ForeignKeyViolation
             }
             other => Self::Postgres(chatbot_core::config::redact_userinfo(&format!("{other:?}"))),
+        }
+    }
+}
+
+impl From<StoreError> for chatbot_core::http::api::ApiError {
+    /// 503 naming the store that failed, never its words (they go to the log).
+    fn from(e: StoreError) -> Self {
+        use chatbot_core::http::api::ApiError;
+        use chatbot_core::telemetry::log::Dependency;
+        match e {
+            StoreError::Redis(_) => ApiError::unavailable("Redis is unavailable")
+                .caused_by("redis_unavailable", Dependency::Redis, e),
+            StoreError::Postgres(_) | StoreError::ForeignKeyViolation => {
+                ApiError::unavailable("the history store (Postgres) is unavailable")
+                    .caused_by("postgres_unavailable", Dependency::Postgres, e)
+            }
+            StoreError::Unexpected(_) => ApiError::unavailable("a store answered something unexpected")
+                .caused_by("store_reply_unexpected", Dependency::None, e),
         }
     }
 }

@@ -1,11 +1,19 @@
 //! The conversation history in Postgres.
 
-use chatbot_core::history::{self, HistoryPage};
-use chatbot_core::query::{self, Citation, QueryRequest};
+use chatbot_core::storage::history::{self, HistoryPage};
+use chatbot_core::chat::query::{self, Citation, QueryRequest};
 use spin_sdk::pg::ParameterValue;
 
 use crate::pg::{column, json_column, one_row_at};
+use crate::caches::Telemetry;
+use chatbot_core::limits::sessions::OwnerCheck;
+use crate::pipeline::Answer;
+use crate::settings::PipelineSettings;
 use crate::StoreError;
+use chatbot_core::storage::history::{day_of, RememberedConversation};
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::{ErrorType, Operation};
+use std::time::Instant;
 
 fn opt_str(v: Option<&str>) -> ParameterValue {
     v.map_or(ParameterValue::DbNull, |s| {
@@ -43,7 +51,7 @@ impl NewExchange<'_> {
 pub async fn store_exchange(
     address: &str,
     exchange: &NewExchange<'_>,
-    enforce_owner: bool,
+    owner: OwnerCheck,
 ) -> Result<i64, StoreError> {
     let request = exchange.request;
     let mut params = vec![
@@ -51,7 +59,7 @@ pub async fn store_exchange(
         opt_str(request.user_id.as_deref()),
     ];
     params.extend(exchange.params());
-    params.push(ParameterValue::Boolean(enforce_owner));
+    params.push(ParameterValue::Boolean(owner.enforced()));
     params.push(ParameterValue::Floating64(exchange.asked_at));
     let row = one_row_at(address, history::STORE_EXCHANGE_SQL, params).await?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
@@ -65,14 +73,14 @@ pub async fn store_exchange(
 }
 
 /// Appends an exchange to a conversation of the request's session (see
-/// `chatbot_core::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
+/// `chatbot_core::storage::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
 /// conversation is not the session's (ids repeat after a Postgres restore)
 /// or is gone (deleted by cleanup since Redis learnt its id); nothing was stored.
 pub async fn append_exchange(
     address: &str,
     conversation: i64,
     exchange: &NewExchange<'_>,
-    enforce_owner: bool,
+    owner: OwnerCheck,
 ) -> Result<bool, StoreError> {
     let request = exchange.request;
     let mut params = vec![ParameterValue::Int64(conversation)];
@@ -80,7 +88,7 @@ pub async fn append_exchange(
     params.extend([
         ParameterValue::Str(request.session_id.clone()),
         opt_str(request.user_id.as_deref()),
-        ParameterValue::Boolean(enforce_owner),
+        ParameterValue::Boolean(owner.enforced()),
         ParameterValue::Floating64(exchange.asked_at),
     ]);
     let row = match one_row_at(address, history::APPEND_EXCHANGE_SQL, params).await {
@@ -93,12 +101,12 @@ pub async fn append_exchange(
 }
 
 /// The session's conversation, created with the session if need be, before
-/// the answer exists. `None`: the session belongs to another user (`enforce_owner`).
+/// the answer exists. `None`: the session belongs to another user (`owner` enforced).
 pub async fn ensure_conversation(
     address: &str,
     retention_days: u32,
     request: &QueryRequest,
-    enforce_owner: bool,
+    owner: OwnerCheck,
 ) -> Result<Option<i64>, StoreError> {
     let row = one_row_at(
         address,
@@ -107,7 +115,7 @@ pub async fn ensure_conversation(
             ParameterValue::Str(request.session_id.clone()),
             opt_str(request.user_id.as_deref()),
             ParameterValue::Int32(retention_days as i32),
-            ParameterValue::Boolean(enforce_owner),
+            ParameterValue::Boolean(owner.enforced()),
         ],
     )
     .await?;
@@ -150,4 +158,67 @@ pub async fn owner(address: &str, session_id: &str) -> Result<history::SessionOw
         column(&row, 0)?,
         column(&row, 1)?,
     ))
+}
+
+/// Stores the exchange after the response. An exchange in a conversation
+/// Redis remembers as refreshed today is appended (two messages and the
+/// citations); otherwise, or when that conversation is gone, the whole
+/// statement upserts the session and conversation too. Returns what Redis
+/// should remember from now on when it differs from `remembered` (`None`
+/// when the write failed: it is logged and counted).
+pub async fn store_history(
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    answer: &Answer,
+    owner: OwnerCheck,
+    remembered: Option<RememberedConversation>,
+    telemetry: &mut Telemetry,
+) -> Option<RememberedConversation> {
+    let started = Instant::now();
+    let today = day_of(crate::now_epoch_seconds());
+    let exchange = NewExchange {
+        request,
+        answer: &answer.value.answer,
+        citations: &answer.value.citations,
+        cached: answer.cached,
+        retention_days: settings.retention_days,
+        asked_at: crate::context::request_started_at(),
+    };
+    let address = &settings.postgres_address;
+    // Appended when Redis knows the conversation as refreshed today and it
+    // still exists; else the whole statement, which refreshes (or recreates) it.
+    let appended = match remembered.filter(|r| r.appendable_on(today)) {
+        Some(known) => append_exchange(address, known.id, &exchange, owner)
+            .await
+            .map(|appended| appended.then_some(known)),
+        None => Ok(None),
+    };
+    let stored = match appended {
+        Ok(Some(known)) => Ok(known),
+        Ok(None) => store_exchange(address, &exchange, owner)
+            .await
+            .map(|id| RememberedConversation::refreshed_on(id, today)),
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(now) => {
+            telemetry.add(Observation::DatabaseLatency(
+                Operation::StoreExchange,
+                started.elapsed().as_secs_f64(),
+            ));
+            (Some(now) != remembered).then_some(now)
+        }
+        Err(e) => {
+            crate::log::write(
+                crate::log::Level::Error,
+                "history_write_lost",
+                crate::log::Dependency::Postgres,
+                &e,
+                &[("session_id", &request.session_id)],
+            );
+            telemetry.add(Observation::HistoryWriteLost);
+            telemetry.add(Observation::Error(ErrorType::Postgres));
+            None
+        }
+    }
 }

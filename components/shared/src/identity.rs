@@ -1,18 +1,18 @@
 //! Who is asking, on the host side: the client address from Spin's headers,
 //! whether the caller holds the admin token, and the end user of a bearer JWT
-//! (verified by `chatbot_core::identity`), with the issuer's key set cached in
+//! (verified by `chatbot_core::limits::identity`), with the issuer's key set cached in
 //! Redis, shared by every replica.
 
 use std::time::Duration;
 
-use chatbot_core::api::ApiError;
+use chatbot_core::http::api::ApiError;
 use chatbot_core::config::ConfigError;
-use chatbot_core::identity::{self, AuthError, IdentitySettings, JwtSettings};
-use chatbot_core::keys;
+use chatbot_core::limits::identity::{self, AuthError, IdentitySettings, JwtSettings};
+use chatbot_core::redis::keys;
 use jsonwebtoken::jwk::JwkSet;
-use spin_sdk::redis::RedisParameter;
 
-use crate::redis_script::{binary, execute, Conn};
+use crate::redis_script::{execute, Conn};
+use chatbot_core::redis::script::{bytes_at, Arg, Value};
 
 /// A key set is fetched again for an unknown `kid`, or refreshed after it
 /// expired, at most this often, so tokens with made-up key ids (or an issuer
@@ -41,8 +41,8 @@ pub fn client_address<B>(req: &http::Request<B>, settings: &IdentitySettings) ->
 /// no token configured means nobody is admin).
 pub async fn is_admin<B>(req: &http::Request<B>) -> bool {
     let variables = crate::settings::variables().await;
-    let token = chatbot_core::settings::admin_token(&|name: &str| variables.lookup(name));
-    chatbot_core::auth::bearer_matches(header(req, "authorization"), token.expose())
+    let token = chatbot_core::config::settings::admin_token(&|name: &str| variables.lookup(name));
+    chatbot_core::http::auth::bearer_matches(header(req, "authorization"), token.expose())
 }
 
 /// Why a request has no user.
@@ -136,10 +136,10 @@ async fn claimed(conn: Option<&Conn>, key: &str, alone: bool) -> bool {
 
 /// The stored copy and when it was fetched, fresh or not.
 async fn stored_jwks(conn: &Conn, url: &str) -> Option<(u64, JwkSet)> {
-    let reply = execute(conn, "GET", vec![binary(keys::jwks(url))])
+    let reply = execute(conn, "GET", vec![Arg::bytes(keys::jwks(url))])
         .await
         .ok()?;
-    let bytes = crate::redis_script::binary_at(&reply, 0)?;
+    let bytes = bytes_at(&reply, 0)?;
     identity::decode_stored_key_set(bytes)
 }
 
@@ -149,16 +149,16 @@ async fn claim(conn: &Conn, key: &str) -> bool {
         conn,
         "SET",
         vec![
-            binary(key),
-            binary("1"),
-            binary("NX"),
-            binary("EX"),
-            RedisParameter::Int64(REFETCH_INTERVAL_SECONDS),
+            Arg::bytes(key),
+            Arg::bytes("1"),
+            Arg::bytes("NX"),
+            Arg::bytes("EX"),
+            Arg::Int(REFETCH_INTERVAL_SECONDS),
         ],
     )
     .await;
     // Redis answers nil when the marker is already set.
-    matches!(reply, Ok(values) if !values.is_empty() && !matches!(values[0], spin_sdk::redis::RedisResult::Nil))
+    matches!(reply, Ok(values) if !values.is_empty() && !matches!(values[0], Value::Nil))
 }
 
 async fn fetch_jwks(
@@ -195,13 +195,13 @@ async fn fetch_jwks(
             conn,
             "SET",
             vec![
-                binary(keys::jwks(url)),
-                RedisParameter::Binary(identity::encode_stored_key_set(
+                Arg::bytes(keys::jwks(url)),
+                Arg::Bytes(identity::encode_stored_key_set(
                     crate::now_epoch_seconds(),
                     &response.body,
                 )),
-                binary("EX"),
-                RedisParameter::Int64(
+                Arg::bytes("EX"),
+                Arg::Int(
                     (jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64,
                 ),
             ],

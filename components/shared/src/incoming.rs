@@ -3,8 +3,8 @@
 //! without one (chunked) is read only up to the limit, and only for what is
 //! left of the request's deadline (a body that trickles past it is a 408).
 
-use chatbot_core::api::{ApiError, ErrorCode};
-use chatbot_core::routes::{self, Route};
+use chatbot_core::http::api::{ApiError, ErrorCode};
+use chatbot_core::http::routes::{self, Route};
 use http_body_util::BodyExt;
 
 /// A request with its whole body read.
@@ -34,9 +34,7 @@ impl<B> RequestExt for http::Request<B> {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        413,
-        ErrorCode::PayloadTooLarge,
+    ApiError::new(ErrorCode::PayloadTooLarge,
         format!("the body may be at most {limit} bytes"),
     )
 }
@@ -74,9 +72,7 @@ pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<
         let frame = crate::within(crate::time_left(), body.frame())
             .await
             .ok_or_else(|| {
-                ApiError::new(
-                    408,
-                    ErrorCode::RequestTimeout,
+                ApiError::new(ErrorCode::RequestTimeout,
                     "the request body did not arrive within the request's deadline",
                 )
             })?;

@@ -2,6 +2,7 @@
 //! `chatbot-core`; this crate moves bytes to and from the host, each call
 //! bounded by what is left of its request's deadline (`context`).
 
+pub mod answer_cache;
 pub mod audit;
 pub mod caches;
 pub mod context;

@@ -1,4 +1,4 @@
-//! Structured log lines on stderr (the format is `chatbot_core::log`).
+//! Structured log lines on stderr (the format is `chatbot_core::telemetry::log`).
 //!
 //! Each line leaves in one `blocking-write-and-flush`: `eprintln!` writes
 //! every formatted piece separately, so under load the pieces of concurrent
@@ -7,7 +7,7 @@
 use std::fmt::Display;
 use std::sync::OnceLock;
 
-pub use chatbot_core::log::{Dependency, Level};
+pub use chatbot_core::telemetry::log::{Dependency, Level};
 
 static COMPONENT: OnceLock<&'static str> = OnceLock::new();
 
@@ -40,7 +40,7 @@ pub fn write(
 ) {
     let message = message.to_string();
     let request_id = crate::request_id();
-    let line = chatbot_core::log::line(&chatbot_core::log::Event {
+    let line = chatbot_core::telemetry::log::line(&chatbot_core::telemetry::log::Event {
         level,
         component: COMPONENT.get().copied().unwrap_or("unknown"),
         request_id: &request_id,

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use chatbot_core::stream::{chat_stream_request, ChatStream};
-use chatbot_core::upstream::{self, ChatReply, UpstreamError, Usage, OPENAI, QDRANT};
+use chatbot_core::chat::stream::{chat_stream_request, ChatStream};
+use chatbot_core::chat::upstream::{self, ChatReply, UpstreamError, Usage, OPENAI, QDRANT};
 
 use crate::http::{self, HttpError};
 use crate::settings::PipelineSettings;
@@ -114,7 +114,7 @@ pub async fn chat_streamed(
     settings: &PipelineSettings,
     messages: &[(String, String)],
     on_delta: &mut dyn crate::pipeline::Progress,
-    citations: &[chatbot_core::query::Citation],
+    citations: &[chatbot_core::chat::query::Citation],
 ) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
     let headers = openai_headers(settings);

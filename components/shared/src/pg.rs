@@ -5,7 +5,7 @@
 //! `context::STORE_CALL`: a Postgres that accepts and never answers costs a
 //! request some latency, not its answer, and the instance nothing.
 
-use chatbot_core::sql::OneRowQuery;
+use chatbot_core::storage::sql::OneRowQuery;
 use spin_sdk::pg::{Connection, DbValue, Decode, ParameterValue};
 
 use crate::StoreError;

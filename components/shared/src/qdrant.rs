@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use chatbot_core::query::Passage;
-use chatbot_core::upstream::{self, Point, UpstreamError};
+use chatbot_core::chat::query::Passage;
+use chatbot_core::chat::upstream::{self, Point, UpstreamError};
 
 use crate::openai::qdrant_send;
 use crate::settings::PipelineSettings;

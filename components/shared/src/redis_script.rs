@@ -11,7 +11,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use chatbot_core::digest::script_sha;
+use chatbot_core::redis::digest::script_sha;
+use chatbot_core::redis::script::{Arg, Script, Value};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 use crate::StoreError;
@@ -79,7 +80,12 @@ impl Drop for ForgetUnlessAnswered<'_> {
 }
 
 /// One command, within the request's deadline.
-pub async fn execute(
+pub async fn execute(conn: &Conn, command: &str, args: Vec<Arg>) -> Result<Vec<Value>, StoreError> {
+    let params = args.into_iter().map(parameter).collect();
+    Ok(send(conn, command, params).await?.into_iter().map(value).collect())
+}
+
+async fn send(
     conn: &Conn,
     command: &str,
     args: Vec<RedisParameter>,
@@ -109,61 +115,50 @@ fn is_noscript(message: &str) -> bool {
     message.to_ascii_lowercase().contains("noscript")
 }
 
-pub fn binary(s: impl AsRef<[u8]>) -> RedisParameter {
-    RedisParameter::Binary(s.as_ref().to_vec())
+/// Runs one call of a script (its keys, arguments and reply are the core's:
+/// `chatbot_core::redis::script`).
+pub async fn run<S: Script>(conn: &Conn, script: &S) -> Result<S::Reply, StoreError> {
+    let args: Vec<RedisParameter> = script.args().into_iter().map(parameter).collect();
+    let reply = eval(conn, S::SOURCE, &script.keys(), &args).await?;
+    Ok(script.parse(reply.into_iter().map(value).collect()))
+}
+
+fn parameter(arg: Arg) -> RedisParameter {
+    match arg {
+        Arg::Int(int) => RedisParameter::Int64(int),
+        Arg::Bytes(bytes) => RedisParameter::Binary(bytes),
+    }
+}
+
+/// A reply's value in the core's terms.
+pub fn value(result: RedisResult) -> Value {
+    match result {
+        RedisResult::Nil => Value::Nil,
+        RedisResult::Int64(int) => Value::Int(int),
+        RedisResult::Binary(bytes) => Value::Bytes(bytes),
+        RedisResult::Status(status) => Value::Status(status),
+    }
 }
 
 /// Runs a script by its SHA-1, loading it with `EVAL` when Redis has lost it.
-pub async fn eval<K: AsRef<str>>(
+async fn eval(
     conn: &Conn,
     script: &str,
-    keys: &[K],
+    keys: &[String],
     args: &[RedisParameter],
 ) -> Result<Vec<RedisResult>, StoreError> {
     let params = |first: &[u8]| {
         let mut p = Vec::with_capacity(2 + keys.len() + args.len());
-        p.push(binary(first));
+        p.push(RedisParameter::Binary(first.to_vec()));
         p.push(RedisParameter::Int64(keys.len() as i64));
-        p.extend(keys.iter().map(|k| binary(k.as_ref())));
+        p.extend(keys.iter().map(|k| RedisParameter::Binary(k.as_bytes().to_vec())));
         p.extend(args.iter().cloned());
         p
     };
-    match execute(conn, "EVALSHA", params(script_sha(script).as_bytes())).await {
+    match send(conn, "EVALSHA", params(script_sha(script).as_bytes())).await {
         Err(StoreError::Redis(e)) if is_noscript(&e) => {
-            execute(conn, "EVAL", params(script.as_bytes())).await
+            send(conn, "EVAL", params(script.as_bytes())).await
         }
         other => other,
     }
-}
-
-/// The bytes of a reply's `index`-th value (`None` for nil or a non-string).
-pub fn binary_at(results: &[RedisResult], index: usize) -> Option<&[u8]> {
-    match results.get(index) {
-        Some(RedisResult::Binary(b)) => Some(b),
-        _ => None,
-    }
-}
-
-/// Every reply as bytes (`HGETALL`, `SMEMBERS`, `ZRANGE`...; nil is empty).
-pub fn binaries(results: Vec<RedisResult>) -> Vec<Vec<u8>> {
-    results
-        .into_iter()
-        .map(|r| match r {
-            RedisResult::Binary(b) => b,
-            RedisResult::Status(s) => s.into_bytes(),
-            RedisResult::Int64(i) => i.to_string().into_bytes(),
-            RedisResult::Nil => Vec::new(),
-        })
-        .collect()
-}
-
-/// The integers of a script's reply, in order (others skipped).
-pub fn integers(results: &[RedisResult]) -> Vec<i64> {
-    results
-        .iter()
-        .filter_map(|r| match r {
-            RedisResult::Int64(v) => Some(*v),
-            _ => None,
-        })
-        .collect()
 }

@@ -11,7 +11,7 @@
 //! declared length would end the request at its last byte.
 
 use bytes::Bytes;
-use chatbot_core::api::ApiError;
+use chatbot_core::http::api::ApiError;
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -50,17 +50,27 @@ pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
 }
 
 /// The JSON error body, with the headers the error carries. A 5xx names the
-/// request id under which the log holds what went wrong.
+/// request id under which the log holds what went wrong (logged here).
 pub fn error(error: &ApiError) -> Response {
-    let mut body = error.body();
-    if error.status >= 500 {
-        body.request_id = Some(crate::request_id());
-    }
-    let mut response = json(error.status, &body);
+    let body = error_body(error);
+    let mut response = json(error.status(), &body);
     for (name, value) in &error.headers {
         response.set_header(name, value.as_str());
     }
     response
+}
+
+/// The body of an error as the client sees it, its cause logged: the one
+/// place a failure a client is answered with reaches the log.
+pub fn error_body(error: &ApiError) -> chatbot_core::http::api::ErrorBody {
+    if let Some(cause) = &error.cause {
+        crate::log::error(cause.event, cause.dependency, &cause.detail);
+    }
+    let mut body = error.body();
+    if error.status() >= 500 {
+        body.request_id = Some(crate::request_id());
+    }
+    body
 }
 
 /// A handler's result as a response.

@@ -1,15 +1,15 @@
-//! Serving a component's route table from the core (`chatbot_core::routes`):
+//! Serving a component's route table from the core (`chatbot_core::http::routes`):
 //! admin routes checked in one place, and JSON errors for what the table does
 //! not serve (404, or 405 with `Allow`).
 
 use std::future::Future;
 use std::pin::Pin;
 
-use chatbot_core::api::ApiError;
-use chatbot_core::audit::AuditAction;
-use chatbot_core::metrics::recording::Observation;
-use chatbot_core::metrics::ErrorType;
-use chatbot_core::routes::{allowed_methods, Route};
+use chatbot_core::http::api::ApiError;
+use chatbot_core::telemetry::audit::AuditAction;
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::ErrorType;
+use chatbot_core::http::routes::{allowed_methods, Route};
 
 use crate::incoming::{Request, RequestExt};
 use crate::respond::{error, reply, Out, Response, SetHeader};
@@ -57,7 +57,7 @@ pub async fn serve(
 ) -> Response {
     let path = req.path().to_string();
     let method = req.method().as_str().to_string();
-    let Some(route) = chatbot_core::routes::serving_route(table, &method, &path) else {
+    let Some(route) = chatbot_core::http::routes::serving_route(table, &method, &path) else {
         let Some(pattern) = table.iter().find(|r| r.matches(&path)).map(|r| r.path) else {
             return error(&ApiError::not_found(&path));
         };
@@ -171,8 +171,8 @@ pub async fn client_address<B>(req: &http::Request<B>) -> String {
         Ok(settings) => crate::identity::client_address(req, &settings),
         Err(_) => crate::identity::client_address(
             req,
-            &chatbot_core::identity::IdentitySettings {
-                mode: chatbot_core::identity::AuthMode::None,
+            &chatbot_core::limits::identity::IdentitySettings {
+                mode: chatbot_core::limits::identity::AuthMode::None,
                 jwt: None,
                 trusted_proxy_hops: 0,
             },

@@ -1,5 +1,5 @@
 //! Spin variables, read through the core's parsers of the settings
-//! (`chatbot_core::settings`), once per instance: Spin 4 reuses an instance
+//! (`chatbot_core::config::settings`), once per instance: Spin 4 reuses an instance
 //! for many requests, and a changed variable reaches the next instance
 //! (instances live at most 128 requests, or 1 s idle, by Spin's defaults).
 //! A setting that does not parse is read again by the next request.
@@ -11,7 +11,7 @@ use std::rc::Rc;
 use chatbot_core::config::ConfigError;
 use spin_sdk::variables;
 
-pub use chatbot_core::settings::{LimiterSettings, PipelineSettings, SessionLimits};
+pub use chatbot_core::config::settings::{LimiterSettings, PipelineSettings, SessionLimits};
 
 /// Every variable a component may read, read once: the core's parsers take
 /// a synchronous lookup, so the values are fetched first.
@@ -74,18 +74,18 @@ per_instance!(session_limits, SessionLimits, SessionLimits::from_lookup);
 per_instance!(limiter, LimiterSettings, LimiterSettings::from_lookup);
 per_instance!(
     identity,
-    chatbot_core::identity::IdentitySettings,
-    chatbot_core::identity::IdentitySettings::from_lookup
+    chatbot_core::limits::identity::IdentitySettings,
+    chatbot_core::limits::identity::IdentitySettings::from_lookup
 );
 
 pub async fn redis_address() -> Result<String, ConfigError> {
     let variables = variables().await;
-    chatbot_core::settings::redis_address(&|name: &str| variables.lookup(name))
+    chatbot_core::config::settings::redis_address(&|name: &str| variables.lookup(name))
 }
 
 pub async fn postgres_address() -> Result<String, ConfigError> {
     let variables = variables().await;
-    chatbot_core::settings::postgres_address(&|name: &str| variables.lookup(name))
+    chatbot_core::config::settings::postgres_address(&|name: &str| variables.lookup(name))
 }
 
 /// The instance's Redis connection, at the configured address.

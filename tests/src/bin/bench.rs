@@ -1130,7 +1130,7 @@ async fn main() -> Result<()> {
     // the jwt rows above are the end-to-end cost).
     {
         use chatbot_core::config::Secret;
-        use chatbot_core::identity::{verify, JwtSettings};
+        use chatbot_core::limits::identity::{verify, JwtSettings};
         let settings = JwtSettings {
             hs256_secret: Secret::new(issuer::HS256_SECRET),
             jwks_url: Some(issuer.jwks_url()),

@@ -46,7 +46,7 @@ pub enum ZeroRowQueries {
 }
 
 /// What the trap says, so a failing test's log names the cause.
-pub const ZERO_ROW_QUERY_TRAP: &str = "a Postgres `query` yielded no rows: under Spin 4.0.x this call never returns and holds its pooled connection (spinframework/spin#3671); shape the statement to yield one row or use `execute` (see chatbot_core::sql)";
+pub const ZERO_ROW_QUERY_TRAP: &str = "a Postgres `query` yielded no rows: under Spin 4.0.x this call never returns and holds its pooled connection (spinframework/spin#3671); shape the statement to yield one row or use `execute` (see chatbot_core::storage::sql)";
 
 /// A synchronous `query` that yielded no rows: counted, and trapped unless
 /// the rule is switched off (see [`ZeroRowQueries`]).

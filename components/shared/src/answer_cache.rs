@@ -1,0 +1,211 @@
+//! The query cache around the pipeline: a question is looked up once, and
+//! identical concurrent misses run the pipeline once (the first takes a
+//! short lock, the others wait for its answer or share its failure). The
+//! scripts, their keys and replies are `chatbot_core::cache::answers`.
+
+use std::time::{Duration, Instant};
+
+use chatbot_core::cache::answers::{
+    self, AcquireOrRead, Acquired, CachedAnswer, Found, Lookup, ReleaseLock, SharedFailure,
+    StoreAnswer,
+};
+use chatbot_core::chat::query::QueryRequest;
+use chatbot_core::chat::upstream::{UpstreamError, OPENAI};
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::CacheType;
+
+use crate::caches::Telemetry;
+use crate::pipeline::{self, Answer, Progress};
+use crate::redis_script::{run, Conn};
+use crate::settings::PipelineSettings;
+
+/// Looks the question up (one round trip). `count_question` counts the ask
+/// for analytics and reads the session's conversation (not for warm-up).
+pub async fn lookup(
+    conn: Option<&Conn>,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    count_question: bool,
+    telemetry: &mut Telemetry,
+) -> Found {
+    let Some(conn) = conn else {
+        return Found::default();
+    };
+    let cache_key = answers::query_cache_key(request, &settings.shape());
+    let lookup = Lookup {
+        cache_key: &cache_key,
+        session_id: &request.session_id,
+        collection: &settings.qdrant_collection,
+        entry: if count_question {
+            answers::question_entry(request)
+        } else {
+            String::new()
+        },
+    };
+    run(conn, &lookup).await.unwrap_or_else(|e| {
+        crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
+        telemetry.redis_error();
+        Found::default()
+    })
+}
+
+fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
+    telemetry.add(Observation::CacheHits(CacheType::Query, 1.0));
+    telemetry.add(Observation::TokensSaved(
+        CacheType::Query,
+        value.tokens as f64,
+    ));
+    Answer {
+        value,
+        cached: true,
+        usage: None,
+        whole: true,
+    }
+}
+
+/// How long the stampede lock is held at most: the slowest pipeline (every
+/// call is capped by the request's deadline, and a streamed answer lasts up
+/// to it); a crashed holder's lock expires on its own.
+fn lock_ttl(settings: &PipelineSettings, streams: bool) -> Duration {
+    let per_call = settings.openai_timeout * 2 + settings.qdrant_timeout;
+    let slowest = if streams {
+        settings.request_timeout
+    } else {
+        per_call.min(settings.request_timeout)
+    };
+    slowest + Duration::from_secs(5)
+}
+
+/// Waits for an identical question's holder, or takes the lock: the answer
+/// found meanwhile, the generation the lock was taken at (`Ok(None)`: answer
+/// without the lock), or the holder's failure.
+async fn acquire(
+    conn: &Conn,
+    settings: &PipelineSettings,
+    cache_key: &str,
+    token: &str,
+    lock_ttl: Duration,
+) -> Result<Result<Option<Vec<u8>>, CachedAnswer>, UpstreamError> {
+    let waited_since = Instant::now();
+    // The lock holder this request waits on, whose failure it would share.
+    let mut holder = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let acquire = AcquireOrRead {
+            cache_key,
+            collection: &settings.qdrant_collection,
+            token,
+            lock_ttl_ms: lock_ttl.as_millis() as u64,
+            holder: &holder,
+        };
+        match run(conn, &acquire).await {
+            Ok(Acquired::Cached(value)) => return Ok(Err(value)),
+            Ok(Acquired::Locked { generation }) => return Ok(Ok(Some(generation))),
+            Ok(Acquired::HolderFailed(shared)) => return Err(shared.into_error()),
+            Ok(Acquired::Held { .. }) if crate::time_left().is_zero() => {
+                crate::log::warn(
+                    "query_cache_wait_timed_out",
+                    crate::log::Dependency::None,
+                    "the request's deadline passed waiting for an identical question's answer",
+                );
+                return Err(UpstreamError::Timeout { service: OPENAI });
+            }
+            Ok(Acquired::Held { holder: current }) if waited_since.elapsed() <= lock_ttl => {
+                if let Some(current) = current {
+                    holder = current;
+                }
+                spin_sdk::time::sleep(answers::wait_step(attempt).min(crate::time_left())).await;
+                attempt += 1;
+            }
+            // Waited long enough, or Redis failed: compute it ourselves.
+            _ => return Ok(Ok(None)),
+        }
+    }
+}
+
+/// Answers from the cache (`found`, from [`lookup`]), or runs the pipeline
+/// once for all identical concurrent misses: the first takes a short lock,
+/// the others wait for its answer, within the request's deadline, and answer
+/// its failure if it fails. A request counts one cache hit (served from the
+/// cache, at once or after waiting) or one miss (it ran the pipeline).
+pub async fn answer(
+    conn: Option<&Conn>,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    found: Option<CachedAnswer>,
+    progress: &mut dyn Progress,
+    telemetry: &mut Telemetry,
+) -> Result<Answer, UpstreamError> {
+    let Some(conn) = conn else {
+        // Redis is down: no cache, no lock; answer anyway.
+        return pipeline::run(None, settings, request, progress, telemetry).await;
+    };
+    if let Some(value) = found {
+        return Ok(hit(value, telemetry));
+    }
+    let cache_key = answers::query_cache_key(request, &settings.shape());
+    let token = crate::random_token();
+    let lock_ttl = lock_ttl(settings, progress.streams());
+    let generation = match acquire(conn, settings, &cache_key, &token, lock_ttl).await? {
+        Err(value) => return Ok(hit(value, telemetry)),
+        Ok(generation) => generation,
+    };
+    telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
+
+    match pipeline::run(Some(conn), settings, request, progress, telemetry).await {
+        Ok(answer) if !answer.whole => {
+            // Shown, never cached: the lock goes with no failure to share, so
+            // the requests waiting on it ask for their own answers.
+            crate::log::warn(
+                "answer_not_cached",
+                crate::log::Dependency::OpenAi,
+                "the model cut the answer short (finish_reason length or content_filter) or left it empty",
+            );
+            if generation.is_some() {
+                release_lock(conn, &cache_key, &token, Vec::new()).await;
+            }
+            Ok(answer)
+        }
+        Ok(answer) => {
+            // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
+            if let Some(generation) = generation {
+                let store = StoreAnswer {
+                    cache_key: &cache_key,
+                    session_id: &request.session_id,
+                    page_context: request.page_context.as_deref(),
+                    answer: &answer.value,
+                    ttl_seconds: settings.query_cache_ttl_seconds,
+                    token: &token,
+                    generation: &generation,
+                };
+                if let Err(e) = run(conn, &store).await {
+                    crate::log::warn(
+                        "query_cache_store_failed",
+                        crate::log::Dependency::Redis,
+                        &e,
+                    );
+                    telemetry.redis_error();
+                }
+            }
+            Ok(answer)
+        }
+        Err(e) => {
+            // Errors (and answers that broke off) are never cached: the lock
+            // goes, and the requests waiting on this one answer the same failure at once.
+            let failure = serde_json::to_vec(&SharedFailure::of(&e)).expect("serialises");
+            release_lock(conn, &cache_key, &token, failure).await;
+            Err(e)
+        }
+    }
+}
+
+/// Releases the stampede lock (if still ours) and leaves `failure` for the
+/// requests that waited on it; an empty one sends them to ask for themselves.
+async fn release_lock(conn: &Conn, cache_key: &str, token: &str, failure: Vec<u8>) {
+    let release = ReleaseLock {
+        cache_key,
+        token,
+        failure,
+    };
+    let _ = run(conn, &release).await;
+}

@@ -1,0 +1,436 @@
+//! The query cache: the key an answer is stored under (everything that
+//! shapes it), and the four scripts a question's way through the cache runs
+//! (look up, take the stampede lock or read, store, release), each one type.
+//!
+//! A cached answer is a hash: `v`, the answer, and `g`, the generation of
+//! the collection it was computed from; an answer of an older generation
+//! (a document was ingested since) is not served.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::query::{Citation, QueryRequest, PROMPT_VERSION};
+use crate::redis::digest::md5_of_parts;
+use crate::redis::keys::{self, normalise};
+use crate::cache::ranking;
+use crate::redis::script::{bytes_at, Arg, Script, Value};
+use crate::storage::history::RememberedConversation;
+use crate::telemetry::metrics::CacheStatus;
+
+/// What the query cache holds: the answer and its citations (never an error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    /// Tokens the answer cost, to count what a hit saves.
+    #[serde(default)]
+    pub tokens: u64,
+}
+
+/// How the query cache served a request, for the latency histogram.
+pub fn cache_status(cached: bool, redis_available: bool) -> CacheStatus {
+    match (cached, redis_available) {
+        (true, _) => CacheStatus::Hit,
+        (false, true) => CacheStatus::Miss,
+        (false, false) => CacheStatus::Bypass,
+    }
+}
+/// Whether cached answers are per session (the seed's behaviour) or shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    Session,
+    Global,
+}
+
+impl CacheScope {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "session" => Some(Self::Session),
+            "global" => Some(Self::Global),
+            _ => None,
+        }
+    }
+}
+
+/// Everything besides the question that shapes an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerShape<'a> {
+    pub chat_model: &'a str,
+    pub embedding_model: &'a str,
+    pub collection: &'a str,
+    pub top_k: u32,
+    pub scope: CacheScope,
+}
+
+/// The query-cache key for a request.
+pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
+    let top_k = shape.top_k.to_string();
+    let session = match shape.scope {
+        CacheScope::Session => request.session_id.as_str(),
+        CacheScope::Global => "",
+    };
+    let question = normalise(&request.question);
+    let page = request
+        .page_context
+        .as_deref()
+        .map(normalise)
+        .unwrap_or_default();
+    let digest = md5_of_parts(&[
+        PROMPT_VERSION,
+        shape.chat_model,
+        shape.embedding_model,
+        shape.collection,
+        &top_k,
+        &question,
+        &page,
+        session,
+    ]);
+    keys::query_cache(&digest)
+}
+
+/// Looks an answer up, counts the question (for analytics and warm-up, when
+/// `entry` is not empty) and reads the session's conversation id, in one
+/// round trip.
+pub struct Lookup<'a> {
+    pub cache_key: &'a str,
+    pub session_id: &'a str,
+    pub collection: &'a str,
+    /// The question's ranking member ([`question_entry`]), or "" not to count it.
+    pub entry: String,
+}
+
+/// What the query cache knows of a question: its answer, and the session's
+/// conversation id (so a response can name it before the exchange is written).
+#[derive(Debug, Default, PartialEq)]
+pub struct Found {
+    pub answer: Option<CachedAnswer>,
+    pub conversation: Option<RememberedConversation>,
+}
+
+impl Script for Lookup<'_> {
+    const SOURCE: &'static str = concat!(
+        "if ARGV[1] ~= '' then\n",
+        crate::ranking_bump_lua!("2", "3", "1", "2", "3"),
+        "end\n",
+        r#"
+local generation = redis.call('GET', KEYS[5]) or '0'
+local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+local answer = false
+if entry[2] and entry[1] == generation then
+  answer = entry[2]
+end
+return {answer, redis.call('GET', KEYS[4])}
+"#
+    );
+    type Reply = Found;
+
+    /// The answer, the top questions and their base, the session's
+    /// conversation, the collection's generation.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            self.cache_key.to_string(),
+            keys::TOP_QUESTIONS.to_string(),
+            crate::cache::ranking::base_key(keys::TOP_QUESTIONS),
+            keys::conversation(self.session_id),
+            keys::generation(self.collection),
+        ]
+    }
+
+    /// The entry, the ranking's half-life and its cap.
+    fn args(&self) -> Vec<Arg> {
+        vec![
+            Arg::from(self.entry.as_str()),
+            Arg::from(ranking::QUESTIONS_HALF_LIFE_SECONDS),
+            Arg::from(ranking::QUESTIONS_CAP),
+        ]
+    }
+
+    /// `{answer or false, conversation id or false}`; what does not parse is not there.
+    fn parse(&self, reply: Vec<Value>) -> Found {
+        Found {
+            answer: bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
+            conversation: bytes_at(&reply, 1)
+                .and_then(|bytes| RememberedConversation::parse(std::str::from_utf8(bytes).ok()?)),
+        }
+    }
+}
+
+/// A top-questions member: what warm-up needs to ask a question again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryCacheEntry {
+    pub q: String,
+    pub p: Option<String>,
+}
+
+/// Largest top-questions member: with the ranking's cap of
+/// `ranking::QUESTIONS_CAP` members, the ranking holds at most ~10 MB.
+pub const MAX_RANKED_ENTRY_BYTES: usize = 1024;
+
+/// The question's member in the top-questions ranking, which warm-up asks
+/// again as it is; empty (not ranked) when it would exceed
+/// [`MAX_RANKED_ENTRY_BYTES`], as a question with a long page context does.
+pub fn question_entry(request: &QueryRequest) -> String {
+    let entry = QueryCacheEntry {
+        q: normalise(&request.question),
+        p: request.page_context.clone(),
+    };
+    let member = serde_json::to_string(&entry).expect("entries serialise");
+    if member.len() > MAX_RANKED_ENTRY_BYTES {
+        String::new()
+    } else {
+        member
+    }
+}
+
+/// Stores the answer with its generation, indexes it by session and page
+/// context (for scoped invalidation) and releases the stampede lock, in one
+/// round trip.
+///
+/// An index outlives the answers it points at while its session or page
+/// keeps being asked about, so each store also drops up to
+/// [`INDEX_PRUNE_SAMPLE`] members whose answers have expired: an index holds
+/// about as many members as there are live answers, not every answer ever
+/// stored. (The members are answer keys of this script's own `{q}` family.)
+pub struct StoreAnswer<'a> {
+    pub cache_key: &'a str,
+    pub session_id: &'a str,
+    pub page_context: Option<&'a str>,
+    pub answer: &'a CachedAnswer,
+    pub ttl_seconds: u64,
+    /// The stampede lock's token, released if it is still ours.
+    pub token: &'a str,
+    /// The collection's generation when the lock was taken.
+    pub generation: &'a [u8],
+}
+
+impl Script for StoreAnswer<'_> {
+    const SOURCE: &'static str = r#"
+local function add_and_prune(index)
+  redis.call('SADD', index, KEYS[1])
+  redis.call('EXPIRE', index, ARGV[2])
+  for _, member in ipairs(redis.call('SRANDMEMBER', index, tonumber(ARGV[6]))) do
+    if redis.call('EXISTS', member) == 0 then
+      redis.call('SREM', index, member)
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'g', ARGV[4], 'v', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+add_and_prune(KEYS[2])
+if ARGV[5] == '1' then
+  add_and_prune(KEYS[3])
+end
+if redis.call('GET', KEYS[4]) == ARGV[3] then
+  redis.call('DEL', KEYS[4])
+end
+return 1
+"#;
+    type Reply = ();
+
+    /// The answer, the session's index, the page context's index (a
+    /// placeholder of the same family without one), the lock.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            self.cache_key.to_string(),
+            keys::session_index(self.session_id),
+            keys::page_index(self.page_context.unwrap_or_default()),
+            keys::lock(self.cache_key),
+        ]
+    }
+
+    /// The answer, its TTL, the lock token, the generation, "1" when the page
+    /// index is used, [`INDEX_PRUNE_SAMPLE`].
+    fn args(&self) -> Vec<Arg> {
+        vec![
+            Arg::from(serde_json::to_vec(self.answer).expect("answers serialise")),
+            Arg::from(self.ttl_seconds),
+            Arg::from(self.token),
+            Arg::from(self.generation),
+            Arg::from(if self.page_context.is_some() { "1" } else { "0" }),
+            Arg::from(INDEX_PRUNE_SAMPLE as u64),
+        ]
+    }
+
+    fn parse(&self, _: Vec<Value>) {}
+}
+
+/// How long a request waiting on an identical question's answer sleeps
+/// before its `attempt`-th look (from 0): 25 ms, doubling to at most 250 ms,
+/// so a crowd waiting on one slow answer polls Redis a few times a second
+/// each, not forty.
+pub fn wait_step(attempt: u32) -> std::time::Duration {
+    let ms = 25u64.saturating_mul(1u64 << attempt.min(8));
+    std::time::Duration::from_millis(ms.min(250))
+}
+
+/// Members of an index each store checks for expired answers (`SRANDMEMBER`'s
+/// count): an index of up to this many is pruned whole.
+pub const INDEX_PRUNE_SAMPLE: usize = 10;
+
+/// Takes the stampede lock unless the answer is already there, atomically, so a
+/// request never recomputes an answer another request stored after its lookup;
+/// a request waiting on a holder (`holder`, its lock token) gets the
+/// holder's failure if it failed.
+pub struct AcquireOrRead<'a> {
+    pub cache_key: &'a str,
+    pub collection: &'a str,
+    /// This request's lock token.
+    pub token: &'a str,
+    pub lock_ttl_ms: u64,
+    /// The token of the holder this request waits on, or empty.
+    pub holder: &'a [u8],
+}
+
+/// What [`AcquireOrRead`] found.
+#[derive(Debug, PartialEq)]
+pub enum Acquired {
+    /// Another request stored the answer after the lookup.
+    Cached(CachedAnswer),
+    /// The lock is ours: the answer will be of this generation.
+    Locked { generation: Vec<u8> },
+    /// The holder waited on failed: answer as it did (it counted the failure).
+    HolderFailed(SharedFailure),
+    /// Someone else holds the lock (its token, when Redis still has it).
+    Held { holder: Option<Vec<u8>> },
+    /// A reply that does not read: answer without the lock.
+    Unreadable,
+}
+
+impl Script for AcquireOrRead<'_> {
+    const SOURCE: &'static str = r#"
+local generation = redis.call('GET', KEYS[3]) or '0'
+local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+if entry[2] and entry[1] == generation then
+  return {1, entry[2]}
+end
+if ARGV[3] ~= '' then
+  local failed = redis.call('HMGET', KEYS[4], 't', 'e')
+  if failed[1] == ARGV[3] then
+    return {3, failed[2]}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, generation}
+end
+return {0, redis.call('GET', KEYS[2]) or ''}
+"#;
+    type Reply = Acquired;
+
+    /// The answer, its lock, the collection's generation, the answer's shared failure.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            self.cache_key.to_string(),
+            keys::lock(self.cache_key),
+            keys::generation(self.collection),
+            keys::failure(self.cache_key),
+        ]
+    }
+
+    /// The token, the lock's TTL in ms, the holder waited on or "".
+    fn args(&self) -> Vec<Arg> {
+        vec![
+            Arg::from(self.token),
+            Arg::from(self.lock_ttl_ms),
+            Arg::from(self.holder),
+        ]
+    }
+
+    /// `{1, answer}`, `{2, generation}`, `{3, failure}` or `{0, holder's token}`.
+    fn parse(&self, reply: Vec<Value>) -> Acquired {
+        let second = bytes_at(&reply, 1);
+        match (reply.first().and_then(Value::int), second) {
+            (Some(1), Some(bytes)) => serde_json::from_slice(bytes)
+                .map(Acquired::Cached)
+                .unwrap_or(Acquired::Unreadable),
+            (Some(2), generation) => Acquired::Locked {
+                generation: generation.unwrap_or(b"0").to_vec(),
+            },
+            (Some(3), Some(failure)) => serde_json::from_slice(failure)
+                .map(Acquired::HolderFailed)
+                .unwrap_or(Acquired::Unreadable),
+            (Some(0), holder) => Acquired::Held {
+                holder: holder.map(<[u8]>::to_vec),
+            },
+            _ => Acquired::Unreadable,
+        }
+    }
+}
+
+/// Releases the stampede lock if this request still holds it and leaves
+/// its failure for the requests that waited on it; an empty failure sends
+/// them to ask for themselves.
+pub struct ReleaseLock<'a> {
+    pub cache_key: &'a str,
+    pub token: &'a str,
+    /// [`SharedFailure`] JSON, or empty.
+    pub failure: Vec<u8>,
+}
+
+impl Script for ReleaseLock<'_> {
+    const SOURCE: &'static str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 't', ARGV[1], 'e', ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"#;
+    type Reply = ();
+
+    /// The lock, the shared failure.
+    fn keys(&self) -> Vec<String> {
+        vec![keys::lock(self.cache_key), keys::failure(self.cache_key)]
+    }
+
+    /// The token, the failure, how long waiters may find it (ms).
+    fn args(&self) -> Vec<Arg> {
+        vec![
+            Arg::from(self.token),
+            Arg::from(self.failure.clone()),
+            Arg::from(SHARED_FAILURE_MS),
+        ]
+    }
+
+    fn parse(&self, _: Vec<Value>) {}
+}
+
+/// How long a holder's failure waits for the requests that waited on it (they
+/// look every few tens of milliseconds; later requests try again themselves).
+pub const SHARED_FAILURE_MS: i64 = 5_000;
+
+/// A holder's failure as the requests that waited on it answer it: the same
+/// status, words and `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFailure {
+    pub service: String,
+    pub status: u16,
+    pub detail: String,
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl SharedFailure {
+    pub fn of(error: &crate::chat::upstream::UpstreamError) -> Self {
+        Self {
+            service: error.service().to_string(),
+            status: error.http_status(),
+            detail: error.public_detail(),
+            retry_after_seconds: error.retry_after_seconds(),
+        }
+    }
+
+    /// The error the waiting request answers with.
+    pub fn into_error(self) -> crate::chat::upstream::UpstreamError {
+        use crate::chat::upstream::{OPENAI, QDRANT};
+        crate::chat::upstream::UpstreamError::Shared {
+            service: if self.service == QDRANT {
+                QDRANT
+            } else {
+                OPENAI
+            },
+            status: self.status,
+            detail: self.detail,
+            retry_after_seconds: self.retry_after_seconds,
+        }
+    }
+}
+

@@ -1,0 +1,527 @@
+//! The chat query: request validation, cache keys, the grounded prompt,
+//! citations and the response, as pure functions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::http::api::{self, validate_id, ApiError, ErrorCode};
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_QUESTION_CHARS: usize = 4000;
+pub const MAX_PAGE_CONTEXT_CHARS: usize = 4000;
+/// Bumped whenever the prompt changes, so cached answers from an older prompt are not served.
+pub const PROMPT_VERSION: &str = "v1";
+
+/// A validated query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRequest {
+    /// As asked, trimmed.
+    pub question: String,
+    pub session_id: String,
+    pub page_context: Option<String>,
+    pub user_id: Option<String>,
+    /// `"stream": true`: answer with server-sent events (see `stream`).
+    pub stream: bool,
+}
+
+fn string_field(
+    object: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, ApiError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(format!("`{field}` must be a string"))),
+    }
+}
+
+const FIELDS: [&str; 5] = [
+    "question",
+    "session_id",
+    "page_context",
+    "user_id",
+    "stream",
+];
+
+/// Refuses control characters other than whitespace (NUL among them: Postgres
+/// text cannot hold it, and it has no business in a question).
+fn refuse_control_characters(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        Err(ApiError::invalid(format!(
+            "`{field}` contains control characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses and validates a query body. Nothing is touched before this passes.
+/// A body without `session_id` is refused, unless `new_session` supplies one
+/// (`jwt` mode: the server creates sessions).
+pub fn parse_query(
+    content_type: Option<&str>,
+    body: &[u8],
+    new_session: Option<String>,
+) -> Result<QueryRequest, ApiError> {
+    api::require_json(content_type, "the query")?;
+    api::require_size(body, MAX_BODY_BYTES)?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "the body is not valid UTF-8"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "unknown field `{unknown}`; expected {}",
+            FIELDS.join(", ")
+        )));
+    }
+    let question = string_field(&object, "question")?
+        .ok_or_else(|| ApiError::invalid("`question` is required"))?;
+    // Lengths count the text as sent (as the OpenAPI `maxLength` does), before trimming.
+    if question.chars().count() > MAX_QUESTION_CHARS {
+        return Err(ApiError::invalid(format!(
+            "`question` may be at most {MAX_QUESTION_CHARS} characters"
+        )));
+    }
+    let question = question.trim().to_string();
+    if question.is_empty() {
+        return Err(ApiError::invalid("`question` must not be blank"));
+    }
+    refuse_control_characters("question", &question)?;
+    let session_id = string_field(&object, "session_id")?
+        .or(new_session)
+        .ok_or_else(|| ApiError::invalid("`session_id` is required"))?;
+    validate_id("session_id", &session_id)?;
+    let page_context = string_field(&object, "page_context")?;
+    if page_context
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PAGE_CONTEXT_CHARS)
+    {
+        return Err(ApiError::invalid(format!(
+            "`page_context` may be at most {MAX_PAGE_CONTEXT_CHARS} characters"
+        )));
+    }
+    let page_context = page_context
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty());
+    if let Some(page) = &page_context {
+        refuse_control_characters("page_context", page)?;
+    }
+    let user_id = string_field(&object, "user_id")?;
+    if let Some(user) = &user_id {
+        validate_id("user_id", user)?;
+    }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
+    Ok(QueryRequest {
+        question,
+        session_id,
+        page_context,
+        user_id,
+        stream,
+    })
+}
+
+
+/// A passage retrieved from the vector store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Passage {
+    pub source: String,
+    pub chunk_id: String,
+    pub score: f64,
+    pub text: String,
+}
+
+/// What the answer cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    pub source: String,
+    pub chunk_id: String,
+    pub score: f64,
+    pub snippet: String,
+}
+
+pub const SNIPPET_CHARS: usize = 200;
+
+pub fn snippet(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= SNIPPET_CHARS {
+        collapsed
+    } else {
+        let cut: String = collapsed.chars().take(SNIPPET_CHARS).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
+/// Text as Postgres can store it: NUL removed (a passage stored before
+/// ingestion refused NUL, or written by another tool, must not make the
+/// history write fail).
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "")
+}
+
+pub fn citations(passages: &[Passage]) -> Vec<Citation> {
+    passages
+        .iter()
+        .map(|p| Citation {
+            source: storable(&p.source),
+            chunk_id: storable(&p.chunk_id),
+            score: (p.score * 10_000.0).round() / 10_000.0,
+            snippet: storable(&snippet(&p.text)),
+        })
+        .collect()
+}
+
+pub const SYSTEM_PROMPT: &str =
+    "You are a helpful assistant that answers questions about a document \
+collection. Answer only from the numbered context passages and the page context; cite the passages \
+you use as [1], [2], ... If the passages do not contain the answer, say that you do not know.";
+
+/// The chat messages for a question: the system prompt and one user message
+/// carrying the page context, the numbered passages and the question.
+pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<(String, String)> {
+    let mut user = String::new();
+    if let Some(page) = &request.page_context {
+        user.push_str("Page context: ");
+        user.push_str(page);
+        user.push_str("\n\n");
+    }
+    user.push_str("Context passages:\n");
+    if passages.is_empty() {
+        user.push_str("(none found)\n");
+    }
+    for (i, p) in passages.iter().enumerate() {
+        user.push_str(&format!("[{}] ({}) {}\n", i + 1, p.source, p.text));
+    }
+    user.push_str("\nQuestion: ");
+    user.push_str(&request.question);
+    vec![
+        ("system".to_string(), SYSTEM_PROMPT.to_string()),
+        ("user".to_string(), user),
+    ]
+}
+
+/// Characters per token assumed for a worst case: English runs near four, and
+/// a budget reservation should err towards too many.
+pub const WORST_CASE_CHARS_PER_TOKEN: usize = 3;
+
+/// Characters a retrieved passage may add to the prompt: a chunk this project
+/// ingests, its number and its source (see `ingest`).
+const PASSAGE_PROMPT_CHARS: usize = crate::chat::ingest::CHUNK_CHARS + 200;
+
+/// The most tokens answering `request` can cost before the answer is known:
+/// the prompt [`prompt_messages`] builds, with `top_k` passages of the largest
+/// size, plus an answer of `max_tokens`. What a budget reserves.
+pub fn worst_case_tokens(request: &QueryRequest, top_k: u32, max_tokens: u32) -> u64 {
+    let chars = SYSTEM_PROMPT.len()
+        + request.page_context.as_deref().map_or(0, str::len)
+        + request.question.len()
+        + top_k as usize * PASSAGE_PROMPT_CHARS
+        + 100;
+    chars.div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64 + u64::from(max_tokens)
+}
+
+
+/// The response body of `POST /api/v1/chat/query`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub session_id: String,
+    pub conversation_id: Option<i64>,
+    pub cached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::answers::*;
+    use crate::redis::keys;
+
+    #[test]
+    fn waiters_back_off_to_a_quarter_second() {
+        let steps: Vec<u64> = (0..7).map(|a| wait_step(a).as_millis() as u64).collect();
+        assert_eq!(steps, [25, 50, 100, 200, 250, 250, 250]);
+        assert_eq!(wait_step(u32::MAX).as_millis(), 250);
+    }
+
+    #[test]
+    fn a_ranked_question_is_kept_whole_or_not_ranked() {
+        let ask = |question: &str, page: Option<&str>| QueryRequest {
+            question: question.into(),
+            session_id: "s".into(),
+            page_context: page.map(str::to_string),
+            user_id: None,
+            stream: false,
+        };
+        let entry = question_entry(&ask("What is AI?", Some("/docs")));
+        let parsed: QueryCacheEntry = serde_json::from_str(&entry).unwrap();
+        assert_eq!(parsed.q, "what is ai?");
+        assert_eq!(parsed.p.as_deref(), Some("/docs"));
+        // Anything larger is not ranked, rather than ranked cut (warm-up would
+        // then ask a question nobody asked).
+        let long_page = "p".repeat(MAX_PAGE_CONTEXT_CHARS);
+        assert_eq!(question_entry(&ask("What is AI?", Some(&long_page))), "");
+        let wide = "\u{1F600}".repeat(MAX_QUESTION_CHARS);
+        assert_eq!(question_entry(&ask(&wide, None)), "");
+        let fits = "q".repeat(MAX_RANKED_ENTRY_BYTES - 20);
+        assert!(question_entry(&ask(&fits, None)).len() <= MAX_RANKED_ENTRY_BYTES);
+        assert_ne!(question_entry(&ask(&fits, None)), "");
+    }
+
+    #[test]
+    fn the_worst_case_covers_the_largest_prompt_and_a_whole_answer() {
+        let request = QueryRequest {
+            question: "q".repeat(300),
+            session_id: "s".into(),
+            page_context: Some("p".repeat(600)),
+            user_id: None,
+            stream: false,
+        };
+        let passages: Vec<Passage> = (0..5)
+            .map(|i| Passage {
+                text: "t".repeat(crate::chat::ingest::CHUNK_CHARS),
+                source: format!("document-{i}.md"),
+                chunk_id: format!("document-{i}.md#0"),
+                score: 0.9,
+            })
+            .collect();
+        let prompt_chars: usize = prompt_messages(&request, &passages)
+            .iter()
+            .map(|(role, content)| role.len() + content.len())
+            .sum();
+        let worst = worst_case_tokens(&request, 5, 1024);
+        // At four characters a token the prompt takes prompt_chars / 4.
+        assert!(worst >= (prompt_chars / 4) as u64 + 1024, "{worst}");
+        assert!(worst > worst_case_tokens(&request, 1, 1024));
+        assert_eq!(
+            worst_case_tokens(&request, 5, 2048) - worst,
+            1024,
+            "the answer's cap is reserved whole"
+        );
+    }
+
+    fn parse(body: &str) -> Result<QueryRequest, ApiError> {
+        parse_query(Some("application/json"), body.as_bytes(), None)
+    }
+
+    const SHAPE: AnswerShape = AnswerShape {
+        chat_model: "gpt",
+        embedding_model: "emb",
+        collection: "docs",
+        top_k: 5,
+        scope: CacheScope::Session,
+    };
+
+    #[test]
+    fn a_good_request_parses_and_trims() {
+        let q = parse(
+            r#"{"question":"  What is AI? ","session_id":"sess1","page_context":"AI textbook"}"#,
+        )
+        .unwrap();
+        assert_eq!(q.question, "What is AI?");
+        assert_eq!(q.session_id, "sess1");
+        assert_eq!(q.page_context.as_deref(), Some("AI textbook"));
+        assert_eq!(q.user_id, None);
+        let q = parse(r#"{"question":"q","session_id":"s","page_context":null}"#).unwrap();
+        assert_eq!(q.page_context, None);
+        // jwt mode: a missing session is the server's to create.
+        let q = parse_query(
+            Some("application/json"),
+            br#"{"question":"q"}"#,
+            Some("generated".into()),
+        )
+        .unwrap();
+        assert_eq!(q.session_id, "generated");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        for bad in [r"\u0000", r"\u0007", r"\u001b[31m", r"\u007f"] {
+            for body in [
+                format!(r#"{{"question":"a{bad}b","session_id":"s"}}"#),
+                format!(r#"{{"question":"q","session_id":"s","page_context":"p{bad}"}}"#),
+                format!(r#"{{"question":"q","session_id":"s{bad}"}}"#),
+                format!(r#"{{"question":"q","session_id":"s","user_id":"u{bad}"}}"#),
+            ] {
+                let e = parse(&body).unwrap_err();
+                assert_eq!(e.status(), 400, "{body}");
+            }
+        }
+        // Ordinary whitespace is text.
+        assert!(parse(
+            r#"{"question":"line one\nline two\ttab","session_id":"s","page_context":"a\nb"}"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_requests_are_rejected_with_the_right_status() {
+        let cases: &[(Option<&str>, &str, u16)] = &[
+            (
+                Some("text/plain"),
+                r#"{"question":"q","session_id":"s"}"#,
+                415,
+            ),
+            (None, r#"{"question":"q","session_id":"s"}"#, 415),
+            (Some("application/json"), "{", 400),
+            (Some("application/json"), "[]", 400),
+            (Some("application/json"), r#"{"session_id":"s"}"#, 400),
+            (
+                Some("application/json"),
+                r#"{"question":"   ","session_id":"s"}"#,
+                400,
+            ),
+            (
+                Some("application/json"),
+                r#"{"question":5,"session_id":"s"}"#,
+                400,
+            ),
+            (Some("application/json"), r#"{"question":"q"}"#, 400),
+            (
+                Some("application/json"),
+                r#"{"question":"q","session_id":"a b"}"#,
+                400,
+            ),
+            (
+                Some("application/json"),
+                r#"{"question":"q","session_id":"s","extra":1}"#,
+                400,
+            ),
+        ];
+        for (ct, body, status) in cases {
+            let r = parse_query(*ct, body.as_bytes(), None).unwrap_err();
+            assert_eq!(r.status(), *status, "{body}: {r:?}");
+        }
+        let big = format!(
+            r#"{{"question":"{}","session_id":"s"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        assert_eq!(parse(&big).unwrap_err().status(), 413);
+        // Lengths count the text as sent, whitespace and all (as `maxLength` does).
+        let padded = |field: &str, chars: usize| {
+            let text = format!(" {} ", "x".repeat(chars - 2));
+            match field {
+                "question" => format!(r#"{{"question":"{text}","session_id":"s"}}"#),
+                _ => format!(r#"{{"question":"q","session_id":"s","{field}":"{text}"}}"#),
+            }
+        };
+        for (field, limit) in [
+            ("question", MAX_QUESTION_CHARS),
+            ("page_context", MAX_PAGE_CONTEXT_CHARS),
+        ] {
+            assert!(parse(&padded(field, limit)).is_ok(), "{field}");
+            assert_eq!(parse(&padded(field, limit + 1)).unwrap_err().status(), 400);
+        }
+        assert_eq!(
+            parse_query(Some("application/json"), &[0xff, 0xfe], None)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn a_shared_failure_answers_like_the_original() {
+        let original = crate::chat::upstream::UpstreamError::RateLimited {
+            service: crate::chat::upstream::OPENAI,
+            retry_after_seconds: Some(7),
+        };
+        let shared: SharedFailure =
+            serde_json::from_slice(&serde_json::to_vec(&SharedFailure::of(&original)).unwrap())
+                .unwrap();
+        let error = shared.into_error();
+        assert_eq!(error.api_error().status(), original.api_error().status());
+        assert_eq!(error.api_error().detail, original.api_error().detail);
+        assert_eq!(error.retry_after_seconds(), Some(7));
+        assert_eq!(error.service(), crate::chat::upstream::OPENAI);
+    }
+
+    #[test]
+    fn cache_keys_follow_what_shapes_the_answer() {
+        let q =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#).unwrap();
+        let key = query_cache_key(&q, &SHAPE);
+        assert!(key.starts_with(keys::QUERY_PREFIX));
+        // Same question, different spacing and case: same entry.
+        let same =
+            parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#).unwrap();
+        assert_eq!(query_cache_key(&same, &SHAPE), key);
+        // Different page context, session, model, top_k: different entries.
+        let other_page =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#).unwrap();
+        assert_ne!(query_cache_key(&other_page, &SHAPE), key);
+        let other_session =
+            parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#).unwrap();
+        assert_ne!(query_cache_key(&other_session, &SHAPE), key);
+        assert_ne!(
+            query_cache_key(
+                &q,
+                &AnswerShape {
+                    chat_model: "other",
+                    ..SHAPE
+                }
+            ),
+            key
+        );
+        assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
+        // With a global scope, sessions share the entry.
+        let global = AnswerShape {
+            scope: CacheScope::Global,
+            ..SHAPE
+        };
+        assert_eq!(
+            query_cache_key(&q, &global),
+            query_cache_key(&other_session, &global)
+        );
+    }
+
+    #[test]
+    fn prompt_numbers_passages_and_carries_page_context() {
+        let q =
+            parse(r#"{"question":"Why?","session_id":"s","page_context":"Chapter 2"}"#).unwrap();
+        let passages = vec![Passage {
+            source: "book.pdf".into(),
+            chunk_id: "c1".into(),
+            score: 0.9,
+            text: "Because.".into(),
+        }];
+        let messages = prompt_messages(&q, &passages);
+        assert_eq!(messages[0].0, "system");
+        assert!(messages[1].1.contains("Page context: Chapter 2"));
+        assert!(messages[1].1.contains("[1] (book.pdf) Because."));
+        assert!(messages[1].1.ends_with("Question: Why?"));
+    }
+
+    #[test]
+    fn citations_never_carry_nul() {
+        let passage = Passage {
+            source: "a\0.pdf".into(),
+            chunk_id: "c\u{0}1".into(),
+            score: 0.5,
+            text: "x\0y".into(),
+        };
+        let c = &citations(&[passage])[0];
+        assert_eq!(
+            (c.source.as_str(), c.chunk_id.as_str(), c.snippet.as_str()),
+            ("a.pdf", "c1", "xy")
+        );
+    }
+
+    #[test]
+    fn snippets_are_bounded() {
+        assert_eq!(snippet("a  b\nc"), "a b c");
+        let long = snippet(&"word ".repeat(100));
+        assert!(long.chars().count() <= SNIPPET_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
+}

@@ -1,0 +1,387 @@
+//! Postgres statements for the conversation history, and paging.
+//!
+//! An exchange (question and answer, with citations) is stored in **one**
+//! statement: data-modifying CTEs upsert the session and conversation, insert
+//! both messages and all citations. One statement is one transaction and one
+//! round trip.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::sql::OneRowQuery;
+
+/// Messages per page of `GET /api/v1/chat/history/{session_id}` (seed 002).
+pub const PAGE_SIZE: i64 = 50;
+
+/// Upserts the session (its owner never changes; with the `enforce`
+/// parameter set another user's session is not touched, nor one stored
+/// without an owner, in `none` mode: nobody may adopt it) and its one
+/// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id and
+/// `$3` retention days.
+///
+/// The session and conversation expire a day after their messages would:
+/// they are refreshed by the first exchange of a day (UTC) only, and the
+/// day's later exchanges, appended with [`APPEND_EXCHANGE_SQL`], must not
+/// outlive the rows their deletion cascades from. Messages still go after
+/// `retention_days` (cleanup deletes them by their own `expires_at`); an
+/// emptied session row may stay one day longer.
+macro_rules! session_and_conversation_ctes {
+    ($enforce:literal) => {
+        concat!(
+            "\
+WITH s AS (
+    INSERT INTO user_sessions (session_id, user_id, expires_at)
+    VALUES ($1, $2, now() + make_interval(days => $3::int + 1))
+    ON CONFLICT (session_id) DO UPDATE
+        SET last_seen_at = now(),
+            expires_at = EXCLUDED.expires_at,
+            user_id = COALESCE(user_sessions.user_id, EXCLUDED.user_id)
+        WHERE NOT ",
+            $enforce,
+            "::bool
+            OR user_sessions.user_id = EXCLUDED.user_id
+    RETURNING id
+), c AS (
+    INSERT INTO conversations (user_session_id, expires_at)
+    SELECT id, now() + make_interval(days => $3::int + 1) FROM s
+    ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    RETURNING id
+)"
+        )
+    };
+}
+
+/// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
+/// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
+/// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
+/// whether the session's owner is enforced (`jwt` mode), `$10` when the
+/// question was asked (Unix seconds, fractional).
+/// Returns the conversation id and the number of citations stored.
+///
+/// The question's message is stamped with when it was asked, the answer's
+/// with when it was stored (once the client had it): a history lists
+/// exchanges in the order they were asked, whichever write committed first
+/// (a quick hit's before a slow miss asked earlier in the same session).
+///
+/// A session's owner never changes once set (a later request naming another
+/// user does not take it over). With `$9`, an exchange for a session owned by
+/// someone else stores nothing and answers a NULL conversation id.
+///
+/// One row always (issue #10): the final `SELECT` has no `FROM`.
+pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
+    session_and_conversation_ctes!("$9"),
+    "\
+, q AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
+    SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int), to_timestamp($10::float8)
+    FROM c
+    RETURNING id
+), a AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT c.id, 'assistant', $7, $5, $6, now() + make_interval(days => $3::int)
+    FROM c, q
+    RETURNING id
+), cit AS (
+    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
+    FROM a, jsonb_to_recordset($8::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
+    RETURNING id
+)
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations"
+));
+
+/// The session's conversation, created with its session when they do not
+/// exist yet, before the answer is known: the response names the
+/// conversation, and the exchange is written after the response.
+/// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
+/// whether the owner is enforced. Returns the conversation id, NULL when the
+/// session belongs to another user (`$4`). One row always.
+pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
+    session_and_conversation_ctes!("$4"),
+    "\nSELECT (SELECT id FROM c) AS conversation_id"
+));
+
+/// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
+/// context (nullable), `$5` cached, `$6` answer, `$7` citations as in
+/// [`STORE_EXCHANGE_SQL`], `$8` session id, `$9` user id (nullable), `$10`
+/// whether the session's owner is enforced, `$11` when the question was asked
+/// (as in [`STORE_EXCHANGE_SQL`]). An exchange in a conversation
+/// whose session was refreshed today (see [`RememberedConversation`]): the
+/// two messages and the citations, without touching the session or the
+/// conversation, and without planning their upserts.
+///
+/// Only into a conversation of the request's own session (and, with `$10`,
+/// of a session its user may write to): after a Postgres restore or rebuild,
+/// ids repeat, and the id Redis remembers may name another session's
+/// conversation. Answers how many exchanges were appended: 0 when the
+/// conversation is not the session's (or is gone), and the exchange is then
+/// stored with [`STORE_EXCHANGE_SQL`], which finds or recreates the
+/// session's own. A conversation deleted during the statement fails its
+/// foreign key ([`FOREIGN_KEY_VIOLATION`]), with the same remedy. One row always.
+pub const APPEND_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
+    "\
+WITH own AS (
+    SELECT c.id
+    FROM conversations c JOIN user_sessions s ON s.id = c.user_session_id
+    WHERE c.id = $1 AND s.session_id = $8
+      AND (NOT $10::bool OR s.user_id IS NULL OR s.user_id = $9)
+), q AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
+    SELECT id, 'user', $3, $4, $5, now() + make_interval(days => $2::int), to_timestamp($11::float8)
+    FROM own
+    RETURNING id
+), a AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT own.id, 'assistant', $6, $4, $5, now() + make_interval(days => $2::int)
+    FROM own, q
+    RETURNING id
+), cit AS (
+    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
+    FROM a, jsonb_to_recordset($7::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
+)
+SELECT (SELECT count(*) FROM a) AS appended",
+);
+
+/// Postgres's SQLSTATE for a foreign key violation.
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// What Redis remembers of a session's conversation
+/// ([`crate::redis::keys::conversation`]): its id, and the day (UTC, days since the
+/// epoch) its session and conversation rows were last refreshed. Written
+/// `<id>:<day>`; a bare `<id>` (written before the day was kept) has no day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RememberedConversation {
+    pub id: i64,
+    pub refreshed_day: Option<u64>,
+}
+
+impl RememberedConversation {
+    /// A conversation whose session and conversation rows were refreshed on `day`.
+    pub fn refreshed_on(id: i64, day: u64) -> Self {
+        Self {
+            id,
+            refreshed_day: Some(day),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (id, day) = match text.split_once(':') {
+            Some((id, day)) => (id, Some(day.parse().ok()?)),
+            None => (text, None),
+        };
+        Some(Self {
+            id: id.parse().ok()?,
+            refreshed_day: day,
+        })
+    }
+
+    pub fn value(&self) -> String {
+        match self.refreshed_day {
+            Some(day) => format!("{}:{day}", self.id),
+            None => self.id.to_string(),
+        }
+    }
+
+    /// Whether an exchange on `today` may be appended without refreshing
+    /// the session and conversation rows ([`APPEND_EXCHANGE_SQL`]).
+    pub fn appendable_on(&self, today: u64) -> bool {
+        self.refreshed_day == Some(today)
+    }
+}
+
+/// The UTC day of a Unix time, as [`RememberedConversation`] counts days.
+pub fn day_of(unix_seconds: u64) -> u64 {
+    unix_seconds / 86_400
+}
+
+/// `$1` session id, `$2` offset, `$3` page size. One page of a session's
+/// messages, oldest first, with their citations, and the session's total, in
+/// one round trip: columns `total` (int8), `messages` (a jsonb array of
+/// [`HistoryMessage`]s, decoded with serde) and `owner` (the session's user,
+/// NULL for an unknown session or one without a user).
+///
+/// One row always (issue #10), for a session that never existed and for a
+/// page past the end too: the outer `SELECT` has no `FROM`, `count(*)` has no
+/// `GROUP BY`, and an empty page aggregates to `'[]'`.
+pub const HISTORY_PAGE_SQL: OneRowQuery = OneRowQuery::new(
+    "\
+WITH session_messages AS (
+    SELECT m.id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
+    FROM messages m
+    JOIN conversations c ON c.id = m.conversation_id
+    JOIN user_sessions s ON s.id = c.user_session_id
+    WHERE s.session_id = $1
+), page AS (
+    SELECT * FROM session_messages
+    ORDER BY \"timestamp\", id
+    LIMIT $3 OFFSET $2
+)
+SELECT
+    (SELECT count(*) FROM session_messages) AS total,
+    COALESCE((
+        SELECT jsonb_agg(jsonb_build_object(
+            'id', p.id,
+            'role', p.role,
+            'content', p.content,
+            'page_context', p.page_context,
+            'cached', p.cached,
+            'timestamp', to_char(p.\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+            'citations', COALESCE((
+                SELECT jsonb_agg(jsonb_build_object('source', ci.source, 'chunk_id', ci.chunk_id,
+                                                    'score', ci.score, 'snippet', ci.snippet) ORDER BY ci.id)
+                FROM citations ci WHERE ci.message_id = p.id), '[]'::jsonb)
+        ) ORDER BY p.\"timestamp\", p.id)
+        FROM page p), '[]'::jsonb) AS messages,
+    (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner",
+);
+
+/// `$1` session id: its owner (NULL for an unknown session or one stored
+/// without an owner) and whether it is known. One row always: scalar
+/// subqueries with no `FROM` around them.
+pub const SESSION_OWNER_SQL: OneRowQuery = OneRowQuery::new(
+    "SELECT (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner, \
+     EXISTS (SELECT 1 FROM user_sessions WHERE session_id = $1) AS known",
+);
+
+/// Whose a stored session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// No such session: whoever asks first may own it.
+    Unknown,
+    /// Stored without an owner (in `none` mode): in `jwt` mode nobody may
+    /// adopt it, or its anonymous history would become someone's.
+    Nobody,
+    User(String),
+}
+
+impl SessionOwner {
+    /// From [`SESSION_OWNER_SQL`]'s row.
+    pub fn from_row(owner: Option<String>, known: bool) -> Self {
+        match (owner, known) {
+            (Some(user), _) => Self::User(user),
+            (None, true) => Self::Nobody,
+            (None, false) => Self::Unknown,
+        }
+    }
+
+    /// Whether `user` may ask in the session (and so own it, if unknown).
+    pub fn admits(&self, user: &str) -> bool {
+        match self {
+            Self::Unknown => true,
+            Self::Nobody => false,
+            Self::User(owner) => owner == user,
+        }
+    }
+}
+
+/// The offset of a page's first message.
+pub fn offset(page: i64) -> i64 {
+    crate::http::api::page_start(page, PAGE_SIZE)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    pub id: i64,
+    pub role: String,
+    pub content: String,
+    pub page_context: Option<String>,
+    pub cached: bool,
+    pub timestamp: String,
+    pub citations: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub session_id: String,
+    pub page: i64,
+    pub page_size: i64,
+    pub total: i64,
+    pub total_pages: i64,
+    pub messages: Vec<HistoryMessage>,
+}
+
+impl HistoryPage {
+    pub fn new(session_id: &str, page: i64, total: i64, messages: Vec<HistoryMessage>) -> Self {
+        Self {
+            session_id: session_id.to_string(),
+            page,
+            page_size: PAGE_SIZE,
+            total,
+            total_pages: (total + PAGE_SIZE - 1) / PAGE_SIZE,
+            messages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ownerless_session_admits_nobody_and_an_unknown_one_anybody() {
+        assert_eq!(SessionOwner::from_row(None, false), SessionOwner::Unknown);
+        assert_eq!(SessionOwner::from_row(None, true), SessionOwner::Nobody);
+        let alice = SessionOwner::from_row(Some("alice".into()), true);
+        assert!(alice.admits("alice"));
+        assert!(!alice.admits("bob"));
+        assert!(!SessionOwner::Nobody.admits("alice"));
+        assert!(SessionOwner::Unknown.admits("alice"));
+    }
+
+    #[test]
+    fn pages_start_fifty_apart() {
+        assert_eq!(offset(1), 0);
+        assert_eq!(offset(3), 100);
+    }
+
+    #[test]
+    fn a_page_decodes_from_its_jsonb_aggregate() {
+        let decode = serde_json::from_slice::<Vec<HistoryMessage>>;
+        assert_eq!(decode(b"[]").unwrap(), vec![]);
+        let messages = decode(
+            br#"[{"id": 7, "role": "user", "content": "Why?", "page_context": null,
+                  "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []},
+                 {"id": 8, "role": "assistant", "content": "Because.", "page_context": "ch 1",
+                  "cached": true, "timestamp": "2026-11-23T10:00:00.000001Z",
+                  "citations": [{"source": "a.pdf", "chunk_id": "c", "score": 0.5, "snippet": "s"}]}]"#,
+        )
+        .unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].page_context, None);
+        assert_eq!(messages[1].page_context.as_deref(), Some("ch 1"));
+        assert!(messages[1].cached);
+        assert_eq!(messages[1].citations[0]["source"], "a.pdf");
+        assert!(decode(br#"[{"id": "x"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_remembered_conversation_keeps_its_refresh_day() {
+        let parsed = RememberedConversation::parse("41:20421").unwrap();
+        assert_eq!(
+            parsed,
+            RememberedConversation {
+                id: 41,
+                refreshed_day: Some(20421)
+            }
+        );
+        assert_eq!(parsed.value(), "41:20421");
+        assert!(parsed.appendable_on(20421));
+        assert!(!parsed.appendable_on(20422));
+        // Written before the day was kept: known, but refreshed first.
+        let legacy = RememberedConversation::parse("41").unwrap();
+        assert_eq!(legacy.id, 41);
+        assert!(!legacy.appendable_on(20421));
+        for bad in ["", "x", "41:", "41:x", ":1"] {
+            assert_eq!(RememberedConversation::parse(bad), None, "{bad}");
+        }
+        assert_eq!(day_of(86_399), 0);
+        assert_eq!(day_of(86_400), 1);
+    }
+
+    #[test]
+    fn total_pages_round_up() {
+        assert_eq!(HistoryPage::new("s", 1, 0, vec![]).total_pages, 0);
+        assert_eq!(HistoryPage::new("s", 1, 50, vec![]).total_pages, 1);
+        assert_eq!(HistoryPage::new("s", 1, 51, vec![]).total_pages, 2);
+    }
+}
