@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ranking;
 use crate::chat::query::{Citation, QueryRequest, PROMPT_VERSION};
 use crate::redis::digest::md5_of_parts;
 use crate::redis::keys::{self, normalise};
-use crate::cache::ranking;
 use crate::redis::script::{bytes_at, Arg, Script, Value};
 use crate::storage::history::RememberedConversation;
 use crate::telemetry::metrics::CacheStatus;
@@ -245,7 +245,11 @@ return 1
             Arg::from(self.ttl_seconds),
             Arg::from(self.token),
             Arg::from(self.generation),
-            Arg::from(if self.page_context.is_some() { "1" } else { "0" }),
+            Arg::from(if self.page_context.is_some() {
+                "1"
+            } else {
+                "0"
+            }),
             Arg::from(INDEX_PRUNE_SAMPLE as u64),
         ]
     }
@@ -433,4 +437,3 @@ impl SharedFailure {
         }
     }
 }
-

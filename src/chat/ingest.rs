@@ -3,9 +3,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::chat::upstream::Point;
 use crate::http::api::{self, validate_id, ApiError};
 use crate::redis::digest::md5_of_parts_bytes;
-use crate::chat::upstream::Point;
 
 pub const MAX_DOCUMENTS: usize = 100;
 pub const MAX_DOCUMENT_CHARS: usize = 1_000_000;
@@ -294,7 +294,9 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_documents(Some("text/plain"), ok).unwrap_err().status(),
+            parse_documents(Some("text/plain"), ok)
+                .unwrap_err()
+                .status(),
             415
         );
     }

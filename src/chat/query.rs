@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::http::api::{self, validate_id, ApiError, ErrorCode};
+use crate::chat::upstream::{ChatMessage, Role};
+use crate::http::api::{self, ApiError, ErrorCode, SessionId, UserId};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_QUESTION_CHARS: usize = 4000;
@@ -17,9 +18,9 @@ pub const PROMPT_VERSION: &str = "v1";
 pub struct QueryRequest {
     /// As asked, trimmed.
     pub question: String,
-    pub session_id: String,
+    pub session_id: SessionId,
     pub page_context: Option<String>,
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// `"stream": true`: answer with server-sent events (see `stream`).
     pub stream: bool,
 }
@@ -68,7 +69,8 @@ pub fn parse_query(
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "the body is not valid UTF-8"))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidJson,
+        ApiError::new(
+            ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
     })?;
@@ -97,7 +99,7 @@ pub fn parse_query(
     let session_id = string_field(&object, "session_id")?
         .or(new_session)
         .ok_or_else(|| ApiError::invalid("`session_id` is required"))?;
-    validate_id("session_id", &session_id)?;
+    let session_id = SessionId::parse(&session_id)?;
     let page_context = string_field(&object, "page_context")?;
     if page_context
         .as_ref()
@@ -113,10 +115,10 @@ pub fn parse_query(
     if let Some(page) = &page_context {
         refuse_control_characters("page_context", page)?;
     }
-    let user_id = string_field(&object, "user_id")?;
-    if let Some(user) = &user_id {
-        validate_id("user_id", user)?;
-    }
+    let user_id = string_field(&object, "user_id")?
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()?;
     let stream = match object.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -130,7 +132,6 @@ pub fn parse_query(
         stream,
     })
 }
-
 
 /// A passage retrieved from the vector store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +189,7 @@ you use as [1], [2], ... If the passages do not contain the answer, say that you
 
 /// The chat messages for a question: the system prompt and one user message
 /// carrying the page context, the numbered passages and the question.
-pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<(String, String)> {
+pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<ChatMessage> {
     let mut user = String::new();
     if let Some(page) = &request.page_context {
         user.push_str("Page context: ");
@@ -205,8 +206,8 @@ pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<(Str
     user.push_str("\nQuestion: ");
     user.push_str(&request.question);
     vec![
-        ("system".to_string(), SYSTEM_PROMPT.to_string()),
-        ("user".to_string(), user),
+        ChatMessage::new(Role::System, SYSTEM_PROMPT),
+        ChatMessage::new(Role::User, user),
     ]
 }
 
@@ -229,7 +230,6 @@ pub fn worst_case_tokens(request: &QueryRequest, top_k: u32, max_tokens: u32) ->
         + 100;
     chars.div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64 + u64::from(max_tokens)
 }
-
 
 /// The response body of `POST /api/v1/chat/query`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,7 +258,7 @@ mod tests {
     fn a_ranked_question_is_kept_whole_or_not_ranked() {
         let ask = |question: &str, page: Option<&str>| QueryRequest {
             question: question.into(),
-            session_id: "s".into(),
+            session_id: SessionId::parse("s").unwrap(),
             page_context: page.map(str::to_string),
             user_id: None,
             stream: false,
@@ -282,7 +282,7 @@ mod tests {
     fn the_worst_case_covers_the_largest_prompt_and_a_whole_answer() {
         let request = QueryRequest {
             question: "q".repeat(300),
-            session_id: "s".into(),
+            session_id: SessionId::parse("s").unwrap(),
             page_context: Some("p".repeat(600)),
             user_id: None,
             stream: false,
@@ -297,7 +297,7 @@ mod tests {
             .collect();
         let prompt_chars: usize = prompt_messages(&request, &passages)
             .iter()
-            .map(|(role, content)| role.len() + content.len())
+            .map(|message| "system".len() + message.content.len())
             .sum();
         let worst = worst_case_tokens(&request, 5, 1024);
         // At four characters a token the prompt takes prompt_chars / 4.
@@ -496,10 +496,11 @@ mod tests {
             text: "Because.".into(),
         }];
         let messages = prompt_messages(&q, &passages);
-        assert_eq!(messages[0].0, "system");
-        assert!(messages[1].1.contains("Page context: Chapter 2"));
-        assert!(messages[1].1.contains("[1] (book.pdf) Because."));
-        assert!(messages[1].1.ends_with("Question: Why?"));
+        assert_eq!(messages[0].role, Role::System);
+        assert_eq!(messages[1].role, Role::User);
+        assert!(messages[1].content.contains("Page context: Chapter 2"));
+        assert!(messages[1].content.contains("[1] (book.pdf) Because."));
+        assert!(messages[1].content.ends_with("Question: Why?"));
     }
 
     #[test]

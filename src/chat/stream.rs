@@ -89,7 +89,11 @@ impl From<&Usage> for UsageReport {
 }
 
 /// The chat completion request, streamed, with the usage in a last chunk.
-pub fn chat_stream_request(model: &str, messages: &[(String, String)], max_tokens: u32) -> Value {
+pub fn chat_stream_request(
+    model: &str,
+    messages: &[crate::chat::upstream::ChatMessage],
+    max_tokens: u32,
+) -> Value {
     let mut request = crate::chat::upstream::chat_request(model, messages, max_tokens);
     request["stream"] = Value::Bool(true);
     request["stream_options"] = serde_json::json!({"include_usage": true});
@@ -299,7 +303,11 @@ mod tests {
 
     #[test]
     fn the_streamed_request_asks_for_usage() {
-        let request = chat_stream_request("m", &[("user".into(), "q".into())], 64);
+        let message =
+            crate::chat::upstream::ChatMessage::new(crate::chat::upstream::Role::User, "q");
+        let request = chat_stream_request("m", &[message], 64);
+        assert_eq!(request["messages"][0]["role"], "user");
+        assert_eq!(request["messages"][0]["content"], "q");
         assert_eq!(request["stream"], true);
         assert_eq!(request["max_tokens"], 64, "a streamed answer is capped too");
         assert_eq!(request["stream_options"]["include_usage"], true);

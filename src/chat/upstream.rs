@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::chat::query::Passage;
 use crate::http::api::{ApiError, ErrorCode};
 use crate::telemetry::metrics::ErrorType;
-use crate::chat::query::Passage;
 
 /// A failed call to OpenAI or Qdrant, classified for the HTTP answer and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,12 +241,33 @@ pub fn parse_embeddings(
 
 /// A chat completion request. `max_tokens` caps the answer, so one question
 /// can cost at most what a budget reserved for it (see `sessions`).
-pub fn chat_request(model: &str, messages: &[(String, String)], max_tokens: u32) -> Value {
-    let messages: Vec<Value> = messages
-        .iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
+pub fn chat_request(model: &str, messages: &[ChatMessage], max_tokens: u32) -> Value {
     json!({"model": model, "messages": messages, "temperature": 0.2, "max_tokens": max_tokens})
+}
+
+/// Who speaks a chat message, as OpenAI names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a chat completion request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
 }
 
 /// A chat completion: the answer, the tokens it used, and whether the model

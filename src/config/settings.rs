@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::http::api::validate_id;
-use crate::config::{self, names, ConfigError, Secret};
 use crate::cache::answers::{AnswerShape, CacheScope};
+use crate::config::{self, names, ConfigError, Secret};
+use crate::http::api::validate_id;
 use crate::limits::ratelimit::{BucketConfig, FailurePolicy};
 
 /// Reads one variable; `None` when it is not set.

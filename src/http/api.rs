@@ -180,7 +180,8 @@ impl ApiError {
 
     /// 500 `configuration_error`.
     pub fn configuration(detail: impl std::fmt::Display) -> Self {
-        Self::new(ErrorCode::ConfigurationError,
+        Self::new(
+            ErrorCode::ConfigurationError,
             format!("the service is misconfigured: {detail}"),
         )
     }
@@ -191,7 +192,8 @@ impl ApiError {
 
     /// 405 with `Allow` listing the methods the path takes.
     pub fn method_not_allowed(method: &str, path: &str, allowed: &[&str]) -> Self {
-        Self::new(ErrorCode::MethodNotAllowed,
+        Self::new(
+            ErrorCode::MethodNotAllowed,
             format!(
                 "{method} is not allowed on {path}; use {}",
                 allowed.join(" or ")
@@ -217,7 +219,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status(), self.code.as_str(), self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status(),
+            self.code.as_str(),
+            self.detail
+        )
     }
 }
 
@@ -258,6 +266,75 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An id a client named (or a verified token's subject), parsed once where
+/// it enters: a value of these types is known to be safe in logs, keys and URLs.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id, or 400 naming the field.
+            pub fn parse(raw: &str) -> Result<Self, ApiError> {
+                validate_id($field, raw)?;
+                Ok(Self(raw.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A chat session's id (`session_id`).
+    SessionId,
+    "session_id"
+);
+
+id_type!(
+    /// An end user's id: the body's `user_id` (`none` mode), or a verified
+    /// token's `sub` ([`UserId::verified`]).
+    UserId,
+    "user_id"
+);
+
+impl UserId {
+    /// A verified token's subject, which the token checks bounded already
+    /// (it may hold characters a client-named id may not, as `auth0|x` does).
+    pub fn verified(subject: String) -> Self {
+        Self(subject)
+    }
+}
+
 /// `application/json`, with any parameters (`; charset=utf-8`).
 pub fn is_json_content_type(value: Option<&str>) -> bool {
     value.is_some_and(|v| {
@@ -272,7 +349,8 @@ pub fn require_json(content_type: Option<&str>, what: &str) -> Result<(), ApiErr
     if is_json_content_type(content_type) {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::UnsupportedMediaType,
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
             format!("send {what} as Content-Type: application/json"),
         ))
     }
@@ -281,7 +359,8 @@ pub fn require_json(content_type: Option<&str>, what: &str) -> Result<(), ApiErr
 /// 413 when a body is larger than a route takes.
 pub fn require_size(body: &[u8], max: usize) -> Result<(), ApiError> {
     if body.len() > max {
-        Err(ApiError::new(ErrorCode::PayloadTooLarge,
+        Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
             format!("the body may be at most {max} bytes"),
         ))
     } else {
@@ -379,7 +458,11 @@ mod tests {
     fn each_code_has_its_wire_name_and_status() {
         for (code, wire, status) in [
             (ErrorCode::InvalidRequest, "invalid_request", 400),
-            (ErrorCode::UnsupportedMediaType, "unsupported_media_type", 415),
+            (
+                ErrorCode::UnsupportedMediaType,
+                "unsupported_media_type",
+                415,
+            ),
             (ErrorCode::ConfigurationError, "configuration_error", 500),
             (ErrorCode::SessionLimit, "session_limit", 429),
             (ErrorCode::RequestTimeout, "request_timeout", 408),
@@ -388,10 +471,19 @@ mod tests {
             (ErrorCode::UpstreamUnavailable, "upstream_unavailable", 503),
         ] {
             assert_eq!((code.as_str(), code.status()), (wire, status));
-            assert_eq!(ErrorCode::of_upstream_status(status).as_str(), "upstream_unavailable");
+            assert_eq!(
+                ErrorCode::of_upstream_status(status).as_str(),
+                "upstream_unavailable"
+            );
         }
-        assert_eq!(ErrorCode::of_upstream_status(504), ErrorCode::UpstreamTimeout);
-        assert_eq!(ErrorCode::of_upstream_status(502), ErrorCode::UpstreamBadResponse);
+        assert_eq!(
+            ErrorCode::of_upstream_status(504),
+            ErrorCode::UpstreamTimeout
+        );
+        assert_eq!(
+            ErrorCode::of_upstream_status(502),
+            ErrorCode::UpstreamBadResponse
+        );
         let e = ApiError::method_not_allowed("PUT", "/x", &["GET", "POST"]);
         assert_eq!(e.status(), 405);
         assert_eq!(e.headers, vec![("allow", "GET, POST".to_string())]);
@@ -408,6 +500,18 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", &"x".repeat(MAX_ID_LEN + 1)] {
             assert_eq!(validate_id("session_id", bad).unwrap_err().status(), 400);
         }
+    }
+
+    #[test]
+    fn ids_are_parsed_once_and_read_as_text() {
+        let session = SessionId::parse("sess-1").unwrap();
+        assert_eq!(session, "sess-1");
+        assert_eq!(session.len(), 6);
+        assert_eq!(serde_json::to_value(&session).unwrap(), "sess-1");
+        let refused = UserId::parse("a b").unwrap_err();
+        assert_eq!(refused.status(), 400);
+        assert!(refused.detail.contains("`user_id`"), "{}", refused.detail);
+        assert_eq!(UserId::verified("auth0|x".into()), "auth0|x");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::{self, names, ConfigError, Secret};
 use crate::config::settings::Lookup;
+use crate::config::{self, names, ConfigError, Secret};
 
 /// Seconds of clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;

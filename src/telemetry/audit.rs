@@ -57,8 +57,9 @@ impl AuditLog {
         let raw = form_urlencoded::parse(query.as_bytes())
             .find(|(name, _)| name == "log")
             .map(|(_, value)| value.into_owned());
-        Self::parse(raw.as_deref())
-            .ok_or_else(|| crate::http::api::ApiError::invalid("`log` must be `admin` or `security`"))
+        Self::parse(raw.as_deref()).ok_or_else(|| {
+            crate::http::api::ApiError::invalid("`log` must be `admin` or `security`")
+        })
     }
 }
 

@@ -20,6 +20,7 @@ pub mod promtool;
 pub mod recorder;
 pub mod routes;
 pub mod runtime;
+pub mod scripts;
 pub mod server;
 pub mod services;
 pub mod stubs;
@@ -333,6 +334,46 @@ impl TestApp {
         body: &serde_json::Value,
     ) -> Result<BufferedResponse> {
         self.client().post_json(path, body).await
+    }
+
+    /// `POST /api/v1/chat/query`: `question` in `session`.
+    pub async fn ask(&self, question: &str, session: &str) -> BufferedResponse {
+        self.ask_on_page(question, session, None).await
+    }
+
+    /// `POST /api/v1/chat/query`: `question` in `session`, with a page context.
+    pub async fn ask_on_page(
+        &self,
+        question: &str,
+        session: &str,
+        page: Option<&str>,
+    ) -> BufferedResponse {
+        let mut body = serde_json::json!({"question": question, "session_id": session});
+        if let Some(page) = page {
+            body["page_context"] = serde_json::json!(page);
+        }
+        self.post_json("/api/v1/chat/query", &body)
+            .await
+            .expect("the query handler answers")
+    }
+
+    /// The answer's JSON body, which must be a 200.
+    pub async fn answer(
+        &self,
+        question: &str,
+        session: &str,
+        page: Option<&str>,
+    ) -> serde_json::Value {
+        let response = self.ask_on_page(question, session, page).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()
+    }
+
+    /// `GET /api/v1/chat/history/{session}` (page `page`), with the admin token.
+    pub async fn history(&self, session: &str, page: u32) -> BufferedResponse {
+        self.admin_get(&format!("/api/v1/chat/history/{session}?page={page}"))
+            .await
+            .expect("the query handler answers")
     }
 
     /// A request with the admin token and a JSON body (`null` for none to speak of).

@@ -238,11 +238,7 @@ async fn a_history_lists_exchanges_in_the_order_they_were_asked_not_stored() {
     let (slow, quick) = futures_util::future::join(slow, quick).await;
     assert_eq!(slow.status, 200, "{}", slow.text());
     assert_eq!(quick.header("x-cache"), Some("HIT"));
-    let history = app
-        .admin_get("/api/v1/chat/history/order")
-        .await
-        .unwrap()
-        .json();
+    let history = app.history("order", 1).await.json();
     let questions: Vec<&str> = history["messages"]
         .as_array()
         .unwrap()

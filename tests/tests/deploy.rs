@@ -286,25 +286,15 @@ fn same_result(a: &[(String, f64)], b: &[(String, f64)]) -> bool {
 
 const PER_SESSION_LIMIT: &str = "3";
 
-async fn ask(app: &TestApp, question: &str, session: &str) -> u16 {
-    app.post_json(
-        "/api/v1/chat/query",
-        &json!({"question": question, "session_id": session}),
-    )
-    .await
-    .unwrap()
-    .status
-}
-
 /// Traffic through both replicas: misses and hits (a question asked on one
 /// replica is a hit on the other), refused input, a session over its limit
 /// (429), and replica `b`'s Postgres unreachable (errors, lost history writes).
 async fn traffic(a: &TestApp, b: &TestApp, round: &str) {
     let question = format!("What are metrics ({round})?");
-    assert_eq!(ask(a, &question, &format!("{round}-a")).await, 200);
-    assert_eq!(ask(b, &question, &format!("{round}-b")).await, 200);
+    assert_eq!(a.ask(&question, &format!("{round}-a")).await.status, 200);
+    assert_eq!(b.ask(&question, &format!("{round}-b")).await.status, 200);
     let other = format!("Something else ({round})?");
-    ask(b, &other, &format!("{round}-b2")).await;
+    b.ask(&other, &format!("{round}-b2")).await;
     assert_eq!(
         a.post_json("/api/v1/chat/query", &json!({"question": ""}))
             .await
@@ -316,7 +306,12 @@ async fn traffic(a: &TestApp, b: &TestApp, round: &str) {
     let mut statuses = Vec::new();
     for i in 0..limit + 2 {
         let replica = if i % 2 == 0 { a } else { b };
-        statuses.push(ask(replica, &question, &format!("{round}-burst")).await);
+        statuses.push(
+            replica
+                .ask(&question, &format!("{round}-burst"))
+                .await
+                .status,
+        );
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }

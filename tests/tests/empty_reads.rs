@@ -28,18 +28,6 @@ async fn admin_ok(app: &TestApp, method: &str, path: &str, body: Value) -> Value
     response.json()
 }
 
-async fn ask(app: &TestApp, question: &str, session: &str) -> Value {
-    let response = app
-        .post_json(
-            "/api/v1/chat/query",
-            &json!({"question": question, "session_id": session}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()
-}
-
 #[tokio::test]
 async fn the_history_of_a_session_that_never_existed_is_an_empty_page() {
     let app = TestApp::spawn().await.unwrap();
@@ -59,7 +47,7 @@ async fn the_history_of_a_session_that_never_existed_is_an_empty_page() {
 #[tokio::test]
 async fn a_page_past_the_end_is_empty_and_keeps_the_total() {
     let app = TestApp::spawn().await.unwrap();
-    ask(&app, "What is a page?", "pager").await;
+    app.answer("What is a page?", "pager", None).await;
     let first = get_ok(&app, "/api/v1/chat/history/pager").await;
     assert_eq!(first["total"], 2, "{first}");
     assert_eq!(first["messages"].as_array().unwrap().len(), 2);
@@ -175,7 +163,8 @@ async fn a_hundred_requests_for_unknown_sessions_leave_history_writes_working() 
     }
     assert_no_zero_row_query(&app);
 
-    ask(&app, "Is the history still written?", "after-the-storm").await;
+    app.answer("Is the history still written?", "after-the-storm", None)
+        .await;
     let page = get_ok(&app, "/api/v1/chat/history/after-the-storm").await;
     assert_eq!(page["total"], 2, "{page}");
     let stored: i64 = app

@@ -473,10 +473,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
     let mine = history_as(&app, &alice, &session).await;
     assert_eq!(mine.status, 200, "{}", mine.text());
     assert_eq!(mine.json()["total"], 2);
-    let admin = app
-        .admin_get(&format!("/api/v1/chat/history/{session}"))
-        .await
-        .unwrap();
+    let admin = app.history(&session, 1).await;
     assert_eq!(admin.json()["total"], 2);
 
     // The body may not speak for someone else.
@@ -498,7 +495,10 @@ async fn sessions_belong_to_the_user_who_created_them() {
     // Redis forgetting an owner does not hand the session over: Postgres has the last word.
     let mut redis = app.redis().await.unwrap();
     let owner_keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", chatbot_core::redis::keys::SESSION_OWNER_PREFIX))
+        .arg(format!(
+            "{}*",
+            chatbot_core::redis::keys::SESSION_OWNER_PREFIX
+        ))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -584,13 +584,7 @@ async fn in_none_mode_a_session_is_never_taken_over_and_history_needs_the_admin_
     let anonymous = app.get("/api/v1/chat/history/shared").await.unwrap();
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
-    assert_eq!(
-        app.admin_get("/api/v1/chat/history/shared")
-            .await
-            .unwrap()
-            .json()["total"],
-        4
-    );
+    assert_eq!(app.history("shared", 1).await.json()["total"], 4);
     for path in ["/health/cache/analytics", "/health/metrics"] {
         assert_eq!(app.get(path).await.unwrap().status, 401, "{path}");
         assert_eq!(app.admin_get(path).await.unwrap().status, 200, "{path}");
@@ -1225,11 +1219,7 @@ async fn a_passage_holding_nul_does_not_stop_history_writes() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let page = app
-        .admin_get("/api/v1/chat/history/nul")
-        .await
-        .unwrap()
-        .json();
+    let page = app.history("nul", 1).await.json();
     assert_eq!(page["total"], 2, "the exchange was stored: {page}");
     let lost = app.get("/metrics").await.unwrap().text();
     assert!(

@@ -29,15 +29,6 @@ async fn scrape(app: &TestApp) -> String {
     response.text()
 }
 
-async fn ask(app: &TestApp, question: &str, session: &str) -> BufferedResponse {
-    app.post_json(
-        "/api/v1/chat/query",
-        &json!({"question": question, "session_id": session}),
-    )
-    .await
-    .unwrap()
-}
-
 /// Three identical questions at once (one session: answers are cached per session by default).
 async fn three_at_once(app: &TestApp, question: &'static str) -> Vec<BufferedResponse> {
     let tasks: Vec<_> = (0..3)
@@ -123,7 +114,7 @@ async fn waiters_answer_their_holders_failure_at_once_with_its_retry_after() {
         3.0
     );
     // A later request tries again itself.
-    assert_eq!(ask(&app, "Will it fail?", "crowd").await.status, 200);
+    assert_eq!(app.ask("Will it fail?", "crowd").await.status, 200);
 }
 
 #[tokio::test]
@@ -133,11 +124,11 @@ async fn refusals_and_failures_are_timed_and_counted() {
         .spawn()
         .await
         .unwrap();
-    assert_eq!(ask(&app, "First?", "limited").await.status, 200);
-    let limited = ask(&app, "Second?", "limited").await;
+    assert_eq!(app.ask("First?", "limited").await.status, 200);
+    let limited = app.ask("Second?", "limited").await;
     assert_eq!(limited.status, 429);
     app.openai.controls().fail_next(CHAT, 1, Fault::Status(500));
-    assert_eq!(ask(&app, "Broken?", "other").await.status, 503);
+    assert_eq!(app.ask("Broken?", "other").await.status, 503);
     let invalid = app
         .post_json("/api/v1/chat/query", &json!({"question": ""}))
         .await
@@ -189,7 +180,7 @@ async fn a_configuration_error_is_counted() {
         .spawn()
         .await
         .unwrap();
-    let response = ask(&app, "Configured?", "c1").await;
+    let response = app.ask("Configured?", "c1").await;
     assert_eq!(response.status, 500, "{}", response.text());
     let text = scrape(&app).await;
     assert_eq!(
@@ -236,8 +227,8 @@ async fn a_scrape_reads_no_gauge_hash() {
 #[tokio::test]
 async fn history_reads_and_cleanups_are_timed() {
     let app = TestApp::spawn().await.unwrap();
-    assert_eq!(ask(&app, "Timed?", "h1").await.status, 200);
-    let history = app.admin_get("/api/v1/chat/history/h1").await.unwrap();
+    assert_eq!(app.ask("Timed?", "h1").await.status, 200);
+    let history = app.history("h1", 1).await;
     assert_eq!(history.status, 200, "{}", history.text());
     let cleanup = app
         .admin("POST", "/admin/cleanup", &json!({}))
@@ -273,7 +264,7 @@ async fn warm_up_records_its_openai_calls_and_tokens() {
         .spawn()
         .await
         .unwrap();
-    assert_eq!(ask(&app, "Warm me?", "w1").await.status, 200);
+    assert_eq!(app.ask("Warm me?", "w1").await.status, 200);
     let cleared = app
         .admin(
             "POST",
@@ -309,10 +300,10 @@ async fn warm_up_records_its_openai_calls_and_tokens() {
 #[tokio::test]
 async fn ingesting_a_document_retires_the_collections_cached_answers() {
     let app = TestApp::spawn().await.unwrap();
-    let first = ask(&app, "What is a vole?", "v1").await;
+    let first = app.ask("What is a vole?", "v1").await;
     assert_eq!(first.json()["cached"], false);
     assert_eq!(
-        ask(&app, "What is a vole?", "v1").await.json()["cached"],
+        app.ask("What is a vole?", "v1").await.json()["cached"],
         true
     );
     let ingested = app
@@ -321,11 +312,11 @@ async fn ingesting_a_document_retires_the_collections_cached_answers() {
         .unwrap();
     assert_eq!(ingested.status, 200, "{}", ingested.text());
     // The document may change the answer: it is asked again, and cited.
-    let after = ask(&app, "What is a vole?", "v1").await;
+    let after = app.ask("What is a vole?", "v1").await;
     assert_eq!(after.json()["cached"], false, "{}", after.text());
     assert_eq!(after.json()["citations"][0]["source"], "voles.md");
     assert_eq!(
-        ask(&app, "What is a vole?", "v1").await.json()["cached"],
+        app.ask("What is a vole?", "v1").await.json()["cached"],
         true
     );
 }
@@ -363,7 +354,7 @@ async fn a_failed_re_ingestion_leaves_the_old_text_and_a_shorter_one_drops_its_t
     // A shorter text replaces the document: no chunk of the longer one is left.
     assert_eq!(app.ingest(document(1)).await.unwrap().status, 200);
     assert_eq!(app.qdrant.point_count(DEFAULT_COLLECTION), chunks_of(1));
-    let answer = ask(&app, "Tell me about otters", "o1").await;
+    let answer = app.ask("Tell me about otters", "o1").await;
     let kept: Vec<String> = (0..chunks_of(1))
         .map(|i| chatbot_core::chat::ingest::point_id("otters", i))
         .collect();
@@ -420,7 +411,7 @@ async fn a_fresh_deployment_answers_without_passages_until_something_is_ingested
     assert!(warning.contains("does not exist"), "{body}");
 
     for _ in 0..2 {
-        let response = ask(&app, "Anyone there?", "fresh").await;
+        let response = app.ask("Anyone there?", "fresh").await;
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.json()["citations"], json!([]));
         assert!(!response.json()["answer"].as_str().unwrap().is_empty());
@@ -453,7 +444,7 @@ async fn a_fresh_deployment_answers_without_passages_until_something_is_ingested
         .await
         .unwrap();
     assert_eq!(ingested.status, 200, "{}", ingested.text());
-    let answered = ask(&app, "Anyone there?", "fresh").await;
+    let answered = app.ask("Anyone there?", "fresh").await;
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(answered.json()["cached"], false);
     assert_eq!(answered.json()["citations"][0]["source"], "hello.md");
@@ -483,7 +474,7 @@ async fn a_404_that_is_not_qdrants_missing_collection_is_an_error_and_nothing_is
         .controls()
         .fail_always(SEARCH, Fault::Status(404));
     for _ in 0..2 {
-        let response = ask(&app, "Anyone there?", "q404").await;
+        let response = app.ask("Anyone there?", "q404").await;
         assert_eq!(response.status, 502, "{}", response.text());
     }
     assert_eq!(
@@ -547,24 +538,21 @@ fn every_variable_that_can_carry_a_credential_is_secret() {
 /// ranking gets in, and an old favourite fades behind what is asked now.
 #[tokio::test]
 async fn a_full_ranking_admits_newcomers_and_forgets_old_favourites() {
-    use chatbot_core::cache::ranking::{base_key, BUMP_SCRIPT, TOP_SCRIPT};
+    use chatbot_core::cache::ranking::{Bump, Top};
     let app = TestApp::spawn().await.unwrap();
     let shared = app.redis().await.unwrap();
     let mut redis = shared.clone();
-    let (ranking, base) = ("test:{r}:ranking", base_key("test:{r}:ranking"));
+    let ranking = "test:{r}:ranking";
     let bump = |member: &'static str| {
         let mut redis = shared.clone();
-        let (ranking, base) = (ranking.to_string(), base.clone());
         async move {
-            let _: () = redis::cmd("EVAL")
-                .arg(BUMP_SCRIPT)
-                .arg(2)
-                .arg(ranking)
-                .arg(base)
-                .arg(member)
-                .arg(1)
-                .arg(3)
-                .query_async(&mut redis)
+            let bump = Bump {
+                ranking,
+                member,
+                half_life_seconds: 1,
+                cap: 3,
+            };
+            chatbot_harness::scripts::run(&mut redis, &bump)
                 .await
                 .unwrap();
         }
@@ -586,20 +574,17 @@ async fn a_full_ranking_admits_newcomers_and_forgets_old_favourites() {
     // Three half-lives later, one new ask outweighs the old favourite's three.
     tokio::time::sleep(Duration::from_millis(3100)).await;
     bump("e").await;
-    let top: Vec<String> = redis::cmd("EVAL")
-        .arg(TOP_SCRIPT)
-        .arg(2)
-        .arg(ranking)
-        .arg(&base)
-        .arg(1)
-        .arg(1)
-        .query_async(&mut redis)
+    let top = Top {
+        ranking,
+        count: 1,
+        half_life_seconds: 1,
+    };
+    let top = chatbot_harness::scripts::run(&mut redis, &top)
         .await
         .unwrap();
-    assert_eq!(top[0], "e", "{top:?}");
+    assert_eq!(top[0].0, "e", "{top:?}");
     // One ask now, plus the place it took (Space-Saving's overestimate, decayed).
-    let weight: f64 = top[1].parse().unwrap();
-    assert!((1.0..1.5).contains(&weight), "{top:?}");
+    assert!((1.0..1.5).contains(&top[0].1), "{top:?}");
 }
 
 /// The stand-ins answer a body without `Content-Length` with 411, as some
@@ -614,7 +599,7 @@ async fn outbound_bodies_carry_their_length() {
         .await
         .unwrap();
     assert_eq!(ingested.status, 200, "{}", ingested.text());
-    let answered = ask(&app, "Are lengths known?", "len").await;
+    let answered = app.ask("Are lengths known?", "len").await;
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(answered.json()["citations"][0]["source"], "len.md");
 }

@@ -8,16 +8,6 @@ async fn admin(app: &TestApp, method: &str, path: &str, body: Value) -> Buffered
     app.admin(method, path, &body).await.unwrap()
 }
 
-async fn ask(app: &TestApp, question: &str, session: &str, page: Option<&str>) -> Value {
-    let mut body = json!({"question": question, "session_id": session});
-    if let Some(p) = page {
-        body["page_context"] = json!(p);
-    }
-    let r = app.post_json("/api/v1/chat/query", &body).await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 async fn keys(app: &TestApp, pattern: &str) -> Vec<String> {
     let mut conn = app.redis().await.unwrap();
     redis::cmd("KEYS")
@@ -149,10 +139,10 @@ async fn a_hanging_dependency_is_reported_within_the_timeout() {
 #[tokio::test]
 async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
     let app = TestApp::spawn().await.unwrap();
-    ask(&app, "What is a cache?", "a1", None).await;
-    ask(&app, "What is a cache?", "a1", None).await;
-    ask(&app, "What is a cache?", "a1", None).await;
-    ask(&app, "Why Redis?", "a2", Some("ch 3")).await;
+    app.answer("What is a cache?", "a1", None).await;
+    app.answer("What is a cache?", "a1", None).await;
+    app.answer("What is a cache?", "a1", None).await;
+    app.answer("Why Redis?", "a2", Some("ch 3")).await;
     let summary = app.admin_get("/health/metrics").await.unwrap().json();
     assert_eq!(summary["queries_total"], 4.0, "{summary}");
     assert_eq!(summary["queries_cached"], 2.0);
@@ -179,9 +169,9 @@ async fn the_metrics_summary_and_cache_analytics_report_what_happened() {
 #[tokio::test]
 async fn clearing_is_scoped_to_what_was_asked() {
     let app = TestApp::spawn().await.unwrap();
-    ask(&app, "Shared question?", "s1", Some("page one")).await;
-    ask(&app, "Shared question?", "s2", Some("page one")).await;
-    ask(&app, "Other question?", "s2", Some("page two")).await;
+    app.answer("Shared question?", "s1", Some("page one")).await;
+    app.answer("Shared question?", "s2", Some("page one")).await;
+    app.answer("Other question?", "s2", Some("page two")).await;
     assert_eq!(keys(&app, "chatbot:query:*").await.len(), 3);
 
     let r = admin(
@@ -199,11 +189,11 @@ async fn clearing_is_scoped_to_what_was_asked() {
         "only s1's answer went"
     );
     assert_eq!(
-        ask(&app, "Shared question?", "s2", Some("page one")).await["cached"],
+        app.answer("Shared question?", "s2", Some("page one")).await["cached"],
         true
     );
     assert_eq!(
-        ask(&app, "Shared question?", "s1", Some("page one")).await["cached"],
+        app.answer("Shared question?", "s1", Some("page one")).await["cached"],
         false
     );
 
@@ -299,9 +289,9 @@ async fn warmup_precomputes_the_most_asked_questions() {
         .spawn()
         .await
         .unwrap();
-    ask(&app, "Popular question?", "w1", None).await;
-    ask(&app, "Popular question?", "w2", None).await;
-    ask(&app, "Less popular?", "w3", Some("ch 9")).await;
+    app.answer("Popular question?", "w1", None).await;
+    app.answer("Popular question?", "w2", None).await;
+    app.answer("Less popular?", "w3", Some("ch 9")).await;
     admin(
         &app,
         "POST",
@@ -324,11 +314,11 @@ async fn warmup_precomputes_the_most_asked_questions() {
     );
     // Same keys as the query handler: users now hit.
     assert_eq!(
-        ask(&app, "Popular question?", "someone-new", None).await["cached"],
+        app.answer("Popular question?", "someone-new", None).await["cached"],
         true
     );
     assert_eq!(
-        ask(&app, "less popular?", "w9", Some("ch 9")).await["cached"],
+        app.answer("less popular?", "w9", Some("ch 9")).await["cached"],
         true
     );
     let again = admin(&app, "POST", "/admin/cache/warmup", json!({}))

@@ -27,14 +27,6 @@ async fn app_with_book() -> TestApp {
     app
 }
 
-async fn ask(app: &TestApp, question: &str, session: &str, page: Option<&str>) -> BufferedResponse {
-    let mut body = json!({"question": question, "session_id": session});
-    if let Some(page) = page {
-        body["page_context"] = json!(page);
-    }
-    app.post_json("/api/v1/chat/query", &body).await.unwrap()
-}
-
 async fn redis_keys(app: &TestApp, pattern: &str) -> Vec<String> {
     let mut conn = app.redis().await.unwrap();
     redis::cmd("KEYS")
@@ -55,7 +47,9 @@ fn upstream_calls(app: &TestApp) -> (u64, u64, u64) {
 #[tokio::test]
 async fn a_miss_then_a_hit_that_calls_nothing_upstream() {
     let app = app_with_book().await;
-    let first = ask(&app, "What is AI?", "sess1", Some("AI textbook")).await;
+    let first = app
+        .ask_on_page("What is AI?", "sess1", Some("AI textbook"))
+        .await;
     assert_eq!(first.status, 200, "{}", first.text());
     let body = first.json();
     assert_eq!(body["cached"], false);
@@ -67,7 +61,9 @@ async fn a_miss_then_a_hit_that_calls_nothing_upstream() {
         "ingest embedded once, the question once"
     );
 
-    let second = ask(&app, "What is AI?", "sess1", Some("AI textbook")).await;
+    let second = app
+        .ask_on_page("What is AI?", "sess1", Some("AI textbook"))
+        .await;
     assert_eq!(second.status, 200);
     let cached = second.json();
     assert_eq!(cached["cached"], true);
@@ -95,25 +91,25 @@ async fn a_miss_then_a_hit_that_calls_nothing_upstream() {
 async fn page_context_and_session_scope_are_separate_entries() {
     let app = app_with_book().await;
     assert_eq!(
-        ask(&app, "What is AI?", "s1", Some("chapter 1"))
+        app.ask_on_page("What is AI?", "s1", Some("chapter 1"))
             .await
             .json()["cached"],
         false
     );
     assert_eq!(
-        ask(&app, "What is AI?", "s1", Some("chapter 2"))
+        app.ask_on_page("What is AI?", "s1", Some("chapter 2"))
             .await
             .json()["cached"],
         false
     );
     assert_eq!(
-        ask(&app, "What is AI?", "s2", Some("chapter 1"))
+        app.ask_on_page("What is AI?", "s2", Some("chapter 1"))
             .await
             .json()["cached"],
         false
     );
     assert_eq!(
-        ask(&app, "what   is ai?", "s1", Some("Chapter 1"))
+        app.ask_on_page("what   is ai?", "s1", Some("Chapter 1"))
             .await
             .json()["cached"],
         true
@@ -125,12 +121,12 @@ async fn page_context_and_session_scope_are_separate_entries() {
 async fn length_prefixed_keys_do_not_collide() {
     let app = app_with_book().await;
     assert_eq!(
-        ask(&app, "ab", "s", Some("c")).await.json()["cached"],
+        app.ask_on_page("ab", "s", Some("c")).await.json()["cached"],
         false
     );
     // Concatenated, "a" + "bc" is the same string; encoded, it is another entry.
     assert_eq!(
-        ask(&app, "a", "s", Some("bc")).await.json()["cached"],
+        app.ask_on_page("a", "s", Some("bc")).await.json()["cached"],
         false
     );
     assert_eq!(redis_keys(&app, "chatbot:query:*").await.len(), 2);
@@ -140,8 +136,8 @@ async fn length_prefixed_keys_do_not_collide() {
 async fn the_embedding_is_reused_across_sessions() {
     let app = app_with_book().await;
     let (embeddings_before, _, _) = upstream_calls(&app);
-    ask(&app, "How hot is the oven?", "s1", None).await;
-    ask(&app, "How hot is the oven?", "s2", None).await;
+    app.ask_on_page("How hot is the oven?", "s1", None).await;
+    app.ask_on_page("How hot is the oven?", "s2", None).await;
     let (embeddings, searches, chats) = upstream_calls(&app);
     assert_eq!(
         embeddings - embeddings_before,
@@ -175,7 +171,8 @@ async fn the_embedding_is_reused_across_sessions() {
 #[tokio::test]
 async fn answers_cite_the_ingested_document() {
     let app = app_with_book().await;
-    let body = ask(&app, "What do intelligent agents perceive?", "s", None)
+    let body = app
+        .ask_on_page("What do intelligent agents perceive?", "s", None)
         .await
         .json();
     let citations = body["citations"].as_array().unwrap();
@@ -268,7 +265,7 @@ async fn a_waiter_on_a_slow_identical_miss_backs_off() {
         .controls()
         .set_latency(CHAT, Duration::from_millis(2000));
     let alone = app.counts();
-    let first = ask(&app, "Slow alone?", "alone", None).await;
+    let first = app.ask_on_page("Slow alone?", "alone", None).await;
     assert_eq!(first.status, 200);
     let one_miss = (app.counts() - alone).redis_commands;
 
@@ -287,7 +284,7 @@ async fn a_waiter_on_a_slow_identical_miss_backs_off() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let waiting = std::time::Instant::now();
-    let waiter = ask(&app, "Slow together?", "pair", None).await;
+    let waiter = app.ask_on_page("Slow together?", "pair", None).await;
     let waited = waiting.elapsed().as_secs_f64();
     assert_eq!(waiter.json()["cached"], true, "{}", waiter.text());
     assert_eq!(holder.await.unwrap().status, 200);
@@ -316,20 +313,20 @@ async fn an_answer_too_large_or_too_slow_as_a_whole_fails_instead_of_being_buffe
     app.qdrant
         .controls()
         .fail_next(SEARCH, 1, Fault::Oversized(20 << 20));
-    let oversized = ask(&app, "A huge answer?", "bounds", None).await;
+    let oversized = app.ask_on_page("A huge answer?", "bounds", None).await;
     assert_eq!(oversized.status, 503, "{}", oversized.text());
 
     app.qdrant
         .controls()
         .fail_next(SEARCH, 1, Fault::Trickle(Duration::from_millis(100)));
     let started = std::time::Instant::now();
-    let trickled = ask(&app, "A trickling answer?", "bounds", None).await;
+    let trickled = app.ask_on_page("A trickling answer?", "bounds", None).await;
     assert_eq!(trickled.status, 504, "{}", trickled.text());
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     assert_eq!(app.openai.controls().calls(CHAT), 0);
 
-    let healed = ask(&app, "A huge answer?", "bounds", None).await;
+    let healed = app.ask_on_page("A huge answer?", "bounds", None).await;
     assert_eq!(healed.status, 200, "{}", healed.text());
     assert_eq!(healed.json()["cached"], false);
 }
@@ -337,7 +334,7 @@ async fn an_answer_too_large_or_too_slow_as_a_whole_fails_instead_of_being_buffe
 async fn assert_not_cached_then_recovers(app: &TestApp, session: &str) {
     app.openai.controls().heal();
     app.qdrant.controls().heal();
-    let retry = ask(app, "Is it cached?", session, None).await;
+    let retry = app.ask_on_page("Is it cached?", session, None).await;
     assert_eq!(retry.status, 200, "{}", retry.text());
     assert_eq!(retry.json()["cached"], false, "errors are never cached");
 }
@@ -351,7 +348,7 @@ async fn an_openai_rate_limit_is_a_503_with_retry_after_and_not_cached() {
             retry_after_secs: 7,
         },
     );
-    let response = ask(&app, "Is it cached?", "s", None).await;
+    let response = app.ask_on_page("Is it cached?", "s", None).await;
     assert_eq!(response.status, 503, "{}", response.text());
     assert_eq!(response.header("retry-after"), Some("7"));
     assert_eq!(response.json()["status"], "upstream_unavailable");
@@ -374,7 +371,7 @@ async fn an_openai_server_error_is_a_503() {
     app.openai
         .controls()
         .fail_always(EMBEDDINGS, Fault::Status(500));
-    let response = ask(&app, "Is it cached?", "s", None).await;
+    let response = app.ask_on_page("Is it cached?", "s", None).await;
     assert_eq!(response.status, 503, "{}", response.text());
     assert!(response.header("retry-after").is_some());
     assert_not_cached_then_recovers(&app, "s").await;
@@ -391,7 +388,7 @@ async fn a_hanging_openai_is_a_504_after_the_timeout() {
         .controls()
         .fail_always(EMBEDDINGS, Fault::Hang(Duration::from_secs(3)));
     let started = std::time::Instant::now();
-    let response = ask(&app, "Is it cached?", "s", None).await;
+    let response = app.ask_on_page("Is it cached?", "s", None).await;
     assert_eq!(response.status, 504, "{}", response.text());
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -406,7 +403,7 @@ async fn a_qdrant_failure_is_reported_and_not_cached() {
     app.qdrant
         .controls()
         .fail_always(SEARCH, Fault::Status(500));
-    let response = ask(&app, "Is it cached?", "s", None).await;
+    let response = app.ask_on_page("Is it cached?", "s", None).await;
     assert_eq!(response.status, 503, "{}", response.text());
     assert!(response.json()["detail"]
         .as_str()
@@ -429,7 +426,7 @@ async fn without_redis_questions_are_still_answered() {
     )
     .await;
     for _ in 0..2 {
-        let response = ask(&app, "What about caches?", "s", None).await;
+        let response = app.ask_on_page("What about caches?", "s", None).await;
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.json()["cached"], false, "no cache without Redis");
     }
@@ -453,7 +450,7 @@ async fn without_postgres_the_answer_is_returned_and_the_loss_counted() {
         json!([{"id": "d", "source": "s.pdf", "text": "Some text."}]),
     )
     .await;
-    let response = ask(&app, "Anything?", "s", None).await;
+    let response = app.ask_on_page("Anything?", "s", None).await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["conversation_id"], Value::Null);
     let mut conn = app.redis().await.unwrap();
@@ -471,7 +468,9 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
     let app = app_with_book().await;
     for i in 0..51 {
         // Repeats hit the cache; cached exchanges are stored too.
-        let response = ask(&app, &format!("Question {}", i % 3), "hist", Some("p")).await;
+        let response = app
+            .ask_on_page(&format!("Question {}", i % 3), "hist", Some("p"))
+            .await;
         assert_eq!(response.status, 200, "{}", response.text());
     }
     let pg = app.postgres().await.unwrap();
@@ -495,11 +494,7 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
         .get(0);
     assert_eq!(citations, 51 * 2, "two passages cited per answer");
 
-    let page1 = app
-        .admin_get("/api/v1/chat/history/hist")
-        .await
-        .unwrap()
-        .json();
+    let page1 = app.history("hist", 1).await.json();
     assert_eq!(page1["total"], 102);
     assert_eq!(page1["total_pages"], 3);
     assert_eq!(page1["messages"].as_array().unwrap().len(), 50);
@@ -510,46 +505,18 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
         page1["messages"][1]["citations"].as_array().unwrap().len(),
         2
     );
-    let page2 = app
-        .admin_get("/api/v1/chat/history/hist?page=2")
-        .await
-        .unwrap()
-        .json();
+    let page2 = app.history("hist", 2).await.json();
     assert_eq!(page2["messages"].as_array().unwrap().len(), 50);
     assert!(page2["messages"][0]["id"].as_i64() > page1["messages"][49]["id"].as_i64());
-    let page3 = app
-        .admin_get("/api/v1/chat/history/hist?page=3")
-        .await
-        .unwrap()
-        .json();
+    let page3 = app.history("hist", 3).await.json();
     assert_eq!(page3["messages"].as_array().unwrap().len(), 2);
-    let page4 = app
-        .admin_get("/api/v1/chat/history/hist?page=4")
-        .await
-        .unwrap()
-        .json();
+    let page4 = app.history("hist", 4).await.json();
     assert_eq!(page4["messages"].as_array().unwrap().len(), 0);
     assert_eq!(page4["total"], 102);
-    let other = app
-        .admin_get("/api/v1/chat/history/nobody")
-        .await
-        .unwrap()
-        .json();
+    let other = app.history("nobody", 1).await.json();
     assert_eq!(other["total"], 0);
-    assert_eq!(
-        app.admin_get("/api/v1/chat/history/hist?page=0")
-            .await
-            .unwrap()
-            .status,
-        400
-    );
-    assert_eq!(
-        app.admin_get("/api/v1/chat/history/bad%20id")
-            .await
-            .unwrap()
-            .status,
-        400
-    );
+    assert_eq!(app.history("hist", 0).await.status, 400);
+    assert_eq!(app.history("bad%20id", 1).await.status, 400);
 }
 
 /// The session's expiry (epoch seconds), its conversation id and its message count.
@@ -599,7 +566,7 @@ async fn a_whole_day_ahead() -> u64 {
 async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated() {
     let app = app_with_book().await;
     let today = a_whole_day_ahead().await;
-    let first = ask(&app, "What is AI?", "daily", None).await;
+    let first = app.ask_on_page("What is AI?", "daily", None).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let (expiry, conversation, messages) = stored_session(&app, "daily").await;
     assert_eq!(first.json()["conversation_id"], conversation);
@@ -613,7 +580,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     // messages expire before the rows their deletion cascades from.
     tokio::time::sleep(Duration::from_millis(20)).await;
     for question in ["What is AI?", "Who perceives and acts?"] {
-        let again = ask(&app, question, "daily", None).await;
+        let again = app.ask_on_page(question, "daily", None).await;
         assert_eq!(again.status, 200, "{}", again.text());
         assert_eq!(again.json()["conversation_id"], conversation);
     }
@@ -635,11 +602,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
         .unwrap()
         .get(0);
     assert_eq!(outlived, 0);
-    let page = app
-        .admin_get("/api/v1/chat/history/daily")
-        .await
-        .unwrap()
-        .json();
+    let page = app.history("daily", 1).await.json();
     assert_eq!(page["total"], 6);
     assert_eq!(page["messages"][5]["role"], "assistant");
     assert_eq!(
@@ -655,7 +618,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
         .execute("DELETE FROM user_sessions WHERE session_id = 'daily'", &[])
         .await
         .unwrap();
-    let after_cleanup = ask(&app, "What is AI?", "daily", None).await;
+    let after_cleanup = app.ask_on_page("What is AI?", "daily", None).await;
     assert_eq!(after_cleanup.status, 200, "{}", after_cleanup.text());
     let (_, recreated, messages) = stored_session(&app, "daily").await;
     assert_ne!(recreated, conversation);
@@ -675,7 +638,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
         .unwrap();
     let (expiry, _, _) = stored_session(&app, "daily").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let refreshed = ask(&app, "What is AI?", "daily", None).await;
+    let refreshed = app.ask_on_page("What is AI?", "daily", None).await;
     assert_eq!(refreshed.status, 200, "{}", refreshed.text());
     let (later_expiry, same, messages) = stored_session(&app, "daily").await;
     assert!(later_expiry > expiry, "{later_expiry} > {expiry}");
@@ -700,7 +663,7 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
 async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_appended_to() {
     let app = app_with_book().await;
     let today = a_whole_day_ahead().await;
-    let theirs = ask(&app, "What is AI?", "theirs", None).await;
+    let theirs = app.ask_on_page("What is AI?", "theirs", None).await;
     assert_eq!(theirs.status, 200, "{}", theirs.text());
     let (_, their_conversation, their_messages) = stored_session(&app, "theirs").await;
     assert_eq!(their_messages, 2);
@@ -713,7 +676,9 @@ async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_append
         .query_async(&mut redis)
         .await
         .unwrap();
-    let mine = ask(&app, "Who perceives and acts?", "mine", None).await;
+    let mine = app
+        .ask_on_page("Who perceives and acts?", "mine", None)
+        .await;
     assert_eq!(mine.status, 200, "{}", mine.text());
 
     let (_, my_conversation, my_messages) = stored_session(&app, "mine").await;
@@ -728,11 +693,7 @@ async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_append
         remembered(&app, "mine").await,
         Some(format!("{my_conversation}:{today}"))
     );
-    let page = app
-        .admin_get("/api/v1/chat/history/theirs")
-        .await
-        .unwrap()
-        .json();
+    let page = app.history("theirs", 1).await.json();
     assert_eq!(page["total"], 2);
     assert_eq!(page["messages"][0]["content"], "What is AI?");
     let metrics = app.get("/metrics").await.unwrap().text();
@@ -1037,7 +998,9 @@ async fn an_index_sheds_the_answers_that_expired() {
     let session_index = chatbot_core::redis::keys::session_index("shed");
     let page_index = chatbot_core::redis::keys::page_index("ch 1");
     for i in 0..5 {
-        let r = ask(&app, &format!("Old question {i}?"), "shed", Some("ch 1")).await;
+        let r = app
+            .ask_on_page(&format!("Old question {i}?"), "shed", Some("ch 1"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(card(session_index.clone()).await, 5);
@@ -1052,7 +1015,9 @@ async fn an_index_sheds_the_answers_that_expired() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let r = ask(&app, "A new question?", "shed", Some("ch 1")).await;
+    let r = app
+        .ask_on_page("A new question?", "shed", Some("ch 1"))
+        .await;
     assert_eq!(r.json()["cached"], false);
     assert_eq!(card(session_index).await, 1, "only the live answer is left");
     assert_eq!(card(page_index).await, 1);

@@ -103,10 +103,7 @@ fn names_of(events: &[Event]) -> Vec<&str> {
 }
 
 async fn history(app: &TestApp, session: &str) -> Value {
-    let response = app
-        .admin_get(&format!("/api/v1/chat/history/{session}"))
-        .await
-        .unwrap();
+    let response = app.history(&session, 1).await;
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()
 }

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use chatbot_core::http::api::ApiError;
-use chatbot_core::telemetry::metrics::{self, Sample};
 use chatbot_core::http::routes;
+use chatbot_core::telemetry::metrics::{self, Sample};
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::metrics_store::{self, RecordError};
 use chatbot_spin::respond::{Outgoing, Response, SetHeader};
@@ -88,8 +88,11 @@ async fn scrape(req: Request, _: Params) -> Result<Response, ApiError> {
     let snapshot = snapshot
         // Better no answer than a partial one: a scrape that fails is visible as `up == 0`.
         .map_err(|e| {
-            chatbot_spin::log::error("scrape_failed", chatbot_spin::log::Dependency::Redis, &e);
-            ApiError::unavailable("metrics storage (Redis) is unavailable")
+            ApiError::unavailable("metrics storage (Redis) is unavailable").caused_by(
+                "scrape_failed",
+                chatbot_spin::log::Dependency::Redis,
+                e,
+            )
         })?;
     let text = metrics::render(&snapshot);
     let builder_base = |body: Vec<u8>, gzip: bool| {

@@ -1,21 +1,22 @@
 //! Admin actions: cache invalidation, retention cleanup, warm-up, audit log.
 //! Every action is audited; the router has checked the admin token.
 
-use chatbot_core::http::api::{self, ApiError, ErrorCode};
-use chatbot_core::telemetry::audit::{self, AuditAction};
+use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
 use chatbot_core::cache::invalidation::{self, ClearScope};
+use chatbot_core::chat::query::QueryRequest;
+use chatbot_core::http::api::{self, ApiError, ErrorCode, SessionId};
 use chatbot_core::redis::keys;
+use chatbot_core::redis::script::{all_bytes, integers, Arg};
+use chatbot_core::storage::retention;
+use chatbot_core::telemetry::audit::{self, AuditAction};
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{ErrorType, Operation};
-use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
-use chatbot_core::chat::query::QueryRequest;
-use chatbot_core::storage::retention;
+use chatbot_spin::answer_cache;
 use chatbot_spin::audit::append;
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::incoming::{Request, RequestExt};
+use chatbot_spin::log::Dependency;
 use chatbot_spin::pipeline;
-use chatbot_core::redis::script::{all_bytes, integers, Arg};
-use chatbot_spin::answer_cache;
 use chatbot_spin::redis_script::{execute, Conn};
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::{client_address, Params};
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use spin_sdk::pg::ParameterValue;
 
-use crate::health::scan;
+use crate::analytics::scan;
 
 /// Deletes keys without blocking Redis (`UNLINK`); returns how many went.
 async fn unlink(conn: &Conn, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
@@ -87,14 +88,11 @@ async fn clear(conn: &Conn, scope: &ClearScope) -> Result<u64, StoreError> {
 pub async fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> {
     let scope = invalidation::parse_clear(req.body())?;
     let conn = crate::redis().await?;
-    let cleared = clear(&conn, &scope).await.map_err(|e| {
-        chatbot_spin::log::error(
-            "cache_clear_failed",
-            chatbot_spin::log::Dependency::Redis,
-            &e,
-        );
-        ApiError::unavailable("clearing the cache failed part-way; it is safe to retry")
-    })?;
+    let cleared =
+        clear(&conn, &scope).await.map_err(|e| {
+            ApiError::unavailable("clearing the cache failed part-way; it is safe to retry")
+                .caused_by("cache_clear_failed", Dependency::Redis, e)
+        })?;
     let scope_name = format!("{scope:?}");
     append(
         &conn,
@@ -126,9 +124,7 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if !(1..=100_000).contains(&batch) {
         return Err(ApiError::invalid("`batch_size` must be from 1 to 100000"));
     }
-    let address = settings::postgres_address()
-        .await
-        .map_err(ApiError::configuration)?;
+    let address = settings::postgres_address().await?;
     let started = std::time::Instant::now();
     let deleted = delete_expired(&address, batch).await;
     let mut telemetry = Telemetry::default();
@@ -143,14 +139,7 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if let Some(conn) = &redis {
         crate::record(conn, &telemetry).await;
     }
-    let body = deleted.map_err(|e| {
-        chatbot_spin::log::error(
-            "cleanup_failed",
-            chatbot_spin::log::Dependency::Postgres,
-            &e,
-        );
-        ApiError::unavailable("the history store (Postgres) is unavailable")
-    })?;
+    let body = deleted?;
     if let Some(conn) = &redis {
         append(
             conn,
@@ -203,9 +192,7 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("`limit` must be from 1 to 100"));
     }
-    let settings = settings::pipeline()
-        .await
-        .map_err(ApiError::configuration)?;
+    let settings = settings::pipeline().await?;
     // A batch, not a question: each call keeps its own timeout, and the
     // question deadline (`request_timeout_ms`, not given to ops) does not apply.
     chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
@@ -224,8 +211,7 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             Arg::bytes((limit - 1).to_string()),
         ],
     )
-    .await
-    .map_err(|e| ApiError::unavailable(format!("reading the top questions: {e}")))?;
+    .await?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
     for member in all_bytes(reply) {
@@ -234,12 +220,13 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         };
         let request = QueryRequest {
             question: entry.q,
-            session_id: "warmup".into(),
+            session_id: SessionId::parse("warmup").expect("a valid id"),
             page_context: entry.p,
             user_id: None,
             stream: false,
         };
-        let found = answer_cache::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
+        let found =
+            answer_cache::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
         match answer_cache::answer(
             Some(&conn),
             &settings,
@@ -289,9 +276,7 @@ pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
         let total = integers(&execute(&conn, "ZCARD", vec![Arg::bytes(log.key())]).await?);
         Ok::<_, StoreError>((all_bytes(entries), total.first().copied().unwrap_or(0)))
     };
-    let (entries, total) = read
-        .await
-        .map_err(|e| ApiError::unavailable(format!("reading the audit log: {e}")))?;
+    let (entries, total) = read.await?;
     let entries: Vec<serde_json::Value> = entries.iter().map(|e| audit::decode_member(e)).collect();
     Ok(json(
         200,

@@ -4,6 +4,7 @@
 //! bearer token, checked by the router; with no token configured they are closed.
 
 mod admin;
+mod analytics;
 mod health;
 
 use chatbot_core::http::api::ApiError;
@@ -18,8 +19,8 @@ fn handler(route: &routes::Route) -> Handler {
         routes::HEALTH => |req, p| Box::pin(health::liveness(req, p)),
         routes::HEALTH_SERVICES => |req, p| Box::pin(health::services(req, p)),
         routes::HEALTH_READINESS => |req, p| Box::pin(health::readiness(req, p)),
-        routes::HEALTH_METRICS => |req, p| Box::pin(health::metrics_summary(req, p)),
-        routes::CACHE_ANALYTICS => |req, p| Box::pin(health::cache_analytics(req, p)),
+        routes::HEALTH_METRICS => |req, p| Box::pin(analytics::metrics_summary(req, p)),
+        routes::CACHE_ANALYTICS => |req, p| Box::pin(analytics::cache_analytics(req, p)),
         routes::CACHE_CLEAR => |req, p| Box::pin(admin::clear_cache(req, p)),
         routes::CLEANUP => |req, p| Box::pin(admin::cleanup(req, p)),
         routes::CACHE_WARMUP => |req, p| Box::pin(admin::warmup(req, p)),
@@ -52,5 +53,5 @@ pub(crate) async fn record(conn: &Conn, telemetry: &chatbot_spin::caches::Teleme
 pub(crate) async fn redis() -> Result<Conn, ApiError> {
     chatbot_spin::settings::open_redis()
         .await
-        .map_err(|_| ApiError::unavailable("Redis is unavailable"))
+        .map_err(ApiError::from)
 }

@@ -3,32 +3,28 @@
 //! answer, the exchange's Postgres write and the metrics, before the body
 //! ends (see `chatbot_spin::respond`).
 
-use chatbot_core::cache::answers;
-use chatbot_core::chat::query::{self, QueryRequest};
-use chatbot_core::chat::stream::{self};
-use chatbot_core::http::api::{ApiError, ErrorCode};
-use chatbot_core::limits::identity::IdentitySettings;
-use chatbot_core::limits::sessions::{
-    OwnerCheck, Spent,
-};
-use chatbot_core::storage::history::RememberedConversation;
-use chatbot_core::telemetry::metrics::recording::Observation;
-use chatbot_core::telemetry::metrics::{
-    Endpoint, ErrorType,
-};
-use chatbot_spin::identity::{self};
-use chatbot_spin::incoming::{Request, RequestExt};
-use chatbot_spin::pipeline::Answer;
-use chatbot_spin::answer_cache;
-use chatbot_spin::respond::{self, Out};
-use chatbot_spin::routing::{self};
-use chatbot_spin::settings::{self, PipelineSettings};
 use crate::budget::{reserve, settle};
 use crate::conversation::{conversation_of, remember_conversation};
 use crate::gate::{authenticate, gate};
 use crate::limits::{limit, limit_address};
 use crate::reply::Reply;
 use crate::scope::{count_alone, Scope};
+use chatbot_core::cache::answers;
+use chatbot_core::chat::query::{self, QueryRequest};
+use chatbot_core::chat::stream::{self};
+use chatbot_core::http::api::{ApiError, ErrorCode};
+use chatbot_core::limits::identity::IdentitySettings;
+use chatbot_core::limits::sessions::{OwnerCheck, Spent};
+use chatbot_core::storage::history::RememberedConversation;
+use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::{Endpoint, ErrorType};
+use chatbot_spin::answer_cache;
+use chatbot_spin::identity::{self};
+use chatbot_spin::incoming::{Request, RequestExt};
+use chatbot_spin::pipeline::Answer;
+use chatbot_spin::respond::{self, Out};
+use chatbot_spin::routing::{self};
+use chatbot_spin::settings::{self, PipelineSettings};
 
 /// Whether the client had the whole answer (a stream's client may leave before its end).
 #[derive(PartialEq)]
@@ -119,7 +115,8 @@ async fn ask(
             .as_ref()
             .is_some_and(|claimed| *claimed != user)
         {
-            return Err(ApiError::new(ErrorCode::Forbidden,
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
                 "`user_id` must be the token's subject (or be left out)",
             ));
         }
@@ -153,13 +150,13 @@ async fn ask(
     }
     // Counted as active only once admitted: refused requests (a flood of
     // made-up session ids included) grow no Redis set.
-    scope.session = Some(request.session_id.clone());
+    scope.session = Some(request.session_id.to_string());
     let conversation = match found.conversation {
         Some(known) => Some(known),
         None => conversation_of(scope, settings, &request, owner).await?,
     };
     reply.conversation = conversation.map(|c| c.id);
-    reply.session = request.session_id.clone();
+    reply.session = request.session_id.to_string();
     let answered = answer_cache::answer(
         scope.conn.as_ref(),
         settings,

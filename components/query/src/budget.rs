@@ -1,18 +1,16 @@
 //! A miss's worst case reserved from its user's day and the deployment's
 //! before it spends anything, and settled to what it spent.
 
+use crate::gate::{budget_spent, redis_full};
+use crate::scope::{Reservation, Scope};
 use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::ApiError;
-use chatbot_core::limits::sessions::{
-    self, Charge, Reserve, Reserved, Spent,
-};
+use chatbot_core::limits::sessions::{self, Charge, Reserve, Reserved, Spent};
 use chatbot_core::redis::keys;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::{self, PipelineSettings};
-use crate::gate::{budget_spent, redis_full};
-use crate::scope::{Reservation, Scope};
 
 /// Before a miss spends anything: takes its worst case (the largest prompt
 /// plus `chat_max_tokens`) from its user's budget for the day and from the

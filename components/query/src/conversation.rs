@@ -1,6 +1,8 @@
 //! The session's conversation: created in Postgres on its first question
 //! (so the answer can name it) and remembered in Redis.
 
+use crate::gate::no_such_session;
+use crate::scope::Scope;
 use chatbot_core::chat::query::QueryRequest;
 use chatbot_core::http::api::ApiError;
 use chatbot_core::limits::sessions::OwnerCheck;
@@ -11,8 +13,6 @@ use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_spin::redis_script::execute;
 use chatbot_spin::settings::PipelineSettings;
-use crate::gate::no_such_session;
-use crate::scope::Scope;
 
 /// The session's conversation id when Redis does not know it (a session's
 /// first question): created now in Postgres, so the answer can name it,

@@ -2,18 +2,18 @@
 //! in batches through the embedding cache, and upsert into Qdrant, replacing a
 //! document's old chunks.
 
-use chatbot_core::http::api::ApiError;
-use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::chat::ingest::{self, UPSERT_BATCH};
+use chatbot_core::chat::upstream::UpstreamError;
+use chatbot_core::http::api::ApiError;
 use chatbot_core::redis::keys;
+use chatbot_core::redis::script::Arg;
+use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{Cached, Endpoint, QueryStatus};
-use chatbot_core::chat::upstream::UpstreamError;
 use chatbot_spin::caches::embed_cached;
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::qdrant;
 use chatbot_spin::redis_script::execute;
-use chatbot_core::redis::script::Arg;
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::{self, Params};
 use chatbot_spin::settings::{self, PipelineSettings};
@@ -74,18 +74,14 @@ async fn ingest_documents(req: Request, _: Params) -> Result<Response, ApiError>
             ))
         }
         Err(e) => {
-            chatbot_spin::log::error(
-                "ingestion_failed",
-                chatbot_spin::log::Dependency::of_service(e.service()),
-                &e,
-            );
-            Err(e.api_error())
+            let dependency = chatbot_spin::log::Dependency::of_service(e.service());
+            Err(e.api_error().caused_by("ingestion_failed", dependency, &e))
         }
     };
     Ok(scope.finish(result).await)
 }
 
-/// Bumps the collection's answer generation (see `query::LOOKUP_SCRIPT`).
+/// Bumps the collection's answer generation (see `cache::answers::Lookup`).
 async fn new_generation(scope: &mut Scope, settings: &PipelineSettings) {
     let Some(conn) = &scope.conn else {
         chatbot_spin::log::warn(

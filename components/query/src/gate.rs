@@ -2,11 +2,10 @@
 //! user's gate in Redis (the session is theirs, today's budget is not spent,
 //! they hold few enough sessions), Postgres having the last word on owners.
 
-use chatbot_core::http::api::{ApiError, ErrorCode};
+use crate::scope::Scope;
+use chatbot_core::http::api::{ApiError, ErrorCode, UserId};
 use chatbot_core::limits::identity::IdentitySettings;
-use chatbot_core::limits::sessions::{
-    self, Gate, GateCheck, OwnerCheck,
-};
+use chatbot_core::limits::sessions::{self, Gate, GateCheck, OwnerCheck};
 use chatbot_core::redis::keys;
 use chatbot_core::redis::script::Arg;
 use chatbot_core::storage::history::SessionOwner;
@@ -14,10 +13,10 @@ use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_spin::identity::{self, AuthFailure};
 use chatbot_spin::incoming::{Request, RequestExt};
+use chatbot_spin::log::Dependency;
 use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::{execute, run};
 use chatbot_spin::settings::{self, PipelineSettings};
-use crate::scope::Scope;
 
 /// The end user: the verified token's `sub` in `jwt` mode (401 without one),
 /// nobody in `none` mode (the body's `user_id` is then taken at its word).
@@ -25,12 +24,12 @@ pub(crate) async fn authenticate(
     scope: &mut Scope,
     identity_settings: &IdentitySettings,
     req: &Request,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<UserId>, ApiError> {
     let Some(jwt) = &identity_settings.jwt else {
         return Ok(None);
     };
     match identity::authenticate(req, jwt, scope.conn.as_ref()).await {
-        Ok(user) => Ok(Some(user)),
+        Ok(user) => Ok(Some(UserId::verified(user))),
         Err(failure) => {
             if let AuthFailure::Token(why) = &failure {
                 scope
@@ -154,9 +153,7 @@ async fn confirm_new_owner(
                         Arg::bytes(keys::session_owner(session)),
                         Arg::bytes(&owner),
                         Arg::bytes("EX"),
-                        Arg::Int(
-                            sessions::owner_ttl_seconds(settings.retention_days) as i64
-                        ),
+                        Arg::Int(sessions::owner_ttl_seconds(settings.retention_days) as i64),
                     ],
                 )
                 .await;
@@ -196,15 +193,19 @@ async fn confirm_new_owner(
 /// Redis is up but full (`maxmemory` under `noeviction`): a limit that cannot
 /// be counted refuses, where a Redis that is down would leave it advisory.
 pub(crate) fn redis_full(scope: &mut Scope, e: &chatbot_spin::StoreError) -> ApiError {
-    chatbot_spin::log::error("redis_full", chatbot_spin::log::Dependency::Redis, e);
     scope.telemetry.redis_error();
     ApiError::unavailable(
         "Redis is full (maxmemory): questions are refused until it has room, so that no limit goes uncounted",
     )
+    .caused_by("redis_full", Dependency::Redis, e)
 }
 
 /// The 429 of a spent budget: counted, audited, and retried at 00:00 UTC.
-pub(crate) async fn budget_spent(scope: &mut Scope, detail: serde_json::Value, message: String) -> ApiError {
+pub(crate) async fn budget_spent(
+    scope: &mut Scope,
+    detail: serde_json::Value,
+    message: String,
+) -> ApiError {
     let (_, day_left) = sessions::budget_day(now_epoch_seconds());
     scope.telemetry.add(Observation::BudgetDenial);
     scope.audit(AuditAction::BudgetExceeded, detail).await;

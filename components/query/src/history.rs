@@ -1,20 +1,18 @@
 //! `GET /api/v1/chat/history/{session_id}`: the admin's, or in jwt mode the
 //! session owner's, after the address's bucket.
 
+use crate::gate::no_such_session;
+use crate::limits::{address_buckets, decide, refused_before_verification};
+use crate::scope::count_alone;
 use chatbot_core::http::api::{self, ApiError};
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
-use chatbot_core::telemetry::metrics::{
-    Endpoint, ErrorType, Operation,
-};
+use chatbot_core::telemetry::metrics::{Endpoint, ErrorType, Operation};
 use chatbot_spin::identity::{self, AuthFailure};
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::respond::{json, Response};
 use chatbot_spin::routing::Params;
 use chatbot_spin::settings::{self};
-use crate::gate::no_such_session;
-use crate::limits::{address_buckets, decide, refused_before_verification};
-use crate::scope::count_alone;
 
 /// `GET /api/v1/chat/history/{session_id}`, counted, with the read's latency.
 pub(crate) async fn history(req: Request, params: Params) -> Result<Response, ApiError> {

@@ -1,6 +1,8 @@
 //! The rate limiter's buckets for a request (its address, its network, its
 //! session, its user), taken in one call, and the 429 of the bucket that refused.
 
+use crate::bindings::{limiter, timeout_ms};
+use crate::scope::Scope;
 use chatbot_core::chat::query::QueryRequest;
 use chatbot_core::http::api::{ApiError, ErrorCode};
 use chatbot_core::limits::ratelimit;
@@ -8,8 +10,6 @@ use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_spin::log::Dependency;
 use chatbot_spin::redis_script::Conn;
-use crate::bindings::{limiter, timeout_ms};
-use crate::scope::Scope;
 
 fn bucket(scope: limiter::Scope, key: &str) -> limiter::Bucket {
     limiter::Bucket {
@@ -142,6 +142,5 @@ pub(crate) fn refusal(which: ratelimit::Scope, decision: &ratelimit::Decision) -
         }
         ratelimit::Scope::User => "Rate limit exceeded. Too many requests for this user.",
     };
-    ApiError::new(ErrorCode::RateLimited, detail)
-        .with_header("retry-after", decision.retry_after())
+    ApiError::new(ErrorCode::RateLimited, detail).with_header("retry-after", decision.retry_after())
 }

@@ -1,14 +1,14 @@
 //! The response being made: JSON at the end, or server-sent events as the
 //! model writes them (`meta`, `delta`s, `done`, or `error`).
 
+use crate::answer::Exchange;
+use crate::scope::Scope;
 use chatbot_core::chat::query::{self, Citation};
 use chatbot_core::chat::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_core::http::api::ApiError;
 use chatbot_spin::pipeline::{Pending, Progress};
 use chatbot_spin::respond::{self, json, Body, Out, SetHeader};
 use chatbot_spin::routing::{self};
-use crate::answer::Exchange;
-use crate::scope::Scope;
 
 /// The response being made: JSON at the end, or events as they come.
 pub(crate) struct Reply {
@@ -94,7 +94,7 @@ impl Reply {
             let body = query::QueryResponse {
                 answer: answer.value.answer.clone(),
                 citations: answer.value.citations.clone(),
-                session_id: exchange.request.session_id.clone(),
+                session_id: exchange.request.session_id.to_string(),
                 conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
             };

@@ -2,18 +2,16 @@
 //! what it counted, the rate-limit decision its response carries, the
 //! budget it reserved; and how a request the router served is counted.
 
+use crate::bindings;
 use chatbot_core::http::api::ApiError;
 use chatbot_core::limits::ratelimit;
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
-use chatbot_core::telemetry::metrics::{
-    CacheStatus, Cached, Endpoint, ErrorType, QueryStatus,
-};
+use chatbot_core::telemetry::metrics::{CacheStatus, Cached, Endpoint, ErrorType, QueryStatus};
 use chatbot_spin::caches::Telemetry;
 use chatbot_spin::redis_script::Conn;
 use chatbot_spin::respond::{self, Response, SetHeader};
 use chatbot_spin::settings::PipelineSettings;
-use crate::bindings;
 
 /// One request of the query API from its first Redis open to its answer: every
 /// exit records the request's telemetry and carries the rate-limit headers.

@@ -3,8 +3,8 @@
 //! the server has lost the script: `chatbot_spin::redis_script::run`) on the
 //! connection the limiter's instance keeps, bounded by the caller's timeout.
 
-use chatbot_core::limits::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, TakeTokens};
 use chatbot_core::config::settings::LimiterSettings;
+use chatbot_core::limits::ratelimit::{self, BucketConfig, FailurePolicy, LimitError, TakeTokens};
 use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::open_redis;
@@ -90,7 +90,9 @@ async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
         )
         .await
         .and_then(|reply| {
-            reply.ok_or_else(|| StoreError::Unexpected("the bucket script's reply does not read".into()))
+            reply.ok_or_else(|| {
+                StoreError::Unexpected("the bucket script's reply does not read".into())
+            })
         }),
         Err(e) => Err(e),
     };

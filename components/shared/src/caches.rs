@@ -1,16 +1,16 @@
 //! The embedding cache and the telemetry a request accumulates.
 
 use chatbot_core::cache::codec;
+use chatbot_core::chat::upstream::{UpstreamError, Usage};
 use chatbot_core::redis::keys;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{CacheType, ErrorType, Operation, Sample, TokenKind};
-use chatbot_core::chat::upstream::{UpstreamError, Usage};
 
 use std::time::Duration;
 
 use crate::redis_script::{execute, run, Conn};
-use chatbot_core::redis::script::{Arg, Value};
 use crate::settings::PipelineSettings;
+use chatbot_core::redis::script::{Arg, Value};
 
 /// The samples a request will hand the recorder in one batch at the end.
 #[derive(Debug, Default, Clone)]

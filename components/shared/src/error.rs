@@ -56,14 +56,19 @@ impl From<StoreError> for chatbot_core::http::api::ApiError {
         use chatbot_core::http::api::ApiError;
         use chatbot_core::telemetry::log::Dependency;
         match e {
-            StoreError::Redis(_) => ApiError::unavailable("Redis is unavailable")
-                .caused_by("redis_unavailable", Dependency::Redis, e),
-            StoreError::Postgres(_) | StoreError::ForeignKeyViolation => {
-                ApiError::unavailable("the history store (Postgres) is unavailable")
-                    .caused_by("postgres_unavailable", Dependency::Postgres, e)
-            }
-            StoreError::Unexpected(_) => ApiError::unavailable("a store answered something unexpected")
-                .caused_by("store_reply_unexpected", Dependency::None, e),
+            StoreError::Redis(_) => ApiError::unavailable("Redis is unavailable").caused_by(
+                "redis_unavailable",
+                Dependency::Redis,
+                e,
+            ),
+            StoreError::Postgres(_) | StoreError::ForeignKeyViolation => ApiError::unavailable(
+                "the history store (Postgres) is unavailable",
+            )
+            .caused_by("postgres_unavailable", Dependency::Postgres, e),
+            StoreError::Unexpected(_) => ApiError::unavailable(
+                "a store answered something unexpected",
+            )
+            .caused_by("store_reply_unexpected", Dependency::None, e),
         }
     }
 }

@@ -1,15 +1,15 @@
 //! The conversation history in Postgres.
 
-use chatbot_core::storage::history::{self, HistoryPage};
 use chatbot_core::chat::query::{self, Citation, QueryRequest};
+use chatbot_core::storage::history::{self, HistoryPage};
 use spin_sdk::pg::ParameterValue;
 
-use crate::pg::{column, json_column, one_row_at};
 use crate::caches::Telemetry;
-use chatbot_core::limits::sessions::OwnerCheck;
+use crate::pg::{column, json_column, one_row_at};
 use crate::pipeline::Answer;
 use crate::settings::PipelineSettings;
 use crate::StoreError;
+use chatbot_core::limits::sessions::OwnerCheck;
 use chatbot_core::storage::history::{day_of, RememberedConversation};
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{ErrorType, Operation};
@@ -55,7 +55,7 @@ pub async fn store_exchange(
 ) -> Result<i64, StoreError> {
     let request = exchange.request;
     let mut params = vec![
-        ParameterValue::Str(request.session_id.clone()),
+        ParameterValue::Str(request.session_id.to_string()),
         opt_str(request.user_id.as_deref()),
     ];
     params.extend(exchange.params());
@@ -86,7 +86,7 @@ pub async fn append_exchange(
     let mut params = vec![ParameterValue::Int64(conversation)];
     params.extend(exchange.params());
     params.extend([
-        ParameterValue::Str(request.session_id.clone()),
+        ParameterValue::Str(request.session_id.to_string()),
         opt_str(request.user_id.as_deref()),
         ParameterValue::Boolean(owner.enforced()),
         ParameterValue::Floating64(exchange.asked_at),
@@ -112,7 +112,7 @@ pub async fn ensure_conversation(
         address,
         history::ENSURE_CONVERSATION_SQL,
         vec![
-            ParameterValue::Str(request.session_id.clone()),
+            ParameterValue::Str(request.session_id.to_string()),
             opt_str(request.user_id.as_deref()),
             ParameterValue::Int32(retention_days as i32),
             ParameterValue::Boolean(owner.enforced()),

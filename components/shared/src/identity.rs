@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use chatbot_core::http::api::ApiError;
 use chatbot_core::config::ConfigError;
+use chatbot_core::http::api::ApiError;
 use chatbot_core::limits::identity::{self, AuthError, IdentitySettings, JwtSettings};
 use chatbot_core::redis::keys;
 use jsonwebtoken::jwk::JwkSet;
@@ -201,9 +201,7 @@ async fn fetch_jwks(
                     &response.body,
                 )),
                 Arg::bytes("EX"),
-                Arg::Int(
-                    (jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64,
-                ),
+                Arg::Int((jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64),
             ],
         )
         .await;

@@ -34,7 +34,8 @@ impl<B> RequestExt for http::Request<B> {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge,
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
         format!("the body may be at most {limit} bytes"),
     )
 }
@@ -72,7 +73,8 @@ pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<
         let frame = crate::within(crate::time_left(), body.frame())
             .await
             .ok_or_else(|| {
-                ApiError::new(ErrorCode::RequestTimeout,
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
                     "the request body did not arrive within the request's deadline",
                 )
             })?;

@@ -87,7 +87,7 @@ pub async fn embed(
 /// Asks the chat model. Returns its reply and the call's latency.
 pub async fn chat(
     settings: &PipelineSettings,
-    messages: &[(String, String)],
+    messages: &[chatbot_core::chat::upstream::ChatMessage],
 ) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
     let headers = openai_headers(settings);
@@ -112,7 +112,7 @@ pub async fn chat(
 /// a stream that breaks off is an error, whatever it sent.
 pub async fn chat_streamed(
     settings: &PipelineSettings,
-    messages: &[(String, String)],
+    messages: &[chatbot_core::chat::upstream::ChatMessage],
     on_delta: &mut dyn crate::pipeline::Progress,
     citations: &[chatbot_core::chat::query::Citation],
 ) -> Result<(ChatReply, Duration), UpstreamError> {

@@ -1,7 +1,6 @@
 //! The RAG pipeline behind the query cache (`answer_cache`): embed (through
 //! the embedding cache), search Qdrant, ask the chat model.
 
-
 use chatbot_core::cache::answers::CachedAnswer;
 use chatbot_core::chat::query::{self, Citation, QueryRequest};
 use chatbot_core::chat::upstream::{UpstreamError, Usage};
@@ -95,4 +94,3 @@ pub async fn run(
         whole: reply.complete,
     })
 }
-

@@ -82,7 +82,11 @@ impl Drop for ForgetUnlessAnswered<'_> {
 /// One command, within the request's deadline.
 pub async fn execute(conn: &Conn, command: &str, args: Vec<Arg>) -> Result<Vec<Value>, StoreError> {
     let params = args.into_iter().map(parameter).collect();
-    Ok(send(conn, command, params).await?.into_iter().map(value).collect())
+    Ok(send(conn, command, params)
+        .await?
+        .into_iter()
+        .map(value)
+        .collect())
 }
 
 async fn send(
@@ -151,7 +155,10 @@ async fn eval(
         let mut p = Vec::with_capacity(2 + keys.len() + args.len());
         p.push(RedisParameter::Binary(first.to_vec()));
         p.push(RedisParameter::Int64(keys.len() as i64));
-        p.extend(keys.iter().map(|k| RedisParameter::Binary(k.as_bytes().to_vec())));
+        p.extend(
+            keys.iter()
+                .map(|k| RedisParameter::Binary(k.as_bytes().to_vec())),
+        );
         p.extend(args.iter().cloned());
         p
     };

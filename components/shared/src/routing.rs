@@ -6,10 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chatbot_core::http::api::ApiError;
+use chatbot_core::http::routes::{allowed_methods, Route};
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::ErrorType;
-use chatbot_core::http::routes::{allowed_methods, Route};
 
 use crate::incoming::{Request, RequestExt};
 use crate::respond::{error, reply, Out, Response, SetHeader};

@@ -164,7 +164,9 @@ impl Script for Record {
 
     /// [`crate::redis::keys::metrics::ALL`].
     fn keys(&self) -> Vec<String> {
-        crate::redis::keys::metrics::ALL.map(str::to_string).to_vec()
+        crate::redis::keys::metrics::ALL
+            .map(str::to_string)
+            .to_vec()
     }
 
     /// The active-session window, a hashed session id or empty, then
@@ -204,10 +206,7 @@ return n
 "#;
 
 /// The `ARGV` of [`Record`] for a batch, or the first invalid sample.
-fn record_arguments(
-    samples: &[Sample],
-    session: Option<&str>,
-) -> Result<Vec<String>, SampleError> {
+fn record_arguments(samples: &[Sample], session: Option<&str>) -> Result<Vec<String>, SampleError> {
     let mut args = vec![
         ACTIVE_SESSION_WINDOW_SECONDS.to_string(),
         session.map(|s| md5_hex(s.as_bytes())).unwrap_or_default(),

@@ -315,9 +315,10 @@ impl QueryStatus {
             C::Unauthorized | C::Forbidden => Self::Unauthorized,
             C::RateLimited | C::SessionLimit => Self::RateLimited,
             C::BudgetExceeded => Self::BudgetExceeded,
-            C::UpstreamUnavailable | C::UpstreamTimeout | C::UpstreamBadResponse | C::Unavailable => {
-                Self::Unavailable
-            }
+            C::UpstreamUnavailable
+            | C::UpstreamTimeout
+            | C::UpstreamBadResponse
+            | C::Unavailable => Self::Unavailable,
             C::ConfigurationError => Self::Error,
         }
     }
