@@ -406,16 +406,41 @@ pub const SHARED_FAILURE_MS: i64 = 5_000;
 /// status, words and `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedFailure {
-    pub service: String,
+    pub service: FailedService,
     pub status: u16,
     pub detail: String,
     pub retry_after_seconds: Option<u32>,
 }
 
+/// The dependency a shared failure names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailedService {
+    OpenAi,
+    Qdrant,
+}
+
+impl FailedService {
+    fn of(service: &str) -> Self {
+        if service == crate::chat::upstream::QDRANT {
+            Self::Qdrant
+        } else {
+            Self::OpenAi
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::OpenAi => crate::chat::upstream::OPENAI,
+            Self::Qdrant => crate::chat::upstream::QDRANT,
+        }
+    }
+}
+
 impl SharedFailure {
     pub fn of(error: &crate::chat::upstream::UpstreamError) -> Self {
         Self {
-            service: error.service().to_string(),
+            service: FailedService::of(error.service()),
             status: error.http_status(),
             detail: error.public_detail(),
             retry_after_seconds: error.retry_after_seconds(),
@@ -424,16 +449,168 @@ impl SharedFailure {
 
     /// The error the waiting request answers with.
     pub fn into_error(self) -> crate::chat::upstream::UpstreamError {
-        use crate::chat::upstream::{OPENAI, QDRANT};
         crate::chat::upstream::UpstreamError::Shared {
-            service: if self.service == QDRANT {
-                QDRANT
-            } else {
-                OPENAI
-            },
+            service: self.service.name(),
             status: self.status,
             detail: self.detail,
             retry_after_seconds: self.retry_after_seconds,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::query::{parse_query, MAX_PAGE_CONTEXT_CHARS, MAX_QUESTION_CHARS};
+    use crate::http::api::SessionId;
+
+    fn parse(body: &str) -> QueryRequest {
+        parse_query(Some("application/json"), body.as_bytes(), None).unwrap()
+    }
+
+    const SHAPE: AnswerShape = AnswerShape {
+        chat_model: "gpt",
+        embedding_model: "emb",
+        collection: "docs",
+        top_k: 5,
+        scope: CacheScope::Session,
+    };
+
+    #[test]
+    fn waiters_back_off_to_a_quarter_second() {
+        let steps: Vec<u64> = (0..7).map(|a| wait_step(a).as_millis() as u64).collect();
+        assert_eq!(steps, [25, 50, 100, 200, 250, 250, 250]);
+        assert_eq!(wait_step(u32::MAX).as_millis(), 250);
+    }
+
+    #[test]
+    fn a_ranked_question_is_kept_whole_or_not_ranked() {
+        let ask = |question: &str, page: Option<&str>| QueryRequest {
+            question: question.into(),
+            session_id: SessionId::parse("s").unwrap(),
+            page_context: page.map(str::to_string),
+            user_id: None,
+            stream: false,
+        };
+        let entry = question_entry(&ask("What is AI?", Some("/docs")));
+        let parsed: QueryCacheEntry = serde_json::from_str(&entry).unwrap();
+        assert_eq!(parsed.q, "what is ai?");
+        assert_eq!(parsed.p.as_deref(), Some("/docs"));
+        // Anything larger is not ranked, rather than ranked cut (warm-up would
+        // then ask a question nobody asked).
+        let long_page = "p".repeat(MAX_PAGE_CONTEXT_CHARS);
+        assert_eq!(question_entry(&ask("What is AI?", Some(&long_page))), "");
+        let wide = "\u{1F600}".repeat(MAX_QUESTION_CHARS);
+        assert_eq!(question_entry(&ask(&wide, None)), "");
+        let fits = "q".repeat(MAX_RANKED_ENTRY_BYTES - 20);
+        assert!(question_entry(&ask(&fits, None)).len() <= MAX_RANKED_ENTRY_BYTES);
+        assert_ne!(question_entry(&ask(&fits, None)), "");
+    }
+
+    #[test]
+    fn a_shared_failure_answers_like_the_original() {
+        let original = crate::chat::upstream::UpstreamError::RateLimited {
+            service: crate::chat::upstream::OPENAI,
+            retry_after_seconds: Some(7),
+        };
+        let shared: SharedFailure =
+            serde_json::from_slice(&serde_json::to_vec(&SharedFailure::of(&original)).unwrap())
+                .unwrap();
+        let error = shared.into_error();
+        assert_eq!(error.api_error().status(), original.api_error().status());
+        assert_eq!(error.api_error().detail, original.api_error().detail);
+        assert_eq!(error.retry_after_seconds(), Some(7));
+        assert_eq!(error.service(), crate::chat::upstream::OPENAI);
+    }
+
+    #[test]
+    fn cache_keys_follow_what_shapes_the_answer() {
+        let q =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#);
+        let key = query_cache_key(&q, &SHAPE);
+        assert!(key.starts_with(keys::QUERY_PREFIX));
+        // Same question, different spacing and case: same entry.
+        let same =
+            parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#);
+        assert_eq!(query_cache_key(&same, &SHAPE), key);
+        // Different page context, session, model, top_k: different entries.
+        let other_page =
+            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#);
+        assert_ne!(query_cache_key(&other_page, &SHAPE), key);
+        let other_session =
+            parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#);
+        assert_ne!(query_cache_key(&other_session, &SHAPE), key);
+        assert_ne!(
+            query_cache_key(
+                &q,
+                &AnswerShape {
+                    chat_model: "other",
+                    ..SHAPE
+                }
+            ),
+            key
+        );
+        assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
+        // With a global scope, sessions share the entry.
+        let global = AnswerShape {
+            scope: CacheScope::Global,
+            ..SHAPE
+        };
+        assert_eq!(
+            query_cache_key(&q, &global),
+            query_cache_key(&other_session, &global)
+        );
+    }
+
+    #[test]
+    fn acquire_reads_every_reply_the_lua_gives() {
+        let call = AcquireOrRead {
+            cache_key: "k",
+            collection: "c",
+            token: "t",
+            lock_ttl_ms: 9,
+            holder: b"",
+        };
+        let bytes = |b: &[u8]| Value::Bytes(b.to_vec());
+        let answer = CachedAnswer {
+            answer: "a".into(),
+            citations: Vec::new(),
+            tokens: 3,
+        };
+        let stored = serde_json::to_vec(&answer).unwrap();
+        assert_eq!(
+            call.parse(vec![Value::Int(1), bytes(&stored)]),
+            Acquired::Cached(answer)
+        );
+        assert_eq!(
+            call.parse(vec![Value::Int(2), bytes(b"7")]),
+            Acquired::Locked {
+                generation: b"7".to_vec()
+            }
+        );
+        assert_eq!(
+            call.parse(vec![Value::Int(0), bytes(b"other")]),
+            Acquired::Held {
+                holder: Some(b"other".to_vec())
+            }
+        );
+        assert_eq!(call.parse(vec![Value::Int(1), bytes(b"{")]), Acquired::Unreadable);
+        assert_eq!(call.parse(vec![Value::Int(3), bytes(b"x")]), Acquired::Unreadable);
+        assert_eq!(call.parse(vec![Value::Int(9)]), Acquired::Unreadable);
+        assert_eq!(call.args()[1], Arg::Int(9));
+    }
+
+    #[test]
+    fn a_lookup_reads_the_answer_and_the_conversation() {
+        let call = Lookup {
+            cache_key: "k",
+            session_id: "s",
+            collection: "c",
+            entry: String::new(),
+        };
+        let found = call.parse(vec![Value::Nil, Value::Nil]);
+        assert_eq!(found, Found::default());
+        assert_eq!(call.args()[0], Arg::from(""));
+        assert_eq!(call.keys()[0], "k");
     }
 }

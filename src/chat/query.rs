@@ -244,39 +244,6 @@ pub struct QueryResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::answers::*;
-    use crate::redis::keys;
-
-    #[test]
-    fn waiters_back_off_to_a_quarter_second() {
-        let steps: Vec<u64> = (0..7).map(|a| wait_step(a).as_millis() as u64).collect();
-        assert_eq!(steps, [25, 50, 100, 200, 250, 250, 250]);
-        assert_eq!(wait_step(u32::MAX).as_millis(), 250);
-    }
-
-    #[test]
-    fn a_ranked_question_is_kept_whole_or_not_ranked() {
-        let ask = |question: &str, page: Option<&str>| QueryRequest {
-            question: question.into(),
-            session_id: SessionId::parse("s").unwrap(),
-            page_context: page.map(str::to_string),
-            user_id: None,
-            stream: false,
-        };
-        let entry = question_entry(&ask("What is AI?", Some("/docs")));
-        let parsed: QueryCacheEntry = serde_json::from_str(&entry).unwrap();
-        assert_eq!(parsed.q, "what is ai?");
-        assert_eq!(parsed.p.as_deref(), Some("/docs"));
-        // Anything larger is not ranked, rather than ranked cut (warm-up would
-        // then ask a question nobody asked).
-        let long_page = "p".repeat(MAX_PAGE_CONTEXT_CHARS);
-        assert_eq!(question_entry(&ask("What is AI?", Some(&long_page))), "");
-        let wide = "\u{1F600}".repeat(MAX_QUESTION_CHARS);
-        assert_eq!(question_entry(&ask(&wide, None)), "");
-        let fits = "q".repeat(MAX_RANKED_ENTRY_BYTES - 20);
-        assert!(question_entry(&ask(&fits, None)).len() <= MAX_RANKED_ENTRY_BYTES);
-        assert_ne!(question_entry(&ask(&fits, None)), "");
-    }
 
     #[test]
     fn the_worst_case_covers_the_largest_prompt_and_a_whole_answer() {
@@ -313,14 +280,6 @@ mod tests {
     fn parse(body: &str) -> Result<QueryRequest, ApiError> {
         parse_query(Some("application/json"), body.as_bytes(), None)
     }
-
-    const SHAPE: AnswerShape = AnswerShape {
-        chat_model: "gpt",
-        embedding_model: "emb",
-        collection: "docs",
-        top_k: 5,
-        scope: CacheScope::Session,
-    };
 
     #[test]
     fn a_good_request_parses_and_trims() {
@@ -427,61 +386,6 @@ mod tests {
                 .unwrap_err()
                 .status(),
             400
-        );
-    }
-
-    #[test]
-    fn a_shared_failure_answers_like_the_original() {
-        let original = crate::chat::upstream::UpstreamError::RateLimited {
-            service: crate::chat::upstream::OPENAI,
-            retry_after_seconds: Some(7),
-        };
-        let shared: SharedFailure =
-            serde_json::from_slice(&serde_json::to_vec(&SharedFailure::of(&original)).unwrap())
-                .unwrap();
-        let error = shared.into_error();
-        assert_eq!(error.api_error().status(), original.api_error().status());
-        assert_eq!(error.api_error().detail, original.api_error().detail);
-        assert_eq!(error.retry_after_seconds(), Some(7));
-        assert_eq!(error.service(), crate::chat::upstream::OPENAI);
-    }
-
-    #[test]
-    fn cache_keys_follow_what_shapes_the_answer() {
-        let q =
-            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#).unwrap();
-        let key = query_cache_key(&q, &SHAPE);
-        assert!(key.starts_with(keys::QUERY_PREFIX));
-        // Same question, different spacing and case: same entry.
-        let same =
-            parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#).unwrap();
-        assert_eq!(query_cache_key(&same, &SHAPE), key);
-        // Different page context, session, model, top_k: different entries.
-        let other_page =
-            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#).unwrap();
-        assert_ne!(query_cache_key(&other_page, &SHAPE), key);
-        let other_session =
-            parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#).unwrap();
-        assert_ne!(query_cache_key(&other_session, &SHAPE), key);
-        assert_ne!(
-            query_cache_key(
-                &q,
-                &AnswerShape {
-                    chat_model: "other",
-                    ..SHAPE
-                }
-            ),
-            key
-        );
-        assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
-        // With a global scope, sessions share the entry.
-        let global = AnswerShape {
-            scope: CacheScope::Global,
-            ..SHAPE
-        };
-        assert_eq!(
-            query_cache_key(&q, &global),
-            query_cache_key(&other_session, &global)
         );
     }
 

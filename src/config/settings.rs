@@ -1,4 +1,6 @@
-//! Every setting the components read, parsed from one lookup.
+//! The pipeline's, the limiter's and the sessions' settings, each parsed from
+//! one lookup (the identity settings are parsed the same way, next to what
+//! they configure: `limits::identity::IdentitySettings`).
 //!
 //! A component passes a closure that reads a Spin variable (`None` when it is
 //! not set); everything else (names, ranges, defaults, what is secret) is
@@ -145,10 +147,19 @@ pub const DEFAULT_CHAT_MAX_TOKENS: u64 = 1024;
 /// The request deadline when `request_timeout_ms` is not set.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
+/// A service's base URL: http(s) with a host; paths are appended to it, so
+/// a trailing `/` is dropped.
 fn base_url(lookup: &impl Lookup, name: &str) -> Result<String, ConfigError> {
-    Ok(config::require_non_empty(name, &lookup.require(name)?)?
-        .trim_end_matches('/')
-        .to_string())
+    let raw = config::require_non_empty(name, &lookup.require(name)?)?;
+    let parsed = url::Url::parse(&raw).ok();
+    if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host()) {
+        return Err(ConfigError::Invalid {
+            name: name.to_string(),
+            value: config::redact_userinfo(&raw),
+            expected: "an http:// or https:// URL",
+        });
+    }
+    Ok(raw.trim_end_matches('/').to_string())
 }
 
 impl PipelineSettings {
@@ -458,6 +469,9 @@ mod tests {
             (names::RATE_LIMIT_FAILURE_POLICY, "maybe"),
             (names::RATE_LIMIT_PER_ADDRESS_REQUESTS, "0"),
             (names::RATE_LIMIT_PER_ADDRESS_WINDOW_SECONDS, "a minute"),
+            (names::OPENAI_BASE_URL, "api.openai.com/v1"),
+            (names::QDRANT_URL, "ftp://qdrant:6333"),
+            (names::QDRANT_URL, "http://"),
         ] {
             let mut map = defaults();
             map.insert(name, bad);

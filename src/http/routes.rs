@@ -1,13 +1,35 @@
 //! The route table of every component: what each serves, by which method, and
-//! which routes need the admin token. The components build spin-sdk's `Router`
-//! from these tables, and the OpenAPI test checks `deploy/openapi.yaml`
+//! which routes need the admin token. The components' router
+//! (`chatbot_spin::routing`) serves these tables, and the OpenAPI test checks `deploy/openapi.yaml`
 //! against them, so the code and the document cannot drift apart.
+
+/// The methods the routes serve (`HEAD` is served wherever `GET` is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One route: a method and a path pattern in spin-sdk `Router` syntax
 /// (`:name` is one path segment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    pub method: &'static str,
+    pub method: Method,
     pub path: &'static str,
     /// Needs `Authorization: Bearer <admin_token>`.
     pub admin: bool,
@@ -21,7 +43,7 @@ pub struct Route {
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl Route {
-    const fn public(method: &'static str, path: &'static str) -> Self {
+    const fn public(method: Method, path: &'static str) -> Self {
         Self {
             method,
             path,
@@ -30,7 +52,7 @@ impl Route {
         }
     }
 
-    const fn admin(method: &'static str, path: &'static str) -> Self {
+    const fn admin(method: Method, path: &'static str) -> Self {
         Self {
             method,
             path,
@@ -49,7 +71,7 @@ impl Route {
     /// Whether a request method is served by this route: its own, and `HEAD`
     /// wherever `GET` is served (RFC 9110: the same answer without the body).
     pub fn serves_method(&self, method: &str) -> bool {
-        method == self.method || (method == "HEAD" && self.method == "GET")
+        method == self.method.as_str() || (method == "HEAD" && self.method == Method::Get)
     }
 
     /// Whether a request path is this route's (`:name` matches one segment).
@@ -81,29 +103,29 @@ impl Route {
 
 // The query component.
 pub const CHAT_QUERY: Route =
-    Route::public("POST", "/api/v1/chat/query").reading_at_most(crate::chat::query::MAX_BODY_BYTES);
+    Route::public(Method::Post, "/api/v1/chat/query").reading_at_most(crate::chat::query::MAX_BODY_BYTES);
 /// The handler decides who may read: the admin token, or (in `jwt` mode) the session's owner.
-pub const CHAT_HISTORY: Route = Route::public("GET", "/api/v1/chat/history/:session_id");
+pub const CHAT_HISTORY: Route = Route::public(Method::Get, "/api/v1/chat/history/:session_id");
 pub const DOCUMENTS: Route =
-    Route::admin("POST", "/api/v1/documents").reading_at_most(crate::chat::ingest::MAX_BODY_BYTES);
+    Route::admin(Method::Post, "/api/v1/documents").reading_at_most(crate::chat::ingest::MAX_BODY_BYTES);
 pub const QUERY_ROUTES: &[Route] = &[CHAT_QUERY, CHAT_HISTORY, DOCUMENTS];
 
 // The metrics component.
-pub const METRICS: Route = Route::public("GET", "/metrics");
+pub const METRICS: Route = Route::public(Method::Get, "/metrics");
 pub const METRICS_ROUTES: &[Route] = &[METRICS];
 
 // The ops component.
-pub const HEALTH: Route = Route::public("GET", "/health");
+pub const HEALTH: Route = Route::public(Method::Get, "/health");
 // Calls every dependency, OpenAI with the organisation's key: admin only.
-pub const HEALTH_SERVICES: Route = Route::admin("GET", "/health/services");
-pub const HEALTH_READINESS: Route = Route::public("GET", "/health/readiness");
+pub const HEALTH_SERVICES: Route = Route::admin(Method::Get, "/health/services");
+pub const HEALTH_READINESS: Route = Route::public(Method::Get, "/health/readiness");
 // These two list questions and session ids: admin only.
-pub const HEALTH_METRICS: Route = Route::admin("GET", "/health/metrics");
-pub const CACHE_ANALYTICS: Route = Route::admin("GET", "/health/cache/analytics");
-pub const CACHE_CLEAR: Route = Route::admin("POST", "/health/cache/clear");
-pub const CLEANUP: Route = Route::admin("POST", "/admin/cleanup");
-pub const CACHE_WARMUP: Route = Route::admin("POST", "/admin/cache/warmup");
-pub const AUDIT_LOG: Route = Route::admin("GET", "/admin/audit");
+pub const HEALTH_METRICS: Route = Route::admin(Method::Get, "/health/metrics");
+pub const CACHE_ANALYTICS: Route = Route::admin(Method::Get, "/health/cache/analytics");
+pub const CACHE_CLEAR: Route = Route::admin(Method::Post, "/health/cache/clear");
+pub const CLEANUP: Route = Route::admin(Method::Post, "/admin/cleanup");
+pub const CACHE_WARMUP: Route = Route::admin(Method::Post, "/admin/cache/warmup");
+pub const AUDIT_LOG: Route = Route::admin(Method::Get, "/admin/audit");
 pub const OPS_ROUTES: &[Route] = &[
     HEALTH,
     HEALTH_SERVICES,
@@ -128,8 +150,8 @@ pub fn allowed_methods(table: &[Route], path: &str) -> Vec<&'static str> {
         .iter()
         .filter(|r| r.path == path)
         .flat_map(|r| match r.method {
-            "GET" => &["GET", "HEAD"][..],
-            _ => std::slice::from_ref(&r.method),
+            Method::Get => &["GET", "HEAD"][..],
+            Method::Post => &["POST"][..],
         })
         .copied()
         .collect()
@@ -184,7 +206,7 @@ mod tests {
 
     #[test]
     fn routes_are_unique_and_openapi_paths_use_braces() {
-        let mut seen: Vec<(&str, &str)> = all().map(|r| (r.method, r.path)).collect();
+        let mut seen: Vec<(&str, &str)> = all().map(|r| (r.method.as_str(), r.path)).collect();
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), all().count());

@@ -105,25 +105,21 @@ impl IdentitySettings {
 /// Whether keys may be fetched from `url`: over TLS, or in plain HTTP from
 /// this machine only (a development issuer). Keys fetched in plain text over
 /// a network could be swapped in transit, and every token they verify forged.
-fn is_trusted_key_source(url: &str) -> bool {
-    if url.starts_with("https://") && url.len() > "https://".len() {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
+fn is_trusted_key_source(raw: &str) -> bool {
+    use url::Host;
+    let Ok(url) = url::Url::parse(raw) else {
         return false;
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
-        return false;
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" if url.username().is_empty() && url.password().is_none() => match url.host() {
+            Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
     }
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl JwtSettings {
@@ -210,14 +206,10 @@ impl AuthError {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header (read by
+/// [`crate::http::auth::bearer_token`]), bounded in length.
 pub fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
-    let value = authorization.ok_or(AuthError::Missing)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(AuthError::Missing);
-    }
+    let token = crate::http::auth::bearer_token(authorization).ok_or(AuthError::Missing)?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::Malformed);
     }
@@ -649,7 +641,19 @@ mod tests {
             jwks_key(&jwks, &header),
             Err(AuthError::UnknownKey)
         ));
-        let _ = jwks_only;
+        // And so a token naming it is refused before any signature is checked.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&good_claims()).unwrap()),
+            b64.encode("not a signature"),
+        );
+        assert!(matches!(
+            verify(&token, &jwks_only, Some(&jwks)),
+            Err(AuthError::UnknownKey)
+        ));
     }
 
     #[test]

@@ -35,7 +35,9 @@ mod tests {
     #[test]
     fn length_prefixing_prevents_collisions() {
         assert_ne!(md5_of_parts(&["ab", "c"]), md5_of_parts(&["a", "bc"]));
-        assert_eq!(md5_of_parts(&["a", "b"]), md5_of_parts(&["a", "b"]));
+        // MD5 of 00..01 'a' 00..01 'b' (each part after its 8-byte big-endian length).
+        assert_eq!(md5_of_parts(&["a", "b"]), "3e8f48e6b9bd50eb7c4a08564eea0ede");
+        assert_eq!(md5_of_parts_bytes(&["a", "b"]).to_vec(), hex::decode("3e8f48e6b9bd50eb7c4a08564eea0ede").unwrap());
         assert_eq!(md5_of_parts(&["a"]).len(), 32);
     }
 

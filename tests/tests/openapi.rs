@@ -42,7 +42,7 @@ fn every_route_in_the_table_is_documented_with_its_method() {
         .filter(|r| {
             !documented
                 .get(&r.openapi_path())
-                .is_some_and(|methods| methods.contains(&r.method.to_ascii_lowercase()))
+                .is_some_and(|methods| methods.contains(&r.method.as_str().to_ascii_lowercase()))
         })
         .map(|r| format!("{} {}", r.method, r.openapi_path()))
         .collect();
