@@ -525,13 +525,11 @@ mod tests {
 
     #[test]
     fn cache_keys_follow_what_shapes_the_answer() {
-        let q =
-            parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#);
+        let q = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#);
         let key = query_cache_key(&q, &SHAPE);
         assert!(key.starts_with(keys::QUERY_PREFIX));
         // Same question, different spacing and case: same entry.
-        let same =
-            parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#);
+        let same = parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#);
         assert_eq!(query_cache_key(&same, &SHAPE), key);
         // Different page context, session, model, top_k: different entries.
         let other_page =
@@ -594,8 +592,14 @@ mod tests {
                 holder: Some(b"other".to_vec())
             }
         );
-        assert_eq!(call.parse(vec![Value::Int(1), bytes(b"{")]), Acquired::Unreadable);
-        assert_eq!(call.parse(vec![Value::Int(3), bytes(b"x")]), Acquired::Unreadable);
+        assert_eq!(
+            call.parse(vec![Value::Int(1), bytes(b"{")]),
+            Acquired::Unreadable
+        );
+        assert_eq!(
+            call.parse(vec![Value::Int(3), bytes(b"x")]),
+            Acquired::Unreadable
+        );
         assert_eq!(call.parse(vec![Value::Int(9)]), Acquired::Unreadable);
         assert_eq!(call.args()[1], Arg::Int(9));
     }

@@ -181,28 +181,38 @@ pub fn require_non_empty(name: &str, raw: &str) -> Result<String, ConfigError> {
 
 /// Checks a `redis://` or `rediss://` address, as Spin's Redis API expects.
 pub fn parse_redis_address(name: &str, raw: &str) -> Result<String, ConfigError> {
-    let value = require_non_empty(name, raw)?;
-    if value.starts_with("redis://") || value.starts_with("rediss://") {
-        Ok(value)
-    } else {
-        Err(ConfigError::Invalid {
-            name: name.to_string(),
-            value: redact_userinfo(&value),
-            expected: "a redis:// or rediss:// URL",
-        })
-    }
+    address_with_scheme(
+        name,
+        raw,
+        &["redis://", "rediss://"],
+        "a redis:// or rediss:// URL",
+    )
 }
 
 /// Checks a `postgres://` or `postgresql://` address, as Spin's Postgres API expects.
 pub fn parse_postgres_address(name: &str, raw: &str) -> Result<String, ConfigError> {
+    address_with_scheme(
+        name,
+        raw,
+        &["postgres://", "postgresql://"],
+        "a postgres:// URL",
+    )
+}
+
+fn address_with_scheme(
+    name: &str,
+    raw: &str,
+    schemes: &[&str],
+    expected: &'static str,
+) -> Result<String, ConfigError> {
     let value = require_non_empty(name, raw)?;
-    if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+    if schemes.iter().any(|scheme| value.starts_with(scheme)) {
         Ok(value)
     } else {
         Err(ConfigError::Invalid {
             name: name.to_string(),
             value: redact_userinfo(&value),
-            expected: "a postgres:// URL",
+            expected,
         })
     }
 }

@@ -102,12 +102,12 @@ impl Route {
 }
 
 // The query component.
-pub const CHAT_QUERY: Route =
-    Route::public(Method::Post, "/api/v1/chat/query").reading_at_most(crate::chat::query::MAX_BODY_BYTES);
+pub const CHAT_QUERY: Route = Route::public(Method::Post, "/api/v1/chat/query")
+    .reading_at_most(crate::chat::query::MAX_BODY_BYTES);
 /// The handler decides who may read: the admin token, or (in `jwt` mode) the session's owner.
 pub const CHAT_HISTORY: Route = Route::public(Method::Get, "/api/v1/chat/history/:session_id");
-pub const DOCUMENTS: Route =
-    Route::admin(Method::Post, "/api/v1/documents").reading_at_most(crate::chat::ingest::MAX_BODY_BYTES);
+pub const DOCUMENTS: Route = Route::admin(Method::Post, "/api/v1/documents")
+    .reading_at_most(crate::chat::ingest::MAX_BODY_BYTES);
 pub const QUERY_ROUTES: &[Route] = &[CHAT_QUERY, CHAT_HISTORY, DOCUMENTS];
 
 // The metrics component.

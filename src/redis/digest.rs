@@ -36,8 +36,14 @@ mod tests {
     fn length_prefixing_prevents_collisions() {
         assert_ne!(md5_of_parts(&["ab", "c"]), md5_of_parts(&["a", "bc"]));
         // MD5 of 00..01 'a' 00..01 'b' (each part after its 8-byte big-endian length).
-        assert_eq!(md5_of_parts(&["a", "b"]), "3e8f48e6b9bd50eb7c4a08564eea0ede");
-        assert_eq!(md5_of_parts_bytes(&["a", "b"]).to_vec(), hex::decode("3e8f48e6b9bd50eb7c4a08564eea0ede").unwrap());
+        assert_eq!(
+            md5_of_parts(&["a", "b"]),
+            "3e8f48e6b9bd50eb7c4a08564eea0ede"
+        );
+        assert_eq!(
+            md5_of_parts_bytes(&["a", "b"]).to_vec(),
+            hex::decode("3e8f48e6b9bd50eb7c4a08564eea0ede").unwrap()
+        );
         assert_eq!(md5_of_parts(&["a"]).len(), 32);
     }
 

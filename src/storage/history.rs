@@ -50,6 +50,34 @@ WITH s AS (
     };
 }
 
+/// The exchange's rows, after a CTE `$conversation` that yields its
+/// conversation's id: the question (`q`, stamped `$asked_at`), the answer
+/// (`a`) and the answer's citations (`cit`), each expiring after `$days`.
+/// Both exchange statements end with these, with their own parameter numbers.
+macro_rules! exchange_ctes {
+    ($conversation:literal, $days:literal, $question:literal, $page:literal, $cached:literal,
+     $answer:literal, $citations:literal, $asked_at:literal) => {
+        concat!(
+            ", q AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
+    SELECT id, 'user', ", $question, ", ", $page, ", ", $cached, ", now() + make_interval(days => ", $days, "::int), to_timestamp(", $asked_at, "::float8)
+    FROM ", $conversation, "
+    RETURNING id
+), a AS (
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
+    SELECT ", $conversation, ".id, 'assistant', ", $answer, ", ", $page, ", ", $cached, ", now() + make_interval(days => ", $days, "::int)
+    FROM ", $conversation, ", q
+    RETURNING id
+), cit AS (
+    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
+    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
+    FROM a, jsonb_to_recordset(", $citations, "::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
+    RETURNING id
+)"
+        )
+    };
+}
+
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
@@ -69,23 +97,8 @@ WITH s AS (
 /// One row always (issue #10): the final `SELECT` has no `FROM`.
 pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
     session_and_conversation_ctes!("$9"),
-    "\
-, q AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
-    SELECT id, 'user', $4, $5, $6, now() + make_interval(days => $3::int), to_timestamp($10::float8)
-    FROM c
-    RETURNING id
-), a AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    SELECT c.id, 'assistant', $7, $5, $6, now() + make_interval(days => $3::int)
-    FROM c, q
-    RETURNING id
-), cit AS (
-    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
-    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
-    FROM a, jsonb_to_recordset($8::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
-    RETURNING id
-)
+    exchange_ctes!("c", "$3", "$4", "$5", "$6", "$7", "$8", "$10"),
+    "
 SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations"
 ));
 
@@ -117,30 +130,18 @@ pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
 /// stored with [`STORE_EXCHANGE_SQL`], which finds or recreates the
 /// session's own. A conversation deleted during the statement fails its
 /// foreign key ([`FOREIGN_KEY_VIOLATION`]), with the same remedy. One row always.
-pub const APPEND_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(
+pub const APPEND_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
     "\
 WITH own AS (
     SELECT c.id
     FROM conversations c JOIN user_sessions s ON s.id = c.user_session_id
     WHERE c.id = $1 AND s.session_id = $8
       AND (NOT $10::bool OR s.user_id IS NULL OR s.user_id = $9)
-), q AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, \"timestamp\")
-    SELECT id, 'user', $3, $4, $5, now() + make_interval(days => $2::int), to_timestamp($11::float8)
-    FROM own
-    RETURNING id
-), a AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    SELECT own.id, 'assistant', $6, $4, $5, now() + make_interval(days => $2::int)
-    FROM own, q
-    RETURNING id
-), cit AS (
-    INSERT INTO citations (message_id, source, chunk_id, score, snippet)
-    SELECT a.id, x.source, x.chunk_id, x.score, x.snippet
-    FROM a, jsonb_to_recordset($7::jsonb) AS x(source text, chunk_id text, score float8, snippet text)
-)
-SELECT (SELECT count(*) FROM a) AS appended",
-);
+)",
+    exchange_ctes!("own", "$2", "$3", "$4", "$5", "$6", "$7", "$11"),
+    "
+SELECT (SELECT count(*) FROM a) AS appended"
+));
 
 /// Postgres's SQLSTATE for a foreign key violation.
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";

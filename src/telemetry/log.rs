@@ -202,6 +202,20 @@ pub fn redact(text: &str) -> String {
     redact_key_values(&text)
 }
 
+/// Copies `text` from `copied` up to `value_start`, then `[redacted]` for
+/// the `value_len` bytes there; returns where the copy goes on from.
+fn redact_span(
+    out: &mut String,
+    text: &str,
+    copied: usize,
+    value_start: usize,
+    value_len: usize,
+) -> usize {
+    out.push_str(&text[copied..value_start]);
+    out.push_str(REDACTED);
+    value_start + value_len
+}
+
 /// Replaces the value after each `marker` that starts a word: the value
 /// runs to the first character for which `value_ends` holds, and is replaced
 /// only when it has at least `min_len` bytes.
@@ -233,9 +247,7 @@ fn redact_after(
         if value_len < min_len.max(1) {
             continue;
         }
-        out.push_str(&text[copied..value_start]);
-        out.push_str(REDACTED);
-        copied = value_start + value_len;
+        copied = redact_span(&mut out, text, copied, value_start, value_len);
         from = copied;
     }
     out.push_str(&text[copied..]);
@@ -304,9 +316,7 @@ fn redact_key_values(text: &str) -> String {
         if value_len == 0 {
             continue;
         }
-        out.push_str(&text[copied..value_start]);
-        out.push_str(REDACTED);
-        copied = value_start + value_len;
+        copied = redact_span(&mut out, text, copied, value_start, value_len);
         from = copied;
     }
     out.push_str(&text[copied..]);

@@ -609,7 +609,10 @@ async fn every_route_answers_with_its_request_id_and_response_time() {
     let app = TestApp::spawn().await.unwrap();
     for route in chatbot_core::http::routes::all() {
         let path = route.path.replace(":session_id", "some-session");
-        let response = app.admin(route.method.as_str(), &path, &json!({})).await.unwrap();
+        let response = app
+            .admin(route.method.as_str(), &path, &json!({}))
+            .await
+            .unwrap();
         assert!(
             response
                 .header("x-response-time")

@@ -1,7 +1,7 @@
 //! A miss's worst case reserved from its user's day and the deployment's
 //! before it spends anything, and settled to what it spent.
 
-use crate::gate::{budget_spent, redis_full};
+use crate::gate::{advisory_unless_full, budget_spent};
 use crate::scope::{Reservation, Scope};
 use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::ApiError;
@@ -47,17 +47,9 @@ pub(crate) async fn reserve(
         counts: &counts,
         tokens,
     };
-    let reserved = match run(conn, &reserve).await {
-        Ok(reserved) => reserved,
-        Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
-        Err(e) => {
-            chatbot_spin::log::warn(
-                "budget_not_enforced",
-                chatbot_spin::log::Dependency::Redis,
-                &e,
-            );
-            return Ok(());
-        }
+    let answered = run(conn, &reserve).await;
+    let Some(reserved) = advisory_unless_full(scope, answered, "budget_not_enforced")? else {
+        return Ok(());
     };
     match reserved {
         Reserved::Taken => {

@@ -76,17 +76,9 @@ pub(crate) async fn gate(
         owner_ttl_seconds: sessions::owner_ttl_seconds(settings.retention_days),
         now_epoch_seconds: now_epoch_seconds(),
     };
-    let gate = match run(conn, &check).await {
-        Ok(gate) => gate,
-        Err(e) if e.is_out_of_memory() => return Err(redis_full(scope, &e)),
-        Err(e) => {
-            chatbot_spin::log::warn(
-                "user_gate_not_enforced",
-                chatbot_spin::log::Dependency::Redis,
-                &e,
-            );
-            return Ok(());
-        }
+    let answered = run(conn, &check).await;
+    let Some(gate) = advisory_unless_full(scope, answered, "user_gate_not_enforced")? else {
+        return Ok(());
     };
     let detail = serde_json::json!({"user_id": user, "session_id": session});
     match gate {
@@ -186,6 +178,24 @@ async fn confirm_new_owner(
                 &[("session_id", session)],
             );
             Ok(())
+        }
+    }
+}
+
+/// A limit's script reply, or none when Redis failed (the limit is then
+/// advisory, as when Redis is down: logged as `event`), or the refusal of
+/// a Redis that is full ([`redis_full`]).
+pub(crate) fn advisory_unless_full<T>(
+    scope: &mut Scope,
+    answered: Result<T, chatbot_spin::StoreError>,
+    event: &'static str,
+) -> Result<Option<T>, ApiError> {
+    match answered {
+        Ok(reply) => Ok(Some(reply)),
+        Err(e) if e.is_out_of_memory() => Err(redis_full(scope, &e)),
+        Err(e) => {
+            chatbot_spin::log::warn(event, Dependency::Redis, &e);
+            Ok(None)
         }
     }
 }

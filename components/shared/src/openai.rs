@@ -61,25 +61,33 @@ pub fn header_refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static s
     headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// POSTs `body` to OpenAI's `path` (under `openai_base_url`) with the key.
+async fn post_openai(
+    settings: &PipelineSettings,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<Vec<u8>, UpstreamError> {
+    let headers = openai_headers(settings);
+    let (_, body) = send_json(
+        OPENAI,
+        "POST",
+        &format!("{}{path}", settings.openai_base_url),
+        &header_refs(&headers),
+        Some(body),
+        crate::bounded(settings.openai_timeout),
+    )
+    .await?;
+    Ok(body)
+}
+
 /// Embeds `texts` in one call. Returns the vectors in order, the usage and the call's latency.
 pub async fn embed(
     settings: &PipelineSettings,
     texts: &[String],
 ) -> Result<(Vec<Vec<f32>>, Usage, Duration), UpstreamError> {
     let started = Instant::now();
-    let headers = openai_headers(settings);
-    let (_, body) = send_json(
-        OPENAI,
-        "POST",
-        &format!("{}/embeddings", settings.openai_base_url),
-        &header_refs(&headers),
-        Some(&upstream::embeddings_request(
-            &settings.embedding_model,
-            texts,
-        )),
-        crate::bounded(settings.openai_timeout),
-    )
-    .await?;
+    let request = upstream::embeddings_request(&settings.embedding_model, texts);
+    let body = post_openai(settings, "/embeddings", &request).await?;
     let (vectors, usage) = upstream::parse_embeddings(&body, texts.len())?;
     Ok((vectors, usage, started.elapsed()))
 }
@@ -90,20 +98,8 @@ pub async fn chat(
     messages: &[chatbot_core::chat::upstream::ChatMessage],
 ) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
-    let headers = openai_headers(settings);
-    let (_, body) = send_json(
-        OPENAI,
-        "POST",
-        &format!("{}/chat/completions", settings.openai_base_url),
-        &header_refs(&headers),
-        Some(&upstream::chat_request(
-            &settings.chat_model,
-            messages,
-            settings.chat_max_tokens,
-        )),
-        crate::bounded(settings.openai_timeout),
-    )
-    .await?;
+    let request = upstream::chat_request(&settings.chat_model, messages, settings.chat_max_tokens);
+    let body = post_openai(settings, "/chat/completions", &request).await?;
     Ok((upstream::parse_chat(&body)?, started.elapsed()))
 }
 

@@ -72,7 +72,7 @@ fn hit_floor() -> Response {
         let pg = redis_part_of_a_hit()?;
         let citations = br#"[{"source":"bench.pdf","chunk_id":"c","score":0.5,"snippet":"s"}]"#;
         pg.query(
-            chatbot_core::history::STORE_EXCHANGE_SQL.sql(),
+            chatbot_core::storage::history::STORE_EXCHANGE_SQL.sql(),
             &[
                 pg4::ParameterValue::Str("floor".into()),
                 pg4::ParameterValue::DbNull,
