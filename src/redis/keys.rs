@@ -25,7 +25,7 @@ pub const JWKS_TAG: &str = "{j}";
 /// The ops component's cached dependency report.
 pub const HEALTH_TAG: &str = "{h}";
 
-/// Cached answers: `chatbot:query:{q}:<md5>` (see `query::query_cache_key`).
+/// Cached answers: `chatbot:query:{q}:<md5>` (see `cache::answers::query_cache_key`).
 pub const QUERY_PREFIX: &str = "chatbot:query:{q}:";
 /// The stampede lock of a cached answer.
 pub const LOCK_PREFIX: &str = "chatbot:query-lock:{q}:";

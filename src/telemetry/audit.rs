@@ -169,7 +169,7 @@ impl AuditEntry {
         }
     }
 
-    /// The `KEYS` of [`APPEND_SCRIPT`]: the entry's log and its throttle.
+    /// The `KEYS` of [`Append`]: the entry's log and its throttle.
     pub fn script_keys(&self) -> [String; 2] {
         [
             self.action.log().key().to_string(),

@@ -3,6 +3,7 @@
 //! Qdrant stand-ins and a local identity provider (`stubs::issuer`).
 
 use chatbot_core::config::names;
+use chatbot_core::http::api::{SessionId, UserId};
 use chatbot_harness::stubs::issuer::{
     self, claims, sign, token, IssuerStub, SigningKey, AUDIENCE, HS256_SECRET, ISSUER,
 };
@@ -739,9 +740,9 @@ const BUDGET_MAX_TOKENS: u32 = 50;
 fn reservation_for(question: &str) -> i64 {
     let request = chatbot_core::chat::query::QueryRequest {
         question: question.into(),
-        session_id: "any".into(),
+        session_id: SessionId::parse("any").unwrap(),
         page_context: None,
-        user_id: Some("any".into()),
+        user_id: Some(UserId::parse("any").unwrap()),
         stream: false,
     };
     chatbot_core::chat::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64

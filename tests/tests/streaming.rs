@@ -103,7 +103,7 @@ fn names_of(events: &[Event]) -> Vec<&str> {
 }
 
 async fn history(app: &TestApp, session: &str) -> Value {
-    let response = app.history(&session, 1).await;
+    let response = app.history(session, 1).await;
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()
 }
