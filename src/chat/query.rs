@@ -264,7 +264,7 @@ mod tests {
             .collect();
         let prompt_chars: usize = prompt_messages(&request, &passages)
             .iter()
-            .map(|message| "system".len() + message.content.len())
+            .map(|message| message.content.len() + "assistant".len())
             .sum();
         let worst = worst_case_tokens(&request, 5, 1024);
         // At four characters a token the prompt takes prompt_chars / 4.

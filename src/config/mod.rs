@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-/// Variable names, exactly as declared in `spin.toml`.
 pub mod settings;
 
+/// Variable names, exactly as declared in `spin.toml`.
 pub mod names {
     pub const REDIS_ADDRESS: &str = "redis_address";
     pub const POSTGRES_ADDRESS: &str = "postgres_address";

@@ -107,6 +107,15 @@ impl IdentitySettings {
 /// a network could be swapped in transit, and every token they verify forged.
 fn is_trusted_key_source(raw: &str) -> bool {
     use url::Host;
+    // The URL is fetched as written: refuse what a URL parser would rewrite
+    // (`\` read as `/`, spaces and control characters dropped) rather than
+    // trust one reading and fetch another.
+    if raw
+        .chars()
+        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
     let Ok(url) = url::Url::parse(raw) else {
         return false;
     };
@@ -712,6 +721,8 @@ mod tests {
             "http://10.0.0.5/jwks",
             "http://127.0.0.1.attacker.example/jwks",
             "http://localhost@attacker.example/jwks",
+            "http://localhost\\@attacker.example/jwks",
+            "http://localhost /jwks",
             "http://[::2]/jwks",
             "ftp://127.0.0.1/jwks",
             "https://",

@@ -20,8 +20,8 @@ pub struct TakeTokens<'a> {
 
 impl Script for TakeTokens<'_> {
     const SOURCE: &'static str = TOKEN_BUCKET_LUA;
-    /// `None`: a reply that does not read.
-    type Reply = Option<ScriptReply>;
+    /// `Err`: a reply that does not read (its values, for the log).
+    type Reply = Result<ScriptReply, Vec<Value>>;
 
     fn keys(&self) -> Vec<String> {
         self.buckets.iter().map(|(key, _)| key.clone()).collect()
@@ -41,8 +41,8 @@ impl Script for TakeTokens<'_> {
 
     /// `{admitted (0/1), now seconds, now microseconds within the second,
     /// milli-tokens left in each bucket...}`.
-    fn parse(&self, reply: Vec<Value>) -> Option<ScriptReply> {
-        ScriptReply::from_integers(&integers(&reply), self.buckets.len())
+    fn parse(&self, reply: Vec<Value>) -> Self::Reply {
+        ScriptReply::from_integers(&integers(&reply), self.buckets.len()).ok_or(reply)
     }
 }
 

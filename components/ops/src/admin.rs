@@ -139,7 +139,13 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if let Some(conn) = &redis {
         crate::record(conn, &telemetry).await;
     }
-    let body = deleted?;
+    let body = deleted.map_err(|e| {
+        ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
+            "cleanup_failed",
+            Dependency::Postgres,
+            e,
+        )
+    })?;
     if let Some(conn) = &redis {
         append(
             conn,
@@ -202,16 +208,21 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         ));
     }
     let conn = crate::redis().await?;
-    let reply = execute(
-        &conn,
-        "ZREVRANGE",
-        vec![
-            Arg::bytes(keys::TOP_QUESTIONS),
-            Arg::bytes("0"),
-            Arg::bytes((limit - 1).to_string()),
-        ],
-    )
-    .await?;
+    let reply =
+        execute(
+            &conn,
+            "ZREVRANGE",
+            vec![
+                Arg::bytes(keys::TOP_QUESTIONS),
+                Arg::bytes("0"),
+                Arg::bytes((limit - 1).to_string()),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            ApiError::unavailable("reading the top questions failed: Redis is unavailable")
+                .caused_by("warmup_read_failed", Dependency::Redis, e)
+        })?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
     for member in all_bytes(reply) {
@@ -276,7 +287,13 @@ pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
         let total = integers(&execute(&conn, "ZCARD", vec![Arg::bytes(log.key())]).await?);
         Ok::<_, StoreError>((all_bytes(entries), total.first().copied().unwrap_or(0)))
     };
-    let (entries, total) = read.await?;
+    let (entries, total) = read.await.map_err(|e| {
+        ApiError::unavailable("reading the audit log failed: Redis is unavailable").caused_by(
+            "audit_read_failed",
+            Dependency::Redis,
+            e,
+        )
+    })?;
     let entries: Vec<serde_json::Value> = entries.iter().map(|e| audit::decode_member(e)).collect();
     Ok(json(
         200,

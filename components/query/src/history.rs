@@ -86,7 +86,11 @@ async fn read_history(
         .await
         .map_err(|e| {
             observed.push(Observation::Error(ErrorType::Postgres));
-            ApiError::from(e)
+            ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
+                "history_read_failed",
+                chatbot_spin::log::Dependency::Postgres,
+                e,
+            )
         })?;
     observed.push(Observation::DatabaseLatency(
         Operation::ReadHistory,

@@ -90,9 +90,8 @@ async fn check(buckets: &[Bucket], cost: u32) -> Result<Decision, Error> {
         )
         .await
         .and_then(|reply| {
-            reply.ok_or_else(|| {
-                StoreError::Unexpected("the bucket script's reply does not read".into())
-            })
+            reply
+                .map_err(|values| StoreError::Unexpected(format!("bucket script reply {values:?}")))
         }),
         Err(e) => Err(e),
     };

@@ -39,7 +39,7 @@ pub async fn snapshot(conn: &Conn) -> Result<Snapshot, StoreError> {
     let histograms = hash(keys::HISTOGRAMS).await?;
     let active_sessions = run(conn, &ActiveSessions)
         .await?
-        .ok_or_else(|| StoreError::Unexpected("the active-session count is not a count".into()))?;
+        .map_err(|values| StoreError::Unexpected(format!("active-session reply {values:?}")))?;
     Ok(Snapshot {
         counters,
         histograms,

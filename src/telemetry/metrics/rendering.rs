@@ -17,8 +17,8 @@ impl Script for ActiveSessions {
 local now = tonumber(redis.call('TIME')[1])
 return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 "#;
-    /// The count (`None`: a reply that is not one).
-    type Reply = Option<u64>;
+    /// The count (`Err`: a reply that is not one, for the log).
+    type Reply = Result<u64, Vec<Value>>;
 
     fn keys(&self) -> Vec<String> {
         vec![crate::redis::keys::metrics::SESSIONS.to_string()]
@@ -29,10 +29,10 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
         vec![Arg::from(super::registry::ACTIVE_SESSION_WINDOW_SECONDS)]
     }
 
-    fn parse(&self, reply: Vec<Value>) -> Option<u64> {
+    fn parse(&self, reply: Vec<Value>) -> Self::Reply {
         match reply.as_slice() {
-            [Value::Int(n)] => u64::try_from(*n).ok(),
-            _ => None,
+            [Value::Int(n)] if *n >= 0 => Ok(*n as u64),
+            _ => Err(reply),
         }
     }
 }
