@@ -6,6 +6,7 @@
 mod admin;
 mod analytics;
 mod health;
+mod invalidation;
 
 use chatbot_core::http::api::ApiError;
 use chatbot_core::http::routes;
@@ -21,7 +22,7 @@ fn handler(route: &routes::Route) -> Handler {
         routes::HEALTH_READINESS => |req, p| Box::pin(health::readiness(req, p)),
         routes::HEALTH_METRICS => |req, p| Box::pin(analytics::metrics_summary(req, p)),
         routes::CACHE_ANALYTICS => |req, p| Box::pin(analytics::cache_analytics(req, p)),
-        routes::CACHE_CLEAR => |req, p| Box::pin(admin::clear_cache(req, p)),
+        routes::CACHE_CLEAR => |req, p| Box::pin(invalidation::clear_cache(req, p)),
         routes::CLEANUP => |req, p| Box::pin(admin::cleanup(req, p)),
         routes::CACHE_WARMUP => |req, p| Box::pin(admin::warmup(req, p)),
         routes::AUDIT_LOG => |req, p| Box::pin(admin::audit_page(req, p)),
