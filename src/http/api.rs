@@ -186,6 +186,14 @@ impl ApiError {
         )
     }
 
+    /// 413: a body longer than the `max` bytes its route reads.
+    pub fn too_large(max: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body may be at most {max} bytes"),
+        )
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("no route for {path}"))
     }
@@ -359,10 +367,7 @@ pub fn require_json(content_type: Option<&str>, what: &str) -> Result<(), ApiErr
 /// 413 when a body is larger than a route takes.
 pub fn require_size(body: &[u8], max: usize) -> Result<(), ApiError> {
     if body.len() > max {
-        Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body may be at most {max} bytes"),
-        ))
+        Err(ApiError::too_large(max))
     } else {
         Ok(())
     }

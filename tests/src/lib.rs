@@ -432,6 +432,23 @@ impl TestApp {
         services::connect(&self.postgres_url).await
     }
 
+    /// How many messages Postgres holds for `session` (questions and answers).
+    pub async fn messages_stored(&self, session: &str) -> i64 {
+        self.postgres()
+            .await
+            .expect("Postgres answers")
+            .query_one(
+                "SELECT count(*) FROM messages m
+                   JOIN conversations c ON c.id = m.conversation_id
+                   JOIN user_sessions s ON s.id = c.user_session_id
+                  WHERE s.session_id = $1",
+                &[&session],
+            )
+            .await
+            .expect("the count reads")
+            .get(0)
+    }
+
     pub fn counts(&self) -> host::Counts {
         self.app.counters.snapshot()
     }

@@ -12,22 +12,6 @@ use chatbot_harness::{InstanceReuse, TestApp};
 use futures_util::future::join_all;
 use serde_json::json;
 
-async fn messages_of(app: &TestApp, session: &str) -> i64 {
-    app.postgres()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM messages m
-               JOIN conversations c ON c.id = m.conversation_id
-               JOIN user_sessions s ON s.id = c.user_session_id
-              WHERE s.session_id = $1",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn an_instance_keeps_one_redis_connection_per_component_for_all_its_requests() {
     let app = TestApp::spawn().await.unwrap();
@@ -103,7 +87,7 @@ async fn requests_served_at_once_by_one_instance_each_get_only_their_own_answer(
     );
     app.app.settled().await;
     for i in 0..16 {
-        assert_eq!(messages_of(app, &format!("alone-{i}")).await, 2);
+        assert_eq!(app.messages_stored(&format!("alone-{i}")).await, 2);
     }
 }
 
@@ -190,7 +174,7 @@ async fn every_exchange_is_stored_by_the_time_its_response_ends_however_often_in
         let response = client.post_json("/api/v1/chat/query", &ask).await.unwrap();
         assert_eq!(response.status, 200, "{}", response.text());
         // No waiting: the exchange was written before the body ended.
-        assert_eq!(messages_of(&app, "recycled").await, 2 * (i + 1));
+        assert_eq!(app.messages_stored("recycled").await, 2 * (i + 1));
     }
     assert!(app.counts().instances >= 6, "{:?}", app.counts());
     let metrics = app.get("/metrics").await.unwrap().text();

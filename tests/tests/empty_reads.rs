@@ -167,20 +167,7 @@ async fn a_hundred_requests_for_unknown_sessions_leave_history_writes_working() 
         .await;
     let page = get_ok(&app, "/api/v1/chat/history/after-the-storm").await;
     assert_eq!(page["total"], 2, "{page}");
-    let stored: i64 = app
-        .postgres()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM messages m
-             JOIN conversations c ON c.id = m.conversation_id
-             JOIN user_sessions s ON s.id = c.user_session_id
-             WHERE s.session_id = 'after-the-storm'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored = app.messages_stored("after-the-storm").await;
     assert_eq!(stored, 2);
     assert_no_zero_row_query(&app);
 }

@@ -545,15 +545,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
         .unwrap()
         .get(0);
     assert_eq!(owner.as_deref(), Some("alice"));
-    let messages: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id \
-             JOIN user_sessions s ON s.id = c.user_session_id WHERE s.session_id = $1",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let messages = app.messages_stored(&session).await;
     assert_eq!(messages, 4, "only Alice's two exchanges");
 }
 

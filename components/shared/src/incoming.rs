@@ -33,13 +33,6 @@ impl<B> RequestExt for http::Request<B> {
     }
 }
 
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("the body may be at most {limit} bytes"),
-    )
-}
-
 fn unreadable() -> ApiError {
     ApiError::invalid("the request body could not be read")
 }
@@ -65,7 +58,7 @@ pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large(limit));
+        return Err(ApiError::too_large(limit));
     }
     let mut body = body;
     let mut bytes = Vec::new();
@@ -84,7 +77,7 @@ pub async fn read(table: &[Route], incoming: spin_sdk::http::Request) -> Result<
                 if let Ok(data) = frame.into_data() {
                     bytes.extend_from_slice(&data);
                     if bytes.len() > limit {
-                        return Err(too_large(limit));
+                        return Err(ApiError::too_large(limit));
                     }
                 }
             }
