@@ -20,8 +20,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at       TIMESTAMPTZ NOT NULL
 );
--- One conversation per session: the query handler upserts it in the same statement as the messages.
-CREATE UNIQUE INDEX IF NOT EXISTS ix_conversations_user_session_id ON conversations (user_session_id);
+-- A session holds several conversations: their index is in 0002 (which drops
+-- the unique one this file once made), so that applying this file again never
+-- meets two conversations of one session.
 CREATE INDEX IF NOT EXISTS ix_conversations_created_at ON conversations (created_at);
 CREATE INDEX IF NOT EXISTS ix_conversations_expires_at ON conversations (expires_at);
 

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cache::ranking;
+use crate::chat::conversation::{ConversationChoice, Turn};
 use crate::chat::query::{Citation, QueryRequest, PROMPT_VERSION};
 use crate::redis::digest::md5_of_parts;
 use crate::redis::keys::{self, normalise};
@@ -61,8 +62,14 @@ pub struct AnswerShape<'a> {
     pub scope: CacheScope,
 }
 
-/// The query-cache key for a request.
-pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
+/// The query-cache key for a request: of a first question (`context`
+/// `None`), or of a follow-up, keyed by the turns it was answered with
+/// ([`crate::chat::conversation::context_digest`]).
+pub fn query_cache_key(
+    request: &QueryRequest,
+    shape: &AnswerShape,
+    context: Option<&str>,
+) -> String {
     let top_k = shape.top_k.to_string();
     let session = match shape.scope {
         CacheScope::Session => request.session_id.as_str(),
@@ -74,7 +81,7 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
         .as_deref()
         .map(normalise)
         .unwrap_or_default();
-    let digest = md5_of_parts(&[
+    let mut parts = vec![
         PROMPT_VERSION,
         shape.chat_model,
         shape.embedding_model,
@@ -83,48 +90,101 @@ pub fn query_cache_key(request: &QueryRequest, shape: &AnswerShape) -> String {
         &question,
         &page,
         session,
-    ]);
-    keys::query_cache(&digest)
+    ];
+    // A first question's key is what it always was.
+    parts.extend(context);
+    keys::query_cache(&md5_of_parts(&parts))
 }
 
-/// Looks an answer up, counts the question (for analytics and warm-up, when
-/// `entry` is not empty) and reads the session's conversation id, in one
-/// round trip.
+/// Looks a first question's answer up, counts the question (for analytics
+/// and warm-up, when `entry` is not empty, and only for a first question:
+/// a follow-up asked again alone would mean something else) and reads the
+/// session's current conversation, with its last turns when the question
+/// continues it, in one round trip.
 pub struct Lookup<'a> {
     pub cache_key: &'a str,
     pub session_id: &'a str,
     pub collection: &'a str,
     /// The question's ranking member ([`question_entry`]), or "" not to count it.
     pub entry: String,
+    /// Which conversation the question is asked in.
+    pub conversation: ConversationChoice,
+    /// How many of the last turns to read (0: none).
+    pub turns: u32,
 }
 
-/// What the query cache knows of a question: its answer, and the session's
-/// conversation id (so a response can name it before the exchange is written).
+/// What Redis knows of a question: a first question's answer, and the
+/// session's current conversation with its last turns (so a response can
+/// name the conversation before the exchange is written, and a follow-up
+/// is answered in context without Postgres).
 #[derive(Debug, Default, PartialEq)]
 pub struct Found {
+    /// Only for a question with no earlier turns.
     pub answer: Option<CachedAnswer>,
+    /// `None`: Redis does not know the conversation asked in (a session's
+    /// first question, a new one, a named one that is not the current, or
+    /// Redis lost it).
     pub conversation: Option<RememberedConversation>,
+    /// Its last turns, oldest first, when the question continues it.
+    pub turns: Vec<Turn>,
 }
 
 impl Script for Lookup<'_> {
     const SOURCE: &'static str = concat!(
-        "if ARGV[1] ~= '' then\n",
+        r#"
+local conversation = false
+local turns = {}
+if ARGV[4] ~= 'new' then
+  conversation = redis.call('GET', KEYS[4])
+end
+if ARGV[4] == '' then
+  -- Asked alone: its exchange joins no kept turns, which are then not all there.
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    redis.call('DEL', KEYS[6])
+  end
+elseif ARGV[4] ~= 'new' then
+  -- Continued: answered with its turns, when it is the session's current
+  -- conversation and they are all kept (else they are read from Postgres).
+  local current = conversation and string.match(conversation, '^(%d+)')
+  if current ~= ARGV[4] then
+    return {false, false}
+  end
+  if tonumber(ARGV[5]) > 0 then
+    local kept = redis.call('LRANGE', KEYS[6], -tonumber(ARGV[5]) - 1, -1)
+    if #kept == 0 then
+      return {false, false}
+    end
+    for _, turn in ipairs(kept) do
+      if turn ~= ARGV[6] then
+        turns[#turns + 1] = turn
+      end
+    end
+  end
+end
+if ARGV[1] ~= '' and #turns == 0 then
+"#,
         crate::ranking_bump_lua!("2", "3", "1", "2", "3"),
         "end\n",
         r#"
-local generation = redis.call('GET', KEYS[5]) or '0'
-local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
 local answer = false
-if entry[2] and entry[1] == generation then
-  answer = entry[2]
+if #turns == 0 then
+  local generation = redis.call('GET', KEYS[5]) or '0'
+  local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+  if entry[2] and entry[1] == generation then
+    answer = entry[2]
+  end
 end
-return {answer, redis.call('GET', KEYS[4])}
+local reply = {answer, conversation}
+for _, turn in ipairs(turns) do
+  reply[#reply + 1] = turn
+end
+return reply
 "#
     );
     type Reply = Found;
 
     /// The answer, the top questions and their base, the session's
-    /// conversation, the collection's generation.
+    /// conversation, the collection's generation, the conversation's turns.
     fn keys(&self) -> Vec<String> {
         vec![
             self.cache_key.to_string(),
@@ -132,25 +192,78 @@ return {answer, redis.call('GET', KEYS[4])}
             crate::cache::ranking::base_key(keys::TOP_QUESTIONS),
             keys::conversation(self.session_id),
             keys::generation(self.collection),
+            keys::turns(self.session_id),
         ]
     }
 
-    /// The entry, the ranking's half-life and its cap.
+    /// The entry, the ranking's half-life and its cap, the conversation
+    /// asked in ("" asked alone, "new", or the id continued), how many turns
+    /// to read, the turns list's marker.
     fn args(&self) -> Vec<Arg> {
         vec![
             Arg::from(self.entry.as_str()),
             Arg::from(ranking::QUESTIONS_HALF_LIFE_SECONDS),
             Arg::from(ranking::QUESTIONS_CAP),
+            Arg::from(self.conversation.lookup_arg()),
+            Arg::from(self.turns),
+            Arg::from(crate::chat::conversation::TURNS_MARKER),
         ]
     }
 
-    /// `{answer or false, conversation id or false}`; what does not parse is not there.
+    /// `{answer or false, conversation or false, turn...}`; what does not
+    /// parse is not there (a turn that does not parse ends the turns read:
+    /// the conversation is read back from Postgres).
     fn parse(&self, reply: Vec<Value>) -> Found {
-        Found {
-            answer: bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
-            conversation: bytes_at(&reply, 1)
-                .and_then(|bytes| RememberedConversation::parse(std::str::from_utf8(bytes).ok()?)),
+        let conversation = bytes_at(&reply, 1)
+            .and_then(|bytes| RememberedConversation::parse(std::str::from_utf8(bytes).ok()?));
+        let turns: Option<Vec<Turn>> = reply
+            .iter()
+            .skip(2)
+            .map(|value| serde_json::from_slice(value.bytes()?).ok())
+            .collect();
+        match turns {
+            Some(turns) => Found {
+                answer: bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
+                conversation,
+                turns,
+            },
+            None => Found::default(),
         }
+    }
+}
+
+/// Reads a follow-up's answer (keyed by its turns) if it is of the
+/// collection's generation.
+pub struct ReadAnswer<'a> {
+    pub cache_key: &'a str,
+    pub collection: &'a str,
+}
+
+impl Script for ReadAnswer<'_> {
+    const SOURCE: &'static str = r#"
+local generation = redis.call('GET', KEYS[2]) or '0'
+local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+if entry[2] and entry[1] == generation then
+  return {entry[2]}
+end
+return {false}
+"#;
+    type Reply = Option<CachedAnswer>;
+
+    /// The answer, the collection's generation.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            self.cache_key.to_string(),
+            keys::generation(self.collection),
+        ]
+    }
+
+    fn args(&self) -> Vec<Arg> {
+        Vec::new()
+    }
+
+    fn parse(&self, reply: Vec<Value>) -> Option<CachedAnswer> {
+        bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok())
     }
 }
 
@@ -491,6 +604,7 @@ mod tests {
             page_context: page.map(str::to_string),
             user_id: None,
             stream: false,
+            conversation: ConversationChoice::Current,
         };
         let entry = question_entry(&ask("What is AI?", Some("/docs")));
         let parsed: QueryCacheEntry = serde_json::from_str(&entry).unwrap();
@@ -526,37 +640,51 @@ mod tests {
     #[test]
     fn cache_keys_follow_what_shapes_the_answer() {
         let q = parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"p"}"#);
-        let key = query_cache_key(&q, &SHAPE);
+        let key = query_cache_key(&q, &SHAPE, None);
         assert!(key.starts_with(keys::QUERY_PREFIX));
         // Same question, different spacing and case: same entry.
         let same = parse(r#"{"question":"what  is ai?","session_id":"s1","page_context":"p"}"#);
-        assert_eq!(query_cache_key(&same, &SHAPE), key);
+        assert_eq!(query_cache_key(&same, &SHAPE, None), key);
         // Different page context, session, model, top_k: different entries.
         let other_page =
             parse(r#"{"question":"What is AI?","session_id":"s1","page_context":"q"}"#);
-        assert_ne!(query_cache_key(&other_page, &SHAPE), key);
+        assert_ne!(query_cache_key(&other_page, &SHAPE, None), key);
         let other_session =
             parse(r#"{"question":"What is AI?","session_id":"s2","page_context":"p"}"#);
-        assert_ne!(query_cache_key(&other_session, &SHAPE), key);
+        assert_ne!(query_cache_key(&other_session, &SHAPE, None), key);
         assert_ne!(
             query_cache_key(
                 &q,
                 &AnswerShape {
                     chat_model: "other",
                     ..SHAPE
-                }
+                },
+                None
             ),
             key
         );
-        assert_ne!(query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }), key);
+        assert_ne!(
+            query_cache_key(&q, &AnswerShape { top_k: 6, ..SHAPE }, None),
+            key
+        );
         // With a global scope, sessions share the entry.
         let global = AnswerShape {
             scope: CacheScope::Global,
             ..SHAPE
         };
         assert_eq!(
-            query_cache_key(&q, &global),
-            query_cache_key(&other_session, &global)
+            query_cache_key(&q, &global, None),
+            query_cache_key(&other_session, &global, None)
+        );
+        // A follow-up is keyed by its turns: never a first question's
+        // answer, nor one given after other turns.
+        let after_one = query_cache_key(&q, &SHAPE, Some("d1"));
+        assert_ne!(after_one, key);
+        assert_ne!(query_cache_key(&q, &SHAPE, Some("d2")), after_one);
+        assert_eq!(
+            query_cache_key(&q, &global, Some("d1")),
+            query_cache_key(&other_session, &global, Some("d1")),
+            "globally, identical conversations share their answers"
         );
     }
 
@@ -605,16 +733,38 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_reads_the_answer_and_the_conversation() {
+    fn a_lookup_reads_the_answer_the_conversation_and_its_turns() {
         let call = Lookup {
             cache_key: "k",
             session_id: "s",
             collection: "c",
             entry: String::new(),
+            conversation: ConversationChoice::Named(12),
+            turns: 5,
         };
         let found = call.parse(vec![Value::Nil, Value::Nil]);
         assert_eq!(found, Found::default());
         assert_eq!(call.args()[0], Arg::from(""));
+        assert_eq!(call.args()[3], Arg::from("12"));
+        assert_eq!(call.args()[4], Arg::Int(5));
         assert_eq!(call.keys()[0], "k");
+        assert_eq!(call.keys()[5], keys::turns("s"));
+        let bytes = |b: &[u8]| Value::Bytes(b.to_vec());
+        let found = call.parse(vec![
+            Value::Nil,
+            bytes(b"12:20000"),
+            bytes(br#"{"q":"What is a transformer?","a":"A model."}"#),
+        ]);
+        assert_eq!(found.conversation.map(|c| c.id), Some(12));
+        assert_eq!(found.turns[0].question, "What is a transformer?");
+        // A turn that does not read: nothing is trusted, Postgres is asked.
+        let found = call.parse(vec![Value::Nil, bytes(b"12:20000"), bytes(b"{")]);
+        assert_eq!(found, Found::default());
+        let read = ReadAnswer {
+            cache_key: "k",
+            collection: "c",
+        };
+        assert_eq!(read.parse(vec![Value::Nil]), None);
+        assert_eq!(read.keys()[1], keys::generation("c"));
     }
 }

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::chat::conversation::{self, ConversationChoice, Turn};
 use crate::chat::upstream::{ChatMessage, Role};
-use crate::http::api::{self, ApiError, ErrorCode, SessionId, UserId};
+use crate::http::api::{self, ApiError, ErrorCode, SessionId, UserId, MAX_CONVERSATION_ID};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_QUESTION_CHARS: usize = 4000;
@@ -23,6 +24,8 @@ pub struct QueryRequest {
     pub user_id: Option<UserId>,
     /// `"stream": true`: answer with server-sent events (see `stream`).
     pub stream: bool,
+    /// `conversation_id` or `"new_conversation": true`.
+    pub conversation: ConversationChoice,
 }
 
 fn string_field(
@@ -36,12 +39,14 @@ fn string_field(
     }
 }
 
-const FIELDS: [&str; 5] = [
+const FIELDS: [&str; 7] = [
     "question",
     "session_id",
     "page_context",
     "user_id",
     "stream",
+    "conversation_id",
+    "new_conversation",
 ];
 
 /// Refuses control characters other than whitespace (NUL among them: Postgres
@@ -124,13 +129,53 @@ pub fn parse_query(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
     };
+    let conversation = parse_conversation(&object)?;
     Ok(QueryRequest {
         question,
         session_id,
         page_context,
         user_id,
         stream,
+        conversation,
     })
+}
+
+fn parse_conversation(
+    object: &serde_json::Map<String, Value>,
+) -> Result<ConversationChoice, ApiError> {
+    let new = match object.get("new_conversation") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`new_conversation` must be a boolean")),
+    };
+    let named = match object.get("conversation_id") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_i64()
+                // JSON Schema's integers include 42.0.
+                .or_else(|| {
+                    value
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_CONVERSATION_ID as f64)
+                        .map(|f| f as i64)
+                })
+                .filter(|id| (1..=MAX_CONVERSATION_ID).contains(id))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "`conversation_id` must be a conversation id this session's responses named (a positive integer)",
+                    )
+                })?,
+        ),
+    };
+    match (named, new) {
+        (Some(_), true) => Err(ApiError::invalid(
+            "name a `conversation_id` to continue, or ask for a `new_conversation`, not both",
+        )),
+        (Some(id), false) => Ok(ConversationChoice::Named(id)),
+        (None, true) => Ok(ConversationChoice::New),
+        (None, false) => Ok(ConversationChoice::Current),
+    }
 }
 
 /// A passage retrieved from the vector store.
@@ -187,9 +232,14 @@ pub const SYSTEM_PROMPT: &str =
 collection. Answer only from the numbered context passages and the page context; cite the passages \
 you use as [1], [2], ... If the passages do not contain the answer, say that you do not know.";
 
-/// The chat messages for a question: the system prompt and one user message
-/// carrying the page context, the numbered passages and the question.
-pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<ChatMessage> {
+/// The chat messages for a question: the system prompt, the earlier turns
+/// it is asked after (oldest first), and one user message carrying the page
+/// context, the numbered passages and the question.
+pub fn prompt_messages(
+    request: &QueryRequest,
+    turns: &[Turn],
+    passages: &[Passage],
+) -> Vec<ChatMessage> {
     let mut user = String::new();
     if let Some(page) = &request.page_context {
         user.push_str("Page context: ");
@@ -205,10 +255,10 @@ pub fn prompt_messages(request: &QueryRequest, passages: &[Passage]) -> Vec<Chat
     }
     user.push_str("\nQuestion: ");
     user.push_str(&request.question);
-    vec![
-        ChatMessage::new(Role::System, SYSTEM_PROMPT),
-        ChatMessage::new(Role::User, user),
-    ]
+    let mut messages = vec![ChatMessage::new(Role::System, SYSTEM_PROMPT)];
+    messages.extend(conversation::turn_messages(turns));
+    messages.push(ChatMessage::new(Role::User, user));
+    messages
 }
 
 /// Characters per token assumed for a worst case: English runs near four, and
@@ -253,6 +303,7 @@ mod tests {
             page_context: Some("p".repeat(600)),
             user_id: None,
             stream: false,
+            conversation: ConversationChoice::Current,
         };
         let passages: Vec<Passage> = (0..5)
             .map(|i| Passage {
@@ -262,7 +313,7 @@ mod tests {
                 score: 0.9,
             })
             .collect();
-        let prompt_chars: usize = prompt_messages(&request, &passages)
+        let prompt_chars: usize = prompt_messages(&request, &[], &passages)
             .iter()
             .map(|message| message.content.len() + "assistant".len())
             .sum();
@@ -399,12 +450,74 @@ mod tests {
             score: 0.9,
             text: "Because.".into(),
         }];
-        let messages = prompt_messages(&q, &passages);
+        let messages = prompt_messages(&q, &[], &passages);
         assert_eq!(messages[0].role, Role::System);
         assert_eq!(messages[1].role, Role::User);
         assert!(messages[1].content.contains("Page context: Chapter 2"));
         assert!(messages[1].content.contains("[1] (book.pdf) Because."));
         assert!(messages[1].content.ends_with("Question: Why?"));
+    }
+
+    #[test]
+    fn a_follow_up_prompt_carries_the_earlier_turns_before_the_question() {
+        let q = parse(r#"{"question":"Who introduced it?","session_id":"s"}"#).unwrap();
+        let turns = [Turn {
+            question: "What is a transformer?".into(),
+            answer: "A neural network [1].".into(),
+            expires_at: 0,
+        }];
+        let messages = prompt_messages(&q, &turns, &[]);
+        let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [Role::System, Role::User, Role::Assistant, Role::User]
+        );
+        assert_eq!(messages[1].content, "What is a transformer?");
+        assert_eq!(messages[2].content, "A neural network [1].");
+        assert!(messages[3]
+            .content
+            .ends_with("Question: Who introduced it?"));
+    }
+
+    #[test]
+    fn a_request_names_its_conversation_or_asks_for_a_new_one() {
+        let choice = |extra: &str| {
+            parse(&format!(r#"{{"question":"q","session_id":"s"{extra}}}"#)).map(|q| q.conversation)
+        };
+        assert_eq!(choice(""), Ok(ConversationChoice::Current));
+        assert_eq!(
+            choice(r#","conversation_id":null"#),
+            Ok(ConversationChoice::Current)
+        );
+        assert_eq!(
+            choice(r#","conversation_id":42"#),
+            Ok(ConversationChoice::Named(42))
+        );
+        assert_eq!(
+            choice(r#","conversation_id":42.0"#),
+            Ok(ConversationChoice::Named(42))
+        );
+        assert_eq!(
+            choice(r#","new_conversation":true"#),
+            Ok(ConversationChoice::New)
+        );
+        assert_eq!(
+            choice(r#","new_conversation":false"#),
+            Ok(ConversationChoice::Current)
+        );
+        for bad in [
+            r#","conversation_id":0"#,
+            r#","conversation_id":-3"#,
+            r#","conversation_id":1.5"#,
+            r#","conversation_id":9007199254740992.0"#,
+            r#","conversation_id":"42""#,
+            r#","conversation_id":9007199254740992"#,
+            r#","new_conversation":"yes""#,
+            r#","conversation_id":4,"new_conversation":true"#,
+        ] {
+            let e = choice(bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub mod names {
     pub const DEPLOYMENT_TOKEN_BUDGET_PER_DAY: &str = "deployment_token_budget_per_day";
     pub const TRUSTED_PROXY_HOPS: &str = "trusted_proxy_hops";
     pub const USER_TOKEN_BUDGET_PER_DAY: &str = "user_token_budget_per_day";
+    pub const CONVERSATION_TURNS: &str = "conversation_turns";
+    pub const CONVERSATION_MAX_TOKENS: &str = "conversation_max_tokens";
+    pub const CONVERSATION_RETRIEVAL: &str = "conversation_retrieval";
     /// Every variable a component reads (a component reads them all once per
     /// instance; those its manifest entry does not declare are simply unset).
     pub const ALL: &[&str] = &[
@@ -88,6 +91,9 @@ pub mod names {
         DEPLOYMENT_TOKEN_BUDGET_PER_DAY,
         TRUSTED_PROXY_HOPS,
         USER_TOKEN_BUDGET_PER_DAY,
+        CONVERSATION_TURNS,
+        CONVERSATION_MAX_TOKENS,
+        CONVERSATION_RETRIEVAL,
     ];
     // Read by no component: spin.toml templates `allowed_outbound_hosts` from
     // these (`scheme://host:port` of each dependency; Spin forbids paths there).

@@ -9,6 +9,9 @@
 use std::time::Duration;
 
 use crate::cache::answers::{AnswerShape, CacheScope};
+use crate::chat::conversation::{
+    ContextSettings, Retrieval, DEFAULT_CONTEXT_MAX_TOKENS, DEFAULT_CONTEXT_TURNS,
+};
 use crate::config::{self, names, ConfigError, Secret};
 use crate::http::api::validate_id;
 use crate::limits::ratelimit::{BucketConfig, FailurePolicy};
@@ -139,6 +142,8 @@ pub struct PipelineSettings {
     pub qdrant_timeout: Duration,
     /// The whole request's deadline: every call gets what is left of it at most.
     pub request_timeout: Duration,
+    /// How much of its conversation a follow-up is answered with.
+    pub conversation: ContextSettings,
 }
 
 /// An answer's token cap when `chat_max_tokens` is not set.
@@ -160,6 +165,40 @@ fn base_url(lookup: &impl Lookup, name: &str) -> Result<String, ConfigError> {
         });
     }
     Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// `conversation_turns` (5 unless set; 0 answers every question alone),
+/// `conversation_max_tokens` (1500 unless set), `conversation_retrieval`
+/// (`rewrite` unless set).
+fn context_settings(lookup: &impl Lookup) -> Result<ContextSettings, ConfigError> {
+    let retrieval = match lookup
+        .get(names::CONVERSATION_RETRIEVAL)
+        .filter(|raw| !raw.trim().is_empty())
+    {
+        None => Retrieval::Rewrite,
+        Some(raw) => Retrieval::parse(&raw).ok_or(ConfigError::Invalid {
+            name: names::CONVERSATION_RETRIEVAL.into(),
+            value: raw,
+            expected: "`rewrite`, `recent` or `question`",
+        })?,
+    };
+    Ok(ContextSettings {
+        turns: number_or(
+            lookup,
+            names::CONVERSATION_TURNS,
+            0,
+            50,
+            DEFAULT_CONTEXT_TURNS,
+        )? as u32,
+        max_tokens: number_or(
+            lookup,
+            names::CONVERSATION_MAX_TOKENS,
+            0,
+            100_000,
+            DEFAULT_CONTEXT_MAX_TOKENS,
+        )? as u32,
+        retrieval,
+    })
 }
 
 impl PipelineSettings {
@@ -238,6 +277,7 @@ impl PipelineSettings {
                 600_000,
                 DEFAULT_REQUEST_TIMEOUT_MS,
             )?),
+            conversation: context_settings(lookup)?,
         })
     }
 
@@ -410,6 +450,31 @@ mod tests {
         assert_eq!(pipeline.qdrant_timeout, Duration::from_secs(5));
         assert_eq!(pipeline.request_timeout, Duration::from_secs(30));
         assert_eq!(pipeline.chat_max_tokens, 1024);
+        assert_eq!(
+            pipeline.conversation,
+            ContextSettings {
+                turns: 5,
+                max_tokens: 1500,
+                retrieval: Retrieval::Rewrite
+            }
+        );
+        let mut off = defaults();
+        off.insert(names::CONVERSATION_TURNS, "0");
+        off.insert(names::CONVERSATION_RETRIEVAL, "Recent");
+        let off = PipelineSettings::from_lookup(&lookup(off)).unwrap();
+        assert!(!off.conversation.remembers());
+        assert_eq!(off.conversation.retrieval, Retrieval::Recent);
+        for (name, bad) in [
+            (names::CONVERSATION_TURNS, "51"),
+            (names::CONVERSATION_RETRIEVAL, "always"),
+        ] {
+            let mut vars = defaults();
+            vars.insert(name, bad);
+            assert!(
+                PipelineSettings::from_lookup(&lookup(vars)).is_err(),
+                "{name}"
+            );
+        }
         assert_eq!(
             pipeline.deployment_token_budget_per_day, 0,
             "no ceiling unless set"

@@ -441,6 +441,28 @@ pub fn parse_page(query: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// The largest conversation id a client may name: Postgres ids are positive
+/// `bigint`s, and JavaScript clients keep integers exact up to 2^53 - 1.
+pub const MAX_CONVERSATION_ID: i64 = (1 << 53) - 1;
+
+/// The `conversation_id` a history is paged by, if the query names one: a
+/// positive integer, as the query's responses name conversations.
+pub fn parse_conversation_param(query: &str) -> Result<Option<i64>, ApiError> {
+    let raw = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "conversation_id")
+        .map(|(_, value)| value.into_owned());
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| (1..=MAX_CONVERSATION_ID).contains(id))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::invalid("`conversation_id` must be a conversation id (a positive integer)")
+        })
+}
+
 /// The zero-based index of a page's first item.
 pub fn page_start(page: i64, per_page: i64) -> i64 {
     (page - 1) * per_page
@@ -449,6 +471,28 @@ pub fn page_start(page: i64, per_page: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_history_names_its_conversation_by_a_positive_id() {
+        assert_eq!(parse_conversation_param(""), Ok(None));
+        assert_eq!(parse_conversation_param("page=2"), Ok(None));
+        assert_eq!(
+            parse_conversation_param("page=2&conversation_id=17"),
+            Ok(Some(17))
+        );
+        for bad in [
+            "conversation_id=0",
+            "conversation_id=x",
+            "conversation_id=-1",
+            "conversation_id=",
+        ] {
+            assert_eq!(
+                parse_conversation_param(bad).unwrap_err().status(),
+                400,
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn error_body_has_the_seed_field_names() {

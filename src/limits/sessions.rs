@@ -297,8 +297,9 @@ impl Spent {
     /// What a failed miss spent: a call that timed out, broke off mid-answer
     /// or answered garbage may have been billed (the whole reservation
     /// stays); a refusal by the model, or any failure before it was called,
-    /// was not.
-    pub fn on_failure(error: &UpstreamError, chat_called: bool) -> Self {
+    /// was not, beyond the tokens calls before it reported (a follow-up's
+    /// rewrite, `reported`).
+    pub fn on_failure(error: &UpstreamError, chat_called: bool, reported: u64) -> Self {
         let maybe_billed = matches!(
             error,
             UpstreamError::Timeout { .. }
@@ -307,6 +308,8 @@ impl Spent {
         );
         if chat_called && maybe_billed && error.service() == OPENAI {
             Self::Unknown
+        } else if reported > 0 {
+            Self::Reported(reported)
         } else {
             Self::Nothing
         }
@@ -446,9 +449,9 @@ mod tests {
     #[test]
     fn only_a_model_call_that_may_have_been_billed_keeps_its_reservation() {
         let timeout = UpstreamError::Timeout { service: OPENAI };
-        assert_eq!(Spent::on_failure(&timeout, true), Spent::Unknown);
+        assert_eq!(Spent::on_failure(&timeout, true, 0), Spent::Unknown);
         assert_eq!(
-            Spent::on_failure(&timeout, false),
+            Spent::on_failure(&timeout, false, 0),
             Spent::Nothing,
             "the embedding call timed out: the model never ran"
         );
@@ -456,15 +459,18 @@ mod tests {
             service: OPENAI,
             message: "the stream ended before [DONE]".into(),
         };
-        assert_eq!(Spent::on_failure(&cut, true), Spent::Unknown);
+        assert_eq!(Spent::on_failure(&cut, true, 0), Spent::Unknown);
         let refused = UpstreamError::Status {
             service: OPENAI,
             status: 400,
             message: "bad".into(),
         };
-        assert_eq!(Spent::on_failure(&refused, true), Spent::Nothing);
+        assert_eq!(Spent::on_failure(&refused, true, 0), Spent::Nothing);
         let qdrant = UpstreamError::Timeout { service: QDRANT };
-        assert_eq!(Spent::on_failure(&qdrant, true), Spent::Nothing);
+        assert_eq!(Spent::on_failure(&qdrant, true, 0), Spent::Nothing);
+        // A follow-up's rewrite was billed before Qdrant failed: it is charged.
+        assert_eq!(Spent::on_failure(&qdrant, true, 42), Spent::Reported(42));
+        assert_eq!(Spent::on_failure(&timeout, true, 42), Spent::Unknown);
         assert_eq!(Spent::on_answer(true, 900), Spent::Nothing);
         assert_eq!(Spent::on_answer(false, 900), Spent::Reported(900));
         assert_eq!(Spent::on_answer(false, 0), Spent::Unknown);

@@ -55,6 +55,9 @@ pub const SESSION_OWNER_PREFIX: &str = "chatbot:session-owner:{g}:";
 /// A session's conversation id (Postgres), so that an answer can name it
 /// before its exchange is written: `chatbot:conversation:{q}:<md5 of session>`.
 pub const CONVERSATION_PREFIX: &str = "chatbot:conversation:{q}:";
+/// The last turns of a session's current conversation, oldest first (a
+/// list, capped): `chatbot:turns:{q}:<md5 of session>`.
+pub const TURNS_PREFIX: &str = "chatbot:turns:{q}:";
 /// A user's OpenAI tokens for a UTC day: `chatbot:user-tokens:{g}:<md5 of user>:<day>`.
 pub const USER_TOKENS_PREFIX: &str = "chatbot:user-tokens:{g}:";
 /// Tokens all misses spent on one UTC day: `chatbot:deployment-tokens:{g}:<day>`
@@ -150,6 +153,10 @@ pub fn session_owner(session_id: &str) -> String {
 
 pub fn conversation(session_id: &str) -> String {
     format!("{CONVERSATION_PREFIX}{}", md5_of_parts(&[session_id]))
+}
+
+pub fn turns(session_id: &str) -> String {
+    format!("{TURNS_PREFIX}{}", md5_of_parts(&[session_id]))
 }
 
 pub fn user_tokens(user_id: &str, day: u64) -> String {
@@ -259,8 +266,37 @@ mod tests {
                 session_id: text,
                 collection: &collection,
                 entry: String::new(),
+                conversation: crate::chat::conversation::ConversationChoice::Current,
+                turns: 5,
             };
             one_slot("lookup", &lookup.keys());
+            let read = crate::cache::answers::ReadAnswer {
+                cache_key: &cache,
+                collection: &collection,
+            };
+            one_slot("read answer", &read.keys());
+            let turn = crate::chat::conversation::Turn {
+                question: text.to_string(),
+                answer: "a".into(),
+                expires_at: 0,
+            };
+            let remembered = crate::storage::history::RememberedConversation::refreshed_on(1, 1);
+            let remember = crate::chat::conversation::RememberConversation {
+                session_id: text,
+                conversation: remembered,
+                turns: Some(std::slice::from_ref(&turn)),
+                ttl_seconds: 1,
+            };
+            one_slot("remember conversation", &remember.keys());
+            let append = crate::chat::conversation::AppendTurn {
+                session_id: text,
+                asked_in: 1,
+                now: remembered,
+                turn: &turn,
+                keep: 5,
+                ttl_seconds: 1,
+            };
+            one_slot("append turn", &append.keys());
             let acquire = AcquireOrRead {
                 cache_key: &cache,
                 collection: &collection,

@@ -14,9 +14,15 @@ pub const PAGE_SIZE: i64 = 50;
 
 /// Upserts the session (its owner never changes; with the `enforce`
 /// parameter set another user's session is not touched, nor one stored
-/// without an owner, in `none` mode: nobody may adopt it) and its one
-/// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id and
-/// `$3` retention days.
+/// without an owner, in `none` mode: nobody may adopt it) and picks its
+/// conversation: the `s` and `c` CTEs, from `$1` session id, `$2` user id,
+/// `$3` retention days, and the `conversation` (the one asked in, nullable)
+/// and `new` (start one) parameters. Without `new`, `c` is the named
+/// conversation if it is the session's; else (the named one is gone, or none
+/// was named) the one asked in last (by its last message, or its creation:
+/// as Redis's current conversation is the one asked in last); else a new one. With `strict`, a named
+/// conversation that is not the session's touches nothing (`s` and `c`
+/// are empty): a request naming someone else's conversation changes nothing.
 ///
 /// The session and conversation expire a day after their messages would:
 /// they are refreshed by the first exchange of a day (UTC) only, and the
@@ -24,13 +30,26 @@ pub const PAGE_SIZE: i64 = 50;
 /// outlive the rows their deletion cascades from. Messages still go after
 /// `retention_days` (cleanup deletes them by their own `expires_at`); an
 /// emptied session row may stay one day longer.
+///
+/// Two first questions of one new session at once may start two
+/// conversations (each statement's snapshot sees none): the session then
+/// has two, and Redis remembers one of them.
 macro_rules! session_and_conversation_ctes {
-    ($enforce:literal) => {
+    ($enforce:literal, $conversation:literal, $new:literal, $strict:literal) => {
         concat!(
             "\
 WITH s AS (
     INSERT INTO user_sessions (session_id, user_id, expires_at)
-    VALUES ($1, $2, now() + make_interval(days => $3::int + 1))
+    SELECT $1::text, $2::text, now() + make_interval(days => $3::int + 1)
+    WHERE NOT ",
+            $strict,
+            "::bool OR ",
+            $conversation,
+            "::int8 IS NULL OR EXISTS (
+        SELECT 1 FROM conversations oc JOIN user_sessions os ON os.id = oc.user_session_id
+        WHERE oc.id = ",
+            $conversation,
+            "::int8 AND os.session_id = $1::text)
     ON CONFLICT (session_id) DO UPDATE
         SET last_seen_at = now(),
             expires_at = EXCLUDED.expires_at,
@@ -40,11 +59,28 @@ WITH s AS (
             "::bool
             OR user_sessions.user_id = EXCLUDED.user_id
     RETURNING id
-), c AS (
+), found AS (
+    SELECT c.id FROM conversations c, s
+    WHERE c.user_session_id = s.id AND NOT ",
+            $new,
+            "::bool
+    ORDER BY (c.id = ",
+            $conversation,
+            "::int8) IS TRUE DESC,
+        GREATEST(c.created_at, (SELECT max(m.\"timestamp\") FROM messages m WHERE m.conversation_id = c.id)) DESC,
+        c.id DESC
+    LIMIT 1
+), refreshed AS (
+    UPDATE conversations SET expires_at = now() + make_interval(days => $3::int + 1)
+    WHERE id IN (SELECT id FROM found)
+    RETURNING id
+), created AS (
     INSERT INTO conversations (user_session_id, expires_at)
     SELECT id, now() + make_interval(days => $3::int + 1) FROM s
-    ON CONFLICT (user_session_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE NOT EXISTS (SELECT 1 FROM found)
     RETURNING id
+), c AS (
+    SELECT id FROM refreshed UNION ALL SELECT id FROM created
 )"
         )
     };
@@ -82,7 +118,9 @@ macro_rules! exchange_ctes {
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
 /// whether the session's owner is enforced (`jwt` mode), `$10` when the
-/// question was asked (Unix seconds, fractional).
+/// question was asked (Unix seconds, fractional), `$11` the conversation
+/// asked in (nullable: the one the session asked in last), `$12` whether to start a new
+/// one (the question asked for one and it could not be made before).
 /// Returns the conversation id and the number of citations stored.
 ///
 /// The question's message is stamped with when it was asked, the answer's
@@ -96,21 +134,37 @@ macro_rules! exchange_ctes {
 ///
 /// One row always (issue #10): the final `SELECT` has no `FROM`.
 pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
-    session_and_conversation_ctes!("$9"),
+    session_and_conversation_ctes!("$9", "$11", "$12", "false"),
     exchange_ctes!("c", "$3", "$4", "$5", "$6", "$7", "$8", "$10"),
     "
 SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations"
 ));
 
-/// The session's conversation, created with its session when they do not
-/// exist yet, before the answer is known: the response names the
-/// conversation, and the exchange is written after the response.
+/// The conversation a question is asked in, before the answer is known
+/// (the response names it, and the exchange is written after the response),
+/// with its last messages (a follow-up is answered with them when Redis
+/// lost them): found, or created with its session.
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
-/// whether the owner is enforced. Returns the conversation id, NULL when the
-/// session belongs to another user (`$4`). One row always.
+/// whether the owner is enforced, `$5` the conversation named (nullable),
+/// `$6` whether to start a new one, `$7` how many of its last messages to
+/// read. Returns the conversation id (NULL when the session belongs to
+/// another user (`$4`) or the named conversation is not the session's:
+/// then nothing was written) and its last messages not yet expired, oldest
+/// first, as a jsonb array of `[role, content, expires_at as Unix seconds]`.
+/// One row always.
 pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
-    session_and_conversation_ctes!("$4"),
-    "\nSELECT (SELECT id FROM c) AS conversation_id"
+    session_and_conversation_ctes!("$4", "$5", "$6", "true"),
+    "
+SELECT (SELECT id FROM c) AS conversation_id,
+    COALESCE((
+        SELECT jsonb_agg(jsonb_build_array(t.role, t.content, extract(epoch FROM t.expires_at))
+                         ORDER BY t.\"timestamp\", t.id)
+        FROM (
+            SELECT m.role, m.content, m.expires_at, m.\"timestamp\", m.id FROM messages m
+            WHERE m.conversation_id = (SELECT id FROM found) AND m.expires_at > now()
+            ORDER BY m.\"timestamp\" DESC, m.id DESC
+            LIMIT $7
+        ) t), '[]'::jsonb) AS messages"
 ));
 
 /// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
@@ -195,23 +249,31 @@ pub fn day_of(unix_seconds: u64) -> u64 {
     unix_seconds / 86_400
 }
 
-/// `$1` session id, `$2` offset, `$3` page size. One page of a session's
-/// messages, oldest first, with their citations, and the session's total, in
-/// one round trip: columns `total` (int8), `messages` (a jsonb array of
-/// [`HistoryMessage`]s, decoded with serde) and `owner` (the session's user,
-/// NULL for an unknown session or one without a user).
+/// `$1` session id, `$2` offset, `$3` page size, `$4` a conversation
+/// (nullable: all of them). One page of a session's messages (or of one of
+/// its conversations), oldest first, with their citations, and their total,
+/// in one round trip: columns `total` (int8), `messages` (a jsonb array of
+/// [`HistoryMessage`]s, decoded with serde), `owner` (the session's user,
+/// NULL for an unknown session or one without a user), `conversations` (a
+/// jsonb array of the session's [`ConversationSummary`]s, the
+/// [`CONVERSATIONS_LISTED`] latest, newest first) and `conversation_known`
+/// (whether `$4` is one of the session's conversations).
 ///
 /// One row always (issue #10), for a session that never existed and for a
 /// page past the end too: the outer `SELECT` has no `FROM`, `count(*)` has no
 /// `GROUP BY`, and an empty page aggregates to `'[]'`.
 pub const HISTORY_PAGE_SQL: OneRowQuery = OneRowQuery::new(
     "\
-WITH session_messages AS (
-    SELECT m.id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
-    FROM messages m
-    JOIN conversations c ON c.id = m.conversation_id
+WITH session_conversations AS (
+    SELECT c.id, c.created_at
+    FROM conversations c
     JOIN user_sessions s ON s.id = c.user_session_id
     WHERE s.session_id = $1
+), session_messages AS (
+    SELECT m.id, m.conversation_id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
+    FROM messages m
+    JOIN session_conversations c ON c.id = m.conversation_id
+    WHERE $4::int8 IS NULL OR m.conversation_id = $4::int8
 ), page AS (
     SELECT * FROM session_messages
     ORDER BY \"timestamp\", id
@@ -222,6 +284,7 @@ SELECT
     COALESCE((
         SELECT jsonb_agg(jsonb_build_object(
             'id', p.id,
+            'conversation_id', p.conversation_id,
             'role', p.role,
             'content', p.content,
             'page_context', p.page_context,
@@ -233,8 +296,26 @@ SELECT
                 FROM citations ci WHERE ci.message_id = p.id), '[]'::jsonb)
         ) ORDER BY p.\"timestamp\", p.id)
         FROM page p), '[]'::jsonb) AS messages,
-    (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner",
+    (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner,
+    COALESCE((
+        SELECT jsonb_agg(jsonb_build_object(
+            'conversation_id', l.id,
+            'created_at', to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+            'messages', l.messages,
+            'last_message_at', to_char(l.last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+        ) ORDER BY l.id DESC)
+        FROM (
+            SELECT sc.id, sc.created_at, count(m.id) AS messages, max(m.\"timestamp\") AS last_at
+            FROM session_conversations sc LEFT JOIN messages m ON m.conversation_id = sc.id
+            GROUP BY sc.id, sc.created_at
+            ORDER BY sc.id DESC
+            LIMIT 100
+        ) l), '[]'::jsonb) AS conversations,
+    ($4::int8 IS NULL OR EXISTS (SELECT 1 FROM session_conversations WHERE id = $4::int8)) AS conversation_known",
 );
+
+/// How many of a session's conversations a history page lists (its latest).
+pub const CONVERSATIONS_LISTED: usize = 100;
 
 /// `$1` session id: its owner (NULL for an unknown session or one stored
 /// without an owner) and whether it is known. One row always: scalar
@@ -283,6 +364,7 @@ pub fn offset(page: i64) -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub id: i64,
+    pub conversation_id: i64,
     pub role: String,
     pub content: String,
     pub page_context: Option<String>,
@@ -291,25 +373,41 @@ pub struct HistoryMessage {
     pub citations: serde_json::Value,
 }
 
+/// One of a session's conversations, as a history lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation_id: i64,
+    pub created_at: String,
+    pub messages: i64,
+    /// `None` for a conversation with no message yet.
+    pub last_message_at: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub session_id: String,
+    /// The conversation paged, or `None` for all of the session's.
+    pub conversation_id: Option<i64>,
     pub page: i64,
     pub page_size: i64,
     pub total: i64,
     pub total_pages: i64,
     pub messages: Vec<HistoryMessage>,
+    /// The session's latest conversations, newest first.
+    pub conversations: Vec<ConversationSummary>,
 }
 
 impl HistoryPage {
     pub fn new(session_id: &str, page: i64, total: i64, messages: Vec<HistoryMessage>) -> Self {
         Self {
             session_id: session_id.to_string(),
+            conversation_id: None,
             page,
             page_size: PAGE_SIZE,
             total,
             total_pages: (total + PAGE_SIZE - 1) / PAGE_SIZE,
             messages,
+            conversations: Vec::new(),
         }
     }
 }
@@ -330,6 +428,25 @@ mod tests {
     }
 
     #[test]
+    fn a_history_lists_as_many_conversations_as_it_says() {
+        let sql = HISTORY_PAGE_SQL.sql();
+        assert!(
+            sql.contains(&format!("LIMIT {CONVERSATIONS_LISTED}\n")),
+            "{sql}"
+        );
+        // Both conversation statements pick the session's conversation the same way.
+        for statement in [STORE_EXCHANGE_SQL, ENSURE_CONVERSATION_SQL] {
+            assert!(statement.sql().contains("ORDER BY (c.id = "));
+        }
+        assert!(ENSURE_CONVERSATION_SQL
+            .sql()
+            .contains("WHERE NOT true::bool OR $5::int8"));
+        assert!(STORE_EXCHANGE_SQL
+            .sql()
+            .contains("WHERE NOT false::bool OR $11::int8"));
+    }
+
+    #[test]
     fn pages_start_fifty_apart() {
         assert_eq!(offset(1), 0);
         assert_eq!(offset(3), 100);
@@ -340,9 +457,9 @@ mod tests {
         let decode = serde_json::from_slice::<Vec<HistoryMessage>>;
         assert_eq!(decode(b"[]").unwrap(), vec![]);
         let messages = decode(
-            br#"[{"id": 7, "role": "user", "content": "Why?", "page_context": null,
+            br#"[{"id": 7, "conversation_id": 3, "role": "user", "content": "Why?", "page_context": null,
                   "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []},
-                 {"id": 8, "role": "assistant", "content": "Because.", "page_context": "ch 1",
+                 {"id": 8, "conversation_id": 3, "role": "assistant", "content": "Because.", "page_context": "ch 1",
                   "cached": true, "timestamp": "2026-11-23T10:00:00.000001Z",
                   "citations": [{"source": "a.pdf", "chunk_id": "c", "score": 0.5, "snippet": "s"}]}]"#,
         )

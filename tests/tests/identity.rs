@@ -736,6 +736,7 @@ fn reservation_for(question: &str) -> i64 {
         page_context: None,
         user_id: Some(UserId::parse("any").unwrap()),
         stream: false,
+        conversation: Default::default(),
     };
     chatbot_core::chat::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
 }

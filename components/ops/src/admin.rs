@@ -3,6 +3,7 @@
 //! Every action is audited; the router has checked the admin token.
 
 use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
+use chatbot_core::chat::conversation::ConversationChoice;
 use chatbot_core::chat::query::QueryRequest;
 use chatbot_core::http::api::{self, ApiError, ErrorCode, SessionId};
 use chatbot_core::redis::keys;
@@ -153,13 +154,15 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             page_context: entry.p,
             user_id: None,
             stream: false,
+            // Asked as a first question: in no conversation, with no turns.
+            conversation: ConversationChoice::New,
         };
         let found =
             answer_cache::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
         match answer_cache::answer(
             Some(&conn),
             &settings,
-            &request,
+            &answer_cache::Asked::new(&request, &settings, &[]),
             found.answer,
             &mut pipeline::Quiet,
             &mut telemetry,

@@ -4,12 +4,13 @@
 //! ends (see `chatbot_spin::respond`).
 
 use crate::budget::{reserve, settle};
-use crate::conversation::{conversation_of, remember_conversation};
+use crate::conversation::{add_turn, conversation_of};
 use crate::gate::{authenticate, gate};
 use crate::limits::{limit, limit_address};
 use crate::reply::Reply;
 use crate::scope::{count_alone, Scope};
 use chatbot_core::cache::answers;
+use chatbot_core::chat::conversation;
 use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::chat::stream::{self};
 use chatbot_core::http::api::{ApiError, ErrorCode};
@@ -18,7 +19,7 @@ use chatbot_core::limits::sessions::{OwnerCheck, Spent};
 use chatbot_core::storage::history::RememberedConversation;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{Endpoint, ErrorType};
-use chatbot_spin::answer_cache;
+use chatbot_spin::answer_cache::{self, Asked};
 use chatbot_spin::identity::{self};
 use chatbot_spin::incoming::{Request, RequestExt};
 use chatbot_spin::pipeline::Answer;
@@ -38,6 +39,8 @@ pub(crate) struct Exchange {
     pub request: QueryRequest,
     pub answer: Answer,
     pub conversation: Option<RememberedConversation>,
+    /// Whether Redis keeps all the conversation's turns (see `conversation::add_turn`).
+    pub turns_kept: bool,
 }
 
 pub async fn chat_query(req: Request, out: Out) {
@@ -141,27 +144,59 @@ async fn ask(
         &mut scope.telemetry,
     )
     .await;
-    scope.cache_status = answers::cache_status(found.answer.is_some(), scope.conn.is_some());
+    // A follow-up (naming its conversation) is answered with the
+    // conversation's turns: from Redis, else from Postgres, before its cache
+    // key and worst case can be known. Found there, a named conversation is
+    // an existing one (only refreshed); an unknown one is refused, writing nothing.
+    let continues = request.conversation.continues();
+    let (mut conversation, turns, mut turns_kept) = match found.conversation {
+        Some(known) => (Some(known), found.turns, continues),
+        None if continues => {
+            let (found, turns) = conversation_of(scope, settings, &request, owner).await?;
+            (found, turns, found.is_some())
+        }
+        None => (None, Vec::new(), false),
+    };
+    let turns = conversation::unexpired(turns, chatbot_spin::now_epoch_seconds());
+    let turns = conversation::recent(&turns, &settings.conversation).to_vec();
+    let asked = Asked::new(&request, settings, &turns);
+    // A first question's answer came with the lookup; a follow-up's is keyed by its turns.
+    let cached = if turns.is_empty() {
+        found.answer
+    } else {
+        answer_cache::read_follow_up(
+            scope.conn.as_ref(),
+            settings,
+            &asked.cache_key,
+            &mut scope.telemetry,
+        )
+        .await
+    };
+    scope.cache_status = answers::cache_status(cached.is_some(), scope.conn.is_some());
     // A miss reserves its worst case before it spends (or writes anything);
     // a hit spends nothing.
-    if found.answer.is_none() {
+    if cached.is_none() {
         let user_budget = request.user_id.as_deref().zip(limits.as_deref());
-        reserve(scope, settings, user_budget, &request).await?;
+        reserve(scope, settings, user_budget, &request, &turns).await?;
     }
     // Counted as active only once admitted: refused requests (a flood of
     // made-up session ids included) grow no Redis set.
     scope.session = Some(request.session_id.to_string());
-    let conversation = match found.conversation {
-        Some(known) => Some(known),
-        None => conversation_of(scope, settings, &request, owner).await?,
-    };
+    // A question asked alone, in a conversation Redis does not know (a
+    // session's first, a new one, or Redis lost it): found or made now, so
+    // the answer can name it.
+    if conversation.is_none() && !continues {
+        let (found, _) = conversation_of(scope, settings, &request, owner).await?;
+        conversation = found;
+        turns_kept = found.is_some();
+    }
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.to_string();
     let answered = answer_cache::answer(
         scope.conn.as_ref(),
         settings,
-        &request,
-        found.answer,
+        &asked,
+        cached,
         reply,
         &mut scope.telemetry,
     )
@@ -169,7 +204,11 @@ async fn ask(
     let answer = match answered {
         Ok(answer) => answer,
         Err(e) => {
-            let spent = Spent::on_failure(&e, scope.telemetry.chat_called);
+            let spent = Spent::on_failure(
+                &e,
+                scope.telemetry.chat_called,
+                scope.telemetry.chat_tokens_reported,
+            );
             settle(scope, spent).await;
             let dependency = chatbot_spin::log::Dependency::of_service(e.service());
             return Err(e.api_error().caused_by("query_failed", dependency, &e));
@@ -181,13 +220,14 @@ async fn ask(
         request,
         answer,
         conversation,
+        turns_kept,
     })
 }
 
 /// After the response: the budget charge, the exchange in Postgres (a failed
 /// write is counted and logged, as before the move; not written when the
 /// client left a stream before its end, as it never saw the answer), and its
-/// conversation id in Redis if Postgres gave another (the session was cleaned up meanwhile).
+/// turn in Redis, for the questions after it (see `conversation::add_turn`).
 async fn after_response(
     scope: &mut Scope,
     settings: &PipelineSettings,
@@ -199,6 +239,7 @@ async fn after_response(
         request,
         answer,
         conversation,
+        turns_kept,
     } = exchange;
     settle(scope, Spent::on_answer(answer.cached, answer.value.tokens)).await;
     if delivered == Delivered::ClientLeft {
@@ -209,7 +250,7 @@ async fn after_response(
         );
         return;
     }
-    let changed = chatbot_spin::history::store_history(
+    let stored = chatbot_spin::history::store_history(
         settings,
         &request,
         &answer,
@@ -218,7 +259,16 @@ async fn after_response(
         &mut scope.telemetry,
     )
     .await;
-    if let Some(now) = changed {
-        remember_conversation(scope, settings, &request.session_id, now).await;
+    if let Some(now) = stored {
+        add_turn(
+            scope,
+            settings,
+            &request,
+            conversation,
+            turns_kept,
+            now,
+            &answer.value.answer,
+        )
+        .await;
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::gate::{advisory_unless_full, budget_spent};
 use crate::scope::{Reservation, Scope};
+use chatbot_core::chat::conversation::{self, Turn};
 use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::ApiError;
 use chatbot_core::limits::sessions::{self, Charge, Reserve, Reserved, Spent};
@@ -12,8 +13,8 @@ use chatbot_spin::now_epoch_seconds;
 use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::{self, PipelineSettings};
 
-/// Before a miss spends anything: takes its worst case (the largest prompt
-/// plus `chat_max_tokens`) from its user's budget for the day and from the
+/// Before a miss spends anything: takes its worst case (the largest prompt,
+/// with its earlier turns and a follow-up's rewrite, plus `chat_max_tokens`) from its user's budget for the day and from the
 /// deployment's ceiling, atomically and from both or neither, or refuses
 /// when what is left of either cannot cover it. Concurrent misses each take
 /// their own share, so together they cannot overspend. [`settle`] corrects
@@ -23,6 +24,7 @@ pub(crate) async fn reserve(
     settings: &PipelineSettings,
     user_budget: Option<(&str, &settings::SessionLimits)>,
     request: &QueryRequest,
+    turns: &[Turn],
 ) -> Result<(), ApiError> {
     let (day, day_left) = sessions::budget_day(now_epoch_seconds());
     let user_budget = user_budget.filter(|(_, limits)| limits.token_budget_per_day > 0);
@@ -42,7 +44,13 @@ pub(crate) async fn reserve(
     let Some(conn) = &scope.conn else {
         return Ok(());
     };
-    let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens);
+    // A follow-up's turns, and its rewrite, are part of its worst case.
+    let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens)
+        + conversation::worst_case_extra_tokens(
+            turns,
+            &request.question,
+            settings.conversation.retrieval,
+        );
     let reserve = Reserve {
         counts: &counts,
         tokens,

@@ -1,52 +1,69 @@
-//! The session's conversation: created in Postgres on its first question
-//! (so the answer can name it) and remembered in Redis.
+//! The conversation a question is asked in: found or created in Postgres
+//! when Redis does not know it (a session's first question, a new or a
+//! named conversation, or Redis lost it), so the answer can name it and a
+//! follow-up is answered with its earlier turns; remembered in Redis with
+//! its last turns, and a follow-up's turn added once it is stored.
 
 use crate::gate::no_such_session;
 use crate::scope::Scope;
+use chatbot_core::chat::conversation::{
+    self, AppendTurn, ConversationChoice, RememberConversation, Turn,
+};
 use chatbot_core::chat::query::QueryRequest;
-use chatbot_core::http::api::ApiError;
+use chatbot_core::http::api::{ApiError, ErrorCode};
 use chatbot_core::limits::sessions::OwnerCheck;
-use chatbot_core::redis::keys;
-use chatbot_core::redis::script::Arg;
+use chatbot_core::redis::script::Script;
 use chatbot_core::storage::history::{day_of, RememberedConversation};
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
-use chatbot_spin::redis_script::execute;
+use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::PipelineSettings;
 
-/// The session's conversation id when Redis does not know it (a session's
-/// first question): created now in Postgres, so the answer can name it,
-/// and remembered in Redis. A Postgres that fails costs the id, not the answer.
+/// The conversation asked in, when Redis does not know it, and its earlier
+/// turns (oldest first), from Postgres in one statement that also creates
+/// it (with its session) when it is new; then remembered in Redis. A
+/// Postgres that fails costs the id and the context, not the answer.
 pub(crate) async fn conversation_of(
     scope: &mut Scope,
     settings: &PipelineSettings,
     request: &QueryRequest,
     owner: OwnerCheck,
-) -> Result<Option<RememberedConversation>, ApiError> {
+) -> Result<(Option<RememberedConversation>, Vec<Turn>), ApiError> {
     match chatbot_spin::history::ensure_conversation(
         &settings.postgres_address,
         settings.retention_days,
         request,
         owner,
+        settings.conversation.turns,
     )
     .await
     {
-        Ok(Some(id)) => {
+        Ok(Some((id, turns))) => {
             // Its session and conversation rows were refreshed just now.
-            let created =
+            let found =
                 RememberedConversation::refreshed_on(id, day_of(chatbot_spin::now_epoch_seconds()));
-            remember_conversation(scope, settings, &request.session_id, created).await;
-            Ok(Some(created))
+            let kept = conversation::recent(&turns, &settings.conversation);
+            remember_conversation(scope, settings, &request.session_id, found, Some(kept)).await;
+            Ok((Some(found), turns))
         }
-        Ok(None) => {
-            scope
-                .audit(
-                    AuditAction::SessionNotOwned,
-                    serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),
-                )
-                .await;
-            Err(no_such_session(&request.session_id))
-        }
+        Ok(None) => match request.conversation {
+            ConversationChoice::Named(id) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "conversation {id} is not one of session {}'s conversations",
+                    request.session_id
+                ),
+            )),
+            _ => {
+                scope
+                    .audit(
+                        AuditAction::SessionNotOwned,
+                        serde_json::json!({"user_id": request.user_id, "session_id": request.session_id}),
+                    )
+                    .await;
+                Err(no_such_session(&request.session_id))
+            }
+        },
         Err(e) => {
             chatbot_spin::log::write(
                 chatbot_spin::log::Level::Error,
@@ -58,33 +75,84 @@ pub(crate) async fn conversation_of(
             scope.telemetry.add(Observation::Error(
                 chatbot_core::telemetry::metrics::ErrorType::Postgres,
             ));
-            Ok(None)
+            Ok((None, Vec::new()))
         }
     }
 }
 
+/// Seconds a session's conversation stays in Redis: as long as its history.
+fn ttl_seconds(settings: &PipelineSettings) -> u64 {
+    u64::from(settings.retention_days) * 86_400
+}
+
+/// Makes `conversation` the session's current one in Redis, with all its
+/// last `turns` (`None`: not known).
 pub(crate) async fn remember_conversation(
     scope: &mut Scope,
     settings: &PipelineSettings,
     session: &str,
     conversation: RememberedConversation,
+    turns: Option<&[Turn]>,
 ) {
+    let remember = RememberConversation {
+        session_id: session,
+        conversation,
+        turns,
+        ttl_seconds: ttl_seconds(settings),
+    };
+    write(scope, session, &remember).await;
+}
+
+/// Once the exchange is stored (in `now`): its turn joins the conversation
+/// it was asked in (`asked_in`), when Redis keeps all that conversation's
+/// turns (`turns_kept`: a follow-up, or a question whose conversation was
+/// just read from Postgres) and it is still the session's current one. A
+/// question asked alone in a conversation Redis knew writes nothing (its
+/// turn is read from Postgres by the next follow-up), unless its exchange
+/// went to another conversation.
+pub(crate) async fn add_turn(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    asked_in: Option<RememberedConversation>,
+    turns_kept: bool,
+    now: RememberedConversation,
+    answer: &str,
+) {
+    // Not known before the answer (Postgres failed then): Redis learns where
+    // it went; the next follow-up reads its turns from Postgres.
+    let Some(asked_in) = asked_in else {
+        remember_conversation(scope, settings, &request.session_id, now, None).await;
+        return;
+    };
+    if !(turns_kept && settings.conversation.remembers()) {
+        if now != asked_in {
+            remember_conversation(scope, settings, &request.session_id, now, None).await;
+        }
+        return;
+    }
+    let turn = Turn {
+        question: request.question.clone(),
+        answer: conversation::kept_answer(answer, &settings.conversation),
+        // As its messages were stored: `retention_days` from now.
+        expires_at: chatbot_spin::now_epoch_seconds() + ttl_seconds(settings),
+    };
+    let append = AppendTurn {
+        session_id: &request.session_id,
+        asked_in: asked_in.id,
+        now,
+        turn: &turn,
+        keep: settings.conversation.turns,
+        ttl_seconds: ttl_seconds(settings),
+    };
+    write(scope, &request.session_id, &append).await;
+}
+
+async fn write<S: Script<Reply = ()>>(scope: &mut Scope, session: &str, script: &S) {
     let Some(conn) = &scope.conn else {
         return;
     };
-    let ttl = i64::from(settings.retention_days) * 86_400;
-    if let Err(e) = execute(
-        conn,
-        "SET",
-        vec![
-            Arg::bytes(keys::conversation(session)),
-            Arg::bytes(conversation.value()),
-            Arg::bytes("EX"),
-            Arg::Int(ttl),
-        ],
-    )
-    .await
-    {
+    if let Err(e) = run(conn, script).await {
         chatbot_spin::log::write(
             chatbot_spin::log::Level::Warn,
             "conversation_remember_failed",

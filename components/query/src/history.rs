@@ -1,10 +1,11 @@
-//! `GET /api/v1/chat/history/{session_id}`: the admin's, or in jwt mode the
-//! session owner's, after the address's bucket.
+//! `GET /api/v1/chat/history/{session_id}` (`?conversation_id=` pages one
+//! of its conversations): the admin's, or in jwt mode the session owner's,
+//! after the address's bucket.
 
 use crate::gate::no_such_session;
 use crate::limits::{address_buckets, decide, refused_before_verification};
 use crate::scope::count_alone;
-use chatbot_core::http::api::{self, ApiError};
+use chatbot_core::http::api::{self, ApiError, ErrorCode};
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{Endpoint, ErrorType, Operation};
@@ -80,9 +81,10 @@ async fn read_history(
     let session_id = &api::path_segment("session_id", session_id)?;
     api::validate_id("session_id", session_id)?;
     let page = api::parse_page(req.query())?;
+    let conversation = api::parse_conversation_param(req.query())?;
     let address = settings::postgres_address().await?;
     let started = std::time::Instant::now();
-    let (page, owner) = chatbot_spin::history::page(&address, session_id, page)
+    let read = chatbot_spin::history::page(&address, session_id, conversation, page)
         .await
         .map_err(|e| {
             observed.push(Observation::Error(ErrorType::Postgres));
@@ -97,9 +99,15 @@ async fn read_history(
         started.elapsed().as_secs_f64(),
     ));
     if let Some(user) = reader {
-        if owner.as_deref() != Some(user.as_str()) {
+        if read.owner.as_deref() != Some(user.as_str()) {
             return Err(no_such_session(session_id));
         }
     }
-    Ok(json(200, &page))
+    if let (Some(id), false) = (conversation, read.conversation_known) {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("conversation {id} is not one of session {session_id}'s conversations"),
+        ));
+    }
+    Ok(json(200, &read.page))
 }

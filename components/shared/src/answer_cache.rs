@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use chatbot_core::cache::answers::{
-    self, AcquireOrRead, Acquired, CachedAnswer, Found, Lookup, ReleaseLock, SharedFailure,
-    StoreAnswer,
+    self, AcquireOrRead, Acquired, CachedAnswer, Found, Lookup, ReadAnswer, ReleaseLock,
+    SharedFailure, StoreAnswer,
 };
+use chatbot_core::chat::conversation::Turn;
 use chatbot_core::chat::query::QueryRequest;
 use chatbot_core::chat::upstream::{UpstreamError, OPENAI};
 use chatbot_core::telemetry::metrics::recording::Observation;
@@ -19,8 +20,9 @@ use crate::pipeline::{self, Answer, Progress};
 use crate::redis_script::{run, Conn};
 use crate::settings::PipelineSettings;
 
-/// Looks the question up (one round trip). `count_question` counts the ask
-/// for analytics and reads the session's conversation (not for warm-up).
+/// Looks the question up (one round trip): a first question's answer, the
+/// conversation asked in and its last turns. `count_question` counts the ask
+/// for analytics (not for warm-up).
 pub async fn lookup(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
@@ -31,7 +33,7 @@ pub async fn lookup(
     let Some(conn) = conn else {
         return Found::default();
     };
-    let cache_key = answers::query_cache_key(request, &settings.shape());
+    let cache_key = answers::query_cache_key(request, &settings.shape(), None);
     let lookup = Lookup {
         cache_key: &cache_key,
         session_id: &request.session_id,
@@ -41,11 +43,56 @@ pub async fn lookup(
         } else {
             String::new()
         },
+        conversation: request.conversation,
+        turns: settings.conversation.turns,
     };
     run(conn, &lookup).await.unwrap_or_else(|e| {
         crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
         telemetry.redis_error();
         Found::default()
+    })
+}
+
+/// A question as the query cache sees it.
+pub struct Asked<'a> {
+    pub request: &'a QueryRequest,
+    /// Where its answer is cached ([`answers::query_cache_key`]: keyed by
+    /// `turns` when there are some).
+    pub cache_key: String,
+    /// The earlier turns it is answered with, oldest first.
+    pub turns: &'a [Turn],
+}
+
+impl<'a> Asked<'a> {
+    /// A question, keyed by `turns` (none: a first question's key).
+    pub fn new(request: &'a QueryRequest, settings: &PipelineSettings, turns: &'a [Turn]) -> Self {
+        let context = chatbot_core::chat::conversation::context_digest(
+            turns,
+            settings.conversation.retrieval,
+        );
+        Self {
+            request,
+            cache_key: answers::query_cache_key(request, &settings.shape(), context.as_deref()),
+            turns,
+        }
+    }
+}
+
+/// A follow-up's cached answer, keyed by its turns (one round trip).
+pub async fn read_follow_up(
+    conn: Option<&Conn>,
+    settings: &PipelineSettings,
+    cache_key: &str,
+    telemetry: &mut Telemetry,
+) -> Option<CachedAnswer> {
+    let read = ReadAnswer {
+        cache_key,
+        collection: &settings.qdrant_collection,
+    };
+    run(conn?, &read).await.unwrap_or_else(|e| {
+        crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
+        telemetry.redis_error();
+        None
     })
 }
 
@@ -67,7 +114,8 @@ fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
 /// call is capped by the request's deadline, and a streamed answer lasts up
 /// to it); a crashed holder's lock expires on its own.
 fn lock_ttl(settings: &PipelineSettings, streams: bool) -> Duration {
-    let per_call = settings.openai_timeout * 2 + settings.qdrant_timeout;
+    // Embedding, a follow-up's rewrite, the answer; the search.
+    let per_call = settings.openai_timeout * 3 + settings.qdrant_timeout;
     let slowest = if streams {
         settings.request_timeout
     } else {
@@ -131,19 +179,25 @@ async fn acquire(
 pub async fn answer(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
-    request: &QueryRequest,
+    asked: &Asked<'_>,
     found: Option<CachedAnswer>,
     progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
+    let Asked {
+        request,
+        cache_key,
+        turns,
+    } = asked;
+    let (request, turns) = (*request, *turns);
     let Some(conn) = conn else {
         // Redis is down: no cache, no lock; answer anyway.
-        return pipeline::run(None, settings, request, progress, telemetry).await;
+        return pipeline::run(None, settings, request, turns, progress, telemetry).await;
     };
     if let Some(value) = found {
         return Ok(hit(value, telemetry));
     }
-    let cache_key = answers::query_cache_key(request, &settings.shape());
+    let cache_key = cache_key.clone();
     let token = crate::random_token();
     let lock_ttl = lock_ttl(settings, progress.streams());
     let generation = match acquire(conn, settings, &cache_key, &token, lock_ttl).await? {
@@ -152,7 +206,7 @@ pub async fn answer(
     };
     telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
-    match pipeline::run(Some(conn), settings, request, progress, telemetry).await {
+    match pipeline::run(Some(conn), settings, request, turns, progress, telemetry).await {
         Ok(answer) if !answer.whole => {
             // Shown, never cached: the lock goes with no failure to share, so
             // the requests waiting on it ask for their own answers.

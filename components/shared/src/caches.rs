@@ -19,6 +19,10 @@ pub struct Telemetry {
     /// The chat model was called (whatever came of it): a budget charges a
     /// failure after this, never one before.
     pub chat_called: bool,
+    /// Tokens a follow-up's rewrite cost (as reported, or its worst case
+    /// when it may have been billed unreported): charged even if the answer
+    /// then fails.
+    pub chat_tokens_reported: u64,
 }
 
 impl Telemetry {

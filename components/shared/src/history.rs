@@ -1,5 +1,6 @@
 //! The conversation history in Postgres.
 
+use chatbot_core::chat::conversation::{self, ConversationChoice, Turn};
 use chatbot_core::chat::query::{self, Citation, QueryRequest};
 use chatbot_core::storage::history::{self, HistoryPage};
 use spin_sdk::pg::ParameterValue;
@@ -47,11 +48,14 @@ impl NewExchange<'_> {
     }
 }
 
-/// Stores one exchange in one statement. Returns the conversation id.
+/// Stores one exchange in one statement, in conversation `asked_in` (the
+/// one the session asked in last when it is gone or unknown; a new one when
+/// the question asked for one and none could be made before). Returns the conversation id.
 pub async fn store_exchange(
     address: &str,
     exchange: &NewExchange<'_>,
     owner: OwnerCheck,
+    asked_in: Option<i64>,
 ) -> Result<i64, StoreError> {
     let request = exchange.request;
     let mut params = vec![
@@ -61,6 +65,10 @@ pub async fn store_exchange(
     params.extend(exchange.params());
     params.push(ParameterValue::Boolean(owner.enforced()));
     params.push(ParameterValue::Floating64(exchange.asked_at));
+    params.push(asked_in.map_or(ParameterValue::DbNull, ParameterValue::Int64));
+    params.push(ParameterValue::Boolean(
+        asked_in.is_none() && request.conversation == ConversationChoice::New,
+    ));
     let row = one_row_at(address, history::STORE_EXCHANGE_SQL, params).await?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
     let conversation: Option<i64> = column(&row, 0)?;
@@ -100,14 +108,21 @@ pub async fn append_exchange(
     Ok(appended > 0)
 }
 
-/// The session's conversation, created with the session if need be, before
-/// the answer exists. `None`: the session belongs to another user (`owner` enforced).
+/// The conversation a question is asked in, found or created (with the
+/// session) before the answer exists, and its last `turns` turns.
+/// `None`: the session belongs to another user (`owner` enforced), or the
+/// conversation named is not the session's; nothing was written.
 pub async fn ensure_conversation(
     address: &str,
     retention_days: u32,
     request: &QueryRequest,
     owner: OwnerCheck,
-) -> Result<Option<i64>, StoreError> {
+    turns: u32,
+) -> Result<Option<(i64, Vec<Turn>)>, StoreError> {
+    let named = match request.conversation {
+        ConversationChoice::Named(id) => ParameterValue::Int64(id),
+        _ => ParameterValue::DbNull,
+    };
     let row = one_row_at(
         address,
         history::ENSURE_CONVERSATION_SQL,
@@ -116,19 +131,39 @@ pub async fn ensure_conversation(
             opt_str(request.user_id.as_deref()),
             ParameterValue::Int32(retention_days as i32),
             ParameterValue::Boolean(owner.enforced()),
+            named,
+            ParameterValue::Boolean(request.conversation == ConversationChoice::New),
+            // Read for every question, as Redis keeps them for the next
+            // follow-up: each turn is two messages, and one more pairs a
+            // question answered after it.
+            ParameterValue::Int64(i64::from(turns) * 2 + 1),
         ],
     )
     .await?;
-    column(&row, 0)
+    let Some(id) = column::<Option<i64>>(&row, 0)? else {
+        return Ok(None);
+    };
+    let messages: Vec<(String, String, f64)> = json_column(&row, 1)?;
+    Ok(Some((id, conversation::turns_of(&messages))))
 }
 
-/// One page of a session's messages, oldest first, the session's total and its
-/// owner, in one statement that yields one row even for a session with no messages.
+/// A history page as read: the page, the session's owner, and whether the
+/// conversation paged (if one was) is the session's.
+pub struct ReadPage {
+    pub page: HistoryPage,
+    pub owner: Option<String>,
+    pub conversation_known: bool,
+}
+
+/// One page of a session's messages (or of one of its conversations),
+/// oldest first, their total, the session's conversations and its owner, in
+/// one statement that yields one row even for a session with no messages.
 pub async fn page(
     address: &str,
     session_id: &str,
+    conversation: Option<i64>,
     page: i64,
-) -> Result<(HistoryPage, Option<String>), StoreError> {
+) -> Result<ReadPage, StoreError> {
     let row = one_row_at(
         address,
         history::HISTORY_PAGE_SQL,
@@ -136,13 +171,21 @@ pub async fn page(
             ParameterValue::Str(session_id.to_string()),
             ParameterValue::Int64(history::offset(page)),
             ParameterValue::Int64(history::PAGE_SIZE),
+            conversation.map_or(ParameterValue::DbNull, ParameterValue::Int64),
         ],
     )
     .await?;
     let total: i64 = column(&row, 0)?;
     let messages = json_column(&row, 1)?;
     let owner: Option<String> = column(&row, 2)?;
-    Ok((HistoryPage::new(session_id, page, total, messages), owner))
+    let mut read = HistoryPage::new(session_id, page, total, messages);
+    read.conversation_id = conversation;
+    read.conversations = json_column(&row, 3)?;
+    Ok(ReadPage {
+        page: read,
+        owner,
+        conversation_known: column(&row, 4)?,
+    })
 }
 
 /// Whose the session is: checked once when Redis first sees a session, in
@@ -160,12 +203,21 @@ pub async fn owner(address: &str, session_id: &str) -> Result<history::SessionOw
     ))
 }
 
+/// The conversation an exchange is stored in: the one Redis or Postgres
+/// named before the answer, else the one the request named.
+fn asked_in(request: &QueryRequest, remembered: Option<RememberedConversation>) -> Option<i64> {
+    remembered.map(|r| r.id).or(match request.conversation {
+        ConversationChoice::Named(id) => Some(id),
+        _ => None,
+    })
+}
+
 /// Stores the exchange after the response. An exchange in a conversation
 /// Redis remembers as refreshed today is appended (two messages and the
 /// citations); otherwise, or when that conversation is gone, the whole
-/// statement upserts the session and conversation too. Returns what Redis
-/// should remember from now on when it differs from `remembered` (`None`
-/// when the write failed: it is logged and counted).
+/// statement upserts the session and conversation too. Returns where it was
+/// stored, as Redis should remember it from now on (`None` when the write
+/// failed: it is logged and counted).
 pub async fn store_history(
     settings: &PipelineSettings,
     request: &QueryRequest,
@@ -195,7 +247,7 @@ pub async fn store_history(
     };
     let stored = match appended {
         Ok(Some(known)) => Ok(known),
-        Ok(None) => store_exchange(address, &exchange, owner)
+        Ok(None) => store_exchange(address, &exchange, owner, asked_in(request, remembered))
             .await
             .map(|id| RememberedConversation::refreshed_on(id, today)),
         Err(e) => Err(e),
@@ -206,7 +258,7 @@ pub async fn store_history(
                 Operation::StoreExchange,
                 started.elapsed().as_secs_f64(),
             ));
-            (Some(now) != remembered).then_some(now)
+            Some(now)
         }
         Err(e) => {
             crate::log::write(

@@ -92,13 +92,14 @@ pub async fn embed(
     Ok((vectors, usage, started.elapsed()))
 }
 
-/// Asks the chat model. Returns its reply and the call's latency.
+/// Asks the chat model for at most `max_tokens`. Returns its reply and the call's latency.
 pub async fn chat(
     settings: &PipelineSettings,
     messages: &[chatbot_core::chat::upstream::ChatMessage],
+    max_tokens: u32,
 ) -> Result<(ChatReply, Duration), UpstreamError> {
     let started = Instant::now();
-    let request = upstream::chat_request(&settings.chat_model, messages, settings.chat_max_tokens);
+    let request = upstream::chat_request(&settings.chat_model, messages, max_tokens);
     let body = post_openai(settings, "/chat/completions", &request).await?;
     Ok((upstream::parse_chat(&body)?, started.elapsed()))
 }

@@ -2,6 +2,7 @@
 //! the embedding cache), search Qdrant, ask the chat model.
 
 use chatbot_core::cache::answers::CachedAnswer;
+use chatbot_core::chat::conversation::{self, Retrieval, Turn};
 use chatbot_core::chat::query::{self, Citation, QueryRequest};
 use chatbot_core::chat::upstream::{UpstreamError, Usage};
 use chatbot_core::redis::keys;
@@ -46,14 +47,67 @@ impl Progress for Quiet {
     }
 }
 
+/// A follow-up made standalone for retrieval (one short chat call, its
+/// tokens counted): the rewrite and the tokens it cost.
+async fn rewrite(
+    settings: &PipelineSettings,
+    turns: &[Turn],
+    question: &str,
+    telemetry: &mut Telemetry,
+) -> Result<(String, Usage), UpstreamError> {
+    telemetry.add(Observation::OpenAiCall(Operation::Rewrite));
+    let messages = conversation::rewrite_messages(turns, question);
+    let (reply, latency) =
+        crate::openai::chat(settings, &messages, conversation::REWRITE_MAX_TOKENS)
+            .await
+            .inspect_err(|e| {
+                telemetry.upstream_error(e);
+                // A call that timed out or broke off may have been billed:
+                // its worst case is charged (the answer's call was never made).
+                if matches!(
+                    e,
+                    UpstreamError::Timeout { .. }
+                        | UpstreamError::BadResponse { .. }
+                        | UpstreamError::Unreachable { .. }
+                ) {
+                    telemetry.chat_tokens_reported +=
+                        conversation::rewrite_worst_case_tokens(turns, question);
+                }
+            })?;
+    telemetry.openai_answered(Operation::Rewrite, latency, &reply.usage);
+    telemetry.chat_tokens_reported += reply.usage.prompt_tokens + reply.usage.completion_tokens;
+    Ok((
+        conversation::standalone(&reply.answer, question),
+        reply.usage,
+    ))
+}
+
+/// Embeds (through the embedding cache), searches, and asks the chat model
+/// with `turns`, the earlier turns of the question's conversation (oldest
+/// first, as many as the prompt takes): a follow-up is retrieved with
+/// what `conversation_retrieval` says (its standalone rewrite unless set).
 pub async fn run(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
     request: &QueryRequest,
+    turns: &[Turn],
     progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
-    let text = keys::normalise(&request.question);
+    let retrieval = settings.conversation.retrieval;
+    let rewritten = match (turns.is_empty(), retrieval) {
+        (false, Retrieval::Rewrite) => {
+            Some(rewrite(settings, turns, &request.question, telemetry).await?)
+        }
+        _ => None,
+    };
+    let asked = conversation::retrieval_text(
+        retrieval,
+        turns,
+        &request.question,
+        rewritten.as_ref().map(|(text, _)| text.as_str()),
+    );
+    let text = keys::normalise(&asked);
     let vector = embed_cached(conn, settings, &[text], telemetry)
         .await?
         .pop()
@@ -73,16 +127,25 @@ pub async fn run(
 
     telemetry.add(Observation::OpenAiCall(Operation::Chat));
     telemetry.chat_called = true;
-    let messages = query::prompt_messages(request, &passages);
+    let messages = query::prompt_messages(request, turns, &passages);
     let citations = query::citations(&passages);
     let answered = if progress.streams() {
         crate::openai::chat_streamed(settings, &messages, progress, &citations).await
     } else {
-        crate::openai::chat(settings, &messages).await
+        crate::openai::chat(settings, &messages, settings.chat_max_tokens).await
     };
     let (reply, latency) = answered.inspect_err(|e| telemetry.upstream_error(e))?;
-    let usage = reply.usage;
-    telemetry.openai_answered(Operation::Chat, latency, &usage);
+    telemetry.openai_answered(Operation::Chat, latency, &reply.usage);
+    // What the answer cost, its rewrite included: what a hit saves, what a budget charges.
+    // (An answer whose usage is unknown stays unknown: its whole reservation is charged.)
+    let answer_reported = reply.usage.prompt_tokens + reply.usage.completion_tokens > 0;
+    let usage = match rewritten {
+        Some((_, spent)) if answer_reported => Usage {
+            prompt_tokens: reply.usage.prompt_tokens + spent.prompt_tokens,
+            completion_tokens: reply.usage.completion_tokens + spent.completion_tokens,
+        },
+        _ => reply.usage,
+    };
     Ok(Answer {
         value: CachedAnswer {
             answer: reply.answer,

@@ -264,6 +264,7 @@ label_values!(
     Operation = "operation" {
         Embedding => "embedding",
         Chat => "chat",
+        Rewrite => "rewrite",
         Search => "search",
         Upsert => "upsert",
         StoreExchange => "store_exchange",

@@ -24,7 +24,7 @@ use chatbot_harness::services::services;
 use chatbot_harness::stubs::issuer::{self, IssuerStub, SigningKey};
 use chatbot_harness::stubs::openai::CHAT;
 use chatbot_harness::{project_root, runtime, Client, TestApp};
-use serde_json::json;
+use serde_json::{json, Value};
 
 struct Stats {
     requests: usize,
@@ -288,6 +288,98 @@ async fn streamed_misses(app: &TestApp, n: usize) -> Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for (name, head, first, whole) in rows {
         println!("| {name} | {n} | {head:.0} | {first:.0} | {whole:.0} |");
+    }
+    Ok(())
+}
+
+/// A first question, then its follow-up naming the conversation (a miss
+/// with the rewrite), both streamed, with the stand-in writing like a model
+/// (300 ms to the first token, 20 ms between tokens; the rewrite is one
+/// unstreamed call of the same model). Prints time to first byte, to the
+/// first delta, to the end, and the tokens each cost (the `done` event's usage).
+async fn follow_ups(app: &TestApp, n: usize) -> Result<()> {
+    app.openai.controls().set_latency(CHAT, Duration::ZERO);
+    app.openai
+        .set_stream_timing(Duration::from_millis(300), Duration::from_millis(20));
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "text/event-stream"),
+    ];
+    // (first byte, first delta, whole, tokens) per request, first questions then follow-ups.
+    let mut measured: [Vec<[f64; 4]>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..n {
+        let session = format!("bench-follow-up-{i}");
+        let mut conversation = Value::Null;
+        for (turn, question) in [
+            format!("What is measured in round {i}?"),
+            "And how is it measured?".to_string(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut body = json!({"question": question, "session_id": session});
+            if turn == 1 {
+                body["conversation_id"] = conversation.clone();
+            }
+            let mut client = Client::new(app.server.addr);
+            let started = Instant::now();
+            let mut response = client
+                .stream(
+                    "POST",
+                    "/api/v1/chat/query",
+                    &headers,
+                    serde_json::to_vec(&body)?,
+                )
+                .await?;
+            let head = started.elapsed().as_secs_f64() * 1000.0;
+            anyhow::ensure!(response.status == 200, "follow-up: {}", response.status);
+            let mut text = Vec::new();
+            let mut first_delta = None;
+            while let Some(chunk) = response.next_chunk().await? {
+                text.extend_from_slice(&chunk);
+                if first_delta.is_none() && text.windows(12).any(|w| w == b"event: delta") {
+                    first_delta = Some(started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            let whole = started.elapsed().as_secs_f64() * 1000.0;
+            let text = String::from_utf8(text)?;
+            let done: Value = text
+                .split("\n\n")
+                .find(|event| event.starts_with("event: done"))
+                .and_then(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+                .map(serde_json::from_str)
+                .context("no done event")??;
+            conversation = done["conversation_id"].clone();
+            let tokens = done["usage"]["total_tokens"].as_f64().unwrap_or(0.0);
+            measured[turn].push([head, first_delta.context("no answer text")?, whole, tokens]);
+            app.app.settled().await;
+        }
+    }
+    app.openai
+        .controls()
+        .set_latency(CHAT, Duration::from_millis(800));
+    println!();
+    println!("| streamed, stand-in model: first token 300 ms, 20 ms between tokens, c=1 | requests | first byte p50 ms | first answer text p50 ms | whole answer p50 ms | tokens p50 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, rows) in [
+        "first question (miss)",
+        "follow-up naming its conversation (miss, with the rewrite)",
+    ]
+    .iter()
+    .zip(&measured)
+    {
+        let column = |k: usize| {
+            let mut v: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        println!(
+            "| {name} | {n} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            column(0),
+            column(1),
+            column(2),
+            column(3)
+        );
     }
     Ok(())
 }
@@ -984,6 +1076,12 @@ async fn main() -> Result<()> {
         .is_none_or(|o| "streamed miss".contains(o.as_str()))
     {
         streamed_misses(&app, if quick { 5 } else { 20 }).await?;
+    }
+    if only
+        .as_ref()
+        .is_none_or(|o| "follow-up".contains(o.as_str()))
+    {
+        follow_ups(&app, if quick { 5 } else { 20 }).await?;
     }
     if only.is_some() {
         return Ok(());

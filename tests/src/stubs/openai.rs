@@ -400,8 +400,27 @@ async fn models(State(state): State<Arc<OpenAiState>>, headers: HeaderMap) -> Re
     .into_response()
 }
 
-/// The deterministic answer to a chat request.
+/// The deterministic answer to a chat request. Asked to make a follow-up
+/// standalone (a system prompt asking for a "standalone question"), the
+/// stand-in does what a model would: the follow-up, with the earlier
+/// questions it may refer to.
 pub fn answer_for(messages: &[Value]) -> String {
+    let asks_for_rewrite = messages
+        .first()
+        .and_then(|m| m["content"].as_str())
+        .is_some_and(|system| system.contains("standalone question"));
+    if asks_for_rewrite {
+        let mut users: Vec<&str> = messages
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .filter_map(|m| m["content"].as_str())
+            .collect();
+        let follow_up = users.pop().unwrap_or("");
+        let follow_up = follow_up
+            .strip_prefix("Follow-up question: ")
+            .unwrap_or(follow_up);
+        return format!("{follow_up} (about: {})", users.join("; "));
+    }
     let question = messages
         .iter()
         .rev()

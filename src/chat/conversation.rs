@@ -1,0 +1,655 @@
+//! Conversations that remember: the earlier turns a follow-up is answered
+//! with, the standalone rewrite its retrieval uses, the digest its cached
+//! answer is keyed by, and the two scripts that keep a session's current
+//! conversation and its last turns in Redis.
+//!
+//! Redis holds one conversation per session, the one asked in last: its id
+//! ([`crate::redis::keys::conversation`]) and, while a client continues it,
+//! its last turns, oldest first ([`crate::redis::keys::turns`], after
+//! [`TURNS_MARKER`]), both expiring with the session's history. Postgres
+//! holds every turn; when Redis does not hold them all (lost, or a question
+//! asked alone came between), or a request names another of the session's
+//! conversations, they are read back in the statement that finds the
+//! conversation. A question asked alone writes no turn: the hit path costs
+//! what it cost before conversations.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::query::WORST_CASE_CHARS_PER_TOKEN;
+use crate::chat::upstream::{ChatMessage, Role};
+use crate::redis::digest::md5_of_parts;
+use crate::redis::keys;
+use crate::redis::script::{Arg, Script, Value};
+use crate::storage::history::RememberedConversation;
+
+/// One exchange of a conversation, as a later question sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    #[serde(rename = "q")]
+    pub question: String,
+    #[serde(rename = "a")]
+    pub answer: String,
+    /// When its messages expire (Unix seconds; 0: not known): a turn is
+    /// never sent once its history is due for deletion, wherever it is kept.
+    #[serde(rename = "e", default)]
+    pub expires_at: u64,
+}
+
+/// The turns whose history is not yet due for deletion at `now` (Unix seconds).
+pub fn unexpired(turns: Vec<Turn>, now: u64) -> Vec<Turn> {
+    turns
+        .into_iter()
+        .filter(|turn| turn.expires_at == 0 || turn.expires_at > now)
+        .collect()
+}
+
+/// Which conversation of its session a question belongs to, and whether it
+/// is answered in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConversationChoice {
+    /// Asked alone, as the seeds ask, and stored in the conversation the
+    /// session asked in last (a session's first question starts one).
+    #[default]
+    Current,
+    /// Continues one the session's responses named (`conversation_id`):
+    /// answered with its earlier turns.
+    Named(i64),
+    /// Starts a new one (`"new_conversation": true`).
+    New,
+}
+
+impl ConversationChoice {
+    /// Whether the question is answered with its conversation's earlier turns.
+    pub fn continues(&self) -> bool {
+        matches!(self, Self::Named(_))
+    }
+}
+
+impl ConversationChoice {
+    /// The id Lookup compares with the session's current one: the named id,
+    /// `new` for a new conversation, empty for the current one.
+    pub fn lookup_arg(&self) -> String {
+        match self {
+            Self::Current => String::new(),
+            Self::Named(id) => id.to_string(),
+            Self::New => "new".into(),
+        }
+    }
+}
+
+/// What a follow-up embeds and searches with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    /// A standalone rewrite of the question (one short chat call, charged).
+    Rewrite,
+    /// The recent user turns and the question, as one text.
+    Recent,
+    /// The question alone, as a first question is.
+    Question,
+}
+
+impl Retrieval {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "rewrite" => Some(Self::Rewrite),
+            "recent" => Some(Self::Recent),
+            "question" => Some(Self::Question),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rewrite => "rewrite",
+            Self::Recent => "recent",
+            Self::Question => "question",
+        }
+    }
+}
+
+/// How much of a conversation a follow-up is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextSettings {
+    /// Earlier turns sent with a question, newest first (0: every question alone).
+    pub turns: u32,
+    /// The most tokens those turns may add to a prompt (older ones are left out).
+    pub max_tokens: u32,
+    pub retrieval: Retrieval,
+}
+
+pub const DEFAULT_CONTEXT_TURNS: u64 = 5;
+pub const DEFAULT_CONTEXT_MAX_TOKENS: u64 = 1500;
+
+impl ContextSettings {
+    /// Whether earlier turns are kept at all.
+    pub fn remembers(&self) -> bool {
+        self.turns > 0
+    }
+}
+
+/// Tokens a text may take at most, by [`WORST_CASE_CHARS_PER_TOKEN`].
+fn worst_tokens(text: &str) -> u64 {
+    text.len().div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64
+}
+
+/// Tokens a turn adds to a prompt at most (two messages and their roles).
+fn turn_tokens(turn: &Turn) -> u64 {
+    worst_tokens(&turn.question) + worst_tokens(&turn.answer) + 8
+}
+
+/// The turns a question is answered with: the newest `settings.turns`,
+/// fewer if they would take more than `settings.max_tokens` (a turn that
+/// alone is larger is left out with all before it).
+pub fn recent<'a>(turns: &'a [Turn], settings: &ContextSettings) -> &'a [Turn] {
+    let newest = &turns[turns.len().saturating_sub(settings.turns as usize)..];
+    let mut spent = 0;
+    let mut start = newest.len();
+    for (i, turn) in newest.iter().enumerate().rev() {
+        spent += turn_tokens(turn);
+        if spent > u64::from(settings.max_tokens) {
+            break;
+        }
+        start = i;
+    }
+    &newest[start..]
+}
+
+/// What keys an answer given with `turns`: the turns as sent and how the
+/// follow-up was retrieved. `None` for a first question, whose key stays
+/// what it always was.
+pub fn context_digest(turns: &[Turn], retrieval: Retrieval) -> Option<String> {
+    if turns.is_empty() {
+        return None;
+    }
+    let mut parts = vec![retrieval.as_str()];
+    for turn in turns {
+        parts.push(&turn.question);
+        parts.push(&turn.answer);
+    }
+    Some(md5_of_parts(&parts))
+}
+
+/// The turns as chat messages, oldest first.
+pub fn turn_messages(turns: &[Turn]) -> Vec<ChatMessage> {
+    turns
+        .iter()
+        .flat_map(|turn| {
+            [
+                ChatMessage::new(Role::User, turn.question.clone()),
+                ChatMessage::new(Role::Assistant, turn.answer.clone()),
+            ]
+        })
+        .collect()
+}
+
+pub const REWRITE_PROMPT: &str = "Rewrite the user's last question as a standalone question that \
+can be understood without the conversation before it: resolve pronouns and references to earlier \
+turns. Keep its language and meaning; do not answer it. Reply with the standalone question only.";
+
+/// The rewrite's `max_tokens`: a question, not an answer.
+pub const REWRITE_MAX_TOKENS: u32 = 120;
+
+/// The chat call that makes a follow-up standalone: its prompt, the
+/// turns, and the question.
+pub fn rewrite_messages(turns: &[Turn], question: &str) -> Vec<ChatMessage> {
+    let mut messages = vec![ChatMessage::new(Role::System, REWRITE_PROMPT)];
+    messages.extend(turn_messages(turns));
+    messages.push(ChatMessage::new(
+        Role::User,
+        format!("Follow-up question: {question}"),
+    ));
+    messages
+}
+
+/// The standalone question from the rewrite's reply: trimmed of quotes and
+/// a `Standalone question:` label; the question itself when the reply is
+/// empty or longer than any question may be.
+pub fn standalone(reply: &str, question: &str) -> String {
+    let mut text = reply.trim();
+    for label in ["standalone question:", "question:"] {
+        if text
+            .get(..label.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(label))
+        {
+            text = text[label.len()..].trim();
+        }
+    }
+    let text = text
+        .trim_matches(|c| c == '"' || c == '“' || c == '”')
+        .trim();
+    if text.is_empty() || text.chars().count() > crate::chat::query::MAX_QUESTION_CHARS {
+        question.to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// What a follow-up embeds: per `retrieval`, the rewrite (given), the
+/// recent user turns with the question, or the question.
+pub fn retrieval_text(
+    retrieval: Retrieval,
+    turns: &[Turn],
+    question: &str,
+    rewritten: Option<&str>,
+) -> String {
+    match (retrieval, rewritten) {
+        (Retrieval::Rewrite, Some(rewritten)) => rewritten.to_string(),
+        (Retrieval::Recent, _) => {
+            let mut text: Vec<&str> = turns.iter().map(|t| t.question.as_str()).collect();
+            text.push(question);
+            text.join("\n")
+        }
+        _ => question.to_string(),
+    }
+}
+
+/// The most tokens answering with `turns` adds to a question's worst case:
+/// the turns in the answer's prompt and, with a rewrite, the rewrite call
+/// (its prompt carries the turns and the question too, and its reply).
+pub fn worst_case_extra_tokens(turns: &[Turn], question: &str, retrieval: Retrieval) -> u64 {
+    if turns.is_empty() {
+        return 0;
+    }
+    let in_prompt: u64 = turns.iter().map(turn_tokens).sum();
+    match retrieval {
+        Retrieval::Rewrite => in_prompt + rewrite_worst_case_tokens(turns, question),
+        Retrieval::Recent | Retrieval::Question => in_prompt,
+    }
+}
+
+/// The most tokens the rewrite call can cost: its prompt (with the turns
+/// and the question) and a reply of [`REWRITE_MAX_TOKENS`]. What a rewrite
+/// that may have been billed but never reported is charged.
+pub fn rewrite_worst_case_tokens(turns: &[Turn], question: &str) -> u64 {
+    let in_prompt: u64 = turns.iter().map(turn_tokens).sum();
+    worst_tokens(REWRITE_PROMPT)
+        + in_prompt
+        + worst_tokens(question)
+        + 20
+        + u64::from(REWRITE_MAX_TOKENS)
+}
+
+/// Turns from a conversation's messages (role, text and expiry in Unix
+/// seconds, oldest first): each question with the answer that follows it
+/// (expiring with the earlier of the two); a question without one (its
+/// answer is still being written) is left out.
+pub fn turns_of(messages: &[(String, String, f64)]) -> Vec<Turn> {
+    let mut turns = Vec::new();
+    let mut question: Option<(&str, f64)> = None;
+    for (role, content, expires_at) in messages {
+        match (role.as_str(), question) {
+            ("user", _) => question = Some((content, *expires_at)),
+            ("assistant", Some((asked, asked_expiry))) => {
+                turns.push(Turn {
+                    question: asked.to_string(),
+                    answer: content.clone(),
+                    expires_at: asked_expiry.min(*expires_at).max(0.0) as u64,
+                });
+                question = None;
+            }
+            _ => {}
+        }
+    }
+    turns
+}
+
+/// The most characters of an answer a turn keeps in Redis: more than any
+/// prompt's turn cap would send, so what is kept never changes what is sent.
+pub fn kept_answer(answer: &str, settings: &ContextSettings) -> String {
+    let cap = settings.max_tokens as usize * WORST_CASE_CHARS_PER_TOKEN + 1;
+    answer.chars().take(cap).collect()
+}
+
+/// The first element of a session's turns list: the list exists (with
+/// this marker) only while it holds every turn of the current conversation
+/// (up to the count kept). A question asked alone removes it, as its
+/// exchange does not join the list; a follow-up that finds no list reads the
+/// turns from Postgres.
+pub const TURNS_MARKER: &str = "*";
+
+/// Makes `conversation` the session's current one in Redis, replacing what
+/// was there: with `turns` (oldest first) as all its last turns, or with
+/// `None`, turns unknown (read from Postgres by the next follow-up).
+pub struct RememberConversation<'a> {
+    pub session_id: &'a str,
+    pub conversation: RememberedConversation,
+    pub turns: Option<&'a [Turn]>,
+    pub ttl_seconds: u64,
+}
+
+impl Script for RememberConversation<'_> {
+    const SOURCE: &'static str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('DEL', KEYS[2])
+if ARGV[3] == '1' then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"#;
+    type Reply = ();
+
+    /// The session's conversation, its turns.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            keys::conversation(self.session_id),
+            keys::turns(self.session_id),
+        ]
+    }
+
+    /// The conversation, the TTL, "1" when the turns are known, then the
+    /// marker and each turn (JSON).
+    fn args(&self) -> Vec<Arg> {
+        let mut args = vec![
+            Arg::from(self.conversation.value()),
+            Arg::from(self.ttl_seconds),
+            Arg::from(if self.turns.is_some() { "1" } else { "0" }),
+        ];
+        if let Some(turns) = self.turns {
+            args.push(Arg::from(TURNS_MARKER));
+            args.extend(
+                turns
+                    .iter()
+                    .map(|turn| Arg::from(serde_json::to_vec(turn).expect("turns serialise"))),
+            );
+        }
+        args
+    }
+
+    fn parse(&self, _: Vec<Value>) {}
+}
+
+/// Adds a follow-up's turn to the session's kept turns, once its exchange
+/// is stored, keeping the last `keep`; `now` is what Redis remembers of the
+/// conversation from then on. Nothing changes when the session's current
+/// conversation is another (a later question started or named one) or
+/// unknown, or its turns are not all kept (Redis lost them, or a question
+/// asked alone came meanwhile): the next follow-up reads them from
+/// Postgres, this one included. Stored elsewhere (`now` is not `asked_in`:
+/// the conversation was gone), the turns are marked unknown.
+pub struct AppendTurn<'a> {
+    pub session_id: &'a str,
+    /// The conversation the question was asked in.
+    pub asked_in: i64,
+    /// Where the exchange was stored: `asked_in`, or the conversation
+    /// Postgres found or made instead when it was gone.
+    pub now: RememberedConversation,
+    pub turn: &'a Turn,
+    pub keep: u32,
+    pub ttl_seconds: u64,
+}
+
+impl Script for AppendTurn<'_> {
+    const SOURCE: &'static str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current or string.match(current, '^(%d+)') ~= ARGV[1] then
+  return 0
+end
+if ARGV[6] == '1' then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[5])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+local keep = tonumber(ARGV[4])
+local length = redis.call('LLEN', KEYS[2])
+if length > keep + 1 then
+  redis.call('LTRIM', KEYS[2], length - keep - 1, -1)
+  redis.call('LSET', KEYS[2], 0, ARGV[7])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"#;
+    type Reply = ();
+
+    /// The session's conversation, its turns.
+    fn keys(&self) -> Vec<String> {
+        vec![
+            keys::conversation(self.session_id),
+            keys::turns(self.session_id),
+        ]
+    }
+
+    /// The id asked in, the conversation now, the turn (JSON), how many to
+    /// keep, the TTL, "1" when stored in another conversation, the marker.
+    fn args(&self) -> Vec<Arg> {
+        vec![
+            Arg::from(self.asked_in.to_string()),
+            Arg::from(self.now.value()),
+            Arg::from(serde_json::to_vec(self.turn).expect("turns serialise")),
+            Arg::from(u64::from(self.keep.max(1))),
+            Arg::from(self.ttl_seconds),
+            Arg::from(if self.now.id == self.asked_in {
+                "0"
+            } else {
+                "1"
+            }),
+            Arg::from(TURNS_MARKER),
+        ]
+    }
+
+    fn parse(&self, _: Vec<Value>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(q: &str, a: &str) -> Turn {
+        Turn {
+            question: q.into(),
+            answer: a.into(),
+            expires_at: 0,
+        }
+    }
+
+    fn settings(turns: u32, max_tokens: u32) -> ContextSettings {
+        ContextSettings {
+            turns,
+            max_tokens,
+            retrieval: Retrieval::Rewrite,
+        }
+    }
+
+    #[test]
+    fn recent_keeps_the_newest_turns_within_count_and_tokens() {
+        let turns: Vec<Turn> = (0..8)
+            .map(|i| turn(&format!("q{i}"), &"a".repeat(30)))
+            .collect();
+        let kept = recent(&turns, &settings(3, 10_000));
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[0].question, "q5");
+        assert_eq!(kept[2].question, "q7");
+        // Each turn costs 1 + 10 + 8 = 19 tokens at most: two fit in 40.
+        let kept = recent(&turns, &settings(5, 40));
+        assert_eq!(
+            kept.iter().map(|t| t.question.as_str()).collect::<Vec<_>>(),
+            ["q6", "q7"]
+        );
+        // The newest alone too large: nothing (older turns never jump the queue).
+        let big = vec![turn("old", "a"), turn("new", &"a".repeat(3000))];
+        assert!(recent(&big, &settings(5, 100)).is_empty());
+        assert!(recent(&turns, &settings(0, 10_000)).is_empty());
+    }
+
+    #[test]
+    fn the_digest_is_none_for_a_first_question_and_follows_every_turn() {
+        assert_eq!(context_digest(&[], Retrieval::Rewrite), None);
+        let one = [turn("What is a transformer?", "A model.")];
+        let digest = context_digest(&one, Retrieval::Rewrite).unwrap();
+        assert_eq!(digest.len(), 32);
+        assert_ne!(
+            Some(digest.clone()),
+            context_digest(
+                &[turn("What is a transformer?", "A film.")],
+                Retrieval::Rewrite
+            )
+        );
+        assert_ne!(
+            Some(digest.clone()),
+            context_digest(&one, Retrieval::Recent)
+        );
+        // Parts are length-prefixed: moving text between question and answer changes it.
+        assert_ne!(
+            context_digest(&[turn("ab", "c")], Retrieval::Rewrite),
+            context_digest(&[turn("a", "bc")], Retrieval::Rewrite)
+        );
+    }
+
+    #[test]
+    fn the_rewrite_carries_the_turns_then_the_follow_up() {
+        let turns = [turn("What is a transformer?", "A neural network.")];
+        let messages = rewrite_messages(&turns, "Who introduced it?");
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[0].content, REWRITE_PROMPT);
+        assert_eq!(
+            (messages[1].role, messages[2].role, messages[3].role),
+            (Role::User, Role::Assistant, Role::User)
+        );
+        assert!(messages[3].content.ends_with("Who introduced it?"));
+    }
+
+    #[test]
+    fn a_standalone_reply_is_cleaned_or_replaced_by_the_question() {
+        assert_eq!(
+            standalone(
+                " Standalone question: \"Who introduced the transformer?\" ",
+                "q"
+            ),
+            "Who introduced the transformer?"
+        );
+        assert_eq!(standalone("  ", "Who?"), "Who?");
+        // A label's length may fall inside a character of another language.
+        assert_eq!(
+            standalone("Qui a présenté le transformer ?", "q"),
+            "Qui a présenté le transformer ?"
+        );
+        assert_eq!(
+            standalone("Кто представил трансформер?", "q"),
+            "Кто представил трансформер?"
+        );
+        assert_eq!(standalone(&"x".repeat(5000), "Who?"), "Who?");
+    }
+
+    #[test]
+    fn retrieval_text_follows_the_setting() {
+        let turns = [turn("What is a transformer?", "A model.")];
+        let q = "Who introduced it?";
+        assert_eq!(
+            retrieval_text(
+                Retrieval::Rewrite,
+                &turns,
+                q,
+                Some("Who introduced transformers?")
+            ),
+            "Who introduced transformers?"
+        );
+        assert_eq!(
+            retrieval_text(Retrieval::Recent, &turns, q, None),
+            "What is a transformer?\nWho introduced it?"
+        );
+        assert_eq!(retrieval_text(Retrieval::Question, &turns, q, None), q);
+    }
+
+    #[test]
+    fn the_worst_case_covers_the_turns_twice_with_a_rewrite() {
+        let turns = [turn(&"q".repeat(300), &"a".repeat(900))];
+        assert_eq!(worst_case_extra_tokens(&[], "q", Retrieval::Rewrite), 0);
+        let plain = worst_case_extra_tokens(&turns, "q", Retrieval::Question);
+        assert!(plain >= 1200 / 3);
+        let with_rewrite = worst_case_extra_tokens(&turns, "q", Retrieval::Rewrite);
+        let rewrite_prompt: usize = rewrite_messages(&turns, "q")
+            .iter()
+            .map(|m| m.content.len())
+            .sum();
+        assert!(
+            with_rewrite >= plain + (rewrite_prompt / 3) as u64 + u64::from(REWRITE_MAX_TOKENS)
+        );
+    }
+
+    #[test]
+    fn turns_pair_each_question_with_its_answer() {
+        let m = |role: &str, text: &str| (role.to_string(), text.to_string(), 100.0);
+        let turns = turns_of(&[
+            m("assistant", "orphan"),
+            m("user", "q1"),
+            ("assistant".into(), "a1".into(), 90.0),
+            m("user", "q2 unanswered"),
+            m("user", "q3"),
+            m("assistant", "a3"),
+        ]);
+        let expiring = |t: Turn, at| Turn {
+            expires_at: at,
+            ..t
+        };
+        assert_eq!(
+            turns,
+            vec![
+                expiring(turn("q1", "a1"), 90),
+                expiring(turn("q3", "a3"), 100)
+            ]
+        );
+        // Past its history's expiry a turn is never sent; one of unknown expiry is.
+        let kept = unexpired(turns.clone(), 95);
+        assert_eq!(kept, vec![turns[1].clone()]);
+        assert_eq!(unexpired(vec![turn("q", "a")], u64::MAX).len(), 1);
+    }
+
+    #[test]
+    fn retrieval_reads_its_three_names() {
+        assert_eq!(Retrieval::parse(" Rewrite "), Some(Retrieval::Rewrite));
+        assert_eq!(Retrieval::parse("recent"), Some(Retrieval::Recent));
+        assert_eq!(Retrieval::parse("QUESTION"), Some(Retrieval::Question));
+        assert_eq!(Retrieval::parse("always"), None);
+    }
+
+    #[test]
+    fn the_scripts_name_the_sessions_keys_and_say_what_changed() {
+        let t = turn("q", "a");
+        let append = AppendTurn {
+            session_id: "s",
+            asked_in: 4,
+            now: RememberedConversation::refreshed_on(9, 20_000),
+            turn: &t,
+            keep: 5,
+            ttl_seconds: 60,
+        };
+        assert_eq!(
+            append.keys(),
+            vec![keys::conversation("s"), keys::turns("s")]
+        );
+        let args = append.args();
+        assert_eq!(args[0], Arg::from("4"));
+        assert_eq!(args[1], Arg::from("9:20000"));
+        assert_eq!(
+            args[5],
+            Arg::from("1"),
+            "stored elsewhere: the turns are unknown"
+        );
+        let turns = [t.clone(), t];
+        let remember = RememberConversation {
+            session_id: "s",
+            conversation: RememberedConversation::refreshed_on(4, 1),
+            turns: Some(&turns),
+            ttl_seconds: 60,
+        };
+        let args = remember.args();
+        assert_eq!(args.len(), 6);
+        assert_eq!(
+            (&args[2], &args[3]),
+            (&Arg::from("1"), &Arg::from(TURNS_MARKER))
+        );
+        let unknown = RememberConversation {
+            turns: None,
+            ..remember
+        };
+        assert_eq!(unknown.args().len(), 3);
+        assert_eq!(ConversationChoice::Named(7).lookup_arg(), "7");
+        assert_eq!(ConversationChoice::New.lookup_arg(), "new");
+        assert_eq!(ConversationChoice::Current.lookup_arg(), "");
+    }
+}
