@@ -307,6 +307,11 @@ pub fn kept_answer(answer: &str, settings: &ContextSettings) -> String {
 /// turns from Postgres.
 pub const TURNS_MARKER: &str = "*";
 
+/// Both conversation scripts' keys: the session's conversation, its turns.
+fn session_keys(session_id: &str) -> Vec<String> {
+    vec![keys::conversation(session_id), keys::turns(session_id)]
+}
+
 /// Makes `conversation` the session's current one in Redis, replacing what
 /// was there: with `turns` (oldest first) as all its last turns, or with
 /// `None`, turns unknown (read from Postgres by the next follow-up).
@@ -329,12 +334,8 @@ return 1
 "#;
     type Reply = ();
 
-    /// The session's conversation, its turns.
     fn keys(&self) -> Vec<String> {
-        vec![
-            keys::conversation(self.session_id),
-            keys::turns(self.session_id),
-        ]
+        session_keys(self.session_id)
     }
 
     /// The conversation, the TTL, "1" when the turns are known, then the
@@ -406,12 +407,8 @@ return 1
 "#;
     type Reply = ();
 
-    /// The session's conversation, its turns.
     fn keys(&self) -> Vec<String> {
-        vec![
-            keys::conversation(self.session_id),
-            keys::turns(self.session_id),
-        ]
+        session_keys(self.session_id)
     }
 
     /// The id asked in, the conversation now, the turn (JSON), how many to

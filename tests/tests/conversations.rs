@@ -69,6 +69,12 @@ fn embedded_questions(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// Redis forgets everything this test's app kept.
+async fn flush_redis(app: &TestApp) {
+    let mut redis = app.redis().await.unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+}
+
 fn contents(messages: &[Value]) -> Vec<&str> {
     messages
         .iter()
@@ -231,11 +237,7 @@ async fn a_redis_flush_mid_conversation_still_answers_in_context() {
     let first = answered(&app, json!({"question": FIRST, "session_id": "s1"})).await;
     let id = first["conversation_id"].clone();
     let mut redis = app.redis().await.unwrap();
-    let flush = || async {
-        let mut redis = app.redis().await.unwrap();
-        let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
-    };
-    flush().await;
+    flush_redis(&app).await;
 
     let follow_up = answered(
         &app,
@@ -265,7 +267,7 @@ async fn a_redis_flush_mid_conversation_still_answers_in_context() {
     // Flushed again, then a question that names no conversation (asked alone)
     // comes first: Redis learns the turns all the same, and the next
     // follow-up is answered with all three.
-    flush().await;
+    flush_redis(&app).await;
     let alone = answered(
         &app,
         json!({"question": "How long is bread baked?", "session_id": "s1"}),
@@ -604,8 +606,7 @@ async fn a_turn_past_its_retention_is_never_sent() {
         )
         .await
         .unwrap();
-    let mut redis = app.redis().await.unwrap();
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+    flush_redis(&app).await;
     answered(
         &app,
         json!({"question": FOLLOW_UP, "session_id": "s1", "conversation_id": id}),
@@ -634,8 +635,7 @@ async fn a_question_asked_alone_goes_where_the_last_one_went_with_or_without_red
     .await;
     let with_redis = answered(&app, json!({"question": "Why?", "session_id": "s1"})).await;
     assert_eq!(with_redis["conversation_id"], first_id);
-    let mut redis = app.redis().await.unwrap();
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+    flush_redis(&app).await;
     let without = answered(&app, json!({"question": "Why not?", "session_id": "s1"})).await;
     assert_eq!(without["conversation_id"], first_id);
 }
