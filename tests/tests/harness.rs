@@ -261,3 +261,21 @@ async fn tests_are_isolated_in_redis_and_postgres() {
         .unwrap();
     assert!(row.get::<_, i64>(0) >= 1);
 }
+
+#[tokio::test]
+async fn the_benchmarks_full_exchange_floor_runs_the_products_statement() {
+    // `/probe/hit-floor` runs STORE_EXCHANGE_SQL as the query handler does:
+    // a change to its parameters must not leave the benchmark's floor broken.
+    let app = probe_app(|b| b).await;
+    let response = app.get("/probe/hit-floor").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let stored: i64 = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2, "the question and its answer");
+}

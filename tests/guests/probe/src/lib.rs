@@ -86,6 +86,9 @@ fn hit_floor() -> Response {
                 pg4::ParameterValue::Boolean(false),
                 // When the question was asked (Unix seconds).
                 pg4::ParameterValue::Floating64(1.8e9),
+                // The session's latest conversation, not a new one.
+                pg4::ParameterValue::DbNull,
+                pg4::ParameterValue::Boolean(false),
             ],
         )
         .map_err(|e| e.to_string())?;
