@@ -63,9 +63,7 @@ impl ConversationChoice {
     pub fn continues(&self) -> bool {
         matches!(self, Self::Named(_))
     }
-}
 
-impl ConversationChoice {
     /// The id Lookup compares with the session's current one: the named id,
     /// `new` for a new conversation, empty for the current one.
     pub fn lookup_arg(&self) -> String {

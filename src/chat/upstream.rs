@@ -46,6 +46,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the call may have been billed without its usage being
+    /// known: it timed out, broke off, or answered garbage (a refusal, or a
+    /// call that never connected with a status, was not billed).
+    pub fn may_have_been_billed(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::BadResponse { .. } | Self::Unreachable { .. }
+        )
+    }
+
     pub fn service(&self) -> &'static str {
         match self {
             Self::RateLimited { service, .. }

@@ -300,13 +300,7 @@ impl Spent {
     /// was not, beyond the tokens calls before it reported (a follow-up's
     /// rewrite, `reported`).
     pub fn on_failure(error: &UpstreamError, chat_called: bool, reported: u64) -> Self {
-        let maybe_billed = matches!(
-            error,
-            UpstreamError::Timeout { .. }
-                | UpstreamError::BadResponse { .. }
-                | UpstreamError::Unreachable { .. }
-        );
-        if chat_called && maybe_billed && error.service() == OPENAI {
+        if chat_called && error.may_have_been_billed() && error.service() == OPENAI {
             Self::Unknown
         } else if reported > 0 {
             Self::Reported(reported)

@@ -4,13 +4,13 @@
 //! follow-up is answered with its earlier turns; remembered in Redis with
 //! its last turns, and a follow-up's turn added once it is stored.
 
-use crate::gate::no_such_session;
+use crate::gate::{no_such_conversation, no_such_session};
 use crate::scope::Scope;
 use chatbot_core::chat::conversation::{
     self, AppendTurn, ConversationChoice, RememberConversation, Turn,
 };
 use chatbot_core::chat::query::QueryRequest;
-use chatbot_core::http::api::{ApiError, ErrorCode};
+use chatbot_core::http::api::ApiError;
 use chatbot_core::limits::sessions::OwnerCheck;
 use chatbot_core::redis::script::Script;
 use chatbot_core::storage::history::{day_of, RememberedConversation};
@@ -47,13 +47,7 @@ pub(crate) async fn conversation_of(
             Ok((Some(found), turns))
         }
         Ok(None) => match request.conversation {
-            ConversationChoice::Named(id) => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "conversation {id} is not one of session {}'s conversations",
-                    request.session_id
-                ),
-            )),
+            ConversationChoice::Named(id) => Err(no_such_conversation(&request.session_id, id)),
             _ => {
                 scope
                     .audit(

@@ -50,6 +50,14 @@ pub(crate) fn no_such_session(session: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no session `{session}`"))
 }
 
+/// The 404 for a `conversation_id` that is not one of the session's.
+pub(crate) fn no_such_conversation(session: &str, conversation: i64) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("conversation {conversation} is not one of session {session}'s conversations"),
+    )
+}
+
 /// The user's gate, in one round trip: the session is theirs (jwt mode),
 /// today's token budget is not spent, and they hold at most
 /// `max_sessions_per_user` active sessions (seed 003, 1.2). Without Redis

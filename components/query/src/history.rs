@@ -2,10 +2,10 @@
 //! of its conversations): the admin's, or in jwt mode the session owner's,
 //! after the address's bucket.
 
-use crate::gate::no_such_session;
+use crate::gate::{no_such_conversation, no_such_session};
 use crate::limits::{address_buckets, decide, refused_before_verification};
 use crate::scope::count_alone;
-use chatbot_core::http::api::{self, ApiError, ErrorCode};
+use chatbot_core::http::api::{self, ApiError};
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{Endpoint, ErrorType, Operation};
@@ -104,10 +104,7 @@ async fn read_history(
         }
     }
     if let (Some(id), false) = (conversation, read.conversation_known) {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("conversation {id} is not one of session {session_id}'s conversations"),
-        ));
+        return Err(no_such_conversation(session_id, id));
     }
     Ok(json(200, &read.page))
 }

@@ -64,12 +64,7 @@ async fn rewrite(
                 telemetry.upstream_error(e);
                 // A call that timed out or broke off may have been billed:
                 // its worst case is charged (the answer's call was never made).
-                if matches!(
-                    e,
-                    UpstreamError::Timeout { .. }
-                        | UpstreamError::BadResponse { .. }
-                        | UpstreamError::Unreachable { .. }
-                ) {
+                if e.may_have_been_billed() {
                     telemetry.chat_tokens_reported +=
                         conversation::rewrite_worst_case_tokens(turns, question);
                 }
