@@ -157,12 +157,13 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             // Asked as a first question: in no conversation, with no turns.
             conversation: ConversationChoice::New,
         };
+        let asked = answer_cache::Asked::new(&request, &settings, &[]);
         let found =
-            answer_cache::lookup(Some(&conn), &settings, &request, false, &mut telemetry).await;
+            answer_cache::lookup(Some(&conn), &settings, &asked, false, &mut telemetry).await;
         match answer_cache::answer(
             Some(&conn),
             &settings,
-            &answer_cache::Asked::new(&request, &settings, &[]),
+            &asked,
             found.answer,
             &mut pipeline::Quiet,
             &mut telemetry,

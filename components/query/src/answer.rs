@@ -136,10 +136,11 @@ async fn ask(
         }
         None => None,
     };
+    let first = Asked::new(&request, settings, &[]);
     let found = answer_cache::lookup(
         scope.conn.as_ref(),
         settings,
-        &request,
+        &first,
         true,
         &mut scope.telemetry,
     )
@@ -159,7 +160,12 @@ async fn ask(
     };
     let turns = conversation::unexpired(turns, chatbot_spin::now_epoch_seconds());
     let turns = conversation::recent(&turns, &settings.conversation).to_vec();
-    let asked = Asked::new(&request, settings, &turns);
+    // A question with no turns keeps its first-question key (computed once).
+    let asked = if turns.is_empty() {
+        first
+    } else {
+        Asked::new(&request, settings, &turns)
+    };
     // A first question's answer came with the lookup; a follow-up's is keyed by its turns.
     let cached = if turns.is_empty() {
         found.answer

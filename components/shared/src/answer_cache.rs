@@ -20,22 +20,22 @@ use crate::pipeline::{self, Answer, Progress};
 use crate::redis_script::{run, Conn};
 use crate::settings::PipelineSettings;
 
-/// Looks the question up (one round trip): a first question's answer, the
-/// conversation asked in and its last turns. `count_question` counts the ask
-/// for analytics (not for warm-up).
+/// Looks the question up (one round trip): its answer as a first question
+/// (`first`, keyed with no turns), the conversation asked in and its last
+/// turns. `count_question` counts the ask for analytics (not for warm-up).
 pub async fn lookup(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
-    request: &QueryRequest,
+    first: &Asked<'_>,
     count_question: bool,
     telemetry: &mut Telemetry,
 ) -> Found {
     let Some(conn) = conn else {
         return Found::default();
     };
-    let cache_key = answers::query_cache_key(request, &settings.shape(), None);
+    let request = first.request;
     let lookup = Lookup {
-        cache_key: &cache_key,
+        cache_key: &first.cache_key,
         session_id: &request.session_id,
         collection: &settings.qdrant_collection,
         entry: if count_question {
