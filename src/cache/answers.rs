@@ -232,38 +232,47 @@ return reply
     }
 }
 
-/// Reads a follow-up's answer (keyed by its turns) if it is of the
-/// collection's generation.
+/// Reads the first of `cache_keys` whose answer is of the collection's
+/// generation: a follow-up's (keyed by its turns), or a semantic match's
+/// (its nearest answered questions, nearest first). All the keys are of the
+/// query cache's `{q}` slot.
 pub struct ReadAnswer<'a> {
-    pub cache_key: &'a str,
+    pub cache_keys: &'a [&'a str],
     pub collection: &'a str,
 }
 
 impl Script for ReadAnswer<'_> {
     const SOURCE: &'static str = r#"
-local generation = redis.call('GET', KEYS[2]) or '0'
-local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
-if entry[2] and entry[1] == generation then
-  return {entry[2]}
+local generation = redis.call('GET', KEYS[#KEYS]) or '0'
+for i = 1, #KEYS - 1 do
+  local entry = redis.call('HMGET', KEYS[i], 'g', 'v')
+  if entry[2] and entry[1] == generation then
+    return {i - 1, entry[2]}
+  end
 end
 return {false}
 "#;
-    type Reply = Option<CachedAnswer>;
+    /// Which of the keys answered (from 0), and its answer.
+    type Reply = Option<(usize, CachedAnswer)>;
 
-    /// The answer, the collection's generation.
+    /// The answers, then the collection's generation.
     fn keys(&self) -> Vec<String> {
-        vec![
-            self.cache_key.to_string(),
-            keys::generation(self.collection),
-        ]
+        let mut keys: Vec<String> = self.cache_keys.iter().map(|k| k.to_string()).collect();
+        keys.push(keys::generation(self.collection));
+        keys
     }
 
     fn args(&self) -> Vec<Arg> {
         Vec::new()
     }
 
-    fn parse(&self, reply: Vec<Value>) -> Option<CachedAnswer> {
-        bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok())
+    fn parse(&self, reply: Vec<Value>) -> Option<(usize, CachedAnswer)> {
+        let index = match reply.first()? {
+            Value::Int(i) => usize::try_from(*i).ok()?,
+            _ => return None,
+        };
+        let answer = bytes_at(&reply, 1).and_then(|bytes| serde_json::from_slice(bytes).ok())?;
+        (index < self.cache_keys.len()).then_some((index, answer))
     }
 }
 
@@ -761,10 +770,16 @@ mod tests {
         let found = call.parse(vec![Value::Nil, bytes(b"12:20000"), bytes(b"{")]);
         assert_eq!(found, Found::default());
         let read = ReadAnswer {
-            cache_key: "k",
+            cache_keys: &["k1", "k2"],
             collection: "c",
         };
         assert_eq!(read.parse(vec![Value::Nil]), None);
-        assert_eq!(read.keys()[1], keys::generation("c"));
+        assert_eq!(read.keys(), ["k1", "k2", &keys::generation("c")]);
+        let answer = br#"{"answer":"A model.","citations":[]}"#;
+        let (index, found) = read.parse(vec![Value::Int(1), bytes(answer)]).unwrap();
+        assert_eq!((index, found.answer.as_str()), (1, "A model."));
+        // An index past the keys, or an answer that does not read, is no answer.
+        assert_eq!(read.parse(vec![Value::Int(2), bytes(answer)]), None);
+        assert_eq!(read.parse(vec![Value::Int(0), bytes(b"{")]), None);
     }
 }

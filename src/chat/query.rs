@@ -289,6 +289,9 @@ pub struct QueryResponse {
     pub session_id: String,
     pub conversation_id: Option<i64>,
     pub cached: bool,
+    /// Served by the semantic cache: the earlier question whose answer this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_question: Option<String>,
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub struct Meta<'a> {
     pub conversation_id: Option<i64>,
     pub citations: &'a [Citation],
     pub cached: bool,
+    /// Served by the semantic cache: the earlier question whose answer this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_question: Option<&'a str>,
 }
 
 /// A piece of the answer's text, in order.
@@ -67,6 +70,8 @@ pub struct Done<'a> {
     pub session_id: &'a str,
     pub conversation_id: Option<i64>,
     pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_question: Option<&'a str>,
     /// The chat completion's tokens; `null` for an answer from the cache.
     pub usage: Option<UsageReport>,
 }

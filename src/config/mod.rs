@@ -50,6 +50,7 @@ pub mod names {
     pub const CONVERSATION_TURNS: &str = "conversation_turns";
     pub const CONVERSATION_MAX_TOKENS: &str = "conversation_max_tokens";
     pub const CONVERSATION_RETRIEVAL: &str = "conversation_retrieval";
+    pub const SEMANTIC_CACHE_THRESHOLD: &str = "semantic_cache_threshold";
     /// Every variable a component reads (a component reads them all once per
     /// instance; those its manifest entry does not declare are simply unset).
     pub const ALL: &[&str] = &[
@@ -94,6 +95,7 @@ pub mod names {
         CONVERSATION_TURNS,
         CONVERSATION_MAX_TOKENS,
         CONVERSATION_RETRIEVAL,
+        SEMANTIC_CACHE_THRESHOLD,
     ];
     // Read by no component: spin.toml templates `allowed_outbound_hosts` from
     // these (`scheme://host:port` of each dependency; Spin forbids paths there).

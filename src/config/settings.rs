@@ -144,6 +144,10 @@ pub struct PipelineSettings {
     pub request_timeout: Duration,
     /// How much of its conversation a follow-up is answered with.
     pub conversation: ContextSettings,
+    /// The cosine similarity at which a question is served the answer of an
+    /// earlier one (`None`: the semantic cache is off), per embedding model
+    /// (see [`crate::cache::semantic::parse_threshold`]).
+    pub semantic_cache_threshold: Option<f64>,
 }
 
 /// An answer's token cap when `chat_max_tokens` is not set.
@@ -198,6 +202,19 @@ fn context_settings(lookup: &impl Lookup) -> Result<ContextSettings, ConfigError
             DEFAULT_CONTEXT_MAX_TOKENS,
         )? as u32,
         retrieval,
+    })
+}
+
+/// `semantic_cache_threshold`, for the configured `embedding_model`.
+fn semantic_threshold(lookup: &impl Lookup) -> Result<Option<f64>, ConfigError> {
+    let raw = lookup.get(names::SEMANTIC_CACHE_THRESHOLD);
+    let model = lookup.get(names::EMBEDDING_MODEL).unwrap_or_default();
+    crate::cache::semantic::parse_threshold(raw.as_deref(), &model).map_err(|_| {
+        ConfigError::Invalid {
+            name: names::SEMANTIC_CACHE_THRESHOLD.into(),
+            value: raw.unwrap_or_default(),
+            expected: "off, a cosine similarity above 0 and at most 1, or model=similarity,...",
+        }
     })
 }
 
@@ -278,6 +295,7 @@ impl PipelineSettings {
                 DEFAULT_REQUEST_TIMEOUT_MS,
             )?),
             conversation: context_settings(lookup)?,
+            semantic_cache_threshold: semantic_threshold(lookup)?,
         })
     }
 

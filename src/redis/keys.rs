@@ -270,8 +270,9 @@ mod tests {
                 turns: 5,
             };
             one_slot("lookup", &lookup.keys());
+            let other = query_cache(&md5_of_parts(&[text, "other"]));
             let read = crate::cache::answers::ReadAnswer {
-                cache_key: &cache,
+                cache_keys: &[&cache, &other],
                 collection: &collection,
             };
             one_slot("read answer", &read.keys());

@@ -249,6 +249,7 @@ label_values!(
     CacheType = "cache_type" {
         Query => "query",
         Embedding => "embedding",
+        Semantic => "semantic",
     }
 );
 label_values!(

@@ -67,7 +67,7 @@ fn round(v: f64) -> f64 {
 
 pub fn cache_rates(snapshot: &Snapshot) -> BTreeMap<String, CacheRates> {
     let mut out = BTreeMap::new();
-    for cache in ["query", "embedding"] {
+    for cache in ["query", "embedding", "semantic"] {
         let get = |name: &str| {
             snapshot
                 .counters
