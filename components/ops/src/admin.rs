@@ -54,17 +54,35 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
         )),
         Err(_) => telemetry.add(Observation::Error(ErrorType::Postgres)),
     }
+    // The semantic cache's points of expired answers (never served: their
+    // answers are gone from Redis) go too, so its index stays bounded.
+    let semantic_index = match settings::pipeline().await {
+        Ok(pipeline) if pipeline.semantic_cache_threshold.is_some() => {
+            match chatbot_spin::semantic::delete_expired(&pipeline).await {
+                Ok(()) => Some("pruned"),
+                Err(e) => {
+                    chatbot_spin::log::warn("semantic_cache_prune_failed", Dependency::Qdrant, &e);
+                    telemetry.upstream_error(&e);
+                    Some("failed")
+                }
+            }
+        }
+        _ => None,
+    };
     let redis = crate::redis().await.ok();
     if let Some(conn) = &redis {
         crate::record(conn, &telemetry).await;
     }
-    let body = deleted.map_err(|e| {
+    let mut body = deleted.map_err(|e| {
         ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
             "cleanup_failed",
             Dependency::Postgres,
             e,
         )
     })?;
+    if let Some(state) = semantic_index {
+        body["semantic_index"] = json!(state);
+    }
     if let Some(conn) = &redis {
         append(
             conn,
@@ -171,7 +189,12 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         .await
         {
             Ok(answer) if answer.cached => already += 1,
-            Ok(_) => warmed += 1,
+            Ok(answer) => {
+                warmed += 1;
+                if let Some(indexed) = &answer.index {
+                    chatbot_spin::semantic::remember(&settings, indexed, &mut telemetry).await;
+                }
+            }
             Err(e) => failed.push(json!({"question": request.question, "error": e.to_string()})),
         }
     }

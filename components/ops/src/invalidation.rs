@@ -84,6 +84,21 @@ pub async fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> 
             ApiError::unavailable("clearing the cache failed part-way; it is safe to retry")
                 .caused_by("cache_clear_failed", Dependency::Redis, e)
         })?;
+    // The semantic cache's points of what was cleared (never served once
+    // their answers are gone, but they would crowd out the live ones).
+    let mut body = json!({"status": "cleared", "scope": format!("{scope:?}"), "cleared": cleared});
+    if let Ok(pipeline) = chatbot_spin::settings::pipeline().await {
+        if pipeline.semantic_cache_threshold.is_some() {
+            let state = match chatbot_spin::semantic::clear(&pipeline, &scope).await {
+                Ok(()) => "cleared",
+                Err(e) => {
+                    chatbot_spin::log::warn("semantic_cache_clear_failed", Dependency::Qdrant, &e);
+                    "failed"
+                }
+            };
+            body["semantic_index"] = json!(state);
+        }
+    }
     let scope_name = format!("{scope:?}");
     append(
         &conn,
@@ -92,8 +107,5 @@ pub async fn clear_cache(req: Request, _: Params) -> Result<Response, ApiError> 
         json!({"scope": scope_name, "cleared": cleared}),
     )
     .await;
-    Ok(json(
-        200,
-        &json!({"status": "cleared", "scope": scope_name, "cleared": cleared}),
-    ))
+    Ok(json(200, &body))
 }

@@ -248,6 +248,11 @@ async fn after_response(
         turns_kept,
     } = exchange;
     settle(scope, Spent::on_answer(answer.cached, answer.value.tokens)).await;
+    // A whole answer just cached (the client may have left a stream after
+    // its end was written): the semantic cache may serve it from now on.
+    if let Some(indexed) = &answer.index {
+        chatbot_spin::semantic::remember(settings, indexed, &mut scope.telemetry).await;
+    }
     if delivered == Delivered::ClientLeft {
         chatbot_spin::log::info(
             "exchange_not_stored",

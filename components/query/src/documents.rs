@@ -114,10 +114,10 @@ async fn store(
     let texts: Vec<String> = plan.iter().map(|c| c.text.clone()).collect();
     let vectors = embed_cached(scope.conn.as_ref(), settings, &texts, &mut scope.telemetry).await?;
     let size = vectors.first().map_or(0, Vec::len);
-    qdrant::ensure_collection(settings, size).await?;
+    qdrant::ensure_collection(settings, &settings.qdrant_collection, size).await?;
     let points = ingest::points(documents, &plan, vectors);
     for batch in points.chunks(UPSERT_BATCH) {
-        qdrant::upsert(settings, batch).await?;
+        qdrant::upsert(settings, &settings.qdrant_collection, batch).await?;
     }
     for (index, doc) in documents.iter().enumerate() {
         let chunks = plan.iter().filter(|c| c.document == index).count();

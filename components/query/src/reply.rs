@@ -6,9 +6,14 @@ use crate::scope::Scope;
 use chatbot_core::chat::query::{self, Citation};
 use chatbot_core::chat::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_core::http::api::ApiError;
-use chatbot_spin::pipeline::{Pending, Progress};
+use chatbot_spin::pipeline::{Answer, MatchedQuestion, Pending, Progress};
 use chatbot_spin::respond::{self, json, Body, Out, SetHeader};
 use chatbot_spin::routing::{self};
+
+/// `X-Cache-Match` of an answer from the cache.
+fn match_header(matched: Option<&MatchedQuestion>) -> String {
+    chatbot_core::cache::semantic::match_header(matched.map(|m| m.score))
+}
 
 /// The response being made: JSON at the end, or events as they come.
 pub(crate) struct Reply {
@@ -36,8 +41,11 @@ impl Reply {
         }
     }
 
-    /// Sends the head of the event stream and the `meta` event.
-    pub(crate) async fn start_stream(&mut self, cached: bool, citations: &[Citation]) {
+    /// Sends the head of the event stream and the `meta` event (`answer`:
+    /// the cached answer served, else a miss's).
+    pub(crate) async fn start_stream(&mut self, answer: Option<&Answer>, citations: &[Citation]) {
+        let cached = answer.is_some_and(|a| a.cached);
+        let matched = answer.and_then(|a| a.matched.as_ref());
         let Some(out) = self.out.take() else {
             return;
         };
@@ -48,6 +56,9 @@ impl Reply {
             ("x-accel-buffering".into(), b"no".to_vec()),
             ("x-cache".into(), if cached { "HIT" } else { "MISS" }.into()),
         ];
+        if cached {
+            headers.push(("x-cache-match".into(), match_header(matched).into_bytes()));
+        }
         headers.extend(
             self.limit_headers
                 .iter()
@@ -63,6 +74,7 @@ impl Reply {
                         conversation_id: self.conversation,
                         citations,
                         cached,
+                        matched_question: matched.map(|m| m.question.as_str()),
                     },
                 ))
                 .await;
@@ -97,9 +109,13 @@ impl Reply {
                 session_id: exchange.request.session_id.to_string(),
                 conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
+                matched_question: answer.matched.as_ref().map(|m| m.question.clone()),
             };
             let mut response = scope.respond(Ok(json(200, &body)));
             response.set_header("x-cache", if answer.cached { "HIT" } else { "MISS" });
+            if answer.cached {
+                response.set_header("x-cache-match", match_header(answer.matched.as_ref()));
+            }
             if let Some(out) = self.out.take() {
                 routing::send(out, response).await;
             }
@@ -107,7 +123,7 @@ impl Reply {
         }
         if self.body.is_none() {
             // A hit, or a waiter on another's miss: the stored answer at once, in one delta.
-            self.start_stream(answer.cached, &answer.value.citations)
+            self.start_stream(Some(answer), &answer.value.citations)
                 .await;
             self.write(&stream::event(
                 stream::DELTA,
@@ -125,6 +141,7 @@ impl Reply {
                 session_id: &exchange.request.session_id,
                 conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
+                matched_question: answer.matched.as_ref().map(|m| m.question.as_str()),
                 usage: answer.usage.as_ref().map(UsageReport::from),
             },
         ))
@@ -157,7 +174,7 @@ impl Progress for Reply {
     fn delta<'a>(&'a mut self, citations: &'a [Citation], text: &'a str) -> Pending<'a> {
         Box::pin(async move {
             if self.body.is_none() {
-                self.start_stream(false, citations).await;
+                self.start_stream(None, citations).await;
             }
             self.write(&stream::event(stream::DELTA, &Delta { text }))
                 .await;

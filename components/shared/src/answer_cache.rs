@@ -9,6 +9,7 @@ use chatbot_core::cache::answers::{
     self, AcquireOrRead, Acquired, CachedAnswer, Found, Lookup, ReadAnswer, ReleaseLock,
     SharedFailure, StoreAnswer,
 };
+use chatbot_core::cache::semantic::{self, Indexed};
 use chatbot_core::chat::conversation::Turn;
 use chatbot_core::chat::query::QueryRequest;
 use chatbot_core::chat::upstream::{UpstreamError, OPENAI};
@@ -18,6 +19,7 @@ use chatbot_core::telemetry::metrics::CacheType;
 use crate::caches::Telemetry;
 use crate::pipeline::{self, Answer, Progress};
 use crate::redis_script::{run, Conn};
+use crate::semantic::SemanticLookup;
 use crate::settings::PipelineSettings;
 
 /// Looks the question up (one round trip): its answer as a first question
@@ -86,14 +88,15 @@ pub async fn read_follow_up(
     telemetry: &mut Telemetry,
 ) -> Option<CachedAnswer> {
     let read = ReadAnswer {
-        cache_key,
+        cache_keys: &[cache_key],
         collection: &settings.qdrant_collection,
     };
-    run(conn?, &read).await.unwrap_or_else(|e| {
+    let found = run(conn?, &read).await.unwrap_or_else(|e| {
         crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
         telemetry.redis_error();
         None
-    })
+    });
+    found.map(|(_, answer)| answer)
 }
 
 fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
@@ -102,12 +105,7 @@ fn hit(value: CachedAnswer, telemetry: &mut Telemetry) -> Answer {
         CacheType::Query,
         value.tokens as f64,
     ));
-    Answer {
-        value,
-        cached: true,
-        usage: None,
-        whole: true,
-    }
+    Answer::cached(value, None)
 }
 
 /// How long the stampede lock is held at most: the slowest pipeline (every
@@ -192,7 +190,7 @@ pub async fn answer(
     let (request, turns) = (*request, *turns);
     let Some(conn) = conn else {
         // Redis is down: no cache, no lock; answer anyway.
-        return pipeline::run(None, settings, request, turns, progress, telemetry).await;
+        return pipeline::run(None, settings, request, turns, None, progress, telemetry).await;
     };
     if let Some(value) = found {
         return Ok(hit(value, telemetry));
@@ -206,7 +204,33 @@ pub async fn answer(
     };
     telemetry.add(Observation::CacheMisses(CacheType::Query, 1.0));
 
-    match pipeline::run(Some(conn), settings, request, turns, progress, telemetry).await {
+    // A first question answered under the lock may be served an earlier
+    // question's answer of the same scope and generation.
+    let semantic = match (&generation, settings.semantic_cache_threshold) {
+        (Some(generation), Some(threshold)) if turns.is_empty() => Some(SemanticLookup {
+            scope: semantic::answer_scope(request, &settings.shape()),
+            generation,
+            threshold,
+        }),
+        _ => None,
+    };
+    let answered = pipeline::run(
+        Some(conn),
+        settings,
+        request,
+        turns,
+        semantic.as_ref(),
+        progress,
+        telemetry,
+    )
+    .await;
+    match answered {
+        Ok(answer) if answer.matched.is_some() => {
+            // Served an earlier question's answer: nothing new to store. The
+            // requests waiting on the lock look it up for themselves.
+            release_lock(conn, &cache_key, &token, Vec::new()).await;
+            Ok(answer)
+        }
         Ok(answer) if !answer.whole => {
             // Shown, never cached: the lock goes with no failure to share, so
             // the requests waiting on it ask for their own answers.
@@ -220,7 +244,7 @@ pub async fn answer(
             }
             Ok(answer)
         }
-        Ok(answer) => {
+        Ok(mut answer) => {
             // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
             if let Some(generation) = generation {
                 let store = StoreAnswer {
@@ -232,13 +256,29 @@ pub async fn answer(
                     token: &token,
                     generation: &generation,
                 };
-                if let Err(e) = run(conn, &store).await {
-                    crate::log::warn(
-                        "query_cache_store_failed",
-                        crate::log::Dependency::Redis,
-                        &e,
-                    );
-                    telemetry.redis_error();
+                match run(conn, &store).await {
+                    // Cached: indexed for the semantic cache once the client has it.
+                    Ok(()) => {
+                        answer.index = answer.question_vector.take().and_then(|vector| {
+                            Indexed::new(
+                                request,
+                                &settings.shape(),
+                                &cache_key,
+                                &generation,
+                                crate::now_epoch_seconds(),
+                                settings.query_cache_ttl_seconds,
+                                vector,
+                            )
+                        })
+                    }
+                    Err(e) => {
+                        crate::log::warn(
+                            "query_cache_store_failed",
+                            crate::log::Dependency::Redis,
+                            &e,
+                        );
+                        telemetry.redis_error();
+                    }
                 }
             }
             Ok(answer)

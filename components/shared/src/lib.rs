@@ -20,6 +20,7 @@ pub mod qdrant;
 pub mod redis_script;
 pub mod respond;
 pub mod routing;
+pub mod semantic;
 pub mod settings;
 
 pub use error::StoreError;

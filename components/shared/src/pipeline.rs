@@ -2,15 +2,17 @@
 //! the embedding cache), search Qdrant, ask the chat model.
 
 use chatbot_core::cache::answers::CachedAnswer;
+use chatbot_core::cache::semantic::Indexed;
 use chatbot_core::chat::conversation::{self, Retrieval, Turn};
 use chatbot_core::chat::query::{self, Citation, QueryRequest};
 use chatbot_core::chat::upstream::{UpstreamError, Usage};
 use chatbot_core::redis::keys;
 use chatbot_core::telemetry::metrics::recording::Observation;
-use chatbot_core::telemetry::metrics::Operation;
+use chatbot_core::telemetry::metrics::{CacheType, Operation};
 
 use crate::caches::{embed_cached, Telemetry};
 use crate::redis_script::Conn;
+use crate::semantic::SemanticLookup;
 use crate::settings::PipelineSettings;
 
 /// A future the caller waits on, borrowing what it was given.
@@ -24,6 +26,35 @@ pub struct Answer {
     /// Whether it may be cached: false for an answer the model cut short
     /// (`finish_reason` `length` or `content_filter`) or left empty.
     pub whole: bool,
+    /// Served by the semantic cache: the earlier question it was answered for.
+    pub matched: Option<MatchedQuestion>,
+    /// A semantically looked-up miss's question vector, to index its answer with.
+    pub question_vector: Option<Vec<f32>>,
+    /// An answer just cached, to index for the semantic cache once the client has it.
+    pub index: Option<Indexed>,
+}
+
+/// The earlier question whose answer the semantic cache served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchedQuestion {
+    pub question: String,
+    /// Cosine similarity of the two questions' embeddings.
+    pub score: f64,
+}
+
+impl Answer {
+    /// An answer from the cache (exact, unless `matched`).
+    pub fn cached(value: CachedAnswer, matched: Option<MatchedQuestion>) -> Self {
+        Self {
+            value,
+            cached: true,
+            usage: None,
+            whole: true,
+            matched,
+            question_vector: None,
+            index: None,
+        }
+    }
 }
 
 /// Watches a miss being answered: a streamed answer's text goes to the
@@ -81,11 +112,15 @@ async fn rewrite(
 /// with `turns`, the earlier turns of the question's conversation (oldest
 /// first, as many as the prompt takes): a follow-up is retrieved with
 /// what `conversation_retrieval` says (its standalone rewrite unless set).
+/// With `semantic` (a first question, the semantic cache on), the question's
+/// vector is also searched among earlier questions, alongside the passages:
+/// a match is served without calling the chat model.
 pub async fn run(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
     request: &QueryRequest,
     turns: &[Turn],
+    semantic: Option<&SemanticLookup<'_>>,
     progress: &mut dyn Progress,
     telemetry: &mut Telemetry,
 ) -> Result<Answer, UpstreamError> {
@@ -103,15 +138,42 @@ pub async fn run(
         rewritten.as_ref().map(|(text, _)| text.as_str()),
     );
     let text = keys::normalise(&asked);
-    let vector = embed_cached(conn, settings, &[text], telemetry)
+    let mut vector = embed_cached(conn, settings, &[text], telemetry)
         .await?
         .pop()
         .expect("one vector per text");
 
     telemetry.add(Observation::QdrantSearch);
-    let searched = crate::qdrant::search(settings, &vector)
-        .await
-        .inspect_err(|e| telemetry.upstream_error(e))?;
+    let (matched, searched) = match (semantic, conn) {
+        (Some(lookup), Some(conn)) => {
+            let mut looked_up = Telemetry::default();
+            let (matched, searched) = futures::join!(
+                crate::semantic::lookup(conn, settings, lookup, &vector, &mut looked_up),
+                crate::qdrant::search(settings, &vector)
+            );
+            telemetry.samples.extend(looked_up.samples);
+            (matched, searched)
+        }
+        _ => (None, crate::qdrant::search(settings, &vector).await),
+    };
+    if let Some(matched) = matched {
+        telemetry.add(Observation::CacheHits(CacheType::Semantic, 1.0));
+        telemetry.add(Observation::TokensSaved(
+            CacheType::Semantic,
+            matched.answer.tokens as f64,
+        ));
+        return Ok(Answer::cached(
+            matched.answer,
+            Some(MatchedQuestion {
+                question: matched.question,
+                score: matched.score,
+            }),
+        ));
+    }
+    if semantic.is_some() {
+        telemetry.add(Observation::CacheMisses(CacheType::Semantic, 1.0));
+    }
+    let searched = searched.inspect_err(|e| telemetry.upstream_error(e))?;
     telemetry.add(Observation::QdrantSearchLatency(
         searched.latency.as_secs_f64(),
     ));
@@ -150,5 +212,8 @@ pub async fn run(
         cached: false,
         usage: Some(usage),
         whole: reply.complete,
+        matched: None,
+        question_vector: semantic.is_some().then(|| std::mem::take(&mut vector)),
+        index: None,
     })
 }

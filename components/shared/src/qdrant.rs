@@ -9,7 +9,11 @@ use crate::openai::qdrant_send;
 use crate::settings::PipelineSettings;
 
 fn collection_path(settings: &PipelineSettings, rest: &str) -> String {
-    format!("/collections/{}{rest}", settings.qdrant_collection)
+    path_of(&settings.qdrant_collection, rest)
+}
+
+pub(crate) fn path_of(collection: &str, rest: &str) -> String {
+    format!("/collections/{collection}{rest}")
 }
 
 /// What a search found.
@@ -63,19 +67,19 @@ pub async fn search(
     })
 }
 
-/// Creates the collection for vectors of `size` if it does not exist; fails
+/// Creates `collection` for vectors of `size` if it does not exist; fails
 /// if it exists with another size (the embedding model changed).
 pub async fn ensure_collection(
     settings: &PipelineSettings,
+    collection: &str,
     size: usize,
 ) -> Result<(), UpstreamError> {
-    match qdrant_send(settings, "GET", &collection_path(settings, ""), None).await {
+    match qdrant_send(settings, "GET", &path_of(collection, ""), None).await {
         Ok((_, body)) => match upstream::parse_collection_size(&body) {
             Some(existing) if existing as usize != size => Err(UpstreamError::BadResponse {
                 service: upstream::QDRANT,
                 message: format!(
-                    "collection `{}` holds {existing}-d vectors but the embedding model gives {size}",
-                    settings.qdrant_collection
+                    "collection `{collection}` holds {existing}-d vectors but the embedding model gives {size}"
                 ),
             }),
             _ => Ok(()),
@@ -84,7 +88,7 @@ pub async fn ensure_collection(
             match qdrant_send(
                 settings,
                 "PUT",
-                &collection_path(settings, ""),
+                &path_of(collection, ""),
                 Some(&upstream::create_collection_request(size)),
             )
             .await
@@ -118,12 +122,16 @@ pub async fn delete_stale_chunks(
     .map(drop)
 }
 
-/// Upserts points and waits until they are searchable.
-pub async fn upsert(settings: &PipelineSettings, points: &[Point]) -> Result<(), UpstreamError> {
+/// Upserts points into `collection` and waits until they are searchable.
+pub async fn upsert(
+    settings: &PipelineSettings,
+    collection: &str,
+    points: &[Point],
+) -> Result<(), UpstreamError> {
     qdrant_send(
         settings,
         "PUT",
-        &collection_path(settings, "/points?wait=true"),
+        &path_of(collection, "/points?wait=true"),
         Some(&upstream::upsert_request(points)),
     )
     .await

@@ -1,0 +1,157 @@
+//! The semantic answer cache's index in Qdrant (what it holds and why:
+//! `chatbot_core::cache::semantic`): searched on an exact miss, written once
+//! the client has its answer, cleared with the query cache. Its failures are
+//! logged and counted, and never fail a question: it is answered as a miss.
+
+use chatbot_core::cache::answers::{CachedAnswer, ReadAnswer};
+use chatbot_core::cache::invalidation::ClearScope;
+use chatbot_core::cache::semantic::{self, Indexed};
+use chatbot_core::chat::upstream::{self, UpstreamError};
+
+use crate::caches::Telemetry;
+use crate::openai::qdrant_send;
+use crate::qdrant::{self, path_of};
+use crate::redis_script::{run, Conn};
+use crate::settings::PipelineSettings;
+
+fn collection(settings: &PipelineSettings) -> String {
+    semantic::collection_name(&settings.qdrant_collection)
+}
+
+/// What a first question is looked up with: its answer scope and the
+/// generation its answer would be of.
+pub struct SemanticLookup<'a> {
+    pub scope: String,
+    pub generation: &'a [u8],
+    pub threshold: f64,
+}
+
+/// An earlier question's answer, served for this one.
+pub struct Matched {
+    pub answer: CachedAnswer,
+    pub question: String,
+    pub score: f64,
+}
+
+/// The nearest earlier question's answer at or above the threshold that
+/// Redis still holds (one Qdrant search; one Redis read when it finds any).
+pub async fn lookup(
+    conn: &Conn,
+    settings: &PipelineSettings,
+    lookup: &SemanticLookup<'_>,
+    vector: &[f32],
+    telemetry: &mut Telemetry,
+) -> Option<Matched> {
+    let request = semantic::search_request(
+        vector,
+        &lookup.scope,
+        lookup.generation,
+        crate::now_epoch_seconds(),
+        lookup.threshold,
+    );
+    let path = path_of(&collection(settings), "/points/search");
+    let candidates = match qdrant_send(settings, "POST", &path, Some(&request)).await {
+        Ok((_, body)) => semantic::parse_candidates(&body),
+        // Nothing answered has been indexed yet.
+        Err(e) if upstream::is_missing_collection(&e) => return None,
+        Err(e) => Err(e),
+    };
+    let candidates = match candidates {
+        Ok(candidates) if candidates.is_empty() => return None,
+        Ok(candidates) => candidates,
+        Err(e) => {
+            crate::log::warn(
+                "semantic_cache_search_failed",
+                crate::log::Dependency::Qdrant,
+                &e,
+            );
+            telemetry.upstream_error(&e);
+            return None;
+        }
+    };
+    let keys: Vec<&str> = candidates.iter().map(|c| c.cache_key.as_str()).collect();
+    let read = ReadAnswer {
+        cache_keys: &keys,
+        collection: &settings.qdrant_collection,
+    };
+    match run(conn, &read).await {
+        Ok(Some((index, answer))) => Some(Matched {
+            answer,
+            question: candidates[index].question.clone(),
+            score: candidates[index].score,
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
+            telemetry.redis_error();
+            None
+        }
+    }
+}
+
+/// Indexes an answer just cached (after the response), creating the
+/// collection the first time.
+pub async fn remember(settings: &PipelineSettings, indexed: &Indexed, telemetry: &mut Telemetry) {
+    let collection = collection(settings);
+    let points = [indexed.point()];
+    let stored = match qdrant::upsert(settings, &collection, &points).await {
+        Err(e) if upstream::is_missing_collection(&e) => {
+            match qdrant::ensure_collection(settings, &collection, indexed.vector.len()).await {
+                Ok(()) => qdrant::upsert(settings, &collection, &points).await,
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    if let Err(e) = stored {
+        crate::log::warn(
+            "semantic_cache_index_failed",
+            crate::log::Dependency::Qdrant,
+            &e,
+        );
+        telemetry.upstream_error(&e);
+    }
+}
+
+/// Deletes the index's points of what `/health/cache/clear` clears (the
+/// whole collection for the query cache), waiting until it is applied; a
+/// collection that does not exist holds nothing to clear.
+pub async fn clear(settings: &PipelineSettings, scope: &ClearScope) -> Result<(), UpstreamError> {
+    let collection = collection(settings);
+    let sent = match semantic::clear_request(scope) {
+        None => return Ok(()),
+        Some(None) => qdrant_send(settings, "DELETE", &path_of(&collection, ""), None)
+            .await
+            .map(drop),
+        Some(Some(body)) => delete_points(settings, &collection, &body).await,
+    };
+    match sent {
+        Ok(_) => Ok(()),
+        Err(e) if upstream::is_missing_collection(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the points of answers expired by now (the retention cleanup's).
+pub async fn delete_expired(settings: &PipelineSettings) -> Result<(), UpstreamError> {
+    let body = semantic::expired_request(crate::now_epoch_seconds());
+    match delete_points(settings, &collection(settings), &body).await {
+        Err(e) if upstream::is_missing_collection(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn delete_points(
+    settings: &PipelineSettings,
+    collection: &str,
+    body: &serde_json::Value,
+) -> Result<(), UpstreamError> {
+    qdrant_send(
+        settings,
+        "POST",
+        &path_of(collection, "/points/delete?wait=true"),
+        Some(body),
+    )
+    .await
+    .map(drop)
+}
