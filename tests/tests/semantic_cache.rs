@@ -1,0 +1,389 @@
+//! The semantic answer cache (issue #20): on an exact miss, a first
+//! question's embedding is searched among earlier questions of its scope and
+//! generation; at or above `semantic_cache_threshold` their answer is served.
+//! The stand-in's embeddings are bags of hashed words, so how near two
+//! questions are is known exactly (`stubs::openai::embed`); the precision of
+//! a real model is measured by `deploy/bench/semantic`, not here.
+//! (Stand-in vectors are 64-d bags of words: only how near two texts are
+//! matters to the mechanics.)
+
+use chatbot_harness::stubs::openai::{embed, CHAT};
+use chatbot_harness::{BufferedResponse, TestApp, DEFAULT_COLLECTION, TEST_EMBEDDING_DIMENSIONS};
+use serde_json::{json, Value};
+
+const ASKED: &str = "What is the refund policy for annual plans";
+/// Eight of its nine words are the question's: near enough at 0.9.
+const PARAPHRASE: &str = "what is the refund policy for annual plans exactly";
+/// One word in eight differs: below 0.9.
+const NEAR_MISS: &str = "What is the refund policy for monthly plans";
+const THRESHOLD: &str = "0.9";
+
+fn index() -> String {
+    chatbot_core::cache::semantic::collection_name(DEFAULT_COLLECTION)
+}
+
+/// The cosine similarity the stand-in's embeddings give two questions (as
+/// the handler embeds them: normalised).
+fn similarity(a: &str, b: &str) -> f64 {
+    let normalised = chatbot_core::redis::keys::normalise;
+    let (a, b) = (
+        embed(&normalised(a), TEST_EMBEDDING_DIMENSIONS),
+        embed(&normalised(b), TEST_EMBEDDING_DIMENSIONS),
+    );
+    a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum()
+}
+
+async fn app_with(variables: &[(&str, &str)]) -> TestApp {
+    let mut builder = TestApp::builder();
+    for (name, value) in variables {
+        builder = builder.variable(name, *value);
+    }
+    let app = builder.spawn().await.unwrap();
+    ingest(
+        &app,
+        "refunds",
+        "Annual plans are refunded pro rata within 30 days.",
+    )
+    .await;
+    app
+}
+
+async fn ingest(app: &TestApp, id: &str, text: &str) {
+    let ingested = app
+        .ingest(json!([{"id": id, "source": format!("{id}.md"), "text": text}]))
+        .await
+        .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+}
+
+/// Asks, and waits until what the handler does after the response is done.
+async fn ask(app: &TestApp, question: &str, session: &str) -> BufferedResponse {
+    let response = app.ask(question, session).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    app.app.settled().await;
+    response
+}
+
+fn served_semantically(response: &BufferedResponse, matched: &str) -> Value {
+    assert_eq!(
+        response.header("x-cache"),
+        Some("HIT"),
+        "{}",
+        response.text()
+    );
+    let body = response.json();
+    assert_eq!(body["cached"], true);
+    assert_eq!(body["matched_question"], matched);
+    body
+}
+
+fn missed(response: &BufferedResponse) {
+    assert_eq!(
+        response.header("x-cache"),
+        Some("MISS"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(response.header("x-cache-match"), None);
+    assert!(response.json().get("matched_question").is_none());
+}
+
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.get("/metrics").await.unwrap().text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn the_test_questions_are_as_near_as_the_tests_say() {
+    let threshold: f64 = THRESHOLD.parse().unwrap();
+    assert!(similarity(ASKED, PARAPHRASE) >= threshold);
+    assert!(similarity(ASKED, NEAR_MISS) < threshold);
+}
+
+#[tokio::test]
+async fn a_paraphrase_is_served_the_earlier_answer_and_a_near_miss_is_not() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    let first = ask(&app, ASKED, "s1").await;
+    missed(&first);
+    assert_eq!(app.qdrant.point_count(&index()), 1, "the answer is indexed");
+
+    let paraphrase = ask(&app, PARAPHRASE, "s1").await;
+    let body = served_semantically(&paraphrase, ASKED);
+    assert_eq!(body["answer"], first.json()["answer"]);
+    assert_eq!(body["citations"], first.json()["citations"]);
+    assert_eq!(
+        paraphrase.header("x-cache-match").unwrap(),
+        format!("semantic; score={:.4}", similarity(ASKED, PARAPHRASE))
+    );
+    assert_eq!(
+        app.openai.controls().calls(CHAT),
+        1,
+        "no chat call for a match"
+    );
+    // Served from the cache, it is not indexed again.
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+
+    missed(&ask(&app, NEAR_MISS, "s1").await);
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    assert_eq!(app.qdrant.point_count(&index()), 2);
+
+    // An exact repeat is an exact hit, named so.
+    let repeat = ask(&app, ASKED, "s1").await;
+    assert_eq!(repeat.header("x-cache-match"), Some("exact"));
+    assert!(repeat.json().get("matched_question").is_none());
+
+    let hits = r#"chatbot_cache_hits_total{cache_type="semantic"}"#;
+    let misses = r#"chatbot_cache_misses_total{cache_type="semantic"}"#;
+    assert_eq!(metric(&app, hits).await, 1.0);
+    assert_eq!(
+        metric(&app, misses).await,
+        2.0,
+        "the first question and the near miss"
+    );
+    assert_eq!(
+        metric(&app, r#"chatbot_cache_hits_total{cache_type="query"}"#).await,
+        1.0,
+        "only the exact repeat"
+    );
+    // A semantic hit is a served answer: its history is stored as any other.
+    assert_eq!(app.messages_stored("s1").await, 8);
+}
+
+#[tokio::test]
+async fn the_threshold_decides() {
+    let app = app_with(&[("semantic_cache_threshold", "0.8")]).await;
+    ask(&app, ASKED, "s1").await;
+    // At 0.8 the near miss is near enough: a threshold too low serves a wrong answer.
+    served_semantically(&ask(&app, NEAR_MISS, "s1").await, ASKED);
+    let strict = app_with(&[("semantic_cache_threshold", "1")]).await;
+    ask(&strict, ASKED, "s1").await;
+    missed(&ask(&strict, PARAPHRASE, "s1").await);
+}
+
+#[tokio::test]
+async fn it_is_off_unless_set_for_the_embedding_model_in_use() {
+    // The harness's embedding model is the default, text-embedding-3-small.
+    let off: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("semantic_cache_threshold", "off")],
+        &[("semantic_cache_threshold", "all-minilm-l6-v2=0.9")],
+    ];
+    for variables in off {
+        let app = app_with(variables).await;
+        ask(&app, ASKED, "s1").await;
+        missed(&ask(&app, PARAPHRASE, "s1").await);
+        assert_eq!(app.qdrant.point_count(&index()), 0, "nothing indexed");
+        let text = app.get("/metrics").await.unwrap().text();
+        assert!(
+            !text.contains(r#"chatbot_cache_misses_total{cache_type="semantic"} 1"#),
+            "no semantic lookups counted"
+        );
+    }
+    let per_model = app_with(&[(
+        "semantic_cache_threshold",
+        "all-minilm-l6-v2=0.99,text-embedding-3-small=0.9",
+    )])
+    .await;
+    ask(&per_model, ASKED, "s1").await;
+    served_semantically(&ask(&per_model, PARAPHRASE, "s1").await, ASKED);
+}
+
+#[tokio::test]
+async fn a_setting_that_does_not_parse_is_a_configuration_error() {
+    let app = TestApp::builder()
+        .variable("semantic_cache_threshold", "1.5")
+        .spawn()
+        .await
+        .unwrap();
+    let response = app.ask(ASKED, "s1").await;
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert!(
+        response.text().contains("semantic_cache_threshold"),
+        "{}",
+        response.text()
+    );
+}
+
+#[tokio::test]
+async fn in_session_scope_answers_never_cross_sessions_and_in_global_scope_they_do() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    ask(&app, ASKED, "s1").await;
+    missed(&ask(&app, PARAPHRASE, "s2").await);
+    // s2's own answer is now indexed; s1's paraphrase still finds s1's.
+    served_semantically(
+        &ask(&app, "the refund policy for annual plans is what", "s1").await,
+        ASKED,
+    );
+
+    let global = app_with(&[
+        ("semantic_cache_threshold", THRESHOLD),
+        ("query_cache_scope", "global"),
+    ])
+    .await;
+    ask(&global, ASKED, "s1").await;
+    served_semantically(&ask(&global, PARAPHRASE, "s2").await, ASKED);
+}
+
+#[tokio::test]
+async fn a_page_context_scopes_the_match() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    app.answer(ASKED, "s1", Some("/pricing")).await;
+    app.app.settled().await;
+    missed(&app.ask_on_page(PARAPHRASE, "s1", Some("/docs")).await);
+    app.app.settled().await;
+    missed(&app.ask_on_page(PARAPHRASE, "s1", None).await);
+    app.app.settled().await;
+    let same_page = app.ask_on_page(PARAPHRASE, "s1", Some("/pricing")).await;
+    served_semantically(&same_page, ASKED);
+}
+
+#[tokio::test]
+async fn ingestion_and_cache_clears_drop_what_the_semantic_cache_serves() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    ask(&app, ASKED, "s1").await;
+    // A new document: answers of the old generation are not served.
+    ingest(&app, "refunds-2", "Monthly plans are not refunded.").await;
+    missed(&ask(&app, PARAPHRASE, "s1").await);
+    // The paraphrase's answer is of the new generation: served to a third wording.
+    let third = "the refund policy for annual plans is what";
+    served_semantically(&ask(&app, third, "s1").await, PARAPHRASE);
+
+    // A session's clear drops its points and its answers.
+    let other = ask(&app, ASKED, "s2").await;
+    missed(&other);
+    let points = app.qdrant.point_count(&index());
+    let cleared = app
+        .admin("POST", "/health/cache/clear", &json!({"session_id": "s1"}))
+        .await
+        .unwrap();
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    assert_eq!(cleared.json()["semantic_index"], "cleared");
+    assert!(app.qdrant.point_count(&index()) < points);
+    missed(&ask(&app, third, "s1").await);
+    served_semantically(&ask(&app, PARAPHRASE, "s2").await, ASKED);
+
+    // Clearing the query cache drops the whole index.
+    let cleared = app
+        .admin(
+            "POST",
+            "/health/cache/clear",
+            &json!({"cache_type": "query"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    assert_eq!(app.qdrant.point_count(&index()), 0);
+    missed(
+        &ask(
+            &app,
+            "exactly what is the refund policy for annual plans",
+            "s2",
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn an_answer_removed_from_redis_is_never_served_from_its_point() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    ask(&app, ASKED, "s1").await;
+    // The answer expires (or is evicted) from Redis; its point is still there.
+    let mut redis = app.redis().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("chatbot:query:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+    missed(&ask(&app, PARAPHRASE, "s1").await);
+}
+
+#[tokio::test]
+async fn retention_cleanup_prunes_the_points_of_expired_answers() {
+    let app = app_with(&[
+        ("semantic_cache_threshold", THRESHOLD),
+        ("query_cache_ttl_seconds", "1"),
+    ])
+    .await;
+    ask(&app, ASKED, "s1").await;
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    missed(&ask(&app, PARAPHRASE, "s1").await);
+    let cleanup = app
+        .admin("POST", "/admin/cleanup", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status, 200, "{}", cleanup.text());
+    assert_eq!(cleanup.json()["semantic_index"], "pruned");
+    // The first answer's point went; the paraphrase's (unexpired) stays.
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+}
+
+#[tokio::test]
+async fn failures_and_cut_answers_are_never_indexed() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    app.openai
+        .controls()
+        .fail_next(CHAT, 1, chatbot_harness::stubs::Fault::Status(500));
+    let failed = app.ask(ASKED, "s1").await;
+    assert!(failed.status >= 500, "{}", failed.text());
+    app.app.settled().await;
+    app.openai.finish_next_answer_with("length");
+    let cut = ask(&app, ASKED, "s1").await;
+    missed(&cut);
+    assert_eq!(app.qdrant.point_count(&index()), 0);
+    missed(&ask(&app, PARAPHRASE, "s1").await);
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_semantic_hit_names_its_match_in_its_events() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    ask(&app, ASKED, "s1").await;
+    let mut response = app
+        .raw_client()
+        .stream(
+            "POST",
+            "/api/v1/chat/query",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "text/event-stream"),
+            ],
+            serde_json::to_vec(&json!({"question": PARAPHRASE, "session_id": "s1"})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.header("x-cache"), Some("HIT"));
+    assert!(response
+        .header("x-cache-match")
+        .is_some_and(|m| m.starts_with("semantic; score=")));
+    let mut text = Vec::new();
+    while let Some(chunk) = response.next_chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(text).unwrap();
+    let data: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let (meta, done) = (&data[0], data.last().unwrap());
+    assert_eq!(meta["cached"], true);
+    assert_eq!(meta["matched_question"], ASKED);
+    assert_eq!(done["matched_question"], ASKED);
+    assert_eq!(app.openai.controls().calls(CHAT), 1);
+}
