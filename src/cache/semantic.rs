@@ -158,7 +158,6 @@ pub struct Indexed {
 impl Indexed {
     /// The entry for `request`'s answer stored under `cache_key`, or `None`
     /// when the key cannot be a point.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         request: &QueryRequest,
         shape: &AnswerShape,
@@ -197,8 +196,37 @@ impl Indexed {
     }
 }
 
+/// How far below the threshold the search asks Qdrant to go: its
+/// `score_threshold` may be exclusive, so candidates are asked for from just
+/// below it and kept at or above it ([`at_or_above`]).
+const SCORE_SLACK: f64 = 1e-6;
+
+/// The candidates at or above `threshold`, nearest first.
+pub fn at_or_above(candidates: Vec<Candidate>, threshold: f64) -> Vec<Candidate> {
+    candidates
+        .into_iter()
+        .filter(|c| c.score >= threshold)
+        .collect()
+}
+
+/// The payload fields a search or a delete filters on, and their index types
+/// (created with the collection: Qdrant's filtered search needs them to stay
+/// exact and fast as the collection grows).
+pub const PAYLOAD_INDEXES: &[(&str, &str)] = &[
+    ("scope", "keyword"),
+    ("generation", "keyword"),
+    ("session", "keyword"),
+    ("page", "keyword"),
+    ("expires_at", "integer"),
+];
+
+/// The `PUT /collections/{name}/index` body of one payload index.
+pub fn payload_index_request(field: &str, schema: &str) -> Value {
+    json!({"field_name": field, "field_schema": schema})
+}
+
 /// The search for a question's nearest answered questions: of its scope and
-/// generation, unexpired, at or above `threshold`.
+/// generation, unexpired, from just below `threshold` (see [`SCORE_SLACK`]).
 pub fn search_request(
     vector: &[f32],
     scope: &str,
@@ -209,7 +237,7 @@ pub fn search_request(
     json!({
         "vector": vector,
         "limit": CANDIDATES,
-        "score_threshold": threshold,
+        "score_threshold": threshold - SCORE_SLACK,
         "with_payload": true,
         "filter": {"must": [
             {"key": "scope", "match": {"value": scope}},
@@ -397,7 +425,8 @@ mod tests {
 
         let search = search_request(&[0.5; 3], &indexed.scope, b"7", 2_000, 0.9);
         assert_eq!(search["limit"], CANDIDATES);
-        assert_eq!(search["score_threshold"], 0.9);
+        let asked_from = search["score_threshold"].as_f64().unwrap();
+        assert!(asked_from < 0.9 && asked_from > 0.899_99, "{asked_from}");
         let must = search["filter"]["must"].as_array().unwrap();
         assert_eq!(must[0]["match"]["value"], point.payload["scope"]);
         assert_eq!(must[1]["match"]["value"], "7");
@@ -420,6 +449,17 @@ mod tests {
                 question: "How do I reset it?".into(),
                 score: 0.97,
             }]
+        );
+        let near = |score| Candidate {
+            cache_key: String::new(),
+            question: String::new(),
+            score,
+        };
+        let kept = at_or_above(vec![near(0.95), near(0.9), near(0.899_999_5)], 0.9);
+        assert_eq!(
+            kept,
+            vec![near(0.95), near(0.9)],
+            "inclusive, nothing below"
         );
         assert!(parse_candidates(b"{}").is_err());
         assert!(parse_candidates(b"<html>").is_err());

@@ -114,6 +114,16 @@ async fn a_paraphrase_is_served_the_earlier_answer_and_a_near_miss_is_not() {
     let first = ask(&app, ASKED, "s1").await;
     missed(&first);
     assert_eq!(app.qdrant.point_count(&index()), 1, "the answer is indexed");
+    // The fields searches and deletes filter on are indexed in Qdrant.
+    let indexes = app.qdrant.payload_indexes(&index());
+    let expected: Vec<(&str, &str)> = chatbot_core::cache::semantic::PAYLOAD_INDEXES.to_vec();
+    assert_eq!(
+        indexes
+            .iter()
+            .map(|(f, k)| (f.as_str(), k.as_str()))
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected.into_iter().collect(),
+    );
 
     let paraphrase = ask(&app, PARAPHRASE, "s1").await;
     let body = served_semantically(&paraphrase, ASKED);
@@ -181,11 +191,8 @@ async fn it_is_off_unless_set_for_the_embedding_model_in_use() {
         ask(&app, ASKED, "s1").await;
         missed(&ask(&app, PARAPHRASE, "s1").await);
         assert_eq!(app.qdrant.point_count(&index()), 0, "nothing indexed");
-        let text = app.get("/metrics").await.unwrap().text();
-        assert!(
-            !text.contains(r#"chatbot_cache_misses_total{cache_type="semantic"} 1"#),
-            "no semantic lookups counted"
-        );
+        let misses = r#"chatbot_cache_misses_total{cache_type="semantic"}"#;
+        assert_eq!(metric(&app, misses).await, 0.0, "no semantic lookups");
     }
     let per_model = app_with(&[(
         "semantic_cache_threshold",
@@ -314,23 +321,61 @@ async fn an_answer_removed_from_redis_is_never_served_from_its_point() {
 
 #[tokio::test]
 async fn retention_cleanup_prunes_the_points_of_expired_answers() {
-    let app = app_with(&[
+    // Two replicas of one deployment but for the answers' TTL: one second
+    // for the first answer, an hour for the second.
+    let short = app_with(&[
         ("semantic_cache_threshold", THRESHOLD),
         ("query_cache_ttl_seconds", "1"),
     ])
     .await;
-    ask(&app, ASKED, "s1").await;
-    assert_eq!(app.qdrant.point_count(&index()), 1);
+    let long = TestApp::builder()
+        .sharing_services_of(&short)
+        .variable("semantic_cache_threshold", THRESHOLD)
+        .spawn()
+        .await
+        .unwrap();
+    ask(&short, ASKED, "s1").await;
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    missed(&ask(&app, PARAPHRASE, "s1").await);
-    let cleanup = app
+    // Its answer has expired: a miss, answered and indexed for an hour.
+    missed(&ask(&long, PARAPHRASE, "s1").await);
+    assert_eq!(long.qdrant.point_count(&index()), 2);
+    let cleanup = long
         .admin("POST", "/admin/cleanup", &json!({}))
         .await
         .unwrap();
     assert_eq!(cleanup.status, 200, "{}", cleanup.text());
     assert_eq!(cleanup.json()["semantic_index"], "pruned");
-    // The first answer's point went; the paraphrase's (unexpired) stays.
-    assert_eq!(app.qdrant.point_count(&index()), 1);
+    // The expired answer's point went; the unexpired one stays, and serves.
+    assert_eq!(long.qdrant.point_count(&index()), 1);
+    served_semantically(&ask(&long, ASKED, "s1").await, PARAPHRASE);
+}
+
+#[tokio::test]
+async fn an_index_qdrant_refuses_leaves_questions_answered_as_misses() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    // An index made for another embedding model: Qdrant refuses its searches and writes.
+    app.qdrant.create_collection(&index(), 8);
+    missed(&ask(&app, ASKED, "s1").await);
+    missed(&ask(&app, PARAPHRASE, "s1").await);
+    assert_eq!(app.qdrant.point_count(&index()), 0);
+    assert_eq!(app.openai.controls().calls(CHAT), 2, "both answered");
+    let errors = metric(&app, r#"chatbot_errors_total{error_type="qdrant"}"#).await;
+    assert!(
+        errors >= 3.0,
+        "two failed writes and a failed search: {errors}"
+    );
+    // Clearing the query cache drops the index; the next answer makes it anew.
+    let cleared = app
+        .admin(
+            "POST",
+            "/health/cache/clear",
+            &json!({"cache_type": "query"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.json()["semantic_index"], "cleared");
+    missed(&ask(&app, ASKED, "s1").await);
+    served_semantically(&ask(&app, PARAPHRASE, "s1").await, ASKED);
 }
 
 #[tokio::test]

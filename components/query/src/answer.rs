@@ -233,7 +233,8 @@ async fn ask(
 /// After the response: the budget charge, the exchange in Postgres (a failed
 /// write is counted and logged, as before the move; not written when the
 /// client left a stream before its end, as it never saw the answer), and its
-/// turn in Redis, for the questions after it (see `conversation::add_turn`).
+/// turn in Redis, for the questions after it (see `conversation::add_turn`),
+/// then the answer's point in the semantic cache's index.
 async fn after_response(
     scope: &mut Scope,
     settings: &PipelineSettings,
@@ -248,38 +249,39 @@ async fn after_response(
         turns_kept,
     } = exchange;
     settle(scope, Spent::on_answer(answer.cached, answer.value.tokens)).await;
-    // A whole answer just cached (the client may have left a stream after
-    // its end was written): the semantic cache may serve it from now on.
-    if let Some(indexed) = &answer.index {
-        chatbot_spin::semantic::remember(settings, indexed, &mut scope.telemetry).await;
-    }
     if delivered == Delivered::ClientLeft {
         chatbot_spin::log::info(
             "exchange_not_stored",
             chatbot_spin::log::Dependency::Client,
             "the client left before the answer's end",
         );
-        return;
-    }
-    let stored = chatbot_spin::history::store_history(
-        settings,
-        &request,
-        &answer,
-        owner,
-        conversation,
-        &mut scope.telemetry,
-    )
-    .await;
-    if let Some(now) = stored {
-        add_turn(
-            scope,
+    } else {
+        let stored = chatbot_spin::history::store_history(
             settings,
             &request,
+            &answer,
+            owner,
             conversation,
-            turns_kept,
-            now,
-            &answer.value.answer,
+            &mut scope.telemetry,
         )
         .await;
+        if let Some(now) = stored {
+            add_turn(
+                scope,
+                settings,
+                &request,
+                conversation,
+                turns_kept,
+                now,
+                &answer.value.answer,
+            )
+            .await;
+        }
+    }
+    // Last (the exchange comes first), and bounded: a whole answer just
+    // cached (the client may have left a stream after its end was written)
+    // is indexed, so the semantic cache may serve it from now on.
+    if let Some(indexed) = &answer.index {
+        chatbot_spin::semantic::remember(settings, indexed, &mut scope.telemetry).await;
     }
 }

@@ -146,6 +146,8 @@ pub async fn run(
     telemetry.add(Observation::QdrantSearch);
     let (matched, searched) = match (semantic, conn) {
         (Some(lookup), Some(conn)) => {
+            // The index's search is a Qdrant search too.
+            telemetry.add(Observation::QdrantSearch);
             let mut looked_up = Telemetry::default();
             let (matched, searched) = futures::join!(
                 crate::semantic::lookup(conn, settings, lookup, &vector, &mut looked_up),

@@ -3,6 +3,8 @@
 //! the client has its answer, cleared with the query cache. Its failures are
 //! logged and counted, and never fail a question: it is answered as a miss.
 
+use std::time::Duration;
+
 use chatbot_core::cache::answers::{CachedAnswer, ReadAnswer};
 use chatbot_core::cache::invalidation::ClearScope;
 use chatbot_core::cache::semantic::{self, Indexed};
@@ -33,9 +35,48 @@ pub struct Matched {
     pub score: f64,
 }
 
+/// The longest a lookup may hold a miss up (it runs alongside the passages'
+/// search, which takes as long when Qdrant is well): a slow index costs a
+/// miss this much at most, never `qdrant_timeout`.
+pub const LOOKUP_BUDGET: Duration = Duration::from_millis(500);
+
+/// The longest indexing an answer may take after its response (its
+/// exchange's history write and metrics come first, within the same
+/// `context::AFTER_RESPONSE`).
+pub const INDEX_BUDGET: Duration = Duration::from_secs(1);
+
 /// The nearest earlier question's answer at or above the threshold that
-/// Redis still holds (one Qdrant search; one Redis read when it finds any).
+/// Redis still holds (one Qdrant search; one Redis read when it finds any),
+/// within [`LOOKUP_BUDGET`].
 pub async fn lookup(
+    conn: &Conn,
+    settings: &PipelineSettings,
+    lookup: &SemanticLookup<'_>,
+    vector: &[f32],
+    telemetry: &mut Telemetry,
+) -> Option<Matched> {
+    let limit = crate::bounded(LOOKUP_BUDGET);
+    match crate::within(limit, look_up(conn, settings, lookup, vector, telemetry)).await {
+        Some(found) => found,
+        None => {
+            let e = UpstreamError::Timeout {
+                service: upstream::QDRANT,
+            };
+            crate::log::warn(
+                "semantic_cache_search_failed",
+                crate::log::Dependency::Qdrant,
+                format!(
+                    "no answer within {} ms: answered as a miss",
+                    limit.as_millis()
+                ),
+            );
+            telemetry.upstream_error(&e);
+            None
+        }
+    }
+}
+
+async fn look_up(
     conn: &Conn,
     settings: &PipelineSettings,
     lookup: &SemanticLookup<'_>,
@@ -51,7 +92,8 @@ pub async fn lookup(
     );
     let path = path_of(&collection(settings), "/points/search");
     let candidates = match qdrant_send(settings, "POST", &path, Some(&request)).await {
-        Ok((_, body)) => semantic::parse_candidates(&body),
+        Ok((_, body)) => semantic::parse_candidates(&body)
+            .map(|found| semantic::at_or_above(found, lookup.threshold)),
         // Nothing answered has been indexed yet.
         Err(e) if upstream::is_missing_collection(&e) => return None,
         Err(e) => Err(e),
@@ -89,20 +131,16 @@ pub async fn lookup(
     }
 }
 
-/// Indexes an answer just cached (after the response), creating the
-/// collection the first time.
+/// Indexes an answer just cached (after the response, within
+/// [`INDEX_BUDGET`]), creating the collection and its payload indexes the
+/// first time.
 pub async fn remember(settings: &PipelineSettings, indexed: &Indexed, telemetry: &mut Telemetry) {
-    let collection = collection(settings);
-    let points = [indexed.point()];
-    let stored = match qdrant::upsert(settings, &collection, &points).await {
-        Err(e) if upstream::is_missing_collection(&e) => {
-            match qdrant::ensure_collection(settings, &collection, indexed.vector.len()).await {
-                Ok(()) => qdrant::upsert(settings, &collection, &points).await,
-                Err(e) => Err(e),
-            }
-        }
-        other => other,
-    };
+    let limit = crate::bounded(INDEX_BUDGET);
+    let stored = crate::within(limit, index(settings, indexed))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout {
+            service: upstream::QDRANT,
+        }));
     if let Err(e) = stored {
         crate::log::warn(
             "semantic_cache_index_failed",
@@ -110,6 +148,27 @@ pub async fn remember(settings: &PipelineSettings, indexed: &Indexed, telemetry:
             &e,
         );
         telemetry.upstream_error(&e);
+    }
+}
+
+async fn index(settings: &PipelineSettings, indexed: &Indexed) -> Result<(), UpstreamError> {
+    let collection = collection(settings);
+    let points = [indexed.point()];
+    match qdrant::upsert(settings, &collection, &points).await {
+        Err(e) if upstream::is_missing_collection(&e) => {
+            qdrant::ensure_collection(settings, &collection, indexed.vector.len()).await?;
+            for (field, schema) in semantic::PAYLOAD_INDEXES {
+                qdrant_send(
+                    settings,
+                    "PUT",
+                    &path_of(&collection, "/index?wait=true"),
+                    Some(&semantic::payload_index_request(field, schema)),
+                )
+                .await?;
+            }
+            qdrant::upsert(settings, &collection, &points).await
+        }
+        other => other,
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Collection {
     pub size: usize,
     pub distance: String,
     pub points: BTreeMap<PointId, Point>,
+    /// Payload indexes: field name to its type (`keyword`, `integer`, ...).
+    pub payload_schema: BTreeMap<String, String>,
 }
 
 pub struct QdrantState {
@@ -101,6 +103,7 @@ impl QdrantStub {
                     .delete(delete_collection),
             )
             .route("/collections/{name}/points", put(upsert_points))
+            .route("/collections/{name}/index", put(create_payload_index))
             .route("/collections/{name}/points/delete", post(delete_points))
             .route("/collections/{name}/points/search", post(search_points))
             .route("/collections/{name}/points/query", post(query_points))
@@ -127,8 +130,20 @@ impl QdrantStub {
                 size,
                 distance: "Cosine".to_string(),
                 points: BTreeMap::new(),
+                payload_schema: BTreeMap::new(),
             },
         );
+    }
+
+    /// A collection's payload indexes, field to type (none when it does not exist).
+    pub fn payload_indexes(&self, collection: &str) -> BTreeMap<String, String> {
+        self.state
+            .collections
+            .lock()
+            .unwrap()
+            .get(collection)
+            .map(|c| c.payload_schema.clone())
+            .unwrap_or_default()
     }
 
     /// Points in a collection (0 when it does not exist).
@@ -244,6 +259,7 @@ async fn create_collection(
             size: size as usize,
             distance: distance.to_string(),
             points: BTreeMap::new(),
+            payload_schema: BTreeMap::new(),
         },
     );
     ok(json!(true))
@@ -268,7 +284,9 @@ async fn get_collection(
         "indexed_vectors_count": 0,
         "segments_count": 1,
         "config": {"params": {"vectors": {"size": c.size, "distance": c.distance}}},
-        "payload_schema": {}
+        "payload_schema": c.payload_schema.iter()
+            .map(|(field, kind)| (field.clone(), json!({"data_type": kind, "points": c.points.len()})))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -321,6 +339,49 @@ fn apply(state: &Arc<QdrantState>, name: String, wait: bool, write: Write) -> Re
         });
         ok(json!({"operation_id": operation_id, "status": "acknowledged"}))
     }
+}
+
+/// `PUT /collections/{name}/index`: `{"field_name", "field_schema"}`, the
+/// schema a type name or `{"type": ...}`; creating an existing index again is fine.
+async fn create_payload_index(
+    State(state): State<Arc<QdrantState>>,
+    Path(name): Path<String>,
+    Query(params): Query<WaitParam>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Err(r) = admit(&state, COLLECTIONS, &headers).await {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !state.collections.lock().unwrap().contains_key(&name) {
+        return not_found(&name);
+    }
+    let field = body["field_name"].as_str().map(str::to_string);
+    let kind = body["field_schema"]
+        .as_str()
+        .or_else(|| body["field_schema"]["type"].as_str())
+        .map(str::to_string);
+    const KINDS: [&str; 8] = [
+        "keyword", "integer", "float", "bool", "geo", "text", "datetime", "uuid",
+    ];
+    let (Some(field), Some(kind)) = (field, kind.filter(|k| KINDS.contains(&k.as_str()))) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Format error in JSON body: expected `field_name` and a known `field_schema`",
+        );
+    };
+    apply(
+        &state,
+        name,
+        params.wait.unwrap_or(false),
+        Box::new(move |c| {
+            c.payload_schema.insert(field, kind);
+        }),
+    )
 }
 
 async fn upsert_points(
