@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::cache::answers::AnswerShape;
 use crate::cache::answers::CacheScope;
 use crate::chat::query::{QueryRequest, PROMPT_VERSION};
-use crate::chat::upstream::{Point, UpstreamError, QDRANT};
+use crate::chat::upstream::{Point, UpstreamError};
 use crate::redis::digest::md5_of_parts;
 use crate::redis::keys::{self, normalise};
 
@@ -258,15 +258,7 @@ pub struct Candidate {
 /// The candidates of a search's answer, nearest first (hits whose id is not
 /// a cache key's are skipped).
 pub fn parse_candidates(body: &[u8]) -> Result<Vec<Candidate>, UpstreamError> {
-    let bad = |message: String| UpstreamError::BadResponse {
-        service: QDRANT,
-        message,
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let hits = value["result"]
-        .as_array()
-        .ok_or_else(|| bad("no result list".into()))?;
-    Ok(hits
+    Ok(crate::chat::upstream::search_hits(body)?
         .iter()
         .filter_map(|hit| {
             Some(Candidate {

@@ -320,17 +320,22 @@ pub fn search_request(vector: &[f32], limit: u32) -> Value {
     json!({"vector": vector, "limit": limit, "with_payload": true})
 }
 
-/// Passages from a `points/search` answer (`result` is a list of hits).
-pub fn parse_search(body: &[u8]) -> Result<Vec<Passage>, UpstreamError> {
+/// The hits of a `points/search` answer (`result` is a list of them).
+pub fn search_hits(body: &[u8]) -> Result<Vec<Value>, UpstreamError> {
     let bad = |message: String| UpstreamError::BadResponse {
         service: QDRANT,
         message,
     };
-    let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let hits = value["result"]
-        .as_array()
-        .ok_or_else(|| bad("no result list".into()))?;
-    Ok(hits
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    match value["result"].take() {
+        Value::Array(hits) => Ok(hits),
+        _ => Err(bad("no result list".into())),
+    }
+}
+
+/// Passages from a `points/search` answer.
+pub fn parse_search(body: &[u8]) -> Result<Vec<Passage>, UpstreamError> {
+    Ok(search_hits(body)?
         .iter()
         .map(|hit| Passage {
             source: hit["payload"]["source"]

@@ -88,6 +88,16 @@ fn missed(response: &BufferedResponse) {
     assert!(response.json().get("matched_question").is_none());
 }
 
+/// `POST /health/cache/clear`, which must clear the index too.
+async fn clear(app: &TestApp, body: Value) {
+    let cleared = app
+        .admin("POST", "/health/cache/clear", &body)
+        .await
+        .unwrap();
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    assert_eq!(cleared.json()["semantic_index"], "cleared");
+}
+
 async fn metric(app: &TestApp, series: &str) -> f64 {
     let text = app.get("/metrics").await.unwrap().text();
     text.lines()
@@ -267,26 +277,13 @@ async fn ingestion_and_cache_clears_drop_what_the_semantic_cache_serves() {
     let other = ask(&app, ASKED, "s2").await;
     missed(&other);
     let points = app.qdrant.point_count(&index());
-    let cleared = app
-        .admin("POST", "/health/cache/clear", &json!({"session_id": "s1"}))
-        .await
-        .unwrap();
-    assert_eq!(cleared.status, 200, "{}", cleared.text());
-    assert_eq!(cleared.json()["semantic_index"], "cleared");
+    clear(&app, json!({"session_id": "s1"})).await;
     assert!(app.qdrant.point_count(&index()) < points);
     missed(&ask(&app, third, "s1").await);
     served_semantically(&ask(&app, PARAPHRASE, "s2").await, ASKED);
 
     // Clearing the query cache drops the whole index.
-    let cleared = app
-        .admin(
-            "POST",
-            "/health/cache/clear",
-            &json!({"cache_type": "query"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    clear(&app, json!({"cache_type": "query"})).await;
     assert_eq!(app.qdrant.point_count(&index()), 0);
     missed(
         &ask(
@@ -365,15 +362,7 @@ async fn an_index_qdrant_refuses_leaves_questions_answered_as_misses() {
         "two failed writes and a failed search: {errors}"
     );
     // Clearing the query cache drops the index; the next answer makes it anew.
-    let cleared = app
-        .admin(
-            "POST",
-            "/health/cache/clear",
-            &json!({"cache_type": "query"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(cleared.json()["semantic_index"], "cleared");
+    clear(&app, json!({"cache_type": "query"})).await;
     missed(&ask(&app, ASKED, "s1").await);
     served_semantically(&ask(&app, PARAPHRASE, "s1").await, ASKED);
 }

@@ -341,6 +341,22 @@ fn apply(state: &Arc<QdrantState>, name: String, wait: bool, write: Write) -> Re
     }
 }
 
+/// A write's request, admitted (faults), parsed, to a collection that exists.
+async fn admitted(
+    state: &QdrantState,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+    name: &str,
+    body: &str,
+) -> Result<Value, Response> {
+    admit(state, endpoint, headers).await?;
+    let body = parse_body(body)?;
+    if !state.collections.lock().unwrap().contains_key(name) {
+        return Err(not_found(name));
+    }
+    Ok(body)
+}
+
 /// `PUT /collections/{name}/index`: `{"field_name", "field_schema"}`, the
 /// schema a type name or `{"type": ...}`; creating an existing index again is fine.
 async fn create_payload_index(
@@ -350,16 +366,10 @@ async fn create_payload_index(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(r) = admit(&state, COLLECTIONS, &headers).await {
-        return r;
-    }
-    let body = match parse_body(&body) {
-        Ok(b) => b,
+    let body = match admitted(&state, COLLECTIONS, &headers, &name, &body).await {
+        Ok(body) => body,
         Err(r) => return r,
     };
-    if !state.collections.lock().unwrap().contains_key(&name) {
-        return not_found(&name);
-    }
     let field = body["field_name"].as_str().map(str::to_string);
     let kind = body["field_schema"]
         .as_str()
@@ -494,16 +504,10 @@ async fn delete_points(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(r) = admit(&state, DELETE, &headers).await {
-        return r;
-    }
-    let body = match parse_body(&body) {
-        Ok(b) => b,
+    let body = match admitted(&state, DELETE, &headers, &name, &body).await {
+        Ok(body) => body,
         Err(r) => return r,
     };
-    if !state.collections.lock().unwrap().contains_key(&name) {
-        return not_found(&name);
-    }
     let ids: Option<Vec<PointId>> = body["points"]
         .as_array()
         .map(|ids| ids.iter().filter_map(PointId::parse).collect());
