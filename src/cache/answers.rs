@@ -70,30 +70,56 @@ pub fn query_cache_key(
     shape: &AnswerShape,
     context: Option<&str>,
 ) -> String {
+    keys::query_cache(&answer_digest(
+        request,
+        shape,
+        &normalise(&request.question),
+        context,
+    ))
+}
+
+/// Everything but the question that shapes `request`'s answer, as one
+/// digest (the semantic cache's scope): two questions may share an answer
+/// only within one. The same parts as the key's, the question left empty
+/// (no question asked is empty).
+pub fn answer_scope(request: &QueryRequest, shape: &AnswerShape) -> String {
+    answer_digest(request, shape, "", None)
+}
+
+/// The normalised page context ("" without one), as answers are keyed by it.
+pub fn normalised_page(request: &QueryRequest) -> String {
+    request
+        .page_context
+        .as_deref()
+        .map(normalise)
+        .unwrap_or_default()
+}
+
+fn answer_digest(
+    request: &QueryRequest,
+    shape: &AnswerShape,
+    question: &str,
+    context: Option<&str>,
+) -> String {
     let top_k = shape.top_k.to_string();
     let session = match shape.scope {
         CacheScope::Session => request.session_id.as_str(),
         CacheScope::Global => "",
     };
-    let question = normalise(&request.question);
-    let page = request
-        .page_context
-        .as_deref()
-        .map(normalise)
-        .unwrap_or_default();
+    let page = normalised_page(request);
     let mut parts = vec![
         PROMPT_VERSION,
         shape.chat_model,
         shape.embedding_model,
         shape.collection,
         &top_k,
-        &question,
+        question,
         &page,
         session,
     ];
     // A first question's key is what it always was.
     parts.extend(context);
-    keys::query_cache(&md5_of_parts(&parts))
+    md5_of_parts(&parts)
 }
 
 /// Looks a first question's answer up, counts the question (for analytics

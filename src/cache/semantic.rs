@@ -21,11 +21,9 @@
 
 use serde_json::{json, Value};
 
-use crate::cache::answers::AnswerShape;
-use crate::cache::answers::CacheScope;
-use crate::chat::query::{QueryRequest, PROMPT_VERSION};
+pub use crate::cache::answers::answer_scope;
+use crate::chat::query::QueryRequest;
 use crate::chat::upstream::{Point, UpstreamError};
-use crate::redis::digest::md5_of_parts;
 use crate::redis::keys::{self, normalise};
 
 /// The Qdrant collection of the answered questions of `collection`'s answers.
@@ -85,34 +83,6 @@ pub fn parse_threshold(raw: Option<&str>, embedding_model: &str) -> Result<Optio
     Ok(found)
 }
 
-/// Everything but the question that shapes an answer, as one digest: two
-/// questions may share an answer only within one scope.
-pub fn answer_scope(request: &QueryRequest, shape: &AnswerShape) -> String {
-    let top_k = shape.top_k.to_string();
-    let session = match shape.scope {
-        CacheScope::Session => request.session_id.as_str(),
-        CacheScope::Global => "",
-    };
-    let page = page_of(request);
-    md5_of_parts(&[
-        PROMPT_VERSION,
-        shape.chat_model,
-        shape.embedding_model,
-        shape.collection,
-        &top_k,
-        &page,
-        session,
-    ])
-}
-
-fn page_of(request: &QueryRequest) -> String {
-    request
-        .page_context
-        .as_deref()
-        .map(normalise)
-        .unwrap_or_default()
-}
-
 /// A cached answer's point id: its cache-key digest as a UUID (so storing
 /// the same question again replaces its point). `None` for a key that is
 /// not a query-cache key.
@@ -156,11 +126,11 @@ pub struct Indexed {
 }
 
 impl Indexed {
-    /// The entry for `request`'s answer stored under `cache_key`, or `None`
-    /// when the key cannot be a point.
+    /// The entry for `request`'s answer of `scope` ([`answer_scope`])
+    /// stored under `cache_key`, or `None` when the key cannot be a point.
     pub fn new(
         request: &QueryRequest,
-        shape: &AnswerShape,
+        scope: String,
         cache_key: &str,
         generation: &[u8],
         now_epoch_seconds: u64,
@@ -170,9 +140,9 @@ impl Indexed {
         point_id(cache_key)?;
         Some(Self {
             cache_key: cache_key.to_string(),
-            scope: answer_scope(request, shape),
+            scope,
             session: request.session_id.to_string(),
-            page: page_of(request),
+            page: crate::cache::answers::normalised_page(request),
             generation: String::from_utf8_lossy(generation).into_owned(),
             expires_at: now_epoch_seconds + ttl_seconds,
             question: request.question.trim().to_string(),
@@ -300,6 +270,7 @@ pub fn match_header(score: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::answers::{AnswerShape, CacheScope};
     use crate::cache::invalidation::ClearScope;
     use crate::chat::conversation::ConversationChoice;
     use crate::http::api::SessionId;
@@ -404,7 +375,17 @@ mod tests {
         let asked = request("  How do I reset it? ", "s1", Some("/Billing "));
         let key = keys::query_cache(&"a".repeat(32));
         let shape = shape(CacheScope::Session);
-        let indexed = Indexed::new(&asked, &shape, &key, b"7", 1_000, 3_600, vec![0.5; 3]).unwrap();
+        let scope = answer_scope(&asked, &shape);
+        let indexed = Indexed::new(
+            &asked,
+            scope.clone(),
+            &key,
+            b"7",
+            1_000,
+            3_600,
+            vec![0.5; 3],
+        )
+        .unwrap();
         let point = indexed.point();
         assert_eq!(point.id, point_id(&key).unwrap());
         assert_eq!(point.payload["scope"], answer_scope(&asked, &shape));
@@ -413,7 +394,7 @@ mod tests {
         assert_eq!(point.payload["generation"], "7");
         assert_eq!(point.payload["expires_at"], 4_600);
         assert_eq!(point.payload["question"], "How do I reset it?");
-        assert!(Indexed::new(&asked, &shape, "chatbot:x", b"7", 0, 1, vec![]).is_none());
+        assert!(Indexed::new(&asked, scope, "chatbot:x", b"7", 0, 1, vec![]).is_none());
 
         let search = search_request(&[0.5; 3], &indexed.scope, b"7", 2_000, 0.9);
         assert_eq!(search["limit"], CANDIDATES);

@@ -206,9 +206,12 @@ pub async fn answer(
 
     // A first question answered under the lock may be served an earlier
     // question's answer of the same scope and generation.
-    let semantic = match (&generation, settings.semantic_cache_threshold) {
-        (Some(generation), Some(threshold)) if turns.is_empty() => Some(SemanticLookup {
-            scope: semantic::answer_scope(request, &settings.shape()),
+    // Its scope, computed once: looked up in, and indexed with.
+    let mut scope = (settings.semantic_cache_threshold.is_some() && turns.is_empty())
+        .then(|| semantic::answer_scope(request, &settings.shape()));
+    let semantic = match (&generation, settings.semantic_cache_threshold, &scope) {
+        (Some(generation), Some(threshold), Some(scope)) => Some(SemanticLookup {
+            scope,
             generation,
             threshold,
         }),
@@ -259,10 +262,11 @@ pub async fn answer(
                 match run(conn, &store).await {
                     // Cached: indexed for the semantic cache once the client has it.
                     Ok(()) => {
-                        answer.index = answer.question_vector.take().and_then(|vector| {
+                        let looked_up = answer.question_vector.take().zip(scope.take());
+                        answer.index = looked_up.and_then(|(vector, scope)| {
                             Indexed::new(
                                 request,
-                                &settings.shape(),
+                                scope,
                                 &cache_key,
                                 &generation,
                                 crate::now_epoch_seconds(),

@@ -23,7 +23,7 @@ fn collection(settings: &PipelineSettings) -> String {
 /// What a first question is looked up with: its answer scope and the
 /// generation its answer would be of.
 pub struct SemanticLookup<'a> {
-    pub scope: String,
+    pub scope: &'a str,
     pub generation: &'a [u8],
     pub threshold: f64,
 }
@@ -85,7 +85,7 @@ async fn look_up(
 ) -> Option<Matched> {
     let request = semantic::search_request(
         vector,
-        &lookup.scope,
+        lookup.scope,
         lookup.generation,
         crate::now_epoch_seconds(),
         lookup.threshold,
