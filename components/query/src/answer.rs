@@ -1,7 +1,9 @@
 //! `POST /api/v1/chat/query`: checks, then the answer (JSON, or server-sent
-//! events as the model writes it), and only once the client has the whole
-//! answer, the exchange's Postgres write and the metrics, before the body
-//! ends (see `chatbot_spin::respond`).
+//! events as the model writes it); once the answer is decided, what the
+//! request must keep (the budget's charge, the exchange's Postgres write, its
+//! turn, the metrics), and only then the response (JSON, whole) or the
+//! stream's last event: nothing runs after the response, so nothing is lost
+//! when the host recycles the instance (see `chatbot_spin::respond`).
 
 use crate::budget::{reserve, settle};
 use crate::conversation::{add_turn, conversation_of};
@@ -34,7 +36,7 @@ enum Delivered {
     ClientLeft,
 }
 
-/// What is left to do once the client has its answer.
+/// An answered question, to keep and then to answer with.
 pub(crate) struct Exchange {
     pub request: QueryRequest,
     pub answer: Answer,
@@ -61,7 +63,7 @@ pub async fn chat_query(req: Request, out: Out) {
                 vec![Observation::Error(ErrorType::Config)],
             )
             .await;
-            return routing::send(out, respond::error(&e)).await;
+            return routing::send(out, respond::error(&e));
         }
     };
     let address = identity::client_address(&req, &identity_settings);
@@ -69,28 +71,29 @@ pub async fn chat_query(req: Request, out: Out) {
     let mut reply = Reply::new(out);
     let outcome = ask(&mut scope, &settings, &identity_settings, &req, &mut reply).await;
     let owner = identity_settings.mode.owner_check();
+    // The answer is decided (streamed, its deltas are out): what the request
+    // must keep is done first, with its own allowance, then the response.
+    chatbot_spin::context::answer_decided();
     match outcome {
         Ok(exchange) => {
-            reply.answer(&scope, &exchange).await;
-            scope.observe_latency();
-            chatbot_spin::context::after_response();
-            // The client has every byte: now what it does not wait for.
             let delivered = if reply.client_gone() {
                 Delivered::ClientLeft
             } else {
                 Delivered::Whole
             };
-            after_response(&mut scope, &settings, exchange, owner, delivered).await;
+            keep(&mut scope, &settings, &exchange, owner, delivered).await;
+            scope.observe_latency();
+            scope.record().await;
+            reply.answer(&scope, &exchange).await;
         }
         Err(e) => {
             // Refusals and failures are counted, and timed, like answers.
             scope.refused(&e);
-            reply.fail(&scope, e).await;
             scope.observe_latency();
-            chatbot_spin::context::after_response();
+            scope.record().await;
+            reply.fail(&scope, e).await;
         }
     }
-    scope.record().await;
 }
 
 async fn ask(
@@ -230,15 +233,16 @@ async fn ask(
     })
 }
 
-/// After the response: the budget charge, the exchange in Postgres (a failed
-/// write is counted and logged, as before the move; not written when the
-/// client left a stream before its end, as it never saw the answer), and its
-/// turn in Redis, for the questions after it (see `conversation::add_turn`),
-/// then the answer's point in the semantic cache's index.
-async fn after_response(
+/// What an answer leaves behind, before it goes out: the budget charge, the
+/// exchange in Postgres (a failed write is counted and logged; not written
+/// when the client left a stream before its end, as it never saw the
+/// answer), its turn in Redis, for the questions after it (see
+/// `conversation::add_turn`), then the answer's point in the semantic
+/// cache's index.
+async fn keep(
     scope: &mut Scope,
     settings: &PipelineSettings,
-    exchange: Exchange,
+    exchange: &Exchange,
     owner: OwnerCheck,
     delivered: Delivered,
 ) {
@@ -248,6 +252,7 @@ async fn after_response(
         conversation,
         turns_kept,
     } = exchange;
+    let (conversation, turns_kept) = (*conversation, *turns_kept);
     settle(scope, Spent::on_answer(answer.cached, answer.value.tokens)).await;
     if delivered == Delivered::ClientLeft {
         chatbot_spin::log::info(
@@ -258,8 +263,8 @@ async fn after_response(
     } else {
         let stored = chatbot_spin::history::store_history(
             settings,
-            &request,
-            &answer,
+            request,
+            answer,
             owner,
             conversation,
             &mut scope.telemetry,
@@ -269,7 +274,7 @@ async fn after_response(
             add_turn(
                 scope,
                 settings,
-                &request,
+                request,
                 conversation,
                 turns_kept,
                 now,
@@ -279,7 +284,7 @@ async fn after_response(
         }
     }
     // Last (the exchange comes first), and bounded: a whole answer just
-    // cached (the client may have left a stream after its end was written)
+    // cached (the model's stream ended, whether or not its client stayed)
     // is indexed, so the semantic cache may serve it from now on.
     if let Some(indexed) = &answer.index {
         chatbot_spin::semantic::remember(settings, indexed, &mut scope.telemetry).await;

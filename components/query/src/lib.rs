@@ -5,9 +5,9 @@
 //!
 //! Hit path: limiter (1 Redis round trip for every bucket), the user's gate
 //! when there is a user (1), cache lookup and the session's conversation id
-//! (1); then the response goes out, and after its last byte (before its body
-//! ends, so that nothing is lost if the instance is then recycled) the
-//! exchange's one Postgres statement and the recorder (1).
+//! (1), the exchange's one Postgres statement and the recorder (1); then the
+//! response goes out whole, with nothing left to run after it (so nothing to
+//! lose when the instance is then recycled).
 //!
 //! `Accept: text/event-stream` (or `"stream": true`) answers with server-sent
 //! events: `meta`, the answer's `delta`s as the model writes them, `done`.
@@ -51,11 +51,11 @@ async fn handle(incoming: spin_sdk::http::Request) -> Outgoing {
 async fn serve(incoming: spin_sdk::http::Request, out: respond::Out) {
     let req = match routing::read(routes::QUERY_ROUTES, incoming).await {
         Ok(req) => req,
-        Err(refused) => return routing::send(out, refused).await,
+        Err(refused) => return routing::send(out, refused),
     };
     if req.method() == spin_sdk::http::Method::POST && routes::CHAT_QUERY.matches(req.path()) {
         return answer::chat_query(req, out).await;
     }
     let response = routing::serve(routes::QUERY_ROUTES, handler, req).await;
-    routing::send(out, response).await;
+    routing::send(out, response);
 }

@@ -7,7 +7,7 @@ use chatbot_core::chat::query::{self, Citation};
 use chatbot_core::chat::stream::{self, Delta, Done, Meta, UsageReport};
 use chatbot_core::http::api::ApiError;
 use chatbot_spin::pipeline::{Answer, MatchedQuestion, Pending, Progress};
-use chatbot_spin::respond::{self, json, Body, Out, SetHeader};
+use chatbot_spin::respond::{self, json, Body, Out, Response, SetHeader};
 use chatbot_spin::routing::{self};
 
 /// `X-Cache-Match` of an answer from the cache.
@@ -24,8 +24,6 @@ pub(crate) struct Reply {
     pub(crate) conversation: Option<i64>,
     /// The rate-limit headers, copied in when a stream starts mid-pipeline.
     pub(crate) limit_headers: Vec<(&'static str, String)>,
-    /// The client of a finished stream had left before its end.
-    left: bool,
 }
 
 impl Reply {
@@ -37,47 +35,62 @@ impl Reply {
             session: String::new(),
             conversation: None,
             limit_headers: Vec::new(),
-            left: false,
         }
     }
 
-    /// Sends the head of the event stream and the `meta` event (`answer`:
-    /// the cached answer served, else a miss's).
-    pub(crate) async fn start_stream(&mut self, answer: Option<&Answer>, citations: &[Citation]) {
+    /// The head of an event stream: its headers, the rate limit's with them
+    /// (`answer`: the cached answer served, else a miss's).
+    fn stream_head(&self, answer: Option<&Answer>) -> Response {
+        let mut head = Response::new(Vec::new());
+        head.set_header("content-type", stream::EVENT_STREAM);
+        head.set_header("cache-control", "no-cache");
+        // Proxies that buffer (nginx) pass events on at once with this.
+        head.set_header("x-accel-buffering", "no");
         let cached = answer.is_some_and(|a| a.cached);
-        let matched = answer.and_then(|a| a.matched.as_ref());
+        head.set_header("x-cache", if cached { "HIT" } else { "MISS" });
+        if cached {
+            head.set_header(
+                "x-cache-match",
+                match_header(answer.and_then(|a| a.matched.as_ref())),
+            );
+        }
+        for (name, value) in &self.limit_headers {
+            head.set_header(name, value);
+        }
+        head
+    }
+
+    /// The `meta` event: where the answer will be stored and what it cites.
+    fn meta_event(&self, answer: Option<&Answer>, citations: &[Citation]) -> Vec<u8> {
+        stream::event(
+            stream::META,
+            &Meta {
+                session_id: &self.session,
+                conversation_id: self.conversation,
+                citations,
+                cached: answer.is_some_and(|a| a.cached),
+                matched_question: answer
+                    .and_then(|a| a.matched.as_ref())
+                    .map(|m| m.question.as_str()),
+            },
+        )
+    }
+
+    /// Sends the head of the event stream and the `meta` event, with `then`
+    /// (the events that follow it at once) in the same write.
+    async fn start_stream(&mut self, citations: &[Citation], then: &[u8]) {
         let Some(out) = self.out.take() else {
             return;
         };
-        let mut headers: Vec<(String, Vec<u8>)> = vec![
-            ("content-type".into(), stream::EVENT_STREAM.into()),
-            ("cache-control".into(), b"no-cache".to_vec()),
-            // Proxies that buffer (nginx) pass events on at once with this.
-            ("x-accel-buffering".into(), b"no".to_vec()),
-            ("x-cache".into(), if cached { "HIT" } else { "MISS" }.into()),
-        ];
-        if cached {
-            headers.push(("x-cache-match".into(), match_header(matched).into_bytes()));
+        let mut head = self.stream_head(None);
+        for (name, value) in routing::common_headers() {
+            head.set_header(name, value);
         }
-        headers.extend(
-            self.limit_headers
-                .iter()
-                .chain(routing::common_headers().iter())
-                .map(|(name, value)| (name.to_string(), value.clone().into_bytes())),
-        );
-        match Body::start(out, 200, headers) {
+        let mut events = self.meta_event(None, citations);
+        events.extend_from_slice(then);
+        match Body::start(out, head) {
             Ok(mut body) => {
-                body.write(&stream::event(
-                    stream::META,
-                    &Meta {
-                        session_id: &self.session,
-                        conversation_id: self.conversation,
-                        citations,
-                        cached,
-                        matched_question: matched.map(|m| m.question.as_str()),
-                    },
-                ))
-                .await;
+                body.write(&events).await;
                 self.body = Some(body);
             }
             Err(e) => chatbot_spin::log::warn(
@@ -90,7 +103,7 @@ impl Reply {
 
     /// Whether a stream's client went away before its end.
     pub(crate) fn client_gone(&self) -> bool {
-        self.body.as_ref().is_some_and(Body::client_gone) || self.left
+        self.body.as_ref().is_some_and(Body::client_gone)
     }
 
     async fn write(&mut self, bytes: &[u8]) {
@@ -99,7 +112,8 @@ impl Reply {
         }
     }
 
-    /// The whole answer: a JSON body, or the stream's last events.
+    /// The whole answer: a JSON body, or the stream's last events, written
+    /// at once, and the stream's end.
     pub(crate) async fn answer(&mut self, scope: &Scope, exchange: &Exchange) {
         let answer = &exchange.answer;
         if !self.streamed {
@@ -117,23 +131,11 @@ impl Reply {
                 response.set_header("x-cache-match", match_header(answer.matched.as_ref()));
             }
             if let Some(out) = self.out.take() {
-                routing::send(out, response).await;
+                routing::send(out, response);
             }
             return;
         }
-        if self.body.is_none() {
-            // A hit, or a waiter on another's miss: the stored answer at once, in one delta.
-            self.start_stream(Some(answer), &answer.value.citations)
-                .await;
-            self.write(&stream::event(
-                stream::DELTA,
-                &Delta {
-                    text: &answer.value.answer,
-                },
-            ))
-            .await;
-        }
-        self.write(&stream::event(
+        let done = stream::event(
             stream::DONE,
             &Done {
                 answer: &answer.value.answer,
@@ -144,10 +146,28 @@ impl Reply {
                 matched_question: answer.matched.as_ref().map(|m| m.question.as_str()),
                 usage: answer.usage.as_ref().map(UsageReport::from),
             },
-        ))
-        .await;
+        );
+        if self.body.is_none() {
+            // A hit, or a waiter on another's miss: every event is known at
+            // once (the stored answer in one delta), so they leave whole,
+            // with their length, as a JSON answer does.
+            let mut events = self.meta_event(Some(answer), &answer.value.citations);
+            events.extend(stream::event(
+                stream::DELTA,
+                &Delta {
+                    text: &answer.value.answer,
+                },
+            ));
+            events.extend(done);
+            if let Some(out) = self.out.take() {
+                let mut response = self.stream_head(Some(answer));
+                *response.body_mut() = events;
+                routing::send(out, response);
+            }
+            return;
+        }
+        self.write(&done).await;
         if let Some(body) = self.body.take() {
-            self.left = body.client_gone();
             body.finish();
         }
     }
@@ -156,7 +176,7 @@ impl Reply {
     /// event that ends the stream (the partial answer is not kept).
     pub(crate) async fn fail(&mut self, scope: &Scope, error: ApiError) {
         if let Some(out) = self.out.take() {
-            return routing::send(out, scope.respond(Err(error))).await;
+            return routing::send(out, scope.respond(Err(error)));
         }
         let body = respond::error_body(&error);
         self.write(&stream::event(stream::ERROR, &body)).await;
@@ -173,11 +193,12 @@ impl Progress for Reply {
 
     fn delta<'a>(&'a mut self, citations: &'a [Citation], text: &'a str) -> Pending<'a> {
         Box::pin(async move {
+            let delta = stream::event(stream::DELTA, &Delta { text });
             if self.body.is_none() {
-                self.start_stream(None, citations).await;
+                self.start_stream(citations, &delta).await;
+            } else {
+                self.write(&delta).await;
             }
-            self.write(&stream::event(stream::DELTA, &Delta { text }))
-                .await;
         })
     }
 }

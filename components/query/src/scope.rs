@@ -98,10 +98,9 @@ impl Scope {
 
     /// The response for `result`, with the rate-limit headers, after the
     /// samples went to the recorder (a failure never fails the request).
-    pub async fn finish(self, result: Result<Response, ApiError>) -> Response {
-        let response = self.respond(result);
+    pub async fn finish(mut self, result: Result<Response, ApiError>) -> Response {
         self.record().await;
-        response
+        self.respond(result)
     }
 
     /// The rate-limit headers of the request's decision.
@@ -121,11 +120,12 @@ impl Scope {
         response
     }
 
-    /// Hands the samples to the recorder (a failure never fails the request).
-    pub(crate) async fn record(self) {
+    /// Hands the samples so far to the recorder (a failure never fails the request).
+    pub(crate) async fn record(&mut self) {
+        let samples = std::mem::take(&mut self.telemetry.samples);
         // Without a connection Redis is down, and so is the recorder's storage: skip the second failure.
         if self.conn.is_some() {
-            bindings::record(self.telemetry.samples, self.session).await;
+            bindings::record(samples, self.session.clone()).await;
         }
     }
 }

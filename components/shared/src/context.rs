@@ -23,9 +23,6 @@ pub struct RequestContext {
     /// When the request must be over (`request_timeout_ms` after it started),
     /// once the settings are known.
     deadline: std::cell::Cell<Option<Instant>>,
-    /// What must live as long as the request's work (its response body's
-    /// writer: the body ends when the work does).
-    kept: RefCell<Vec<Box<dyn std::any::Any>>>,
 }
 
 impl RequestContext {
@@ -36,13 +33,7 @@ impl RequestContext {
             started: Instant::now(),
             started_at: std::time::SystemTime::now(),
             deadline: std::cell::Cell::new(None),
-            kept: RefCell::new(Vec::new()),
         })
-    }
-
-    /// Keeps `item` until the request's work is over.
-    pub fn keep_until_done(&self, item: Box<dyn std::any::Any>) {
-        self.kept.borrow_mut().push(item);
     }
 
     /// A context for work on behalf of a caller (a composed dependency's
@@ -132,21 +123,23 @@ pub fn set_request_timeout(request_timeout: Duration) {
     }
 }
 
-/// What the work after a response may take (its history write, its metrics
-/// batch): bounded, so that a slow Postgres holds an instance (and the
-/// request, which lasts until that work ends) a few seconds, not for ever.
-pub const AFTER_RESPONSE: Duration = Duration::from_secs(5);
+/// What a request's bookkeeping may take once its answer is decided (the
+/// exchange's history write, its metrics batch, before the response leaves):
+/// its own allowance, whatever was left of the request's deadline, and
+/// bounded, so that a slow Postgres holds the answer and the instance a few
+/// seconds, not for ever.
+pub const BOOKKEEPING: Duration = Duration::from_secs(5);
 
 /// The longest one Redis or Postgres call of a request may wait: far above
 /// what either takes when well (a millisecond or two), and short enough that
 /// a silent one costs a request some latency, not its answer.
 pub const STORE_CALL: Duration = Duration::from_secs(2);
 
-/// The client has its answer: what is left to do gets [`AFTER_RESPONSE`]
-/// from now, whatever was left of the request's own deadline.
-pub fn after_response() {
+/// The answer is decided: its bookkeeping gets [`BOOKKEEPING`] from now,
+/// whatever was left of the request's own deadline.
+pub fn answer_decided() {
     if let Some(context) = current() {
-        context.deadline.set(Some(Instant::now() + AFTER_RESPONSE));
+        context.deadline.set(Some(Instant::now() + BOOKKEEPING));
     }
 }
 

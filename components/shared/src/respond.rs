@@ -1,14 +1,21 @@
 //! Building responses (JSON bodies and the one rendering of [`ApiError`])
 //! and writing them to the client, whole or as they are made.
 //!
-//! A request's work runs as a task of its own (see [`entry`]): the handler
-//! hands the host the response's head as soon as it is known, and the body
-//! follows as it is written. The body ends when the request's work ends, not
-//! when its last byte is written: Spin 4 counts a WASIp3 request as over
-//! when its body ends and may then drop the instance, so what runs after the
-//! answer (the exchange's history write, the metrics) runs before that end
-//! and cannot be lost. Hence no `Content-Length` on these responses: a
-//! declared length would end the request at its last byte.
+//! A request's work runs as a task of its own (see [`entry`]), which hands
+//! the host the response once it is known. Spin 4 counts a WASIp3 request as
+//! over when its response body ends (with a declared `Content-Length`, at its
+//! last byte) and may then drop the instance: so whatever the request must
+//! keep (the exchange's history write, the metrics) is done *before* its
+//! response goes out, and nothing is left to run after it.
+//!
+//! A whole response ([`send`]) leaves in one piece: its `Content-Length`
+//! declared and its body one frame, so the host writes head and body at once
+//! and ends the message there. Spin does not set `TCP_NODELAY` on the
+//! connections it accepts: a response written in pieces (head and body, then
+//! its chunked end later) would wait on Nagle's algorithm for the client's
+//! delayed ACK, 40 ms on Linux for every answer on a keep-alive connection.
+//! An event stream ([`Body`]) has no length to declare: its events leave as
+//! they are written, and it ends as soon as its last event is written.
 
 use bytes::Bytes;
 use chatbot_core::http::api::ApiError;
@@ -112,37 +119,46 @@ where
     match crate::context::polled_again(sent).await {
         Ok(response) => response,
         Err(_) => {
-            let mut response = http::Response::new(
-                http_body_util::Full::new(Bytes::from_static(b"{\"error\":\"internal\"}"))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            );
+            const BODY: &[u8] = b"{\"error\":\"internal\"}";
+            let mut response = http::Response::new(whole(Bytes::from_static(BODY)));
             *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, BODY.len().into());
             response
         }
     }
 }
 
-/// Writes a whole response to the client. The body ends with the request's
-/// work (see the module's comment).
-pub async fn send(out: Out, response: Response) {
-    let (head, body) = response.into_parts();
-    let status = head.status.as_u16();
-    let headers = head
-        .headers
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect();
-    match Body::start(out, status, headers) {
-        Ok(mut writer) => {
-            writer.write(&body).await;
-            writer.finish();
-        }
-        Err(e) => crate::log::warn("response_failed", crate::log::Dependency::Client, &e),
+/// Hands the host a whole response: its `Content-Length` declared, its body
+/// one frame, so that it leaves in one write (see the module's comment).
+/// Whatever the request must keep is done by now: the request is over at
+/// the body's last byte.
+pub fn send(out: Out, response: Response) {
+    let (mut head, body) = response.into_parts();
+    // A HEAD's answer declares its GET's length already.
+    head.headers
+        .entry(http::header::CONTENT_LENGTH)
+        .or_insert_with(|| http::HeaderValue::from(body.len()));
+    let response = http::Response::from_parts(head, whole(Bytes::from(body)));
+    if out.head.send(response).is_err() {
+        crate::log::warn(
+            "response_failed",
+            crate::log::Dependency::Client,
+            "the host is no longer waiting for the response",
+        );
     }
 }
 
-/// A response body being written: the status and headers are out.
+/// A body of one frame.
+fn whole(bytes: Bytes) -> UnsyncBoxBody<Bytes, anyhow::Error> {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An event stream being written: the status and headers are out, and each
+/// write leaves at once.
 pub struct Body {
     sender: Option<mpsc::Sender<Bytes>>,
     /// The client went away: later writes are skipped.
@@ -150,14 +166,15 @@ pub struct Body {
 }
 
 impl Body {
-    /// Sends the status and headers.
-    pub fn start(out: Out, status: u16, headers: Vec<(String, Vec<u8>)>) -> Result<Self, String> {
-        let mut response = http::Response::builder().status(status);
-        for (name, value) in headers {
-            if name.eq_ignore_ascii_case("content-length") {
-                continue;
+    /// Sends `head`'s status and headers (with no `Content-Length`: the
+    /// stream's length is not known until it ends; `head`'s body is not sent).
+    pub fn start(out: Out, head: Response) -> Result<Self, String> {
+        let (head, _) = head.into_parts();
+        let mut response = http::Response::builder().status(head.status);
+        for (name, value) in &head.headers {
+            if name != http::header::CONTENT_LENGTH {
+                response = response.header(name, value);
             }
-            response = response.header(name, value);
         }
         let (sender, receiver) = mpsc::channel::<Bytes>(64);
         let body = http_body_util::StreamBody::new(
@@ -201,10 +218,9 @@ impl Body {
         self.gone || self.sender.as_ref().is_some_and(mpsc::Sender::is_closed)
     }
 
-    /// The last byte is written: the body ends when the request's work does.
-    pub fn finish(mut self) {
-        if let (Some(sender), Some(context)) = (self.sender.take(), crate::context::current()) {
-            context.keep_until_done(Box::new(sender));
-        }
+    /// The last event is written: the stream ends now (and with it the
+    /// request, so whatever it must keep is done by now).
+    pub fn finish(self) {
+        drop(self);
     }
 }

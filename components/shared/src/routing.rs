@@ -81,7 +81,9 @@ pub async fn serve(
     }
     let mut response = reply(result);
     if head {
-        // HEAD: the GET's answer (status and headers) without its body.
+        // HEAD: the GET's answer (status and headers, its length included) without its body.
+        let length = response.body().len();
+        response.set_header("content-length", length.to_string());
         response.body_mut().clear();
     }
     response
@@ -102,12 +104,12 @@ pub fn common_headers() -> [(&'static str, String); 2] {
     ]
 }
 
-/// Writes `response` to the client with the common headers.
-pub async fn send(out: Out, mut response: Response) {
+/// Hands `response` to the host with the common headers.
+pub fn send(out: Out, mut response: Response) {
     for (name, value) in common_headers() {
         response.set_header(name, value);
     }
-    crate::respond::send(out, response).await;
+    crate::respond::send(out, response);
 }
 
 /// Reads the request within its route's body limit; the error response otherwise.
@@ -129,9 +131,9 @@ pub async fn count_refusal(e: &ApiError) {
     let Some(kind) = ErrorType::of_refusal(e.code) else {
         return;
     };
-    // The answer is decided: counting it is work after the answer, with its
-    // own allowance (a body that timed out has spent the request's deadline).
-    crate::context::after_response();
+    // The answer is decided: counting it is bookkeeping, with its own
+    // allowance (a body that timed out has spent the request's deadline).
+    crate::context::answer_decided();
     let recorded = match crate::settings::open_redis().await {
         Ok(conn) => crate::metrics_store::record(&conn, &[Observation::Error(kind).sample()], None)
             .await
@@ -161,7 +163,7 @@ pub async fn handle(
         Ok(req) => serve(table, handler_for, req).await,
         Err(refused) => refused,
     };
-    send(out, response).await;
+    send(out, response);
 }
 
 /// The client address of a request, for the security log (identity settings
