@@ -62,6 +62,9 @@ impl Client {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
                 .with_context(|| format!("connecting to {}", self.addr))?;
+            // The client's own writes only (a request leaves in one write
+            // anyway); its ACKs stay delayed, as any keep-alive client's do,
+            // so a server's Nagle stall shows in what this client measures.
             stream.set_nodelay(true)?;
             let (sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

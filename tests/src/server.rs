@@ -1,4 +1,6 @@
-//! Serves an [`App`] over HTTP/1.1 on a TCP port, as `spin up` does.
+//! Serves an [`App`] over HTTP/1.1 on a TCP port, as `spin up` does (its
+//! HTTP/2 prior-knowledge upgrade aside: Spin's trigger serves both through
+//! hyper-util's `auto` builder; nothing here speaks HTTP/2).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +37,10 @@ pub async fn start(app: Arc<App>, addr: SocketAddr) -> anyhow::Result<RunningSer
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            // As Spin's HTTP trigger (`crates/trigger-http/src/server.rs`):
+            // the accepted stream is served as it is, Nagle's algorithm on
+            // (no `TCP_NODELAY`), so a response written in pieces stalls
+            // here as it does there.
             let app = app.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {

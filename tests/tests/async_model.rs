@@ -232,3 +232,19 @@ async fn a_history_lists_exchanges_in_the_order_they_were_asked_not_stored() {
         .collect();
     assert_eq!(questions, ["Quick?", "Slow?", "Quick?"], "{history}");
 }
+
+/// Every JSON answer leaves in one piece, with its `Content-Length`: on a
+/// keep-alive connection whose client delays its ACKs (as any does), the
+/// whole of it arrives in one segment, before the client has ACKed anything,
+/// so Nagle's algorithm (on, as in Spin) has nothing to hold back.
+#[tokio::test]
+async fn every_json_answer_leaves_whole_on_a_keep_alive_connection() {
+    let app = TestApp::spawn().await.unwrap();
+    let table = chatbot_harness::wire::check_whole_json_answers(
+        app.server.addr,
+        chatbot_harness::TEST_ADMIN_TOKEN,
+    )
+    .await
+    .unwrap();
+    println!("{table}");
+}
