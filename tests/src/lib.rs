@@ -17,13 +17,17 @@ pub mod host;
 pub mod limiter;
 pub mod manifest;
 pub mod promtool;
+pub mod real_qdrant;
 pub mod recorder;
+pub mod relay;
 pub mod routes;
 pub mod runtime;
 pub mod scripts;
 pub mod server;
 pub mod services;
+pub mod spin;
 pub mod stubs;
+pub mod wire;
 
 use chatbot_core::config::names;
 use std::collections::BTreeMap;
@@ -224,33 +228,8 @@ impl TestAppBuilder {
             qdrant.create_collection(DEFAULT_COLLECTION, TEST_EMBEDDING_DIMENSIONS);
         }
 
-        let mut variables = BTreeMap::from([
-            (names::REDIS_ADDRESS.to_string(), redis_url.clone()),
-            (names::POSTGRES_ADDRESS.to_string(), postgres_url.clone()),
-            (names::OPENAI_BASE_URL.to_string(), openai.base_url()),
-            (
-                names::OPENAI_API_KEY.to_string(),
-                TEST_OPENAI_KEY.to_string(),
-            ),
-            (names::QDRANT_URL.to_string(), qdrant.url()),
-            (
-                names::QDRANT_API_KEY.to_string(),
-                TEST_QDRANT_KEY.to_string(),
-            ),
-            (names::ADMIN_TOKEN.to_string(), TEST_ADMIN_TOKEN.to_string()),
-            // Every test client is 127.0.0.1: only the tests of the per-address
-            // bucket set a limit of their own.
-            (
-                names::RATE_LIMIT_PER_ADDRESS_REQUESTS.to_string(),
-                "10000000".to_string(),
-            ),
-        ]);
-        for (address, allowed) in ALLOW_LIST_VARIABLES {
-            if let Some(url) = variables.get(address) {
-                let origin = origin_of(url);
-                variables.insert(allowed.to_string(), origin);
-            }
-        }
+        let mut variables =
+            standard_variables(&redis_url, &postgres_url, &openai.base_url(), &qdrant.url());
         let manifest = self
             .manifest
             .unwrap_or_else(|| project_root().join("spin.toml"));
@@ -274,10 +253,14 @@ impl TestAppBuilder {
         let app = Arc::new(app);
         let server = server::start(app.clone(), ([127, 0, 0, 1], 0).into()).await?;
         Ok(TestApp {
+            deployment: Deployment {
+                addr: server.addr,
+                redis_url,
+                postgres_url,
+                settle: Some(app.clone()),
+            },
             app,
             server,
-            redis_url,
-            postgres_url,
             openai,
             qdrant,
             chatbot_imports: self.chatbot_imports,
@@ -285,21 +268,97 @@ impl TestAppBuilder {
     }
 }
 
+/// The variables that wire an app to a test's Redis and Postgres databases
+/// and its OpenAI and Qdrant servers, with the test keys and admin token, and
+/// each dependency's `allowed_outbound_hosts` entry in step with its address.
+pub fn standard_variables(
+    redis_url: &str,
+    postgres_url: &str,
+    openai_base_url: &str,
+    qdrant_url: &str,
+) -> BTreeMap<String, String> {
+    let mut variables = BTreeMap::from([
+        (names::REDIS_ADDRESS.to_string(), redis_url.to_string()),
+        (
+            names::POSTGRES_ADDRESS.to_string(),
+            postgres_url.to_string(),
+        ),
+        (
+            names::OPENAI_BASE_URL.to_string(),
+            openai_base_url.to_string(),
+        ),
+        (
+            names::OPENAI_API_KEY.to_string(),
+            TEST_OPENAI_KEY.to_string(),
+        ),
+        (names::QDRANT_URL.to_string(), qdrant_url.to_string()),
+        (
+            names::QDRANT_API_KEY.to_string(),
+            TEST_QDRANT_KEY.to_string(),
+        ),
+        (names::ADMIN_TOKEN.to_string(), TEST_ADMIN_TOKEN.to_string()),
+        // Every test client is 127.0.0.1: only the tests of the per-address
+        // bucket set a limit of their own.
+        (
+            names::RATE_LIMIT_PER_ADDRESS_REQUESTS.to_string(),
+            "10000000".to_string(),
+        ),
+    ]);
+    for (address, allowed) in ALLOW_LIST_VARIABLES {
+        if let Some(url) = variables.get(address) {
+            let origin = origin_of(url);
+            variables.insert(allowed.to_string(), origin);
+        }
+    }
+    variables
+}
+
+/// The value of one series (`name{labels}`, exactly as rendered) in a
+/// Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The `Authorization` header value that carries the test admin token.
 pub fn admin_authorization() -> String {
     format!("Bearer {TEST_ADMIN_TOKEN}")
+}
+
+/// What a test talks to, whichever host serves it: where it listens, and
+/// its Redis and Postgres databases. [`TestApp`] (the harness's host) and
+/// [`spin::SpinApp`] (a real `spin up`) both dereference to one.
+pub struct Deployment {
+    pub addr: std::net::SocketAddr,
+    pub redis_url: String,
+    pub postgres_url: String,
+    /// The harness's app, to wait on what its handlers do after a response;
+    /// `None` under a real Spin, which tells nobody.
+    settle: Option<Arc<App>>,
 }
 
 /// One test's application: its own Redis database, Postgres database and stubs.
 pub struct TestApp {
     pub app: Arc<App>,
     pub server: server::RunningServer,
-    pub redis_url: String,
-    pub postgres_url: String,
+    pub deployment: Deployment,
     /// Shared with the apps spawned [`TestAppBuilder::sharing_services_of`] this one.
     pub openai: Arc<stubs::openai::OpenAiStub>,
     pub qdrant: Arc<stubs::qdrant::QdrantStub>,
     pub chatbot_imports: Option<Arc<ChatbotImports>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Deployment;
+
+    fn deref(&self) -> &Deployment {
+        &self.deployment
+    }
 }
 
 impl TestApp {
@@ -312,16 +371,31 @@ impl TestApp {
         Self::builder().spawn().await
     }
 
-    /// A client on a new keep-alive connection to the app; each response
-    /// returns once the request's work after it is done too (see [`App::settled`]).
+    pub fn counts(&self) -> host::Counts {
+        self.app.counters.snapshot()
+    }
+}
+
+impl Deployment {
+    /// A client on a new keep-alive connection to the app; under the
+    /// harness, each response returns once the request's work after it is
+    /// done too (see [`App::settled`]).
     pub fn client(&self) -> Client {
-        Client::settling(self.server.addr, self.app.clone())
+        match &self.settle {
+            Some(app) => Client::settling(self.addr, app.clone()),
+            None => Client::new(self.addr),
+        }
     }
 
     /// A client that returns each response as soon as it is complete, with
     /// the handler possibly still at work (what a real client sees).
     pub fn raw_client(&self) -> Client {
-        Client::new(self.server.addr)
+        Client::new(self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub async fn get(&self, path: &str) -> Result<BufferedResponse> {
@@ -432,24 +506,32 @@ impl TestApp {
         services::connect(&self.postgres_url).await
     }
 
-    /// How many messages Postgres holds for `session` (questions and answers).
-    pub async fn messages_stored(&self, session: &str) -> i64 {
-        self.postgres()
-            .await
-            .expect("Postgres answers")
-            .query_one(
-                "SELECT count(*) FROM messages m
-                   JOIN conversations c ON c.id = m.conversation_id
-                   JOIN user_sessions s ON s.id = c.user_session_id
-                  WHERE s.session_id = $1",
-                &[&session],
-            )
-            .await
-            .expect("the count reads")
-            .get(0)
+    /// One series' value in `GET /metrics` (which must carry it).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.expect("GET /metrics").text();
+        metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
     }
 
-    pub fn counts(&self) -> host::Counts {
-        self.app.counters.snapshot()
+    /// How many messages Postgres holds for `session` (questions and answers).
+    pub async fn messages_stored(&self, session: &str) -> i64 {
+        messages_stored(&self.postgres_url, session).await
     }
+}
+
+/// How many messages the Postgres database at `postgres_url` holds for
+/// `session` (questions and answers).
+pub async fn messages_stored(postgres_url: &str, session: &str) -> i64 {
+    services::connect(postgres_url)
+        .await
+        .expect("Postgres answers")
+        .query_one(
+            "SELECT count(*) FROM messages m
+               JOIN conversations c ON c.id = m.conversation_id
+               JOIN user_sessions s ON s.id = c.user_session_id
+              WHERE s.session_id = $1",
+            &[&session],
+        )
+        .await
+        .expect("the count reads")
+        .get(0)
 }

@@ -102,7 +102,7 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -113,7 +113,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn find_binary(name: &str) -> Result<PathBuf> {
+pub(crate) fn find_binary(name: &str) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -184,7 +184,7 @@ impl Drop for PrivateRedis {
 /// servers' directories outlive it (statics are never dropped; the servers die
 /// with the process by their parent-death signal), so each start first removes
 /// the directories of test processes that are gone.
-fn data_dir() -> Result<tempfile::TempDir> {
+pub(crate) fn data_dir() -> Result<tempfile::TempDir> {
     const PREFIX: &str = "chatbot-test-services-";
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
