@@ -62,6 +62,39 @@ impl WireResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The host's own race, not the answer's shape: the head came alone
+    /// and the whole body in the one segment after it. Spin's trigger (and
+    /// wasmtime-wasi-http's, which the harness shares) hands hyper the
+    /// response as soon as the guest returns it, while the store's event
+    /// loop moves the body's bytes to it; when hyper's task looks first, it
+    /// flushes the head alone, and Nagle's algorithm then holds the body
+    /// until the client's delayed ACK. Measured under Spin 4.0.0 on one
+    /// keep-alive connection: 0 of 3,000 hits, 8 to 13 of 3,000 `/health`s.
+    pub fn head_came_alone(&self) -> bool {
+        self.data_segments == 2 && self.reads.len() == 2 && self.reads[0].1.ends_with(b"\r\n\r\n")
+    }
+
+    /// Whether the answer left as one piece: its `Content-Length` declared,
+    /// not chunked, and all of it in one segment (or, by the host's race
+    /// alone, its head and then its whole body: see [`Self::head_came_alone`]).
+    pub fn left_whole(&self) -> Result<(), String> {
+        let mut faults = Vec::new();
+        if self.is_chunked() {
+            faults.push("chunked".to_string());
+        }
+        if self.content_length().is_none() {
+            faults.push("no Content-Length".to_string());
+        }
+        if self.data_segments != 1 && !self.head_came_alone() {
+            faults.push(format!("{} data segments", self.data_segments));
+        }
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(faults.join(", "))
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
@@ -230,8 +263,9 @@ type Ask<'a> = (&'a str, u16, &'a str, &'a str, bool, Option<Vec<u8>>);
 /// refusals, history, ingestion, health, metrics, analytics, a 401, a 404, a
 /// 405, a `HEAD`. Each must declare its `Content-Length` (no chunked
 /// encoding) and arrive in one data segment, so that the client has all of
-/// it before it ACKs anything. Returns a Markdown table of what each took,
-/// or every answer that did not leave whole.
+/// it before it ACKs anything (an answer whose head alone came first, by the
+/// host's race, is asked again, up to twice). Returns a Markdown table of
+/// what each took, or every answer that did not leave whole.
 pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Result<String> {
     use serde_json::json;
     let admin = format!("Bearer {admin_token}");
@@ -340,8 +374,8 @@ pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Re
     ];
     let mut client = WireClient::connect(addr).await?;
     let mut rows = vec![
-        "| answer | status | Content-Length | data segments | ms |".to_string(),
-        "|---|---:|---:|---:|---:|".to_string(),
+        "| answer | status | Content-Length | data segments | head alone first (host race, asked again) | ms |".to_string(),
+        "|---|---:|---:|---:|---:|---:|".to_string(),
     ];
     let mut broken = Vec::new();
     for (name, expect, method, path, as_admin, body) in asks {
@@ -352,9 +386,16 @@ pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Re
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
-        let response =
-            Box::pin(client.send(method, path, &headers, body.as_deref().unwrap_or_default()))
-                .await?;
+        let body = body.as_deref().unwrap_or_default();
+        let mut response = Box::pin(client.send(method, path, &headers, body)).await?;
+        // The host's own race (see `head_came_alone`) is not the answer's
+        // shape: asked again (every request here may be repeated), an answer
+        // that leaves whole does so again, and one written in pieces does not.
+        let mut host_races = 0;
+        while response.head_came_alone() && host_races < 2 {
+            host_races += 1;
+            response = Box::pin(client.send(method, path, &headers, body)).await?;
+        }
         let mut faults = Vec::new();
         if response.status != expect {
             faults.push(format!(
@@ -363,22 +404,21 @@ pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Re
                 response.text()
             ));
         }
-        if response.is_chunked() {
-            faults.push("chunked".to_string());
-        }
         match response.content_length() {
-            None => faults.push("no Content-Length".to_string()),
             Some(n) if method != "HEAD" && n != response.body.len() => faults.push(format!(
                 "Content-Length {n} for {} bytes",
                 response.body.len()
             )),
-            Some(_) => {}
+            _ => {}
         }
-        if response.data_segments != 1 {
-            faults.push(format!("{} data segments", response.data_segments));
+        if let Err(shape) = response.left_whole() {
+            faults.push(shape);
+        }
+        if response.head_came_alone() {
+            faults.push(format!("the head came alone {} times over", host_races + 1));
         }
         rows.push(format!(
-            "| {name} | {} | {} | {} | {:.2} |",
+            "| {name} | {} | {} | {} | {host_races} | {:.2} |",
             response.status,
             response
                 .content_length()
