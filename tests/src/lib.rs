@@ -151,12 +151,10 @@ impl TestAppBuilder {
 
     /// Points a dependency elsewhere (`redis_address`, `postgres_address`,
     /// `qdrant_url`, `openai_base_url`) and allows it in `allowed_outbound_hosts`.
-    pub fn address(self, variable: &str, url: impl Into<String>) -> Self {
-        let url = url.into();
-        let allowed = allow_list_variable(variable)
-            .unwrap_or_else(|| panic!("{variable} is not a dependency address variable"));
-        self.variable(allowed, origin_of(&url))
-            .variable(variable, url)
+    pub fn address(mut self, variable: &str, url: impl Into<String>) -> Self {
+        self.variables
+            .extend(address_variables(variable, url.into()));
+        self
     }
 
     /// Serves the limiter and recorder from the host instead of composing the components.
@@ -266,6 +264,18 @@ impl TestAppBuilder {
             chatbot_imports: self.chatbot_imports,
         })
     }
+}
+
+/// A dependency's address variable (`redis_address`, `postgres_address`,
+/// `qdrant_url`, `openai_base_url`, `jwt_jwks_url`) set to `url`, with the
+/// `allowed_outbound_hosts` variable that must name its origin.
+pub fn address_variables(variable: &str, url: String) -> [(String, String); 2] {
+    let allowed = allow_list_variable(variable)
+        .unwrap_or_else(|| panic!("{variable} is not a dependency address variable"));
+    [
+        (allowed.to_string(), origin_of(&url)),
+        (variable.to_string(), url),
+    ]
 }
 
 /// The variables that wire an app to a test's Redis and Postgres databases

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::services::{data_dir, die_with_parent, free_port};
+use crate::services::{data_dir, die_with_parent, free_port, spawn_owned};
 
 /// The Qdrant binary to run, if any.
 pub fn binary() -> Option<PathBuf> {
@@ -52,24 +52,7 @@ impl RealQdrant {
 }
 
 fn start(binary: PathBuf) -> Result<RealQdrant> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    // A thread that lives as long as the process holds the child, so that its
-    // parent-death signal fires only when the whole process goes away.
-    std::thread::Builder::new()
-        .name("real-qdrant".into())
-        .spawn(move || match spawn(&binary) {
-            Ok((url, child, dir)) => {
-                tx.send(Ok(url)).ok();
-                let _keep = (child, dir);
-                loop {
-                    std::thread::park();
-                }
-            }
-            Err(e) => {
-                tx.send(Err(e)).ok();
-            }
-        })?;
-    let url = rx.recv()??;
+    let (url, _pid) = spawn_owned(move || spawn(&binary))?;
     Ok(RealQdrant {
         url,
         next_collection: AtomicU32::new(0),

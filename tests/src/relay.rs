@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -27,11 +27,21 @@ impl Relay {
         })
     }
 
-    /// `url` with its host and port replaced by the relay's.
-    pub fn url_for(&self, url: &str) -> String {
-        let mut parsed = url::Url::parse(url).expect("a URL");
-        parsed.set_port(Some(self.addr.port())).expect("a port");
-        parsed.to_string()
+    /// A relay to the server of `url` (`redis://…`, `postgres://…`), and
+    /// the same URL through the relay.
+    pub async fn in_front_of(url: &str) -> Result<(Self, String)> {
+        let mut parsed = url::Url::parse(url)?;
+        let host = parsed.host_str().context("a host")?.to_string();
+        let port = parsed.port().context("a port")?;
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .context("an address")?;
+        let relay = Self::start(target).await?;
+        parsed
+            .set_port(Some(relay.addr.port()))
+            .map_err(|()| anyhow::anyhow!("{url} takes no port"))?;
+        Ok((relay, parsed.to_string()))
     }
 
     /// The server "dies": every connection is dropped, and the port refuses.

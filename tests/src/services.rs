@@ -74,7 +74,9 @@ fn start() -> Result<Services> {
 /// Runs `start` on a thread that never exits, so a child's parent-death
 /// signal fires only when the whole process goes away. Returns the server's
 /// URL and process id.
-fn spawn_owned(start: fn() -> Result<(String, Child, tempfile::TempDir)>) -> Result<(String, u32)> {
+pub(crate) fn spawn_owned(
+    start: impl FnOnce() -> Result<(String, Child, tempfile::TempDir)> + Send + 'static,
+) -> Result<(String, u32)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("test-services".into())

@@ -17,7 +17,7 @@ use crate::real_qdrant::RealQdrant;
 use crate::services::{data_dir, die_with_parent, free_port, services};
 use crate::stubs::openai::OpenAiStub;
 use crate::stubs::qdrant::QdrantStub;
-use crate::{allow_list_variable, origin_of, project_root, standard_variables, Deployment};
+use crate::{project_root, standard_variables, Deployment};
 
 /// The Spin the suite runs, or why there is none.
 pub fn spin_binary() -> std::result::Result<PathBuf, String> {
@@ -75,6 +75,7 @@ impl Qdrant {
 /// How to start an app under Spin.
 #[derive(Default)]
 pub struct SpinAppBuilder {
+    manifest: Option<PathBuf>,
     variables: BTreeMap<String, String>,
     spin_args: Vec<String>,
     stand_in_qdrant: bool,
@@ -83,6 +84,12 @@ pub struct SpinAppBuilder {
 }
 
 impl SpinAppBuilder {
+    /// Another manifest than the project's `spin.toml` (the harness's probe app, say).
+    pub fn manifest(mut self, path: impl Into<PathBuf>) -> Self {
+        self.manifest = Some(path.into());
+        self
+    }
+
     /// Sets a variable (`SPIN_VARIABLE_<NAME>`).
     pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
         self.variables.insert(name.to_string(), value.into());
@@ -90,12 +97,10 @@ impl SpinAppBuilder {
     }
 
     /// Points a dependency elsewhere and allows it in `allowed_outbound_hosts`.
-    pub fn address(self, variable: &str, url: impl Into<String>) -> Self {
-        let url = url.into();
-        let allowed = allow_list_variable(variable)
-            .unwrap_or_else(|| panic!("{variable} is not a dependency address variable"));
-        self.variable(allowed, origin_of(&url))
-            .variable(variable, url)
+    pub fn address(mut self, variable: &str, url: impl Into<String>) -> Self {
+        self.variables
+            .extend(crate::address_variables(variable, url.into()));
+        self
     }
 
     /// Redis at `url` (a relay a test cuts, say) instead of a fresh database of the shared server.
@@ -140,6 +145,11 @@ impl SpinAppBuilder {
 
     pub async fn spawn(self, spin: &Path) -> Result<SpinApp> {
         reap_strays();
+        // The first start compiles the components (half a minute on two
+        // cores, then Spin's cache has them): one at a time until one has
+        // started, so that concurrent tests do not all compile them at once.
+        static COMPILED: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+        let mut first = Some(COMPILED.lock().await).filter(|compiled| !**compiled);
         let services = services();
         let redis_url = match self.redis_url {
             Some(url) => url,
@@ -177,7 +187,10 @@ impl SpinAppBuilder {
         command
             .arg("up")
             .arg("--from")
-            .arg(project_root().join("spin.toml"))
+            .arg(
+                self.manifest
+                    .unwrap_or_else(|| project_root().join("spin.toml")),
+            )
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
@@ -210,12 +223,11 @@ impl SpinAppBuilder {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            if crate::wire::WireClient::connect(addr).await.is_ok() {
-                let mut client = crate::wire::WireClient::connect(addr).await?;
-                if let Ok(health) = client.send("GET", "/health", &[], b"").await {
-                    if health.status == 200 {
-                        break;
-                    }
+            // Spin listens once its components are ready: any answer will do
+            // (a manifest without `/health` answers Spin's own 404).
+            if let Ok(mut client) = crate::wire::WireClient::connect(addr).await {
+                if client.send("GET", "/health", &[], b"").await.is_ok() {
+                    break;
                 }
             }
             if let Some(status) = child.try_wait()? {
@@ -226,12 +238,16 @@ impl SpinAppBuilder {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "spin up did not serve /health within 300 s:\n{}",
+                    "spin up did not answer HTTP within 300 s:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(compiled) = first.as_mut() {
+            **compiled = true;
+        }
+        drop(first);
         Ok(SpinApp {
             deployment: Deployment {
                 addr,

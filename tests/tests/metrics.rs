@@ -8,15 +8,7 @@ use chatbot_harness::services::services;
 use chatbot_harness::{project_root, TestApp};
 use serde_json::json;
 
-fn value_of(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
+use chatbot_harness::metric_value as value_of;
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     chatbot_harness::promtool::run(args, stdin)

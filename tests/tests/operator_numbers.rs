@@ -12,14 +12,7 @@ use chatbot_harness::{BufferedResponse, TestApp, DEFAULT_COLLECTION};
 use serde_json::{json, Value};
 
 fn value_of(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+    chatbot_harness::metric_value(text, series)
         .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 

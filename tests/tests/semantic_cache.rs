@@ -98,19 +98,6 @@ async fn clear(app: &TestApp, body: Value) {
     assert_eq!(cleared.json()["semantic_index"], "cleared");
 }
 
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app.get("/metrics").await.unwrap().text();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 #[test]
 fn the_test_questions_are_as_near_as_the_tests_say() {
     let threshold: f64 = THRESHOLD.parse().unwrap();
@@ -162,14 +149,15 @@ async fn a_paraphrase_is_served_the_earlier_answer_and_a_near_miss_is_not() {
 
     let hits = r#"chatbot_cache_hits_total{cache_type="semantic"}"#;
     let misses = r#"chatbot_cache_misses_total{cache_type="semantic"}"#;
-    assert_eq!(metric(&app, hits).await, 1.0);
+    assert_eq!(app.metric(hits).await, 1.0);
     assert_eq!(
-        metric(&app, misses).await,
+        app.metric(misses).await,
         2.0,
         "the first question and the near miss"
     );
     assert_eq!(
-        metric(&app, r#"chatbot_cache_hits_total{cache_type="query"}"#).await,
+        app.metric(r#"chatbot_cache_hits_total{cache_type="query"}"#)
+            .await,
         1.0,
         "only the exact repeat"
     );
@@ -202,7 +190,7 @@ async fn it_is_off_unless_set_for_the_embedding_model_in_use() {
         missed(&ask(&app, PARAPHRASE, "s1").await);
         assert_eq!(app.qdrant.point_count(&index()), 0, "nothing indexed");
         let misses = r#"chatbot_cache_misses_total{cache_type="semantic"}"#;
-        assert_eq!(metric(&app, misses).await, 0.0, "no semantic lookups");
+        assert_eq!(app.metric(misses).await, 0.0, "no semantic lookups");
     }
     let per_model = app_with(&[(
         "semantic_cache_threshold",
@@ -356,7 +344,9 @@ async fn an_index_qdrant_refuses_leaves_questions_answered_as_misses() {
     missed(&ask(&app, PARAPHRASE, "s1").await);
     assert_eq!(app.qdrant.point_count(&index()), 0);
     assert_eq!(app.openai.controls().calls(CHAT), 2, "both answered");
-    let errors = metric(&app, r#"chatbot_errors_total{error_type="qdrant"}"#).await;
+    let errors = app
+        .metric(r#"chatbot_errors_total{error_type="qdrant"}"#)
+        .await;
     assert!(
         errors >= 3.0,
         "two failed writes and a failed search: {errors}"
