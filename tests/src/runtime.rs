@@ -424,7 +424,7 @@ impl App {
     {
         let path = request.uri().path().to_string();
         let Some((component_id, matched)) = self.router.route(&path) else {
-            return Ok(plain(404, "Not Found"));
+            return Ok(empty(404));
         };
         let component = &self.components[component_id];
         let host = request
@@ -492,7 +492,7 @@ impl App {
                     Err(e) => anyhow!(e).context(format!("component {component_id:?} panicked")),
                 };
                 eprintln!("{error:?}");
-                Ok(plain(500, "Internal Server Error"))
+                Ok(empty(500))
             }
         }
     }
@@ -572,13 +572,13 @@ impl App {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 eprintln!("{error:?}");
-                plain(500, "Internal Server Error")
+                empty(500)
             }
             Err(_) => {
                 eprintln!(
                     "component {component_id:?}: its instance was dropped before it answered"
                 );
-                plain(500, "Internal Server Error")
+                empty(500)
             }
         }
     }
@@ -634,8 +634,10 @@ fn read_source(base: &Path, source: &str) -> Result<Vec<u8>> {
     })
 }
 
-fn plain(status: u16, text: &'static str) -> hyper::Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from_static(text.as_bytes()))
+/// A response of Spin's own, with an empty body, as its trigger answers
+/// a path no route serves (404) or a component that failed (500).
+fn empty(status: u16) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = hyper::Response::new(body);
