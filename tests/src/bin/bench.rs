@@ -1,6 +1,9 @@
-//! `bench`: latency and throughput of the app under the harness host, with
-//! real Redis and Postgres and the OpenAI stand-in answering chat in 800 ms
-//! (the seed's figure). Prints a Markdown table (the README carries the latest).
+//! `bench`: latency and throughput of the app under a real `spin up` (Spin
+//! 4.0.x, when one is found: `SPIN_BIN`, `PATH`) and under the harness host,
+//! with real Redis and Postgres and the OpenAI stand-in answering chat in
+//! 800 ms (the seed's figure). Prints Markdown tables (the README carries the
+//! latest). The clients keep their connections alive and leave their ACKs
+//! delayed, as wrk, browsers and proxies do.
 //!
 //! Run: `cargo run --profile host -p chatbot-harness --bin bench` (after building
 //! the components; `tests/bench.sh` does both). Options: `--quick` for fewer
@@ -8,10 +11,10 @@
 //! without the LiteLLM proxy, `--hits-only SECONDS` to profile cache hits
 //! (with `CHATBOT_WASM_PERFMAP=1` and `perf record -p`).
 //!
-//! CPU per request is read from the kernel for each process (`cpu.rs`): this
-//! process less the load generator's thread (the host serving the app: what
-//! Spin's process would spend), Postgres (the postmaster and every backend),
-//! Redis, and the peer's process. Postgres commits durably here.
+//! CPU per request is read from the kernel for each process (`cpu.rs`): under
+//! Spin, `spin up` and its trigger (a child of it); under the harness, this
+//! process less the load generator's thread; Postgres (the postmaster and
+//! every backend), Redis, and the peer's process. Postgres commits durably here.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,8 +24,9 @@ use chatbot_core::config::names;
 use chatbot_harness::cpu;
 use chatbot_harness::host::Counts;
 use chatbot_harness::services::services;
+use chatbot_harness::spin::SpinApp;
 use chatbot_harness::stubs::issuer::{self, IssuerStub, SigningKey};
-use chatbot_harness::stubs::openai::CHAT;
+use chatbot_harness::stubs::openai::{OpenAiStub, CHAT};
 use chatbot_harness::{project_root, runtime, Client, TestApp};
 use serde_json::{json, Value};
 
@@ -45,19 +49,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// What a load is sent to: one of our apps in this process, or a peer's
-/// process (whose own CPU is then the serving column).
+/// What a load is sent to: one of our apps in this process, or another
+/// process (`spin up`, the peer) whose own CPU is then the serving column.
 #[derive(Clone, Copy)]
 enum Target<'a> {
     App(&'a TestApp),
-    Peer { addr: SocketAddr, pid: u32 },
+    Process { addr: SocketAddr, pid: u32 },
 }
 
 impl Target<'_> {
     fn addr(&self) -> SocketAddr {
         match self {
             Target::App(app) => app.server.addr,
-            Target::Peer { addr, .. } => *addr,
+            Target::Process { addr, .. } => *addr,
+        }
+    }
+
+    fn spin(app: &SpinApp) -> Target<'static> {
+        Target::Process {
+            addr: app.addr,
+            pid: app.pid(),
         }
     }
 }
@@ -165,12 +176,12 @@ async fn load_as(
 ) -> Result<Stats> {
     let authorization = bearer.map(|t| format!("Bearer {t}"));
     let peer = match target {
-        Target::Peer { pid, .. } => Some(pid),
+        Target::Process { pid, .. } => Some(pid),
         Target::App(_) => None,
     };
     let counts = |target: Target| match target {
         Target::App(app) => app.counts(),
-        Target::Peer { .. } => Counts::default(),
+        Target::Process { .. } => Counts::default(),
     };
     let before = counts(target);
     let clock = CpuClock::read(peer);
@@ -192,7 +203,7 @@ async fn load_as(
     let per_request = |d: Duration| d.as_secs_f64() * 1e6 / n;
     let serving = match target {
         Target::App(_) => own.saturating_sub(client_cpu),
-        Target::Peer { .. } => now.peer - clock.peer,
+        Target::Process { .. } => now.peer - clock.peer,
     };
     Ok(Stats {
         requests: latencies.len(),
@@ -230,66 +241,77 @@ async fn memory_per_request(
     Ok((peaks[0], peaks[1], (peaks[1] - peaks[0]) / 56.0))
 }
 
-/// Misses one after another, JSON and streamed, with the stand-in writing
-/// like a model: 300 ms to the first token, 20 ms between tokens. Prints
-/// time to first byte (the response head), to the first delta, and to the end.
-async fn streamed_misses(app: &TestApp, n: usize) -> Result<()> {
-    app.openai.controls().set_latency(CHAT, Duration::ZERO);
-    app.openai
-        .set_stream_timing(Duration::from_millis(300), Duration::from_millis(20));
+/// Misses one after another on one keep-alive connection, JSON and
+/// streamed, with the stand-in writing like a model: 300 ms to the first
+/// token, 20 ms between tokens. Rows of time to first byte (the response
+/// head), to the first delta, to the last event, and to the response's end.
+async fn streamed_misses(
+    host: &str,
+    addr: SocketAddr,
+    openai: &OpenAiStub,
+    n: usize,
+) -> Result<Vec<String>> {
+    openai.controls().set_latency(CHAT, Duration::ZERO);
+    openai.set_stream_timing(Duration::from_millis(300), Duration::from_millis(20));
     let mut rows = Vec::new();
+    let mut client = Client::new(addr);
     for streamed in [false, true] {
-        let (mut head, mut first, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        let mut measured: [Vec<f64>; 4] = Default::default();
         for i in 0..n {
-            let mut client = Client::new(app.server.addr);
             let mut headers = vec![("content-type", "application/json")];
             if streamed {
                 headers.push(("accept", "text/event-stream"));
             }
             let body = query(format!("Streamed question {streamed} {i}?"), "bench-stream");
             let started = Instant::now();
+            let ms = |at: Instant| at.duration_since(started).as_secs_f64() * 1000.0;
             let mut response = client
                 .stream("POST", "/api/v1/chat/query", &headers, body)
                 .await?;
-            head.push(started.elapsed().as_secs_f64() * 1000.0);
+            let head = Instant::now();
             anyhow::ensure!(response.status == 200, "streamed miss: {}", response.status);
             let mut text = Vec::new();
-            let mut first_delta = None;
+            let (mut first_delta, mut last_event) = (None, None);
             while let Some(chunk) = response.next_chunk().await? {
                 text.extend_from_slice(&chunk);
                 let answered = !streamed || text.windows(12).any(|w| w == b"event: delta");
                 if first_delta.is_none() && answered {
-                    first_delta = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    first_delta = Some(Instant::now());
+                }
+                if !streamed || text.windows(11).any(|w| w == b"event: done") {
+                    last_event.get_or_insert_with(Instant::now);
                 }
             }
-            whole.push(started.elapsed().as_secs_f64() * 1000.0);
-            first.push(first_delta.context("no answer text")?);
-            app.app.settled().await;
+            let end = Instant::now();
+            for (column, at) in measured.iter_mut().zip([
+                head,
+                first_delta.context("no answer text")?,
+                last_event.context("no done event")?,
+                end,
+            ]) {
+                column.push(ms(at));
+            }
         }
-        for v in [&mut head, &mut first, &mut whole] {
-            v.sort_by(f64::total_cmp);
+        for column in &mut measured {
+            column.sort_by(f64::total_cmp);
         }
-        rows.push((
-            if streamed {
-                "streamed miss (`Accept: text/event-stream`)"
-            } else {
-                "JSON miss"
-            },
-            percentile(&head, 0.5),
-            percentile(&first, 0.5),
-            percentile(&whole, 0.5),
+        let name = if streamed {
+            "streamed miss (`Accept: text/event-stream`)"
+        } else {
+            "JSON miss"
+        };
+        rows.push(format!(
+            "| {name} | {host} | {n} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            percentile(&measured[0], 0.5),
+            percentile(&measured[1], 0.5),
+            percentile(&measured[2], 0.5),
+            percentile(&measured[3], 0.5),
         ));
     }
-    app.openai
+    openai
         .controls()
         .set_latency(CHAT, Duration::from_millis(800));
-    println!();
-    println!("| miss, stand-in model: first token 300 ms, 20 ms between tokens, c=1 | requests | first byte p50 ms | first answer text p50 ms | whole answer p50 ms |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, head, first, whole) in rows {
-        println!("| {name} | {n} | {head:.0} | {first:.0} | {whole:.0} |");
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// A first question, then its follow-up naming the conversation (a miss
@@ -543,6 +565,74 @@ async fn anatomy(app: &TestApp, hit: std::sync::Arc<MakeRequest>, n: usize) -> R
     Ok(())
 }
 
+const SPIN_HOST: &str = "Spin 4.0";
+const HARNESS_HOST: &str = "harness";
+
+/// The benchmark's apps under a real `spin up`: the app, its twin whose
+/// limiter denies everything after one request, and the WASIp3 probe (the floor).
+struct OnSpin {
+    app: SpinApp,
+    limited: SpinApp,
+    probe3: SpinApp,
+}
+
+impl OnSpin {
+    async fn start(spin: &std::path::Path) -> Result<Self> {
+        let app = SpinApp::builder()
+            .variable("rate_limit_requests", "1000000")
+            .spawn(spin)
+            .await?;
+        app.openai
+            .controls()
+            .set_latency(CHAT, Duration::from_millis(800));
+        let limited = SpinApp::builder()
+            .variable("rate_limit_requests", "1")
+            .variable("rate_limit_window_seconds", "86400")
+            .spawn(spin)
+            .await?;
+        let probe3 = SpinApp::builder()
+            .manifest(project_root().join("tests/guests/probe-p3/spin.toml"))
+            .spawn(spin)
+            .await?;
+        chatbot_harness::services::connect(&probe3.postgres_url)
+            .await?
+            .batch_execute(FLOOR_TABLE_SQL)
+            .await?;
+        let ingest = app
+            .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
+            .await?;
+        anyhow::ensure!(ingest.status == 200, "ingest under Spin: {}", ingest.text());
+        for (on, question, session) in [
+            (&app, "What is measured?", "bench-hit"),
+            (&limited, "q", "bench-limited"),
+        ] {
+            on.client()
+                .request(
+                    "POST",
+                    "/api/v1/chat/query",
+                    &[("content-type", "application/json")],
+                    query(question.into(), session),
+                )
+                .await?;
+        }
+        Ok(Self {
+            app,
+            limited,
+            probe3,
+        })
+    }
+
+    /// The scenario target's counterpart under Spin, if it has one.
+    fn target(&self, name: &str) -> Option<Target<'static>> {
+        match name {
+            "app" => Some(Target::spin(&self.app)),
+            "limited" => Some(Target::spin(&self.limited)),
+            "probe3" => Some(Target::spin(&self.probe3)),
+            _ => None,
+        }
+    }
+}
+
 /// The table `/probe/floor` inserts into.
 const FLOOR_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS floor_writes (id BIGSERIAL PRIMARY KEY, session_id TEXT NOT NULL, written_at TIMESTAMPTZ NOT NULL DEFAULT now())";
 
@@ -607,7 +697,7 @@ impl Peer {
     }
 
     fn target(&self) -> Target<'static> {
-        Target::Peer {
+        Target::Process {
             addr: self.addr,
             pid: self.child.id(),
         }
@@ -689,6 +779,14 @@ async fn main() -> Result<()> {
         .await?
         .batch_execute(FLOOR_TABLE_SQL)
         .await?;
+    // The same app, its limited twin and the WASIp3 floor under a real `spin up`.
+    let spin = match chatbot_harness::spin::spin_binary() {
+        Ok(binary) => Some(OnSpin::start(&binary).await?),
+        Err(why) => {
+            eprintln!("bench: measuring the harness host only: {why}");
+            None
+        }
+    };
     // The peer: the LiteLLM proxy, caching in the same Redis, asking the same stand-in.
     let peer = if args.iter().any(|a| a == "--no-peer") {
         None
@@ -938,8 +1036,8 @@ async fn main() -> Result<()> {
         });
     }
 
-    println!("| scenario | concurrency | requests | req/s | p50 ms | p99 ms | serving process CPU µs/req | Postgres CPU µs/req | Redis CPU µs/req | Redis cmds/req | PG stmts/req |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| scenario | host | concurrency | requests | req/s | p50 ms | p99 ms | serving process CPU µs/req | Postgres CPU µs/req | Redis CPU µs/req | Redis cmds/req | PG stmts/req |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for scenario in &scenarios {
         let baseline = scenario.target.starts_with("probe");
         if !baseline
@@ -949,70 +1047,94 @@ async fn main() -> Result<()> {
         {
             continue;
         }
-        for &c in &levels {
-            let (target, bearer) = match scenario.target {
-                "probe" => (Target::App(&probe), None),
-                "probe3" => (Target::App(&probe3), None),
-                "limited" => (Target::App(&limited), None),
-                "jwt-hs256" => (Target::App(&jwt_app), Some(hs256.as_str())),
-                "jwt-rs256" => (Target::App(&jwt_app), Some(rs256.as_str())),
-                "peer" => (peer.as_ref().expect("peer started").target(), None),
-                _ => (Target::App(&app), None),
-            };
-            let total = if scenario.total == 0 {
-                (c * 3).max(6)
-            } else {
-                scenario.total.max(c * 10)
-            };
-            let stats = load_as(
-                target,
-                bearer,
-                c,
-                total,
-                scenario.expect,
-                scenario.make.clone(),
-            )
-            .await?;
-            let counted = |v: f64| match target {
-                Target::App(_) => format!("{v:.2}"),
-                Target::Peer { .. } => "–".to_string(),
-            };
-            println!(
-                "| {} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} |",
-                scenario.name,
-                stats.requests,
-                stats.rps,
-                stats.p50,
-                stats.p99,
-                stats.cpu_us[0],
-                stats.cpu_us[1],
-                stats.cpu_us[2],
-                counted(stats.per_request[0]),
-                counted(stats.per_request[1]),
-            );
+        // Under Spin first (where it has a counterpart there), then the harness.
+        let on_spin = spin.as_ref().and_then(|spin| spin.target(scenario.target));
+        for (host, on) in [(SPIN_HOST, on_spin), (HARNESS_HOST, None)] {
+            if host == SPIN_HOST && on.is_none() {
+                continue;
+            }
+            for &c in &levels {
+                let (target, bearer) = match (on, scenario.target) {
+                    (Some(target), _) => (target, None),
+                    (None, "probe") => (Target::App(&probe), None),
+                    (None, "probe3") => (Target::App(&probe3), None),
+                    (None, "limited") => (Target::App(&limited), None),
+                    (None, "jwt-hs256") => (Target::App(&jwt_app), Some(hs256.as_str())),
+                    (None, "jwt-rs256") => (Target::App(&jwt_app), Some(rs256.as_str())),
+                    (None, "peer") => (peer.as_ref().expect("peer started").target(), None),
+                    (None, _) => (Target::App(&app), None),
+                };
+                let host = if scenario.target == "peer" {
+                    "LiteLLM"
+                } else {
+                    host
+                };
+                let total = if scenario.total == 0 {
+                    (c * 3).max(6)
+                } else {
+                    scenario.total.max(c * 10)
+                };
+                let stats = load_as(
+                    target,
+                    bearer,
+                    c,
+                    total,
+                    scenario.expect,
+                    scenario.make.clone(),
+                )
+                .await?;
+                let counted = |v: f64| match target {
+                    Target::App(_) => format!("{v:.2}"),
+                    Target::Process { .. } => "–".to_string(),
+                };
+                println!(
+                    "| {} | {host} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                    scenario.name,
+                    stats.requests,
+                    stats.rps,
+                    stats.p50,
+                    stats.p99,
+                    stats.cpu_us[0],
+                    stats.cpu_us[1],
+                    stats.cpu_us[2],
+                    counted(stats.per_request[0]),
+                    counted(stats.per_request[1]),
+                );
+            }
         }
     }
 
-    // The goals compare a hit with its floor. On a shared 2-core machine both drift
-    // (Postgres above all), so measure them in alternating rounds and report the
-    // median of the per-round ratios, with their range.
+    // The goals compare a hit with its floor, on each host. On a shared 2-core
+    // machine both drift (Postgres above all), so measure them in alternating
+    // rounds and report the median of the per-round ratios, with their range.
     if only
         .as_ref()
         .is_none_or(|o| "cache hit".contains(o.as_str()))
     {
         let rounds = if quick { 3 } else { 7 };
-        let mut ratios: [Vec<f64>; 6] = Default::default();
+        let mut hosts: Vec<(&str, Target, Target)> = Vec::new();
+        if let Some(spin) = &spin {
+            hosts.push((
+                SPIN_HOST,
+                Target::spin(&spin.probe3),
+                Target::spin(&spin.app),
+            ));
+        }
+        hosts.push((HARNESS_HOST, Target::App(&probe3), Target::App(&app)));
+        let mut ratios: Vec<[Vec<f64>; 6]> = hosts.iter().map(|_| Default::default()).collect();
         for _ in 0..rounds {
-            let floor1 = load(Target::App(&probe3), 1, scale(500), 200, floor3.clone()).await?;
-            let hit1 = load(Target::App(&app), 1, scale(500), 200, hit.clone()).await?;
-            let floor32 = load(Target::App(&probe3), 32, scale(1500), 200, floor3.clone()).await?;
-            let hit32 = load(Target::App(&app), 32, scale(1500), 200, hit.clone()).await?;
-            ratios[0].push(hit1.p50 / floor1.p50);
-            ratios[1].push(hit32.rps / floor32.rps);
-            ratios[2].push(hit32.cpu_us[0] / floor32.cpu_us[0]);
-            ratios[3].push(hit32.cpu_us[1] / floor32.cpu_us[1]);
-            ratios[4].push(hit32.cpu_us[2]);
-            ratios[5].push(hit1.cpu_us[2]);
+            for ((_, floor_at, hit_at), ratios) in hosts.iter().zip(ratios.iter_mut()) {
+                let floor1 = load(*floor_at, 1, scale(500), 200, floor3.clone()).await?;
+                let hit1 = load(*hit_at, 1, scale(500), 200, hit.clone()).await?;
+                let floor32 = load(*floor_at, 32, scale(1500), 200, floor3.clone()).await?;
+                let hit32 = load(*hit_at, 32, scale(1500), 200, hit.clone()).await?;
+                ratios[0].push(hit1.p50 / floor1.p50);
+                ratios[1].push(hit32.rps / floor32.rps);
+                ratios[2].push(hit32.cpu_us[0] / floor32.cpu_us[0]);
+                ratios[3].push(hit32.cpu_us[1] / floor32.cpu_us[1]);
+                ratios[4].push(hit32.cpu_us[2]);
+                ratios[5].push(hit1.cpu_us[2]);
+            }
         }
         let summary = |v: &Vec<f64>| {
             let mut v = v.clone();
@@ -1020,10 +1142,11 @@ async fn main() -> Result<()> {
             (v[v.len() / 2], v[0], v[v.len() - 1])
         };
         println!();
-        println!("Goals ({rounds} alternating rounds of hit and floor, median [range]; the floor is the WASIp3 probe's: 3 commands on its kept Redis connection and a single-row insert):");
+        println!("Goals ({rounds} alternating rounds of hit and floor on each host, median [range]; the floor is the WASIp3 probe's: 3 commands on its kept Redis connection and a single-row insert):");
         println!();
-        println!("| ratio | measured | goal |");
-        println!("|---|---:|---:|");
+        let names: Vec<&str> = hosts.iter().map(|(name, _, _)| *name).collect();
+        println!("| ratio | {} | goal |", names.join(" | "));
+        println!("|---|{}---:|", "---:|".repeat(names.len()));
         for (i, (name, goal)) in [
             ("hit p50 at c=1 / floor p50 at c=1", "≤ 1.2"),
             ("hit req/s at c=32 / floor req/s at c=32", "≥ 0.8"),
@@ -1035,13 +1158,19 @@ async fn main() -> Result<()> {
         .into_iter()
         .enumerate()
         {
-            let (median, low, high) = summary(&ratios[i]);
             let digits = if i >= 4 { 0 } else { 2 };
-            println!("| {name} | {median:.digits$} [{low:.digits$}..{high:.digits$}] | {goal} |");
+            let cells: Vec<String> = ratios
+                .iter()
+                .map(|r| {
+                    let (median, low, high) = summary(&r[i]);
+                    format!("{median:.digits$} [{low:.digits$}..{high:.digits$}]")
+                })
+                .collect();
+            println!("| {name} | {} | {goal} |", cells.join(" | "));
         }
         anatomy(&app, hit.clone(), scale(2000)).await?;
         println!();
-        println!("| peak RSS of the serving process (a fresh process per path) | at c=8 MiB | at c=64 MiB | per request in flight MiB (goal ≤ 0.5) |");
+        println!("| peak RSS of the serving process (harness host; a fresh process per path) | at c=8 MiB | at c=64 MiB | per request in flight MiB (goal ≤ 0.5) |");
         println!("|---|---:|---:|---:|");
         for (name, path) in [
             ("hello world (probe)", "hello"),
@@ -1075,7 +1204,18 @@ async fn main() -> Result<()> {
         .as_ref()
         .is_none_or(|o| "streamed miss".contains(o.as_str()))
     {
-        streamed_misses(&app, if quick { 5 } else { 20 }).await?;
+        let n = if quick { 5 } else { 20 };
+        let mut rows = Vec::new();
+        if let Some(spin) = &spin {
+            rows.extend(streamed_misses(SPIN_HOST, spin.app.addr, &spin.app.openai, n).await?);
+        }
+        rows.extend(streamed_misses(HARNESS_HOST, app.server.addr, &app.openai, n).await?);
+        println!();
+        println!("| miss, stand-in model: first token 300 ms, 20 ms between tokens, c=1, one keep-alive connection | host | requests | first byte p50 ms | first answer text p50 ms | last event (`done`) p50 ms | whole response p50 ms |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        for row in rows {
+            println!("{row}");
+        }
     }
     if only
         .as_ref()

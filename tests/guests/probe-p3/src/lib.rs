@@ -61,11 +61,16 @@ fn millis(req: &Request, name: &str, default: u64) -> Duration {
     )
 }
 
+/// A whole JSON answer with its length declared, so that Spin writes it in
+/// one piece (without the length, its chunked end may follow separately and
+/// wait on Nagle's algorithm for a keep-alive client's delayed ACK).
 fn reply(status: u16, value: Value) -> http::Response<String> {
+    let body = value.to_string();
     http::Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(value.to_string())
+        .header("content-length", body.len().to_string())
+        .body(body)
         .expect("a valid response")
 }
 
