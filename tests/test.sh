@@ -12,4 +12,18 @@ cargo fmt --all -- --check
 cargo build --target wasm32-wasip2 --release "${components[@]}"
 cargo clippy --quiet --target wasm32-wasip2 --release "${components[@]}" -p chatbot-spin -- -D warnings
 cargo clippy --quiet --all-targets -- -D warnings
+# The real-Spin suite (tests/tests/spin.rs) runs the product under `spin up`
+# whenever a Spin 4.0.x is found (SPIN_BIN, else PATH), against the real
+# Qdrant when one is (QDRANT_BIN, else PATH); otherwise its tests say SKIPPED.
+spin_version=$("${SPIN_BIN:-spin}" --version 2>/dev/null || true)
+if [[ $spin_version == "spin 4.0."* ]]; then
+    echo "test: the real-Spin suite runs on $spin_version" >&2
+else
+    echo "test: SKIPPING the real-Spin suite: no Spin 4.0.x found (set SPIN_BIN or put spin on PATH)" >&2
+fi
+if "${QDRANT_BIN:-qdrant}" --version >/dev/null 2>&1; then
+    echo "test: the real-Spin suite uses the real Qdrant ($("${QDRANT_BIN:-qdrant}" --version))" >&2
+else
+    echo "test: no Qdrant found (QDRANT_BIN, PATH): the real-Spin suite uses the Qdrant stand-in" >&2
+fi
 cargo test

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the chatbot locally: installs what is missing, starts Redis and PostgreSQL
 # under .run/ (unless they already answer), applies the migrations, builds the
-# components and serves them — with `spin up` when the spin CLI is installed,
+# components and serves them — with `spin up` when a Spin 4.0.x is on PATH,
 # otherwise with the harness's `serve`. Without SPIN_VARIABLE_OPENAI_API_KEY it
 # uses local OpenAI- and Qdrant-compatible stand-ins, so it works offline.
 #
@@ -54,12 +54,33 @@ fi
 
 cargo build --quiet --target wasm32-wasip2 --release -p query -p rate-limiter -p metrics -p ops
 
-if command -v spin >/dev/null 2>&1 && [ -n "${SPIN_VARIABLE_OPENAI_API_KEY:-}" ]; then
+spin_version=$(spin --version 2>/dev/null || true)
+if [[ $spin_version == "spin 4.0."* ]]; then
     for migration in migrations/*.sql; do
         psql "$SPIN_VARIABLE_POSTGRES_ADDRESS" -q -v ON_ERROR_STOP=1 -f "$migration"
     done
-    echo "run: serving with spin up on $LISTEN" >&2
-    exec spin up --listen "$LISTEN"
+    if [ -z "${SPIN_VARIABLE_OPENAI_API_KEY:-}" ]; then
+        # The local stand-ins (OpenAI, and Qdrant unless one is configured),
+        # in the background for as long as Spin serves.
+        echo "run: no SPIN_VARIABLE_OPENAI_API_KEY: using local OpenAI and Qdrant stand-ins" >&2
+        rm -f "$RUN_DIR/stand-ins.env"
+        no_qdrant=()
+        [ -n "${SPIN_VARIABLE_QDRANT_URL:-}" ] && no_qdrant=(--no-qdrant)
+        cargo build --quiet -p chatbot-harness --bin stand-ins
+        target/debug/stand-ins --env-file "$RUN_DIR/stand-ins.env" "${no_qdrant[@]}" >/dev/null &
+        stand_ins=$!
+        trap 'kill "$stand_ins" 2>/dev/null' EXIT
+        until [ -s "$RUN_DIR/stand-ins.env" ]; do
+            kill -0 "$stand_ins" 2>/dev/null || { echo "run: the stand-ins did not start" >&2; exit 1; }
+            sleep 0.2
+        done
+        # shellcheck disable=SC1091
+        source "$RUN_DIR/stand-ins.env"
+    fi
+    echo "run: serving with $spin_version (spin up) on $LISTEN" >&2
+    # Above request_timeout_ms plus the bookkeeping's 5 s (README, Deadlines).
+    spin up --listen "$LISTEN" --state-dir "$RUN_DIR/spin" --request-timeout 40s
+    exit $?
 fi
 
 stubs=()
@@ -67,6 +88,6 @@ if [ -z "${SPIN_VARIABLE_OPENAI_API_KEY:-}" ]; then
     echo "run: no SPIN_VARIABLE_OPENAI_API_KEY: using local OpenAI and Qdrant stand-ins" >&2
     stubs=(--stubs)
 fi
-echo "run: spin is not installed (or no OpenAI key): serving with the harness's serve on $LISTEN" >&2
+echo "run: no Spin 4.0.x on PATH: serving with the harness's serve on $LISTEN" >&2
 # The dev profile: the same build of `serve` that `bash tests/test.sh` makes (see Cargo.toml).
 exec cargo run --quiet -p chatbot-harness --bin serve -- --listen "$LISTEN" --migrate "${stubs[@]}"
