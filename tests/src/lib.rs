@@ -403,11 +403,6 @@ impl Deployment {
         Client::new(self.addr)
     }
 
-    /// `http://127.0.0.1:PORT`.
-    pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     pub async fn get(&self, path: &str) -> Result<BufferedResponse> {
         self.client().get(path).await
     }

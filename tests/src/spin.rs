@@ -48,7 +48,7 @@ pub fn spin_binary() -> std::result::Result<PathBuf, String> {
 pub enum Qdrant {
     /// The real server, with a collection of the app's own.
     Real { url: String, collection: String },
-    /// The stand-in (for faults a real server cannot be told to make).
+    /// The stand-in, where no Qdrant is installed.
     StandIn(Arc<QdrantStub>),
 }
 
@@ -66,10 +66,6 @@ impl Qdrant {
             Qdrant::StandIn(_) => crate::DEFAULT_COLLECTION,
         }
     }
-
-    pub fn is_real(&self) -> bool {
-        matches!(self, Qdrant::Real { .. })
-    }
 }
 
 /// How to start an app under Spin.
@@ -78,9 +74,6 @@ pub struct SpinAppBuilder {
     manifest: Option<PathBuf>,
     variables: BTreeMap<String, String>,
     spin_args: Vec<String>,
-    stand_in_qdrant: bool,
-    redis_url: Option<String>,
-    postgres_url: Option<String>,
 }
 
 impl SpinAppBuilder {
@@ -103,27 +96,9 @@ impl SpinAppBuilder {
         self
     }
 
-    /// Redis at `url` (a relay a test cuts, say) instead of a fresh database of the shared server.
-    pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
-        self
-    }
-
-    /// Postgres at `url` instead of a fresh database of the shared server.
-    pub fn postgres(mut self, url: impl Into<String>) -> Self {
-        self.postgres_url = Some(url.into());
-        self
-    }
-
     /// An option for `spin up` (`--max-instance-reuse-count`, say).
     pub fn spin_arg(mut self, arg: impl Into<String>) -> Self {
         self.spin_args.push(arg.into());
-        self
-    }
-
-    /// The Qdrant stand-in even where a real Qdrant is installed.
-    pub fn stand_in_qdrant(mut self) -> Self {
-        self.stand_in_qdrant = true;
         self
     }
 
@@ -151,18 +126,12 @@ impl SpinAppBuilder {
         static COMPILED: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
         let mut first = Some(COMPILED.lock().await).filter(|compiled| !**compiled);
         let services = services();
-        let redis_url = match self.redis_url {
-            Some(url) => url,
-            None => services.fresh_redis().await?,
-        };
-        let postgres_url = match self.postgres_url {
-            Some(url) => url,
-            None => services.fresh_postgres().await?,
-        };
+        let redis_url = services.fresh_redis().await?;
+        let postgres_url = services.fresh_postgres().await?;
         let openai = Arc::new(
             OpenAiStub::start(crate::TEST_OPENAI_KEY, crate::TEST_EMBEDDING_DIMENSIONS).await?,
         );
-        let qdrant = match RealQdrant::shared().filter(|_| !self.stand_in_qdrant) {
+        let qdrant = match RealQdrant::shared() {
             Some(real) => Qdrant::Real {
                 url: real.url.clone(),
                 collection: real.fresh_collection(),
@@ -302,19 +271,6 @@ impl SpinApp {
             for path in paths {
                 if let Ok(contents) = std::fs::read_to_string(&path) {
                     text.push_str(&format!("\n--- {}\n{contents}", path.display()));
-                }
-            }
-        }
-        text
-    }
-
-    /// The components' stderr (their log lines), all of it so far.
-    pub fn component_stderr(&self) -> String {
-        let mut text = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with("_stderr.txt") {
-                    text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
                 }
             }
         }
