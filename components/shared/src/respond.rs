@@ -119,13 +119,9 @@ where
     match crate::context::polled_again(sent).await {
         Ok(response) => response,
         Err(_) => {
-            const BODY: &[u8] = b"{\"error\":\"internal\"}";
-            let mut response = http::Response::new(whole(Bytes::from_static(BODY)));
+            let mut response = http::Response::new(b"{\"error\":\"internal\"}".to_vec());
             *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_LENGTH, BODY.len().into());
-            response
+            whole(response)
         }
     }
 }
@@ -135,13 +131,7 @@ where
 /// Whatever the request must keep is done by now: the request is over at
 /// the body's last byte.
 pub fn send(out: Out, response: Response) {
-    let (mut head, body) = response.into_parts();
-    // A HEAD's answer declares its GET's length already.
-    head.headers
-        .entry(http::header::CONTENT_LENGTH)
-        .or_insert_with(|| http::HeaderValue::from(body.len()));
-    let response = http::Response::from_parts(head, whole(Bytes::from(body)));
-    if out.head.send(response).is_err() {
+    if out.head.send(whole(response)).is_err() {
         crate::log::warn(
             "response_failed",
             crate::log::Dependency::Client,
@@ -150,11 +140,17 @@ pub fn send(out: Out, response: Response) {
     }
 }
 
-/// A body of one frame.
-fn whole(bytes: Bytes) -> UnsyncBoxBody<Bytes, anyhow::Error> {
-    http_body_util::Full::new(bytes)
+/// `response` as the host takes it: its length declared, its body one frame.
+fn whole(response: Response) -> Outgoing {
+    let (mut head, body) = response.into_parts();
+    // A HEAD's answer declares its GET's length already.
+    head.headers
+        .entry(http::header::CONTENT_LENGTH)
+        .or_insert_with(|| http::HeaderValue::from(body.len()));
+    let body = http_body_util::Full::new(Bytes::from(body))
         .map_err(|never| match never {})
-        .boxed_unsync()
+        .boxed_unsync();
+    http::Response::from_parts(head, body)
 }
 
 /// An event stream being written: the status and headers are out, and each

@@ -27,7 +27,7 @@ use chatbot_harness::services::services;
 use chatbot_harness::spin::SpinApp;
 use chatbot_harness::stubs::issuer::{self, IssuerStub, SigningKey};
 use chatbot_harness::stubs::openai::{OpenAiStub, CHAT};
-use chatbot_harness::{project_root, runtime, Client, TestApp};
+use chatbot_harness::{project_root, runtime, Client, Deployment, TestApp};
 use serde_json::{json, Value};
 
 struct Stats {
@@ -565,6 +565,29 @@ async fn anatomy(app: &TestApp, hit: std::sync::Arc<MakeRequest>, n: usize) -> R
     Ok(())
 }
 
+/// On either host: the benchmark's document ingested, the hit path warmed,
+/// and the limited twin's one admitted request spent.
+async fn prepare(app: &Deployment, limited: &Deployment) -> Result<()> {
+    let ingest = app
+        .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
+        .await?;
+    anyhow::ensure!(ingest.status == 200, "ingest: {}", ingest.text());
+    for (on, question, session) in [
+        (app, "What is measured?", "bench-hit"),
+        (limited, "q", "bench-limited"),
+    ] {
+        on.client()
+            .request(
+                "POST",
+                "/api/v1/chat/query",
+                &[("content-type", "application/json")],
+                query(question.into(), session),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 const SPIN_HOST: &str = "Spin 4.0";
 const HARNESS_HOST: &str = "harness";
 
@@ -598,23 +621,7 @@ impl OnSpin {
             .await?
             .batch_execute(FLOOR_TABLE_SQL)
             .await?;
-        let ingest = app
-            .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
-            .await?;
-        anyhow::ensure!(ingest.status == 200, "ingest under Spin: {}", ingest.text());
-        for (on, question, session) in [
-            (&app, "What is measured?", "bench-hit"),
-            (&limited, "q", "bench-limited"),
-        ] {
-            on.client()
-                .request(
-                    "POST",
-                    "/api/v1/chat/query",
-                    &[("content-type", "application/json")],
-                    query(question.into(), session),
-                )
-                .await?;
-        }
+        prepare(&app, &limited).await?;
         Ok(Self {
             app,
             limited,
@@ -836,28 +843,7 @@ async fn main() -> Result<()> {
         anyhow::ensure!(warm.status == 200, "jwt warm-up: {}", warm.text());
     }
 
-    let ingest = app
-        .ingest(json!([{"id": "bench", "source": "bench.pdf", "text": "Benchmarks measure latency and throughput. ".repeat(40)}]))
-        .await?;
-    anyhow::ensure!(ingest.status == 200, "ingest: {}", ingest.text());
-    // Warm the hit path and exhaust the limited session.
-    app.client()
-        .request(
-            "POST",
-            "/api/v1/chat/query",
-            &[("content-type", "application/json")],
-            query("What is measured?".into(), "bench-hit"),
-        )
-        .await?;
-    limited
-        .client()
-        .request(
-            "POST",
-            "/api/v1/chat/query",
-            &[("content-type", "application/json")],
-            query("q".into(), "bench-limited"),
-        )
-        .await?;
+    prepare(&app, &limited).await?;
 
     // The requests the baselines, the goals and the profiling modes send.
     let hello: std::sync::Arc<MakeRequest> =
