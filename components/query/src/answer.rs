@@ -87,6 +87,11 @@ pub async fn chat_query(req: Request, out: Out) {
             reply.answer(&scope, &exchange).await;
         }
         Err(e) => {
+            // Every path that reserved settles: a refusal after the
+            // reservation (an unknown session) gives it all back, a failed
+            // miss keeps what it may have spent.
+            let spent = scope.spent_on_failure.take().unwrap_or(Spent::Nothing);
+            settle(&mut scope, spent).await;
             // Refusals and failures are counted, and timed, like answers.
             scope.refused(&e);
             scope.observe_latency();
@@ -162,7 +167,7 @@ async fn ask(
         None => (None, Vec::new(), false),
     };
     let turns = conversation::unexpired(turns, chatbot_spin::now_epoch_seconds());
-    let turns = conversation::recent(&turns, &settings.conversation).to_vec();
+    let turns = conversation::recent(&turns, &settings.conversation);
     // A question with no turns keeps its first-question key (computed once).
     let asked = if turns.is_empty() {
         first
@@ -197,7 +202,7 @@ async fn ask(
     if conversation.is_none() && !continues {
         let (found, _) = conversation_of(scope, settings, &request, owner).await?;
         conversation = found;
-        turns_kept = found.is_some();
+        turns_kept = false;
     }
     reply.conversation = conversation.map(|c| c.id);
     reply.session = request.session_id.to_string();
@@ -218,7 +223,7 @@ async fn ask(
                 scope.telemetry.chat_called,
                 scope.telemetry.chat_tokens_reported,
             );
-            settle(scope, spent).await;
+            scope.spent_on_failure = Some(spent);
             let dependency = chatbot_spin::log::Dependency::of_service(e.service());
             return Err(e.api_error().caused_by("query_failed", dependency, &e));
         }

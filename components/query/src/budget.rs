@@ -1,7 +1,7 @@
 //! A miss's worst case reserved from its user's day and the deployment's
 //! before it spends anything, and settled to what it spent.
 
-use crate::gate::{advisory_unless_full, budget_spent};
+use crate::gate::{budget_spent, checked_or_refused};
 use crate::scope::{Reservation, Scope};
 use chatbot_core::chat::conversation::{self, Turn};
 use chatbot_core::chat::query::{self, QueryRequest};
@@ -42,7 +42,13 @@ pub(crate) async fn reserve(
         return Ok(());
     }
     let Some(conn) = &scope.conn else {
-        return Ok(());
+        // Nothing can be counted: a budget fails closed (a hit needs Redis
+        // too, so none could be served either).
+        scope.telemetry.redis_error();
+        return Err(ApiError::unavailable(
+            "Redis is unreachable, so the token budget cannot be counted: questions are refused until it is back",
+        )
+        .with_header("retry-after", "1"));
     };
     // A follow-up's turns, and its rewrite, are part of its worst case.
     let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens)
@@ -56,9 +62,8 @@ pub(crate) async fn reserve(
         tokens,
     };
     let answered = run(conn, &reserve).await;
-    let Some(reserved) = advisory_unless_full(scope, answered, "budget_not_enforced")? else {
-        return Ok(());
-    };
+    let reserved =
+        checked_or_refused(scope, answered, "the token budget", "budget_reserve_failed")?;
     match reserved {
         Reserved::Taken => {
             scope.reservation = Some(Reservation {

@@ -61,8 +61,10 @@ pub(crate) fn no_such_conversation(session: &str, conversation: i64) -> ApiError
 /// The user's gate, in one round trip: the session is theirs (jwt mode),
 /// today's token budget is not spent, and they hold at most
 /// `max_sessions_per_user` active sessions (seed 003, 1.2). Without Redis
-/// none of it can be checked, and the request goes through (the exchange
-/// statement still refuses to write into another user's session).
+/// none of it can be checked, and the request goes through: nothing is then
+/// served from Redis, and the exchange statement still refuses to write into
+/// another user's session (a budget that cannot be counted refuses misses:
+/// see `budget::reserve`). A Redis that fails on a live connection refuses.
 pub(crate) async fn gate(
     scope: &mut Scope,
     settings: &PipelineSettings,
@@ -85,9 +87,7 @@ pub(crate) async fn gate(
         now_epoch_seconds: now_epoch_seconds(),
     };
     let answered = run(conn, &check).await;
-    let Some(gate) = advisory_unless_full(scope, answered, "user_gate_not_enforced")? else {
-        return Ok(());
-    };
+    let gate = checked_or_refused(scope, answered, "the user's gate", "user_gate_failed")?;
     let detail = serde_json::json!({"user_id": user, "session_id": session});
     match gate {
         Gate::Admitted { claimed: false } => Ok(()),
@@ -190,20 +190,27 @@ async fn confirm_new_owner(
     }
 }
 
-/// A limit's script reply, or none when Redis failed (the limit is then
-/// advisory, as when Redis is down: logged as `event`), or the refusal of
-/// a Redis that is full ([`redis_full`]).
-pub(crate) fn advisory_unless_full<T>(
+/// A check's script reply, or its refusal when Redis failed on a live
+/// connection: a full Redis ([`redis_full`]) or any other error (a wrong
+/// type, a timeout, a reset). The check protects another user's session or
+/// money, and the calls after it may well succeed (serving that user's
+/// cached answers or turns), so it fails closed (503, logged as `event`).
+pub(crate) fn checked_or_refused<T>(
     scope: &mut Scope,
     answered: Result<T, chatbot_spin::StoreError>,
+    check: &'static str,
     event: &'static str,
-) -> Result<Option<T>, ApiError> {
+) -> Result<T, ApiError> {
     match answered {
-        Ok(reply) => Ok(Some(reply)),
+        Ok(reply) => Ok(reply),
         Err(e) if e.is_out_of_memory() => Err(redis_full(scope, &e)),
         Err(e) => {
-            chatbot_spin::log::warn(event, Dependency::Redis, &e);
-            Ok(None)
+            scope.telemetry.redis_error();
+            Err(ApiError::unavailable(format!(
+                "Redis failed while checking {check}: the question is refused rather than answered unchecked; retry shortly"
+            ))
+            .with_header("retry-after", "1")
+            .caused_by(event, Dependency::Redis, &e))
         }
     }
 }

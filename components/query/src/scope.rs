@@ -28,6 +28,10 @@ pub(crate) struct Scope {
     pub(crate) cache_status: CacheStatus,
     /// The worst case this miss took from its user's budget, until `budget::settle`.
     pub(crate) reservation: Option<Reservation>,
+    /// What a failed miss spent, settled with its bookkeeping (once the
+    /// answer is decided, with its own allowance: a request at its deadline
+    /// still gives back or keeps its reservation).
+    pub(crate) spent_on_failure: Option<chatbot_core::limits::sessions::Spent>,
 }
 
 impl Scope {
@@ -55,6 +59,7 @@ impl Scope {
             address_limited: false,
             cache_status: CacheStatus::Bypass,
             reservation: None,
+            spent_on_failure: None,
         }
     }
 

@@ -290,6 +290,9 @@ pub async fn answer(
         Err(e) => {
             // Errors (and answers that broke off) are never cached: the lock
             // goes, and the requests waiting on this one answer the same failure at once.
+            // The failure is decided: releasing the lock gets the bookkeeping's
+            // allowance, even when the failure is the request's deadline.
+            crate::context::answer_decided();
             let failure = serde_json::to_vec(&SharedFailure::of(&e)).expect("serialises");
             release_lock(conn, &cache_key, &token, failure).await;
             Err(e)

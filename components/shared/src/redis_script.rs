@@ -94,13 +94,16 @@ async fn send(
     command: &str,
     args: Vec<RedisParameter>,
 ) -> Result<Vec<RedisResult>, StoreError> {
+    let limit = crate::bounded(crate::context::STORE_CALL);
+    if limit.is_zero() {
+        // Never sent (the request's deadline has passed): the connection
+        // says nothing about itself, and the instance keeps it.
+        return Err(timed_out());
+    }
     let mut guard = ForgetUnlessAnswered(Some(conn));
-    let answer = crate::within(
-        crate::bounded(crate::context::STORE_CALL),
-        conn.execute(command, args),
-    )
-    .await
-    .ok_or_else(timed_out)?;
+    let answer = crate::within(limit, conn.execute(command, args))
+        .await
+        .ok_or_else(timed_out)?;
     match answer {
         Ok(results) => {
             guard.0 = None;
