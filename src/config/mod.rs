@@ -147,6 +147,17 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// The host could not read it (its variables provider failed): not
+    /// "unset", and never remembered as such; the next request reads again.
+    #[error("variable `{name}` could not be read: {reason}")]
+    Unreadable { name: String, reason: String },
+}
+
+impl ConfigError {
+    /// Whether the configuration may be fine and only its reading failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreadable { .. })
+    }
 }
 
 /// Parses a variable's raw value as an unsigned integer within `min..=max`.

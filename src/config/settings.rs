@@ -202,6 +202,13 @@ fn context_settings(lookup: &impl Lookup) -> Result<ContextSettings, ConfigError
             DEFAULT_CONTEXT_MAX_TOKENS,
         )? as u32,
         retrieval,
+        kept_seconds: number_or(
+            lookup,
+            names::SESSION_IDLE_SECONDS,
+            1,
+            30 * 86_400,
+            DEFAULT_SESSION_IDLE_SECONDS,
+        )?,
     })
 }
 
@@ -309,6 +316,9 @@ impl PipelineSettings {
         }
     }
 }
+
+/// `session_idle_seconds` when not set.
+pub const DEFAULT_SESSION_IDLE_SECONDS: u64 = 1800;
 
 /// What a user may hold and spend: sessions at once (and when an idle one
 /// stops counting), and OpenAI tokens per UTC day.
@@ -473,6 +483,7 @@ mod tests {
             ContextSettings {
                 turns: 5,
                 max_tokens: 1500,
+                kept_seconds: 1800,
                 retrieval: Retrieval::Rewrite
             }
         );

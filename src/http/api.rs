@@ -241,7 +241,14 @@ impl std::error::Error for ApiError {}
 
 impl From<ConfigError> for ApiError {
     /// 500 `configuration_error`, naming the variable (never a secret's value).
+    /// 503 `unavailable` when the host could not read a variable (the next
+    /// request reads it again).
     fn from(e: ConfigError) -> Self {
+        if e.is_transient() {
+            return Self::unavailable(format!("{e}; retry shortly"))
+                .with_header("retry-after", "1")
+                .caused_by("configuration_unreadable", Dependency::Config, e);
+        }
         Self::configuration(&e).caused_by("configuration_error", Dependency::Config, e)
     }
 }

@@ -166,8 +166,10 @@ async fn all_checks() -> ServicesReport {
 }
 
 async fn check_timeout() -> Duration {
-    let variables = settings::variables().await;
-    health_check_timeout(&|name: &str| variables.lookup(name))
+    match settings::variables().await {
+        Ok(variables) => health_check_timeout(&|name: &str| variables.lookup(name)),
+        Err(_) => health_check_timeout(&|_: &str| None),
+    }
 }
 
 /// The report as served: the checks, their warnings, and when they ran.

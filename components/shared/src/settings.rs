@@ -2,7 +2,8 @@
 //! (`chatbot_core::config::settings`), once per instance: Spin 4 reuses an instance
 //! for many requests, and a changed variable reaches the next instance
 //! (instances live at most 128 requests, or 1 s idle, by Spin's defaults).
-//! A setting that does not parse is read again by the next request.
+//! A setting that does not parse, or a variable the host failed to read, is
+//! read again by the next request.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,30 +25,40 @@ impl Variables {
     }
 }
 
-/// Reads every variable in `names`, all at once (one host call each).
-async fn read(names: &[&'static str]) -> Variables {
+/// Reads every variable in `names`, all at once (one host call each). A
+/// variable the component does not declare is unset; one the host failed to
+/// read fails the whole read, which is then not kept.
+async fn read(names: &[&'static str]) -> Result<Variables, ConfigError> {
     let values = futures::future::join_all(names.iter().map(variables::get)).await;
-    Variables(
-        names
-            .iter()
-            .copied()
-            .zip(values.into_iter().map(Result::ok))
-            .collect(),
-    )
+    let mut read = HashMap::with_capacity(names.len());
+    for (name, value) in names.iter().copied().zip(values) {
+        let value = match value {
+            Ok(value) => Some(value),
+            Err(variables::Error::Undefined(_) | variables::Error::InvalidName(_)) => None,
+            Err(variables::Error::Provider(reason) | variables::Error::Other(reason)) => {
+                return Err(ConfigError::Unreadable {
+                    name: name.to_string(),
+                    reason,
+                })
+            }
+        };
+        read.insert(name, value);
+    }
+    Ok(Variables(read))
 }
 
 thread_local! {
     static VARIABLES: RefCell<Option<Rc<Variables>>> = const { RefCell::new(None) };
 }
 
-/// The instance's variables (read by its first request).
-pub async fn variables() -> Rc<Variables> {
+/// The instance's variables, read by its first request whose read succeeds.
+pub async fn variables() -> Result<Rc<Variables>, ConfigError> {
     if let Some(known) = VARIABLES.with(|v| v.borrow().clone()) {
-        return known;
+        return Ok(known);
     }
-    let read = Rc::new(read(chatbot_core::config::names::ALL).await);
+    let read = Rc::new(read(chatbot_core::config::names::ALL).await?);
     VARIABLES.with(|v| *v.borrow_mut() = Some(read.clone()));
-    read
+    Ok(read)
 }
 
 /// A parsed setting, kept for the instance once it parses.
@@ -60,7 +71,7 @@ macro_rules! per_instance {
             if let Some(parsed) = PARSED.with(|p| p.borrow().clone()) {
                 return Ok(parsed);
             }
-            let variables = variables().await;
+            let variables = variables().await?;
             let lookup = |name: &str| variables.lookup(name);
             let parsed: Rc<$ty> = Rc::new($parse(&lookup)?);
             PARSED.with(|p| *p.borrow_mut() = Some(parsed.clone()));
@@ -79,12 +90,12 @@ per_instance!(
 );
 
 pub async fn redis_address() -> Result<String, ConfigError> {
-    let variables = variables().await;
+    let variables = variables().await?;
     chatbot_core::config::settings::redis_address(&|name: &str| variables.lookup(name))
 }
 
 pub async fn postgres_address() -> Result<String, ConfigError> {
-    let variables = variables().await;
+    let variables = variables().await?;
     chatbot_core::config::settings::postgres_address(&|name: &str| variables.lookup(name))
 }
 

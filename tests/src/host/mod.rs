@@ -36,6 +36,21 @@ pub struct HostCounters {
     pub variable_reads: AtomicU64,
     /// Instances created (one per request for WASIp2; reused for WASIp3).
     pub instances: AtomicU64,
+    /// A fault, not a count: while above zero, each `variables::get` fails
+    /// with a provider error (as a vault provider that is down would) and
+    /// takes one off.
+    pub failing_variable_reads: AtomicU64,
+}
+
+impl HostCounters {
+    /// Whether this variable read fails (see `failing_variable_reads`).
+    pub(crate) fn variable_read_fails(&self) -> bool {
+        self.failing_variable_reads
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
 }
 
 /// A snapshot of [`HostCounters`].

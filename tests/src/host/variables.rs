@@ -8,6 +8,11 @@ use crate::bindings::fermyon::spin2_0_0::variables::{self as v2, Error};
 impl v2::Host for HostState {
     async fn get(&mut self, name: String) -> Result<String, Error> {
         super::HostCounters::bump(&self.env.counters.variable_reads);
+        if self.env.counters.variable_read_fails() {
+            return Err(Error::Provider(format!(
+                "the provider failed to read {name}"
+            )));
+        }
         if crate::manifest::validate_variable_name(&name).is_err() {
             return Err(Error::InvalidName(name));
         }
@@ -36,6 +41,11 @@ mod v3 {
             Ok(accessor.with(|mut access| {
                 let state: &mut HostState = access.get();
                 super::super::HostCounters::bump(&state.env.counters.variable_reads);
+                if state.env.counters.variable_read_fails() {
+                    return Err(Error::Provider(format!(
+                        "the provider failed to read {name}"
+                    )));
+                }
                 if crate::manifest::validate_variable_name(&name).is_err() {
                     return Err(Error::InvalidName(name));
                 }
