@@ -113,6 +113,10 @@ pub struct ContextSettings {
     /// The most tokens those turns may add to a prompt (older ones are left out).
     pub max_tokens: u32,
     pub retrieval: Retrieval,
+    /// How long Redis keeps a session's conversation and its last turns
+    /// after its last question (`session_idle_seconds`): they are a cache of
+    /// what Postgres holds, kept about as long as the session is active.
+    pub kept_seconds: u64,
 }
 
 pub const DEFAULT_CONTEXT_TURNS: u64 = 5;
@@ -136,20 +140,56 @@ fn turn_tokens(turn: &Turn) -> u64 {
 }
 
 /// The turns a question is answered with: the newest `settings.turns`,
-/// fewer if they would take more than `settings.max_tokens` (a turn that
-/// alone is larger is left out with all before it).
-pub fn recent<'a>(turns: &'a [Turn], settings: &ContextSettings) -> &'a [Turn] {
+/// fewer if they would take more than `settings.max_tokens`. The newest turn
+/// is never lost to its size: when it alone is larger, its answer is cut to
+/// what fits (and older turns are left out); only a question that alone
+/// exceeds the cap leaves no context.
+pub fn recent(turns: &[Turn], settings: &ContextSettings) -> Vec<Turn> {
     let newest = &turns[turns.len().saturating_sub(settings.turns as usize)..];
+    let cap = u64::from(settings.max_tokens);
     let mut spent = 0;
     let mut start = newest.len();
     for (i, turn) in newest.iter().enumerate().rev() {
         spent += turn_tokens(turn);
-        if spent > u64::from(settings.max_tokens) {
+        if spent > cap {
             break;
         }
         start = i;
     }
-    &newest[start..]
+    if start == newest.len() {
+        // The newest alone does not fit: cut its answer, if its question fits.
+        return newest
+            .last()
+            .and_then(|turn| cut_to_fit(turn, cap))
+            .into_iter()
+            .collect();
+    }
+    newest[start..].to_vec()
+}
+
+/// `turn` with its answer cut to the longest start that keeps the turn
+/// within `cap` tokens (`None` when its question alone exceeds it).
+fn cut_to_fit(turn: &Turn, cap: u64) -> Option<Turn> {
+    let without_answer = worst_tokens(&turn.question) + 8;
+    if without_answer > cap {
+        return None;
+    }
+    let allowed = cap - without_answer;
+    // Char boundaries, in order: a longer start never costs fewer tokens.
+    let ends: Vec<usize> = turn
+        .answer
+        .char_indices()
+        .map(|(i, _)| i)
+        .skip(1)
+        .chain([turn.answer.len()])
+        .collect();
+    let fitting = ends.partition_point(|&end| worst_tokens(&turn.answer[..end]) <= allowed);
+    let end = if fitting == 0 { 0 } else { ends[fitting - 1] };
+    Some(Turn {
+        question: turn.question.clone(),
+        answer: turn.answer[..end].to_string(),
+        expires_at: turn.expires_at,
+    })
 }
 
 /// What keys an answer given with `turns`: the turns as sent and how the
@@ -291,11 +331,33 @@ pub fn turns_of(messages: &[(String, String, f64)]) -> Vec<Turn> {
     turns
 }
 
-/// The most characters of an answer a turn keeps in Redis: more than any
-/// prompt's turn cap would send, so what is kept never changes what is sent.
+/// The most bytes of an answer a turn keeps in Redis. A text of n bytes
+/// counts at least n / 3 tokens for [`worst_tokens`] (whatever its script),
+/// so a prompt's turns, capped at `max_tokens`, never send more than this of
+/// an answer: what is kept never changes what is sent.
+pub fn kept_answer_bytes(settings: &ContextSettings) -> usize {
+    settings.max_tokens as usize * WORST_CASE_CHARS_PER_TOKEN
+}
+
+/// An answer as a turn keeps it in Redis: at most [`kept_answer_bytes`], cut
+/// at a character boundary.
 pub fn kept_answer(answer: &str, settings: &ContextSettings) -> String {
-    let cap = settings.max_tokens as usize * WORST_CASE_CHARS_PER_TOKEN + 1;
-    answer.chars().take(cap).collect()
+    let mut end = answer.len().min(kept_answer_bytes(settings));
+    while !answer.is_char_boundary(end) {
+        end -= 1;
+    }
+    answer[..end].to_string()
+}
+
+/// The most bytes a session's kept turns hold in Redis (the marker and
+/// `turns` turns, each a JSON object with a question of at most
+/// `MAX_QUESTION_CHARS` characters and a kept answer; JSON at most doubles a
+/// text's bytes, as only whitespace controls are escaped): the bound the
+/// table of Redis keys states for the turns family.
+pub fn kept_turns_max_bytes(settings: &ContextSettings) -> usize {
+    let question = crate::chat::query::MAX_QUESTION_CHARS * 4;
+    let turn = 2 * (question + kept_answer_bytes(settings)) + 32;
+    TURNS_MARKER.len() + settings.turns as usize * turn
 }
 
 /// The first element of a session's turns list: the list exists (with
@@ -447,6 +509,7 @@ mod tests {
             turns,
             max_tokens,
             retrieval: Retrieval::Rewrite,
+            kept_seconds: 1800,
         }
     }
 
@@ -465,10 +528,45 @@ mod tests {
             kept.iter().map(|t| t.question.as_str()).collect::<Vec<_>>(),
             ["q6", "q7"]
         );
-        // The newest alone too large: nothing (older turns never jump the queue).
+        // The newest alone too large: cut to fit, never dropped (and older
+        // turns never jump the queue).
         let big = vec![turn("old", "a"), turn("new", &"a".repeat(3000))];
-        assert!(recent(&big, &settings(5, 100)).is_empty());
+        let cut = recent(&big, &settings(5, 100));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].question, "new");
+        assert!(!cut[0].answer.is_empty() && cut[0].answer.len() < 3000);
+        assert!(turn_tokens(&cut[0]) <= 100);
+        assert!(
+            turn_tokens(&Turn {
+                answer: format!("{}a", cut[0].answer),
+                ..cut[0].clone()
+            }) > 100,
+            "the longest start that fits"
+        );
+        // Cut from what Redis keeps or from Postgres's whole answer: the same turn.
+        let kept = turn("new", &kept_answer(&big[1].answer, &settings(5, 100)));
+        assert_eq!(recent(&[kept], &settings(5, 100)), cut);
+        // Non-ASCII is cut at a character boundary.
+        let japanese = recent(&[turn("q", &"日本語".repeat(500))], &settings(5, 100));
+        assert!(japanese[0].answer.chars().all(|c| "日本語".contains(c)));
+        // A question that alone exceeds the cap leaves no context.
+        assert!(recent(&[turn(&"q".repeat(600), "a")], &settings(5, 100)).is_empty());
         assert!(recent(&turns, &settings(0, 10_000)).is_empty());
+    }
+
+    #[test]
+    fn kept_turns_are_bounded_in_bytes() {
+        let settings = settings(5, 1500);
+        let answer = "語".repeat(10_000);
+        let kept = kept_answer(&answer, &settings);
+        assert!(kept.len() <= kept_answer_bytes(&settings));
+        assert!(kept.len() > kept_answer_bytes(&settings) - 3);
+        let question = "\n".repeat(crate::chat::query::MAX_QUESTION_CHARS / 2);
+        let json = serde_json::to_vec(&turn(&question, &"\n".repeat(4500))).unwrap();
+        assert!(
+            TURNS_MARKER.len() + 5 * json.len() <= kept_turns_max_bytes(&settings),
+            "the worst JSON turn fits the stated bound"
+        );
     }
 
     #[test]

@@ -42,8 +42,15 @@ pub(crate) async fn conversation_of(
             // Its session and conversation rows were refreshed just now.
             let found =
                 RememberedConversation::refreshed_on(id, day_of(chatbot_spin::now_epoch_seconds()));
-            let kept = conversation::recent(&turns, &settings.conversation);
-            remember_conversation(scope, settings, &request.session_id, found, Some(kept)).await;
+            // Only a follow-up keeps its turns in Redis: a question asked
+            // alone (a flood of new sessions among them) leaves the pointer,
+            // and the next follow-up reads the turns from Postgres.
+            let kept = request
+                .conversation
+                .continues()
+                .then(|| conversation::recent(&turns, &settings.conversation));
+            remember_conversation(scope, settings, &request.session_id, found, kept.as_deref())
+                .await;
             Ok((Some(found), turns))
         }
         Ok(None) => match request.conversation {
@@ -74,9 +81,15 @@ pub(crate) async fn conversation_of(
     }
 }
 
-/// Seconds a session's conversation stays in Redis: as long as its history.
-fn ttl_seconds(settings: &PipelineSettings) -> u64 {
-    u64::from(settings.retention_days) * 86_400
+/// Seconds a session's conversation and turns stay in Redis after its last
+/// question: about as long as the session is active (`session_idle_seconds`).
+fn kept_seconds(settings: &PipelineSettings) -> u64 {
+    settings.conversation.kept_seconds
+}
+
+/// When a turn's messages expire: `retention_days` from now, as they were stored.
+fn retained_until(settings: &PipelineSettings) -> u64 {
+    chatbot_spin::now_epoch_seconds() + u64::from(settings.retention_days) * 86_400
 }
 
 /// Makes `conversation` the session's current one in Redis, with all its
@@ -92,7 +105,7 @@ pub(crate) async fn remember_conversation(
         session_id: session,
         conversation,
         turns,
-        ttl_seconds: ttl_seconds(settings),
+        ttl_seconds: kept_seconds(settings),
     };
     write(scope, session, &remember).await;
 }
@@ -128,8 +141,7 @@ pub(crate) async fn add_turn(
     let turn = Turn {
         question: request.question.clone(),
         answer: conversation::kept_answer(answer, &settings.conversation),
-        // As its messages were stored: `retention_days` from now.
-        expires_at: chatbot_spin::now_epoch_seconds() + ttl_seconds(settings),
+        expires_at: retained_until(settings),
     };
     let append = AppendTurn {
         session_id: &request.session_id,
@@ -137,7 +149,7 @@ pub(crate) async fn add_turn(
         now,
         turn: &turn,
         keep: settings.conversation.turns,
-        ttl_seconds: ttl_seconds(settings),
+        ttl_seconds: kept_seconds(settings),
     };
     write(scope, &request.session_id, &append).await;
 }
