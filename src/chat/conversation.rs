@@ -129,9 +129,9 @@ impl ContextSettings {
     }
 }
 
-/// Tokens a text may take at most, by [`WORST_CASE_CHARS_PER_TOKEN`].
+/// Tokens a text may take at most, in any script.
 fn worst_tokens(text: &str) -> u64 {
-    text.len().div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64
+    crate::chat::query::worst_case_text_tokens(text)
 }
 
 /// Tokens a turn adds to a prompt at most (two messages and their roles).

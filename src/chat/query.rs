@@ -262,23 +262,55 @@ pub fn prompt_messages(
 }
 
 /// Characters per token assumed for a worst case: English runs near four, and
-/// a budget reservation should err towards too many.
+/// a budget reservation should err towards too many. (What a kept answer of
+/// `max_tokens` may hold is `max_tokens` times this, in bytes.)
 pub const WORST_CASE_CHARS_PER_TOKEN: usize = 3;
 
-/// Characters a retrieved passage may add to the prompt: a chunk this project
-/// ingests, its number and its source (see `ingest`).
-const PASSAGE_PROMPT_CHARS: usize = crate::chat::ingest::CHUNK_CHARS + 200;
+/// Tokens a character of a script other than ASCII may take at most: Chinese
+/// and Japanese, the densest scripts in use, run from one to two a character
+/// in OpenAI's tokenizers (three-byte characters), where Latin text runs four
+/// characters a token. Emoji may take more; whole passages of them are not
+/// what anyone ingests.
+const WORST_CASE_TOKENS_PER_WIDE_CHAR: u64 = 2;
+
+/// The most tokens `text` can take in a prompt, for any script: ASCII at
+/// [`WORST_CASE_CHARS_PER_TOKEN`], a two-byte character (Cyrillic, Greek,
+/// Arabic, accented Latin) one token, anything wider two.
+pub fn worst_case_text_tokens(text: &str) -> u64 {
+    let ascii = text.bytes().filter(u8::is_ascii).count();
+    let wide: u64 = text
+        .chars()
+        .filter(|c| !c.is_ascii())
+        .map(|c| match c.len_utf8() {
+            2 => 1,
+            _ => WORST_CASE_TOKENS_PER_WIDE_CHAR,
+        })
+        .sum();
+    ascii.div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64 + wide
+}
+
+/// The most tokens a retrieved passage may add to the prompt: a chunk this
+/// project ingests and its source (see `ingest`), each of their characters
+/// at the widest script's cost since neither is known before the search,
+/// and its number and brackets.
+const PASSAGE_WORST_CASE_TOKENS: u64 = (crate::chat::ingest::CHUNK_CHARS
+    + crate::chat::ingest::MAX_SOURCE_CHARS) as u64
+    * WORST_CASE_TOKENS_PER_WIDE_CHAR
+    + 4;
 
 /// The most tokens answering `request` can cost before the answer is known:
 /// the prompt [`prompt_messages`] builds, with `top_k` passages of the largest
-/// size, plus an answer of `max_tokens`. What a budget reserves.
+/// size in any script, plus an answer of `max_tokens`. What a budget reserves.
 pub fn worst_case_tokens(request: &QueryRequest, top_k: u32, max_tokens: u32) -> u64 {
-    let chars = SYSTEM_PROMPT.len()
-        + request.page_context.as_deref().map_or(0, str::len)
-        + request.question.len()
-        + top_k as usize * PASSAGE_PROMPT_CHARS
-        + 100;
-    chars.div_ceil(WORST_CASE_CHARS_PER_TOKEN) as u64 + u64::from(max_tokens)
+    worst_case_text_tokens(SYSTEM_PROMPT)
+        + request
+            .page_context
+            .as_deref()
+            .map_or(0, worst_case_text_tokens)
+        + worst_case_text_tokens(&request.question)
+        + u64::from(top_k) * PASSAGE_WORST_CASE_TOKENS
+        + 40
+        + u64::from(max_tokens)
 }
 
 /// The response body of `POST /api/v1/chat/query`.
@@ -328,6 +360,61 @@ mod tests {
             worst_case_tokens(&request, 5, 2048) - worst,
             1024,
             "the answer's cap is reserved whole"
+        );
+    }
+
+    /// Tokens as OpenAI's byte-level tokenizers can take them at most for
+    /// the scripts a budget must hold for: a token per ASCII character only
+    /// for runs of symbols, never more than a token per byte. Real Japanese
+    /// runs one to two a character; the reservation must cover two.
+    #[test]
+    fn the_worst_case_holds_for_japanese_passages_and_questions() {
+        let japanese = "東京の天気はどうですか。";
+        assert_eq!(
+            worst_case_text_tokens(japanese),
+            2 * japanese.chars().count() as u64
+        );
+        assert_eq!(
+            worst_case_text_tokens("привет"),
+            6,
+            "two-byte letters: one each"
+        );
+        assert_eq!(worst_case_text_tokens("abcdef"), 2);
+        let question = "日".repeat(crate::chat::query::MAX_QUESTION_CHARS);
+        let request = QueryRequest {
+            question: question.clone(),
+            session_id: SessionId::parse("s").unwrap(),
+            page_context: Some("頁".repeat(600)),
+            user_id: None,
+            stream: false,
+            conversation: ConversationChoice::Current,
+        };
+        let passages: Vec<Passage> = (0..5)
+            .map(|i| Passage {
+                text: "語".repeat(crate::chat::ingest::CHUNK_CHARS),
+                source: "資".repeat(crate::chat::ingest::MAX_SOURCE_CHARS),
+                chunk_id: format!("document-{i}.md#0"),
+                score: 0.9,
+            })
+            .collect();
+        // Two tokens a CJK character, a token for every three ASCII bytes.
+        let prompt_tokens: u64 = prompt_messages(&request, &[], &passages)
+            .iter()
+            .map(|message| worst_case_text_tokens(&message.content) + 4)
+            .sum();
+        let worst = worst_case_tokens(&request, 5, 1024);
+        assert!(
+            worst >= prompt_tokens + 1024,
+            "{worst} < {prompt_tokens} + 1024"
+        );
+        // The Latin-text rule this replaces (three bytes a token, 1,200 bytes a
+        // passage) fell short by about three times on this prompt.
+        let latin_rule = (SYSTEM_PROMPT.len() + 600 * 3 + question.len() + 5 * 1200 + 100)
+            .div_ceil(3) as u64
+            + 1024;
+        assert!(
+            latin_rule < prompt_tokens,
+            "{latin_rule} >= {prompt_tokens}"
         );
     }
 

@@ -411,3 +411,37 @@ async fn a_streamed_semantic_hit_names_its_match_in_its_events() {
     assert_eq!(done["matched_question"], ASKED);
     assert_eq!(app.openai.controls().calls(CHAT), 1);
 }
+
+/// Issue #38 (8): an index whose first indexing was cut short after the
+/// collection was made (here: made without them, then a refused index
+/// creation) gets its payload indexes from a later answer, once they all exist.
+#[tokio::test]
+async fn payload_indexes_missing_after_a_cut_short_indexing_are_made_later() {
+    let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    app.qdrant
+        .create_collection(&index(), TEST_EMBEDDING_DIMENSIONS);
+    let indexed_fields = |app: &TestApp| {
+        app.qdrant
+            .payload_indexes(&index())
+            .into_keys()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let expected: std::collections::BTreeSet<String> =
+        chatbot_core::cache::semantic::PAYLOAD_INDEXES
+            .iter()
+            .map(|(field, _)| field.to_string())
+            .collect();
+    app.qdrant.controls().fail_next(
+        chatbot_harness::stubs::qdrant::COLLECTIONS,
+        1,
+        chatbot_harness::stubs::Fault::Status(500),
+    );
+    missed(&ask(&app, ASKED, "s1").await);
+    assert_eq!(app.qdrant.point_count(&index()), 1, "the point is stored");
+    assert!(
+        indexed_fields(&app).len() < expected.len(),
+        "the first creation failed"
+    );
+    missed(&ask(&app, NEAR_MISS, "s1").await);
+    assert_eq!(indexed_fields(&app), expected);
+}

@@ -151,25 +151,47 @@ pub async fn remember(settings: &PipelineSettings, indexed: &Indexed, telemetry:
     }
 }
 
+thread_local! {
+    /// Collections this instance has seen its payload indexes created in: an
+    /// indexing cut short after the collection was made (a timeout, a Qdrant
+    /// error) leaves them missing, and filtered searches then scan every point.
+    static PAYLOAD_INDEXED: std::cell::RefCell<Vec<String>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 async fn index(settings: &PipelineSettings, indexed: &Indexed) -> Result<(), UpstreamError> {
     let collection = collection(settings);
     let points = [indexed.point()];
     match qdrant::upsert(settings, &collection, &points).await {
         Err(e) if upstream::is_missing_collection(&e) => {
             qdrant::ensure_collection(settings, &collection, indexed.vector.len()).await?;
-            for (field, schema) in semantic::PAYLOAD_INDEXES {
-                qdrant_send(
-                    settings,
-                    "PUT",
-                    &path_of(&collection, "/index?wait=true"),
-                    Some(&semantic::payload_index_request(field, schema)),
-                )
-                .await?;
-            }
+            ensure_payload_indexes(settings, &collection).await?;
             qdrant::upsert(settings, &collection, &points).await
+        }
+        Ok(()) if !PAYLOAD_INDEXED.with_borrow(|done| done.contains(&collection)) => {
+            ensure_payload_indexes(settings, &collection).await
         }
         other => other,
     }
+}
+
+/// Creates the collection's payload indexes (again: Qdrant answers an
+/// existing one as created), once per instance once they all exist.
+async fn ensure_payload_indexes(
+    settings: &PipelineSettings,
+    collection: &str,
+) -> Result<(), UpstreamError> {
+    for (field, schema) in semantic::PAYLOAD_INDEXES {
+        qdrant_send(
+            settings,
+            "PUT",
+            &path_of(collection, "/index?wait=true"),
+            Some(&semantic::payload_index_request(field, schema)),
+        )
+        .await?;
+    }
+    PAYLOAD_INDEXED.with_borrow_mut(|done| done.push(collection.to_string()));
+    Ok(())
 }
 
 /// Deletes the index's points of what `/health/cache/clear` clears (the
