@@ -89,8 +89,19 @@ pub async fn chat_query(req: Request, out: Out) {
         Err(e) => {
             // Every path that reserved settles: a refusal after the
             // reservation (an unknown session) gives it all back, a failed
-            // miss keeps what it may have spent.
-            let spent = scope.spent_on_failure.take().unwrap_or(Spent::Nothing);
+            // miss keeps what it may have spent, and a request cut at its
+            // deadline keeps it all once the model was asked (it bills a
+            // cut stream), else what calls before it reported.
+            let spent = scope.spent_on_failure.take().unwrap_or_else(|| {
+                match (
+                    scope.telemetry.chat_called,
+                    scope.telemetry.chat_tokens_reported,
+                ) {
+                    (true, _) => Spent::Unknown,
+                    (false, 0) => Spent::Nothing,
+                    (false, reported) => Spent::Reported(reported),
+                }
+            });
             settle(&mut scope, spent).await;
             // Refusals and failures are counted, and timed, like answers.
             scope.refused(&e);
