@@ -20,6 +20,9 @@ pub const LEEWAY_SECONDS: u64 = 30;
 pub const MAX_SUBJECT_LEN: usize = 256;
 /// Longest token read; real ones are well under 4 KiB.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Largest key set accepted from the issuer (and so kept in Redis); real
+/// ones hold a few keys in a few KiB.
+pub const MAX_KEY_SET_BYTES: usize = 256 * 1024;
 
 /// `auth_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

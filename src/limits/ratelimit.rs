@@ -115,8 +115,10 @@ pub fn is_out_of_memory(redis_error: &str) -> bool {
 /// Most buckets one check may name.
 pub const MAX_BUCKETS: usize = 8;
 
-/// Longest key a caller may pass (it is hashed, but a bound keeps requests small).
-pub const MAX_KEY_LEN: usize = 512;
+/// Longest key a caller may pass, in bytes (it is hashed, but a bound keeps
+/// requests small): a JWT `sub` of the most characters accepted, each of
+/// four bytes, fits.
+pub const MAX_KEY_LEN: usize = 4 * crate::limits::identity::MAX_SUBJECT_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketConfig {

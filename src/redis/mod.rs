@@ -3,5 +3,6 @@
 //! script follows (its source, keys, arguments and reply parser).
 
 pub mod digest;
+pub mod families;
 pub mod keys;
 pub mod script;

@@ -7,7 +7,7 @@
 
 use chatbot_core::config::names;
 use chatbot_core::http::api::{SessionId, UserId};
-use chatbot_core::redis::keys;
+use chatbot_core::redis::{families, keys};
 use chatbot_harness::stubs::issuer::{token, SigningKey, AUDIENCE, HS256_SECRET, ISSUER};
 use chatbot_harness::stubs::openai::CHAT;
 use chatbot_harness::stubs::qdrant::SEARCH;
@@ -238,4 +238,301 @@ async fn conversation_state_in_redis_lives_as_long_as_a_session_idles() {
     assert!(bytes > 0, "a continued conversation keeps its turns");
     // Postgres keeps the exchange for the retention period.
     assert_eq!(count(&app, "messages").await, 4);
+}
+
+/// A key as the Redis table checks it: its bytes held and its TTL.
+#[derive(Debug)]
+struct HeldKey {
+    key: String,
+    kind: String,
+    bytes: u64,
+    /// Its members (fields, elements), one for a string.
+    members: u64,
+    /// Seconds left; `None` without a TTL.
+    ttl: Option<u64>,
+}
+
+/// Every key in the app's Redis database, with the bytes it holds (the
+/// lengths of its strings, fields, values and members; eight bytes a score).
+async fn every_key(app: &TestApp) -> Vec<HeldKey> {
+    let mut redis = app.redis().await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for key in names {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let parts: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap()],
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await
+                .unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap(),
+            "zset" => {
+                let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                members
+                    .into_iter()
+                    .map(|mut m| {
+                        m.extend_from_slice(&[0; 8]);
+                        m
+                    })
+                    .collect()
+            }
+            other => panic!("{key} is a {other}, which no family is"),
+        };
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        held.push(HeldKey {
+            bytes: parts.iter().map(|p| p.len() as u64).sum(),
+            members: if kind == "hash" {
+                parts.len() as u64 / 2
+            } else {
+                parts.len() as u64
+            },
+            key,
+            kind,
+            ttl: u64::try_from(ttl).ok(),
+        });
+    }
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    held
+}
+
+/// Drives every write path with the largest inputs the API accepts, in `jwt`
+/// mode with every limit on: questions and their hits, follow-ups, failures,
+/// refusals (429, 401, 403), a cut answer, ingestion, semantic indexing,
+/// warm-up, cache clears, analytics and health reads, metrics.
+async fn drive_every_write_path(app: &TestApp) {
+    let widest = |c: char, n: usize| std::iter::repeat_n(c, n).collect::<String>();
+    let long_source = widest('資', chatbot_core::chat::ingest::MAX_SOURCE_CHARS);
+    let ingested = app
+        .ingest(json!([
+            {"id": "largest", "source": long_source, "text": widest('語', 2500)},
+            {"id": "plain", "source": "plain.md", "text": "Annual plans are refunded pro rata."},
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+
+    let question_chars = chatbot_core::chat::query::MAX_QUESTION_CHARS;
+    let page_chars = chatbot_core::chat::query::MAX_PAGE_CONTEXT_CHARS;
+    // Four-byte characters: the most bytes the API accepts a question in
+    // (the body cap leaves room for both at their longest).
+    let question = widest('𝒜', question_chars);
+    let page = widest('頁', page_chars);
+    let session = "s".repeat(chatbot_core::http::api::MAX_ID_LEN);
+    let alice = token(SigningKey::Hs256, &widest('𝒜', 256));
+    let bob = token(SigningKey::Hs256, "bob");
+
+    let first = ask_as(
+        app,
+        Some(&alice),
+        json!({"question": question, "session_id": session, "page_context": page}),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let conversation = first.json()["conversation_id"].clone();
+    for follow_up in ['𝒝', '𝒞', '𝒟'] {
+        let response = ask_as(
+            app,
+            Some(&alice),
+            json!({"question": widest(follow_up, question_chars), "session_id": session,
+                   "page_context": page, "conversation_id": conversation}),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // A hit, a semantic near question, a streamed answer, a cut one, a failure.
+    let again = json!({"question": question, "session_id": session, "page_context": page});
+    assert_eq!(ask_as(app, Some(&alice), again).await.status, 200);
+    let plain = |q: &str, s: &str| json!({"question": q, "session_id": s});
+    assert_eq!(
+        ask_as(app, Some(&bob), plain("what is the refund policy", "b1"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        ask_as(
+            app,
+            Some(&bob),
+            plain("what is the refund policy exactly", "b1")
+        )
+        .await
+        .status,
+        200
+    );
+    let mut streamed = plain("stream the refund policy", "b1");
+    streamed["stream"] = json!(true);
+    assert_eq!(ask_as(app, Some(&bob), streamed).await.status, 200);
+    app.openai.finish_next_answer_with("length");
+    assert_eq!(
+        ask_as(app, Some(&bob), plain("a cut answer", "b1"))
+            .await
+            .status,
+        200
+    );
+    app.openai.controls().fail_next(CHAT, 1, Fault::Status(500));
+    assert!(
+        ask_as(app, Some(&bob), plain("a failed answer", "b1"))
+            .await
+            .status
+            >= 500
+    );
+
+    // Refusals: no token, another user's session, past the session cap,
+    // past the session's bucket.
+    assert_eq!(ask_as(app, None, plain("who", "b1")).await.status, 401);
+    assert_eq!(
+        ask_as(app, Some(&bob), plain("theirs", &session))
+            .await
+            .status,
+        404
+    );
+    for i in 0..4 {
+        ask_as(
+            app,
+            Some(&bob),
+            plain("one more session", &format!("b-extra-{i}")),
+        )
+        .await;
+    }
+    let mut limited = 0;
+    for _ in 0..8 {
+        let again = json!({"question": widest('𝒵', question_chars), "session_id": session,
+                           "page_context": page, "conversation_id": conversation});
+        if ask_as(app, Some(&alice), again).await.status == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "the session's bucket ran out");
+
+    // Admin and ops paths that write.
+    for (method, path, body) in [
+        ("POST", "/admin/cache/warmup", json!({"limit": 5})),
+        ("GET", "/health/cache/analytics", Value::Null),
+        ("GET", "/health/services", Value::Null),
+        ("GET", "/admin/audit", Value::Null),
+        ("POST", "/admin/cleanup", json!({})),
+    ] {
+        let response = app.admin(method, path, &body).await.unwrap();
+        assert!(
+            response.status < 400,
+            "{method} {path}: {}",
+            response.text()
+        );
+    }
+    let unauthorised = app
+        .client()
+        .request(
+            "GET",
+            "/admin/audit",
+            &[("authorization", "Bearer wrong")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status, 401);
+    assert_eq!(app.get("/metrics").await.unwrap().status, 200);
+    app.app.settled().await;
+}
+
+#[tokio::test]
+async fn every_key_in_redis_belongs_to_a_family_within_its_bound_and_lifetime() {
+    let app = jwt_builder()
+        .variable(names::USER_TOKEN_BUDGET_PER_DAY, "100000000")
+        .variable(names::DEPLOYMENT_TOKEN_BUDGET_PER_DAY, "1000000000")
+        .variable(names::MAX_SESSIONS_PER_USER, "3")
+        .variable(names::RATE_LIMIT_REQUESTS, "8")
+        .variable(names::SEMANTIC_CACHE_THRESHOLD, "0.8")
+        // Shared answers: the scope warm-up needs (the session index is written in both).
+        .variable(names::QUERY_CACHE_SCOPE, "global")
+        .spawn()
+        .await
+        .unwrap();
+    drive_every_write_path(&app).await;
+    let held = every_key(&app).await;
+    let families = families::families(&families::Sizing::default());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut broken = Vec::new();
+    for key in &held {
+        let Some(family) = families::family_of(&families, &key.key, &key.kind) else {
+            broken.push(format!("{key:?}: in no family"));
+            continue;
+        };
+        seen.insert(family.prefix);
+        let within = match family.bound {
+            families::Bound::Total(most) => key.bytes <= most,
+            families::Bound::EachMember(each) => key.bytes <= each * key.members.max(1),
+        };
+        if !within {
+            broken.push(format!("{key:?}: over its bound {:?}", family.bound));
+        }
+        match (family.lifetime, key.ttl) {
+            (families::Lifetime::Expires(most), Some(ttl)) if ttl <= most => {}
+            (families::Lifetime::Expires(most), ttl) => {
+                broken.push(format!("{key:?}: TTL {ttl:?}, not at most {most}"))
+            }
+            (families::Lifetime::Kept, _) => {}
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+    // The drive reached the families anonymous and signed-in clients write.
+    for prefix in [
+        keys::QUERY_PREFIX,
+        keys::FAILURE_PREFIX,
+        keys::SESSION_INDEX_PREFIX,
+        keys::PAGE_INDEX_PREFIX,
+        keys::TOP_QUESTIONS,
+        keys::RATE_LIMITED_SESSIONS,
+        keys::AUDIT_LOG,
+        keys::SECURITY_LOG,
+        keys::AUDIT_THROTTLE_PREFIX,
+        keys::SESSION_OWNER_PREFIX,
+        keys::CONVERSATION_PREFIX,
+        keys::TURNS_PREFIX,
+        keys::EMBEDDING_PREFIX,
+        keys::USER_TOKENS_PREFIX,
+        keys::DEPLOYMENT_TOKENS_PREFIX,
+        keys::USER_SESSIONS_PREFIX,
+        keys::RATE_LIMIT_PREFIX,
+        keys::HEALTH_REPORT,
+    ] {
+        assert!(
+            seen.contains(prefix),
+            "no {prefix} key was written: {held:#?}"
+        );
+    }
 }

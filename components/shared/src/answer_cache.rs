@@ -247,6 +247,19 @@ pub async fn answer(
             }
             Ok(answer)
         }
+        Ok(answer) if !chatbot_core::cache::answers::fits_the_cache(&answer.value) => {
+            // Answered, never cached: what Redis holds is bounded (see
+            // `chatbot_core::redis::families`).
+            crate::log::warn(
+                "answer_not_cached",
+                crate::log::Dependency::Redis,
+                "the answer is larger than a cached answer may be",
+            );
+            if generation.is_some() {
+                release_lock(conn, &cache_key, &token, Vec::new()).await;
+            }
+            Ok(answer)
+        }
         Ok(mut answer) => {
             // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
             if let Some(generation) = generation {

@@ -191,6 +191,12 @@ async fn fetch_jwks(
     if response.status != 200 {
         return Err(unavailable(format!("answered {}", response.status)));
     }
+    if response.body.len() > identity::MAX_KEY_SET_BYTES {
+        return Err(unavailable(format!(
+            "the key set is larger than {} KiB",
+            identity::MAX_KEY_SET_BYTES >> 10
+        )));
+    }
     let jwks: JwkSet = serde_json::from_slice(&response.body)
         .map_err(|e| unavailable(format!("not a JWK set: {e}")))?;
     if let Some(conn) = conn {
