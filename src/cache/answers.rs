@@ -332,9 +332,8 @@ pub fn question_entry(request: &QueryRequest) -> String {
 /// Whether `answer` may be cached: at most
 /// [`crate::redis::families::MAX_CACHED_ANSWER_BYTES`] as stored.
 pub fn fits_the_cache(answer: &CachedAnswer) -> bool {
-    serde_json::to_vec(answer).map_or(false, |stored| {
-        stored.len() as u64 <= crate::redis::families::MAX_CACHED_ANSWER_BYTES
-    })
+    serde_json::to_vec(answer)
+        .is_ok_and(|stored| stored.len() as u64 <= crate::redis::families::MAX_CACHED_ANSWER_BYTES)
 }
 
 /// Stores the answer with its generation, indexes it by session and page
