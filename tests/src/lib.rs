@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod promtool;
 pub mod real_qdrant;
 pub mod recorder;
+pub mod redis_faults;
 pub mod relay;
 pub mod routes;
 pub mod runtime;
@@ -99,6 +100,7 @@ pub struct TestAppBuilder {
     host_call_watchdog: Option<std::time::Duration>,
     with_empty_collection: bool,
     capture_stderr: bool,
+    redis_faults: bool,
     instance_reuse: runtime::InstanceReuse,
     shared: Option<SharedServices>,
 }
@@ -134,6 +136,13 @@ impl TestAppBuilder {
     /// Collects the components' stderr in `app.stderr` (to check their log lines).
     pub fn capture_stderr(mut self) -> Self {
         self.capture_stderr = true;
+        self
+    }
+
+    /// Puts a [`redis_faults::RedisFaults`] proxy between the app and its
+    /// Redis (the test's own connections, `app.redis()`, reach Redis directly).
+    pub fn redis_faults(mut self) -> Self {
+        self.redis_faults = true;
         self
     }
 
@@ -235,6 +244,13 @@ impl TestAppBuilder {
         let declared = manifest::Manifest::load(&manifest)?.variables;
         variables.retain(|name, _| declared.contains_key(name));
         variables.extend(self.variables);
+        let redis_faults = if self.redis_faults {
+            let (faults, url) = redis_faults::RedisFaults::in_front_of(&redis_url).await?;
+            variables.extend(address_variables("redis_address", url));
+            Some(faults)
+        } else {
+            None
+        };
 
         let app = App::load(AppOptions {
             manifest,
@@ -262,6 +278,7 @@ impl TestAppBuilder {
             openai,
             qdrant,
             chatbot_imports: self.chatbot_imports,
+            redis_faults,
         })
     }
 }
@@ -361,6 +378,7 @@ pub struct TestApp {
     pub openai: Arc<stubs::openai::OpenAiStub>,
     pub qdrant: Arc<stubs::qdrant::QdrantStub>,
     pub chatbot_imports: Option<Arc<ChatbotImports>>,
+    redis_faults: Option<redis_faults::RedisFaults>,
 }
 
 impl std::ops::Deref for TestApp {
@@ -374,6 +392,13 @@ impl std::ops::Deref for TestApp {
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder::default()
+    }
+
+    /// The fault proxy in front of Redis ([`TestAppBuilder::redis_faults`]).
+    pub fn redis_faults(&self) -> &redis_faults::RedisFaults {
+        self.redis_faults
+            .as_ref()
+            .expect("the app was built without TestAppBuilder::redis_faults")
     }
 
     /// The whole app, composed as `spin.toml` says.

@@ -536,3 +536,124 @@ async fn every_key_in_redis_belongs_to_a_family_within_its_bound_and_lifetime() 
         );
     }
 }
+
+/// A check that protects another user's data or money, the keys it reads
+/// and what turns it on.
+struct Check {
+    name: &'static str,
+    keys: &'static str,
+    variables: &'static [(&'static str, &'static str)],
+    /// The request made while the check's keys fail: bob asks in alice's
+    /// session (ownership), else alice asks a new question in her own.
+    by_another_user: bool,
+}
+
+const CHECKS: [Check; 5] = [
+    Check {
+        name: "the user's session gate",
+        keys: keys::USER_SESSIONS_PREFIX,
+        variables: &[(names::MAX_SESSIONS_PER_USER, "3")],
+        by_another_user: false,
+    },
+    Check {
+        name: "session ownership",
+        keys: keys::SESSION_OWNER_PREFIX,
+        variables: &[],
+        by_another_user: true,
+    },
+    Check {
+        name: "the user's token budget",
+        keys: keys::USER_TOKENS_PREFIX,
+        variables: &[(names::USER_TOKEN_BUDGET_PER_DAY, "10000000")],
+        by_another_user: false,
+    },
+    Check {
+        name: "the deployment's token ceiling",
+        keys: keys::DEPLOYMENT_TOKENS_PREFIX,
+        variables: &[(names::DEPLOYMENT_TOKEN_BUDGET_PER_DAY, "100000000")],
+        by_another_user: false,
+    },
+    Check {
+        name: "the rate limiter (failure policy closed)",
+        keys: keys::RATE_LIMIT_PREFIX,
+        variables: &[(names::RATE_LIMIT_FAILURE_POLICY, "closed")],
+        by_another_user: false,
+    },
+];
+
+/// The fail-closed matrix: each check under each kind of Redis error is a
+/// refusal (429 or 503) that asks the model nothing and stores nothing,
+/// while the lookup and everything else still reach a healthy Redis.
+#[tokio::test]
+async fn every_check_fails_closed_under_every_kind_of_redis_error() {
+    use chatbot_harness::redis_faults::FaultKind;
+    let alice = token(SigningKey::Hs256, "alice");
+    let bob = token(SigningKey::Hs256, "bob");
+    let mut outcomes = Vec::new();
+    for check in &CHECKS {
+        for kind in [
+            FaultKind::WrongType,
+            FaultKind::OutOfMemory,
+            FaultKind::Silent,
+            FaultKind::Reset,
+        ] {
+            let mut builder = jwt_builder().redis_faults();
+            for (name, value) in check.variables {
+                builder = builder.variable(name, *value);
+            }
+            let app = builder.spawn().await.unwrap();
+            let asked = json!({"question": "What is AI?", "session_id": "s1"});
+            let first = ask_as(&app, Some(&alice), asked.clone()).await;
+            assert_eq!(first.status, 200, "{}: {}", check.name, first.text());
+            app.app.settled().await;
+            let (chats, messages) = (
+                app.openai.controls().calls(CHAT),
+                count(&app, "messages").await,
+            );
+
+            app.redis_faults().fail(check.keys, kind);
+            let (bearer, body) = if check.by_another_user {
+                (&bob, asked)
+            } else {
+                (
+                    &alice,
+                    json!({"question": "And what is ML?", "session_id": "s1"}),
+                )
+            };
+            let refused = ask_as(&app, Some(bearer), body).await;
+            app.app.settled().await;
+            let failed = app.redis_faults().failed();
+            app.redis_faults().heal();
+            outcomes.push(format!(
+                "{} under {kind:?}: {} ({} failed commands) {}",
+                check.name,
+                refused.status,
+                failed,
+                refused.text()
+            ));
+            assert!(
+                failed > 0,
+                "the fault was hit: {}",
+                outcomes.last().unwrap()
+            );
+            assert!(
+                matches!(refused.status, 429 | 503),
+                "{}",
+                outcomes.last().unwrap()
+            );
+            assert_eq!(
+                app.openai.controls().calls(CHAT),
+                chats,
+                "{}",
+                outcomes.last().unwrap()
+            );
+            assert_eq!(
+                count(&app, "messages").await,
+                messages,
+                "{}",
+                outcomes.last().unwrap()
+            );
+        }
+    }
+    println!("{outcomes:#?}");
+}
