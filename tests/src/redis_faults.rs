@@ -4,13 +4,11 @@
 //! fails closed (`tests/promises.rs`). Commands pass one at a time, in order,
 //! as pipelined by the client; everything else is relayed byte for byte.
 
+use anyhow::{Context, Result};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -140,13 +138,12 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<State>) -> std::
 }
 
 type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+/// A frame's bulk strings, read.
+type Frame<'a> = Pin<Box<dyn Future<Output = std::io::Result<Vec<Vec<u8>>>> + Send + 'a>>;
 
 /// Reads one RESP frame (RESP2 or RESP3, or an inline command) into `raw`;
 /// returns its bulk strings (a request's command and arguments).
-fn read_frame<'a>(
-    reader: &'a mut Reader,
-    raw: &'a mut Vec<u8>,
-) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<Vec<u8>>>> + Send + 'a>> {
+fn read_frame<'a>(reader: &'a mut Reader, raw: &'a mut Vec<u8>) -> Frame<'a> {
     Box::pin(async move {
         let start = raw.len();
         if reader.read_until(b'\n', raw).await? == 0 {
@@ -206,6 +203,7 @@ fn read_frame<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn faults_hit_only_the_keys_named_and_heal() {
