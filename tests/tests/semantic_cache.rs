@@ -585,3 +585,23 @@ async fn payload_indexes_missing_after_a_cut_short_indexing_are_made_later() {
     missed(&ask(&app, NEAR_MISS, "s1").await);
     assert_eq!(indexed_fields(&app), expected);
 }
+
+/// Issue #38 (4): an admin's warm-up answers are indexed confirmed, so they
+/// serve any session at once (still naming no question).
+#[tokio::test]
+async fn in_global_scope_warmed_answers_are_confirmed() {
+    let app = global_app().await;
+    ask(&app, ASKED, "s1").await;
+    // The query cache (and the index) cleared: warm-up asks the top question again.
+    clear(&app, json!({"cache_type": "query"})).await;
+    let warmed = app
+        .admin("POST", "/admin/cache/warmup", &json!({"limit": 1}))
+        .await
+        .unwrap();
+    assert_eq!(warmed.status, 200, "{}", warmed.text());
+    assert_eq!(warmed.json()["warmed"], 1, "{}", warmed.text());
+    let payloads = app.qdrant.payloads(&index());
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(payloads[0]["confirmed"], true);
+    served_anonymously(&ask(&app, PARAPHRASE, "s2").await);
+}
