@@ -4,7 +4,9 @@
 //!
 //! A cached answer is a hash: `v`, the answer, and `g`, the generation of
 //! the collection it was computed from; an answer of an older generation
-//! (a document was ingested since) is not served.
+//! (a document was ingested since) is not served. In `global` scope with
+//! the semantic cache on, also `s`, the session that stored it, and `c`
+//! once it is confirmed (see [`Confirmation`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,48 @@ impl CacheScope {
             "session" => Some(Self::Session),
             "global" => Some(Self::Global),
             _ => None,
+        }
+    }
+}
+
+/// Whether a cached answer may serve other sessions than its own from the
+/// semantic cache. In `global` scope, a session's answer is indexed
+/// unconfirmed: a search serves it to other sessions only once confirmed,
+/// when a second session is served it as an exact hit (the [`Lookup`]
+/// marks the entry, and its point is then confirmed in the index), so one
+/// session alone cannot plant the answer to a near miss for every later
+/// asker. An admin's warm-up answers are confirmed as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Session scope, or the semantic cache off: answers never cross sessions.
+    Unneeded,
+    /// Stored with its session; the first exact hit of another confirms it.
+    Pending,
+    /// Confirmed as stored (an admin's warm-up).
+    Confirmed,
+}
+
+impl Confirmation {
+    /// An answer stored in `scope`, with the semantic cache on or off, by
+    /// an admin's warm-up or not.
+    pub fn of(scope: CacheScope, semantic_cache: bool, warm_up: bool) -> Self {
+        match (scope, semantic_cache, warm_up) {
+            (CacheScope::Global, true, false) => Self::Pending,
+            (CacheScope::Global, true, true) => Self::Confirmed,
+            _ => Self::Unneeded,
+        }
+    }
+
+    /// Whether its point is indexed confirmed (only a pending one is not).
+    pub fn indexed_confirmed(self) -> bool {
+        self != Self::Pending
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Unneeded => "",
+            Self::Pending => "p",
+            Self::Confirmed => "c",
         }
     }
 }
@@ -126,7 +170,9 @@ fn answer_digest(
 /// and warm-up, when `entry` is not empty, and only for a first question:
 /// a follow-up asked again alone would mean something else) and reads the
 /// session's current conversation, with its last turns when the question
-/// continues it, in one round trip.
+/// continues it, in one round trip. With `confirming`, an answer found that
+/// another session stored and that is not yet confirmed is marked confirmed
+/// ([`Confirmation`]), in the same round trip.
 pub struct Lookup<'a> {
     pub cache_key: &'a str,
     pub session_id: &'a str,
@@ -137,6 +183,9 @@ pub struct Lookup<'a> {
     pub conversation: ConversationChoice,
     /// How many of the last turns to read (0: none).
     pub turns: u32,
+    /// `global` scope with the semantic cache on (and not a warm-up): a hit
+    /// on another session's answer confirms it.
+    pub confirming: bool,
 }
 
 /// What Redis knows of a question: a first question's answer, and the
@@ -153,6 +202,10 @@ pub struct Found {
     pub conversation: Option<RememberedConversation>,
     /// Its last turns, oldest first, when the question continues it.
     pub turns: Vec<Turn>,
+    /// This lookup confirmed `answer` (a `confirming` lookup's hit on an
+    /// answer another session stored, not confirmed before): its point in
+    /// the semantic index is to be confirmed too.
+    pub confirmed: bool,
 }
 
 impl Script for Lookup<'_> {
@@ -193,14 +246,25 @@ if ARGV[1] ~= '' and #turns == 0 then
         "end\n",
         r#"
 local answer = false
+local confirmed = 0
 if #turns == 0 then
   local generation = redis.call('GET', KEYS[5]) or '0'
-  local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+  local entry
+  if ARGV[7] == '' then
+    entry = redis.call('HMGET', KEYS[1], 'g', 'v')
+  else
+    entry = redis.call('HMGET', KEYS[1], 'g', 'v', 's', 'c')
+  end
   if entry[2] and entry[1] == generation then
     answer = entry[2]
+    -- Served to a session other than the one that stored it: confirmed.
+    if entry[3] and entry[3] ~= ARGV[7] and not entry[4] then
+      redis.call('HSET', KEYS[1], 'c', '1')
+      confirmed = 1
+    end
   end
 end
-local reply = {answer, conversation}
+local reply = {answer, conversation, confirmed}
 for _, turn in ipairs(turns) do
   reply[#reply + 1] = turn
 end
@@ -224,7 +288,7 @@ return reply
 
     /// The entry, the ranking's half-life and its cap, the conversation
     /// asked in ("" asked alone, "new", or the id continued), how many turns
-    /// to read, the turns list's marker.
+    /// to read, the turns list's marker, the session when `confirming` (else "").
     fn args(&self) -> Vec<Arg> {
         vec![
             Arg::from(self.entry.as_str()),
@@ -233,10 +297,12 @@ return reply
             Arg::from(self.conversation.lookup_arg()),
             Arg::from(self.turns),
             Arg::from(crate::chat::conversation::TURNS_MARKER),
+            Arg::from(if self.confirming { self.session_id } else { "" }),
         ]
     }
 
-    /// `{answer or false, conversation or false, turn...}`; what does not
+    /// `{answer or false, conversation or false, confirmed 0 or 1, turn...}`
+    /// (a conversation not continued: `{false, false}`); what does not
     /// parse is not there (a turn that does not parse ends the turns read:
     /// the conversation is read back from Postgres).
     fn parse(&self, reply: Vec<Value>) -> Found {
@@ -244,15 +310,20 @@ return reply
             .and_then(|bytes| RememberedConversation::parse(std::str::from_utf8(bytes).ok()?));
         let turns: Option<Vec<Turn>> = reply
             .iter()
-            .skip(2)
+            .skip(3)
             .map(|value| serde_json::from_slice(value.bytes()?).ok())
             .collect();
         match turns {
-            Some(turns) => Found {
-                answer: bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok()),
-                conversation,
-                turns,
-            },
+            Some(turns) => {
+                let answer: Option<CachedAnswer> =
+                    bytes_at(&reply, 0).and_then(|bytes| serde_json::from_slice(bytes).ok());
+                Found {
+                    confirmed: answer.is_some() && reply.get(2).and_then(Value::int) == Some(1),
+                    answer,
+                    conversation,
+                    turns,
+                }
+            }
             None => Found::default(),
         }
     }
@@ -336,9 +407,10 @@ pub fn fits_the_cache(answer: &CachedAnswer) -> bool {
         .is_ok_and(|stored| stored.len() as u64 <= crate::redis::families::MAX_CACHED_ANSWER_BYTES)
 }
 
-/// Stores the answer with its generation, indexes it by session and page
-/// context (for scoped invalidation) and releases the stampede lock, in one
-/// round trip.
+/// Stores the answer with its generation (and, pending confirmation, the
+/// session that stores it; see [`Confirmation`]), indexes it by session and
+/// page context (for scoped invalidation) and releases the stampede lock, in
+/// one round trip.
 ///
 /// An index outlives the answers it points at while its session or page
 /// keeps being asked about, so each store also drops up to
@@ -355,6 +427,8 @@ pub struct StoreAnswer<'a> {
     pub token: &'a str,
     /// The collection's generation when the lock was taken.
     pub generation: &'a [u8],
+    /// Whether it will need another session's hit to serve other sessions.
+    pub confirmation: Confirmation,
 }
 
 impl Script for StoreAnswer<'_> {
@@ -369,6 +443,13 @@ local function add_and_prune(index)
   end
 end
 redis.call('HSET', KEYS[1], 'g', ARGV[4], 'v', ARGV[1])
+if ARGV[7] == 'p' then
+  -- A new answer: confirmed by the first hit of another session (Lookup).
+  redis.call('HSET', KEYS[1], 's', ARGV[8])
+  redis.call('HDEL', KEYS[1], 'c')
+elseif ARGV[7] == 'c' then
+  redis.call('HSET', KEYS[1], 'c', '1')
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 add_and_prune(KEYS[2])
 if ARGV[5] == '1' then
@@ -393,7 +474,8 @@ return 1
     }
 
     /// The answer, its TTL, the lock token, the generation, "1" when the page
-    /// index is used, [`INDEX_PRUNE_SAMPLE`].
+    /// index is used, [`INDEX_PRUNE_SAMPLE`], the confirmation ("", "p"
+    /// pending, "c" confirmed), the session when pending (else "").
     fn args(&self) -> Vec<Arg> {
         vec![
             Arg::from(serde_json::to_vec(self.answer).expect("answers serialise")),
@@ -406,6 +488,12 @@ return 1
                 "0"
             }),
             Arg::from(INDEX_PRUNE_SAMPLE as u64),
+            Arg::from(self.confirmation.arg()),
+            Arg::from(if self.confirmation == Confirmation::Pending {
+                self.session_id
+            } else {
+                ""
+            }),
         ]
     }
 
@@ -783,24 +871,33 @@ mod tests {
             entry: String::new(),
             conversation: ConversationChoice::Named(12),
             turns: 5,
+            confirming: false,
         };
         let found = call.parse(vec![Value::Nil, Value::Nil]);
         assert_eq!(found, Found::default());
         assert_eq!(call.args()[0], Arg::from(""));
         assert_eq!(call.args()[3], Arg::from("12"));
         assert_eq!(call.args()[4], Arg::Int(5));
+        assert_eq!(call.args()[6], Arg::from(""), "not confirming");
         assert_eq!(call.keys()[0], "k");
         assert_eq!(call.keys()[5], keys::turns("s"));
         let bytes = |b: &[u8]| Value::Bytes(b.to_vec());
         let found = call.parse(vec![
             Value::Nil,
             bytes(b"12:20000"),
+            Value::Int(0),
             bytes(br#"{"q":"What is a transformer?","a":"A model."}"#),
         ]);
         assert_eq!(found.conversation.map(|c| c.id), Some(12));
         assert_eq!(found.turns[0].question, "What is a transformer?");
+        assert!(!found.confirmed);
         // A turn that does not read: nothing is trusted, Postgres is asked.
-        let found = call.parse(vec![Value::Nil, bytes(b"12:20000"), bytes(b"{")]);
+        let found = call.parse(vec![
+            Value::Nil,
+            bytes(b"12:20000"),
+            Value::Int(0),
+            bytes(b"{"),
+        ]);
         assert_eq!(found, Found::default());
         let read = ReadAnswer {
             cache_keys: &["k1", "k2"],
@@ -814,5 +911,86 @@ mod tests {
         // An index past the keys, or an answer that does not read, is no answer.
         assert_eq!(read.parse(vec![Value::Int(2), bytes(answer)]), None);
         assert_eq!(read.parse(vec![Value::Int(0), bytes(b"{")]), None);
+    }
+
+    #[test]
+    fn a_global_lookup_confirms_another_sessions_answer_in_its_round_trip() {
+        let call = |confirming| Lookup {
+            cache_key: "k",
+            session_id: "s2",
+            collection: "c",
+            entry: String::new(),
+            conversation: ConversationChoice::Current,
+            turns: 0,
+            confirming,
+        };
+        // The requester is named only when confirming: the script compares it
+        // with the entry's `s` (no more fields are read in session scope).
+        assert_eq!(call(true).args()[6], Arg::from("s2"));
+        assert_eq!(call(false).args()[6], Arg::from(""));
+        assert_eq!(call(true).keys(), call(false).keys());
+        assert!(Lookup::SOURCE.contains("HMGET', KEYS[1], 'g', 'v', 's', 'c'"));
+        assert!(Lookup::SOURCE.contains("HSET', KEYS[1], 'c', '1'"));
+        let bytes = |b: &[u8]| Value::Bytes(b.to_vec());
+        let answer = br#"{"answer":"A model.","citations":[]}"#;
+        let found = call(true).parse(vec![bytes(answer), Value::Nil, Value::Int(1)]);
+        assert!(found.confirmed);
+        assert_eq!(found.answer.unwrap().answer, "A model.");
+        let found = call(true).parse(vec![bytes(answer), Value::Nil, Value::Int(0)]);
+        assert!(!found.confirmed);
+        // Nothing served, nothing confirmed.
+        let found = call(true).parse(vec![Value::Nil, Value::Nil, Value::Int(1)]);
+        assert!(!found.confirmed);
+    }
+
+    #[test]
+    fn a_stored_answer_keeps_its_session_until_another_confirms_it() {
+        assert_eq!(
+            Confirmation::of(CacheScope::Session, true, false),
+            Confirmation::Unneeded
+        );
+        assert_eq!(
+            Confirmation::of(CacheScope::Global, false, false),
+            Confirmation::Unneeded,
+            "nothing is indexed with the semantic cache off"
+        );
+        assert_eq!(
+            Confirmation::of(CacheScope::Global, true, false),
+            Confirmation::Pending
+        );
+        assert_eq!(
+            Confirmation::of(CacheScope::Global, true, true),
+            Confirmation::Confirmed
+        );
+        assert!(!Confirmation::Pending.indexed_confirmed());
+        assert!(Confirmation::Confirmed.indexed_confirmed());
+        assert!(Confirmation::Unneeded.indexed_confirmed());
+        let answer = CachedAnswer {
+            answer: "a".into(),
+            citations: Vec::new(),
+            tokens: 1,
+        };
+        let store = |confirmation| StoreAnswer {
+            cache_key: "k",
+            session_id: "s1",
+            page_context: None,
+            answer: &answer,
+            ttl_seconds: 60,
+            token: "t",
+            generation: b"1",
+            confirmation,
+        };
+        let tail = |confirmation| store(confirmation).args()[6..].to_vec();
+        assert_eq!(
+            tail(Confirmation::Pending),
+            [Arg::from("p"), Arg::from("s1")]
+        );
+        assert_eq!(
+            tail(Confirmation::Confirmed),
+            [Arg::from("c"), Arg::from("")]
+        );
+        assert_eq!(tail(Confirmation::Unneeded), [Arg::from(""), Arg::from("")]);
+        // A new answer under a key once confirmed is not confirmed.
+        assert!(StoreAnswer::SOURCE.contains("HDEL', KEYS[1], 'c'"));
     }
 }

@@ -8,7 +8,7 @@
 //! Qdrant holds only the index, in a collection of its own
 //! ([`collection_name`]): one point per cached answer, whose id is the
 //! answer's cache-key digest as a UUID, with its question's vector and
-//! `{scope, session, page, generation, expires_at, question}`. The answer
+//! `{scope, session, page, generation, expires_at, question, confirmed}`. The answer
 //! itself stays in Redis under its exact key and is read from there
 //! ([`crate::cache::answers::ReadAnswer`], which checks the generation), so
 //! whatever removes an answer (its TTL, `/health/cache/clear`, a new
@@ -18,6 +18,15 @@
 //!
 //! Follow-ups are not matched: their answers depend on their turns, which
 //! two conversations almost never share.
+//!
+//! In `global` scope, answers are shared across sessions, so one session's
+//! words must neither reach another nor steer what others are served: a
+//! match never names an earlier question asked in another session
+//! ([`Candidate::question_for`]), and a search serves another session's
+//! answer only once it is `confirmed` (a second session was served it as an
+//! exact hit, or an admin's warm-up computed it; see
+//! [`crate::cache::answers::Confirmation`]), so a stranger cannot plant the
+//! answer to a near miss for everyone who asks after.
 
 use serde_json::{json, Value};
 
@@ -123,6 +132,9 @@ pub struct Indexed {
     pub expires_at: u64,
     pub question: String,
     pub vector: Vec<f32>,
+    /// Whether it may serve other sessions of a `global` scope (see the
+    /// module's documentation): `false` unless set (`confirmed(true)`).
+    pub confirmed: bool,
 }
 
 impl Indexed {
@@ -147,7 +159,13 @@ impl Indexed {
             expires_at: now_epoch_seconds + ttl_seconds,
             question: request.question.trim().to_string(),
             vector,
+            confirmed: false,
         })
+    }
+
+    /// The same, `confirmed` as given.
+    pub fn confirmed(self, confirmed: bool) -> Self {
+        Self { confirmed, ..self }
     }
 
     pub fn point(&self) -> Point {
@@ -161,6 +179,7 @@ impl Indexed {
                 "generation": self.generation,
                 "expires_at": self.expires_at,
                 "question": self.question,
+                "confirmed": self.confirmed,
             }),
         }
     }
@@ -188,6 +207,7 @@ pub const PAYLOAD_INDEXES: &[(&str, &str)] = &[
     ("session", "keyword"),
     ("page", "keyword"),
     ("expires_at", "integer"),
+    ("confirmed", "bool"),
 ];
 
 /// The `PUT /collections/{name}/index` body of one payload index.
@@ -195,25 +215,47 @@ pub fn payload_index_request(field: &str, schema: &str) -> Value {
     json!({"field_name": field, "field_schema": schema})
 }
 
+/// What a search looks among: a question's answer scope
+/// ([`answer_scope`]) and the generation its answer would be of, and who
+/// asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Among<'a> {
+    pub scope: &'a str,
+    pub generation: &'a [u8],
+    /// The asking session.
+    pub session: &'a str,
+    /// `global` scope: other sessions' answers only once confirmed.
+    pub confirmed_only: bool,
+}
+
 /// The search for a question's nearest answered questions: of its scope and
-/// generation, unexpired, from just below `threshold` (see [`SCORE_SLACK`]).
+/// generation, unexpired, from just below `threshold` (see [`SCORE_SLACK`]);
+/// with `confirmed_only` (`global` scope), the asking session's own or
+/// confirmed ones. Only the payload a candidate is read from comes back.
 pub fn search_request(
     vector: &[f32],
-    scope: &str,
-    generation: &[u8],
+    among: &Among,
     now_epoch_seconds: u64,
     threshold: f64,
 ) -> Value {
+    let mut filter = json!({"must": [
+        {"key": "scope", "match": {"value": among.scope}},
+        {"key": "generation", "match": {"value": String::from_utf8_lossy(among.generation)}},
+        {"key": "expires_at", "range": {"gt": now_epoch_seconds}},
+    ]});
+    if among.confirmed_only {
+        // Qdrant ANDs the clauses: all of `must`, and one of `should`.
+        filter["should"] = json!([
+            {"key": "confirmed", "match": {"value": true}},
+            {"key": "session", "match": {"value": among.session}},
+        ]);
+    }
     json!({
         "vector": vector,
         "limit": CANDIDATES,
         "score_threshold": threshold - SCORE_SLACK,
-        "with_payload": true,
-        "filter": {"must": [
-            {"key": "scope", "match": {"value": scope}},
-            {"key": "generation", "match": {"value": String::from_utf8_lossy(generation)}},
-            {"key": "expires_at", "range": {"gt": now_epoch_seconds}},
-        ]},
+        "with_payload": ["question", "session"],
+        "filter": filter,
     })
 }
 
@@ -222,7 +264,18 @@ pub fn search_request(
 pub struct Candidate {
     pub cache_key: String,
     pub question: String,
+    /// The session that asked it ("" when its point does not say).
+    pub session: String,
     pub score: f64,
+}
+
+impl Candidate {
+    /// Its question, to show `session` as the one matched: only when
+    /// `session` asked it. Another session's words (`global` scope) are
+    /// never shown.
+    pub fn question_for(&self, session: &str) -> Option<&str> {
+        (!self.session.is_empty() && self.session == session).then_some(self.question.as_str())
+    }
 }
 
 /// The candidates of a search's answer, nearest first (hits whose id is not
@@ -234,10 +287,21 @@ pub fn parse_candidates(body: &[u8]) -> Result<Vec<Candidate>, UpstreamError> {
             Some(Candidate {
                 cache_key: cache_key_of(hit["id"].as_str()?)?,
                 question: hit["payload"]["question"].as_str()?.to_string(),
+                session: hit["payload"]["session"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 score: hit["score"].as_f64()?,
             })
         })
         .collect())
+}
+
+/// The `points/payload` (set payload) body that confirms the point of the
+/// answer cached under `cache_key`: from then on, it may serve any session
+/// of its scope. `None` for a key that is not a query-cache key.
+pub fn confirm_request(cache_key: &str) -> Option<Value> {
+    Some(json!({"payload": {"confirmed": true}, "points": [point_id(cache_key)?]}))
 }
 
 /// What `/health/cache/clear` deletes from the index, as a `points/delete`
@@ -394,23 +458,86 @@ mod tests {
         assert_eq!(point.payload["generation"], "7");
         assert_eq!(point.payload["expires_at"], 4_600);
         assert_eq!(point.payload["question"], "How do I reset it?");
+        assert_eq!(point.payload["confirmed"], false, "unless confirmed");
+        assert_eq!(
+            indexed.clone().confirmed(true).point().payload["confirmed"],
+            true
+        );
         assert!(Indexed::new(&asked, scope, "chatbot:x", b"7", 0, 1, vec![]).is_none());
 
-        let search = search_request(&[0.5; 3], &indexed.scope, b"7", 2_000, 0.9);
+        let among = Among {
+            scope: &indexed.scope,
+            generation: b"7",
+            session: "s1",
+            confirmed_only: false,
+        };
+        let search = search_request(&[0.5; 3], &among, 2_000, 0.9);
         assert_eq!(search["limit"], CANDIDATES);
         let asked_from = search["score_threshold"].as_f64().unwrap();
         assert!(asked_from < 0.9 && asked_from > 0.899_99, "{asked_from}");
         let must = search["filter"]["must"].as_array().unwrap();
+        assert_eq!(must.len(), 3);
         assert_eq!(must[0]["match"]["value"], point.payload["scope"]);
         assert_eq!(must[1]["match"]["value"], "7");
         assert_eq!(must[2]["range"]["gt"], 2_000);
+        // Session scope: no confirmation asked for (the scope is the session's).
+        assert!(search["filter"].get("should").is_none());
+        // What a candidate is read from comes back: the question and who asked it.
+        assert_eq!(search["with_payload"], json!(["question", "session"]));
+    }
+
+    #[test]
+    fn a_global_search_finds_only_confirmed_answers_or_the_askers_own() {
+        let among = Among {
+            scope: "global-scope",
+            generation: b"3",
+            session: "s2",
+            confirmed_only: true,
+        };
+        let search = search_request(&[0.5; 3], &among, 10, 0.9);
+        assert_eq!(search["filter"]["must"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            search["filter"]["should"],
+            json!([
+                {"key": "confirmed", "match": {"value": true}},
+                {"key": "session", "match": {"value": "s2"}},
+            ])
+        );
+        assert!(PAYLOAD_INDEXES.contains(&("confirmed", "bool")));
+        assert!(PAYLOAD_INDEXES.contains(&("session", "keyword")));
+        let key = keys::query_cache(&"c".repeat(32));
+        assert_eq!(
+            confirm_request(&key).unwrap(),
+            json!({"payload": {"confirmed": true}, "points": [point_id(&key).unwrap()]})
+        );
+        assert_eq!(confirm_request("chatbot:x"), None);
+    }
+
+    #[test]
+    fn a_match_shows_its_question_only_to_the_session_that_asked_it() {
+        let candidate = |session: &str| Candidate {
+            cache_key: String::new(),
+            question: "How do I reset it?".into(),
+            session: session.into(),
+            score: 0.95,
+        };
+        assert_eq!(
+            candidate("s1").question_for("s1"),
+            Some("How do I reset it?")
+        );
+        assert_eq!(candidate("s1").question_for("s2"), None);
+        assert_eq!(
+            candidate("").question_for(""),
+            None,
+            "a point that does not say"
+        );
     }
 
     #[test]
     fn candidates_come_nearest_first_and_skip_what_is_not_a_cache_key() {
         let id = point_id(&keys::query_cache(&"b".repeat(32))).unwrap();
         let body = json!({"result": [
-            {"id": id, "score": 0.97, "payload": {"question": "How do I reset it?"}},
+            {"id": id, "score": 0.97, "payload": {"question": "How do I reset it?", "session": "s1"}},
             {"id": 42, "score": 0.95, "payload": {"question": "numbered"}},
             {"id": id, "score": 0.94, "payload": {}},
         ]});
@@ -420,12 +547,14 @@ mod tests {
             vec![Candidate {
                 cache_key: keys::query_cache(&"b".repeat(32)),
                 question: "How do I reset it?".into(),
+                session: "s1".into(),
                 score: 0.97,
             }]
         );
         let near = |score| Candidate {
             cache_key: String::new(),
             question: String::new(),
+            session: String::new(),
             score,
         };
         let kept = at_or_above(vec![near(0.95), near(0.9), near(0.899_999_5)], 0.9);

@@ -306,6 +306,16 @@ impl PipelineSettings {
         })
     }
 
+    /// How an answer stored now waits to serve other sessions
+    /// semantically (`warm_up`: an admin's warm-up computed it).
+    pub fn confirmation(&self, warm_up: bool) -> crate::cache::answers::Confirmation {
+        crate::cache::answers::Confirmation::of(
+            self.cache_scope,
+            self.semantic_cache_threshold.is_some(),
+            warm_up,
+        )
+    }
+
     pub fn shape(&self) -> AnswerShape<'_> {
         AnswerShape {
             chat_model: &self.chat_model,

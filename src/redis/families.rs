@@ -100,9 +100,9 @@ pub fn families(sizing: &Sizing) -> Vec<Family> {
         Family {
             prefix: keys::QUERY_PREFIX,
             kind: "hash",
-            bound: Total(MAX_CACHED_ANSWER_BYTES + 32),
+            bound: Total(MAX_CACHED_ANSWER_BYTES + crate::http::api::MAX_ID_LEN as u64 + 64),
             lifetime: Expires(sizing.query_cache_ttl_seconds),
-            holds: "a cached answer and its generation",
+            holds: "a cached answer, its generation and (global scope) the session that stored it",
         },
         Family {
             prefix: keys::LOCK_PREFIX,

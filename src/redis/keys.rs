@@ -268,6 +268,7 @@ mod tests {
                 entry: String::new(),
                 conversation: crate::chat::conversation::ConversationChoice::Current,
                 turns: 5,
+                confirming: true,
             };
             one_slot("lookup", &lookup.keys());
             let other = query_cache(&md5_of_parts(&[text, "other"]));
@@ -315,6 +316,7 @@ mod tests {
                     ttl_seconds: 1,
                     token: "t",
                     generation: b"0",
+                    confirmation: crate::cache::answers::Confirmation::Pending,
                 };
                 one_slot("store answer", &store.keys());
             }

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 const ASKED: &str = "What is the refund policy for annual plans";
 /// Eight of its nine words are the question's: near enough at 0.9.
 const PARAPHRASE: &str = "what is the refund policy for annual plans exactly";
+/// The question's eight words in another order: near enough at 0.9.
+const REWORDED: &str = "the refund policy for annual plans is what";
 /// One word in eight differs: below 0.9.
 const NEAR_MISS: &str = "What is the refund policy for monthly plans";
 const THRESHOLD: &str = "0.9";
@@ -102,6 +104,13 @@ async fn clear(app: &TestApp, body: Value) {
 fn the_test_questions_are_as_near_as_the_tests_say() {
     let threshold: f64 = THRESHOLD.parse().unwrap();
     assert!(similarity(ASKED, PARAPHRASE) >= threshold);
+    assert!(similarity(ASKED, REWORDED) >= threshold);
+    assert!(
+        similarity(
+            NEAR_MISS,
+            "what is the refund policy for monthly plans exactly"
+        ) >= threshold
+    );
     assert!(similarity(ASKED, NEAR_MISS) < threshold);
 }
 
@@ -218,23 +227,154 @@ async fn a_setting_that_does_not_parse_is_a_configuration_error() {
 }
 
 #[tokio::test]
-async fn in_session_scope_answers_never_cross_sessions_and_in_global_scope_they_do() {
+async fn in_session_scope_answers_never_cross_sessions_and_in_global_scope_confirmed_ones_do() {
     let app = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
     ask(&app, ASKED, "s1").await;
     missed(&ask(&app, PARAPHRASE, "s2").await);
     // s2's own answer is now indexed; s1's paraphrase still finds s1's.
-    served_semantically(
-        &ask(&app, "the refund policy for annual plans is what", "s1").await,
-        ASKED,
-    );
+    served_semantically(&ask(&app, REWORDED, "s1").await, ASKED);
 
-    let global = app_with(&[
+    // Globally, a session's answer serves other sessions once a second
+    // session was served it exactly, and never names its question to them.
+    let global = global_app().await;
+    ask(&global, ASKED, "s1").await;
+    missed(&ask(&global, PARAPHRASE, "s2").await);
+    served_elsewhere(&ask(&global, ASKED, "s3").await, "exact");
+    served_anonymously(&ask(&global, REWORDED, "s4").await);
+}
+
+async fn global_app() -> TestApp {
+    app_with(&[
         ("semantic_cache_threshold", THRESHOLD),
         ("query_cache_scope", "global"),
     ])
-    .await;
-    ask(&global, ASKED, "s1").await;
-    served_semantically(&ask(&global, PARAPHRASE, "s2").await, ASKED);
+    .await
+}
+
+/// A hit of another session's answer: `match_kind` is `exact` or `semantic`.
+fn served_elsewhere(response: &BufferedResponse, match_kind: &str) {
+    assert_eq!(
+        response.header("x-cache"),
+        Some("HIT"),
+        "{}",
+        response.text()
+    );
+    let matched = response.header("x-cache-match").unwrap();
+    assert!(matched.starts_with(match_kind), "{matched}");
+    assert!(response.json().get("matched_question").is_none());
+}
+
+/// Served another session's answer semantically: its question is nowhere but
+/// in the answer itself (the stand-in's answers quote their question).
+fn served_anonymously(response: &BufferedResponse) {
+    served_elsewhere(response, "semantic; score=");
+    let mut body = response.json();
+    body.as_object_mut().unwrap().remove("answer");
+    let rest = body.to_string().to_lowercase();
+    assert!(!rest.contains(&ASKED.to_lowercase()), "{rest}");
+    for (name, value) in &response.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).to_lowercase();
+        assert!(!value.contains(&ASKED.to_lowercase()), "{name}: {value}");
+    }
+}
+
+/// Issue #38 (4): in `global` scope a semantic hit never shows another
+/// session's question, and one session's answer is not served to others
+/// until a second session has been served it exactly.
+#[tokio::test]
+async fn in_global_scope_an_answer_serves_others_only_once_a_second_session_had_it() {
+    let app = global_app().await;
+    let first = ask(&app, ASKED, "s1").await;
+    missed(&first);
+    let confirmed = |app: &TestApp| {
+        app.qdrant
+            .payloads(&index())
+            .iter()
+            .filter(|p| p["confirmed"] == true)
+            .count()
+    };
+    assert_eq!(app.qdrant.point_count(&index()), 1);
+    assert_eq!(confirmed(&app), 0, "indexed unconfirmed");
+    // Its own session is served it, naming its own question.
+    served_semantically(&ask(&app, PARAPHRASE, "s1").await, ASKED);
+    // Not confirmed: another session asking near it is answered afresh.
+    missed(&ask(&app, REWORDED, "s2").await);
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // s1 asking again exactly confirms nothing; s3 (another session) does.
+    ask(&app, ASKED, "s1").await;
+    assert_eq!(
+        confirmed(&app),
+        0,
+        "the session that stored it confirms nothing"
+    );
+    let exact = ask(&app, ASKED, "s3").await;
+    served_elsewhere(&exact, "exact");
+    assert_eq!(exact.json()["answer"], first.json()["answer"]);
+    assert_eq!(confirmed(&app), 1);
+    // Now it serves a fourth session, whom its question is never shown.
+    let fourth = ask(&app, PARAPHRASE, "s4").await;
+    served_anonymously(&fourth);
+    assert_eq!(fourth.json()["answer"], first.json()["answer"]);
+    assert_eq!(app.openai.controls().calls(CHAT), 2);
+    // Streamed, the events do not name it either.
+    let mut streamed = app
+        .raw_client()
+        .stream(
+            "POST",
+            "/api/v1/chat/query",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "text/event-stream"),
+            ],
+            serde_json::to_vec(&json!({"question": "exactly what is the refund policy for annual plans", "session_id": "s5"})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(streamed
+        .header("x-cache-match")
+        .is_some_and(|m| m.starts_with("semantic; score=")));
+    let mut text = Vec::new();
+    while let Some(chunk) = streamed.next_chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(!text.contains("matched_question"), "{text}");
+    app.app.settled().await;
+    let errors = app
+        .metric(r#"chatbot_errors_total{error_type="qdrant"}"#)
+        .await;
+    assert_eq!(errors, 0.0);
+}
+
+/// Issue #38 (4): a stranger cannot plant the answer to a near miss for
+/// every later asker: its answer serves another session semantically only
+/// once a second session was served it exactly.
+#[tokio::test]
+async fn in_global_scope_a_planted_answer_serves_no_one_else() {
+    let app = global_app().await;
+    let planted = ask(&app, NEAR_MISS, "attacker").await;
+    missed(&planted);
+    // Asking it again, or near it, from the same session confirms nothing.
+    served_elsewhere(&ask(&app, NEAR_MISS, "attacker").await, "exact");
+    let near = "what is the refund policy for monthly plans exactly";
+    served_semantically(&ask(&app, near, "attacker").await, NEAR_MISS);
+    // Others asking near it are answered afresh (the stand-in answers
+    // quote their question: the planted answer quotes NEAR_MISS).
+    for (victim, question) in [
+        ("v1", near),
+        ("v2", "exactly what is the refund policy for monthly plans"),
+    ] {
+        let asked = ask(&app, question, victim).await;
+        missed(&asked);
+        assert_ne!(asked.json()["answer"], planted.json()["answer"]);
+    }
+    assert_eq!(app.openai.controls().calls(CHAT), 3);
+    // A second, independent session is served it exactly: from then on it
+    // is shared, as exact answers are, and still names no question.
+    served_elsewhere(&ask(&app, NEAR_MISS, "v3").await, "exact");
+    let shared = ask(&app, "the refund policy for monthly plans is what", "v4").await;
+    served_elsewhere(&shared, "semantic; score=");
+    assert_eq!(shared.json()["answer"], planted.json()["answer"]);
 }
 
 #[tokio::test]
@@ -444,4 +584,24 @@ async fn payload_indexes_missing_after_a_cut_short_indexing_are_made_later() {
     );
     missed(&ask(&app, NEAR_MISS, "s1").await);
     assert_eq!(indexed_fields(&app), expected);
+}
+
+/// Issue #38 (4): an admin's warm-up answers are indexed confirmed, so they
+/// serve any session at once (still naming no question).
+#[tokio::test]
+async fn in_global_scope_warmed_answers_are_confirmed() {
+    let app = global_app().await;
+    ask(&app, ASKED, "s1").await;
+    // The query cache (and the index) cleared: warm-up asks the top question again.
+    clear(&app, json!({"cache_type": "query"})).await;
+    let warmed = app
+        .admin("POST", "/admin/cache/warmup", &json!({"limit": 1}))
+        .await
+        .unwrap();
+    assert_eq!(warmed.status, 200, "{}", warmed.text());
+    assert_eq!(warmed.json()["warmed"], 1, "{}", warmed.text());
+    let payloads = app.qdrant.payloads(&index());
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(payloads[0]["confirmed"], true);
+    served_anonymously(&ask(&app, PARAPHRASE, "s2").await);
 }

@@ -441,6 +441,58 @@ async fn follow_ups_and_the_semantic_cache_under_spin() {
     assert_eq!(unknown.status, 404, "{}", unknown.text());
 }
 
+/// Issue #38 (4), with the real Qdrant where installed (its set payload,
+/// `should` filter, `with_payload` fields and bool payload index): in
+/// `global` scope one session's answer serves another semantically only
+/// once a second session was served it exactly, and never names the first
+/// session's question to another.
+#[tokio::test]
+async fn the_global_semantic_cache_shares_only_confirmed_answers_under_spin() {
+    let Some(app) = SpinApp::builder()
+        .variable(names::SEMANTIC_CACHE_THRESHOLD, "0.9")
+        .variable(names::QUERY_CACHE_SCOPE, "global")
+        .spawn_or_skip("the_global_semantic_cache_shares_only_confirmed_answers_under_spin")
+        .await
+    else {
+        return;
+    };
+    ingest(
+        &app,
+        "Reset your password on the website under Account, then Security.",
+    )
+    .await;
+    let mut client = WireClient::connect(app.addr).await.unwrap();
+    let asked = "How do I reset my password on the website";
+    let mut ask_as = async |question: &str, session: &str| {
+        let response = ask(
+            &mut client,
+            json!({"question": question, "session_id": session}),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        response
+    };
+    let first = ask_as(asked, "g1").await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    // Its own session is served it, and shown its own question.
+    let own = ask_as("how do I reset my password on the website please", "g1").await;
+    assert_eq!(own.header("x-cache"), Some("HIT"), "{}", own.text());
+    assert_eq!(own.json()["matched_question"], asked);
+    // Unconfirmed: another session is answered afresh.
+    let other = ask_as("please how do I reset my password on the website", "g2").await;
+    assert_eq!(other.header("x-cache"), Some("MISS"), "{}", other.text());
+    // A second session served it exactly confirms it.
+    let exact = ask_as(asked, "g3").await;
+    assert_eq!(exact.header("x-cache-match"), Some("exact"));
+    let shared = ask_as("on the website how do I reset my password please", "g4").await;
+    assert_eq!(shared.header("x-cache"), Some("HIT"), "{}", shared.text());
+    assert!(shared
+        .header("x-cache-match")
+        .is_some_and(|m| m.starts_with("semantic; score=")));
+    assert_eq!(shared.json()["answer"], first.json()["answer"]);
+    assert!(shared.json().get("matched_question").is_none());
+}
+
 /// Redis dies (every connection reset, the port refusing) and comes back:
 /// questions are answered throughout (the cache bypassed, readiness 503),
 /// and once it is back the instance's connections are opened again and the

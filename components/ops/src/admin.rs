@@ -175,7 +175,9 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             // Asked as a first question: in no conversation, with no turns.
             conversation: ConversationChoice::New,
         };
-        let asked = answer_cache::Asked::new(&request, &settings, &[]);
+        // An admin's answers are confirmed as stored; its hits confirm nothing.
+        let mut asked = answer_cache::Asked::new(&request, &settings, &[]);
+        asked.warm_up = true;
         let found =
             answer_cache::lookup(Some(&conn), &settings, &asked, false, &mut telemetry).await;
         match answer_cache::answer(

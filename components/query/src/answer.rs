@@ -184,7 +184,9 @@ async fn ask(
     } else {
         Asked::new(&request, settings, &turns)
     };
-    // A first question's answer came with the lookup; a follow-up's is keyed by its turns.
+    // A first question's answer came with the lookup (and, `global` scope,
+    // may have confirmed another session's answer); a follow-up's is keyed by its turns.
+    let confirmed = turns.is_empty() && found.confirmed;
     let cached = if turns.is_empty() {
         found.answer
     } else {
@@ -225,7 +227,7 @@ async fn ask(
         &mut scope.telemetry,
     )
     .await;
-    let answer = match answered {
+    let mut answer = match answered {
         Ok(answer) => answer,
         Err(e) => {
             let spent = Spent::on_failure(
@@ -238,6 +240,9 @@ async fn ask(
             return Err(e.api_error().caused_by("query_failed", dependency, &e));
         }
     };
+    if confirmed && answer.cached {
+        answer.confirms = Some(asked.cache_key.clone());
+    }
     scope.cache_status = answers::cache_status(answer.cached, scope.conn.is_some());
     scope.answered(answer.cached);
     Ok(Exchange {
@@ -253,7 +258,7 @@ async fn ask(
 /// when the client left a stream before its end, as it never saw the
 /// answer), its turn in Redis, for the questions after it (see
 /// `conversation::add_turn`), then the answer's point in the semantic
-/// cache's index.
+/// cache's index (a miss's answer indexed, or a hit's confirmation).
 async fn keep(
     scope: &mut Scope,
     settings: &PipelineSettings,
@@ -303,5 +308,10 @@ async fn keep(
     // is indexed, so the semantic cache may serve it from now on.
     if let Some(indexed) = &answer.index {
         chatbot_spin::semantic::remember(settings, indexed, &mut scope.telemetry).await;
+    }
+    // An exact hit on another session's answer (`global` scope) confirms
+    // it: it may serve any session semantically from now on.
+    if let Some(cache_key) = &answer.confirms {
+        chatbot_spin::semantic::confirm(settings, cache_key, &mut scope.telemetry).await;
     }
 }

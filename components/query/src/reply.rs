@@ -71,7 +71,7 @@ impl Reply {
                 cached: answer.is_some_and(|a| a.cached),
                 matched_question: answer
                     .and_then(|a| a.matched.as_ref())
-                    .map(|m| m.question.as_str()),
+                    .and_then(|m| m.question.as_deref()),
             },
         )
     }
@@ -123,7 +123,7 @@ impl Reply {
                 session_id: exchange.request.session_id.to_string(),
                 conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
-                matched_question: answer.matched.as_ref().map(|m| m.question.clone()),
+                matched_question: answer.matched.as_ref().and_then(|m| m.question.clone()),
             };
             let mut response = scope.respond(Ok(json(200, &body)));
             response.set_header("x-cache", if answer.cached { "HIT" } else { "MISS" });
@@ -143,7 +143,7 @@ impl Reply {
                 session_id: &exchange.request.session_id,
                 conversation_id: exchange.conversation.map(|c| c.id),
                 cached: answer.cached,
-                matched_question: answer.matched.as_ref().map(|m| m.question.as_str()),
+                matched_question: answer.matched.as_ref().and_then(|m| m.question.as_deref()),
                 usage: answer.usage.as_ref().map(UsageReport::from),
             },
         );

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use chatbot_core::cache::answers::{
-    self, AcquireOrRead, Acquired, CachedAnswer, Found, Lookup, ReadAnswer, ReleaseLock,
-    SharedFailure, StoreAnswer,
+    self, AcquireOrRead, Acquired, CacheScope, CachedAnswer, Confirmation, Found, Lookup,
+    ReadAnswer, ReleaseLock, SharedFailure, StoreAnswer,
 };
 use chatbot_core::cache::semantic::{self, Indexed};
 use chatbot_core::chat::conversation::Turn;
@@ -25,6 +25,8 @@ use crate::settings::PipelineSettings;
 /// Looks the question up (one round trip): its answer as a first question
 /// (`first`, keyed with no turns), the conversation asked in and its last
 /// turns. `count_question` counts the ask for analytics (not for warm-up).
+/// In `global` scope with the semantic cache on, a hit on an answer another
+/// session stored confirms it (`Found::confirmed`), in the same round trip.
 pub async fn lookup(
     conn: Option<&Conn>,
     settings: &PipelineSettings,
@@ -47,6 +49,7 @@ pub async fn lookup(
         },
         conversation: request.conversation,
         turns: settings.conversation.turns,
+        confirming: settings.confirmation(first.warm_up) == Confirmation::Pending,
     };
     run(conn, &lookup).await.unwrap_or_else(|e| {
         crate::log::warn("query_cache_read_failed", crate::log::Dependency::Redis, &e);
@@ -63,6 +66,9 @@ pub struct Asked<'a> {
     pub cache_key: String,
     /// The earlier turns it is answered with, oldest first.
     pub turns: &'a [Turn],
+    /// Asked by an admin's warm-up: its answer is confirmed as stored, and
+    /// its hits confirm nothing (see `Confirmation`).
+    pub warm_up: bool,
 }
 
 impl<'a> Asked<'a> {
@@ -76,6 +82,7 @@ impl<'a> Asked<'a> {
             request,
             cache_key: answers::query_cache_key(request, &settings.shape(), context.as_deref()),
             turns,
+            warm_up: false,
         }
     }
 }
@@ -186,6 +193,7 @@ pub async fn answer(
         request,
         cache_key,
         turns,
+        warm_up,
     } = asked;
     let (request, turns) = (*request, *turns);
     let Some(conn) = conn else {
@@ -211,8 +219,13 @@ pub async fn answer(
         .then(|| semantic::answer_scope(request, &settings.shape()));
     let semantic = match (&generation, settings.semantic_cache_threshold, &scope) {
         (Some(generation), Some(threshold), Some(scope)) => Some(SemanticLookup {
-            scope,
-            generation,
+            among: semantic::Among {
+                scope,
+                generation,
+                session: &request.session_id,
+                // Shared answers: another session's serves only once confirmed.
+                confirmed_only: settings.cache_scope == CacheScope::Global,
+            },
             threshold,
         }),
         _ => None,
@@ -263,6 +276,7 @@ pub async fn answer(
         Ok(mut answer) => {
             // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
             if let Some(generation) = generation {
+                let confirmation = settings.confirmation(*warm_up);
                 let store = StoreAnswer {
                     cache_key: &cache_key,
                     session_id: &request.session_id,
@@ -271,6 +285,7 @@ pub async fn answer(
                     ttl_seconds: settings.query_cache_ttl_seconds,
                     token: &token,
                     generation: &generation,
+                    confirmation,
                 };
                 match run(conn, &store).await {
                     // Cached: indexed for the semantic cache once the client has it.
@@ -286,6 +301,7 @@ pub async fn answer(
                                 settings.query_cache_ttl_seconds,
                                 vector,
                             )
+                            .map(|indexed| indexed.confirmed(confirmation.indexed_confirmed()))
                         })
                     }
                     Err(e) => {

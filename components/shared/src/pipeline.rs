@@ -32,12 +32,16 @@ pub struct Answer {
     pub question_vector: Option<Vec<f32>>,
     /// An answer just cached, to index for the semantic cache once the client has it.
     pub index: Option<Indexed>,
+    /// An exact hit that confirmed another session's answer (`global`
+    /// scope): its cache key, whose point is confirmed once the client has it.
+    pub confirms: Option<String>,
 }
 
 /// The earlier question whose answer the semantic cache served.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatchedQuestion {
-    pub question: String,
+    /// Shown only to the session that asked it (`None` for another's).
+    pub question: Option<String>,
     /// Cosine similarity of the two questions' embeddings.
     pub score: f64,
 }
@@ -53,6 +57,7 @@ impl Answer {
             matched,
             question_vector: None,
             index: None,
+            confirms: None,
         }
     }
 }
@@ -217,5 +222,6 @@ pub async fn run(
         matched: None,
         question_vector: semantic.is_some().then(|| std::mem::take(&mut vector)),
         index: None,
+        confirms: None,
     })
 }

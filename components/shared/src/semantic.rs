@@ -1,7 +1,8 @@
 //! The semantic answer cache's index in Qdrant (what it holds and why:
 //! `chatbot_core::cache::semantic`): searched on an exact miss, written once
-//! the client has its answer, cleared with the query cache. Its failures are
-//! logged and counted, and never fail a question: it is answered as a miss.
+//! the client has its answer, confirmed (`global` scope) once a second
+//! session is served it exactly, cleared with the query cache. Its failures
+//! are logged and counted, and never fail a question: it is answered as a miss.
 
 use std::time::Duration;
 
@@ -20,18 +21,19 @@ fn collection(settings: &PipelineSettings) -> String {
     semantic::collection_name(&settings.qdrant_collection)
 }
 
-/// What a first question is looked up with: its answer scope and the
-/// generation its answer would be of.
+/// What a first question is looked up with: its answer scope, the
+/// generation its answer would be of, who asks, and the threshold.
 pub struct SemanticLookup<'a> {
-    pub scope: &'a str,
-    pub generation: &'a [u8],
+    pub among: semantic::Among<'a>,
     pub threshold: f64,
 }
 
 /// An earlier question's answer, served for this one.
 pub struct Matched {
     pub answer: CachedAnswer,
-    pub question: String,
+    /// The earlier question, when the asking session asked it (another
+    /// session's words are never shown: `global` scope).
+    pub question: Option<String>,
     pub score: f64,
 }
 
@@ -85,8 +87,7 @@ async fn look_up(
 ) -> Option<Matched> {
     let request = semantic::search_request(
         vector,
-        lookup.scope,
-        lookup.generation,
+        &lookup.among,
         crate::now_epoch_seconds(),
         lookup.threshold,
     );
@@ -119,7 +120,9 @@ async fn look_up(
     match run(conn, &read).await {
         Ok(Some((index, answer))) => Some(Matched {
             answer,
-            question: candidates[index].question.clone(),
+            question: candidates[index]
+                .question_for(lookup.among.session)
+                .map(str::to_string),
             score: candidates[index].score,
         }),
         Ok(None) => None,
@@ -136,12 +139,38 @@ async fn look_up(
 /// first time.
 pub async fn remember(settings: &PipelineSettings, indexed: &Indexed, telemetry: &mut Telemetry) {
     let limit = crate::bounded(INDEX_BUDGET);
-    let stored = crate::within(limit, index(settings, indexed))
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout {
-            service: upstream::QDRANT,
-        }));
-    if let Err(e) = stored {
+    let stored = crate::within(limit, index(settings, indexed)).await;
+    index_failed(stored, telemetry);
+}
+
+/// Confirms the point of the answer cached under `cache_key`, which a
+/// second session was just served exactly (`global` scope, see
+/// `chatbot_core::cache::answers::Confirmation`): from now on it may serve
+/// any session of its scope. After the response, within [`INDEX_BUDGET`];
+/// one set-payload call. An index that does not exist has nothing to
+/// confirm.
+pub async fn confirm(settings: &PipelineSettings, cache_key: &str, telemetry: &mut Telemetry) {
+    let Some(body) = semantic::confirm_request(cache_key) else {
+        return;
+    };
+    let path = path_of(&collection(settings), "/points/payload?wait=true");
+    let sent = async {
+        match qdrant_send(settings, "POST", &path, Some(&body)).await {
+            Err(e) if upstream::is_missing_collection(&e) => Ok(()),
+            other => other.map(drop),
+        }
+    };
+    let confirmed = crate::within(crate::bounded(INDEX_BUDGET), sent).await;
+    index_failed(confirmed, telemetry);
+}
+
+/// Logs and counts a write to the index that failed or ran out of time
+/// (`None`); it never fails the request.
+fn index_failed(written: Option<Result<(), UpstreamError>>, telemetry: &mut Telemetry) {
+    let written = written.unwrap_or(Err(UpstreamError::Timeout {
+        service: upstream::QDRANT,
+    }));
+    if let Err(e) = written {
         crate::log::warn(
             "semantic_cache_index_failed",
             crate::log::Dependency::Qdrant,

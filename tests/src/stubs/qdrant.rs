@@ -1,11 +1,13 @@
-//! A Qdrant-compatible server (REST): collections, points upsert and delete,
-//! `points/search` and `points/query`, `/healthz`, in Qdrant's JSON shapes.
+//! A Qdrant-compatible server (REST): collections, points upsert, delete and
+//! set payload, `points/search` and `points/query`, `/healthz`, in Qdrant's
+//! JSON shapes.
 //!
 //! It keeps Qdrant's behaviours that clients trip on: ids must be unsigned
 //! integers or UUIDs (lowercase, hyphenated when returned); vectors must match
 //! the collection size; cosine vectors are normalised on insert; `payload` is
-//! returned only with `with_payload: true`; a write without `?wait=true` is
-//! answered `acknowledged` and applied a little later.
+//! returned only with `with_payload` (`true`, or the fields to return); a
+//! write without `?wait=true` is answered `acknowledged` and applied a little
+//! later; setting the payload of a point that does not exist is a 404.
 
 // Handlers answer with axum responses, errors included.
 #![allow(clippy::result_large_err)]
@@ -28,6 +30,7 @@ pub const SEARCH: &str = "search";
 pub const UPSERT: &str = "upsert";
 pub const COLLECTIONS: &str = "collections";
 pub const DELETE: &str = "delete";
+pub const SET_PAYLOAD: &str = "set_payload";
 
 /// A point id as Qdrant accepts it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,6 +108,7 @@ impl QdrantStub {
             .route("/collections/{name}/points", put(upsert_points))
             .route("/collections/{name}/index", put(create_payload_index))
             .route("/collections/{name}/points/delete", post(delete_points))
+            .route("/collections/{name}/points/payload", post(set_payload))
             .route("/collections/{name}/points/search", post(search_points))
             .route("/collections/{name}/points/query", post(query_points))
             .with_state(state.clone());
@@ -143,6 +147,17 @@ impl QdrantStub {
             .unwrap()
             .get(collection)
             .map(|c| c.payload_schema.clone())
+            .unwrap_or_default()
+    }
+
+    /// The payloads of a collection's points, by id (none when it does not exist).
+    pub fn payloads(&self, collection: &str) -> Vec<Value> {
+        self.state
+            .collections
+            .lock()
+            .unwrap()
+            .get(collection)
+            .map(|c| c.points.values().map(|p| p.payload.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -535,6 +550,90 @@ async fn delete_points(
     )
 }
 
+/// `POST /collections/{name}/points/payload`: `{"payload": {...}, "points":
+/// [ids]}` (or `"filter"`) merges the keys given into those points' payloads;
+/// a point named that does not exist is refused, as Qdrant does.
+async fn set_payload(
+    State(state): State<Arc<QdrantState>>,
+    Path(name): Path<String>,
+    Query(params): Query<WaitParam>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let body = match admitted(&state, SET_PAYLOAD, &headers, &name, &body).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    let Some(payload) = body["payload"].as_object().cloned() else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Format error in JSON body: missing field `payload`",
+        );
+    };
+    let ids: Option<Vec<PointId>> = match body.get("points").map(Value::as_array) {
+        None => None,
+        Some(Some(ids)) => match ids.iter().map(PointId::parse).collect() {
+            Some(ids) => Some(ids),
+            None => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "Format error in JSON body: not a valid point ID",
+                )
+            }
+        },
+        Some(None) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "Format error in JSON body: `points` must be a list",
+            )
+        }
+    };
+    let filter = body.get("filter").cloned();
+    if ids.is_none() && filter.is_none() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Format error in JSON body: expected `points` or `filter`",
+        );
+    }
+    if let Some(ids) = &ids {
+        let collections = state.collections.lock().unwrap();
+        let points = &collections.get(&name).expect("checked").points;
+        if let Some(missing) = ids.iter().find(|id| !points.contains_key(id)) {
+            return fail(
+                StatusCode::NOT_FOUND,
+                format!("Not found: No point with id {} found", missing.to_json()),
+            );
+        }
+    }
+    apply(
+        &state,
+        name,
+        params.wait.unwrap_or(false),
+        Box::new(move |c: &mut Collection| {
+            let set = |point: &mut Point| {
+                if let Some(fields) = point.payload.as_object_mut() {
+                    fields.extend(payload.clone());
+                } else {
+                    point.payload = Value::Object(payload.clone());
+                }
+            };
+            if let Some(ids) = ids {
+                for id in &ids {
+                    if let Some(point) = c.points.get_mut(id) {
+                        set(point);
+                    }
+                }
+            }
+            if let Some(filter) = filter {
+                c.points
+                    .values_mut()
+                    .filter(|p| matches_filter(&p.payload, &filter))
+                    .for_each(set);
+            }
+        }),
+    )
+}
+
 fn score(distance: &str, a: &[f32], b: &[f32]) -> f32 {
     match distance {
         "Euclid" => a
@@ -584,7 +683,8 @@ fn search(
     if c.distance == "Cosine" {
         normalise(&mut query);
     }
-    let with_payload = body["with_payload"].as_bool().unwrap_or(false);
+    // `true`, or the fields to return (`["a", "b"]`).
+    let with_payload = &body["with_payload"];
     let threshold = body["score_threshold"].as_f64().map(|t| t as f32);
     let filter = body.get("filter");
     let lower_is_better = matches!(c.distance.as_str(), "Euclid" | "Manhattan");
@@ -610,8 +710,17 @@ fn search(
         .take(limit)
         .map(|(id, p, s)| {
             let mut hit = json!({"id": id.to_json(), "version": p.version, "score": s});
-            if with_payload {
-                hit["payload"] = p.payload.clone();
+            match with_payload {
+                Value::Bool(true) => hit["payload"] = p.payload.clone(),
+                Value::Array(fields) => {
+                    hit["payload"] = fields
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(|f| Some((f.to_string(), p.payload.get(f)?.clone())))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                _ => {}
             }
             hit
         })
