@@ -546,6 +546,47 @@ impl Deployment {
     pub async fn messages_stored(&self, session: &str) -> i64 {
         messages_stored(&self.postgres_url, session).await
     }
+
+    /// `POST /api/v1/chat/query` with `body`, as the holder of `bearer` (a JWT) or anonymously.
+    pub async fn ask_as(&self, bearer: Option<&str>, body: serde_json::Value) -> BufferedResponse {
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        self.client()
+            .request(
+                "POST",
+                "/api/v1/chat/query",
+                &headers,
+                serde_json::to_vec(&body).expect("JSON serialises"),
+            )
+            .await
+            .expect("the app answers")
+    }
+
+    /// The tokens charged to `user` on every day Redis still keeps.
+    pub async fn tokens_spent(&self, user: &str) -> i64 {
+        let mut redis = self.redis().await.expect("Redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!(
+                "{}{}:*",
+                chatbot_core::redis::keys::USER_TOKENS_PREFIX,
+                chatbot_core::redis::digest::md5_of_parts(&[user])
+            ))
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS");
+        let mut total = 0i64;
+        for key in keys {
+            total += redis::cmd("GET")
+                .arg(key)
+                .query_async::<i64>(&mut redis)
+                .await
+                .expect("GET");
+        }
+        total
+    }
 }
 
 /// How many messages the Postgres database at `postgres_url` holds for

@@ -42,18 +42,6 @@ fn made_up_kid_token(kid: &str) -> String {
     .unwrap()
 }
 
-async fn ask_as(app: &TestApp, bearer: Option<&str>, body: Value) -> BufferedResponse {
-    let auth = bearer.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth.as_str()));
-    }
-    app.client()
-        .request("POST", QUERY, &headers, serde_json::to_vec(&body).unwrap())
-        .await
-        .unwrap()
-}
-
 async fn history_as(app: &TestApp, bearer: &str, session: &str) -> BufferedResponse {
     let auth = format!("Bearer {bearer}");
     app.client()
@@ -193,7 +181,7 @@ async fn without_a_valid_token_nothing_reaches_the_pipeline_or_the_history() {
         ),
     ];
     for (why, bad) in &cases {
-        let response = ask_as(&app, bad.as_deref(), question.clone()).await;
+        let response = app.ask_as(bad.as_deref(), question.clone()).await;
         assert_unauthorized(&response, bad.as_deref().unwrap_or(""), why);
         let bearer = bad.clone().unwrap_or_default();
         let history = history_as(&app, &bearer, "s1").await;
@@ -210,7 +198,9 @@ async fn without_a_valid_token_nothing_reaches_the_pipeline_or_the_history() {
 
     // The same request with a good token of each kind is answered.
     for key in [SigningKey::Hs256, SigningKey::RsaA, SigningKey::EcA] {
-        let response = ask_as(&app, Some(&token(key, "alice")), question.clone()).await;
+        let response = app
+            .ask_as(Some(&token(key, "alice")), question.clone())
+            .await;
         assert_eq!(response.status, 200, "{key:?}: {}", response.text());
     }
 }
@@ -222,7 +212,10 @@ async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_iss
     let ask = |key: SigningKey| {
         let t = token(key, "alice");
         let app = &app;
-        async move { ask_as(app, Some(&t), json!({"question": "q", "session_id": "rot"})).await }
+        async move {
+            app.ask_as(Some(&t), json!({"question": "q", "session_id": "rot"}))
+                .await
+        }
     };
     assert_eq!(ask(SigningKey::RsaA).await.status, 200);
     assert_eq!(ask(SigningKey::RsaA).await.status, 200);
@@ -238,7 +231,9 @@ async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_iss
     // Tokens naming unknown key ids are refused without a fetch each.
     for kid in ["made-up-1", "made-up-2", "made-up-3"] {
         let t = made_up_kid_token(kid);
-        let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
+        let r = app
+            .ask_as(Some(&t), json!({"question": "q", "session_id": "m"}))
+            .await;
         assert_unauthorized(&r, &t, kid);
     }
     assert!(issuer.fetches() <= 3, "fetched {} times", issuer.fetches());
@@ -291,13 +286,7 @@ async fn an_expired_key_set_is_refreshed_by_one_request_and_an_issuer_outage_ser
     let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
     let app = jwt_app(&issuer).await;
     let alice = token(SigningKey::RsaA, "alice");
-    let ask = || {
-        ask_as(
-            &app,
-            Some(&alice),
-            json!({"question": "q", "session_id": "lg"}),
-        )
-    };
+    let ask = || app.ask_as(Some(&alice), json!({"question": "q", "session_id": "lg"}));
     assert_eq!(ask().await.status, 200);
     assert_eq!(issuer.fetches(), 1);
     let ttl: i64 = redis::cmd("TTL")
@@ -354,7 +343,9 @@ async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_v
     let mut statuses = Vec::new();
     for i in 0..8 {
         let t = made_up_kid_token(&format!("made-up-{i}"));
-        let r = ask_as(&app, Some(&t), json!({"question": "q", "session_id": "m"})).await;
+        let r = app
+            .ask_as(Some(&t), json!({"question": "q", "session_id": "m"}))
+            .await;
         statuses.push(r.status);
     }
     assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429]);
@@ -362,12 +353,12 @@ async fn a_flood_of_tokens_from_one_address_is_cut_by_its_bucket_before_any_is_v
     assert!(fetches <= 2, "fetched {fetches} times");
 
     // A good token from the same address waits its turn like the rest.
-    let good = ask_as(
-        &app,
-        Some(&token(SigningKey::RsaA, "alice")),
-        json!({"question": "q", "session_id": "a"}),
-    )
-    .await;
+    let good = app
+        .ask_as(
+            Some(&token(SigningKey::RsaA, "alice")),
+            json!({"question": "q", "session_id": "a"}),
+        )
+        .await;
     assert_eq!(good.status, 429, "{}", good.text());
     assert!(good.json()["detail"].as_str().unwrap().contains("address"));
     assert_eq!(issuer.fetches(), fetches, "no fetch for a refused request");
@@ -397,12 +388,12 @@ async fn a_session_stored_without_an_owner_in_none_mode_is_nobodys_in_jwt_mode()
     .unwrap();
     let alice = token(SigningKey::Hs256, "alice");
     for attempt in ["first", "second"] {
-        let asked = ask_as(
-            &app,
-            Some(&alice),
-            json!({"question": "What did they ask?", "session_id": "anon-1"}),
-        )
-        .await;
+        let asked = app
+            .ask_as(
+                Some(&alice),
+                json!({"question": "What did they ask?", "session_id": "anon-1"}),
+            )
+            .await;
         assert_eq!(asked.status, 404, "{attempt}: {}", asked.text());
         let read = history_as(&app, &alice, "anon-1").await;
         assert_eq!(read.status, 404, "{attempt}: {}", read.text());
@@ -429,27 +420,28 @@ async fn sessions_belong_to_the_user_who_created_them() {
     let bob = token(SigningKey::RsaA, "bob");
 
     // A question without a session starts one for its user.
-    let first = ask_as(&app, Some(&alice), json!({"question": "What is AI?"})).await;
+    let first = app
+        .ask_as(Some(&alice), json!({"question": "What is AI?"}))
+        .await;
     assert_eq!(first.status, 200, "{}", first.text());
     let session = first.json()["session_id"].as_str().unwrap().to_string();
     assert!(session.len() >= 32, "{session}");
-    let again = ask_as(&app, Some(&alice), json!({"question": "What is AI?"})).await;
+    let again = app
+        .ask_as(Some(&alice), json!({"question": "What is AI?"}))
+        .await;
     assert_ne!(again.json()["session_id"], first.json()["session_id"]);
 
     // Bob can neither ask in it nor read it, and learns nothing from trying.
-    let in_alices = ask_as(
-        &app,
-        Some(&bob),
-        json!({"question": "Hi", "session_id": session}),
-    )
-    .await;
+    let in_alices = app
+        .ask_as(Some(&bob), json!({"question": "Hi", "session_id": session}))
+        .await;
     assert_eq!(in_alices.status, 404, "{}", in_alices.text());
-    let unknown = ask_as(
-        &app,
-        Some(&bob),
-        json!({"question": "Hi", "session_id": "nobody-has-it"}),
-    )
-    .await;
+    let unknown = app
+        .ask_as(
+            Some(&bob),
+            json!({"question": "Hi", "session_id": "nobody-has-it"}),
+        )
+        .await;
     assert_eq!(
         unknown.status, 200,
         "an unused session id is Bob's to start"
@@ -478,19 +470,19 @@ async fn sessions_belong_to_the_user_who_created_them() {
     assert_eq!(admin.json()["total"], 2);
 
     // The body may not speak for someone else.
-    let spoof = ask_as(
-        &app,
-        Some(&bob),
-        json!({"question": "Hi", "session_id": "bobs", "user_id": "alice"}),
-    )
-    .await;
+    let spoof = app
+        .ask_as(
+            Some(&bob),
+            json!({"question": "Hi", "session_id": "bobs", "user_id": "alice"}),
+        )
+        .await;
     assert_eq!(spoof.status, 403, "{}", spoof.text());
-    let same = ask_as(
-        &app,
-        Some(&bob),
-        json!({"question": "Hi", "session_id": "bobs", "user_id": "bob"}),
-    )
-    .await;
+    let same = app
+        .ask_as(
+            Some(&bob),
+            json!({"question": "Hi", "session_id": "bobs", "user_id": "bob"}),
+        )
+        .await;
     assert_eq!(same.status, 200);
 
     // Redis forgetting an owner does not hand the session over: Postgres has the last word.
@@ -509,12 +501,12 @@ async fn sessions_belong_to_the_user_who_created_them() {
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
-    let takeover = ask_as(
-        &app,
-        Some(&bob),
-        json!({"question": "Mine now?", "session_id": session}),
-    )
-    .await;
+    let takeover = app
+        .ask_as(
+            Some(&bob),
+            json!({"question": "Mine now?", "session_id": session}),
+        )
+        .await;
     assert_eq!(takeover.status, 404, "{}", takeover.text());
     // The owner Postgres named is back in Redis, expiring with the session's
     // retention (30 days) as the gate's own claims do: never a key for ever.
@@ -525,8 +517,7 @@ async fn sessions_belong_to_the_user_who_created_them() {
         .unwrap();
     assert!((30 * 86_400 - 60..=30 * 86_400).contains(&ttl), "{ttl}");
     assert_eq!(
-        ask_as(
-            &app,
+        app.ask_as(
             Some(&alice),
             json!({"question": "Still mine?", "session_id": session})
         )
@@ -701,29 +692,6 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket() {
     assert_eq!(statuses, [200, 200, 429, 200, 200]);
 }
 
-/// The tokens charged to `user` today (and any other day still kept).
-async fn tokens_spent(app: &TestApp, user: &str) -> i64 {
-    let mut redis = app.redis().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!(
-            "{}{}:*",
-            chatbot_core::redis::keys::USER_TOKENS_PREFIX,
-            chatbot_core::redis::digest::md5_of_parts(&[user])
-        ))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let mut total = 0i64;
-    for key in keys {
-        total += redis::cmd("GET")
-            .arg(key)
-            .query_async::<i64>(&mut redis)
-            .await
-            .unwrap();
-    }
-    total
-}
-
 /// Passages per question and the answer's cap in the budget tests: what a miss reserves follows from them.
 const BUDGET_TOP_K: u32 = 2;
 const BUDGET_MAX_TOKENS: u32 = 50;
@@ -804,7 +772,7 @@ async fn the_budget_is_charged_on_misses_only_and_enforced_until_the_day_rolls()
         let app = &app;
         async move { app.post_json(QUERY, &body).await.unwrap() }
     };
-    let spent = |user: &'static str| tokens_spent(&app, user);
+    let spent = |user: &'static str| app.tokens_spent(user);
     let miss = ask("alice", "What is AI?").await;
     assert_eq!(miss.status, 200);
     assert_eq!(miss.header("x-cache"), Some("MISS"));
@@ -897,7 +865,7 @@ async fn concurrent_misses_each_reserve_their_worst_case_so_together_they_cannot
             stub_words(r.json()["answer"].as_str().unwrap()) as i64
         })
         .sum();
-    let used = tokens_spent(&app, "dave").await;
+    let used = app.tokens_spent("dave").await;
     assert!(
         used > reported && used < worst * 3,
         "{used} (answers alone: {reported}, worst cases: {})",
@@ -1002,7 +970,7 @@ async fn a_cut_stream_is_charged_its_whole_reservation_and_a_whole_answer_what_i
     assert_eq!(cut.status, 200);
     assert!(cut.text().contains("event: error"), "{}", cut.text());
     assert_eq!(
-        tokens_spent(&app, "erin").await,
+        app.tokens_spent("erin").await,
         reservation_for(question),
         "OpenAI bills a cut stream; its usage is unknown, so the reservation stays"
     );
@@ -1014,7 +982,7 @@ async fn a_cut_stream_is_charged_its_whole_reservation_and_a_whole_answer_what_i
         .unwrap();
     assert!(usage > 0);
     assert_eq!(
-        tokens_spent(&app, "erin").await,
+        app.tokens_spent("erin").await,
         reservation_for(question) + usage
     );
     // Every chat call carried the answer's cap the reservation counted on.

@@ -12,22 +12,8 @@ use chatbot_harness::stubs::issuer::{token, SigningKey, AUDIENCE, HS256_SECRET, 
 use chatbot_harness::stubs::openai::CHAT;
 use chatbot_harness::stubs::qdrant::SEARCH;
 use chatbot_harness::stubs::Fault;
-use chatbot_harness::{BufferedResponse, TestApp};
+use chatbot_harness::TestApp;
 use serde_json::{json, Value};
-
-const QUERY: &str = "/api/v1/chat/query";
-
-async fn ask_as(app: &TestApp, bearer: Option<&str>, body: Value) -> BufferedResponse {
-    let auth = bearer.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth.as_str()));
-    }
-    app.client()
-        .request("POST", QUERY, &headers, serde_json::to_vec(&body).unwrap())
-        .await
-        .unwrap()
-}
 
 fn jwt_builder() -> chatbot_harness::TestAppBuilder {
     TestApp::builder()
@@ -45,29 +31,6 @@ async fn count(app: &TestApp, table: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// The tokens charged to `user` on every day Redis still keeps.
-async fn tokens_spent(app: &TestApp, user: &str) -> i64 {
-    let mut redis = app.redis().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!(
-            "{}{}:*",
-            keys::USER_TOKENS_PREFIX,
-            chatbot_core::redis::digest::md5_of_parts(&[user])
-        ))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let mut total = 0i64;
-    for key in keys {
-        total += redis::cmd("GET")
-            .arg(key)
-            .query_async::<i64>(&mut redis)
-            .await
-            .unwrap();
-    }
-    total
 }
 
 fn reservation_for(question: &str, top_k: u32, max_tokens: u32) -> u64 {
@@ -92,7 +55,7 @@ async fn a_variable_the_provider_cannot_read_is_a_503_and_is_read_again_next_tim
         .counters
         .failing_variable_reads
         .store(u64::MAX / 2, std::sync::atomic::Ordering::Relaxed);
-    let failed = ask_as(&app, None, question.clone()).await;
+    let failed = app.ask_as(None, question.clone()).await;
     assert_eq!(failed.status, 503, "{}", failed.text());
     assert_eq!(failed.json()["status"], "unavailable", "{}", failed.text());
     assert_eq!(failed.header("retry-after"), Some("1"));
@@ -102,7 +65,7 @@ async fn a_variable_the_provider_cannot_read_is_a_503_and_is_read_again_next_tim
         .counters
         .failing_variable_reads
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    let unauthenticated = ask_as(&app, None, question.clone()).await;
+    let unauthenticated = app.ask_as(None, question.clone()).await;
     assert_eq!(
         unauthenticated.status,
         401,
@@ -110,7 +73,7 @@ async fn a_variable_the_provider_cannot_read_is_a_503_and_is_read_again_next_tim
         unauthenticated.text()
     );
     let alice = token(SigningKey::Hs256, "alice");
-    let answered = ask_as(&app, Some(&alice), question).await;
+    let answered = app.ask_as(Some(&alice), question).await;
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(app.openai.controls().calls(CHAT), 1);
     assert_eq!(count(&app, "messages").await, 2);
@@ -128,10 +91,10 @@ async fn a_reservation_is_given_back_when_the_conversation_named_is_unknown() {
     let unknown = json!({
         "question": "And then?", "session_id": "s1", "user_id": "u1", "conversation_id": 424242
     });
-    let refused = ask_as(&app, None, unknown).await;
+    let refused = app.ask_as(None, unknown).await;
     assert_eq!(refused.status, 404, "{}", refused.text());
     app.app.settled().await;
-    assert_eq!(tokens_spent(&app, "u1").await, 0, "nothing was spent");
+    assert_eq!(app.tokens_spent("u1").await, 0, "nothing was spent");
     assert_eq!(app.openai.controls().calls(CHAT), 0);
     assert_eq!(count(&app, "messages").await, 0);
 }
@@ -158,21 +121,21 @@ async fn a_reservation_is_settled_at_the_deadline() {
         .controls()
         .fail_next(SEARCH, 1, Fault::Hang(std::time::Duration::from_secs(5)));
     let body = |question: &str| json!({"question": question, "session_id": "s1", "user_id": "u1"});
-    let cut = ask_as(&app, None, body("Before the model?")).await;
+    let cut = app.ask_as(None, body("Before the model?")).await;
     assert_eq!(cut.status, 504, "{}", cut.text());
     app.app.settled().await;
     assert_eq!(app.openai.controls().calls(CHAT), 0);
-    assert_eq!(tokens_spent(&app, "u1").await, 0, "given back");
+    assert_eq!(app.tokens_spent("u1").await, 0, "given back");
 
     app.openai
         .controls()
         .fail_next(CHAT, 1, Fault::Hang(std::time::Duration::from_secs(5)));
     let question = "While the model answers?";
-    let cut = ask_as(&app, None, body(question)).await;
+    let cut = app.ask_as(None, body(question)).await;
     assert_eq!(cut.status, 504, "{}", cut.text());
     app.app.settled().await;
     assert_eq!(
-        tokens_spent(&app, "u1").await,
+        app.tokens_spent("u1").await,
         reservation_for(question, TOP_K, MAX_TOKENS) as i64,
         "kept whole: the model may have billed it"
     );
@@ -200,12 +163,9 @@ async fn conversation_state_in_redis_lives_as_long_as_a_session_idles() {
                 .unwrap()
         }
     };
-    let first = ask_as(
-        &app,
-        None,
-        json!({"question": "What is AI?", "session_id": "s1"}),
-    )
-    .await;
+    let first = app
+        .ask_as(None, json!({"question": "What is AI?", "session_id": "s1"}))
+        .await;
     assert_eq!(first.status, 200, "{}", first.text());
     app.app.settled().await;
     assert_eq!(
@@ -217,12 +177,12 @@ async fn conversation_state_in_redis_lives_as_long_as_a_session_idles() {
     assert!((1..=600).contains(&pointer), "the pointer's TTL: {pointer}");
 
     let conversation = first.json()["conversation_id"].clone();
-    let follow_up = ask_as(
-        &app,
-        None,
-        json!({"question": "And then?", "session_id": "s1", "conversation_id": conversation}),
-    )
-    .await;
+    let follow_up = app
+        .ask_as(
+            None,
+            json!({"question": "And then?", "session_id": "s1", "conversation_id": conversation}),
+        )
+        .await;
     assert_eq!(follow_up.status, 200, "{}", follow_up.text());
     app.app.settled().await;
     let turns = ttl(keys::turns("s1")).await;
@@ -356,57 +316,53 @@ async fn drive_every_write_path(app: &TestApp) {
     let alice = token(SigningKey::Hs256, &widest('𝒜', 256));
     let bob = token(SigningKey::Hs256, "bob");
 
-    let first = ask_as(
-        app,
-        Some(&alice),
-        json!({"question": question, "session_id": session, "page_context": page}),
-    )
-    .await;
+    let first = app
+        .ask_as(
+            Some(&alice),
+            json!({"question": question, "session_id": session, "page_context": page}),
+        )
+        .await;
     assert_eq!(first.status, 200, "{}", first.text());
     let conversation = first.json()["conversation_id"].clone();
     for follow_up in ['𝒝', '𝒞', '𝒟'] {
-        let response = ask_as(
-            app,
-            Some(&alice),
-            json!({"question": widest(follow_up, question_chars), "session_id": session,
+        let response = app
+            .ask_as(
+                Some(&alice),
+                json!({"question": widest(follow_up, question_chars), "session_id": session,
                    "page_context": page, "conversation_id": conversation}),
-        )
-        .await;
+            )
+            .await;
         assert_eq!(response.status, 200, "{}", response.text());
     }
     // A hit, a semantic near question, a streamed answer, a cut one, a failure.
     let again = json!({"question": question, "session_id": session, "page_context": page});
-    assert_eq!(ask_as(app, Some(&alice), again).await.status, 200);
+    assert_eq!(app.ask_as(Some(&alice), again).await.status, 200);
     let plain = |q: &str, s: &str| json!({"question": q, "session_id": s});
     assert_eq!(
-        ask_as(app, Some(&bob), plain("what is the refund policy", "b1"))
+        app.ask_as(Some(&bob), plain("what is the refund policy", "b1"))
             .await
             .status,
         200
     );
     assert_eq!(
-        ask_as(
-            app,
-            Some(&bob),
-            plain("what is the refund policy exactly", "b1")
-        )
-        .await
-        .status,
+        app.ask_as(Some(&bob), plain("what is the refund policy exactly", "b1"))
+            .await
+            .status,
         200
     );
     let mut streamed = plain("stream the refund policy", "b1");
     streamed["stream"] = json!(true);
-    assert_eq!(ask_as(app, Some(&bob), streamed).await.status, 200);
+    assert_eq!(app.ask_as(Some(&bob), streamed).await.status, 200);
     app.openai.finish_next_answer_with("length");
     assert_eq!(
-        ask_as(app, Some(&bob), plain("a cut answer", "b1"))
+        app.ask_as(Some(&bob), plain("a cut answer", "b1"))
             .await
             .status,
         200
     );
     app.openai.controls().fail_next(CHAT, 1, Fault::Status(500));
     assert!(
-        ask_as(app, Some(&bob), plain("a failed answer", "b1"))
+        app.ask_as(Some(&bob), plain("a failed answer", "b1"))
             .await
             .status
             >= 500
@@ -414,16 +370,15 @@ async fn drive_every_write_path(app: &TestApp) {
 
     // Refusals: no token, another user's session, past the session cap,
     // past the session's bucket.
-    assert_eq!(ask_as(app, None, plain("who", "b1")).await.status, 401);
+    assert_eq!(app.ask_as(None, plain("who", "b1")).await.status, 401);
     assert_eq!(
-        ask_as(app, Some(&bob), plain("theirs", &session))
+        app.ask_as(Some(&bob), plain("theirs", &session))
             .await
             .status,
         404
     );
     for i in 0..4 {
-        ask_as(
-            app,
+        app.ask_as(
             Some(&bob),
             plain("one more session", &format!("b-extra-{i}")),
         )
@@ -433,7 +388,7 @@ async fn drive_every_write_path(app: &TestApp) {
     for _ in 0..8 {
         let again = json!({"question": widest('𝒵', question_chars), "session_id": session,
                            "page_context": page, "conversation_id": conversation});
-        if ask_as(app, Some(&alice), again).await.status == 429 {
+        if app.ask_as(Some(&alice), again).await.status == 429 {
             limited += 1;
         }
     }
@@ -603,7 +558,7 @@ async fn every_check_fails_closed_under_every_kind_of_redis_error() {
             }
             let app = builder.spawn().await.unwrap();
             let asked = json!({"question": "What is AI?", "session_id": "s1"});
-            let first = ask_as(&app, Some(&alice), asked.clone()).await;
+            let first = app.ask_as(Some(&alice), asked.clone()).await;
             assert_eq!(first.status, 200, "{}: {}", check.name, first.text());
             app.app.settled().await;
             let (chats, messages) = (
@@ -620,7 +575,7 @@ async fn every_check_fails_closed_under_every_kind_of_redis_error() {
                     json!({"question": "And what is ML?", "session_id": "s1"}),
                 )
             };
-            let refused = ask_as(&app, Some(bearer), body).await;
+            let refused = app.ask_as(Some(bearer), body).await;
             app.app.settled().await;
             let failed = app.redis_faults().failed();
             app.redis_faults().heal();
