@@ -300,12 +300,24 @@ impl Spent {
     /// was not, beyond the tokens calls before it reported (a follow-up's
     /// rewrite, `reported`).
     pub fn on_failure(error: &UpstreamError, chat_called: bool, reported: u64) -> Self {
-        if chat_called && error.may_have_been_billed() && error.service() == OPENAI {
-            Self::Unknown
-        } else if reported > 0 {
-            Self::Reported(reported)
-        } else {
-            Self::Nothing
+        let billed = chat_called && error.may_have_been_billed() && error.service() == OPENAI;
+        Self::unless_billed(billed, reported)
+    }
+
+    /// What a request cut at its deadline spent: the model bills a call cut
+    /// short, so once it was asked the whole reservation stays; before, only
+    /// what calls before it reported.
+    pub fn at_the_deadline(chat_called: bool, reported: u64) -> Self {
+        Self::unless_billed(chat_called, reported)
+    }
+
+    /// All of the reservation when the chat call may have been billed, else
+    /// the tokens reported.
+    fn unless_billed(billed: bool, reported: u64) -> Self {
+        match (billed, reported) {
+            (true, _) => Self::Unknown,
+            (false, 0) => Self::Nothing,
+            (false, tokens) => Self::Reported(tokens),
         }
     }
 
@@ -465,6 +477,10 @@ mod tests {
         // A follow-up's rewrite was billed before Qdrant failed: it is charged.
         assert_eq!(Spent::on_failure(&qdrant, true, 42), Spent::Reported(42));
         assert_eq!(Spent::on_failure(&timeout, true, 42), Spent::Unknown);
+        // Cut at the deadline: before the model was asked, what was reported; after, all of it.
+        assert_eq!(Spent::at_the_deadline(false, 0), Spent::Nothing);
+        assert_eq!(Spent::at_the_deadline(false, 42), Spent::Reported(42));
+        assert_eq!(Spent::at_the_deadline(true, 42), Spent::Unknown);
         assert_eq!(Spent::on_answer(true, 900), Spent::Nothing);
         assert_eq!(Spent::on_answer(false, 900), Spent::Reported(900));
         assert_eq!(Spent::on_answer(false, 0), Spent::Unknown);

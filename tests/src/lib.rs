@@ -565,6 +565,17 @@ impl Deployment {
             .expect("the app answers")
     }
 
+    /// The rows Postgres holds in `table` (a name the test writes, never input).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        self.postgres()
+            .await
+            .expect("Postgres")
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("a count")
+            .get(0)
+    }
+
     /// The tokens charged to `user` on every day Redis still keeps.
     pub async fn tokens_spent(&self, user: &str) -> i64 {
         let mut redis = self.redis().await.expect("Redis");
@@ -587,6 +598,20 @@ impl Deployment {
         }
         total
     }
+}
+
+/// What a miss asking `question` (no page context, no turns) reserves from
+/// its user's budget with `top_k` passages and answers of `max_tokens`.
+pub fn worst_case_reservation(question: &str, top_k: u32, max_tokens: u32) -> u64 {
+    let request = chatbot_core::chat::query::QueryRequest {
+        question: question.into(),
+        session_id: chatbot_core::http::api::SessionId::parse("any").expect("an id"),
+        page_context: None,
+        user_id: Some(chatbot_core::http::api::UserId::parse("any").expect("an id")),
+        stream: false,
+        conversation: Default::default(),
+    };
+    chatbot_core::chat::query::worst_case_tokens(&request, top_k, max_tokens)
 }
 
 /// How many messages the Postgres database at `postgres_url` holds for

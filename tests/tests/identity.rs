@@ -3,7 +3,6 @@
 //! Qdrant stand-ins and a local identity provider (`stubs::issuer`).
 
 use chatbot_core::config::names;
-use chatbot_core::http::api::{SessionId, UserId};
 use chatbot_harness::stubs::issuer::{
     self, claims, sign, token, IssuerStub, SigningKey, AUDIENCE, HS256_SECRET, ISSUER,
 };
@@ -53,16 +52,6 @@ async fn history_as(app: &TestApp, bearer: &str, session: &str) -> BufferedRespo
         )
         .await
         .unwrap()
-}
-
-async fn count(app: &TestApp, table: &str) -> i64 {
-    app.postgres()
-        .await
-        .unwrap()
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 fn assert_unauthorized(response: &BufferedResponse, token: &str, why: &str) {
@@ -193,8 +182,8 @@ async fn without_a_valid_token_nothing_reaches_the_pipeline_or_the_history() {
         "nothing reached OpenAI"
     );
     assert_eq!(app.qdrant.controls().calls(SEARCH), 0);
-    assert_eq!(count(&app, "messages").await, 0);
-    assert_eq!(count(&app, "user_sessions").await, 0);
+    assert_eq!(app.count_rows("messages").await, 0);
+    assert_eq!(app.count_rows("user_sessions").await, 0);
 
     // The same request with a good token of each kind is answered.
     for key in [SigningKey::Hs256, SigningKey::RsaA, SigningKey::EcA] {
@@ -408,7 +397,11 @@ async fn a_session_stored_without_an_owner_in_none_mode_is_nobodys_in_jwt_mode()
         .unwrap()
         .get(0);
     assert_eq!(owner, None, "nobody adopted it");
-    assert_eq!(count(&app, "messages").await, 1, "nothing was added to it");
+    assert_eq!(
+        app.count_rows("messages").await,
+        1,
+        "nothing was added to it"
+    );
     assert_eq!(app.openai.controls().calls(CHAT), 0);
 }
 
@@ -645,7 +638,7 @@ async fn one_address_rotating_session_and_user_ids_gets_only_its_limit() {
             >= 1
     );
     assert_eq!(
-        count(&app, "user_sessions").await,
+        app.count_rows("user_sessions").await,
         5,
         "refused requests stored nothing"
     );
@@ -698,15 +691,7 @@ const BUDGET_MAX_TOKENS: u32 = 50;
 
 /// What a miss asking `question` reserves from its user's budget.
 fn reservation_for(question: &str) -> i64 {
-    let request = chatbot_core::chat::query::QueryRequest {
-        question: question.into(),
-        session_id: SessionId::parse("any").unwrap(),
-        page_context: None,
-        user_id: Some(UserId::parse("any").unwrap()),
-        stream: false,
-        conversation: Default::default(),
-    };
-    chatbot_core::chat::query::worst_case_tokens(&request, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
+    chatbot_harness::worst_case_reservation(question, BUDGET_TOP_K, BUDGET_MAX_TOKENS) as i64
 }
 
 fn budget_builder(budget: i64) -> chatbot_harness::TestAppBuilder {
@@ -1147,7 +1132,7 @@ async fn nul_and_control_characters_are_refused_in_every_text_field() {
         assert_eq!(r.status, 400, "{document}: {}", r.text());
         assert!(r.json()["detail"].as_str().unwrap().contains("NUL"));
     }
-    assert_eq!(count(&app, "messages").await, 0);
+    assert_eq!(app.count_rows("messages").await, 0);
     assert_eq!(app.openai.controls().total_calls(), 0);
 }
 

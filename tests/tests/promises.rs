@@ -6,7 +6,6 @@
 //! proxy (`redis_faults`) in front of Redis where a test injects errors.
 
 use chatbot_core::config::names;
-use chatbot_core::http::api::{SessionId, UserId};
 use chatbot_core::redis::{families, keys};
 use chatbot_harness::stubs::issuer::{token, SigningKey, AUDIENCE, HS256_SECRET, ISSUER};
 use chatbot_harness::stubs::openai::CHAT;
@@ -21,28 +20,6 @@ fn jwt_builder() -> chatbot_harness::TestAppBuilder {
         .variable(names::JWT_HS256_SECRET, HS256_SECRET)
         .variable(names::JWT_ISSUER, ISSUER)
         .variable(names::JWT_AUDIENCE, AUDIENCE)
-}
-
-async fn count(app: &TestApp, table: &str) -> i64 {
-    app.postgres()
-        .await
-        .unwrap()
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn reservation_for(question: &str, top_k: u32, max_tokens: u32) -> u64 {
-    let request = chatbot_core::chat::query::QueryRequest {
-        question: question.into(),
-        session_id: SessionId::parse("any").unwrap(),
-        page_context: None,
-        user_id: Some(UserId::parse("any").unwrap()),
-        stream: false,
-        conversation: Default::default(),
-    };
-    chatbot_core::chat::query::worst_case_tokens(&request, top_k, max_tokens)
 }
 
 /// Point 3: one provider error on an instance's first request used to be
@@ -76,7 +53,7 @@ async fn a_variable_the_provider_cannot_read_is_a_503_and_is_read_again_next_tim
     let answered = app.ask_as(Some(&alice), question).await;
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(app.openai.controls().calls(CHAT), 1);
-    assert_eq!(count(&app, "messages").await, 2);
+    assert_eq!(app.count_rows("messages").await, 2);
 }
 
 /// Point 6: a follow-up naming a conversation its session does not have is
@@ -96,7 +73,7 @@ async fn a_reservation_is_given_back_when_the_conversation_named_is_unknown() {
     app.app.settled().await;
     assert_eq!(app.tokens_spent("u1").await, 0, "nothing was spent");
     assert_eq!(app.openai.controls().calls(CHAT), 0);
-    assert_eq!(count(&app, "messages").await, 0);
+    assert_eq!(app.count_rows("messages").await, 0);
 }
 
 /// Point 6: a request cut at its deadline settles too: given back whole when
@@ -136,7 +113,7 @@ async fn a_reservation_is_settled_at_the_deadline() {
     app.app.settled().await;
     assert_eq!(
         app.tokens_spent("u1").await,
-        reservation_for(question, TOP_K, MAX_TOKENS) as i64,
+        chatbot_harness::worst_case_reservation(question, TOP_K, MAX_TOKENS) as i64,
         "kept whole: the model may have billed it"
     );
 }
@@ -197,7 +174,7 @@ async fn conversation_state_in_redis_lives_as_long_as_a_session_idles() {
     let bytes: usize = kept.iter().map(Vec::len).sum();
     assert!(bytes > 0, "a continued conversation keeps its turns");
     // Postgres keeps the exchange for the retention period.
-    assert_eq!(count(&app, "messages").await, 4);
+    assert_eq!(app.count_rows("messages").await, 4);
 }
 
 /// A key as the Redis table checks it: its bytes held and its TTL.
@@ -563,7 +540,7 @@ async fn every_check_fails_closed_under_every_kind_of_redis_error() {
             app.app.settled().await;
             let (chats, messages) = (
                 app.openai.controls().calls(CHAT),
-                count(&app, "messages").await,
+                app.count_rows("messages").await,
             );
 
             app.redis_faults().fail(check.keys, kind);
@@ -603,7 +580,7 @@ async fn every_check_fails_closed_under_every_kind_of_redis_error() {
                 outcomes.last().unwrap()
             );
             assert_eq!(
-                count(&app, "messages").await,
+                app.count_rows("messages").await,
                 messages,
                 "{}",
                 outcomes.last().unwrap()

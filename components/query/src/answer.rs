@@ -92,14 +92,10 @@ pub async fn chat_query(req: Request, out: Out) {
             // miss keeps what it may have spent, and a request cut at its
             // deadline keeps it all once the model was asked (it bills a
             // cut stream), else what calls before it reported.
-            let at_the_deadline = match (
+            let at_the_deadline = Spent::at_the_deadline(
                 scope.telemetry.chat_called,
                 scope.telemetry.chat_tokens_reported,
-            ) {
-                (true, _) => Spent::Unknown,
-                (false, 0) => Spent::Nothing,
-                (false, reported) => Spent::Reported(reported),
-            };
+            );
             let spent = scope.spent_on_failure.take().unwrap_or(at_the_deadline);
             settle(&mut scope, spent).await;
             // Refusals and failures are counted, and timed, like answers.

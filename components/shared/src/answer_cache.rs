@@ -247,33 +247,16 @@ pub async fn answer(
             release_lock(conn, &cache_key, &token, Vec::new()).await;
             Ok(answer)
         }
-        Ok(answer) if !answer.whole => {
-            // Shown, never cached: the lock goes with no failure to share, so
-            // the requests waiting on it ask for their own answers.
-            crate::log::warn(
-                "answer_not_cached",
-                crate::log::Dependency::OpenAi,
-                "the model cut the answer short (finish_reason length or content_filter) or left it empty",
-            );
-            if generation.is_some() {
-                release_lock(conn, &cache_key, &token, Vec::new()).await;
-            }
-            Ok(answer)
-        }
-        Ok(answer) if !chatbot_core::cache::answers::fits_the_cache(&answer.value) => {
-            // Answered, never cached: what Redis holds is bounded (see
-            // `chatbot_core::redis::families`).
-            crate::log::warn(
-                "answer_not_cached",
-                crate::log::Dependency::Redis,
-                "the answer is larger than a cached answer may be",
-            );
-            if generation.is_some() {
-                release_lock(conn, &cache_key, &token, Vec::new()).await;
-            }
-            Ok(answer)
-        }
         Ok(mut answer) => {
+            if let Some((dependency, why)) = never_cached_because(&answer) {
+                // Shown, never cached: the lock goes with no failure to share,
+                // so the requests waiting on it ask for their own answers.
+                crate::log::warn("answer_not_cached", dependency, why);
+                if generation.is_some() {
+                    release_lock(conn, &cache_key, &token, Vec::new()).await;
+                }
+                return Ok(answer);
+            }
             // Without the lock (Redis failed, or a holder outlived its lock) the answer is not cached.
             if let Some(generation) = generation {
                 let confirmation = settings.confirmation(*warm_up);
@@ -326,6 +309,25 @@ pub async fn answer(
             release_lock(conn, &cache_key, &token, failure).await;
             Err(e)
         }
+    }
+}
+
+/// Why an answer is shown but never cached: the model cut it short, or it
+/// is larger than a cached answer may be (what Redis holds is bounded: see
+/// `chatbot_core::redis::families`).
+fn never_cached_because(answer: &Answer) -> Option<(crate::log::Dependency, &'static str)> {
+    if !answer.whole {
+        Some((
+            crate::log::Dependency::OpenAi,
+            "the model cut the answer short (finish_reason length or content_filter) or left it empty",
+        ))
+    } else if !answers::fits_the_cache(&answer.value) {
+        Some((
+            crate::log::Dependency::Redis,
+            "the answer is larger than a cached answer may be",
+        ))
+    } else {
+        None
     }
 }
 
