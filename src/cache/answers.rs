@@ -224,7 +224,7 @@ if ARGV[4] == '' then
 elseif ARGV[4] ~= 'new' then
   -- Continued: answered with its turns, when it is the session's current
   -- conversation and they are all kept (else they are read from Postgres).
-  local current = conversation and string.match(conversation, '^(%d+)')
+  local current = conversation and string.match(conversation, ':(conv_%x+)$')
   if current ~= ARGV[4] then
     return {false, false}
   end
@@ -287,7 +287,7 @@ return reply
     }
 
     /// The entry, the ranking's half-life and its cap, the conversation
-    /// asked in ("" asked alone, "new", or the id continued), how many turns
+    /// asked in ("" asked alone, "new", or the handle continued), how many turns
     /// to read, the turns list's marker, the session when `confirming` (else "").
     fn args(&self) -> Vec<Arg> {
         vec![
@@ -864,19 +864,22 @@ mod tests {
 
     #[test]
     fn a_lookup_reads_the_answer_the_conversation_and_its_turns() {
+        const HANDLE: &str = "conv_0000000000000000000000000000000c";
+        let handle = crate::storage::history::ConversationHandle::parse(HANDLE).unwrap();
+        let remembered = format!("12:20000:{HANDLE}");
         let call = Lookup {
             cache_key: "k",
             session_id: "s",
             collection: "c",
             entry: String::new(),
-            conversation: ConversationChoice::Named(12),
+            conversation: ConversationChoice::Named(handle),
             turns: 5,
             confirming: false,
         };
         let found = call.parse(vec![Value::Nil, Value::Nil]);
         assert_eq!(found, Found::default());
         assert_eq!(call.args()[0], Arg::from(""));
-        assert_eq!(call.args()[3], Arg::from("12"));
+        assert_eq!(call.args()[3], Arg::from(HANDLE));
         assert_eq!(call.args()[4], Arg::Int(5));
         assert_eq!(call.args()[6], Arg::from(""), "not confirming");
         assert_eq!(call.keys()[0], "k");
@@ -884,17 +887,20 @@ mod tests {
         let bytes = |b: &[u8]| Value::Bytes(b.to_vec());
         let found = call.parse(vec![
             Value::Nil,
-            bytes(b"12:20000"),
+            bytes(remembered.as_bytes()),
             Value::Int(0),
             bytes(br#"{"q":"What is a transformer?","a":"A model."}"#),
         ]);
-        assert_eq!(found.conversation.map(|c| c.id), Some(12));
+        assert_eq!(
+            found.conversation.map(|c| (c.id, c.handle)),
+            Some((12, handle))
+        );
         assert_eq!(found.turns[0].question, "What is a transformer?");
         assert!(!found.confirmed);
         // A turn that does not read: nothing is trusted, Postgres is asked.
         let found = call.parse(vec![
             Value::Nil,
-            bytes(b"12:20000"),
+            bytes(remembered.as_bytes()),
             Value::Int(0),
             bytes(b"{"),
         ]);

@@ -224,6 +224,10 @@ pub struct Among<'a> {
     pub generation: &'a [u8],
     /// The asking session.
     pub session: &'a str,
+    /// Whether the asker was verified as the session's owner (`jwt` mode):
+    /// only then is the session's own earlier question shown, as in `none`
+    /// mode anyone who knows a session id may ask in it.
+    pub verified: bool,
     /// `global` scope: other sessions' answers only once confirmed.
     pub confirmed_only: bool,
 }
@@ -270,11 +274,13 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// Its question, to show `session` as the one matched: only when
-    /// `session` asked it. Another session's words (`global` scope) are
-    /// never shown.
-    pub fn question_for(&self, session: &str) -> Option<&str> {
-        (!self.session.is_empty() && self.session == session).then_some(self.question.as_str())
+    /// Its question, to show the asker as the one matched: only when
+    /// `session` asked it and the asker is verified as its owner
+    /// (`verified`: `jwt` mode). Another session's words (`global` scope)
+    /// are never shown, nor a session's to whoever knows its id.
+    pub fn question_for(&self, session: &str, verified: bool) -> Option<&str> {
+        (verified && !self.session.is_empty() && self.session == session)
+            .then_some(self.question.as_str())
     }
 }
 
@@ -470,6 +476,7 @@ mod tests {
             generation: b"7",
             session: "s1",
             confirmed_only: false,
+            verified: true,
         };
         let search = search_request(&[0.5; 3], &among, 2_000, 0.9);
         assert_eq!(search["limit"], CANDIDATES);
@@ -493,6 +500,7 @@ mod tests {
             generation: b"3",
             session: "s2",
             confirmed_only: true,
+            verified: true,
         };
         let search = search_request(&[0.5; 3], &among, 10, 0.9);
         assert_eq!(search["filter"]["must"].as_array().unwrap().len(), 3);
@@ -522,12 +530,17 @@ mod tests {
             score: 0.95,
         };
         assert_eq!(
-            candidate("s1").question_for("s1"),
+            candidate("s1").question_for("s1", true),
             Some("How do I reset it?")
         );
-        assert_eq!(candidate("s1").question_for("s2"), None);
         assert_eq!(
-            candidate("").question_for(""),
+            candidate("s1").question_for("s1", false),
+            None,
+            "none mode: knowing the session id is not being its owner"
+        );
+        assert_eq!(candidate("s1").question_for("s2", true), None);
+        assert_eq!(
+            candidate("").question_for("", true),
             None,
             "a point that does not say"
         );

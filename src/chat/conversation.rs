@@ -20,7 +20,7 @@ use crate::chat::upstream::{ChatMessage, Role};
 use crate::redis::digest::md5_of_parts;
 use crate::redis::keys;
 use crate::redis::script::{Arg, Script, Value};
-use crate::storage::history::RememberedConversation;
+use crate::storage::history::{ConversationHandle, RememberedConversation};
 
 /// One exchange of a conversation, as a later question sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,9 +51,9 @@ pub enum ConversationChoice {
     /// session asked in last (a session's first question starts one).
     #[default]
     Current,
-    /// Continues one the session's responses named (`conversation_id`):
-    /// answered with its earlier turns.
-    Named(i64),
+    /// Continues one whose handle a response gave the client
+    /// (`conversation_id`): answered with its earlier turns.
+    Named(ConversationHandle),
     /// Starts a new one (`"new_conversation": true`).
     New,
 }
@@ -64,13 +64,32 @@ impl ConversationChoice {
         matches!(self, Self::Named(_))
     }
 
-    /// The id Lookup compares with the session's current one: the named id,
-    /// `new` for a new conversation, empty for the current one.
+    /// What Lookup compares with the session's current conversation: the
+    /// named handle, `new` for a new conversation, empty for the current one.
     pub fn lookup_arg(&self) -> String {
         match self {
             Self::Current => String::new(),
-            Self::Named(id) => id.to_string(),
+            Self::Named(handle) => handle.to_string(),
             Self::New => "new".into(),
+        }
+    }
+}
+
+/// The handle a response names: to a request that named its conversation
+/// (it knew it), or that made it (a session's first question, a new
+/// conversation), the conversation's; to any other none. A conversation's
+/// handle is the capability to continue it, and a client that knows only a
+/// session id (all `none` mode asks for) learns none by asking in it.
+pub fn handle_shown(
+    choice: &ConversationChoice,
+    conversation: Option<RememberedConversation>,
+    made: bool,
+) -> Option<ConversationHandle> {
+    let conversation = conversation?;
+    match choice {
+        ConversationChoice::Named(named) => (*named == conversation.handle).then_some(*named),
+        ConversationChoice::Current | ConversationChoice::New => {
+            made.then_some(conversation.handle)
         }
     }
 }
@@ -496,6 +515,10 @@ return 1
 mod tests {
     use super::*;
 
+    fn handle() -> ConversationHandle {
+        ConversationHandle::parse("conv_00000000000000000000000000000009").unwrap()
+    }
+
     fn turn(q: &str, a: &str) -> Turn {
         Turn {
             question: q.into(),
@@ -701,12 +724,33 @@ mod tests {
     }
 
     #[test]
+    fn a_response_names_only_the_conversation_its_request_made_or_named() {
+        let current = RememberedConversation::refreshed_on(4, handle(), 1);
+        let other = ConversationHandle::parse("conv_0000000000000000000000000000000a").unwrap();
+        let named = ConversationChoice::Named(handle());
+        assert_eq!(handle_shown(&named, Some(current), false), Some(handle()));
+        assert_eq!(
+            handle_shown(&ConversationChoice::Named(other), Some(current), false),
+            None
+        );
+        for choice in [ConversationChoice::Current, ConversationChoice::New] {
+            assert_eq!(handle_shown(&choice, Some(current), true), Some(handle()));
+            assert_eq!(
+                handle_shown(&choice, Some(current), false),
+                None,
+                "{choice:?}"
+            );
+            assert_eq!(handle_shown(&choice, None, true), None);
+        }
+    }
+
+    #[test]
     fn the_scripts_name_the_sessions_keys_and_say_what_changed() {
         let t = turn("q", "a");
         let append = AppendTurn {
             session_id: "s",
             asked_in: 4,
-            now: RememberedConversation::refreshed_on(9, 20_000),
+            now: RememberedConversation::refreshed_on(9, handle(), 20_000),
             turn: &t,
             keep: 5,
             ttl_seconds: 60,
@@ -717,7 +761,7 @@ mod tests {
         );
         let args = append.args();
         assert_eq!(args[0], Arg::from("4"));
-        assert_eq!(args[1], Arg::from("9:20000"));
+        assert_eq!(args[1], Arg::from(format!("9:20000:{}", handle())));
         assert_eq!(
             args[5],
             Arg::from("1"),
@@ -726,7 +770,7 @@ mod tests {
         let turns = [t.clone(), t];
         let remember = RememberConversation {
             session_id: "s",
-            conversation: RememberedConversation::refreshed_on(4, 1),
+            conversation: RememberedConversation::refreshed_on(4, handle(), 1),
             turns: Some(&turns),
             ttl_seconds: 60,
         };
@@ -741,7 +785,10 @@ mod tests {
             ..remember
         };
         assert_eq!(unknown.args().len(), 3);
-        assert_eq!(ConversationChoice::Named(7).lookup_arg(), "7");
+        assert_eq!(
+            ConversationChoice::Named(handle()).lookup_arg(),
+            handle().to_string()
+        );
         assert_eq!(ConversationChoice::New.lookup_arg(), "new");
         assert_eq!(ConversationChoice::Current.lookup_arg(), "");
     }

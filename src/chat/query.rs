@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::chat::conversation::{self, ConversationChoice, Turn};
 use crate::chat::upstream::{ChatMessage, Role};
-use crate::http::api::{self, ApiError, ErrorCode, SessionId, UserId, MAX_CONVERSATION_ID};
+use crate::http::api::{self, ApiError, ConversationHandle, ErrorCode, SessionId, UserId};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_QUESTION_CHARS: usize = 4000;
@@ -152,18 +152,11 @@ fn parse_conversation(
         None | Some(Value::Null) => None,
         Some(value) => Some(
             value
-                .as_i64()
-                // JSON Schema's integers include 42.0.
-                .or_else(|| {
-                    value
-                        .as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_CONVERSATION_ID as f64)
-                        .map(|f| f as i64)
-                })
-                .filter(|id| (1..=MAX_CONVERSATION_ID).contains(id))
+                .as_str()
+                .and_then(ConversationHandle::parse)
                 .ok_or_else(|| {
                     ApiError::invalid(
-                        "`conversation_id` must be a conversation id this session's responses named (a positive integer)",
+                        "`conversation_id` must be a conversation id as a response named it (`conv_` and 32 hex digits)",
                     )
                 })?,
         ),
@@ -172,7 +165,7 @@ fn parse_conversation(
         (Some(_), true) => Err(ApiError::invalid(
             "name a `conversation_id` to continue, or ask for a `new_conversation`, not both",
         )),
-        (Some(id), false) => Ok(ConversationChoice::Named(id)),
+        (Some(handle), false) => Ok(ConversationChoice::Named(handle)),
         (None, true) => Ok(ConversationChoice::New),
         (None, false) => Ok(ConversationChoice::Current),
     }
@@ -319,7 +312,10 @@ pub struct QueryResponse {
     pub answer: String,
     pub citations: Vec<Citation>,
     pub session_id: String,
-    pub conversation_id: Option<i64>,
+    /// The conversation's handle, given only to the request that made the
+    /// conversation (a session's first question, a new conversation) or
+    /// named it: the capability to continue it.
+    pub conversation_id: Option<ConversationHandle>,
     pub cached: bool,
     /// Served by the semantic cache: the earlier question whose answer this is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -579,13 +575,12 @@ mod tests {
             choice(r#","conversation_id":null"#),
             Ok(ConversationChoice::Current)
         );
+        let handle = "conv_0123456789abcdef0123456789abcdef";
         assert_eq!(
-            choice(r#","conversation_id":42"#),
-            Ok(ConversationChoice::Named(42))
-        );
-        assert_eq!(
-            choice(r#","conversation_id":42.0"#),
-            Ok(ConversationChoice::Named(42))
+            choice(&format!(r#","conversation_id":"{handle}""#)),
+            Ok(ConversationChoice::Named(
+                ConversationHandle::parse(handle).unwrap()
+            ))
         );
         assert_eq!(
             choice(r#","new_conversation":true"#),
@@ -596,6 +591,8 @@ mod tests {
             Ok(ConversationChoice::Current)
         );
         for bad in [
+            r#","conversation_id":42"#,
+            r#","conversation_id":42.0"#,
             r#","conversation_id":0"#,
             r#","conversation_id":-3"#,
             r#","conversation_id":1.5"#,
@@ -603,7 +600,10 @@ mod tests {
             r#","conversation_id":"42""#,
             r#","conversation_id":9007199254740992"#,
             r#","new_conversation":"yes""#,
-            r#","conversation_id":4,"new_conversation":true"#,
+            r#","conversation_id":"conv_0123456789ABCDEF0123456789abcdef""#,
+            r#","conversation_id":"conv_0123456789abcdef0123456789abcdef ""#,
+            r#","conversation_id":["conv_0123456789abcdef0123456789abcdef"]"#,
+            r#","conversation_id":"conv_0123456789abcdef0123456789abcdef","new_conversation":true"#,
         ] {
             let e = choice(bad).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");

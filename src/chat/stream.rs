@@ -48,7 +48,7 @@ pub fn event(name: &str, data: &impl Serialize) -> Vec<u8> {
 #[derive(Debug, Serialize)]
 pub struct Meta<'a> {
     pub session_id: &'a str,
-    pub conversation_id: Option<i64>,
+    pub conversation_id: Option<crate::http::api::ConversationHandle>,
     pub citations: &'a [Citation],
     pub cached: bool,
     /// Served by the semantic cache: the earlier question whose answer this is.
@@ -68,7 +68,7 @@ pub struct Done<'a> {
     pub answer: &'a str,
     pub citations: &'a [Citation],
     pub session_id: &'a str,
-    pub conversation_id: Option<i64>,
+    pub conversation_id: Option<crate::http::api::ConversationHandle>,
     pub cached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_question: Option<&'a str>,

@@ -448,26 +448,75 @@ pub fn parse_page(query: &str) -> Result<i64, ApiError> {
         })
 }
 
-/// The largest conversation id a client may name: Postgres ids are positive
-/// `bigint`s, and JavaScript clients keep integers exact up to 2^53 - 1.
-pub const MAX_CONVERSATION_ID: i64 = (1 << 53) - 1;
+/// A conversation's public name: `conv_` and 32 lowercase hex digits (122
+/// random bits, made by Postgres's `gen_random_uuid()` when the
+/// conversation is). It is the capability to continue the conversation, so
+/// a response names it only to the request that made the conversation or
+/// named it; the row's `id` (a small integer) never leaves the service.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConversationHandle([u8; HANDLE_LEN]);
+
+const HANDLE_PREFIX: &str = "conv_";
+const HANDLE_LEN: usize = HANDLE_PREFIX.len() + 32;
+
+impl ConversationHandle {
+    /// `conv_` and 32 lowercase hex digits, or nothing.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix(HANDLE_PREFIX)?;
+        if digits.len() != 32
+            || !digits
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        Some(Self(text.as_bytes().try_into().ok()?))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a handle is ASCII")
+    }
+}
+
+impl std::fmt::Display for ConversationHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ConversationHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ConversationHandle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConversationHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not a conversation handle"))
+    }
+}
 
 /// The `conversation_id` a history is paged by, if the query names one: a
-/// positive integer, as the query's responses name conversations.
-pub fn parse_conversation_param(query: &str) -> Result<Option<i64>, ApiError> {
+/// handle, as the query's responses name conversations.
+pub fn parse_conversation_param(query: &str) -> Result<Option<ConversationHandle>, ApiError> {
     let raw = form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "conversation_id")
         .map(|(_, value)| value.into_owned());
     let Some(raw) = raw else {
         return Ok(None);
     };
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| (1..=MAX_CONVERSATION_ID).contains(id))
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::invalid("`conversation_id` must be a conversation id (a positive integer)")
-        })
+    ConversationHandle::parse(&raw).map(Some).ok_or_else(|| {
+        ApiError::invalid(
+            "`conversation_id` must be a conversation id as a response named it (`conv_` and 32 hex digits)",
+        )
+    })
 }
 
 /// The zero-based index of a page's first item.
@@ -479,15 +528,49 @@ pub fn page_start(page: i64, per_page: i64) -> i64 {
 mod tests {
     use super::*;
 
+    const HANDLE: &str = "conv_0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn a_history_names_its_conversation_by_a_positive_id() {
+    fn a_handle_is_conv_and_32_lowercase_hex_digits() {
+        let handle = ConversationHandle::parse(HANDLE).unwrap();
+        assert_eq!(handle.to_string(), HANDLE);
+        assert_eq!(
+            serde_json::to_string(&handle).unwrap(),
+            format!("\"{HANDLE}\"")
+        );
+        assert_eq!(
+            serde_json::from_str::<ConversationHandle>(&format!("\"{HANDLE}\"")).unwrap(),
+            handle
+        );
+        for bad in [
+            "",
+            "conv_",
+            "42",
+            "conv_0123456789ABCDEF0123456789abcdef",
+            "conv_0123456789abcdef0123456789abcde",
+            "conv_0123456789abcdef0123456789abcdef0",
+            "resp_0123456789abcdef0123456789abcdef",
+            "conv_0123456789abcdef0123456789abcdeg",
+            "conv_0123456789abcdef0123456789abcdé",
+        ] {
+            assert_eq!(ConversationHandle::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_history_names_its_conversation_by_its_handle() {
         assert_eq!(parse_conversation_param(""), Ok(None));
         assert_eq!(parse_conversation_param("page=2"), Ok(None));
         assert_eq!(
-            parse_conversation_param("page=2&conversation_id=17"),
-            Ok(Some(17))
+            parse_conversation_param(
+                "page=2&conversation_id=conv_0123456789abcdef0123456789abcdef"
+            ),
+            Ok(ConversationHandle::parse(
+                "conv_0123456789abcdef0123456789abcdef"
+            ))
         );
         for bad in [
+            "conversation_id=17",
             "conversation_id=0",
             "conversation_id=x",
             "conversation_id=-1",

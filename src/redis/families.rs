@@ -191,9 +191,10 @@ pub fn families(sizing: &Sizing) -> Vec<Family> {
         Family {
             prefix: keys::CONVERSATION_PREFIX,
             kind: "string",
-            bound: Total(32),
+            // `<id>:<day>:<handle>`: 19 digits, 6, and `conv_` with 32.
+            bound: Total(64),
             lifetime: Expires(sizing.session_idle_seconds),
-            holds: "a session's current conversation",
+            holds: "a session's current conversation (row id, refresh day, handle)",
         },
         Family {
             prefix: keys::TURNS_PREFIX,

@@ -282,7 +282,14 @@ mod tests {
                 answer: "a".into(),
                 expires_at: 0,
             };
-            let remembered = crate::storage::history::RememberedConversation::refreshed_on(1, 1);
+            let remembered = crate::storage::history::RememberedConversation::refreshed_on(
+                1,
+                crate::storage::history::ConversationHandle::parse(
+                    "conv_00000000000000000000000000000001",
+                )
+                .unwrap(),
+                1,
+            );
             let remember = crate::chat::conversation::RememberConversation {
                 session_id: text,
                 conversation: remembered,

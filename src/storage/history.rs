@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::http::api::ConversationHandle;
 use crate::storage::sql::OneRowQuery;
 
 /// Messages per page of `GET /api/v1/chat/history/{session_id}` (seed 002).
@@ -45,11 +46,11 @@ WITH s AS (
             $strict,
             "::bool OR ",
             $conversation,
-            "::int8 IS NULL OR EXISTS (
+            "::text IS NULL OR EXISTS (
         SELECT 1 FROM conversations oc JOIN user_sessions os ON os.id = oc.user_session_id
-        WHERE oc.id = ",
+        WHERE oc.handle = ",
             $conversation,
-            "::int8 AND os.session_id = $1::text)
+            "::text AND os.session_id = $1::text)
     ON CONFLICT (session_id) DO UPDATE
         SET last_seen_at = now(),
             expires_at = EXCLUDED.expires_at,
@@ -60,27 +61,27 @@ WITH s AS (
             OR user_sessions.user_id = EXCLUDED.user_id
     RETURNING id
 ), found AS (
-    SELECT c.id FROM conversations c, s
+    SELECT c.id, c.handle FROM conversations c, s
     WHERE c.user_session_id = s.id AND NOT ",
             $new,
             "::bool
-    ORDER BY (c.id = ",
+    ORDER BY (c.handle = ",
             $conversation,
-            "::int8) IS TRUE DESC,
+            "::text) IS TRUE DESC,
         GREATEST(c.created_at, (SELECT max(m.\"timestamp\") FROM messages m WHERE m.conversation_id = c.id)) DESC,
         c.id DESC
     LIMIT 1
 ), refreshed AS (
     UPDATE conversations SET expires_at = now() + make_interval(days => $3::int + 1)
     WHERE id IN (SELECT id FROM found)
-    RETURNING id
+    RETURNING id, handle
 ), created AS (
     INSERT INTO conversations (user_session_id, expires_at)
     SELECT id, now() + make_interval(days => $3::int + 1) FROM s
     WHERE NOT EXISTS (SELECT 1 FROM found)
-    RETURNING id
+    RETURNING id, handle
 ), c AS (
-    SELECT id FROM refreshed UNION ALL SELECT id FROM created
+    SELECT id, handle FROM refreshed UNION ALL SELECT id, handle FROM created
 )"
         )
     };
@@ -118,10 +119,11 @@ macro_rules! exchange_ctes {
 /// question, `$5` page context (nullable), `$6` cached, `$7` answer, `$8`
 /// citations as a JSON array of `{source, chunk_id, score, snippet}`, `$9`
 /// whether the session's owner is enforced (`jwt` mode), `$10` when the
-/// question was asked (Unix seconds, fractional), `$11` the conversation
-/// asked in (nullable: the one the session asked in last), `$12` whether to start a new
-/// one (the question asked for one and it could not be made before).
-/// Returns the conversation id and the number of citations stored.
+/// question was asked (Unix seconds, fractional), `$11` the handle of the
+/// conversation asked in (nullable: the one the session asked in last), `$12`
+/// whether to start a new one (the question asked for one and it could not
+/// be made before). Returns the conversation's id and handle and the number
+/// of citations stored.
 ///
 /// The question's message is stamped with when it was asked, the answer's
 /// with when it was stored (once the client had it): a history lists
@@ -137,7 +139,8 @@ pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
     session_and_conversation_ctes!("$9", "$11", "$12", "false"),
     exchange_ctes!("c", "$3", "$4", "$5", "$6", "$7", "$8", "$10"),
     "
-SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS citations"
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT handle FROM c) AS handle,
+    (SELECT count(*) FROM cit) AS citations"
 ));
 
 /// The conversation a question is asked in, before the answer is known
@@ -145,17 +148,19 @@ SELECT (SELECT id FROM c) AS conversation_id, (SELECT count(*) FROM cit) AS cita
 /// with its last messages (a follow-up is answered with them when Redis
 /// lost them): found, or created with its session.
 /// `$1` session id, `$2` user id (nullable), `$3` retention days, `$4`
-/// whether the owner is enforced, `$5` the conversation named (nullable),
-/// `$6` whether to start a new one, `$7` how many of its last messages to
-/// read. Returns the conversation id (NULL when the session belongs to
-/// another user (`$4`) or the named conversation is not the session's:
-/// then nothing was written) and its last messages not yet expired, oldest
+/// whether the owner is enforced, `$5` the handle of the conversation named
+/// (nullable), `$6` whether to start a new one, `$7` how many of its last
+/// messages to read. Returns the conversation's id and handle (NULL when the
+/// session belongs to another user (`$4`) or the named conversation is not
+/// the session's: then nothing was written), whether this statement made
+/// it, and its last messages not yet expired, oldest
 /// first, as a jsonb array of `[role, content, expires_at as Unix seconds]`.
 /// One row always.
 pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
     session_and_conversation_ctes!("$4", "$5", "$6", "true"),
     "
-SELECT (SELECT id FROM c) AS conversation_id,
+SELECT (SELECT id FROM c) AS conversation_id, (SELECT handle FROM c) AS handle,
+    EXISTS (SELECT 1 FROM created) AS created,
     COALESCE((
         SELECT jsonb_agg(jsonb_build_array(t.role, t.content, extract(epoch FROM t.expires_at))
                          ORDER BY t.\"timestamp\", t.id)
@@ -201,46 +206,46 @@ SELECT (SELECT count(*) FROM a) AS appended"
 pub const FOREIGN_KEY_VIOLATION: &str = "23503";
 
 /// What Redis remembers of a session's conversation
-/// ([`crate::redis::keys::conversation`]): its id, and the day (UTC, days since the
-/// epoch) its session and conversation rows were last refreshed. Written
-/// `<id>:<day>`; a bare `<id>` (written before the day was kept) has no day.
+/// ([`crate::redis::keys::conversation`]): its row's id, the day (UTC, days
+/// since the epoch) its session and conversation rows were last refreshed,
+/// and its handle. Written `<id>:<day>:<handle>`; a value written before
+/// handles were (`<id>` or `<id>:<day>`) is not understood, and the
+/// conversation is read from Postgres again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RememberedConversation {
     pub id: i64,
-    pub refreshed_day: Option<u64>,
+    pub handle: ConversationHandle,
+    pub refreshed_day: u64,
 }
 
 impl RememberedConversation {
     /// A conversation whose session and conversation rows were refreshed on `day`.
-    pub fn refreshed_on(id: i64, day: u64) -> Self {
+    pub fn refreshed_on(id: i64, handle: ConversationHandle, day: u64) -> Self {
         Self {
             id,
-            refreshed_day: Some(day),
+            handle,
+            refreshed_day: day,
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        let (id, day) = match text.split_once(':') {
-            Some((id, day)) => (id, Some(day.parse().ok()?)),
-            None => (text, None),
+        let mut parts = text.split(':');
+        let parsed = Self {
+            id: parts.next()?.parse().ok()?,
+            refreshed_day: parts.next()?.parse().ok()?,
+            handle: ConversationHandle::parse(parts.next()?)?,
         };
-        Some(Self {
-            id: id.parse().ok()?,
-            refreshed_day: day,
-        })
+        parts.next().is_none().then_some(parsed)
     }
 
     pub fn value(&self) -> String {
-        match self.refreshed_day {
-            Some(day) => format!("{}:{day}", self.id),
-            None => self.id.to_string(),
-        }
+        format!("{}:{}:{}", self.id, self.refreshed_day, self.handle)
     }
 
     /// Whether an exchange on `today` may be appended without refreshing
     /// the session and conversation rows ([`APPEND_EXCHANGE_SQL`]).
     pub fn appendable_on(&self, today: u64) -> bool {
-        self.refreshed_day == Some(today)
+        self.refreshed_day == today
     }
 }
 
@@ -265,15 +270,15 @@ pub fn day_of(unix_seconds: u64) -> u64 {
 pub const HISTORY_PAGE_SQL: OneRowQuery = OneRowQuery::new(
     "\
 WITH session_conversations AS (
-    SELECT c.id, c.created_at
+    SELECT c.id, c.handle, c.created_at
     FROM conversations c
     JOIN user_sessions s ON s.id = c.user_session_id
     WHERE s.session_id = $1
 ), session_messages AS (
-    SELECT m.id, m.conversation_id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
+    SELECT m.id, c.handle AS conversation_id, m.role, m.content, m.page_context, m.cached, m.\"timestamp\"
     FROM messages m
     JOIN session_conversations c ON c.id = m.conversation_id
-    WHERE $4::int8 IS NULL OR m.conversation_id = $4::int8
+    WHERE $4::text IS NULL OR c.handle = $4::text
 ), page AS (
     SELECT * FROM session_messages
     ORDER BY \"timestamp\", id
@@ -299,19 +304,19 @@ SELECT
     (SELECT user_id FROM user_sessions WHERE session_id = $1) AS owner,
     COALESCE((
         SELECT jsonb_agg(jsonb_build_object(
-            'conversation_id', l.id,
+            'conversation_id', l.handle,
             'created_at', to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
             'messages', l.messages,
             'last_message_at', to_char(l.last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
         ) ORDER BY l.id DESC)
         FROM (
-            SELECT sc.id, sc.created_at, count(m.id) AS messages, max(m.\"timestamp\") AS last_at
+            SELECT sc.id, sc.handle, sc.created_at, count(m.id) AS messages, max(m.\"timestamp\") AS last_at
             FROM session_conversations sc LEFT JOIN messages m ON m.conversation_id = sc.id
-            GROUP BY sc.id, sc.created_at
+            GROUP BY sc.id, sc.handle, sc.created_at
             ORDER BY sc.id DESC
             LIMIT 100
         ) l), '[]'::jsonb) AS conversations,
-    ($4::int8 IS NULL OR EXISTS (SELECT 1 FROM session_conversations WHERE id = $4::int8)) AS conversation_known",
+    ($4::text IS NULL OR EXISTS (SELECT 1 FROM session_conversations WHERE handle = $4::text)) AS conversation_known",
 );
 
 /// How many of a session's conversations a history page lists (its latest).
@@ -364,7 +369,7 @@ pub fn offset(page: i64) -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub id: i64,
-    pub conversation_id: i64,
+    pub conversation_id: ConversationHandle,
     pub role: String,
     pub content: String,
     pub page_context: Option<String>,
@@ -376,7 +381,7 @@ pub struct HistoryMessage {
 /// One of a session's conversations, as a history lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationSummary {
-    pub conversation_id: i64,
+    pub conversation_id: ConversationHandle,
     pub created_at: String,
     pub messages: i64,
     /// `None` for a conversation with no message yet.
@@ -387,7 +392,7 @@ pub struct ConversationSummary {
 pub struct HistoryPage {
     pub session_id: String,
     /// The conversation paged, or `None` for all of the session's.
-    pub conversation_id: Option<i64>,
+    pub conversation_id: Option<ConversationHandle>,
     pub page: i64,
     pub page_size: i64,
     pub total: i64,
@@ -436,14 +441,14 @@ mod tests {
         );
         // Both conversation statements pick the session's conversation the same way.
         for statement in [STORE_EXCHANGE_SQL, ENSURE_CONVERSATION_SQL] {
-            assert!(statement.sql().contains("ORDER BY (c.id = "));
+            assert!(statement.sql().contains("ORDER BY (c.handle = "));
         }
         assert!(ENSURE_CONVERSATION_SQL
             .sql()
-            .contains("WHERE NOT true::bool OR $5::int8"));
+            .contains("WHERE NOT true::bool OR $5::text"));
         assert!(STORE_EXCHANGE_SQL
             .sql()
-            .contains("WHERE NOT false::bool OR $11::int8"));
+            .contains("WHERE NOT false::bool OR $11::text"));
     }
 
     #[test]
@@ -457,9 +462,9 @@ mod tests {
         let decode = serde_json::from_slice::<Vec<HistoryMessage>>;
         assert_eq!(decode(b"[]").unwrap(), vec![]);
         let messages = decode(
-            br#"[{"id": 7, "conversation_id": 3, "role": "user", "content": "Why?", "page_context": null,
+            br#"[{"id": 7, "conversation_id": "conv_0123456789abcdef0123456789abcdef", "role": "user", "content": "Why?", "page_context": null,
                   "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []},
-                 {"id": 8, "conversation_id": 3, "role": "assistant", "content": "Because.", "page_context": "ch 1",
+                 {"id": 8, "conversation_id": "conv_0123456789abcdef0123456789abcdef", "role": "assistant", "content": "Because.", "page_context": "ch 1",
                   "cached": true, "timestamp": "2026-11-23T10:00:00.000001Z",
                   "citations": [{"source": "a.pdf", "chunk_id": "c", "score": 0.5, "snippet": "s"}]}]"#,
         )
@@ -470,26 +475,41 @@ mod tests {
         assert!(messages[1].cached);
         assert_eq!(messages[1].citations[0]["source"], "a.pdf");
         assert!(decode(br#"[{"id": "x"}]"#).is_err());
+        assert!(decode(br#"[{"id": 7, "conversation_id": 3, "role": "user", "content": "Why?", "page_context": null,
+                  "cached": false, "timestamp": "2026-11-23T10:00:00.000000Z", "citations": []}]"#)
+        .is_err());
     }
 
+    const HANDLE: &str = "conv_0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn a_remembered_conversation_keeps_its_refresh_day() {
-        let parsed = RememberedConversation::parse("41:20421").unwrap();
+    fn a_remembered_conversation_keeps_its_refresh_day_and_handle() {
+        let value = format!("41:20421:{HANDLE}");
+        let parsed = RememberedConversation::parse(&value).unwrap();
         assert_eq!(
             parsed,
             RememberedConversation {
                 id: 41,
-                refreshed_day: Some(20421)
+                handle: ConversationHandle::parse(HANDLE).unwrap(),
+                refreshed_day: 20421
             }
         );
-        assert_eq!(parsed.value(), "41:20421");
+        assert_eq!(parsed.value(), value);
         assert!(parsed.appendable_on(20421));
         assert!(!parsed.appendable_on(20422));
-        // Written before the day was kept: known, but refreshed first.
-        let legacy = RememberedConversation::parse("41").unwrap();
-        assert_eq!(legacy.id, 41);
-        assert!(!legacy.appendable_on(20421));
-        for bad in ["", "x", "41:", "41:x", ":1"] {
+        // Written before handles were: not understood (read from Postgres again).
+        for bad in [
+            "",
+            "x",
+            "41",
+            "41:20421",
+            "41:",
+            "41:x",
+            ":1",
+            "41:20421:conv_1",
+            &format!("41:x:{HANDLE}"),
+            &format!("41:20421:{HANDLE}:1"),
+        ] {
             assert_eq!(RememberedConversation::parse(bad), None, "{bad}");
         }
         assert_eq!(day_of(86_399), 0);

@@ -576,6 +576,26 @@ impl Deployment {
             .get(0)
     }
 
+    /// The handle of the conversation `session`'s latest question went to
+    /// (as Postgres holds it): where a question that names no conversation
+    /// was stored, now that its response does not say.
+    pub async fn conversation_asked_in_last(&self, session: &str) -> Option<String> {
+        self.postgres()
+            .await
+            .expect("Postgres")
+            .query_opt(
+                "SELECT c.handle FROM messages m \
+                 JOIN conversations c ON c.id = m.conversation_id \
+                 JOIN user_sessions s ON s.id = c.user_session_id \
+                 WHERE s.session_id = $1 AND m.role = 'user' \
+                 ORDER BY m.\"timestamp\" DESC, m.id DESC LIMIT 1",
+                &[&session],
+            )
+            .await
+            .expect("a conversation's handle")
+            .map(|row| row.get(0))
+    }
+
     /// The tokens charged to `user` on every day Redis still keeps.
     pub async fn tokens_spent(&self, user: &str) -> i64 {
         let mut redis = self.redis().await.expect("Redis");

@@ -323,7 +323,7 @@ pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Re
             query,
             false,
             Some(post(
-                &json!({"question": "q", "session_id": "whole-1", "conversation_id": 999999}),
+                &json!({"question": "q", "session_id": "whole-1", "conversation_id": "conv_00000000000000000000000000000000"}),
             )),
         ),
         ("query, 405", 405, "GET", query, false, None),

@@ -86,7 +86,7 @@ fn contents(messages: &[Value]) -> Vec<&str> {
 async fn a_follow_up_is_answered_with_its_turns_and_retrieved_by_its_rewrite() {
     let app = app_with(&[]).await;
     let first = answered(&app, json!({"question": FIRST, "session_id": "s1"})).await;
-    let conversation = first["conversation_id"].as_i64().unwrap();
+    let conversation = first["conversation_id"].as_str().unwrap().to_string();
     // A first question costs what it always did: one chat call, no rewrite.
     assert_eq!(app.openai.controls().calls(CHAT), 1);
 
@@ -152,24 +152,31 @@ async fn a_follow_up_is_answered_with_its_turns_and_retrieved_by_its_rewrite() {
 async fn no_turn_of_another_session_or_conversation_is_ever_sent() {
     let app = app_with(&[]).await;
     let mine = answered(&app, json!({"question": FIRST, "session_id": "mine"})).await;
-    let mine_id = mine["conversation_id"].as_i64().unwrap();
+    let mine_id = mine["conversation_id"].as_str().unwrap().to_string();
 
     // Another session's follow-up is a first question: no turns, no rewrite.
     let theirs = answered(&app, json!({"question": FOLLOW_UP, "session_id": "theirs"})).await;
     // So is one in the same session that does not name the conversation (as the seeds ask).
     let alone = answered(&app, json!({"question": FOLLOW_UP, "session_id": "mine"})).await;
     assert_eq!(
-        alone["conversation_id"], mine_id,
+        app.conversation_asked_in_last("mine").await.as_deref(),
+        Some(mine_id.as_str()),
         "stored in the session's conversation"
     );
+    assert_eq!(
+        alone["conversation_id"],
+        Value::Null,
+        "a request that neither made nor named it is not told its handle"
+    );
     assert_ne!(theirs["conversation_id"], mine["conversation_id"]);
+    assert!(theirs["conversation_id"].is_string(), "{theirs}");
     // A new conversation in the same session starts with nothing either.
     let fresh = answered(
         &app,
         json!({"question": FOLLOW_UP, "session_id": "mine", "new_conversation": true}),
     )
     .await;
-    let fresh_id = fresh["conversation_id"].as_i64().unwrap();
+    let fresh_id = fresh["conversation_id"].as_str().unwrap().to_string();
     assert_ne!(fresh_id, mine_id);
     // ...and is a first question: the same words asked alone in this session answer it.
     assert_eq!(fresh["cached"], true);
@@ -273,7 +280,11 @@ async fn a_redis_flush_mid_conversation_still_answers_in_context() {
         json!({"question": "How long is bread baked?", "session_id": "s1"}),
     )
     .await;
-    assert_eq!(alone["conversation_id"], id);
+    assert_eq!(alone["conversation_id"], Value::Null);
+    assert_eq!(
+        app.conversation_asked_in_last("s1").await.as_ref(),
+        id.as_str().map(str::to_string).as_ref()
+    );
     assert_eq!(chat_messages(&app).last().unwrap().len(), 2, "asked alone");
     answered(
         &app,
@@ -400,16 +411,20 @@ async fn a_users_budget_is_charged_the_rewrite_too() {
 async fn a_sessions_conversations_are_listed_and_paged_one_at_a_time() {
     let app = app_with(&[]).await;
     let first = answered(&app, json!({"question": FIRST, "session_id": "s1"})).await;
-    let first_id = first["conversation_id"].as_i64().unwrap();
+    let first_id = first["conversation_id"].as_str().unwrap().to_string();
     let second = answered(
         &app,
         json!({"question": "How long is bread baked?", "session_id": "s1", "new_conversation": true}),
     )
     .await;
-    let second_id = second["conversation_id"].as_i64().unwrap();
+    let second_id = second["conversation_id"].as_str().unwrap().to_string();
     // Without a conversation_id, a question is stored in the one asked in last (answered alone).
     let third = answered(&app, json!({"question": FOLLOW_UP, "session_id": "s1"})).await;
-    assert_eq!(third["conversation_id"], second_id);
+    assert_eq!(third["conversation_id"], Value::Null);
+    assert_eq!(
+        app.conversation_asked_in_last("s1").await,
+        Some(second_id.clone())
+    );
     assert_eq!(chat_messages(&app).last().unwrap().len(), 2);
     let back = answered(
         &app,
@@ -423,18 +438,22 @@ async fn a_sessions_conversations_are_listed_and_paged_one_at_a_time() {
     let all = all.json();
     assert_eq!(all["total"], 8);
     assert_eq!(all["conversation_id"], Value::Null);
-    let listed: Vec<(i64, i64)> = all["conversations"]
+    let listed: Vec<(String, i64)> = all["conversations"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
             (
-                c["conversation_id"].as_i64().unwrap(),
+                c["conversation_id"].as_str().unwrap().to_string(),
                 c["messages"].as_i64().unwrap(),
             )
         })
         .collect();
-    assert_eq!(listed, [(second_id, 4), (first_id, 4)], "newest first");
+    assert_eq!(
+        listed,
+        [(second_id.clone(), 4), (first_id.clone(), 4)],
+        "newest first"
+    );
 
     let one = app
         .admin_get(&format!(
@@ -453,10 +472,11 @@ async fn a_sessions_conversations_are_listed_and_paged_one_at_a_time() {
 
     for (query, status) in [
         (
-            format!("conversation_id={}", first_id + second_id + 100),
+            "conversation_id=conv_00000000000000000000000000000000".to_string(),
             404,
         ),
         ("conversation_id=0".to_string(), 400),
+        ("conversation_id=1".to_string(), 400),
         ("conversation_id=first".to_string(), 400),
     ] {
         let response = app
@@ -544,7 +564,14 @@ async fn a_request_that_names_a_conversation_badly_is_refused() {
     for body in [
         json!({"question": FIRST, "session_id": "s1", "conversation_id": "one"}),
         json!({"question": FIRST, "session_id": "s1", "conversation_id": 0}),
-        json!({"question": FIRST, "session_id": "s1", "conversation_id": 1, "new_conversation": true}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": 1}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": -1}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": 1.5}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": 9_007_199_254_740_993_u64}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": "conv_0123"}),
+        json!({"question": FIRST, "session_id": "s1", "conversation_id": "CONV_00000000000000000000000000000000"}),
+        json!({"question": FIRST, "session_id": "s1",
+               "conversation_id": "conv_00000000000000000000000000000000", "new_conversation": true}),
         json!({"question": FIRST, "session_id": "s1", "new_conversation": "yes"}),
     ] {
         let response = ask(&app, body.clone()).await;
@@ -553,7 +580,8 @@ async fn a_request_that_names_a_conversation_badly_is_refused() {
     // A conversation the session never had: 404, and nothing asked upstream.
     let response = ask(
         &app,
-        json!({"question": FIRST, "session_id": "s1", "conversation_id": 999_999}),
+        json!({"question": FIRST, "session_id": "s1",
+               "conversation_id": "conv_00000000000000000000000000000000"}),
     )
     .await;
     assert_eq!(response.status, 404, "{}", response.text());
@@ -633,9 +661,13 @@ async fn a_question_asked_alone_goes_where_the_last_one_went_with_or_without_red
         json!({"question": FOLLOW_UP, "session_id": "s1", "conversation_id": first_id}),
     )
     .await;
+    let first_id = first_id.as_str().map(str::to_string);
     let with_redis = answered(&app, json!({"question": "Why?", "session_id": "s1"})).await;
-    assert_eq!(with_redis["conversation_id"], first_id);
+    assert_eq!(app.conversation_asked_in_last("s1").await, first_id);
     flush_redis(&app).await;
     let without = answered(&app, json!({"question": "Why not?", "session_id": "s1"})).await;
-    assert_eq!(without["conversation_id"], first_id);
+    assert_eq!(app.conversation_asked_in_last("s1").await, first_id);
+    for alone in [with_redis, without] {
+        assert_eq!(alone["conversation_id"], Value::Null, "{alone}");
+    }
 }

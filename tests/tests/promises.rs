@@ -66,7 +66,8 @@ async fn a_reservation_is_given_back_when_the_conversation_named_is_unknown() {
         .await
         .unwrap();
     let unknown = json!({
-        "question": "And then?", "session_id": "s1", "user_id": "u1", "conversation_id": 424242
+        "question": "And then?", "session_id": "s1", "user_id": "u1",
+        "conversation_id": "conv_00000000000000000000000000424242"
     });
     let refused = app.ask_as(None, unknown).await;
     assert_eq!(refused.status, 404, "{}", refused.text());

@@ -519,14 +519,15 @@ async fn every_exchange_is_stored_and_history_pages_by_fifty() {
     assert_eq!(app.history("bad%20id", 1).await.status, 400);
 }
 
-/// The session's expiry (epoch seconds), its conversation id and its message count.
-async fn stored_session(app: &TestApp, session: &str) -> (f64, i64, i64) {
+/// The session's expiry (epoch seconds), its conversation (id and handle)
+/// and its message count.
+async fn stored_session(app: &TestApp, session: &str) -> (f64, (i64, String), i64) {
     let row = app
         .postgres()
         .await
         .unwrap()
         .query_one(
-            "SELECT extract(epoch FROM s.expires_at)::float8, c.id, \
+            "SELECT extract(epoch FROM s.expires_at)::float8, c.id, c.handle, \
                     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) \
              FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id \
              WHERE s.session_id = $1",
@@ -534,7 +535,12 @@ async fn stored_session(app: &TestApp, session: &str) -> (f64, i64, i64) {
         )
         .await
         .unwrap();
-    (row.get(0), row.get(1), row.get(2))
+    (row.get(0), (row.get(1), row.get(2)), row.get(3))
+}
+
+/// What Redis remembers of a conversation refreshed on `day`.
+fn remembered_as((id, handle): &(i64, String), day: u64) -> String {
+    format!("{id}:{day}:{handle}")
 }
 
 async fn remembered(app: &TestApp, session: &str) -> Option<String> {
@@ -569,11 +575,11 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     let first = app.ask_on_page("What is AI?", "daily", None).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let (expiry, conversation, messages) = stored_session(&app, "daily").await;
-    assert_eq!(first.json()["conversation_id"], conversation);
+    assert_eq!(first.json()["conversation_id"], conversation.1);
     assert_eq!(messages, 2);
     assert_eq!(
         remembered(&app, "daily").await,
-        Some(format!("{conversation}:{today}"))
+        Some(remembered_as(&conversation, today))
     );
 
     // Later the same day: appended, the session row is not rewritten, and the
@@ -582,11 +588,15 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     for question in ["What is AI?", "Who perceives and acts?"] {
         let again = app.ask_on_page(question, "daily", None).await;
         assert_eq!(again.status, 200, "{}", again.text());
-        assert_eq!(again.json()["conversation_id"], conversation);
+        assert_eq!(
+            again.json()["conversation_id"],
+            Value::Null,
+            "not made or named"
+        );
     }
     assert_eq!(
         stored_session(&app, "daily").await,
-        (expiry, conversation, 6)
+        (expiry, conversation.clone(), 6)
     );
     let outlived: i64 = app
         .postgres()
@@ -625,14 +635,15 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     assert_eq!(messages, 2);
     assert_eq!(
         remembered(&app, "daily").await,
-        Some(format!("{recreated}:{today}"))
+        Some(remembered_as(&recreated, today))
     );
 
-    // An id remembered without its day (by the previous release) is refreshed.
+    // An id remembered without its day or handle (by an earlier release) is
+    // read from Postgres again, and refreshed.
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
         .arg(chatbot_core::redis::keys::conversation("daily"))
-        .arg(recreated)
+        .arg(recreated.0)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -642,10 +653,10 @@ async fn a_days_later_exchanges_append_and_a_deleted_conversation_is_recreated()
     assert_eq!(refreshed.status, 200, "{}", refreshed.text());
     let (later_expiry, same, messages) = stored_session(&app, "daily").await;
     assert!(later_expiry > expiry, "{later_expiry} > {expiry}");
-    assert_eq!((same, messages), (recreated, 4));
+    assert_eq!((&same, messages), (&recreated, 4));
     assert_eq!(
         remembered(&app, "daily").await,
-        Some(format!("{recreated}:{today}"))
+        Some(remembered_as(&recreated, today))
     );
     let metrics = app.get("/metrics").await.unwrap().text();
     assert!(
@@ -672,7 +683,7 @@ async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_append
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
         .arg(chatbot_core::redis::keys::conversation("mine"))
-        .arg(format!("{their_conversation}:{today}"))
+        .arg(remembered_as(&their_conversation, today))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -691,7 +702,7 @@ async fn an_id_redis_remembers_for_another_sessions_conversation_is_never_append
     );
     assert_eq!(
         remembered(&app, "mine").await,
-        Some(format!("{my_conversation}:{today}"))
+        Some(remembered_as(&my_conversation, today))
     );
     let page = app.history("theirs", 1).await.json();
     assert_eq!(page["total"], 2);

@@ -66,16 +66,24 @@ async fn ask(app: &TestApp, question: &str, session: &str) -> BufferedResponse {
     response
 }
 
-fn served_semantically(response: &BufferedResponse, matched: &str) -> Value {
+/// A semantic hit on `matched`'s answer, for `question`: told by its
+/// score (the two questions' similarity), as a `none`-mode response never
+/// shows the earlier question (anyone who knows a session id may ask in it).
+fn served_semantically(response: &BufferedResponse, question: &str, matched: &str) -> Value {
     assert_eq!(
         response.header("x-cache"),
         Some("HIT"),
         "{}",
         response.text()
     );
+    assert_eq!(
+        response.header("x-cache-match").unwrap(),
+        format!("semantic; score={:.4}", similarity(matched, question)),
+        "the answer of {matched:?}"
+    );
     let body = response.json();
     assert_eq!(body["cached"], true);
-    assert_eq!(body["matched_question"], matched);
+    assert!(body.get("matched_question").is_none(), "{body}");
     body
 }
 
@@ -132,7 +140,7 @@ async fn a_paraphrase_is_served_the_earlier_answer_and_a_near_miss_is_not() {
     );
 
     let paraphrase = ask(&app, PARAPHRASE, "s1").await;
-    let body = served_semantically(&paraphrase, ASKED);
+    let body = served_semantically(&paraphrase, PARAPHRASE, ASKED);
     assert_eq!(body["answer"], first.json()["answer"]);
     assert_eq!(body["citations"], first.json()["citations"]);
     assert_eq!(
@@ -179,7 +187,7 @@ async fn the_threshold_decides() {
     let app = app_with(&[("semantic_cache_threshold", "0.8")]).await;
     ask(&app, ASKED, "s1").await;
     // At 0.8 the near miss is near enough: a threshold too low serves a wrong answer.
-    served_semantically(&ask(&app, NEAR_MISS, "s1").await, ASKED);
+    served_semantically(&ask(&app, NEAR_MISS, "s1").await, NEAR_MISS, ASKED);
     let strict = app_with(&[("semantic_cache_threshold", "1")]).await;
     ask(&strict, ASKED, "s1").await;
     missed(&ask(&strict, PARAPHRASE, "s1").await);
@@ -207,7 +215,7 @@ async fn it_is_off_unless_set_for_the_embedding_model_in_use() {
     )])
     .await;
     ask(&per_model, ASKED, "s1").await;
-    served_semantically(&ask(&per_model, PARAPHRASE, "s1").await, ASKED);
+    served_semantically(&ask(&per_model, PARAPHRASE, "s1").await, PARAPHRASE, ASKED);
 }
 
 #[tokio::test]
@@ -232,7 +240,7 @@ async fn in_session_scope_answers_never_cross_sessions_and_in_global_scope_confi
     ask(&app, ASKED, "s1").await;
     missed(&ask(&app, PARAPHRASE, "s2").await);
     // s2's own answer is now indexed; s1's paraphrase still finds s1's.
-    served_semantically(&ask(&app, REWORDED, "s1").await, ASKED);
+    served_semantically(&ask(&app, REWORDED, "s1").await, REWORDED, ASKED);
 
     // Globally, a session's answer serves other sessions once a second
     // session was served it exactly, and never names its question to them.
@@ -296,7 +304,7 @@ async fn in_global_scope_an_answer_serves_others_only_once_a_second_session_had_
     assert_eq!(app.qdrant.point_count(&index()), 1);
     assert_eq!(confirmed(&app), 0, "indexed unconfirmed");
     // Its own session is served it, naming its own question.
-    served_semantically(&ask(&app, PARAPHRASE, "s1").await, ASKED);
+    served_semantically(&ask(&app, PARAPHRASE, "s1").await, PARAPHRASE, ASKED);
     // Not confirmed: another session asking near it is answered afresh.
     missed(&ask(&app, REWORDED, "s2").await);
     assert_eq!(app.openai.controls().calls(CHAT), 2);
@@ -357,7 +365,7 @@ async fn in_global_scope_a_planted_answer_serves_no_one_else() {
     // Asking it again, or near it, from the same session confirms nothing.
     served_elsewhere(&ask(&app, NEAR_MISS, "attacker").await, "exact");
     let near = "what is the refund policy for monthly plans exactly";
-    served_semantically(&ask(&app, near, "attacker").await, NEAR_MISS);
+    served_semantically(&ask(&app, near, "attacker").await, near, NEAR_MISS);
     // Others asking near it are answered afresh (the stand-in answers
     // quote their question: the planted answer quotes NEAR_MISS).
     for (victim, question) in [
@@ -387,7 +395,7 @@ async fn a_page_context_scopes_the_match() {
     missed(&app.ask_on_page(PARAPHRASE, "s1", None).await);
     app.app.settled().await;
     let same_page = app.ask_on_page(PARAPHRASE, "s1", Some("/pricing")).await;
-    served_semantically(&same_page, ASKED);
+    served_semantically(&same_page, PARAPHRASE, ASKED);
 }
 
 #[tokio::test]
@@ -399,7 +407,7 @@ async fn ingestion_and_cache_clears_drop_what_the_semantic_cache_serves() {
     missed(&ask(&app, PARAPHRASE, "s1").await);
     // The paraphrase's answer is of the new generation: served to a third wording.
     let third = "the refund policy for annual plans is what";
-    served_semantically(&ask(&app, third, "s1").await, PARAPHRASE);
+    served_semantically(&ask(&app, third, "s1").await, third, PARAPHRASE);
 
     // A session's clear drops its points and its answers.
     let other = ask(&app, ASKED, "s2").await;
@@ -408,7 +416,7 @@ async fn ingestion_and_cache_clears_drop_what_the_semantic_cache_serves() {
     clear(&app, json!({"session_id": "s1"})).await;
     assert!(app.qdrant.point_count(&index()) < points);
     missed(&ask(&app, third, "s1").await);
-    served_semantically(&ask(&app, PARAPHRASE, "s2").await, ASKED);
+    served_semantically(&ask(&app, PARAPHRASE, "s2").await, PARAPHRASE, ASKED);
 
     // Clearing the query cache drops the whole index.
     clear(&app, json!({"cache_type": "query"})).await;
@@ -472,7 +480,7 @@ async fn retention_cleanup_prunes_the_points_of_expired_answers() {
     assert_eq!(cleanup.json()["semantic_index"], "pruned");
     // The expired answer's point went; the unexpired one stays, and serves.
     assert_eq!(long.qdrant.point_count(&index()), 1);
-    served_semantically(&ask(&long, ASKED, "s1").await, PARAPHRASE);
+    served_semantically(&ask(&long, ASKED, "s1").await, ASKED, PARAPHRASE);
 }
 
 #[tokio::test]
@@ -494,7 +502,7 @@ async fn an_index_qdrant_refuses_leaves_questions_answered_as_misses() {
     // Clearing the query cache drops the index; the next answer makes it anew.
     clear(&app, json!({"cache_type": "query"})).await;
     missed(&ask(&app, ASKED, "s1").await);
-    served_semantically(&ask(&app, PARAPHRASE, "s1").await, ASKED);
+    served_semantically(&ask(&app, PARAPHRASE, "s1").await, PARAPHRASE, ASKED);
 }
 
 #[tokio::test]
@@ -547,8 +555,9 @@ async fn a_streamed_semantic_hit_names_its_match_in_its_events() {
         .collect();
     let (meta, done) = (&data[0], data.last().unwrap());
     assert_eq!(meta["cached"], true);
-    assert_eq!(meta["matched_question"], ASKED);
-    assert_eq!(done["matched_question"], ASKED);
+    // In `none` mode the earlier question is never shown (see served_semantically).
+    assert!(meta.get("matched_question").is_none(), "{meta}");
+    assert!(done.get("matched_question").is_none(), "{done}");
     assert_eq!(app.openai.controls().calls(CHAT), 1);
 }
 
@@ -604,4 +613,41 @@ async fn in_global_scope_warmed_answers_are_confirmed() {
     assert_eq!(payloads.len(), 1);
     assert_eq!(payloads[0]["confirmed"], true);
     served_anonymously(&ask(&app, PARAPHRASE, "s2").await);
+}
+
+/// Issue #38 (privacy): a semantic hit shows the earlier question only to
+/// the session's verified owner (`jwt` mode); in `none` mode, where anyone
+/// who knows a session id may ask in it, never, so a stranger cannot fish
+/// for a session's questions with paraphrases.
+#[tokio::test]
+async fn a_semantic_hit_shows_the_earlier_question_only_to_its_verified_owner() {
+    use chatbot_core::config::names;
+    use chatbot_harness::stubs::issuer::{token, SigningKey, AUDIENCE, HS256_SECRET, ISSUER};
+    let app = app_with(&[
+        ("semantic_cache_threshold", THRESHOLD),
+        (names::AUTH_MODE, "jwt"),
+        (names::JWT_HS256_SECRET, HS256_SECRET),
+        (names::JWT_ISSUER, ISSUER),
+        (names::JWT_AUDIENCE, AUDIENCE),
+    ])
+    .await;
+    let alice = token(SigningKey::Hs256, "alice");
+    let asked = |question: &str| json!({"question": question, "session_id": "alices"});
+    let first = app.ask_as(Some(&alice), asked(ASKED)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    app.app.settled().await;
+    let own = app.ask_as(Some(&alice), asked(PARAPHRASE)).await;
+    assert_eq!(own.header("x-cache"), Some("HIT"), "{}", own.text());
+    assert_eq!(own.json()["matched_question"], ASKED);
+    // Bob cannot ask in Alice's session at all.
+    let bob = token(SigningKey::Hs256, "bob");
+    let refused = app.ask_as(Some(&bob), asked(REWORDED)).await;
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    assert!(!refused.text().contains(ASKED));
+
+    // In `none` mode the session's own paraphrase is served, unnamed.
+    let open = app_with(&[("semantic_cache_threshold", THRESHOLD)]).await;
+    ask(&open, ASKED, "s1").await;
+    let stranger = ask(&open, PARAPHRASE, "s1").await;
+    served_semantically(&stranger, PARAPHRASE, ASKED);
 }

@@ -156,7 +156,12 @@ async fn the_first_event_arrives_while_the_model_is_still_writing() {
     );
     let meta = &events[0].data;
     assert_eq!(meta["session_id"], "stream-1");
-    assert!(meta["conversation_id"].as_i64().is_some(), "{meta}");
+    assert!(
+        meta["conversation_id"]
+            .as_str()
+            .is_some_and(|handle| handle.starts_with("conv_")),
+        "{meta}"
+    );
     assert_eq!(meta["citations"][0]["source"], "ai-textbook.pdf");
     assert_eq!(meta["cached"], false);
     let done = &events.last().unwrap().data;
@@ -517,6 +522,15 @@ async fn app_on_silent_postgres(silent: &SilentServer, watchdog: Duration) -> Te
     .await
 }
 
+/// Today (UTC, days since the epoch), as Redis remembers a conversation's refresh day.
+fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+}
+
 /// Asks on a client that does not wait for the handler's work after the response.
 async fn ask_raw(app: &TestApp, session: &str) -> chatbot_harness::BufferedResponse {
     app.raw_client()
@@ -538,14 +552,18 @@ async fn a_silent_postgres_costs_a_question_its_history_not_its_answer() {
     let mut redis = app.redis().await.unwrap();
     let _: () = redis::cmd("SET")
         .arg(chatbot_core::redis::keys::conversation("known"))
-        .arg(41)
+        .arg(format!(
+            "41:{}:conv_00000000000000000000000000000041",
+            today()
+        ))
         .query_async(&mut redis)
         .await
         .unwrap();
     let started = Instant::now();
     let response = ask_raw(&app, "known").await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(response.json()["conversation_id"], 41);
+    // Asked alone in a conversation it did not make: its handle is not told.
+    assert_eq!(response.json()["conversation_id"], serde_json::Value::Null);
     // The body ends once the exchange's write has given up (a call's 2 s).
     assert!(started.elapsed() < Duration::from_secs(15));
 

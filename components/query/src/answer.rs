@@ -150,7 +150,8 @@ async fn ask(
         }
         None => None,
     };
-    let first = Asked::new(&request, settings, &[]);
+    let mut first = Asked::new(&request, settings, &[]);
+    first.verified = owner.enforced();
     let found = answer_cache::lookup(
         scope.conn.as_ref(),
         settings,
@@ -167,8 +168,9 @@ async fn ask(
     let (mut conversation, turns, mut turns_kept) = match found.conversation {
         Some(known) => (Some(known), found.turns, continues),
         None if continues => {
-            let (found, turns) = conversation_of(scope, settings, &request, owner).await?;
-            (found, turns, found.is_some())
+            let found = conversation_of(scope, settings, &request, owner).await?;
+            let known = found.conversation.is_some();
+            (found.conversation, found.turns, known)
         }
         None => (None, Vec::new(), false),
     };
@@ -207,12 +209,14 @@ async fn ask(
     // A question asked alone, in a conversation Redis does not know (a
     // session's first, a new one, or Redis lost it): found or made now, so
     // the answer can name it.
+    let mut made = false;
     if conversation.is_none() && !continues {
-        let (found, _) = conversation_of(scope, settings, &request, owner).await?;
-        conversation = found;
+        let found = conversation_of(scope, settings, &request, owner).await?;
+        conversation = found.conversation;
+        made = found.made;
         turns_kept = false;
     }
-    reply.conversation = conversation.map(|c| c.id);
+    reply.conversation = conversation::handle_shown(&request.conversation, conversation, made);
     reply.session = request.session_id.to_string();
     let answered = answer_cache::answer(
         scope.conn.as_ref(),

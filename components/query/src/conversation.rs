@@ -28,7 +28,7 @@ pub(crate) async fn conversation_of(
     settings: &PipelineSettings,
     request: &QueryRequest,
     owner: OwnerCheck,
-) -> Result<(Option<RememberedConversation>, Vec<Turn>), ApiError> {
+) -> Result<Found, ApiError> {
     match chatbot_spin::history::ensure_conversation(
         &settings.postgres_address,
         settings.retention_days,
@@ -38,10 +38,14 @@ pub(crate) async fn conversation_of(
     )
     .await
     {
-        Ok(Some((id, turns))) => {
+        Ok(Some(ensured)) => {
             // Its session and conversation rows were refreshed just now.
-            let found =
-                RememberedConversation::refreshed_on(id, day_of(chatbot_spin::now_epoch_seconds()));
+            let found = RememberedConversation::refreshed_on(
+                ensured.id,
+                ensured.handle,
+                day_of(chatbot_spin::now_epoch_seconds()),
+            );
+            let turns = ensured.turns;
             // Only a follow-up keeps its turns in Redis: a question asked
             // alone (a flood of new sessions among them) leaves the pointer,
             // and the next follow-up reads the turns from Postgres.
@@ -51,10 +55,16 @@ pub(crate) async fn conversation_of(
                 .then(|| conversation::recent(&turns, &settings.conversation));
             remember_conversation(scope, settings, &request.session_id, found, kept.as_deref())
                 .await;
-            Ok((Some(found), turns))
+            Ok(Found {
+                conversation: Some(found),
+                turns,
+                made: ensured.made,
+            })
         }
         Ok(None) => match request.conversation {
-            ConversationChoice::Named(id) => Err(no_such_conversation(&request.session_id, id)),
+            ConversationChoice::Named(handle) => {
+                Err(no_such_conversation(&request.session_id, handle))
+            }
             _ => {
                 scope
                     .audit(
@@ -76,9 +86,20 @@ pub(crate) async fn conversation_of(
             scope.telemetry.add(Observation::Error(
                 chatbot_core::telemetry::metrics::ErrorType::Postgres,
             ));
-            Ok((None, Vec::new()))
+            Ok(Found::default())
         }
     }
+}
+
+/// The conversation asked in, as Postgres found or made it.
+#[derive(Default)]
+pub(crate) struct Found {
+    /// `None`: Postgres failed (the exchange finds its conversation later).
+    pub conversation: Option<RememberedConversation>,
+    /// Its earlier turns, oldest first.
+    pub turns: Vec<Turn>,
+    /// Made by this request: its response may name it.
+    pub made: bool,
 }
 
 /// Seconds a session's conversation and turns stay in Redis after its last

@@ -51,7 +51,10 @@ pub(crate) fn no_such_session(session: &str) -> ApiError {
 }
 
 /// The 404 for a `conversation_id` that is not one of the session's.
-pub(crate) fn no_such_conversation(session: &str, conversation: i64) -> ApiError {
+pub(crate) fn no_such_conversation(
+    session: &str,
+    conversation: chatbot_core::http::api::ConversationHandle,
+) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         format!("conversation {conversation} is not one of session {session}'s conversations"),

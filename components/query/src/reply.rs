@@ -21,7 +21,9 @@ pub(crate) struct Reply {
     body: Option<Body>,
     pub(crate) streamed: bool,
     pub(crate) session: String,
-    pub(crate) conversation: Option<i64>,
+    /// The conversation's handle, when the request may know it
+    /// (`conversation::handle_shown`).
+    pub(crate) conversation: Option<chatbot_core::http::api::ConversationHandle>,
     /// The rate-limit headers, copied in when a stream starts mid-pipeline.
     pub(crate) limit_headers: Vec<(&'static str, String)>,
 }
@@ -121,7 +123,7 @@ impl Reply {
                 answer: answer.value.answer.clone(),
                 citations: answer.value.citations.clone(),
                 session_id: exchange.request.session_id.to_string(),
-                conversation_id: exchange.conversation.map(|c| c.id),
+                conversation_id: self.conversation,
                 cached: answer.cached,
                 matched_question: answer.matched.as_ref().and_then(|m| m.question.clone()),
             };
@@ -141,7 +143,7 @@ impl Reply {
                 answer: &answer.value.answer,
                 citations: &answer.value.citations,
                 session_id: &exchange.request.session_id,
-                conversation_id: exchange.conversation.map(|c| c.id),
+                conversation_id: self.conversation,
                 cached: answer.cached,
                 matched_question: answer.matched.as_ref().and_then(|m| m.question.as_deref()),
                 usage: answer.usage.as_ref().map(UsageReport::from),

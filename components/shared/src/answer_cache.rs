@@ -69,6 +69,9 @@ pub struct Asked<'a> {
     /// Asked by an admin's warm-up: its answer is confirmed as stored, and
     /// its hits confirm nothing (see `Confirmation`).
     pub warm_up: bool,
+    /// The asker was verified as the session's owner (`jwt` mode): a
+    /// semantic hit on the session's own question may show it.
+    pub verified: bool,
 }
 
 impl<'a> Asked<'a> {
@@ -83,6 +86,7 @@ impl<'a> Asked<'a> {
             cache_key: answers::query_cache_key(request, &settings.shape(), context.as_deref()),
             turns,
             warm_up: false,
+            verified: false,
         }
     }
 }
@@ -194,6 +198,7 @@ pub async fn answer(
         cache_key,
         turns,
         warm_up,
+        verified,
     } = asked;
     let (request, turns) = (*request, *turns);
     let Some(conn) = conn else {
@@ -225,6 +230,7 @@ pub async fn answer(
                 session: &request.session_id,
                 // Shared answers: another session's serves only once confirmed.
                 confirmed_only: settings.cache_scope == CacheScope::Global,
+                verified: *verified,
             },
             threshold,
         }),

@@ -11,7 +11,7 @@ use crate::pipeline::Answer;
 use crate::settings::PipelineSettings;
 use crate::StoreError;
 use chatbot_core::limits::sessions::OwnerCheck;
-use chatbot_core::storage::history::{day_of, RememberedConversation};
+use chatbot_core::storage::history::{day_of, ConversationHandle, RememberedConversation};
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_core::telemetry::metrics::{ErrorType, Operation};
 use std::time::Instant;
@@ -50,13 +50,14 @@ impl NewExchange<'_> {
 
 /// Stores one exchange in one statement, in conversation `asked_in` (the
 /// one the session asked in last when it is gone or unknown; a new one when
-/// the question asked for one and none could be made before). Returns the conversation id.
+/// the question asked for one and none could be made before). Returns the
+/// conversation's id and handle.
 pub async fn store_exchange(
     address: &str,
     exchange: &NewExchange<'_>,
     owner: OwnerCheck,
-    asked_in: Option<i64>,
-) -> Result<i64, StoreError> {
+    asked_in: Option<ConversationHandle>,
+) -> Result<(i64, ConversationHandle), StoreError> {
     let request = exchange.request;
     let mut params = vec![
         ParameterValue::Str(request.session_id.to_string()),
@@ -65,19 +66,39 @@ pub async fn store_exchange(
     params.extend(exchange.params());
     params.push(ParameterValue::Boolean(owner.enforced()));
     params.push(ParameterValue::Floating64(exchange.asked_at));
-    params.push(asked_in.map_or(ParameterValue::DbNull, ParameterValue::Int64));
+    params.push(asked_in.map_or(ParameterValue::DbNull, |handle| {
+        ParameterValue::Str(handle.to_string())
+    }));
     params.push(ParameterValue::Boolean(
         asked_in.is_none() && request.conversation == ConversationChoice::New,
     ));
     let row = one_row_at(address, history::STORE_EXCHANGE_SQL, params).await?;
     // NULL: the session belongs to another user (jwt mode); nothing was stored.
     let conversation: Option<i64> = column(&row, 0)?;
-    conversation.ok_or_else(|| {
-        StoreError::Unexpected(format!(
+    let Some(id) = conversation else {
+        return Err(StoreError::Unexpected(format!(
             "session {} belongs to another user; the exchange was not stored",
             request.session_id
-        ))
-    })
+        )));
+    };
+    Ok((id, handle_column(&row, 1)?))
+}
+
+/// A conversation's handle, as Postgres made it.
+fn handle_column(row: &crate::pg::OneRow, index: usize) -> Result<ConversationHandle, StoreError> {
+    let text: String = column(row, index)?;
+    ConversationHandle::parse(&text)
+        .ok_or_else(|| StoreError::Unexpected(format!("column {index}: not a conversation handle")))
+}
+
+/// The conversation a question is asked in, as Postgres found or made it.
+pub struct EnsuredConversation {
+    pub id: i64,
+    pub handle: ConversationHandle,
+    /// Made by this request (the session's first, or a new one asked for).
+    pub made: bool,
+    /// Its last turns, oldest first.
+    pub turns: Vec<Turn>,
 }
 
 /// Appends an exchange to a conversation of the request's session (see
@@ -118,9 +139,9 @@ pub async fn ensure_conversation(
     request: &QueryRequest,
     owner: OwnerCheck,
     turns: u32,
-) -> Result<Option<(i64, Vec<Turn>)>, StoreError> {
+) -> Result<Option<EnsuredConversation>, StoreError> {
     let named = match request.conversation {
-        ConversationChoice::Named(id) => ParameterValue::Int64(id),
+        ConversationChoice::Named(handle) => ParameterValue::Str(handle.to_string()),
         _ => ParameterValue::DbNull,
     };
     let row = one_row_at(
@@ -143,8 +164,13 @@ pub async fn ensure_conversation(
     let Some(id) = column::<Option<i64>>(&row, 0)? else {
         return Ok(None);
     };
-    let messages: Vec<(String, String, f64)> = json_column(&row, 1)?;
-    Ok(Some((id, conversation::turns_of(&messages))))
+    let messages: Vec<(String, String, f64)> = json_column(&row, 3)?;
+    Ok(Some(EnsuredConversation {
+        id,
+        handle: handle_column(&row, 1)?,
+        made: column(&row, 2)?,
+        turns: conversation::turns_of(&messages),
+    }))
 }
 
 /// A history page as read: the page, the session's owner, and whether the
@@ -161,7 +187,7 @@ pub struct ReadPage {
 pub async fn page(
     address: &str,
     session_id: &str,
-    conversation: Option<i64>,
+    conversation: Option<ConversationHandle>,
     page: i64,
 ) -> Result<ReadPage, StoreError> {
     let row = one_row_at(
@@ -171,7 +197,9 @@ pub async fn page(
             ParameterValue::Str(session_id.to_string()),
             ParameterValue::Int64(history::offset(page)),
             ParameterValue::Int64(history::PAGE_SIZE),
-            conversation.map_or(ParameterValue::DbNull, ParameterValue::Int64),
+            conversation.map_or(ParameterValue::DbNull, |handle| {
+                ParameterValue::Str(handle.to_string())
+            }),
         ],
     )
     .await?;
@@ -205,9 +233,12 @@ pub async fn owner(address: &str, session_id: &str) -> Result<history::SessionOw
 
 /// The conversation an exchange is stored in: the one Redis or Postgres
 /// named before the answer, else the one the request named.
-fn asked_in(request: &QueryRequest, remembered: Option<RememberedConversation>) -> Option<i64> {
-    remembered.map(|r| r.id).or(match request.conversation {
-        ConversationChoice::Named(id) => Some(id),
+fn asked_in(
+    request: &QueryRequest,
+    remembered: Option<RememberedConversation>,
+) -> Option<ConversationHandle> {
+    remembered.map(|r| r.handle).or(match request.conversation {
+        ConversationChoice::Named(handle) => Some(handle),
         _ => None,
     })
 }
@@ -249,7 +280,7 @@ pub async fn store_history(
         Ok(Some(known)) => Ok(known),
         Ok(None) => store_exchange(address, &exchange, owner, asked_in(request, remembered))
             .await
-            .map(|id| RememberedConversation::refreshed_on(id, today)),
+            .map(|(id, handle)| RememberedConversation::refreshed_on(id, handle, today)),
         Err(e) => Err(e),
     };
     match stored {

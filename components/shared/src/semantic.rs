@@ -121,7 +121,7 @@ async fn look_up(
         Ok(Some((index, answer))) => Some(Matched {
             answer,
             question: candidates[index]
-                .question_for(lookup.among.session)
+                .question_for(lookup.among.session, lookup.among.verified)
                 .map(str::to_string),
             score: candidates[index].score,
         }),
