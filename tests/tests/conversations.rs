@@ -201,7 +201,7 @@ async fn no_turn_of_another_session_or_conversation_is_ever_sent() {
     assert!(stolen.json()["detail"]
         .as_str()
         .unwrap()
-        .contains("is not one of session thief's conversations"));
+        .contains("names none of session thief's conversations"));
     let sessions: i64 = app
         .postgres()
         .await

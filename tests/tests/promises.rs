@@ -590,3 +590,226 @@ async fn every_check_fails_closed_under_every_kind_of_redis_error() {
     }
     println!("{outcomes:#?}");
 }
+
+/// What user A said, and the answer A was given: text that must never
+/// reach another user, or a client that knows only A's ids.
+struct Secret {
+    question: &'static str,
+    follow_up: &'static str,
+    answer: String,
+    follow_up_answer: String,
+    handle: String,
+}
+
+impl Secret {
+    /// The first of A's texts `text` holds, if any.
+    fn found_in(&self, text: &str) -> Option<String> {
+        [
+            self.question,
+            self.follow_up,
+            &self.answer,
+            &self.follow_up_answer,
+            &self.handle,
+        ]
+        .into_iter()
+        .find(|secret| text.contains(*secret))
+        .map(str::to_string)
+    }
+}
+
+/// The privacy matrix (issue #38): for every route, and every way stored
+/// text reaches a response or a model prompt (history, follow-ups, semantic
+/// hits, analytics, audit, metrics), a second user (`jwt` mode) or a client
+/// that knows only A's session id (`none` mode) gets none of A's questions,
+/// answers or conversation handle, and no prompt sent on their behalf
+/// carries them. Both modes, with the semantic cache on, in `session` and
+/// `global` scope.
+#[tokio::test]
+async fn no_stored_text_reaches_another_user_or_a_client_knowing_only_the_ids() {
+    use chatbot_core::http::routes;
+    for (mode, scope) in [
+        ("none", "session"),
+        ("none", "global"),
+        ("jwt", "session"),
+        ("jwt", "global"),
+    ] {
+        let builder = match mode {
+            "jwt" => jwt_builder(),
+            _ => TestApp::builder(),
+        };
+        let app = builder
+            .variable(names::SEMANTIC_CACHE_THRESHOLD, "0.9")
+            .variable(names::QUERY_CACHE_SCOPE, scope)
+            .spawn()
+            .await
+            .unwrap();
+        let ingested = app
+            .ingest(json!([{"id": "zebras", "source": "zebras.md",
+                            "text": "Zebras in the Okavango migrate each winter to find water."}]))
+            .await
+            .unwrap();
+        assert_eq!(ingested.status, 200, "{}", ingested.text());
+        let (alice, bob) = match mode {
+            "jwt" => (
+                Some(token(SigningKey::Hs256, "alice")),
+                Some(token(SigningKey::Hs256, "bob")),
+            ),
+            _ => (None, None),
+        };
+        let case = format!("{mode} mode, {scope} scope");
+
+        // A asks, and follows up in the conversation the answer named.
+        let question = "Where do the zebras of the Okavango go each winter?";
+        let first = app
+            .ask_as(
+                alice.as_deref(),
+                json!({"question": question, "session_id": "victim"}),
+            )
+            .await;
+        assert_eq!(first.status, 200, "{case}: {}", first.text());
+        let handle = first.json()["conversation_id"]
+            .as_str()
+            .expect("the request that made the conversation is given its handle")
+            .to_string();
+        let follow_up = "And why do they go there?";
+        let second = app
+            .ask_as(
+                alice.as_deref(),
+                json!({"question": follow_up, "session_id": "victim", "conversation_id": handle}),
+            )
+            .await;
+        assert_eq!(second.status, 200, "{case}: {}", second.text());
+        app.app.settled().await;
+        let secret = Secret {
+            question,
+            follow_up,
+            answer: first.json()["answer"].as_str().unwrap().to_string(),
+            follow_up_answer: second.json()["answer"].as_str().unwrap().to_string(),
+            handle,
+        };
+        let prompts_before = app.openai.chat_requests().len();
+        let mut seen: Vec<(String, u16, String)> = Vec::new();
+        let bearer = bob.as_ref().map(|t| format!("Bearer {t}"));
+        let send = |method: &'static str, path: String, body: Option<Value>| {
+            let app = &app;
+            let bearer = bearer.clone();
+            async move {
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(bearer) = &bearer {
+                    headers.push(("authorization", bearer.as_str()));
+                }
+                let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(&b).unwrap());
+                let response = app
+                    .client()
+                    .request(method, &path, &headers, body)
+                    .await
+                    .unwrap();
+                app.app.settled().await;
+                (format!("{method} {path}"), response.status, response.text())
+            }
+        };
+
+        // Every route, as the other client would call it (A's session id
+        // wherever a route takes one).
+        for route in routes::all() {
+            let path = route.path.replace(":session_id", "victim");
+            let body = (route.method.as_str() == "POST").then(|| {
+                json!({"question": "Anything new?", "session_id": "victim",
+                       "session_ids": ["victim"], "documents": [], "questions": []})
+            });
+            let seen_here = send(route.method.as_str(), path, body).await;
+            if route.admin {
+                assert_eq!(seen_here.1, 401, "{case}: {seen_here:?}");
+            }
+            seen.push(seen_here);
+        }
+        // The history, whole and by the conversation's handle.
+        for path in [
+            "/api/v1/chat/history/victim".to_string(),
+            format!(
+                "/api/v1/chat/history/victim?conversation_id={}",
+                secret.handle
+            ),
+        ] {
+            let seen_here = send("GET", path, None).await;
+            assert_ne!(seen_here.1, 200, "{case}: {seen_here:?}");
+            seen.push(seen_here);
+        }
+        // Follow-ups that guess A's conversation, in A's session and in the
+        // other's own; and the stolen handle itself, from the other's session.
+        let guesses = [
+            json!({"question": "Repeat my earlier questions verbatim.", "session_id": "victim",
+                   "conversation_id": "conv_00000000000000000000000000000001"}),
+            json!({"question": "Repeat my earlier questions verbatim.", "session_id": "victim",
+                   "conversation_id": 1}),
+            json!({"question": "Repeat my earlier questions verbatim.", "session_id": "intruder",
+                   "conversation_id": secret.handle}),
+        ];
+        for guess in guesses {
+            let seen_here = send("POST", "/api/v1/chat/query".into(), Some(guess)).await;
+            assert!(
+                [400, 404].contains(&seen_here.1),
+                "{case}: a guess is refused: {seen_here:?}"
+            );
+            seen.push(seen_here);
+        }
+        // Questions asked alone: in A's session (none mode lets anyone ask
+        // there; jwt mode refuses) and in the other's own session, including
+        // a paraphrase of A's question (a semantic hit must not serve or name
+        // A's words to another session).
+        for (session, question) in [
+            ("victim", "Repeat my earlier questions verbatim."),
+            ("intruder", "Repeat my earlier questions verbatim."),
+            (
+                "intruder",
+                "Where do the zebras of the Okavango go every winter?",
+            ),
+        ] {
+            let seen_here = send(
+                "POST",
+                "/api/v1/chat/query".into(),
+                Some(json!({"question": question, "session_id": session})),
+            )
+            .await;
+            if mode == "jwt" && session == "victim" {
+                assert_eq!(seen_here.1, 404, "{case}: {seen_here:?}");
+            }
+            seen.push(seen_here);
+        }
+        // Streamed, the same question in A's session.
+        let streamed = app
+            .client()
+            .request(
+                "POST",
+                "/api/v1/chat/query",
+                &[
+                    ("content-type", "application/json"),
+                    ("accept", "text/event-stream"),
+                ],
+                serde_json::to_vec(
+                    &json!({"question": "What did I ask before?", "session_id": "victim"}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        seen.push(("stream".into(), streamed.status, streamed.text()));
+
+        for (request, status, text) in &seen {
+            assert_eq!(
+                secret.found_in(text),
+                None,
+                "{case}: {request} ({status}) answered with A's text: {text}"
+            );
+        }
+        for prompt in &app.openai.chat_requests()[prompts_before..] {
+            assert_eq!(
+                secret.found_in(&prompt.to_string()),
+                None,
+                "{case}: a prompt sent for another carries A's text: {prompt}"
+            );
+        }
+        // The matrix reached the model for the other client at least once.
+        assert!(app.openai.chat_requests().len() > prompts_before, "{case}");
+    }
+}

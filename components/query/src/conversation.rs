@@ -62,9 +62,7 @@ pub(crate) async fn conversation_of(
             })
         }
         Ok(None) => match request.conversation {
-            ConversationChoice::Named(handle) => {
-                Err(no_such_conversation(&request.session_id, handle))
-            }
+            ConversationChoice::Named(_) => Err(no_such_conversation(&request.session_id)),
             _ => {
                 scope
                     .audit(

@@ -50,14 +50,12 @@ pub(crate) fn no_such_session(session: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no session `{session}`"))
 }
 
-/// The 404 for a `conversation_id` that is not one of the session's.
-pub(crate) fn no_such_conversation(
-    session: &str,
-    conversation: chatbot_core::http::api::ConversationHandle,
-) -> ApiError {
+/// The 404 for a `conversation_id` that is not one of the session's. It
+/// does not repeat the handle: an error body or log line never carries one.
+pub(crate) fn no_such_conversation(session: &str) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!("conversation {conversation} is not one of session {session}'s conversations"),
+        format!("`conversation_id` names none of session {session}'s conversations"),
     )
 }
 

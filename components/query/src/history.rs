@@ -103,8 +103,8 @@ async fn read_history(
             return Err(no_such_session(session_id));
         }
     }
-    if let (Some(id), false) = (conversation, read.conversation_known) {
-        return Err(no_such_conversation(session_id, id));
+    if conversation.is_some() && !read.conversation_known {
+        return Err(no_such_conversation(session_id));
     }
     Ok(json(200, &read.page))
 }
