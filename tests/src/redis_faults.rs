@@ -79,7 +79,7 @@ impl RedisFaults {
         *self.state.fault.lock().unwrap() = None;
     }
 
-    /// Commands failed so far.
+    /// Commands failed so far (on a silent connection, every command sent on it).
     pub fn failed(&self) -> u64 {
         self.state.failed.load(Ordering::Relaxed)
     }
@@ -121,10 +121,15 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<State>) -> std::
                     continue;
                 }
                 FaultKind::Silent => {
-                    // Hold the connection, answering nothing, until the client goes.
-                    let mut sink = [0u8; 4096];
-                    while from_client.read(&mut sink).await? > 0 {}
-                    return Ok(());
+                    // Hold the connection, answering nothing, until the client
+                    // goes; every command sent on it counts as failed.
+                    loop {
+                        let mut ignored = Vec::new();
+                        if read_frame(&mut from_client, &mut ignored).await.is_err() {
+                            return Ok(());
+                        }
+                        state.failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 // Dropping both halves closes the client's connection.
                 FaultKind::Reset => return Ok(()),

@@ -813,3 +813,39 @@ async fn no_stored_text_reaches_another_user_or_a_client_knowing_only_the_ids() 
         assert!(app.openai.chat_requests().len() > prompts_before, "{case}");
     }
 }
+
+/// Low: a Redis that goes silent after the instance connected. A request
+/// holds its own handle to the instance's connection; once a call on it got
+/// no answer, the handle's later calls must fail at once rather than each
+/// wait out its bound (about ten 2-second calls a question). Counted as the
+/// commands sent into the silence, not timed.
+#[tokio::test]
+async fn a_redis_that_goes_silent_mid_life_costs_a_request_one_wait_per_connection() {
+    use chatbot_harness::redis_faults::FaultKind;
+    let app = TestApp::builder().redis_faults().spawn().await.unwrap();
+    let ingested = app
+        .ingest(json!([{"id": "ai", "source": "ai.md", "text": "AI is the study of agents."}]))
+        .await
+        .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+    let first = app.ask("What is AI?", "s1").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    app.app.settled().await;
+
+    app.redis_faults().fail("chatbot:", FaultKind::Silent);
+    let during = app.ask("What is ML?", "s2").await;
+    app.app.settled().await;
+    let unanswered = app.redis_faults().failed();
+    // One wait for each connection the request's components hold (the rate
+    // limiter's bucket script, the query handler's lookup, the metrics
+    // recorder's batch), and nothing after them (before: 7).
+    assert!(
+        unanswered <= 3,
+        "{unanswered} commands were sent into the silence ({}: {})",
+        during.status,
+        during.text()
+    );
+    app.redis_faults().heal();
+    let after = app.ask("What is AI?", "s1").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+}

@@ -8,7 +8,7 @@
 //! falling back to `EVAL` when the server has lost them (restart, `SCRIPT
 //! FLUSH`, failover).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use chatbot_core::redis::digest::script_sha;
@@ -18,7 +18,17 @@ use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 use crate::StoreError;
 
 /// A connection shared by the instance's requests.
-pub type Conn = Rc<Connection>;
+pub type Conn = Rc<Kept>;
+
+/// A connection, and whether a call on it went unanswered. A request keeps
+/// its own handle to the instance's connection: once one call got no answer
+/// in time, every later call on that handle fails at once (the instance
+/// forgets the connection, and the next request opens another), so a Redis
+/// that goes silent mid-life costs a request one wait, not one per call.
+pub struct Kept {
+    connection: Connection,
+    silent: Cell<bool>,
+}
 
 thread_local! {
     /// The instance's connection (and the address it was opened to).
@@ -47,7 +57,10 @@ pub async fn connect(address: &str) -> Result<Conn, StoreError> {
         return Ok(conn);
     }
     let work = async {
-        let conn = Rc::new(Connection::open(address).await?);
+        let conn = Rc::new(Kept {
+            connection: Connection::open(address).await?,
+            silent: Cell::new(false),
+        });
         KEPT.with(|k| *k.borrow_mut() = Some((address.to_string(), conn.clone())));
         Ok(conn)
     };
@@ -95,15 +108,17 @@ async fn send(
     args: Vec<RedisParameter>,
 ) -> Result<Vec<RedisResult>, StoreError> {
     let limit = crate::bounded(crate::context::STORE_CALL);
-    if limit.is_zero() {
-        // Never sent (the request's deadline has passed): the connection
-        // says nothing about itself, and the instance keeps it.
+    if limit.is_zero() || conn.silent.get() {
+        // Never sent: the request's deadline has passed (the connection
+        // says nothing about itself, and the instance keeps it), or an
+        // earlier call on this connection went unanswered.
         return Err(timed_out());
     }
     let mut guard = ForgetUnlessAnswered(Some(conn));
-    let answer = crate::within(limit, conn.execute(command, args))
-        .await
-        .ok_or_else(timed_out)?;
+    let Some(answer) = crate::within(limit, conn.connection.execute(command, args)).await else {
+        conn.silent.set(true);
+        return Err(timed_out());
+    };
     match answer {
         Ok(results) => {
             guard.0 = None;
