@@ -106,7 +106,7 @@ async fn cleanup_with_nothing_expired_deletes_nothing() {
         json!({"messages": 0, "conversations": 0, "user_sessions": 0}),
         "{empty}"
     );
-    assert_eq!(empty["complete"], true);
+    assert_eq!(empty["more"], false);
     let pg = app.postgres().await.unwrap();
     pg.batch_execute(
         "INSERT INTO user_sessions (id, session_id, expires_at) VALUES (1, 'alive', now() + interval '1 day');

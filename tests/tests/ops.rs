@@ -282,6 +282,75 @@ async fn cleanup_deletes_exactly_the_expired_rows_and_is_idempotent() {
     );
 }
 
+/// Issue #38: a backlog larger than one call can delete within
+/// `request_timeout_ms` is not a 503: the call answers 200 with what it
+/// deleted and `"more": true`, and repeated calls finish it. (A batch here
+/// waits on a row the test holds locked, so the first call's deadline is
+/// sure to come before the backlog is gone.)
+#[tokio::test]
+async fn a_cleanup_backlog_past_the_deadline_is_deleted_over_calls_that_say_more_remains() {
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("request_timeout_ms", "1000")
+        .spawn()
+        .await
+        .unwrap();
+    let pg = app.postgres().await.unwrap();
+    pg.batch_execute(
+        "INSERT INTO user_sessions (id, session_id, expires_at) VALUES
+             (1, 'gone', now() - interval '1 day'), (2, 'alive', now() + interval '1 day');
+         INSERT INTO conversations (id, user_session_id, expires_at) VALUES
+             (1, 1, now() - interval '1 day'), (2, 2, now() + interval '1 day');
+         INSERT INTO messages (conversation_id, role, content, expires_at)
+             SELECT 1, 'user', 'old ' || n, now() - interval '1 day' FROM generate_series(1, 200) n;
+         INSERT INTO messages (conversation_id, role, content, expires_at)
+             VALUES (2, 'user', 'fresh', now() + interval '1 day');",
+    )
+    .await
+    .unwrap();
+    // Another connection holds the 101st expired message: the batch that
+    // reaches it waits until the call's deadline.
+    let locker = app.postgres().await.unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT id FROM messages WHERE content = 'old 101' FOR UPDATE;")
+        .await
+        .unwrap();
+    let first = admin(&app, "POST", "/admin/cleanup", json!({"batch_size": 10})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let body = first.json();
+    assert_eq!(body["more"], true, "{body}");
+    assert_eq!(body["status"], "partial");
+    let deleted = body["deleted"]["messages"].as_u64().unwrap();
+    assert!((1..=100).contains(&deleted), "{body}");
+    assert_eq!(
+        body["deleted"]["user_sessions"], 0,
+        "not reached yet: {body}"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    let mut calls = 1;
+    loop {
+        let next = admin(&app, "POST", "/admin/cleanup", json!({"batch_size": 10})).await;
+        assert_eq!(next.status, 200, "{}", next.text());
+        calls += 1;
+        if next.json()["more"] == false {
+            assert_eq!(next.json()["status"], "done");
+            break;
+        }
+        assert!(calls < 20, "the backlog never ended: {}", next.text());
+    }
+    let left: Vec<String> = pg
+        .query("SELECT content FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["fresh"]);
+    assert_eq!(app.count_rows("conversations").await, 1);
+    assert_eq!(app.count_rows("user_sessions").await, 1);
+}
+
 #[tokio::test]
 async fn warmup_precomputes_the_most_asked_questions() {
     let app = TestApp::builder()

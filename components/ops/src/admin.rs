@@ -33,8 +33,11 @@ struct CleanupRequest {
     batch_size: Option<i64>,
 }
 
-/// Deletes expired sessions, conversations and messages in bounded batches.
-/// Idempotent: a second run finds nothing to delete.
+/// Deletes expired sessions, conversations and messages in bounded batches,
+/// within the request's deadline (`request_timeout_ms`): a backlog larger
+/// than one call can delete answers 200 with what it deleted and
+/// `"more": true`, and the next call goes on. Idempotent: a run after the
+/// last finds nothing to delete.
 pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     let request: CleanupRequest = api::json_body_or_default(req.body())?;
     let batch = request
@@ -46,6 +49,12 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     let address = settings::postgres_address().await?;
     let started = std::time::Instant::now();
     let deleted = delete_expired(&address, batch).await;
+    // What the call did is decided: pruning the index, the metrics and the
+    // audit entry get the bookkeeping's allowance even when the deletion
+    // ran to the deadline.
+    if chatbot_spin::time_left() < chatbot_spin::context::BOOKKEEPING {
+        chatbot_spin::context::answer_decided();
+    }
     let mut telemetry = Telemetry::default();
     match &deleted {
         Ok(_) => telemetry.add(Observation::DatabaseLatency(
@@ -73,13 +82,15 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if let Some(conn) = &redis {
         crate::record(conn, &telemetry).await;
     }
-    let mut body = deleted.map_err(|e| {
-        ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
-            "cleanup_failed",
-            Dependency::Postgres,
-            e,
-        )
-    })?;
+    let mut body = deleted
+        .map_err(|e| {
+            ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
+                "cleanup_failed",
+                Dependency::Postgres,
+                e,
+            )
+        })?
+        .report();
     if let Some(state) = semantic_index {
         body["semantic_index"] = json!(state);
     }
@@ -95,29 +106,41 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     Ok(json(200, &body))
 }
 
-async fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreError> {
+/// Runs the cleanup's batches while another fits in what is left of the
+/// deadline. A batch the deadline cuts ends the call as one stopped in
+/// time (what the earlier batches deleted stays deleted, and the cut one's
+/// rows are deleted by the next call if not by it); any other failure is
+/// the store's.
+async fn delete_expired(address: &str, batch: i64) -> Result<retention::Cleanup, StoreError> {
     let conn = chatbot_spin::pg::open(address).await?;
-    let mut deleted = serde_json::Map::new();
-    let mut batches = 0u32;
-    for (table, statement) in retention::CLEANUP_STATEMENTS {
-        let mut total = 0u64;
-        loop {
-            let n = chatbot_spin::pg::execute(&conn, statement, vec![ParameterValue::Int64(batch)])
-                .await?;
-            total += n;
-            batches += 1;
-            if (n as i64) < batch || batches >= retention::MAX_CLEANUP_BATCHES {
-                break;
-            }
+    let mut cleanup = retention::Cleanup::new(batch);
+    let mut longest = std::time::Duration::ZERO;
+    while let Some(statement) = cleanup.next() {
+        if cleanup.batches() > 0
+            && !retention::another_batch_fits(chatbot_spin::time_left(), longest)
+        {
+            cleanup.cut_short();
+            break;
         }
-        deleted.insert(table.to_string(), json!(total));
+        let started = std::time::Instant::now();
+        let params = vec![ParameterValue::Int64(cleanup.batch_size())];
+        match chatbot_spin::pg::execute(&conn, statement, params).await {
+            Ok(rows) => cleanup.deleted(rows),
+            Err(e) if chatbot_spin::time_left().is_zero() => {
+                chatbot_spin::log::warn(
+                    "cleanup_cut_short",
+                    Dependency::Postgres,
+                    format_args!(
+                        "a batch ran to the request's deadline ({e}); the next call goes on"
+                    ),
+                );
+                cleanup.cut_short();
+            }
+            Err(e) => return Err(e),
+        }
+        longest = longest.max(started.elapsed());
     }
-    Ok(json!({
-        "status": "done",
-        "deleted": deleted,
-        "batches": batches,
-        "complete": batches < retention::MAX_CLEANUP_BATCHES,
-    }))
+    Ok(cleanup)
 }
 
 #[derive(Deserialize, Default)]
@@ -137,7 +160,7 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     }
     let settings = settings::pipeline().await?;
     // A batch, not a question: each call keeps its own timeout, and the
-    // question deadline (`request_timeout_ms`, not given to ops) does not apply.
+    // question deadline (`request_timeout_ms`) does not apply.
     chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
     if settings.cache_scope != CacheScope::Global {
         return Err(ApiError::new(ErrorCode::Conflict,
