@@ -396,6 +396,106 @@ async fn warmup_precomputes_the_most_asked_questions() {
     assert_eq!(again["already_cached"], 2);
 }
 
+/// The deployment's tokens counted for every day Redis still keeps, and the
+/// key of today's count.
+async fn deployment_tokens(app: &TestApp) -> (i64, Option<String>) {
+    let mut redis = app.redis().await.unwrap();
+    let keys = keys(
+        app,
+        &format!("{}*", chatbot_core::redis::keys::DEPLOYMENT_TOKENS_PREFIX),
+    )
+    .await;
+    let mut total = 0;
+    for key in &keys {
+        total += redis::cmd("GET")
+            .arg(key)
+            .query_async::<i64>(&mut redis)
+            .await
+            .unwrap();
+    }
+    (total, keys.into_iter().max())
+}
+
+/// Issue #38: warm-up's misses spend OpenAI tokens as users' do, so they
+/// reserve their worst case from `deployment_token_budget_per_day` and settle
+/// to what they used; once what is left cannot cover a miss, warm-up stops
+/// and asks the model nothing more.
+#[tokio::test]
+async fn warmup_spends_from_the_deployments_ceiling_and_stops_once_it_is_spent() {
+    const TOP_K: u32 = 3;
+    const MAX_TOKENS: u32 = 200;
+    let questions = [
+        "Which question is warmed first?",
+        "Which question is warmed next?",
+        "Which question is warmed last?",
+    ];
+    let worst_cases: Vec<i64> = questions
+        .iter()
+        .map(|q| chatbot_harness::worst_case_reservation(q, TOP_K, MAX_TOKENS) as i64)
+        .collect();
+    let least = *worst_cases.iter().min().unwrap();
+    let ceiling = worst_cases.iter().max().unwrap() * 20;
+    let app = TestApp::builder()
+        .variable("query_cache_scope", "global")
+        .variable("top_k", TOP_K.to_string())
+        .variable("chat_max_tokens", MAX_TOKENS.to_string())
+        .variable("deployment_token_budget_per_day", ceiling.to_string())
+        .spawn()
+        .await
+        .unwrap();
+    for (i, question) in questions.iter().enumerate() {
+        app.answer(question, &format!("asker-{i}"), None).await;
+    }
+    let (by_users, key) = deployment_tokens(&app).await;
+    assert!(by_users > 0, "the users' misses were charged");
+    let clear_answers = || {
+        admin(
+            &app,
+            "POST",
+            "/health/cache/clear",
+            json!({"cache_type": "query"}),
+        )
+    };
+    let chat_calls = || {
+        app.openai
+            .controls()
+            .calls(chatbot_harness::stubs::openai::CHAT)
+    };
+    clear_answers().await;
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({"limit": 10})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["warmed"], 3, "{}", r.text());
+    assert_eq!(r.json()["status"], "done");
+    // The same three prompts cost warm-up what they cost the users.
+    assert_eq!(deployment_tokens(&app).await.0, by_users * 2);
+
+    // Less than the smallest worst case left: warm-up asks nothing and says why.
+    let spent = ceiling - least + 1;
+    let _: () = redis::cmd("SET")
+        .arg(key.unwrap())
+        .arg(spent)
+        .query_async(&mut app.redis().await.unwrap())
+        .await
+        .unwrap();
+    clear_answers().await;
+    let calls = chat_calls();
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({"limit": 10})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "stopped", "{body}");
+    assert_eq!(body["warmed"], 0);
+    assert_eq!(body["not_asked"], 3);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deployment_token_budget_per_day"),
+        "{body}"
+    );
+    assert_eq!(chat_calls(), calls, "the model was asked nothing");
+    assert_eq!(deployment_tokens(&app).await.0, spent, "nothing reserved");
+}
+
 #[tokio::test]
 async fn warmup_refuses_per_session_caches() {
     let app = TestApp::spawn().await.unwrap();

@@ -4,8 +4,9 @@
 
 use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
 use chatbot_core::chat::conversation::ConversationChoice;
-use chatbot_core::chat::query::QueryRequest;
+use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::{self, ApiError, ErrorCode, SessionId};
+use chatbot_core::limits::sessions::{self, Reserved, Spent};
 use chatbot_core::redis::keys;
 use chatbot_core::redis::script::{all_bytes, integers, Arg};
 use chatbot_core::storage::retention;
@@ -185,10 +186,13 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         })?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
-    for member in all_bytes(reply) {
-        let Ok(entry) = serde_json::from_slice::<QueryCacheEntry>(&member) else {
-            continue;
-        };
+    let questions: Vec<QueryCacheEntry> = all_bytes(reply)
+        .iter()
+        .filter_map(|member| serde_json::from_slice(member).ok())
+        .collect();
+    let questions_listed = questions.len();
+    let mut stopped: Option<(usize, String)> = None;
+    for (i, entry) in questions.into_iter().enumerate() {
         let request = QueryRequest {
             question: entry.q,
             session_id: SessionId::parse("warmup").expect("a valid id"),
@@ -203,7 +207,24 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         asked.warm_up = true;
         let found =
             answer_cache::lookup(Some(&conn), &settings, &asked, false, &mut telemetry).await;
-        match answer_cache::answer(
+        // A miss spends the deployment's tokens as a user's does: its worst
+        // case is reserved from the day's ceiling first, and once what is
+        // left cannot cover it, warm-up asks nothing more.
+        let reservation = match found.answer {
+            Some(_) => None,
+            None => match reserve_from_the_ceiling(&conn, &settings, &request).await {
+                Ok(reservation) => reservation,
+                Err(why) => {
+                    telemetry.add(Observation::DeploymentBudgetDenial);
+                    stopped = Some((i, why));
+                    break;
+                }
+            },
+        };
+        // What this question's chat call spent, apart from the others'.
+        telemetry.chat_called = false;
+        telemetry.chat_tokens_reported = 0;
+        let answered = answer_cache::answer(
             Some(&conn),
             &settings,
             &asked,
@@ -211,8 +232,17 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             &mut pipeline::Quiet,
             &mut telemetry,
         )
-        .await
-        {
+        .await;
+        if let Some((keys, tokens)) = &reservation {
+            let spent = match &answered {
+                Ok(answer) => Spent::on_answer(answer.cached, answer.value.tokens),
+                Err(e) => {
+                    Spent::on_failure(e, telemetry.chat_called, telemetry.chat_tokens_reported)
+                }
+            };
+            chatbot_spin::budget::settle(Some(&conn), keys, *tokens, spent).await;
+        }
+        match answered {
             Ok(answer) if answer.cached => already += 1,
             Ok(answer) => {
                 warmed += 1;
@@ -225,17 +255,54 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     }
     // Warm-up's OpenAI calls, tokens and cache counts are real traffic: recorded like a request's.
     crate::record(&conn, &telemetry).await;
+    let not_asked = stopped.as_ref().map_or(0, |(at, _)| questions_listed - at);
     append(
         &conn,
         AuditAction::CacheWarmup,
         &client_address(&req).await,
-        json!({"warmed": warmed, "already_cached": already, "failed": failed.len()}),
+        json!({"warmed": warmed, "already_cached": already, "failed": failed.len(), "not_asked": not_asked}),
     )
     .await;
-    Ok(json(
-        200,
-        &json!({"status": "done", "warmed": warmed, "already_cached": already, "failed": failed}),
-    ))
+    let mut body = json!({
+        "status": if stopped.is_some() { "stopped" } else { "done" },
+        "warmed": warmed,
+        "already_cached": already,
+        "failed": failed,
+        "not_asked": not_asked,
+    });
+    if let Some((_, why)) = stopped {
+        body["detail"] = json!(why);
+    }
+    Ok(json(200, &body))
+}
+
+/// Reserves a warm-up miss's worst case (a first question's: the core's
+/// `worst_case_tokens`) from the deployment's count for the day, when
+/// `deployment_token_budget_per_day` sets a ceiling: the counts and tokens
+/// to settle, or why warm-up must stop (the ceiling cannot cover it, or
+/// cannot be counted: a ceiling fails closed).
+async fn reserve_from_the_ceiling(
+    conn: &chatbot_spin::redis_script::Conn,
+    settings: &settings::PipelineSettings,
+    request: &QueryRequest,
+) -> Result<Option<(Vec<String>, u64)>, String> {
+    let ceiling = settings.deployment_token_budget_per_day;
+    if ceiling == 0 {
+        return Ok(None);
+    }
+    let (day, _) = sessions::budget_day(chatbot_spin::now_epoch_seconds());
+    let counts = [(keys::deployment_tokens(day), ceiling)];
+    let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens);
+    match chatbot_spin::budget::reserve(conn, &counts, tokens).await {
+        Ok(Reserved::Taken) => Ok(Some((vec![counts[0].0.clone()], tokens))),
+        Ok(Reserved::DoesNotFit { used, .. }) => Err(format!(
+            "stopped at today's OpenAI token ceiling (deployment_token_budget_per_day): {used} of {ceiling} tokens are used and a miss may cost up to {tokens}; the rest are not asked, so the ceiling is left to users' questions"
+        )),
+        Err(e) => {
+            chatbot_spin::log::warn("budget_reserve_failed", Dependency::Redis, &e);
+            Err("stopped: the deployment's token ceiling (deployment_token_budget_per_day) cannot be counted while Redis fails".to_string())
+        }
+    }
 }
 
 pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {
