@@ -475,6 +475,63 @@ pub fn key_set_is_fresh(fetched_at: u64, now: u64, cache_seconds: u64) -> bool {
     now.saturating_sub(fetched_at) < cache_seconds
 }
 
+/// A key set is fetched again for an unknown `kid`, or refreshed after it
+/// expired, at most this often (per deployment with Redis, per instance
+/// without), so tokens with made-up key ids, or an issuer that is down,
+/// cannot make us hammer the issuer.
+pub const KEY_SET_REFETCH_SECONDS: u64 = 30;
+
+/// What one instance keeps for itself of the issuer's key sets, for the
+/// requests that cannot ask Redis (down, or failing): the newest copy it
+/// fetched or read from Redis, kept as Redis keeps it (fresh for
+/// `jwt_jwks_cache_seconds`, then the last good copy for
+/// [`LAST_GOOD_KEY_SET_SECONDS`], then gone), and the refetch markers Redis
+/// would hold, each taken at most once per [`KEY_SET_REFETCH_SECONDS`].
+/// Keyed by URL and marker: a deployment has one key set URL, so it holds
+/// one copy and two markers.
+#[derive(Debug, Default)]
+pub struct InstanceKeySets {
+    copies: std::collections::HashMap<String, (u64, JwkSet)>,
+    claims: std::collections::HashMap<String, u64>,
+}
+
+impl InstanceKeySets {
+    /// Keeps `keys`, fetched at `fetched_at`, unless a newer copy is kept.
+    pub fn keep(&mut self, url: &str, fetched_at: u64, keys: &JwkSet) {
+        match self.copies.get(url) {
+            Some((kept_at, _)) if *kept_at > fetched_at => {}
+            _ => {
+                self.copies
+                    .insert(url.to_string(), (fetched_at, keys.clone()));
+            }
+        }
+    }
+
+    /// The copy kept for `url` and when it was fetched, fresh or not, until
+    /// it is older than its freshness and the last good copy's day.
+    pub fn copy(&self, url: &str, now: u64, cache_seconds: u64) -> Option<(u64, JwkSet)> {
+        let (fetched_at, keys) = self.copies.get(url)?;
+        key_set_is_fresh(
+            *fetched_at,
+            now,
+            cache_seconds.saturating_add(LAST_GOOD_KEY_SET_SECONDS),
+        )
+        .then(|| (*fetched_at, keys.clone()))
+    }
+
+    /// Takes `marker` at `now`: true unless it was taken less than
+    /// [`KEY_SET_REFETCH_SECONDS`] ago (as `SET NX EX 30` in Redis).
+    pub fn claim(&mut self, marker: &str, now: u64) -> bool {
+        match self.claims.get(marker) {
+            Some(taken) if key_set_is_fresh(*taken, now, KEY_SET_REFETCH_SECONDS) => false,
+            _ => {
+                self.claims.insert(marker.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,6 +559,52 @@ mod tests {
         assert!(key_set_is_fresh(1000, 1299, 300));
         assert!(!key_set_is_fresh(1000, 1300, 300));
         assert!(key_set_is_fresh(1000, 900, 300), "a clock that went back");
+    }
+
+    fn key_set(kid: &str) -> JwkSet {
+        serde_json::from_value(json!({"keys": [{
+            "kty": "oct", "kid": kid, "k": "c2VjcmV0"
+        }]}))
+        .unwrap()
+    }
+
+    fn kid_of(copy: Option<(u64, JwkSet)>) -> Option<(u64, String)> {
+        copy.map(|(at, keys)| (at, keys.keys[0].common.key_id.clone().unwrap()))
+    }
+
+    #[test]
+    fn an_instance_keeps_its_newest_key_set_for_its_freshness_and_the_last_good_day() {
+        let url = "https://issuer.test/jwks.json";
+        let mut kept = InstanceKeySets::default();
+        assert!(kept.copy(url, 1000, 300).is_none(), "nothing kept yet");
+        kept.keep(url, 1000, &key_set("a"));
+        assert_eq!(kid_of(kept.copy(url, 1000, 300)), Some((1000, "a".into())));
+        assert!(kept
+            .copy("https://other.test/jwks.json", 1000, 300)
+            .is_none());
+        // An older copy (another replica's, read from Redis) does not replace it.
+        kept.keep(url, 900, &key_set("old"));
+        assert_eq!(kid_of(kept.copy(url, 1000, 300)), Some((1000, "a".into())));
+        kept.keep(url, 1100, &key_set("b"));
+        assert_eq!(kid_of(kept.copy(url, 1100, 300)), Some((1100, "b".into())));
+        // Past its freshness it is still the last good copy, for a day.
+        let last_day = 1100 + 300 + LAST_GOOD_KEY_SET_SECONDS;
+        assert_eq!(
+            kid_of(kept.copy(url, last_day - 1, 300)),
+            Some((1100, "b".into()))
+        );
+        assert!(kept.copy(url, last_day, 300).is_none(), "then gone");
+    }
+
+    #[test]
+    fn an_instance_takes_a_refetch_marker_at_most_once_per_thirty_seconds() {
+        let mut kept = InstanceKeySets::default();
+        assert!(kept.claim("refetch", 1000));
+        assert!(!kept.claim("refetch", 1000));
+        assert!(!kept.claim("refetch", 1000 + KEY_SET_REFETCH_SECONDS - 1));
+        assert!(kept.claim("refresh", 1001), "each marker on its own");
+        assert!(kept.claim("refetch", 1000 + KEY_SET_REFETCH_SECONDS));
+        assert!(!kept.claim("refetch", 1000 + KEY_SET_REFETCH_SECONDS));
     }
 
     fn settings() -> JwtSettings {

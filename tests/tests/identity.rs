@@ -228,6 +228,78 @@ async fn a_rotated_key_is_fetched_once_and_made_up_key_ids_do_not_hammer_the_iss
     assert!(issuer.fetches() <= 3, "fetched {} times", issuer.fetches());
 }
 
+/// One instance kept alive for the whole test: what it holds is then seen by
+/// every request (the harness otherwise drops an instance idle for 1 s).
+const ONE_LONG_INSTANCE: chatbot_harness::InstanceReuse = chatbot_harness::InstanceReuse {
+    idle_timeout: std::time::Duration::from_secs(120),
+    ..chatbot_harness::InstanceReuse::SPIN_DEFAULTS
+};
+
+/// RS256 questions by alice, each answered, then made-up key ids, each refused.
+async fn rs256_questions_then_made_up_key_ids(app: &TestApp) {
+    let alice = token(SigningKey::RsaA, "alice");
+    for i in 0..5 {
+        let r = app
+            .ask_as(
+                Some(&alice),
+                json!({"question": format!("q{i}"), "session_id": "kept"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for kid in ["made-up-1", "made-up-2", "made-up-3"] {
+        let t = made_up_kid_token(kid);
+        let r = app
+            .ask_as(Some(&t), json!({"question": "q", "session_id": "m"}))
+            .await;
+        assert_unauthorized(&r, &t, kid);
+    }
+}
+
+/// Issue #38: with Redis down, the instance keeps the key set it fetched
+/// (for `jwt_jwks_cache_seconds`, as Redis would) instead of fetching it for
+/// every RS256 token, and an unknown key id refetches it at most once per 30 s.
+#[tokio::test]
+async fn with_redis_down_an_instance_keeps_its_key_set_and_fetches_it_once() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let port = chatbot_harness::unused_port();
+    let app = jwt_builder(&issuer)
+        .address(names::REDIS_ADDRESS, format!("redis://127.0.0.1:{port}"))
+        .instance_reuse(ONE_LONG_INSTANCE)
+        .spawn()
+        .await
+        .unwrap();
+    rs256_questions_then_made_up_key_ids(&app).await;
+    assert_eq!(
+        issuer.fetches(),
+        2,
+        "one fetch for the five tokens, one refetch for the three unknown key ids"
+    );
+}
+
+/// The same when Redis is up but fails on the key set's key: the instance's
+/// copy stands in for the one Redis cannot give.
+#[tokio::test]
+async fn with_redis_failing_on_the_key_set_an_instance_keeps_its_own_copy() {
+    let issuer = IssuerStub::start(&[SigningKey::RsaA]).await.unwrap();
+    let app = jwt_builder(&issuer)
+        .redis_faults()
+        .instance_reuse(ONE_LONG_INSTANCE)
+        .spawn()
+        .await
+        .unwrap();
+    app.redis_faults().fail(
+        chatbot_core::redis::keys::JWKS_PREFIX,
+        chatbot_harness::redis_faults::FaultKind::WrongType,
+    );
+    rs256_questions_then_made_up_key_ids(&app).await;
+    assert!(
+        app.redis_faults().failed() > 0,
+        "Redis was asked and failed"
+    );
+    assert_eq!(issuer.fetches(), 2);
+}
+
 async fn delete_keys(app: &TestApp, pattern: &str) {
     let mut redis = app.redis().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")

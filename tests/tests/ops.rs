@@ -282,6 +282,75 @@ async fn cleanup_deletes_exactly_the_expired_rows_and_is_idempotent() {
     );
 }
 
+/// Issue #38: a backlog larger than one call can delete within
+/// `request_timeout_ms` is not a 503: the call answers 200 with what it
+/// deleted and `"more": true`, and repeated calls finish it. (A batch here
+/// waits on a row the test holds locked, so the first call's deadline is
+/// sure to come before the backlog is gone.)
+#[tokio::test]
+async fn a_cleanup_backlog_past_the_deadline_is_deleted_over_calls_that_say_more_remains() {
+    let app = TestApp::builder()
+        .only(&["ops"])
+        .variable("request_timeout_ms", "1000")
+        .spawn()
+        .await
+        .unwrap();
+    let pg = app.postgres().await.unwrap();
+    pg.batch_execute(
+        "INSERT INTO user_sessions (id, session_id, expires_at) VALUES
+             (1, 'gone', now() - interval '1 day'), (2, 'alive', now() + interval '1 day');
+         INSERT INTO conversations (id, user_session_id, expires_at) VALUES
+             (1, 1, now() - interval '1 day'), (2, 2, now() + interval '1 day');
+         INSERT INTO messages (conversation_id, role, content, expires_at)
+             SELECT 1, 'user', 'old ' || n, now() - interval '1 day' FROM generate_series(1, 200) n;
+         INSERT INTO messages (conversation_id, role, content, expires_at)
+             VALUES (2, 'user', 'fresh', now() + interval '1 day');",
+    )
+    .await
+    .unwrap();
+    // Another connection holds the 101st expired message: the batch that
+    // reaches it waits until the call's deadline.
+    let locker = app.postgres().await.unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT id FROM messages WHERE content = 'old 101' FOR UPDATE;")
+        .await
+        .unwrap();
+    let first = admin(&app, "POST", "/admin/cleanup", json!({"batch_size": 10})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let body = first.json();
+    assert_eq!(body["more"], true, "{body}");
+    assert_eq!(body["status"], "partial");
+    let deleted = body["deleted"]["messages"].as_u64().unwrap();
+    assert!((1..=100).contains(&deleted), "{body}");
+    assert_eq!(
+        body["deleted"]["user_sessions"], 0,
+        "not reached yet: {body}"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    let mut calls = 1;
+    loop {
+        let next = admin(&app, "POST", "/admin/cleanup", json!({"batch_size": 10})).await;
+        assert_eq!(next.status, 200, "{}", next.text());
+        calls += 1;
+        if next.json()["more"] == false {
+            assert_eq!(next.json()["status"], "done");
+            break;
+        }
+        assert!(calls < 20, "the backlog never ended: {}", next.text());
+    }
+    let left: Vec<String> = pg
+        .query("SELECT content FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["fresh"]);
+    assert_eq!(app.count_rows("conversations").await, 1);
+    assert_eq!(app.count_rows("user_sessions").await, 1);
+}
+
 #[tokio::test]
 async fn warmup_precomputes_the_most_asked_questions() {
     let app = TestApp::builder()
@@ -325,6 +394,106 @@ async fn warmup_precomputes_the_most_asked_questions() {
         .await
         .json();
     assert_eq!(again["already_cached"], 2);
+}
+
+/// The deployment's tokens counted for every day Redis still keeps, and the
+/// key of today's count.
+async fn deployment_tokens(app: &TestApp) -> (i64, Option<String>) {
+    let mut redis = app.redis().await.unwrap();
+    let keys = keys(
+        app,
+        &format!("{}*", chatbot_core::redis::keys::DEPLOYMENT_TOKENS_PREFIX),
+    )
+    .await;
+    let mut total = 0;
+    for key in &keys {
+        total += redis::cmd("GET")
+            .arg(key)
+            .query_async::<i64>(&mut redis)
+            .await
+            .unwrap();
+    }
+    (total, keys.into_iter().max())
+}
+
+/// Issue #38: warm-up's misses spend OpenAI tokens as users' do, so they
+/// reserve their worst case from `deployment_token_budget_per_day` and settle
+/// to what they used; once what is left cannot cover a miss, warm-up stops
+/// and asks the model nothing more.
+#[tokio::test]
+async fn warmup_spends_from_the_deployments_ceiling_and_stops_once_it_is_spent() {
+    const TOP_K: u32 = 3;
+    const MAX_TOKENS: u32 = 200;
+    let questions = [
+        "Which question is warmed first?",
+        "Which question is warmed next?",
+        "Which question is warmed last?",
+    ];
+    let worst_cases: Vec<i64> = questions
+        .iter()
+        .map(|q| chatbot_harness::worst_case_reservation(q, TOP_K, MAX_TOKENS) as i64)
+        .collect();
+    let least = *worst_cases.iter().min().unwrap();
+    let ceiling = worst_cases.iter().max().unwrap() * 20;
+    let app = TestApp::builder()
+        .variable("query_cache_scope", "global")
+        .variable("top_k", TOP_K.to_string())
+        .variable("chat_max_tokens", MAX_TOKENS.to_string())
+        .variable("deployment_token_budget_per_day", ceiling.to_string())
+        .spawn()
+        .await
+        .unwrap();
+    for (i, question) in questions.iter().enumerate() {
+        app.answer(question, &format!("asker-{i}"), None).await;
+    }
+    let (by_users, key) = deployment_tokens(&app).await;
+    assert!(by_users > 0, "the users' misses were charged");
+    let clear_answers = || {
+        admin(
+            &app,
+            "POST",
+            "/health/cache/clear",
+            json!({"cache_type": "query"}),
+        )
+    };
+    let chat_calls = || {
+        app.openai
+            .controls()
+            .calls(chatbot_harness::stubs::openai::CHAT)
+    };
+    clear_answers().await;
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({"limit": 10})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["warmed"], 3, "{}", r.text());
+    assert_eq!(r.json()["status"], "done");
+    // The same three prompts cost warm-up what they cost the users.
+    assert_eq!(deployment_tokens(&app).await.0, by_users * 2);
+
+    // Less than the smallest worst case left: warm-up asks nothing and says why.
+    let spent = ceiling - least + 1;
+    let _: () = redis::cmd("SET")
+        .arg(key.unwrap())
+        .arg(spent)
+        .query_async(&mut app.redis().await.unwrap())
+        .await
+        .unwrap();
+    clear_answers().await;
+    let calls = chat_calls();
+    let r = admin(&app, "POST", "/admin/cache/warmup", json!({"limit": 10})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "stopped", "{body}");
+    assert_eq!(body["warmed"], 0);
+    assert_eq!(body["not_asked"], 3);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deployment_token_budget_per_day"),
+        "{body}"
+    );
+    assert_eq!(chat_calls(), calls, "the model was asked nothing");
+    assert_eq!(deployment_tokens(&app).await.0, spent, "nothing reserved");
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 
 use chatbot_core::cache::answers::{CacheScope, QueryCacheEntry};
 use chatbot_core::chat::conversation::ConversationChoice;
-use chatbot_core::chat::query::QueryRequest;
+use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::{self, ApiError, ErrorCode, SessionId};
+use chatbot_core::limits::sessions::{self, Reserved, Spent};
 use chatbot_core::redis::keys;
 use chatbot_core::redis::script::{all_bytes, integers, Arg};
 use chatbot_core::storage::retention;
@@ -33,8 +34,11 @@ struct CleanupRequest {
     batch_size: Option<i64>,
 }
 
-/// Deletes expired sessions, conversations and messages in bounded batches.
-/// Idempotent: a second run finds nothing to delete.
+/// Deletes expired sessions, conversations and messages in bounded batches,
+/// within the request's deadline (`request_timeout_ms`): a backlog larger
+/// than one call can delete answers 200 with what it deleted and
+/// `"more": true`, and the next call goes on. Idempotent: a run after the
+/// last finds nothing to delete.
 pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     let request: CleanupRequest = api::json_body_or_default(req.body())?;
     let batch = request
@@ -46,6 +50,12 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     let address = settings::postgres_address().await?;
     let started = std::time::Instant::now();
     let deleted = delete_expired(&address, batch).await;
+    // What the call did is decided: pruning the index, the metrics and the
+    // audit entry get the bookkeeping's allowance even when the deletion
+    // ran to the deadline.
+    if chatbot_spin::time_left() < chatbot_spin::context::BOOKKEEPING {
+        chatbot_spin::context::answer_decided();
+    }
     let mut telemetry = Telemetry::default();
     match &deleted {
         Ok(_) => telemetry.add(Observation::DatabaseLatency(
@@ -73,13 +83,15 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     if let Some(conn) = &redis {
         crate::record(conn, &telemetry).await;
     }
-    let mut body = deleted.map_err(|e| {
-        ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
-            "cleanup_failed",
-            Dependency::Postgres,
-            e,
-        )
-    })?;
+    let mut body = deleted
+        .map_err(|e| {
+            ApiError::unavailable("the history store (Postgres) is unavailable").caused_by(
+                "cleanup_failed",
+                Dependency::Postgres,
+                e,
+            )
+        })?
+        .report();
     if let Some(state) = semantic_index {
         body["semantic_index"] = json!(state);
     }
@@ -95,29 +107,41 @@ pub async fn cleanup(req: Request, _: Params) -> Result<Response, ApiError> {
     Ok(json(200, &body))
 }
 
-async fn delete_expired(address: &str, batch: i64) -> Result<serde_json::Value, StoreError> {
+/// Runs the cleanup's batches while another fits in what is left of the
+/// deadline. A batch the deadline cuts ends the call as one stopped in
+/// time (what the earlier batches deleted stays deleted, and the cut one's
+/// rows are deleted by the next call if not by it); any other failure is
+/// the store's.
+async fn delete_expired(address: &str, batch: i64) -> Result<retention::Cleanup, StoreError> {
     let conn = chatbot_spin::pg::open(address).await?;
-    let mut deleted = serde_json::Map::new();
-    let mut batches = 0u32;
-    for (table, statement) in retention::CLEANUP_STATEMENTS {
-        let mut total = 0u64;
-        loop {
-            let n = chatbot_spin::pg::execute(&conn, statement, vec![ParameterValue::Int64(batch)])
-                .await?;
-            total += n;
-            batches += 1;
-            if (n as i64) < batch || batches >= retention::MAX_CLEANUP_BATCHES {
-                break;
-            }
+    let mut cleanup = retention::Cleanup::new(batch);
+    let mut longest = std::time::Duration::ZERO;
+    while let Some(statement) = cleanup.next() {
+        if cleanup.batches() > 0
+            && !retention::another_batch_fits(chatbot_spin::time_left(), longest)
+        {
+            cleanup.cut_short();
+            break;
         }
-        deleted.insert(table.to_string(), json!(total));
+        let started = std::time::Instant::now();
+        let params = vec![ParameterValue::Int64(cleanup.batch_size())];
+        match chatbot_spin::pg::execute(&conn, statement, params).await {
+            Ok(rows) => cleanup.deleted(rows),
+            Err(e) if chatbot_spin::time_left().is_zero() => {
+                chatbot_spin::log::warn(
+                    "cleanup_cut_short",
+                    Dependency::Postgres,
+                    format_args!(
+                        "a batch ran to the request's deadline ({e}); the next call goes on"
+                    ),
+                );
+                cleanup.cut_short();
+            }
+            Err(e) => return Err(e),
+        }
+        longest = longest.max(started.elapsed());
     }
-    Ok(json!({
-        "status": "done",
-        "deleted": deleted,
-        "batches": batches,
-        "complete": batches < retention::MAX_CLEANUP_BATCHES,
-    }))
+    Ok(cleanup)
 }
 
 #[derive(Deserialize, Default)]
@@ -137,7 +161,7 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     }
     let settings = settings::pipeline().await?;
     // A batch, not a question: each call keeps its own timeout, and the
-    // question deadline (`request_timeout_ms`, not given to ops) does not apply.
+    // question deadline (`request_timeout_ms`) does not apply.
     chatbot_spin::context::set_request_timeout(std::time::Duration::MAX);
     if settings.cache_scope != CacheScope::Global {
         return Err(ApiError::new(ErrorCode::Conflict,
@@ -162,10 +186,13 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         })?;
     let (mut warmed, mut already, mut failed) = (0, 0, Vec::new());
     let mut telemetry = Telemetry::default();
-    for member in all_bytes(reply) {
-        let Ok(entry) = serde_json::from_slice::<QueryCacheEntry>(&member) else {
-            continue;
-        };
+    let questions: Vec<QueryCacheEntry> = all_bytes(reply)
+        .iter()
+        .filter_map(|member| serde_json::from_slice(member).ok())
+        .collect();
+    let questions_listed = questions.len();
+    let mut stopped: Option<(usize, String)> = None;
+    for (i, entry) in questions.into_iter().enumerate() {
         let request = QueryRequest {
             question: entry.q,
             session_id: SessionId::parse("warmup").expect("a valid id"),
@@ -180,7 +207,24 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
         asked.warm_up = true;
         let found =
             answer_cache::lookup(Some(&conn), &settings, &asked, false, &mut telemetry).await;
-        match answer_cache::answer(
+        // A miss spends the deployment's tokens as a user's does: its worst
+        // case is reserved from the day's ceiling first, and once what is
+        // left cannot cover it, warm-up asks nothing more.
+        let reservation = match found.answer {
+            Some(_) => None,
+            None => match reserve_from_the_ceiling(&conn, &settings, &request).await {
+                Ok(reservation) => reservation,
+                Err(why) => {
+                    telemetry.add(Observation::DeploymentBudgetDenial);
+                    stopped = Some((i, why));
+                    break;
+                }
+            },
+        };
+        // What this question's chat call spent, apart from the others'.
+        telemetry.chat_called = false;
+        telemetry.chat_tokens_reported = 0;
+        let answered = answer_cache::answer(
             Some(&conn),
             &settings,
             &asked,
@@ -188,8 +232,17 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
             &mut pipeline::Quiet,
             &mut telemetry,
         )
-        .await
-        {
+        .await;
+        if let Some((keys, tokens)) = &reservation {
+            let spent = match &answered {
+                Ok(answer) => Spent::on_answer(answer.cached, answer.value.tokens),
+                Err(e) => {
+                    Spent::on_failure(e, telemetry.chat_called, telemetry.chat_tokens_reported)
+                }
+            };
+            chatbot_spin::budget::settle(Some(&conn), keys, *tokens, spent).await;
+        }
+        match answered {
             Ok(answer) if answer.cached => already += 1,
             Ok(answer) => {
                 warmed += 1;
@@ -202,17 +255,54 @@ pub async fn warmup(req: Request, _: Params) -> Result<Response, ApiError> {
     }
     // Warm-up's OpenAI calls, tokens and cache counts are real traffic: recorded like a request's.
     crate::record(&conn, &telemetry).await;
+    let not_asked = stopped.as_ref().map_or(0, |(at, _)| questions_listed - at);
     append(
         &conn,
         AuditAction::CacheWarmup,
         &client_address(&req).await,
-        json!({"warmed": warmed, "already_cached": already, "failed": failed.len()}),
+        json!({"warmed": warmed, "already_cached": already, "failed": failed.len(), "not_asked": not_asked}),
     )
     .await;
-    Ok(json(
-        200,
-        &json!({"status": "done", "warmed": warmed, "already_cached": already, "failed": failed}),
-    ))
+    let mut body = json!({
+        "status": if stopped.is_some() { "stopped" } else { "done" },
+        "warmed": warmed,
+        "already_cached": already,
+        "failed": failed,
+        "not_asked": not_asked,
+    });
+    if let Some((_, why)) = stopped {
+        body["detail"] = json!(why);
+    }
+    Ok(json(200, &body))
+}
+
+/// Reserves a warm-up miss's worst case (a first question's: the core's
+/// `worst_case_tokens`) from the deployment's count for the day, when
+/// `deployment_token_budget_per_day` sets a ceiling: the counts and tokens
+/// to settle, or why warm-up must stop (the ceiling cannot cover it, or
+/// cannot be counted: a ceiling fails closed).
+async fn reserve_from_the_ceiling(
+    conn: &chatbot_spin::redis_script::Conn,
+    settings: &settings::PipelineSettings,
+    request: &QueryRequest,
+) -> Result<Option<(Vec<String>, u64)>, String> {
+    let ceiling = settings.deployment_token_budget_per_day;
+    if ceiling == 0 {
+        return Ok(None);
+    }
+    let (day, _) = sessions::budget_day(chatbot_spin::now_epoch_seconds());
+    let counts = [(keys::deployment_tokens(day), ceiling)];
+    let tokens = query::worst_case_tokens(request, settings.top_k, settings.chat_max_tokens);
+    match chatbot_spin::budget::reserve(conn, &counts, tokens).await {
+        Ok(Reserved::Taken) => Ok(Some((vec![counts[0].0.clone()], tokens))),
+        Ok(Reserved::DoesNotFit { used, .. }) => Err(format!(
+            "stopped at today's OpenAI token ceiling (deployment_token_budget_per_day): {used} of {ceiling} tokens are used and a miss may cost up to {tokens}; the rest are not asked, so the ceiling is left to users' questions"
+        )),
+        Err(e) => {
+            chatbot_spin::log::warn("budget_reserve_failed", Dependency::Redis, &e);
+            Err("stopped: the deployment's token ceiling (deployment_token_budget_per_day) cannot be counted while Redis fails".to_string())
+        }
+    }
 }
 
 pub async fn audit_page(req: Request, _: Params) -> Result<Response, ApiError> {

@@ -6,11 +6,10 @@ use crate::scope::{Reservation, Scope};
 use chatbot_core::chat::conversation::{self, Turn};
 use chatbot_core::chat::query::{self, QueryRequest};
 use chatbot_core::http::api::ApiError;
-use chatbot_core::limits::sessions::{self, Charge, Reserve, Reserved, Spent};
+use chatbot_core::limits::sessions::{self, Reserved, Spent};
 use chatbot_core::redis::keys;
 use chatbot_core::telemetry::metrics::recording::Observation;
 use chatbot_spin::now_epoch_seconds;
-use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::{self, PipelineSettings};
 
 /// Before a miss spends anything: takes its worst case (the largest prompt,
@@ -57,11 +56,7 @@ pub(crate) async fn reserve(
             &request.question,
             settings.conversation.retrieval,
         );
-    let reserve = Reserve {
-        counts: &counts,
-        tokens,
-    };
-    let answered = run(conn, &reserve).await;
+    let answered = chatbot_spin::budget::reserve(conn, &counts, tokens).await;
     let reserved =
         checked_or_refused(scope, answered, "the token budget", "budget_reserve_failed")?;
     match reserved {
@@ -102,30 +97,16 @@ pub(crate) async fn settle(scope: &mut Scope, spent: Spent) {
     let Some(reservation) = scope.reservation.take() else {
         return;
     };
-    let (change, charged) = sessions::settlement(reservation.tokens, spent);
+    let charged = chatbot_spin::budget::settle(
+        scope.conn.as_ref(),
+        &reservation.keys,
+        reservation.tokens,
+        spent,
+    )
+    .await;
     if charged > 0 && reservation.charges_user {
         scope
             .telemetry
             .add(Observation::UserTokensCharged(charged as f64));
-    }
-    if change == 0 {
-        return;
-    }
-    let Some(conn) = &scope.conn else {
-        return;
-    };
-    let charge = Charge {
-        counts: &reservation.keys,
-        change,
-    };
-    let settled = run(conn, &charge).await;
-    if let Err(e) = settled {
-        chatbot_spin::log::write(
-            chatbot_spin::log::Level::Warn,
-            "budget_settle_failed",
-            chatbot_spin::log::Dependency::Redis,
-            &e,
-            &[("change", &change.to_string())],
-        );
     }
 }

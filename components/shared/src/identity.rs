@@ -1,24 +1,44 @@
 //! Who is asking, on the host side: the client address from Spin's headers,
 //! whether the caller holds the admin token, and the end user of a bearer JWT
 //! (verified by `chatbot_core::limits::identity`), with the issuer's key set cached in
-//! Redis, shared by every replica.
+//! Redis, shared by every replica, and in the instance, for the requests that
+//! cannot ask Redis.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use chatbot_core::config::ConfigError;
 use chatbot_core::http::api::ApiError;
-use chatbot_core::limits::identity::{self, AuthError, IdentitySettings, JwtSettings};
+use chatbot_core::limits::identity::{
+    self, AuthError, IdentitySettings, InstanceKeySets, JwtSettings,
+};
 use chatbot_core::redis::keys;
 use jsonwebtoken::jwk::JwkSet;
 
 use crate::redis_script::{execute, Conn};
+use crate::StoreError;
 use chatbot_core::redis::script::{bytes_at, Arg, Value};
 
-/// A key set is fetched again for an unknown `kid`, or refreshed after it
-/// expired, at most this often, so tokens with made-up key ids (or an issuer
-/// that is down) cannot make us hammer the issuer.
-const REFETCH_INTERVAL_SECONDS: i64 = 30;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// The key sets this instance fetched or read from Redis, and its own
+    /// refetch markers: what a request that cannot ask Redis verifies with
+    /// (an instance serves many requests; see `InstanceKeySets`).
+    static INSTANCE: RefCell<InstanceKeySets> = RefCell::default();
+}
+
+/// The instance's copy of `url`'s key set, fresh or not.
+fn instance_copy(url: &str, jwt: &JwtSettings) -> Option<(u64, JwkSet)> {
+    INSTANCE.with(|kept| {
+        kept.borrow()
+            .copy(url, crate::now_epoch_seconds(), jwt.jwks_cache_seconds)
+    })
+}
+
+fn keep_in_instance(url: &str, fetched_at: u64, keys: &JwkSet) {
+    INSTANCE.with(|kept| kept.borrow_mut().keep(url, fetched_at, keys));
+}
 
 pub async fn settings() -> Result<std::rc::Rc<IdentitySettings>, ConfigError> {
     crate::settings::identity().await
@@ -84,10 +104,22 @@ pub async fn authenticate<B>(
     else {
         return identity::verify(token, jwt, None).map_err(AuthFailure::Token);
     };
-    let stored = match conn {
-        Some(c) => stored_jwks(c, url).await,
-        None => None,
+    // The copy Redis holds, shared by every replica; or, when Redis cannot
+    // be asked (down, or failing on it), the instance's own, and Redis is not
+    // asked again for this token.
+    let (stored, conn) = match conn {
+        Some(c) => match stored_jwks(c, url).await {
+            Ok(stored) => (stored, Some(c)),
+            Err(e) => {
+                crate::log::warn("jwks_cache_read_failed", crate::log::Dependency::Redis, &e);
+                (instance_copy(url, jwt), None)
+            }
+        },
+        None => (instance_copy(url, jwt), None),
     };
+    if let Some((fetched_at, keys)) = &stored {
+        keep_in_instance(url, *fetched_at, keys);
+    }
     let (jwks, from_cache) = match stored {
         Some((fetched_at, keys))
             if identity::key_set_is_fresh(
@@ -101,7 +133,7 @@ pub async fn authenticate<B>(
         // Expired: one request refreshes it (at most once per 30 s); the
         // others, and every request while the issuer is down, verify with the
         // last good copy instead of waiting on or failing with the issuer.
-        Some((_, last_good)) => match claimed(conn, &keys::jwks_refresh(url), false).await {
+        Some((_, last_good)) => match claimed(conn, &keys::jwks_refresh(url)).await {
             true => match fetch_jwks(url, jwt, conn).await {
                 Ok(fresh) => (fresh, false),
                 Err(_) => {
@@ -120,7 +152,7 @@ pub async fn authenticate<B>(
     match identity::verify(token, jwt, Some(&jwks)) {
         // Keys rotate: a new kid may be in a fresher copy. Refetch once, rarely.
         Err(AuthError::UnknownKey)
-            if from_cache && claimed(conn, &keys::jwks_refetch(url), true).await =>
+            if from_cache && claimed(conn, &keys::jwks_refetch(url)).await =>
         {
             let fresh = fetch_jwks(url, jwt, conn).await?;
             identity::verify(token, jwt, Some(&fresh)).map_err(AuthFailure::Token)
@@ -129,21 +161,20 @@ pub async fn authenticate<B>(
     }
 }
 
-/// Whether this caller takes the marker `key` ([`claim`]); without Redis, `alone`.
-async fn claimed(conn: Option<&Conn>, key: &str, alone: bool) -> bool {
+/// Whether this caller takes the marker `key` ([`claim`]); without Redis,
+/// the instance's own marker (once per 30 s per instance).
+async fn claimed(conn: Option<&Conn>, key: &str) -> bool {
     match conn {
         Some(conn) => claim(conn, key).await,
-        None => alone,
+        None => INSTANCE.with(|kept| kept.borrow_mut().claim(key, crate::now_epoch_seconds())),
     }
 }
 
-/// The stored copy and when it was fetched, fresh or not.
-async fn stored_jwks(conn: &Conn, url: &str) -> Option<(u64, JwkSet)> {
-    let reply = execute(conn, "GET", vec![Arg::bytes(keys::jwks(url))])
-        .await
-        .ok()?;
-    let bytes = bytes_at(&reply, 0)?;
-    identity::decode_stored_key_set(bytes)
+/// The stored copy and when it was fetched, fresh or not (`None`: Redis
+/// holds none, or one of an older format).
+async fn stored_jwks(conn: &Conn, url: &str) -> Result<Option<(u64, JwkSet)>, StoreError> {
+    let reply = execute(conn, "GET", vec![Arg::bytes(keys::jwks(url))]).await?;
+    Ok(bytes_at(&reply, 0).and_then(identity::decode_stored_key_set))
 }
 
 /// Takes the marker `key` for 30 s: true for the one caller that set it.
@@ -156,7 +187,7 @@ async fn claim(conn: &Conn, key: &str) -> bool {
             Arg::bytes("1"),
             Arg::bytes("NX"),
             Arg::bytes("EX"),
-            Arg::Int(REFETCH_INTERVAL_SECONDS),
+            Arg::Int(identity::KEY_SET_REFETCH_SECONDS as i64),
         ],
     )
     .await;
@@ -199,16 +230,15 @@ async fn fetch_jwks(
     }
     let jwks: JwkSet = serde_json::from_slice(&response.body)
         .map_err(|e| unavailable(format!("not a JWK set: {e}")))?;
+    let fetched_at = crate::now_epoch_seconds();
+    keep_in_instance(url, fetched_at, &jwks);
     if let Some(conn) = conn {
         let stored = execute(
             conn,
             "SET",
             vec![
                 Arg::bytes(keys::jwks(url)),
-                Arg::Bytes(identity::encode_stored_key_set(
-                    crate::now_epoch_seconds(),
-                    &response.body,
-                )),
+                Arg::Bytes(identity::encode_stored_key_set(fetched_at, &response.body)),
                 Arg::bytes("EX"),
                 Arg::Int((jwt.jwks_cache_seconds + identity::LAST_GOOD_KEY_SET_SECONDS) as i64),
             ],

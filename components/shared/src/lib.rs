@@ -4,6 +4,7 @@
 
 pub mod answer_cache;
 pub mod audit;
+pub mod budget;
 pub mod caches;
 pub mod context;
 pub mod error;

@@ -28,7 +28,8 @@ pub struct HostCounters {
     pub redis_commands: AtomicU64,
     pub postgres_opens: AtomicU64,
     pub postgres_statements: AtomicU64,
-    /// `query` statements that yielded no rows (each would hang Spin 4.0.x: see postgres.rs).
+    /// `query` statements that yielded no rows: a synchronous one would hang Spin 4.0.x (see
+    /// postgres.rs); an async one answers, but breaks the product's one-row promise either way.
     pub postgres_zero_row_queries: AtomicU64,
     pub outbound_http: AtomicU64,
     pub denied: AtomicU64,

@@ -217,7 +217,10 @@ impl v42::HostConnectionWithStore for Spin4 {
     }
 
     /// A zero-row statement answers at once here, as in Spin 4's async path
-    /// (the spin#3671 hang is in the synchronous `query` only).
+    /// (the spin#3671 hang is in the synchronous `query` only), and is
+    /// counted: every `query` the product sends promises one row
+    /// (`chatbot_core::storage::sql::OneRowQuery`), so a test can check that
+    /// none broke the promise (`tests/empty_reads.rs`).
     async fn query_async<T: Send>(
         accessor: &Accessor<T, Self>,
         connection: Resource<PgConnection42>,
@@ -241,6 +244,11 @@ impl v42::HostConnectionWithStore for Spin4 {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e)),
         };
+        if rows.is_empty() {
+            accessor.with(|mut access| {
+                HostCounters::bump(&access.get().env.counters.postgres_zero_row_queries)
+            });
+        }
         let RowSet { columns, rows } = match row_set(&rows) {
             Ok(set) => set,
             Err(e) => return Ok(Err(e)),
