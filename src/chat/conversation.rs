@@ -33,6 +33,11 @@ pub struct Turn {
     /// never sent once its history is due for deletion, wherever it is kept.
     #[serde(rename = "e", default)]
     pub expires_at: u64,
+    /// Its question's message id, when known: a turn is kept once however
+    /// it reached Redis (read back from Postgres, or added after its
+    /// exchange was stored).
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<i64>,
 }
 
 /// The turns whose history is not yet due for deletion at `now` (Unix seconds).
@@ -207,7 +212,7 @@ fn cut_to_fit(turn: &Turn, cap: u64) -> Option<Turn> {
     Some(Turn {
         question: turn.question.clone(),
         answer: turn.answer[..end].to_string(),
-        expires_at: turn.expires_at,
+        ..turn.clone()
     })
 }
 
@@ -326,28 +331,53 @@ pub fn rewrite_worst_case_tokens(turns: &[Turn], question: &str) -> u64 {
         + u64::from(REWRITE_MAX_TOKENS)
 }
 
-/// Turns from a conversation's messages (role, text and expiry in Unix
-/// seconds, oldest first): each question with the answer that follows it
-/// (expiring with the earlier of the two); a question without one (its
-/// answer is still being written) is left out.
-pub fn turns_of(messages: &[(String, String, f64)]) -> Vec<Turn> {
-    let mut turns = Vec::new();
-    let mut question: Option<(&str, f64)> = None;
-    for (role, content, expires_at) in messages {
-        match (role.as_str(), question) {
-            ("user", _) => question = Some((content, *expires_at)),
-            ("assistant", Some((asked, asked_expiry))) => {
-                turns.push(Turn {
-                    question: asked.to_string(),
-                    answer: content.clone(),
-                    expires_at: asked_expiry.min(*expires_at).max(0.0) as u64,
-                });
-                question = None;
+/// A message as a conversation's turns are read from Postgres: role, text,
+/// expiry (Unix seconds), its id, and for an answer the id of the question
+/// it answers (`None` when stored before answers said so).
+pub type StoredMessage = (String, String, f64, i64, Option<i64>);
+
+/// Turns from a conversation's messages (oldest first): each question with
+/// its answer (expiring with the earlier of the two), in the questions'
+/// order. An answer names its question, so two follow-ups in flight at once
+/// (both questions stored before either answer) keep both turns, each
+/// answer with its own question; one stored before answers named their
+/// question pairs with the question just before it. A question without an
+/// answer (still being written) is left out.
+pub fn turns_of(messages: &[StoredMessage]) -> Vec<Turn> {
+    // Each question (id, text, expiry), and its answer (text, expiry) once found.
+    type Asked<'a> = (i64, &'a str, f64, Option<(&'a str, f64)>);
+    let mut questions: Vec<Asked> = Vec::new();
+    let mut last_unanswered: Option<usize> = None;
+    for (role, content, expires_at, id, reply_to) in messages {
+        match role.as_str() {
+            "user" => {
+                questions.push((*id, content, *expires_at, None));
+                last_unanswered = Some(questions.len() - 1);
+            }
+            "assistant" => {
+                let asked = match reply_to {
+                    Some(question) => questions.iter().position(|q| q.0 == *question),
+                    None => last_unanswered.take(),
+                };
+                if let Some(asked) = asked {
+                    questions[asked].3.get_or_insert((content, *expires_at));
+                }
             }
             _ => {}
         }
     }
-    turns
+    questions
+        .into_iter()
+        .filter_map(|(id, question, asked_expiry, answer)| {
+            let (answer, answer_expiry) = answer?;
+            Some(Turn {
+                question: question.to_string(),
+                answer: answer.to_string(),
+                expires_at: asked_expiry.min(answer_expiry).max(0.0) as u64,
+                question_id: Some(id),
+            })
+        })
+        .collect()
 }
 
 /// The most bytes of an answer a turn keeps in Redis. A text of n bytes
@@ -375,7 +405,8 @@ pub fn kept_answer(answer: &str, settings: &ContextSettings) -> String {
 /// table of Redis keys states for the turns family.
 pub fn kept_turns_max_bytes(settings: &ContextSettings) -> usize {
     let question = crate::chat::query::MAX_QUESTION_CHARS * 4;
-    let turn = 2 * (question + kept_answer_bytes(settings)) + 32;
+    // The JSON object's keys, quotes, its expiry and question id: 64 bytes.
+    let turn = 2 * (question + kept_answer_bytes(settings)) + 64;
     TURNS_MARKER.len() + settings.turns as usize * turn
 }
 
@@ -474,6 +505,18 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[5])
+-- Already kept (read back from Postgres by a follow-up that came after
+-- this one's exchange was stored): kept once.
+local id = tonumber(ARGV[8])
+if id then
+  for _, kept in ipairs(redis.call('LRANGE', KEYS[2], 1, -1)) do
+    local ok, turn = pcall(cjson.decode, kept)
+    if ok and type(turn) == 'table' and turn.i == id then
+      redis.call('EXPIRE', KEYS[2], ARGV[5])
+      return 1
+    end
+  end
+end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 local keep = tonumber(ARGV[4])
 local length = redis.call('LLEN', KEYS[2])
@@ -491,7 +534,8 @@ return 1
     }
 
     /// The id asked in, the conversation now, the turn (JSON), how many to
-    /// keep, the TTL, "1" when stored in another conversation, the marker.
+    /// keep, the TTL, "1" when stored in another conversation, the marker,
+    /// the turn's question id ("" when not known).
     fn args(&self) -> Vec<Arg> {
         vec![
             Arg::from(self.asked_in.to_string()),
@@ -505,6 +549,11 @@ return 1
                 "1"
             }),
             Arg::from(TURNS_MARKER),
+            Arg::from(
+                self.turn
+                    .question_id
+                    .map_or_else(String::new, |id| id.to_string()),
+            ),
         ]
     }
 
@@ -524,6 +573,7 @@ mod tests {
             question: q.into(),
             answer: a.into(),
             expires_at: 0,
+            question_id: None,
         }
     }
 
@@ -585,7 +635,12 @@ mod tests {
         assert!(kept.len() <= kept_answer_bytes(&settings));
         assert!(kept.len() > kept_answer_bytes(&settings) - 3);
         let question = "\n".repeat(crate::chat::query::MAX_QUESTION_CHARS / 2);
-        let json = serde_json::to_vec(&turn(&question, &"\n".repeat(4500))).unwrap();
+        let widest = Turn {
+            expires_at: u64::MAX,
+            question_id: Some(i64::MIN),
+            ..turn(&question, &"\n".repeat(4500))
+        };
+        let json = serde_json::to_vec(&widest).unwrap();
         assert!(
             TURNS_MARKER.len() + 5 * json.len() <= kept_turns_max_bytes(&settings),
             "the worst JSON turn fits the stated bound"
@@ -689,30 +744,65 @@ mod tests {
 
     #[test]
     fn turns_pair_each_question_with_its_answer() {
-        let m = |role: &str, text: &str| (role.to_string(), text.to_string(), 100.0);
+        // Stored before answers named their question: the one just before.
+        let m =
+            |role: &str, text: &str, id: i64| (role.to_string(), text.to_string(), 100.0, id, None);
         let turns = turns_of(&[
-            m("assistant", "orphan"),
-            m("user", "q1"),
-            ("assistant".into(), "a1".into(), 90.0),
-            m("user", "q2 unanswered"),
-            m("user", "q3"),
-            m("assistant", "a3"),
+            m("assistant", "orphan", 1),
+            m("user", "q1", 2),
+            ("assistant".into(), "a1".into(), 90.0, 3, None),
+            m("user", "q2 unanswered", 4),
+            m("user", "q3", 5),
+            m("assistant", "a3", 6),
         ]);
-        let expiring = |t: Turn, at| Turn {
+        let expiring = |t: Turn, at, id| Turn {
             expires_at: at,
+            question_id: Some(id),
             ..t
         };
         assert_eq!(
             turns,
             vec![
-                expiring(turn("q1", "a1"), 90),
-                expiring(turn("q3", "a3"), 100)
+                expiring(turn("q1", "a1"), 90, 2),
+                expiring(turn("q3", "a3"), 100, 5)
             ]
         );
         // Past its history's expiry a turn is never sent; one of unknown expiry is.
         let kept = unexpired(turns.clone(), 95);
         assert_eq!(kept, vec![turns[1].clone()]);
         assert_eq!(unexpired(vec![turn("q", "a")], u64::MAX).len(), 1);
+    }
+
+    /// Issue #38 (Low): two follow-ups in flight at once store both
+    /// questions before either answer; each answer names its question, so
+    /// both turns are read back, in the questions' order.
+    #[test]
+    fn two_follow_ups_in_flight_keep_both_turns() {
+        let m = |role: &str, text: &str, id: i64, reply_to: Option<i64>| {
+            (role.to_string(), text.to_string(), 100.0, id, reply_to)
+        };
+        let turns = turns_of(&[
+            m("user", "first?", 10, None),
+            m("user", "second?", 11, None),
+            m("assistant", "answer to second", 13, Some(11)),
+            m("assistant", "answer to first", 12, Some(10)),
+            m(
+                "assistant",
+                "answer to a question outside the window",
+                14,
+                Some(2),
+            ),
+        ]);
+        assert_eq!(
+            turns
+                .iter()
+                .map(|t| (t.question.as_str(), t.answer.as_str(), t.question_id))
+                .collect::<Vec<_>>(),
+            [
+                ("first?", "answer to first", Some(10)),
+                ("second?", "answer to second", Some(11))
+            ]
+        );
     }
 
     #[test]

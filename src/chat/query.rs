@@ -551,6 +551,7 @@ mod tests {
             question: "What is a transformer?".into(),
             answer: "A neural network [1].".into(),
             expires_at: 0,
+            question_id: None,
         }];
         let messages = prompt_messages(&q, &turns, &[]);
         let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();

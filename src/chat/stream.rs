@@ -72,7 +72,8 @@ pub struct Done<'a> {
     pub cached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_question: Option<&'a str>,
-    /// The chat completion's tokens; `null` for an answer from the cache.
+    /// The tokens the answer cost (its chat completion and, for a follow-up,
+    /// the rewrite); `null` for an answer from the cache.
     pub usage: Option<UsageReport>,
 }
 

@@ -326,9 +326,47 @@ pub fn disabled_decision(config: BucketConfig, now_epoch_seconds: u64) -> Decisi
     FailurePolicy::Open.decision(config, now_epoch_seconds)
 }
 
+/// The 429's detail for the bucket that refused (the seed's words for the
+/// session's; the others say which they are), or, when the limiter could
+/// not count at all and fails closed (`counted` false), that: blaming an
+/// address or a user that sent one request would be wrong.
+pub fn refusal_detail(which: Scope, counted: bool) -> &'static str {
+    if !counted {
+        return "Rate limit unavailable: the limiter cannot reach its store and refuses every request meanwhile (rate_limit_failure_policy = closed, or Redis full). Retry shortly.";
+    }
+    match which {
+        Scope::Session => "Rate limit exceeded. Too many requests.",
+        Scope::ClientAddress => "Rate limit exceeded. Too many requests from this address.",
+        Scope::ClientNetwork => "Rate limit exceeded. Too many requests from this network.",
+        Scope::User => "Rate limit exceeded. Too many requests for this user.",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_blames_a_bucket_only_when_it_was_counted() {
+        assert_eq!(
+            refusal_detail(Scope::Session, true),
+            "Rate limit exceeded. Too many requests."
+        );
+        assert!(refusal_detail(Scope::ClientAddress, true).contains("from this address"));
+        for which in [
+            Scope::ClientAddress,
+            Scope::ClientNetwork,
+            Scope::Session,
+            Scope::User,
+        ] {
+            let detail = refusal_detail(which, false);
+            assert!(
+                detail.contains("rate_limit_failure_policy = closed"),
+                "{detail}"
+            );
+            assert!(!detail.contains("Too many"), "{detail}");
+        }
+    }
 
     #[test]
     fn a_full_redis_is_told_from_a_down_one() {

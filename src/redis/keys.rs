@@ -281,6 +281,7 @@ mod tests {
                 question: text.to_string(),
                 answer: "a".into(),
                 expires_at: 0,
+                question_id: Some(i64::MAX),
             };
             let remembered = crate::storage::history::RememberedConversation::refreshed_on(
                 1,

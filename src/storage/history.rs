@@ -101,8 +101,8 @@ macro_rules! exchange_ctes {
     FROM ", $conversation, "
     RETURNING id
 ), a AS (
-    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at)
-    SELECT ", $conversation, ".id, 'assistant', ", $answer, ", ", $page, ", ", $cached, ", now() + make_interval(days => ", $days, "::int)
+    INSERT INTO messages (conversation_id, role, content, page_context, cached, expires_at, reply_to)
+    SELECT ", $conversation, ".id, 'assistant', ", $answer, ", ", $page, ", ", $cached, ", now() + make_interval(days => ", $days, "::int), q.id
     FROM ", $conversation, ", q
     RETURNING id
 ), cit AS (
@@ -122,8 +122,9 @@ macro_rules! exchange_ctes {
 /// question was asked (Unix seconds, fractional), `$11` the handle of the
 /// conversation asked in (nullable: the one the session asked in last), `$12`
 /// whether to start a new one (the question asked for one and it could not
-/// be made before). Returns the conversation's id and handle and the number
-/// of citations stored.
+/// be made before). Returns the conversation's id and handle, the number of
+/// citations stored and the question's message id (its answer names it in
+/// `reply_to`).
 ///
 /// The question's message is stamped with when it was asked, the answer's
 /// with when it was stored (once the client had it): a history lists
@@ -140,8 +141,32 @@ pub const STORE_EXCHANGE_SQL: OneRowQuery = OneRowQuery::new(concat!(
     exchange_ctes!("c", "$3", "$4", "$5", "$6", "$7", "$8", "$10"),
     "
 SELECT (SELECT id FROM c) AS conversation_id, (SELECT handle FROM c) AS handle,
-    (SELECT count(*) FROM cit) AS citations"
+    (SELECT count(*) FROM cit) AS citations, (SELECT id FROM q) AS question_id"
 ));
+
+/// A conversation's last `$limit` messages not yet expired, oldest first,
+/// as a jsonb array of `[role, content, expires_at as Unix seconds, id,
+/// reply_to]` (`chatbot_core::chat::conversation::StoredMessage`; the
+/// `messages` column), after a CTE `found` that yields its id.
+macro_rules! last_messages {
+    ($limit:literal) => {
+        concat!(
+            "
+    COALESCE((
+        SELECT jsonb_agg(jsonb_build_array(t.role, t.content, extract(epoch FROM t.expires_at),
+                                           t.id, t.reply_to)
+                         ORDER BY t.\"timestamp\", t.id)
+        FROM (
+            SELECT m.role, m.content, m.expires_at, m.\"timestamp\", m.id, m.reply_to FROM messages m
+            WHERE m.conversation_id = (SELECT id FROM found) AND m.expires_at > now()
+            ORDER BY m.\"timestamp\" DESC, m.id DESC
+            LIMIT ",
+            $limit,
+            "
+        ) t), '[]'::jsonb) AS messages"
+        )
+    };
+}
 
 /// The conversation a question is asked in, before the answer is known
 /// (the response names it, and the exchange is written after the response),
@@ -161,15 +186,29 @@ pub const ENSURE_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
     "
 SELECT (SELECT id FROM c) AS conversation_id, (SELECT handle FROM c) AS handle,
     EXISTS (SELECT 1 FROM created) AS created,
-    COALESCE((
-        SELECT jsonb_agg(jsonb_build_array(t.role, t.content, extract(epoch FROM t.expires_at))
-                         ORDER BY t.\"timestamp\", t.id)
-        FROM (
-            SELECT m.role, m.content, m.expires_at, m.\"timestamp\", m.id FROM messages m
-            WHERE m.conversation_id = (SELECT id FROM found) AND m.expires_at > now()
-            ORDER BY m.\"timestamp\" DESC, m.id DESC
-            LIMIT $7
-        ) t), '[]'::jsonb) AS messages"
+",
+    last_messages!("$7")
+));
+
+/// The conversation a follow-up names, read without writing anything (a
+/// follow-up's budget is checked after its turns are known, and a refused
+/// one must change nothing): `$1` session id, `$2` the handle named, `$3`
+/// whether the owner is enforced, `$4` the user (nullable), `$5` how many
+/// of its last messages to read. The columns of [`ENSURE_CONVERSATION_SQL`]
+/// (`created` always false): NULLs when the conversation is not the
+/// session's, or (`$3`) the session is not the user's. The exchange's own
+/// statement refreshes the rows later. One row always.
+pub const NAMED_CONVERSATION_SQL: OneRowQuery = OneRowQuery::new(concat!(
+    "\
+WITH found AS (
+    SELECT c.id, c.handle
+    FROM conversations c JOIN user_sessions s ON s.id = c.user_session_id
+    WHERE c.handle = $2::text AND s.session_id = $1::text
+      AND (NOT $3::bool OR s.user_id = $4::text)
+)
+SELECT (SELECT id FROM found) AS conversation_id, (SELECT handle FROM found) AS handle,
+    false AS created,",
+    last_messages!("$5")
 ));
 
 /// `$1` conversation id, `$2` retention days, `$3` question, `$4` page
@@ -199,7 +238,7 @@ WITH own AS (
 )",
     exchange_ctes!("own", "$2", "$3", "$4", "$5", "$6", "$7", "$11"),
     "
-SELECT (SELECT count(*) FROM a) AS appended"
+SELECT (SELECT count(*) FROM a) AS appended, (SELECT id FROM q) AS question_id"
 ));
 
 /// Postgres's SQLSTATE for a foreign key violation.

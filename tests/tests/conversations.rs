@@ -671,3 +671,66 @@ async fn a_question_asked_alone_goes_where_the_last_one_went_with_or_without_red
         assert_eq!(alone["conversation_id"], Value::Null, "{alone}");
     }
 }
+
+/// Issue #38 (Low): a follow-up stored while another follow-up of the same
+/// conversation read the turns back from Postgres (its own turn among them)
+/// is kept once: `AppendTurn` knows a turn by its question's id.
+#[tokio::test]
+async fn a_turn_read_back_before_it_was_appended_is_kept_once() {
+    use chatbot_core::chat::conversation::{AppendTurn, RememberConversation, Turn};
+    use chatbot_core::storage::history::{ConversationHandle, RememberedConversation};
+    let app = TestApp::spawn().await.unwrap();
+    let mut redis = app.redis().await.unwrap();
+    let handle = ConversationHandle::parse("conv_000000000000000000000000000000c1").unwrap();
+    let conversation = RememberedConversation::refreshed_on(7, handle, 1);
+    let turn = |question: &str, id: i64| Turn {
+        question: question.into(),
+        answer: format!("answer to {question}"),
+        expires_at: 0,
+        question_id: Some(id),
+    };
+    // The later follow-up read both turns back from Postgres...
+    let read_back = [turn("first?", 10), turn("second?", 12)];
+    chatbot_harness::scripts::run(
+        &mut redis,
+        &RememberConversation {
+            session_id: "s1",
+            conversation,
+            turns: Some(&read_back),
+            ttl_seconds: 600,
+        },
+    )
+    .await
+    .unwrap();
+    // ...then the earlier one, whose exchange that read included, adds its turn.
+    fn append<'a>(turn: &'a Turn, now: RememberedConversation) -> AppendTurn<'a> {
+        AppendTurn {
+            session_id: "s1",
+            asked_in: 7,
+            now,
+            turn,
+            keep: 5,
+            ttl_seconds: 600,
+        }
+    }
+    let second = turn("second?", 12);
+    chatbot_harness::scripts::run(&mut redis, &append(&second, conversation))
+        .await
+        .unwrap();
+    let third = turn("third?", 14);
+    chatbot_harness::scripts::run(&mut redis, &append(&third, conversation))
+        .await
+        .unwrap();
+    let kept: Vec<String> = redis::cmd("LRANGE")
+        .arg(chatbot_core::redis::keys::turns("s1"))
+        .arg(1)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let questions: Vec<String> = kept
+        .iter()
+        .map(|t| serde_json::from_str::<Turn>(t).unwrap().question)
+        .collect();
+    assert_eq!(questions, ["first?", "second?", "third?"]);
+}

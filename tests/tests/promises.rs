@@ -849,3 +849,93 @@ async fn a_redis_that_goes_silent_mid_life_costs_a_request_one_wait_per_connecti
     let after = app.ask("What is AI?", "s1").await;
     assert_eq!(after.status, 200, "{}", after.text());
 }
+
+/// Low: a follow-up naming a conversation Redis does not know (Redis lost
+/// it, or another of the session's is named) reads its turns from Postgres
+/// before its budget can be checked. Refused by the budget, it must have
+/// written nothing: no pointer or turns in Redis, no refreshed rows.
+#[tokio::test]
+async fn a_follow_up_refused_by_its_budget_writes_nothing() {
+    const TOP_K: u32 = 2;
+    const MAX_TOKENS: u32 = 50;
+    let question = "What is AI?";
+    // The first question fits; its follow-up (turns and rewrite added,
+    // after the first's charge) does not.
+    let budget = chatbot_harness::worst_case_reservation(question, TOP_K, MAX_TOKENS) + 30;
+    let app = TestApp::builder()
+        .variable(names::USER_TOKEN_BUDGET_PER_DAY, budget.to_string())
+        .variable(names::TOP_K, TOP_K.to_string())
+        .variable(names::CHAT_MAX_TOKENS, MAX_TOKENS.to_string())
+        .spawn()
+        .await
+        .unwrap();
+    let ingested = app
+        .ingest(json!([{"id": "ai", "source": "ai.md", "text": "AI is the study of agents."}]))
+        .await
+        .unwrap();
+    assert_eq!(ingested.status, 200, "{}", ingested.text());
+    let first = app
+        .ask_as(
+            None,
+            json!({"question": question, "session_id": "s1", "user_id": "u1"}),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    app.app.settled().await;
+    let handle = first.json()["conversation_id"].clone();
+    let mut redis = app.redis().await.unwrap();
+    // Redis lost the session's conversation.
+    let _: () = redis::cmd("DEL")
+        .arg(keys::conversation("s1"))
+        .arg(keys::turns("s1"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let rows_before = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT s.last_seen_at::text, s.expires_at::text, c.expires_at::text \
+             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows_before: Vec<String> = (0..3).map(|i| rows_before.get(i)).collect();
+    let chats = app.openai.controls().calls(CHAT);
+
+    let refused = app
+        .ask_as(
+            None,
+            json!({"question": "And who studies it?", "session_id": "s1", "user_id": "u1",
+                   "conversation_id": handle}),
+        )
+        .await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["status"], "budget_exceeded");
+    app.app.settled().await;
+    assert_eq!(app.openai.controls().calls(CHAT), chats, "nothing asked");
+    for key in [keys::conversation("s1"), keys::turns("s1")] {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "{key} was written by a refused follow-up");
+    }
+    let rows_after = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT s.last_seen_at::text, s.expires_at::text, c.expires_at::text \
+             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows_after: Vec<String> = (0..3).map(|i| rows_after.get(i)).collect();
+    assert_eq!(rows_after, rows_before, "the rows were not refreshed");
+    assert_eq!(app.count_rows("messages").await, 2);
+}

@@ -6,7 +6,7 @@
 //! when the host recycles the instance (see `chatbot_spin::respond`).
 
 use crate::budget::{reserve, settle};
-use crate::conversation::{add_turn, conversation_of};
+use crate::conversation::{add_turn, conversation_of, remember_follow_up};
 use crate::gate::{authenticate, gate};
 use crate::limits::{limit, limit_address};
 use crate::reply::Reply;
@@ -165,14 +165,14 @@ async fn ask(
     // key and worst case can be known. Found there, a named conversation is
     // an existing one (only refreshed); an unknown one is refused, writing nothing.
     let continues = request.conversation.continues();
-    let (mut conversation, turns, mut turns_kept) = match found.conversation {
-        Some(known) => (Some(known), found.turns, continues),
+    let (mut conversation, turns, mut turns_kept, read_from_postgres) = match found.conversation {
+        Some(known) => (Some(known), found.turns, continues, false),
         None if continues => {
             let found = conversation_of(scope, settings, &request, owner).await?;
             let known = found.conversation.is_some();
-            (found.conversation, found.turns, known)
+            (found.conversation, found.turns, known, known)
         }
-        None => (None, Vec::new(), false),
+        None => (None, Vec::new(), false, false),
     };
     let turns = conversation::unexpired(turns, chatbot_spin::now_epoch_seconds());
     let turns = conversation::recent(&turns, &settings.conversation);
@@ -202,6 +202,11 @@ async fn ask(
     if cached.is_none() {
         let user_budget = request.user_id.as_deref().zip(limits.as_deref());
         reserve(scope, settings, user_budget, &request, &turns).await?;
+    }
+    // Admitted: a follow-up whose conversation Postgres read makes Redis
+    // remember it only now, so a refused one wrote nothing.
+    if let (true, Some(read)) = (read_from_postgres, conversation) {
+        remember_follow_up(scope, settings, &request, read, &turns).await;
     }
     // Counted as active only once admitted: refused requests (a flood of
     // made-up session ids included) grow no Redis set.
@@ -290,14 +295,14 @@ async fn keep(
             &mut scope.telemetry,
         )
         .await;
-        if let Some(now) = stored {
+        if let Some((now, question_id)) = stored {
             add_turn(
                 scope,
                 settings,
                 request,
                 conversation,
                 turns_kept,
-                now,
+                (now, question_id),
                 &answer.value.answer,
             )
             .await;

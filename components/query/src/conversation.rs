@@ -20,8 +20,11 @@ use chatbot_spin::redis_script::run;
 use chatbot_spin::settings::PipelineSettings;
 
 /// The conversation asked in, when Redis does not know it, and its earlier
-/// turns (oldest first), from Postgres in one statement that also creates
-/// it (with its session) when it is new; then remembered in Redis. A
+/// turns (oldest first), from Postgres. A question asked alone finds or
+/// creates it (with its session) in one statement, and Redis remembers it.
+/// A follow-up's is only read: its budget is checked next, and a refused
+/// follow-up must change nothing (Redis learns it in `remember_follow_up`
+/// once it is admitted; the exchange's statement refreshes its rows). A
 /// Postgres that fails costs the id and the context, not the answer.
 pub(crate) async fn conversation_of(
     scope: &mut Scope,
@@ -29,15 +32,34 @@ pub(crate) async fn conversation_of(
     request: &QueryRequest,
     owner: OwnerCheck,
 ) -> Result<Found, ApiError> {
-    match chatbot_spin::history::ensure_conversation(
-        &settings.postgres_address,
-        settings.retention_days,
-        request,
-        owner,
-        settings.conversation.turns,
-    )
-    .await
-    {
+    let address = &settings.postgres_address;
+    let turns = settings.conversation.turns;
+    let read = match request.conversation {
+        ConversationChoice::Named(handle) => {
+            chatbot_spin::history::named_conversation(address, request, handle, owner, turns).await
+        }
+        _ => {
+            chatbot_spin::history::ensure_conversation(
+                address,
+                settings.retention_days,
+                request,
+                owner,
+                turns,
+            )
+            .await
+        }
+    };
+    match read {
+        Ok(Some(ensured)) if request.conversation.continues() => Ok(Found {
+            // Not refreshed (day 0): its exchange takes the full statement.
+            conversation: Some(RememberedConversation::refreshed_on(
+                ensured.id,
+                ensured.handle,
+                0,
+            )),
+            turns: ensured.turns,
+            made: false,
+        }),
         Ok(Some(ensured)) => {
             // Its session and conversation rows were refreshed just now.
             let found = RememberedConversation::refreshed_on(
@@ -45,19 +67,12 @@ pub(crate) async fn conversation_of(
                 ensured.handle,
                 day_of(chatbot_spin::now_epoch_seconds()),
             );
-            let turns = ensured.turns;
-            // Only a follow-up keeps its turns in Redis: a question asked
-            // alone (a flood of new sessions among them) leaves the pointer,
-            // and the next follow-up reads the turns from Postgres.
-            let kept = request
-                .conversation
-                .continues()
-                .then(|| conversation::recent(&turns, &settings.conversation));
-            remember_conversation(scope, settings, &request.session_id, found, kept.as_deref())
-                .await;
+            // A question asked alone (a flood of new sessions among them)
+            // keeps no turns: the next follow-up reads them from Postgres.
+            remember_conversation(scope, settings, &request.session_id, found, None).await;
             Ok(Found {
                 conversation: Some(found),
-                turns,
+                turns: ensured.turns,
                 made: ensured.made,
             })
         }
@@ -87,6 +102,26 @@ pub(crate) async fn conversation_of(
             Ok(Found::default())
         }
     }
+}
+
+/// Once a follow-up whose conversation Postgres read is admitted: Redis
+/// remembers the conversation with `turns`, all its last ones, for the
+/// follow-ups after it.
+pub(crate) async fn remember_follow_up(
+    scope: &mut Scope,
+    settings: &PipelineSettings,
+    request: &QueryRequest,
+    conversation: RememberedConversation,
+    turns: &[Turn],
+) {
+    remember_conversation(
+        scope,
+        settings,
+        &request.session_id,
+        conversation,
+        Some(turns),
+    )
+    .await;
 }
 
 /// The conversation asked in, as Postgres found or made it.
@@ -142,7 +177,7 @@ pub(crate) async fn add_turn(
     request: &QueryRequest,
     asked_in: Option<RememberedConversation>,
     turns_kept: bool,
-    now: RememberedConversation,
+    (now, question_id): (RememberedConversation, i64),
     answer: &str,
 ) {
     // Not known before the answer (Postgres failed then): Redis learns where
@@ -161,6 +196,7 @@ pub(crate) async fn add_turn(
         question: request.question.clone(),
         answer: conversation::kept_answer(answer, &settings.conversation),
         expires_at: retained_until(settings),
+        question_id: Some(question_id),
     };
     let append = AppendTurn {
         session_id: &request.session_id,

@@ -69,6 +69,7 @@ async fn read_history(
                 &address,
                 decision.scope.into(),
                 &(&decision).into(),
+                decision.outcome.into(),
             )
             .await);
         }

@@ -8,6 +8,7 @@ use chatbot_core::http::api::{ApiError, ErrorCode};
 use chatbot_core::limits::ratelimit;
 use chatbot_core::telemetry::audit::AuditAction;
 use chatbot_core::telemetry::metrics::recording::Observation;
+use chatbot_core::telemetry::metrics::LimiterOutcome;
 use chatbot_spin::log::Dependency;
 use chatbot_spin::redis_script::Conn;
 
@@ -93,12 +94,13 @@ async fn take_tokens(
                 &scope.address,
                 which,
                 &reported,
+                decision.outcome.into(),
             )
             .await)
         }
         (None, Some(_)) => {}
     }
-    Err(refusal(which, &reported))
+    Err(refusal(which, &reported, decision.outcome.into()))
 }
 
 /// The address's (or its network's) bucket refused before the bearer token
@@ -108,6 +110,7 @@ pub(crate) async fn refused_before_verification(
     address: &str,
     which: ratelimit::Scope,
     decision: &ratelimit::Decision,
+    outcome: LimiterOutcome,
 ) -> ApiError {
     if let Some(conn) = conn {
         chatbot_spin::audit::append(
@@ -118,7 +121,7 @@ pub(crate) async fn refused_before_verification(
         )
         .await;
     }
-    refusal(which, decision)
+    refusal(which, decision, outcome)
 }
 
 /// One check of `buckets`; the limiter refuses only what is misconfigured.
@@ -129,18 +132,13 @@ pub(crate) async fn decide(buckets: Vec<limiter::Bucket>) -> Result<limiter::Dec
     })
 }
 
-/// The 429 for the bucket that refused.
-pub(crate) fn refusal(which: ratelimit::Scope, decision: &ratelimit::Decision) -> ApiError {
-    // The seed's words for the session's bucket; the others say which they are.
-    let detail = match which {
-        ratelimit::Scope::Session => "Rate limit exceeded. Too many requests.",
-        ratelimit::Scope::ClientAddress => {
-            "Rate limit exceeded. Too many requests from this address."
-        }
-        ratelimit::Scope::ClientNetwork => {
-            "Rate limit exceeded. Too many requests from this network."
-        }
-        ratelimit::Scope::User => "Rate limit exceeded. Too many requests for this user.",
-    };
+/// The 429 for the bucket that refused, or for a limiter that could not
+/// count and fails closed.
+pub(crate) fn refusal(
+    which: ratelimit::Scope,
+    decision: &ratelimit::Decision,
+    outcome: LimiterOutcome,
+) -> ApiError {
+    let detail = ratelimit::refusal_detail(which, outcome != LimiterOutcome::FailedClosed);
     ApiError::new(ErrorCode::RateLimited, detail).with_header("retry-after", decision.retry_after())
 }

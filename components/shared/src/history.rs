@@ -51,13 +51,13 @@ impl NewExchange<'_> {
 /// Stores one exchange in one statement, in conversation `asked_in` (the
 /// one the session asked in last when it is gone or unknown; a new one when
 /// the question asked for one and none could be made before). Returns the
-/// conversation's id and handle.
+/// conversation's id and handle, and the question's message id.
 pub async fn store_exchange(
     address: &str,
     exchange: &NewExchange<'_>,
     owner: OwnerCheck,
     asked_in: Option<ConversationHandle>,
-) -> Result<(i64, ConversationHandle), StoreError> {
+) -> Result<(i64, ConversationHandle, i64), StoreError> {
     let request = exchange.request;
     let mut params = vec![
         ParameterValue::Str(request.session_id.to_string()),
@@ -81,7 +81,7 @@ pub async fn store_exchange(
             request.session_id
         )));
     };
-    Ok((id, handle_column(&row, 1)?))
+    Ok((id, handle_column(&row, 1)?, column(&row, 3)?))
 }
 
 /// A conversation's handle, as Postgres made it.
@@ -104,13 +104,14 @@ pub struct EnsuredConversation {
 /// Appends an exchange to a conversation of the request's session (see
 /// `chatbot_core::storage::history::APPEND_EXCHANGE_SQL`). `Ok(false)`: the
 /// conversation is not the session's (ids repeat after a Postgres restore)
-/// or is gone (deleted by cleanup since Redis learnt its id); nothing was stored.
+/// or is gone (deleted by cleanup since Redis learnt its id); nothing was
+/// stored. Appended: the question's message id.
 pub async fn append_exchange(
     address: &str,
     conversation: i64,
     exchange: &NewExchange<'_>,
     owner: OwnerCheck,
-) -> Result<bool, StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let request = exchange.request;
     let mut params = vec![ParameterValue::Int64(conversation)];
     params.extend(exchange.params());
@@ -122,11 +123,14 @@ pub async fn append_exchange(
     ]);
     let row = match one_row_at(address, history::APPEND_EXCHANGE_SQL, params).await {
         Ok(row) => row,
-        Err(StoreError::ForeignKeyViolation) => return Ok(false),
+        Err(StoreError::ForeignKeyViolation) => return Ok(None),
         Err(e) => return Err(e),
     };
     let appended: i64 = column(&row, 0)?;
-    Ok(appended > 0)
+    if appended == 0 {
+        return Ok(None);
+    }
+    column::<Option<i64>>(&row, 1)
 }
 
 /// The conversation a question is asked in, found or created (with the
@@ -161,14 +165,44 @@ pub async fn ensure_conversation(
         ],
     )
     .await?;
-    let Some(id) = column::<Option<i64>>(&row, 0)? else {
+    ensured(&row)
+}
+
+/// The conversation a follow-up names, and its last `turns` turns, read
+/// without writing anything (`NAMED_CONVERSATION_SQL`). `None`: it is not
+/// the session's, or (`owner` enforced) the session is not the user's.
+pub async fn named_conversation(
+    address: &str,
+    request: &QueryRequest,
+    handle: ConversationHandle,
+    owner: OwnerCheck,
+    turns: u32,
+) -> Result<Option<EnsuredConversation>, StoreError> {
+    let row = one_row_at(
+        address,
+        history::NAMED_CONVERSATION_SQL,
+        vec![
+            ParameterValue::Str(request.session_id.to_string()),
+            ParameterValue::Str(handle.to_string()),
+            ParameterValue::Boolean(owner.enforced()),
+            opt_str(request.user_id.as_deref()),
+            ParameterValue::Int64(i64::from(turns) * 2 + 1),
+        ],
+    )
+    .await?;
+    ensured(&row)
+}
+
+/// [`EnsuredConversation`] from a row of `ENSURE_CONVERSATION_SQL`'s columns.
+fn ensured(row: &crate::pg::OneRow) -> Result<Option<EnsuredConversation>, StoreError> {
+    let Some(id) = column::<Option<i64>>(row, 0)? else {
         return Ok(None);
     };
-    let messages: Vec<(String, String, f64)> = json_column(&row, 3)?;
+    let messages: Vec<conversation::StoredMessage> = json_column(row, 3)?;
     Ok(Some(EnsuredConversation {
         id,
-        handle: handle_column(&row, 1)?,
-        made: column(&row, 2)?,
+        handle: handle_column(row, 1)?,
+        made: column(row, 2)?,
         turns: conversation::turns_of(&messages),
     }))
 }
@@ -247,8 +281,8 @@ fn asked_in(
 /// Redis remembers as refreshed today is appended (two messages and the
 /// citations); otherwise, or when that conversation is gone, the whole
 /// statement upserts the session and conversation too. Returns where it was
-/// stored, as Redis should remember it from now on (`None` when the write
-/// failed: it is logged and counted).
+/// stored, as Redis should remember it from now on, and the question's
+/// message id (`None` when the write failed: it is logged and counted).
 pub async fn store_history(
     settings: &PipelineSettings,
     request: &QueryRequest,
@@ -256,7 +290,7 @@ pub async fn store_history(
     owner: OwnerCheck,
     remembered: Option<RememberedConversation>,
     telemetry: &mut Telemetry,
-) -> Option<RememberedConversation> {
+) -> Option<(RememberedConversation, i64)> {
     let started = Instant::now();
     let today = day_of(crate::now_epoch_seconds());
     let exchange = NewExchange {
@@ -273,14 +307,19 @@ pub async fn store_history(
     let appended = match remembered.filter(|r| r.appendable_on(today)) {
         Some(known) => append_exchange(address, known.id, &exchange, owner)
             .await
-            .map(|appended| appended.then_some(known)),
+            .map(|appended| appended.map(|question| (known, question))),
         None => Ok(None),
     };
     let stored = match appended {
         Ok(Some(known)) => Ok(known),
         Ok(None) => store_exchange(address, &exchange, owner, asked_in(request, remembered))
             .await
-            .map(|(id, handle)| RememberedConversation::refreshed_on(id, handle, today)),
+            .map(|(id, handle, question)| {
+                (
+                    RememberedConversation::refreshed_on(id, handle, today),
+                    question,
+                )
+            }),
         Err(e) => Err(e),
     };
     match stored {
