@@ -85,3 +85,54 @@ async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets()
         stderr.text()
     );
 }
+
+/// Issue #38 (Low): a host whose stderr is back-pressured (a full pipe
+/// nobody reads) must not stall the instance's requests: each log line
+/// waits a bounded time for room, else it is dropped, and the next line
+/// that leaves counts the dropped ones. Before, a `blocking-write-and-flush`
+/// held every request of the instance until stderr took the line.
+#[tokio::test]
+async fn a_back_pressured_stderr_drops_log_lines_instead_of_stalling_requests() {
+    let port = chatbot_harness::unused_port();
+    let app = TestApp::builder()
+        .address(
+            "postgres_address",
+            format!("postgres://chatbot:{POSTGRES_PASSWORD}@127.0.0.1:{port}/chatbot"),
+        )
+        .capture_stderr()
+        .spawn()
+        .await
+        .unwrap();
+    let stderr = app.app.stderr.clone().expect("stderr is captured");
+    stderr.stall(true);
+    // Postgres is down: the question logs at least two lines, and must still
+    // be answered (a generous bound: a stalled instance never answers).
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        app.ask("What is in the logs?", "stalled-1"),
+    )
+    .await
+    .expect("answered although stderr takes nothing");
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    app.app.settled().await;
+    assert!(
+        !stderr.text().contains("stalled-1"),
+        "nothing was written while stalled"
+    );
+    stderr.stall(false);
+    let after = app.ask("What is in the logs now?", "stalled-2").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    app.app.settled().await;
+    let text = stderr.text();
+    let note = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["event"] == "log_lines_dropped")
+        .unwrap_or_else(|| panic!("no line counts the dropped ones:\n{text}"));
+    assert!(
+        note["message"]
+            .as_str()
+            .is_some_and(|m| !m.starts_with("0 ")),
+        "{note}"
+    );
+}

@@ -16,6 +16,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 #[derive(Clone, Default)]
 pub struct CapturedStderr {
     writes: Arc<Mutex<Vec<Bytes>>>,
+    /// Back-pressured, as a full pipe nobody reads: no room, never ready.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CapturedStderr {
@@ -27,6 +29,17 @@ impl CapturedStderr {
     /// Everything written, split into lines (for reading; [`Self::writes`] to check the writes).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.writes().concat()).into_owned()
+    }
+
+    /// Makes stderr take nothing (`true`) until it is let go (`false`), as a
+    /// host's stderr does when the pipe it writes to is full.
+    pub fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.stalled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -64,18 +77,26 @@ impl OutputStream for CapturedStderr {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
+        if self.is_stalled() {
+            return Ok(0);
+        }
         // As the host's own stderr stream: any write of the guest goes in one call.
         Ok(1024 * 1024)
     }
 }
 
-// What `#[async_trait]` would generate: always ready.
+// What `#[async_trait]` would generate: ready, unless stalled (then once let go).
 impl Pollable for CapturedStderr {
     fn ready<'a, 'b>(&'a mut self) -> Pin<Box<dyn Future<Output = ()> + Send + 'b>>
     where
         'a: 'b,
     {
-        Box::pin(std::future::ready(()))
+        let this = self.clone();
+        Box::pin(async move {
+            while this.is_stalled() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
     }
 }
 
