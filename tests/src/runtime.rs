@@ -215,6 +215,10 @@ impl HandlerState for ReusedInstances {
 struct UntilEnd {
     body: http_body_util::combinators::UnsyncBoxBody<Bytes, P3ErrorCode>,
     ended: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Frames read so far, and after how many reading stops (0: never; see
+    /// `HostCounters::stall_response_bodies_after_frames`).
+    frames: u64,
+    stall_after: u64,
 }
 
 type P3ErrorCode = wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
@@ -228,7 +232,14 @@ impl Body for UntilEnd {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, P3ErrorCode>>> {
         let this = self.get_mut();
+        if this.stall_after > 0 && this.frames >= this.stall_after {
+            // A client that stopped reading: never polled again, never woken.
+            return std::task::Poll::Pending;
+        }
         let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(poll, std::task::Poll::Ready(Some(Ok(_)))) {
+            this.frames += 1;
+        }
         if matches!(poll, std::task::Poll::Ready(None | Some(Err(_)))) {
             this.ended.take();
         }
@@ -515,6 +526,10 @@ impl App {
         let (respond, response) = tokio::sync::oneshot::channel::<Result<_>>();
         let running = Running::new(&self.in_flight);
         let id = component_id.to_string();
+        let stall_after = self
+            .counters
+            .stall_response_bodies_after_frames
+            .load(std::sync::atomic::Ordering::Relaxed);
         handler.spawn(
             None,
             Box::new(move |store, proxy| {
@@ -553,6 +568,8 @@ impl App {
                         UntilEnd {
                             body,
                             ended: Some(ended_tx),
+                            frames: 0,
+                            stall_after,
                         }
                         .map_err(|code| {
                             wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::InternalError(

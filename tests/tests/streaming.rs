@@ -590,3 +590,49 @@ async fn a_silent_redis_is_bounded_by_the_guest_before_any_host_watchdog() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// Issue #38 (Low): a client that stops reading a streamed answer fills its
+/// body's buffer; the handler's writes then wait at most what is left of
+/// the request's deadline, and the client is taken for gone: its request
+/// ends and its exchange is not stored (it never had the whole answer).
+/// Before, the write waited for ever, and with it the request.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_ends_its_request_at_the_deadline() {
+    let app = app_with_book(
+        TestApp::builder()
+            .variable(names::REQUEST_TIMEOUT_MS, "3000")
+            .variable(names::CHAT_MAX_TOKENS, "100000")
+            .capture_stderr(),
+    )
+    .await;
+    // An answer of some 50,000 deltas (about 2 MB of events): far more than
+    // the body's buffers hold once the client reads no more.
+    app.openai.pad_next_answer_with(50_000);
+    app.openai
+        .set_stream_timing(Duration::from_millis(10), Duration::ZERO);
+    app.app
+        .counters
+        .stall_response_bodies_after_frames
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    let response = ask_streamed(
+        &app,
+        json!({"question": "What is AI?", "session_id": "stalled"}),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let stderr = app.app.stderr.clone().expect("stderr is captured");
+    let gave_up = tokio::time::timeout(Duration::from_secs(60), async {
+        while !stderr.text().contains("stopped reading") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        gave_up.is_ok(),
+        "the handler still waits on a client that stopped reading:\n{}",
+        stderr.text()
+    );
+    drop(response);
+    app.app.settled().await;
+    assert_eq!(app.messages_stored("stalled").await, 0);
+}

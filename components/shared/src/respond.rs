@@ -189,7 +189,10 @@ impl Body {
     }
 
     /// Writes `bytes` (a streamed event leaves at once). Whether the client
-    /// is still there.
+    /// is still there. A client that stops reading fills the body's buffer:
+    /// a write then waits at most what is left of the request's deadline,
+    /// and the client is taken for gone (its request ends; its exchange is
+    /// not stored, as it never had the whole answer).
     pub async fn write(&mut self, bytes: &[u8]) -> bool {
         if self.gone || bytes.is_empty() {
             return !self.gone;
@@ -197,13 +200,23 @@ impl Body {
         let Some(sender) = &mut self.sender else {
             return false;
         };
-        if let Err(e) = sender.send(Bytes::copy_from_slice(bytes)).await {
-            crate::log::info(
-                "client_gone",
-                crate::log::Dependency::Client,
-                format_args!("{e:?}"),
-            );
+        let frame = Bytes::copy_from_slice(bytes);
+        let sent = match sender.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(full) if full.is_full() => {
+                let frame = full.into_inner();
+                match crate::within(crate::time_left(), sender.send(frame)).await {
+                    Some(sent) => sent.map_err(|e| format!("{e:?}")),
+                    None => Err("the client stopped reading until the deadline".to_string()),
+                }
+            }
+            Err(gone) => Err(format!("{gone:?}")),
+        };
+        if let Err(e) = sent {
+            crate::log::info("client_gone", crate::log::Dependency::Client, e);
             self.gone = true;
+            // Dropped: the body ends, and the host stops waiting on it.
+            self.sender = None;
             return false;
         }
         true

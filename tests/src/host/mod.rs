@@ -41,6 +41,10 @@ pub struct HostCounters {
     /// with a provider error (as a vault provider that is down would) and
     /// takes one off.
     pub failing_variable_reads: AtomicU64,
+    /// A fault, not a count: while above zero, a response body is read that
+    /// many frames and then no more, as by a client that stops reading (its
+    /// socket's buffers full): the guest's writes meet back-pressure.
+    pub stall_response_bodies_after_frames: AtomicU64,
 }
 
 impl HostCounters {

@@ -44,6 +44,8 @@ pub struct OpenAiState {
     /// The next answers (streamed or not) end with these `finish_reason`s
     /// instead of `stop`: the whole text, as a model that hit its limit says.
     pub finish_reasons: std::sync::Mutex<std::collections::VecDeque<&'static str>>,
+    /// Words the next answers go on with (a long answer, on demand).
+    pub paddings: std::sync::Mutex<std::collections::VecDeque<usize>>,
 }
 
 /// The pace of an answer: until its first token, and between tokens (an
@@ -64,6 +66,7 @@ impl OpenAiStub {
             stream_timing: Default::default(),
             stream_cuts: Default::default(),
             finish_reasons: Default::default(),
+            paddings: Default::default(),
         });
         let router = Router::new()
             .route("/v1/embeddings", post(embeddings))
@@ -105,6 +108,11 @@ impl OpenAiStub {
             .lock()
             .unwrap()
             .push_back(finish_reason);
+    }
+
+    /// The next answer goes on with `words` more words (`pad0 pad1 ...`).
+    pub fn pad_next_answer_with(&self, words: usize) {
+        self.state.paddings.lock().unwrap().push_back(words);
     }
 
     /// The chat requests received, in order.
@@ -489,6 +497,11 @@ async fn chat(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: S
         },
     };
     let mut content = answer_for(messages);
+    if let Some(words) = state.paddings.lock().unwrap().pop_front() {
+        for i in 0..words {
+            content.push_str(&format!(" pad{i}"));
+        }
+    }
     // As a model does, an answer longer than `max_tokens` stops there, cut short.
     let mut cut_at_max = false;
     if let Some(max) = max_tokens {
