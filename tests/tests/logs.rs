@@ -10,12 +10,10 @@ const CONCURRENT_REQUESTS: usize = 12;
 /// Far above a capped line (a 300-character message), far below a host error with a trace.
 const MAX_LINE_BYTES: usize = 1000;
 
-#[tokio::test]
-async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets() {
-    // Postgres down: every request logs the conversation it could not create
-    // and the exchange it could not store.
+/// An app whose Postgres is down (every question logs), its stderr captured.
+async fn app_with_postgres_down() -> TestApp {
     let port = chatbot_harness::unused_port();
-    let app = TestApp::builder()
+    TestApp::builder()
         .address(
             "postgres_address",
             format!("postgres://chatbot:{POSTGRES_PASSWORD}@127.0.0.1:{port}/chatbot"),
@@ -23,7 +21,14 @@ async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets()
         .capture_stderr()
         .spawn()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets() {
+    // Postgres down: every request logs the conversation it could not create
+    // and the exchange it could not store.
+    let app = app_with_postgres_down().await;
     let response = app
         .ingest(json!([{"id": "d", "source": "s.pdf", "text": "Some text about logs."}]))
         .await
@@ -93,16 +98,7 @@ async fn concurrent_failures_log_one_short_json_line_per_write_without_secrets()
 /// held every request of the instance until stderr took the line.
 #[tokio::test]
 async fn a_back_pressured_stderr_drops_log_lines_instead_of_stalling_requests() {
-    let port = chatbot_harness::unused_port();
-    let app = TestApp::builder()
-        .address(
-            "postgres_address",
-            format!("postgres://chatbot:{POSTGRES_PASSWORD}@127.0.0.1:{port}/chatbot"),
-        )
-        .capture_stderr()
-        .spawn()
-        .await
-        .unwrap();
+    let app = app_with_postgres_down().await;
     let stderr = app.app.stderr.clone().expect("stderr is captured");
     stderr.stall(true);
     // Postgres is down: the question logs at least two lines, and must still

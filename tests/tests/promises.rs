@@ -104,6 +104,14 @@ async fn a_reservation_is_settled_at_the_deadline() {
     app.app.settled().await;
     assert_eq!(app.openai.controls().calls(CHAT), 0);
     assert_eq!(app.tokens_spent("u1").await, 0, "given back");
+    // Low: the cut request released its lock (waiters see the failure), and
+    // its calls past the deadline left the instance's connection kept.
+    assert_eq!(query_locks(&app).await, Vec::<String>::new());
+    let opens = app
+        .app
+        .counters
+        .redis_opens
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     app.openai
         .controls()
@@ -117,6 +125,26 @@ async fn a_reservation_is_settled_at_the_deadline() {
         chatbot_harness::worst_case_reservation(question, TOP_K, MAX_TOKENS) as i64,
         "kept whole: the model may have billed it"
     );
+    assert_eq!(query_locks(&app).await, Vec::<String>::new());
+    let after = app.ask_as(None, body("And after the cut?")).await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(
+        app.app
+            .counters
+            .redis_opens
+            .load(std::sync::atomic::Ordering::Relaxed),
+        opens,
+        "no connection was dropped by a call past the deadline"
+    );
+}
+
+/// The answer locks Redis holds (a miss holds one while it is answered).
+async fn query_locks(app: &TestApp) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("{}*", keys::LOCK_PREFIX))
+        .query_async(&mut app.redis().await.unwrap())
+        .await
+        .unwrap()
 }
 
 /// Point 1: what a session's conversation keeps in Redis lives no longer
@@ -850,6 +878,23 @@ async fn a_redis_that_goes_silent_mid_life_costs_a_request_one_wait_per_connecti
     assert_eq!(after.status, 200, "{}", after.text());
 }
 
+/// When the only session's row was last seen and expires, and its
+/// conversation's expiry: what refreshing them changes.
+async fn session_and_conversation_times(app: &TestApp) -> Vec<String> {
+    let row = app
+        .postgres()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT s.last_seen_at::text, s.expires_at::text, c.expires_at::text \
+             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    (0..3).map(|i| row.get(i)).collect()
+}
+
 /// Low: a follow-up naming a conversation Redis does not know (Redis lost
 /// it, or another of the session's is named) reads its turns from Postgres
 /// before its budget can be checked. Refused by the budget, it must have
@@ -891,18 +936,7 @@ async fn a_follow_up_refused_by_its_budget_writes_nothing() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let rows_before = app
-        .postgres()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT s.last_seen_at::text, s.expires_at::text, c.expires_at::text \
-             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id",
-            &[],
-        )
-        .await
-        .unwrap();
-    let rows_before: Vec<String> = (0..3).map(|i| rows_before.get(i)).collect();
+    let rows_before = session_and_conversation_times(&app).await;
     let chats = app.openai.controls().calls(CHAT);
 
     let refused = app
@@ -924,18 +958,7 @@ async fn a_follow_up_refused_by_its_budget_writes_nothing() {
             .unwrap();
         assert_eq!(exists, 0, "{key} was written by a refused follow-up");
     }
-    let rows_after = app
-        .postgres()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT s.last_seen_at::text, s.expires_at::text, c.expires_at::text \
-             FROM user_sessions s JOIN conversations c ON c.user_session_id = s.id",
-            &[],
-        )
-        .await
-        .unwrap();
-    let rows_after: Vec<String> = (0..3).map(|i| rows_after.get(i)).collect();
+    let rows_after = session_and_conversation_times(&app).await;
     assert_eq!(rows_after, rows_before, "the rows were not refreshed");
     assert_eq!(app.count_rows("messages").await, 2);
 }
