@@ -6,7 +6,7 @@
 //! when the host recycles the instance (see `chatbot_spin::respond`).
 
 use crate::budget::{reserve, settle};
-use crate::conversation::{add_turn, conversation_of, remember_follow_up};
+use crate::conversation::{add_turn, conversation_of, remember_conversation};
 use crate::gate::{authenticate, gate};
 use crate::limits::{limit, limit_address};
 use crate::reply::Reply;
@@ -165,14 +165,15 @@ async fn ask(
     // key and worst case can be known. Found there, a named conversation is
     // an existing one (only refreshed); an unknown one is refused, writing nothing.
     let continues = request.conversation.continues();
-    let (mut conversation, turns, mut turns_kept, read_from_postgres) = match found.conversation {
-        Some(known) => (Some(known), found.turns, continues, false),
+    let read_from_postgres = continues && found.conversation.is_none();
+    let (mut conversation, turns, mut turns_kept) = match found.conversation {
+        Some(known) => (Some(known), found.turns, continues),
         None if continues => {
             let found = conversation_of(scope, settings, &request, owner).await?;
             let known = found.conversation.is_some();
-            (found.conversation, found.turns, known, known)
+            (found.conversation, found.turns, known)
         }
-        None => (None, Vec::new(), false, false),
+        None => (None, Vec::new(), false),
     };
     let turns = conversation::unexpired(turns, chatbot_spin::now_epoch_seconds());
     let turns = conversation::recent(&turns, &settings.conversation);
@@ -204,9 +205,10 @@ async fn ask(
         reserve(scope, settings, user_budget, &request, &turns).await?;
     }
     // Admitted: a follow-up whose conversation Postgres read makes Redis
-    // remember it only now, so a refused one wrote nothing.
+    // remember it, with all its last turns, only now, so a refused one
+    // wrote nothing.
     if let (true, Some(read)) = (read_from_postgres, conversation) {
-        remember_follow_up(scope, settings, &request, read, &turns).await;
+        remember_conversation(scope, settings, &request.session_id, read, Some(&turns)).await;
     }
     // Counted as active only once admitted: refused requests (a flood of
     // made-up session ids included) grow no Redis set.

@@ -23,8 +23,8 @@ use chatbot_spin::settings::PipelineSettings;
 /// turns (oldest first), from Postgres. A question asked alone finds or
 /// creates it (with its session) in one statement, and Redis remembers it.
 /// A follow-up's is only read: its budget is checked next, and a refused
-/// follow-up must change nothing (Redis learns it in `remember_follow_up`
-/// once it is admitted; the exchange's statement refreshes its rows). A
+/// follow-up must change nothing (Redis learns it once it is admitted, the
+/// exchange's statement refreshes its rows). A
 /// Postgres that fails costs the id and the context, not the answer.
 pub(crate) async fn conversation_of(
     scope: &mut Scope,
@@ -102,26 +102,6 @@ pub(crate) async fn conversation_of(
             Ok(Found::default())
         }
     }
-}
-
-/// Once a follow-up whose conversation Postgres read is admitted: Redis
-/// remembers the conversation with `turns`, all its last ones, for the
-/// follow-ups after it.
-pub(crate) async fn remember_follow_up(
-    scope: &mut Scope,
-    settings: &PipelineSettings,
-    request: &QueryRequest,
-    conversation: RememberedConversation,
-    turns: &[Turn],
-) {
-    remember_conversation(
-        scope,
-        settings,
-        &request.session_id,
-        conversation,
-        Some(turns),
-    )
-    .await;
 }
 
 /// The conversation asked in, as Postgres found or made it.

@@ -52,36 +52,43 @@ pub fn write(
     message: impl Display,
     fields: &[(&str, &str)],
 ) {
-    let message = message.to_string();
-    let request_id = crate::request_id();
-    let line = chatbot_core::telemetry::log::line(&chatbot_core::telemetry::log::Event {
-        level,
-        component: COMPONENT.get().copied().unwrap_or("unknown"),
-        request_id: &request_id,
-        event,
-        dependency,
-        message: &message,
-        fields,
-    });
-    if !emit(line.as_bytes()) {
+    if !emit(line(level, event, dependency, &message.to_string(), fields).as_bytes()) {
         DROPPED.set(DROPPED.get() + 1);
         return;
     }
     let dropped = DROPPED.replace(0);
     if dropped > 0 {
-        let note = chatbot_core::telemetry::log::line(&chatbot_core::telemetry::log::Event {
-            level: Level::Warn,
-            component: COMPONENT.get().copied().unwrap_or("unknown"),
-            request_id: &request_id,
-            event: "log_lines_dropped",
-            dependency: Dependency::None,
-            message: &format!("{dropped} log lines were dropped: stderr had no room"),
-            fields: &[],
-        });
+        let message = format!("{dropped} log lines were dropped: stderr had no room");
+        let note = line(
+            Level::Warn,
+            "log_lines_dropped",
+            Dependency::None,
+            &message,
+            &[],
+        );
         if !emit(note.as_bytes()) {
             DROPPED.set(DROPPED.get() + dropped);
         }
     }
+}
+
+/// One log line of this component, in the request's name.
+fn line(
+    level: Level,
+    event: &str,
+    dependency: Dependency,
+    message: &str,
+    fields: &[(&str, &str)],
+) -> String {
+    chatbot_core::telemetry::log::line(&chatbot_core::telemetry::log::Event {
+        level,
+        component: COMPONENT.get().copied().unwrap_or("unknown"),
+        request_id: &crate::request_id(),
+        event,
+        dependency,
+        message,
+        fields,
+    })
 }
 
 /// Writes `line` in one call (at most 4000 bytes), waiting at most
