@@ -127,8 +127,7 @@ impl SpinAppBuilder {
         let mut first = Some(COMPILED.lock().await).filter(|compiled| !**compiled);
         let services = services();
         let redis_url = services.fresh_redis().await?;
-        let database = services.fresh_postgres().await?;
-        let postgres_url = database.url.clone();
+        let postgres_url = services.fresh_postgres().await?;
         let openai = Arc::new(
             OpenAiStub::start(crate::TEST_OPENAI_KEY, crate::TEST_EMBEDDING_DIMENSIONS).await?,
         );
@@ -223,7 +222,6 @@ impl SpinAppBuilder {
                 addr,
                 redis_url,
                 postgres_url,
-                database: Some(database),
                 settle: None,
             },
             openai,
