@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash deploy/local/setup.sh
+# Compiled as `bash tests/test.sh` compiles, so a run after the tests reuses their build.
+source deploy/local/cargo-env.sh
 
 RUN_DIR="$PWD/.run"
 REDIS_PORT="${REDIS_PORT:-6379}"

@@ -35,7 +35,7 @@ for component in rustfmt clippy; do
     rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
 
-# The API fuzzer (tests/tests/fuzz.rs): schemathesis, pinned in
+# The API fuzzer (tests/tests/suite/fuzz.rs): schemathesis, pinned in
 # deploy/local/test-requirements.txt, in a virtual environment of its own
 # (never the system's Python). Reinstalled only when the pins change.
 if $for_tests; then

@@ -2,7 +2,7 @@
 //! Redis hold is bounded (issue #38). Each family of [`keys`] has a Redis
 //! type, a bound in bytes (what its strings, fields, values and members add
 //! up to, eight bytes a score) at the largest inputs the API accepts, and a
-//! lifetime. `tests/tests/promises.rs` drives every write path with those
+//! lifetime. `tests/tests/suite/promises.rs` drives every write path with those
 //! inputs and fails on a key outside every family, over its bound, or
 //! without the TTL its family promises. A new key family goes here first.
 

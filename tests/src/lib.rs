@@ -109,6 +109,7 @@ pub struct TestAppBuilder {
 /// replica of the same deployment.
 struct SharedServices {
     redis_url: String,
+    database: Option<Arc<services::TestDatabase>>,
     postgres_url: String,
     openai: Arc<stubs::openai::OpenAiStub>,
     qdrant: Arc<stubs::qdrant::QdrantStub>,
@@ -192,6 +193,7 @@ impl TestAppBuilder {
     pub fn sharing_services_of(mut self, other: &TestApp) -> Self {
         self.shared = Some(SharedServices {
             redis_url: other.redis_url.clone(),
+            database: other.database.clone(),
             postgres_url: other.postgres_url.clone(),
             openai: other.openai.clone(),
             qdrant: other.qdrant.clone(),
@@ -206,18 +208,21 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(self) -> Result<TestApp> {
-        let (redis_url, postgres_url, openai, qdrant) = match self.shared {
+        let (redis_url, database, postgres_url, openai, qdrant) = match self.shared {
             Some(shared) => (
                 shared.redis_url,
+                shared.database,
                 shared.postgres_url,
                 shared.openai,
                 shared.qdrant,
             ),
             None => {
                 let services = services::services();
+                let database = services.fresh_postgres().await?;
                 (
                     services.fresh_redis().await?,
-                    services.fresh_postgres().await?,
+                    Some(database.clone()),
+                    database.url.clone(),
                     Arc::new(
                         stubs::openai::OpenAiStub::start(
                             TEST_OPENAI_KEY,
@@ -271,6 +276,7 @@ impl TestAppBuilder {
                 addr: server.addr,
                 redis_url,
                 postgres_url,
+                database,
                 settle: Some(app.clone()),
             },
             app,
@@ -364,6 +370,8 @@ pub struct Deployment {
     pub addr: std::net::SocketAddr,
     pub redis_url: String,
     pub postgres_url: String,
+    /// Keeps the test's Postgres database until the last app using it is gone.
+    database: Option<Arc<services::TestDatabase>>,
     /// The harness's app, to wait on what its handlers do after a response;
     /// `None` under a real Spin, which tells nobody.
     settle: Option<Arc<App>>,

@@ -62,19 +62,29 @@ pub fn engine() -> &'static Engine {
 }
 
 fn compile(bytes: &[u8]) -> Result<Component> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Component>>> = OnceLock::new();
+    // One slot per component: tests that start at once wait for the first
+    // compilation instead of each compiling the same bytes on two cores.
+    type Slot = Arc<Mutex<Option<Component>>>;
+    static CACHE: OnceLock<Mutex<HashMap<u64, Slot>>> = OnceLock::new();
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
         h.finish()
     };
-    let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(c) = cache.lock().unwrap().get(&key) {
-        return Ok(c.clone());
+    let slot = CACHE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_default()
+        .clone();
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(component) = slot.as_ref() {
+        return Ok(component.clone());
     }
     let component = Component::new(engine(), bytes)?;
-    cache.lock().unwrap().insert(key, component.clone());
+    *slot = Some(component.clone());
     Ok(component)
 }
 

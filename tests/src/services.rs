@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +22,23 @@ const REDIS_DATABASES: u32 = 4096;
 const TEMPLATE_DB: &str = "chatbot_template";
 /// Set (to anything) to start PostgreSQL with its durability settings intact.
 pub const DURABLE_POSTGRES: &str = "CHATBOT_DURABLE_POSTGRES";
+
+/// A test's Postgres database (`url`); dropped once the last holder is gone.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(services) = SERVICES.get() {
+            let name = std::mem::take(&mut self.name);
+            services.finished_databases.lock().unwrap().push(name);
+        }
+    }
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
 
 pub struct Services {
     /// `redis://127.0.0.1:PORT` (no database number).
@@ -35,12 +52,13 @@ pub struct Services {
     pub postgres_pid: Option<u32>,
     next_redis_db: AtomicU32,
     next_pg_db: AtomicU32,
+    /// Databases no [`TestDatabase`] holds any more, to drop.
+    finished_databases: std::sync::Mutex<Vec<String>>,
     template_ready: tokio::sync::Mutex<bool>,
 }
 
 /// The process-wide servers, started on first use.
 pub fn services() -> &'static Services {
-    static SERVICES: OnceLock<Services> = OnceLock::new();
     SERVICES.get_or_init(|| start().expect("starting Redis and PostgreSQL for the tests"))
 }
 
@@ -67,6 +85,7 @@ fn start() -> Result<Services> {
         postgres_pid,
         next_redis_db: AtomicU32::new(1),
         next_pg_db: AtomicU32::new(0),
+        finished_databases: std::sync::Mutex::default(),
         template_ready: tokio::sync::Mutex::new(false),
     })
 }
@@ -98,10 +117,29 @@ pub(crate) fn spawn_owned(
     rx.recv()?
 }
 
+/// A loopback port nobody listens on, for a server started later (Redis,
+/// PostgreSQL, `spin up`). Taken from just below the kernel's ephemeral range
+/// and never twice by one process: a listener that binds port 0 in the
+/// meantime (every stand-in does) cannot be given it, so a test never talks
+/// to another test's server.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1_024);
+    let span = ephemeral_low - low;
+    // Processes start at different places (the suite beside the benchmark, say).
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (offset + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{ephemeral_low}")
 }
 
 pub(crate) fn die_with_parent(command: &mut Command) {
@@ -408,7 +446,7 @@ impl Services {
     }
 
     /// A fresh database with the migrations applied: `postgres://USER@127.0.0.1:PORT/NAME`.
-    pub async fn fresh_postgres(&self) -> Result<String> {
+    pub async fn fresh_postgres(&self) -> Result<Arc<TestDatabase>> {
         self.ensure_template().await?;
         let n = self.next_pg_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("test_{}_{n}", std::process::id());
@@ -432,7 +470,28 @@ impl Services {
                 Err(e) => return Err(e).context("creating the test database"),
             }
         }
-        Ok(format!("{}/{name}", self.postgres_base))
+        self.drop_finished_databases(&admin).await;
+        Ok(Arc::new(TestDatabase {
+            url: format!("{}/{name}", self.postgres_base),
+            name,
+        }))
+    }
+
+    /// Drops the databases of tests that are over (a run makes hundreds, some
+    /// 8 MB each). One still in use (a connection not yet closed) is tried again later.
+    async fn drop_finished_databases(&self, admin: &tokio_postgres::Client) {
+        let finished = std::mem::take(&mut *self.finished_databases.lock().unwrap());
+        let mut in_use = Vec::new();
+        for name in finished {
+            if admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                .await
+                .is_err()
+            {
+                in_use.push(name);
+            }
+        }
+        self.finished_databases.lock().unwrap().append(&mut in_use);
     }
 
     async fn ensure_template(&self) -> Result<()> {

@@ -127,7 +127,8 @@ impl SpinAppBuilder {
         let mut first = Some(COMPILED.lock().await).filter(|compiled| !**compiled);
         let services = services();
         let redis_url = services.fresh_redis().await?;
-        let postgres_url = services.fresh_postgres().await?;
+        let database = services.fresh_postgres().await?;
+        let postgres_url = database.url.clone();
         let openai = Arc::new(
             OpenAiStub::start(crate::TEST_OPENAI_KEY, crate::TEST_EMBEDDING_DIMENSIONS).await?,
         );
@@ -222,6 +223,7 @@ impl SpinAppBuilder {
                 addr,
                 redis_url,
                 postgres_url,
+                database: Some(database),
                 settle: None,
             },
             openai,

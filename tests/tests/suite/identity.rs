@@ -35,7 +35,7 @@ fn made_up_kid_token(kid: &str) -> String {
     jsonwebtoken::encode(
         &header,
         &claims("mallory"),
-        &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/jwt/rsa-a.pem"))
+        &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../../fixtures/jwt/rsa-a.pem"))
             .unwrap(),
     )
     .unwrap()

@@ -577,7 +577,8 @@ async fn redis_dies_and_comes_back_under_spin() {
 #[tokio::test]
 async fn postgres_dies_and_comes_back_under_spin() {
     let services = chatbot_harness::services::services();
-    let postgres_url = services.fresh_postgres().await.unwrap();
+    let database = services.fresh_postgres().await.unwrap();
+    let postgres_url = database.url.clone();
     let (mut relay, relayed) = Relay::in_front_of(&postgres_url).await.unwrap();
     let Some(app) = SpinApp::builder()
         .address(names::POSTGRES_ADDRESS, relayed)
