@@ -14,7 +14,7 @@ source deploy/local/cargo-env.sh
 components=(-p query -p rate-limiter -p metrics -p ops -p harness-probe -p harness-probe-p3 -p harness-probe-p3-dep)
 cargo fmt --all -- --check
 cargo build --target wasm32-wasip2 --release "${components[@]}"
-# The real-Spin tests (tests/tests/suite/spin.rs) runs the product under `spin up`
+# The real-Spin tests (tests/tests/suite/spin.rs) run the product under `spin up`
 # whenever a Spin 4.0.x is found (SPIN_BIN, else PATH), against the real
 # Qdrant when one is (QDRANT_BIN, else PATH); otherwise its tests say SKIPPED.
 spin_version=$("${SPIN_BIN:-spin}" --version 2>/dev/null || true)

@@ -15,6 +15,7 @@ pub mod compose;
 pub mod cpu;
 pub mod host;
 pub mod limiter;
+pub mod machine;
 pub mod manifest;
 pub mod promtool;
 pub mod real_qdrant;

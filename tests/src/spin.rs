@@ -74,9 +74,17 @@ pub struct SpinAppBuilder {
     manifest: Option<PathBuf>,
     variables: BTreeMap<String, String>,
     spin_args: Vec<String>,
+    alone: bool,
 }
 
 impl SpinAppBuilder {
+    /// Runs the app with the machine to itself (see [`crate::machine`]):
+    /// for a test that measures how Spin writes its answers.
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
+    }
+
     /// Another manifest than the project's `spin.toml` (the harness's probe app, say).
     pub fn manifest(mut self, path: impl Into<PathBuf>) -> Self {
         self.manifest = Some(path.into());
@@ -119,6 +127,12 @@ impl SpinAppBuilder {
     }
 
     pub async fn spawn(self, spin: &Path) -> Result<SpinApp> {
+        // Before the compile lock: a test waiting to run alone holds no other.
+        let machine = if self.alone {
+            crate::machine::alone().await
+        } else {
+            crate::machine::busy().await
+        };
         reap_strays();
         // The first start compiles the components (half a minute on two
         // cores, then Spin's cache has them): one at a time until one has
@@ -231,6 +245,7 @@ impl SpinAppBuilder {
             child,
             marker,
             dir,
+            _machine: machine,
         })
     }
 }
@@ -243,6 +258,8 @@ pub struct SpinApp {
     child: Child,
     marker: PathBuf,
     dir: tempfile::TempDir,
+    // Released after Drop has stopped Spin.
+    _machine: crate::machine::Share,
 }
 
 impl std::ops::Deref for SpinApp {

@@ -47,6 +47,7 @@ fn schemathesis() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_keeps_its_openapi_contract_under_fuzzing() {
+    let _machine = chatbot_harness::machine::busy().await;
     let binary = schemathesis();
     let version = std::process::Command::new(&binary)
         .arg("--version")

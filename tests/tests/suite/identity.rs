@@ -1076,6 +1076,7 @@ async fn an_answer_longer_than_chat_max_tokens_is_cut_there_and_not_cached() {
 
 #[tokio::test]
 async fn twenty_thousand_anonymous_refusals_do_not_push_out_an_admin_entry() {
+    let _machine = chatbot_harness::machine::busy().await;
     let app = TestApp::builder()
         .variable(names::AUTH_MODE, "jwt")
         .variable(names::JWT_HS256_SECRET, HS256_SECRET)

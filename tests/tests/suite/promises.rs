@@ -547,6 +547,7 @@ const CHECKS: [Check; 5] = [
 /// while the lookup and everything else still reach a healthy Redis.
 #[tokio::test]
 async fn every_check_fails_closed_under_every_kind_of_redis_error() {
+    let _machine = chatbot_harness::machine::busy().await;
     use chatbot_harness::redis_faults::FaultKind;
     let alice = token(SigningKey::Hs256, "alice");
     let bob = token(SigningKey::Hs256, "bob");

@@ -144,6 +144,7 @@ async fn the_seed_flow_on_spin() {
 #[tokio::test]
 async fn every_json_answer_leaves_whole_on_a_keep_alive_connection_under_spin() {
     let Some(app) = SpinApp::builder()
+        .alone()
         .spawn_or_skip("every_json_answer_leaves_whole_on_a_keep_alive_connection_under_spin")
         .await
     else {
