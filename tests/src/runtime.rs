@@ -61,7 +61,8 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-fn compile(bytes: &[u8]) -> Result<Component> {
+/// A component compiled once per process, whoever asks first.
+pub fn compile(bytes: &[u8]) -> Result<Component> {
     // One slot per component: tests that start at once wait for the first
     // compilation instead of each compiling the same bytes on two cores.
     type Slot = Arc<Mutex<Option<Component>>>;

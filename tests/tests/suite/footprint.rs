@@ -15,8 +15,8 @@ fn initial_memories(file: &str) -> Vec<u64> {
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{} (build the components first): {e}", path.display()));
     let mut sizes = Vec::new();
-    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-        if let wasmparser::Payload::MemorySection(memories) = payload.unwrap() {
+    for payload in wasmtime::wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmtime::wasmparser::Payload::MemorySection(memories) = payload.unwrap() {
             for memory in memories {
                 sizes.push(memory.unwrap().initial * 65_536);
             }

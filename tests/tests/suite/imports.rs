@@ -2,7 +2,6 @@
 //! the query handler, additionally, the two interfaces spin.toml composes in).
 
 use chatbot_harness::{project_root, runtime};
-use wasmtime::component::Component;
 
 /// Interfaces a Spin 4.0.x host provides to a spin-sdk 6.0 guest: WASI 0.2,
 /// the WASI 0.3 release candidate Spin 4.0 runs (`0.3.0-rc-2026-03-15`; not
@@ -31,8 +30,9 @@ fn imports(file: &str) -> Vec<String> {
     let path = project_root()
         .join("target/wasm32-wasip2/release")
         .join(file);
-    let component =
-        Component::from_file(runtime::engine(), &path).expect("build the components first");
+    // The apps' compilation, when they load the same bytes.
+    let bytes = std::fs::read(&path).expect("build the components first");
+    let component = runtime::compile(&bytes).unwrap();
     component
         .component_type()
         .imports(runtime::engine())
