@@ -110,8 +110,7 @@ pub struct TestAppBuilder {
 /// replica of the same deployment.
 struct SharedServices {
     redis_url: String,
-    database: Option<Arc<services::TestDatabase>>,
-    postgres_url: String,
+    database: Arc<services::TestDatabase>,
     openai: Arc<stubs::openai::OpenAiStub>,
     qdrant: Arc<stubs::qdrant::QdrantStub>,
 }
@@ -195,7 +194,6 @@ impl TestAppBuilder {
         self.shared = Some(SharedServices {
             redis_url: other.redis_url.clone(),
             database: other.database.clone(),
-            postgres_url: other.postgres_url.clone(),
             openai: other.openai.clone(),
             qdrant: other.qdrant.clone(),
         });
@@ -209,21 +207,18 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(self) -> Result<TestApp> {
-        let (redis_url, database, postgres_url, openai, qdrant) = match self.shared {
+        let (redis_url, database, openai, qdrant) = match self.shared {
             Some(shared) => (
                 shared.redis_url,
                 shared.database,
-                shared.postgres_url,
                 shared.openai,
                 shared.qdrant,
             ),
             None => {
                 let services = services::services();
-                let database = services.fresh_postgres().await?;
                 (
                     services.fresh_redis().await?,
-                    Some(database.clone()),
-                    database.url.clone(),
+                    services.fresh_postgres().await?,
                     Arc::new(
                         stubs::openai::OpenAiStub::start(
                             TEST_OPENAI_KEY,
@@ -242,7 +237,7 @@ impl TestAppBuilder {
         }
 
         let mut variables =
-            standard_variables(&redis_url, &postgres_url, &openai.base_url(), &qdrant.url());
+            standard_variables(&redis_url, &database.url, &openai.base_url(), &qdrant.url());
         let manifest = self
             .manifest
             .unwrap_or_else(|| project_root().join("spin.toml"));
@@ -276,7 +271,6 @@ impl TestAppBuilder {
             deployment: Deployment {
                 addr: server.addr,
                 redis_url,
-                postgres_url,
                 database,
                 settle: Some(app.clone()),
             },
@@ -370,9 +364,8 @@ pub fn admin_authorization() -> String {
 pub struct Deployment {
     pub addr: std::net::SocketAddr,
     pub redis_url: String,
-    pub postgres_url: String,
-    /// Keeps the test's Postgres database until the last app using it is gone.
-    database: Option<Arc<services::TestDatabase>>,
+    /// The test's Postgres database, kept until the last app using it is gone.
+    database: Arc<services::TestDatabase>,
     /// The harness's app, to wait on what its handlers do after a response;
     /// `None` under a real Spin, which tells nobody.
     settle: Option<Arc<App>>,
@@ -421,6 +414,11 @@ impl TestApp {
 }
 
 impl Deployment {
+    /// The test's Postgres database: `postgres://USER@127.0.0.1:PORT/NAME`.
+    pub fn postgres_url(&self) -> &str {
+        &self.database.url
+    }
+
     /// A client on a new keep-alive connection to the app; under the
     /// harness, each response returns once the request's work after it is
     /// done too (see [`App::settled`]).
@@ -542,7 +540,7 @@ impl Deployment {
 
     /// A Postgres client on this test's database, for assertions.
     pub async fn postgres(&self) -> Result<tokio_postgres::Client> {
-        services::connect(&self.postgres_url).await
+        services::connect(self.postgres_url()).await
     }
 
     /// One series' value in `GET /metrics` (which must carry it).
@@ -553,7 +551,7 @@ impl Deployment {
 
     /// How many messages Postgres holds for `session` (questions and answers).
     pub async fn messages_stored(&self, session: &str) -> i64 {
-        messages_stored(&self.postgres_url, session).await
+        messages_stored(self.postgres_url(), session).await
     }
 
     /// `POST /api/v1/chat/query` with `body`, as the holder of `bearer` (a JWT) or anonymously.

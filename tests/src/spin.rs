@@ -142,7 +142,6 @@ impl SpinAppBuilder {
         let services = services();
         let redis_url = services.fresh_redis().await?;
         let database = services.fresh_postgres().await?;
-        let postgres_url = database.url.clone();
         let openai = Arc::new(
             OpenAiStub::start(crate::TEST_OPENAI_KEY, crate::TEST_EMBEDDING_DIMENSIONS).await?,
         );
@@ -156,7 +155,7 @@ impl SpinAppBuilder {
             )),
         };
         let mut variables =
-            standard_variables(&redis_url, &postgres_url, &openai.base_url(), &qdrant.url());
+            standard_variables(&redis_url, &database.url, &openai.base_url(), &qdrant.url());
         variables.insert(
             names::QDRANT_COLLECTION.to_string(),
             qdrant.collection().to_string(),
@@ -236,8 +235,7 @@ impl SpinAppBuilder {
             deployment: Deployment {
                 addr,
                 redis_url,
-                postgres_url,
-                database: Some(database),
+                database,
                 settle: None,
             },
             openai,

@@ -390,9 +390,8 @@ pub async fn check_whole_json_answers(addr: SocketAddr, admin_token: &str) -> Re
         let mut response = Box::pin(client.send(method, path, &headers, body)).await?;
         // The host's own race (see `head_came_alone`) is not the answer's
         // shape: asked again (every request here may be repeated), an answer
-        // that leaves whole does so again, and one written in pieces does not.
-        // An answer written in pieces comes apart every time; five in a
-        // row is the host's race only on a machine far busier than a test's.
+        // that leaves whole does so again, and one written in pieces comes
+        // apart every time; five races in a row take a far busier machine.
         let mut host_races = 0;
         while response.head_came_alone() && host_races < 4 {
             host_races += 1;

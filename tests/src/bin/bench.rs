@@ -412,7 +412,7 @@ async fn follow_ups(app: &TestApp, n: usize) -> Result<()> {
 async fn anatomy(app: &TestApp, hit: std::sync::Arc<MakeRequest>, n: usize) -> Result<()> {
     let redis = redis::Client::open(services().redis_base.as_str())?;
     let mut redis = redis.get_multiplexed_async_connection().await?;
-    let pg = chatbot_harness::services::connect(&app.postgres_url).await?;
+    let pg = chatbot_harness::services::connect(app.postgres_url()).await?;
     pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await?;
     redis::cmd("CONFIG")
@@ -617,7 +617,7 @@ impl OnSpin {
             .manifest(project_root().join("tests/guests/probe-p3/spin.toml"))
             .spawn(spin)
             .await?;
-        chatbot_harness::services::connect(&probe3.postgres_url)
+        chatbot_harness::services::connect(probe3.postgres_url())
             .await?
             .batch_execute(FLOOR_TABLE_SQL)
             .await?;
@@ -773,7 +773,7 @@ async fn main() -> Result<()> {
         .manifest(project_root().join("tests/guests/probe/spin.toml"))
         .spawn()
         .await?;
-    chatbot_harness::services::connect(&probe.postgres_url)
+    chatbot_harness::services::connect(probe.postgres_url())
         .await?
         .batch_execute(FLOOR_TABLE_SQL)
         .await?;
@@ -782,7 +782,7 @@ async fn main() -> Result<()> {
         .manifest(project_root().join("tests/guests/probe-p3/spin.toml"))
         .spawn()
         .await?;
-    chatbot_harness::services::connect(&probe3.postgres_url)
+    chatbot_harness::services::connect(probe3.postgres_url())
         .await?
         .batch_execute(FLOOR_TABLE_SQL)
         .await?;

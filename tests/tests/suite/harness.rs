@@ -139,7 +139,7 @@ async fn redis_outside_allowed_outbound_hosts_is_denied() {
 #[tokio::test]
 async fn postgres_outside_allowed_outbound_hosts_is_denied() {
     let app = probe_app(|b| b).await;
-    let other = app.postgres_url.replace("127.0.0.1", "localhost");
+    let other = app.postgres_url().replace("127.0.0.1", "localhost");
     let response = app
         .get(&format!("/probe/postgres?address={}", encode(&other)))
         .await
@@ -244,7 +244,7 @@ async fn tests_are_isolated_in_redis_and_postgres() {
     let first = probe_app(|b| b).await;
     let second = probe_app(|b| b).await;
     assert_ne!(first.redis_url, second.redis_url);
-    assert_ne!(first.postgres_url, second.postgres_url);
+    assert_ne!(first.postgres_url(), second.postgres_url());
     assert_eq!(
         first.get("/probe/redis").await.unwrap().json()["counter"],
         1
